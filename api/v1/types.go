@@ -1,0 +1,211 @@
+// Package v1 holds the public types of Hangar's REST API (/api/v1).
+package v1
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Power states a user asks for (VMSpec.Power).
+const (
+	PowerRunning = "running"
+	PowerStopped = "stopped"
+	PowerPaused  = "paused"
+)
+
+// Observed VM states (VMStatus.State).
+const (
+	StateCreating = "creating"
+	StateStopped  = "stopped"
+	StateStarting = "starting"
+	StateRunning  = "running"
+	StatePaused   = "paused"
+	StateStopping = "stopping"
+	StateCrashed  = "crashed"
+	StateError    = "error"
+)
+
+// Restart policies (VMSpec.RestartPolicy).
+const (
+	RestartAlways    = "always"
+	RestartOnFailure = "on-failure"
+	RestartNever     = "never"
+)
+
+// NIC modes.
+const (
+	NICUser   = "user"
+	NICBridge = "bridge"
+)
+
+// VM is a virtual machine: what the user asked for and what the host observed.
+type VM struct {
+	Spec     VMSpec   `json:"spec"`
+	Status   VMStatus `json:"status"`
+	Revision int64    `json:"revision"`
+}
+
+// VMSpec is the desired state of a VM.
+type VMSpec struct {
+	Name          string   `json:"name"`
+	CPUs          int      `json:"cpus"`
+	MemoryMiB     int      `json:"memoryMiB"`
+	Machine       string   `json:"machine,omitempty"`
+	CPUModel      string   `json:"cpuModel,omitempty"`
+	Disks         []Disk   `json:"disks,omitempty"`
+	NICs          []NIC    `json:"nics,omitempty"`
+	Boot          []string `json:"boot,omitempty"`
+	RestartPolicy string   `json:"restartPolicy,omitempty"`
+	// Power is the state the user wants: running, stopped or paused.
+	Power string `json:"power,omitempty"`
+	// Host is where the VM is placed; set by the manager.
+	Host string `json:"host,omitempty"`
+	// UUID is the VM's SMBIOS UUID; set by the manager on create.
+	UUID string `json:"uuid,omitempty"`
+}
+
+// Disk is one virtual disk. Exactly one of SizeMiB (a new empty disk) or
+// Image (a copy-on-write overlay of an image file) is set; with Image,
+// SizeMiB may grow the overlay beyond the image's size.
+type Disk struct {
+	Name    string `json:"name,omitempty"`
+	SizeMiB int64  `json:"sizeMiB,omitempty"`
+	Image   string `json:"image,omitempty"`
+	Bus     string `json:"bus,omitempty"`
+}
+
+// NIC is one network interface.
+type NIC struct {
+	Mode     string    `json:"mode"`
+	Bridge   string    `json:"bridge,omitempty"`
+	MAC      string    `json:"mac,omitempty"`
+	Forwards []Forward `json:"forwards,omitempty"`
+}
+
+// Forward is a host port forwarded to a guest port (user-mode NICs only).
+// The host side is bound to 127.0.0.1.
+type Forward struct {
+	HostPort  int    `json:"hostPort"`
+	GuestPort int    `json:"guestPort"`
+	Protocol  string `json:"protocol,omitempty"`
+}
+
+// VMStatus is what the host agent observed.
+type VMStatus struct {
+	State       string       `json:"state"`
+	Host        string       `json:"host,omitempty"`
+	PID         int          `json:"pid,omitempty"`
+	StartedAt   *time.Time   `json:"startedAt,omitempty"`
+	Accelerator string       `json:"accelerator,omitempty"`
+	Restarts    int          `json:"restarts,omitempty"`
+	Reason      string       `json:"reason,omitempty"`
+	Disks       []DiskStatus `json:"disks,omitempty"`
+	UpdatedAt   time.Time    `json:"updatedAt"`
+}
+
+// DiskStatus is a disk's volume as created on the host.
+type DiskStatus struct {
+	Name    string `json:"name"`
+	Path    string `json:"path"`
+	Format  string `json:"format"`
+	Backing string `json:"backing,omitempty"`
+	Created bool   `json:"created"`
+}
+
+// Host describes one host of the pool.
+type Host struct {
+	Name               string    `json:"name"`
+	Arch               string    `json:"arch"`
+	Kernel             string    `json:"kernel"`
+	CPUs               int       `json:"cpus"`
+	CPUModel           string    `json:"cpuModel"`
+	MemoryMiB          int       `json:"memoryMiB"`
+	AllocatedMemoryMiB int       `json:"allocatedMemoryMiB"`
+	Accelerator        string    `json:"accelerator"`
+	QEMUVersion        string    `json:"qemuVersion"`
+	VMs                int       `json:"vms"`
+	Alive              bool      `json:"alive"`
+	UpdatedAt          time.Time `json:"updatedAt"`
+}
+
+// Operation states.
+const (
+	OpPending   = "pending"
+	OpRunning   = "running"
+	OpSucceeded = "succeeded"
+	OpFailed    = "failed"
+	OpCancelled = "cancelled"
+)
+
+// Operation is a long action, recorded before it starts.
+type Operation struct {
+	ID       string          `json:"id"`
+	Kind     string          `json:"kind"`
+	Target   string          `json:"target"`
+	Host     string          `json:"host,omitempty"`
+	State    string          `json:"state"`
+	Progress Progress        `json:"progress"`
+	Error    *Error          `json:"error,omitempty"`
+	Args     json.RawMessage `json:"args,omitempty"`
+	Created  time.Time       `json:"created"`
+	Updated  time.Time       `json:"updated"`
+	Attempts int             `json:"attempts,omitempty"`
+}
+
+// Done reports whether the operation reached a final state.
+func (o Operation) Done() bool {
+	return o.State == OpSucceeded || o.State == OpFailed || o.State == OpCancelled
+}
+
+// Progress of an operation: a fraction 0–1 and the phase it is in.
+type Progress struct {
+	Fraction float64 `json:"fraction"`
+	Phase    string  `json:"phase,omitempty"`
+}
+
+// Error codes.
+const (
+	CodeInvalidArgument    = "invalid_argument"
+	CodeNotFound           = "not_found"
+	CodeConflict           = "conflict"
+	CodeFailedPrecondition = "failed_precondition"
+	CodeUnavailable        = "unavailable"
+	CodeInternal           = "internal"
+)
+
+// Error is the API's error body: {"error": {...}}.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Field   string `json:"field,omitempty"`
+}
+
+func (e *Error) Error() string {
+	if e.Field != "" && !startsWith(e.Message, e.Field) {
+		return e.Field + ": " + e.Message
+	}
+	return e.Message
+}
+
+func startsWith(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
+
+// ErrorResponse wraps Error on the wire.
+type ErrorResponse struct {
+	Error *Error `json:"error"`
+}
+
+// StopArgs are the arguments of a stop operation.
+type StopArgs struct {
+	Force          bool `json:"force,omitempty"`
+	TimeoutSeconds int  `json:"timeoutSeconds,omitempty"`
+}
+
+// DeleteArgs are the arguments of a delete operation.
+type DeleteArgs struct {
+	Force bool `json:"force,omitempty"`
+}
+
+// CreateArgs are the arguments of a create operation.
+type CreateArgs struct {
+	Start bool `json:"start,omitempty"`
+}

@@ -1,0 +1,65 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"hangar/client"
+	"hangar/internal/bench"
+	"hangar/internal/daemon"
+	"hangar/internal/qemu"
+)
+
+func newBench(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "bench", Short: "Benchmarks: Hangar side by side with raw QEMU"}
+	var image string
+	var runs, memory int
+	boot := &cobra.Command{
+		Use:   "boot",
+		Short: "Boot-to-ready-marker: raw qemu-system-x86_64 (same argv) vs a VM started through the API",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			log, err := newLogger("warn")
+			if err != nil {
+				return err
+			}
+			work, err := os.MkdirTemp("", "hgbench")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(work)
+			caps, err := qemu.Detect(ctx)
+			if err != nil {
+				return err
+			}
+			d, err := daemon.Start(ctx, daemon.Config{DataDir: filepath.Join(work, "data"), RunDir: filepath.Join(work, "run"),
+				Host: "bench", Log: log, StopTimeout: 10 * time.Second})
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "boot benchmark: %d runs each, accelerator %s, qemu %s\n", runs, caps.Accel, caps.Version)
+			res, err := bench.Boot(ctx, bench.BootConfig{Image: image, Runs: runs, MemoryMiB: memory, WorkDir: filepath.Join(work, "raw"),
+				SerialLog: d.Agent.SerialLogPath, Client: client.New(d.Socket), Caps: caps, Out: out})
+			if err != nil {
+				return err
+			}
+			raw, hg := bench.Median(res.Raw), bench.Median(res.Hangar)
+			fmt.Fprintf(out, "median api create+start (excluding guest boot): %s\n", bench.Median(res.API).Round(time.Millisecond))
+			fmt.Fprintf(out, "median boot-to-ready: raw qemu %s, hangar %s\n", raw.Round(time.Millisecond), hg.Round(time.Millisecond))
+			fmt.Fprintf(out, "ratio hangar/raw: %.3f\n", float64(hg)/float64(raw))
+			return nil
+		},
+	}
+	boot.Flags().StringVar(&image, "image", "/var/cache/hangar/guest/hangar-guest.qcow2", "guest image with the ready marker")
+	boot.Flags().IntVar(&runs, "runs", 5, "runs of each side")
+	boot.Flags().IntVar(&memory, "memory", 256, "guest memory in MiB")
+	cmd.AddCommand(boot)
+	return cmd
+}

@@ -1,0 +1,319 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+	"sigs.k8s.io/yaml"
+
+	v1 "hangar/api/v1"
+)
+
+func newVM(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "vm", Short: "Manage virtual machines"}
+	cmd.AddCommand(newVMCreate(g), newVMList(g), newVMShow(g), newVMDelete(g), newVMConsole(g))
+	for _, a := range []struct{ verb, short string }{
+		{"start", "Start a VM"}, {"reboot", "Reset a running VM"},
+		{"pause", "Pause a running VM"}, {"resume", "Resume a paused VM"},
+	} {
+		cmd.AddCommand(newVMAction(g, a.verb, a.short))
+	}
+	cmd.AddCommand(newVMStop(g))
+	return cmd
+}
+
+func newVMCreate(g *globals) *cobra.Command {
+	var (
+		file, image, bridge, restart string
+		cpus, memory                 int
+		diskMiB                      int64
+		forwards                     []string
+		start, wait                  bool
+	)
+	cmd := &cobra.Command{
+		Use:   "create NAME",
+		Short: "Create a VM (from flags or a YAML spec with -f)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var spec v1.VMSpec
+			if file != "" {
+				b, err := os.ReadFile(file)
+				if err != nil {
+					return err
+				}
+				if err := yaml.UnmarshalStrict(b, &spec); err != nil {
+					return fmt.Errorf("%s: %w", file, err)
+				}
+			}
+			if len(args) == 1 {
+				spec.Name = args[0]
+			}
+			if cmd.Flags().Changed("cpus") || spec.CPUs == 0 {
+				spec.CPUs = cpus
+			}
+			if cmd.Flags().Changed("memory") || spec.MemoryMiB == 0 {
+				spec.MemoryMiB = memory
+			}
+			if cmd.Flags().Changed("restart") {
+				spec.RestartPolicy = restart
+			}
+			if image != "" || diskMiB > 0 {
+				spec.Disks = append(spec.Disks, v1.Disk{Image: image, SizeMiB: diskMiB})
+			}
+			if bridge != "" {
+				spec.NICs = append(spec.NICs, v1.NIC{Mode: v1.NICBridge, Bridge: bridge})
+			}
+			if len(forwards) > 0 || (file == "" && bridge == "") {
+				nic := v1.NIC{Mode: v1.NICUser}
+				for _, f := range forwards {
+					fw, err := parseForward(f)
+					if err != nil {
+						return err
+					}
+					nic.Forwards = append(nic.Forwards, fw)
+				}
+				spec.NICs = append(spec.NICs, nic)
+			}
+			c := g.client()
+			op, err := c.CreateVM(cmd.Context(), spec, start, 0)
+			if _, err := follow(cmd, c, op, err, wait); err != nil {
+				return err
+			}
+			if wait {
+				fmt.Fprintf(cmd.OutOrStdout(), "vm %s created\n", spec.Name)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&file, "file", "f", "", "VM spec in YAML (flags override it)")
+	f.StringVar(&image, "image", "", "boot disk: a copy-on-write overlay of this image file")
+	f.Int64Var(&diskMiB, "disk-size", 0, "size of the boot disk in MiB (a new empty disk without --image)")
+	f.IntVar(&cpus, "cpus", 1, "virtual CPUs")
+	f.IntVar(&memory, "memory", 512, "memory in MiB")
+	f.StringArrayVar(&forwards, "forward", nil, "HOSTPORT:GUESTPORT[/udp] forwarded from 127.0.0.1 (user-mode NIC)")
+	f.StringVar(&bridge, "bridge", "", "attach a NIC to this bridge (tap)")
+	f.StringVar(&restart, "restart", "on-failure", "restart policy: always, on-failure or never")
+	f.BoolVar(&start, "start", false, "start the VM once created")
+	f.BoolVar(&wait, "wait", true, "wait until the operation is done")
+	return cmd
+}
+
+func parseForward(s string) (v1.Forward, error) {
+	proto := "tcp"
+	if p, q, ok := strings.Cut(s, "/"); ok {
+		s, proto = p, q
+	}
+	h, gp, ok := strings.Cut(s, ":")
+	hp, err1 := strconv.Atoi(h)
+	gpn, err2 := strconv.Atoi(gp)
+	if !ok || err1 != nil || err2 != nil {
+		return v1.Forward{}, fmt.Errorf("--forward %q: want HOSTPORT:GUESTPORT", s)
+	}
+	return v1.Forward{HostPort: hp, GuestPort: gpn, Protocol: proto}, nil
+}
+
+func newVMList(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List VMs",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			vms, err := g.client().VMs(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return print(cmd.OutOrStdout(), g.output, vms, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "NAME\tSTATE\tHOST\tCPUS\tMEMORY\tUPTIME")
+				for _, v := range vms {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d MiB\t%s\n", v.Spec.Name, v.Status.State, v.Spec.Host, v.Spec.CPUs, v.Spec.MemoryMiB, uptime(v.Status))
+				}
+			})
+		},
+	}
+	addOutput(cmd, g)
+	return cmd
+}
+
+func newVMShow(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show a VM",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, err := g.client().VM(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return print(cmd.OutOrStdout(), g.output, v, func(w *tabwriter.Writer) {
+				s, st := v.Spec, v.Status
+				fmt.Fprintf(w, "Name:\t%s\nState:\t%s\nWanted:\t%s\nHost:\t%s\nPID:\t%d\nUptime:\t%s\nAccelerator:\t%s\n",
+					s.Name, st.State, s.Power, s.Host, st.PID, uptime(st), st.Accelerator)
+				fmt.Fprintf(w, "CPUs:\t%d (%s)\nMemory:\t%d MiB\nMachine:\t%s\nRestart policy:\t%s\nRestarts:\t%d\n",
+					s.CPUs, s.CPUModel, s.MemoryMiB, s.Machine, s.RestartPolicy, st.Restarts)
+				if st.Reason != "" {
+					fmt.Fprintf(w, "Reason:\t%s\n", st.Reason)
+				}
+				for _, d := range st.Disks {
+					fmt.Fprintf(w, "Disk %s:\t%s (%s)", d.Name, d.Path, d.Format)
+					if d.Backing != "" {
+						fmt.Fprintf(w, " on %s", d.Backing)
+					}
+					fmt.Fprintln(w)
+				}
+				for i, n := range s.NICs {
+					fmt.Fprintf(w, "NIC %d:\t%s %s", i, n.Mode, n.MAC)
+					if n.Bridge != "" {
+						fmt.Fprintf(w, " bridge %s", n.Bridge)
+					}
+					for _, f := range n.Forwards {
+						fmt.Fprintf(w, " 127.0.0.1:%d->%d/%s", f.HostPort, f.GuestPort, f.Protocol)
+					}
+					fmt.Fprintln(w)
+				}
+			})
+		},
+	}
+	addOutput(cmd, g)
+	return cmd
+}
+
+func newVMAction(g *globals, verb, short string) *cobra.Command {
+	var wait bool
+	cmd := &cobra.Command{
+		Use:   verb + " NAME",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c := g.client()
+			op, err := c.Action(cmd.Context(), args[0], verb, nil, 0)
+			_, err = follow(cmd, c, op, err, wait)
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&wait, "wait", true, "wait until the operation is done")
+	return cmd
+}
+
+func newVMStop(g *globals) *cobra.Command {
+	var wait, force bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "stop NAME",
+		Short: "Stop a VM: ACPI power button, then quit QEMU after --timeout",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c := g.client()
+			op, err := c.Action(cmd.Context(), args[0], "stop", v1.StopArgs{Force: force, TimeoutSeconds: int(timeout.Seconds())}, 0)
+			_, err = follow(cmd, c, op, err, wait)
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&wait, "wait", true, "wait until the operation is done")
+	cmd.Flags().BoolVar(&force, "force", false, "quit QEMU at once, without asking the guest")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "how long to wait for the guest (default: the server's --stop-timeout)")
+	return cmd
+}
+
+func newVMDelete(g *globals) *cobra.Command {
+	var wait, force bool
+	cmd := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete a VM and the disks Hangar created for it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c := g.client()
+			op, err := c.DeleteVM(cmd.Context(), args[0], force, 0)
+			_, err = follow(cmd, c, op, err, wait)
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&wait, "wait", true, "wait until the operation is done")
+	cmd.Flags().BoolVar(&force, "force", false, "delete even when it runs (kills it)")
+	return cmd
+}
+
+func newVMConsole(g *globals) *cobra.Command {
+	var logOnly bool
+	cmd := &cobra.Command{
+		Use:   "console NAME",
+		Short: "Attach to the serial console (Ctrl-] detaches); --log prints the console log",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c := g.client()
+			if logOnly {
+				b, err := c.ConsoleLog(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				_, err = cmd.OutOrStdout().Write(b)
+				return err
+			}
+			conn, err := c.Console(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			fd := int(os.Stdin.Fd())
+			if term.IsTerminal(fd) {
+				old, err := term.MakeRaw(fd)
+				if err != nil {
+					return err
+				}
+				defer term.Restore(fd, old)
+			}
+			fmt.Fprintf(os.Stderr, "connected to %s's serial console; Ctrl-] detaches\r\n", args[0])
+			done := make(chan struct{}, 2)
+			go func() {
+				buf := make([]byte, 4096)
+				for {
+					n, err := conn.Read(buf)
+					if n > 0 {
+						_, _ = os.Stdout.Write(buf[:n])
+					}
+					if err != nil {
+						done <- struct{}{}
+						return
+					}
+				}
+			}()
+			go func() {
+				buf := make([]byte, 1024)
+				for {
+					n, err := os.Stdin.Read(buf)
+					for i := 0; i < n; i++ {
+						if buf[i] == 0x1d { // Ctrl-]
+							_, _ = conn.Write(buf[:i])
+							done <- struct{}{}
+							return
+						}
+					}
+					if n > 0 {
+						if _, werr := conn.Write(buf[:n]); werr != nil {
+							done <- struct{}{}
+							return
+						}
+					}
+					if err != nil {
+						done <- struct{}{}
+						return
+					}
+				}
+			}()
+			select {
+			case <-done:
+			case <-cmd.Context().Done():
+			}
+			fmt.Fprint(os.Stderr, "\r\ndetached\r\n")
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&logOnly, "log", false, "print the persisted serial log and exit")
+	return cmd
+}

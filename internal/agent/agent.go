@@ -1,0 +1,302 @@
+// Package agent is the host agent: it runs the operations placed on its
+// host, turns VM specs into QEMU processes, re-adopts them after a restart,
+// applies restart policies and reports observed status.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/errdefs"
+	"hangar/internal/inventory"
+	"hangar/internal/qemu"
+	"hangar/internal/qemu/config"
+	"hangar/internal/storage"
+	"hangar/internal/store"
+)
+
+// Config of an agent.
+type Config struct {
+	Host    string
+	DataDir string // serial logs under DataDir/logs/<vm>
+	RunDir  string // sockets under RunDir/vms/<vm>
+	Store   store.Store
+	Caps    qemu.Capabilities
+	Pool    *storage.Pool
+	Log     *slog.Logger
+	// StopTimeout is how long a graceful stop waits for the guest (default 60 s).
+	StopTimeout time.Duration
+	// LeaseTTL of the host's liveness key (default 10 s).
+	LeaseTTL time.Duration
+	// RestartLimit restarts within RestartWindow, then the VM stays crashed.
+	RestartLimit  int
+	RestartWindow time.Duration
+}
+
+// Agent is one host's agent.
+type Agent struct {
+	cfg   Config
+	inv   inventory.Inventory
+	facts v1.Host
+
+	mu      sync.Mutex
+	vms     map[string]*machine
+	queued  map[string]bool // op ids handed to workers
+	ctx     context.Context
+	workers sync.WaitGroup
+	ready   chan struct{}
+}
+
+// New returns an agent; Run starts it.
+func New(cfg Config) (*Agent, error) {
+	if cfg.StopTimeout == 0 {
+		cfg.StopTimeout = 60 * time.Second
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = 10 * time.Second
+	}
+	if cfg.RestartLimit == 0 {
+		cfg.RestartLimit = 5
+	}
+	if cfg.RestartWindow == 0 {
+		cfg.RestartWindow = 10 * time.Minute
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	facts, err := HostFacts(cfg.Host, cfg.Caps)
+	if err != nil {
+		return nil, err
+	}
+	return &Agent{cfg: cfg, inv: inventory.Inventory{S: cfg.Store}, facts: facts,
+		vms: map[string]*machine{}, queued: map[string]bool{}, ready: make(chan struct{})}, nil
+}
+
+// Facts returns this host's facts.
+func (a *Agent) Facts() v1.Host { return a.facts }
+
+// Ready is closed once the agent has registered, re-adopted its VMs and
+// picked up its interrupted operations.
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// Run registers the host, recovers its VMs and operations, and serves
+// until ctx ends. QEMU processes keep running after Run returns.
+func (a *Agent) Run(ctx context.Context) error {
+	a.ctx = ctx
+	log := a.cfg.Log
+	if err := a.publishFacts(ctx); err != nil {
+		return err
+	}
+	lost, err := a.holdLease(ctx)
+	if err != nil {
+		return err
+	}
+	specs, _, _, err := a.inv.Specs(ctx)
+	if err != nil {
+		return fmt.Errorf("agent start: %w", err)
+	}
+	for _, s := range specs {
+		if s.Host == a.cfg.Host {
+			a.enqueue(s.Name, task{recover: true})
+		}
+	}
+	rev, err := a.queueOps(ctx)
+	if err != nil {
+		return fmt.Errorf("agent start: %w", err)
+	}
+	close(a.ready)
+	log.Info("agent ready", "host", a.cfg.Host, "accel", a.cfg.Caps.Accel, "qemu", a.cfg.Caps.Version)
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		wctx, cancel := context.WithCancel(ctx)
+		events := a.cfg.Store.Watch(wctx, inventory.Ops, rev+1)
+	watch:
+		for {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					break watch
+				}
+				rev = ev.KV.Revision
+				if ev.Type == store.EventPut {
+					a.queueOp(ev.KV)
+				}
+			case <-tick.C:
+				if err := a.publishFacts(ctx); err != nil && ctx.Err() == nil {
+					log.Warn("publish host facts", "err", err)
+				}
+			case <-lost:
+				log.Warn("host lease lost, registering again", "host", a.cfg.Host)
+				if lost, err = a.holdLease(ctx); err != nil && ctx.Err() == nil {
+					log.Error("register host", "err", err)
+					lost = retryAfter(time.Second)
+				}
+			case <-ctx.Done():
+				cancel()
+				a.workers.Wait()
+				return nil
+			}
+		}
+		cancel()
+		if ctx.Err() != nil {
+			a.workers.Wait()
+			return nil
+		}
+		// The watch ended (compaction or a lost connection): catch up.
+		if rev, err = a.queueOps(ctx); err != nil {
+			log.Warn("relist operations", "err", err)
+			time.Sleep(time.Second)
+		}
+	}
+}
+
+func retryAfter(d time.Duration) <-chan struct{} {
+	c := make(chan struct{})
+	time.AfterFunc(d, func() { close(c) })
+	return c
+}
+
+// holdLease writes the host's liveness key with a lease and keeps it alive.
+func (a *Agent) holdLease(ctx context.Context) (<-chan struct{}, error) {
+	id, err := a.cfg.Store.Grant(ctx, a.cfg.LeaseTTL)
+	if err != nil {
+		return nil, fmt.Errorf("register host %s: %w", a.cfg.Host, err)
+	}
+	if _, err := a.cfg.Store.PutWithLease(ctx, inventory.HostKey(a.cfg.Host), []byte(time.Now().UTC().Format(time.RFC3339)), id); err != nil {
+		return nil, fmt.Errorf("register host %s: %w", a.cfg.Host, err)
+	}
+	lost, err := a.cfg.Store.KeepAlive(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("register host %s: %w", a.cfg.Host, err)
+	}
+	return lost, nil
+}
+
+func (a *Agent) publishFacts(ctx context.Context) error {
+	h := a.facts
+	specs, _, _, err := a.inv.Specs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, s := range specs {
+		if s.Host == a.cfg.Host {
+			h.VMs++
+			if s.Power != v1.PowerStopped {
+				h.AllocatedMemoryMiB += s.MemoryMiB
+			}
+		}
+	}
+	h.Alive = true
+	h.UpdatedAt = time.Now().UTC()
+	if _, err := a.cfg.Store.Put(ctx, inventory.HostInfoKey(a.cfg.Host), inventory.Marshal(h), store.AnyRevision); err != nil {
+		return fmt.Errorf("publish host %s: %w", a.cfg.Host, err)
+	}
+	return nil
+}
+
+// queueOps hands every unfinished operation of this host to its VM's worker.
+func (a *Agent) queueOps(ctx context.Context) (int64, error) {
+	kvs, rev, err := a.cfg.Store.List(ctx, inventory.Ops)
+	if err != nil {
+		return 0, err
+	}
+	for _, kv := range kvs {
+		a.queueOp(kv)
+	}
+	return rev, nil
+}
+
+func (a *Agent) queueOp(kv store.KV) {
+	var op v1.Operation
+	if err := json.Unmarshal(kv.Value, &op); err != nil {
+		a.cfg.Log.Warn("bad operation record", "key", kv.Key, "err", err)
+		return
+	}
+	if op.Host != a.cfg.Host || op.Done() {
+		return
+	}
+	a.mu.Lock()
+	if a.queued[op.ID] {
+		a.mu.Unlock()
+		return
+	}
+	a.queued[op.ID] = true
+	a.mu.Unlock()
+	a.enqueue(op.Target, task{op: op.ID})
+}
+
+func (a *Agent) opFinished(id string) {
+	a.mu.Lock()
+	delete(a.queued, id)
+	a.mu.Unlock()
+}
+
+// enqueue hands a task to the VM's worker, starting the worker if needed.
+func (a *Agent) enqueue(name string, t task) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ctx.Err() != nil {
+		return
+	}
+	m, ok := a.vms[name]
+	if !ok {
+		m = &machine{a: a, name: name, wake: make(chan struct{}, 1), log: a.cfg.Log.With("vm", name)}
+		a.vms[name] = m
+		a.workers.Add(1)
+		go m.loop()
+	}
+	m.queue = append(m.queue, t)
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// retire ends a deleted VM's worker unless new work arrived for it.
+func (a *Agent) retire(m *machine) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(m.queue) > 0 {
+		return false
+	}
+	if a.vms[m.name] == m {
+		delete(a.vms, m.name)
+	}
+	return true
+}
+
+func (a *Agent) runDir(name string) string { return filepath.Join(a.cfg.RunDir, "vms", name) }
+func (a *Agent) logDir(name string) string { return filepath.Join(a.cfg.DataDir, "logs", name) }
+
+// SerialLogPath is where a VM's serial console is logged.
+func (a *Agent) SerialLogPath(name string) string {
+	return filepath.Join(a.logDir(name), config.SerialLog)
+}
+
+// OpenConsole connects to a running VM's serial console. QEMU serves one
+// client at a time.
+func (a *Agent) OpenConsole(ctx context.Context, name string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", filepath.Join(a.runDir(name), config.ConsoleSocket))
+	if err != nil {
+		return nil, errdefs.Precondition("vm %q has no console: is it running?", name)
+	}
+	return c, nil
+}
+
+// ensureDir creates a 0700 directory.
+func ensureDir(p string) error {
+	if err := os.MkdirAll(p, 0o700); err != nil {
+		return err
+	}
+	return os.Chmod(p, 0o700)
+}

@@ -1,0 +1,522 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/errdefs"
+	"hangar/internal/inventory"
+	"hangar/internal/network"
+	"hangar/internal/qemu"
+	"hangar/internal/qemu/config"
+	"hangar/internal/revert"
+	"hangar/internal/store"
+)
+
+// task is one unit of work for a VM's worker.
+type task struct {
+	op      string         // run this operation
+	recover bool           // re-adopt after an agent restart
+	exited  *qemu.Instance // this QEMU went away
+	restart bool           // restart by policy
+}
+
+// machine serializes everything done to one VM. Its fields other than
+// queue are touched only by its own worker goroutine.
+type machine struct {
+	a     *Agent
+	name  string
+	log   *slog.Logger
+	queue []task // guarded by a.mu
+	wake  chan struct{}
+
+	inst     *qemu.Instance
+	restarts []time.Time
+	gone     bool
+}
+
+func (m *machine) loop() {
+	defer m.a.workers.Done()
+	ctx := m.a.ctx
+	for {
+		m.a.mu.Lock()
+		var t task
+		have := len(m.queue) > 0
+		if have {
+			t = m.queue[0]
+			m.queue = m.queue[1:]
+		}
+		m.a.mu.Unlock()
+		if !have {
+			if m.gone && m.a.retire(m) {
+				return
+			}
+			select {
+			case <-m.wake:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		if m.gone && t.op == "" {
+			continue
+		}
+		m.gone = false
+		switch {
+		case t.op != "":
+			m.runOp(ctx, t.op)
+		case t.recover:
+			m.recover(ctx)
+		case t.exited != nil:
+			m.onExit(ctx, t.exited, "")
+		case t.restart:
+			m.policyRestart(ctx)
+		}
+	}
+}
+
+// runOp claims an operation, executes it and records the outcome. An
+// operation found "running" was interrupted by a crash and is run again:
+// every step is idempotent.
+func (m *machine) runOp(ctx context.Context, id string) {
+	defer m.a.opFinished(id)
+	inv := m.a.inv
+	op, rev, err := inv.Op(ctx, id)
+	if err != nil {
+		m.log.Warn("load operation", "op", id, "err", err)
+		return
+	}
+	if op.Done() {
+		return
+	}
+	if op.State == v1.OpRunning {
+		op.Attempts++
+		m.log.Info("resuming interrupted operation", "op", id, "kind", op.Kind, "attempt", op.Attempts)
+	}
+	op.State = v1.OpRunning
+	op.Updated = time.Now().UTC()
+	if rev, err = inv.PutOp(ctx, op, rev); err != nil {
+		m.log.Info("operation not claimed", "op", id, "err", err) // cancelled meanwhile
+		return
+	}
+	progress := func(f float64, phase string) {
+		op.Progress = v1.Progress{Fraction: f, Phase: phase}
+		op.Updated = time.Now().UTC()
+		if r, err := inv.PutOp(ctx, op, rev); err == nil {
+			rev = r
+		}
+	}
+	m.log.Info("operation started", "op", id, "kind", op.Kind)
+	err = m.execute(ctx, op, progress)
+	if ctx.Err() != nil {
+		m.log.Info("operation interrupted, resumes at restart", "op", id)
+		return
+	}
+	op.Updated = time.Now().UTC()
+	if err != nil {
+		op.State = v1.OpFailed
+		op.Error = errdefs.ToAPI(err)
+		m.log.Warn("operation failed", "op", id, "kind", op.Kind, "err", err)
+	} else {
+		op.State = v1.OpSucceeded
+		op.Progress = v1.Progress{Fraction: 1, Phase: "done"}
+		m.log.Info("operation succeeded", "op", id, "kind", op.Kind)
+	}
+	if _, err := inv.PutOp(ctx, op, store.AnyRevision); err != nil {
+		m.log.Error("record operation result", "op", id, "err", err)
+	}
+}
+
+func (m *machine) execute(ctx context.Context, op v1.Operation, progress func(float64, string)) error {
+	switch op.Kind {
+	case "create":
+		var args v1.CreateArgs
+		if err := decodeArgs(op, &args); err != nil {
+			return err
+		}
+		return m.create(ctx, args, progress)
+	case "start":
+		progress(0.2, "starting qemu")
+		return m.start(ctx)
+	case "stop":
+		var args v1.StopArgs
+		if err := decodeArgs(op, &args); err != nil {
+			return err
+		}
+		progress(0.2, "stopping")
+		return m.stop(ctx, args)
+	case "reboot":
+		return m.withMonitor(ctx, "reboot", func(i *qemu.Instance) error { return i.Mon.SystemReset(ctx) }, "")
+	case "pause":
+		return m.withMonitor(ctx, "pause", func(i *qemu.Instance) error { return i.Mon.Stop(ctx) }, v1.StatePaused)
+	case "resume":
+		return m.withMonitor(ctx, "resume", func(i *qemu.Instance) error { return i.Mon.Cont(ctx) }, v1.StateRunning)
+	case "delete":
+		var args v1.DeleteArgs
+		if err := decodeArgs(op, &args); err != nil {
+			return err
+		}
+		return m.delete(ctx, args)
+	default:
+		return fmt.Errorf("operation kind %q: %w", op.Kind, errdefs.ErrPrecondition)
+	}
+}
+
+func decodeArgs(op v1.Operation, v any) error {
+	if len(op.Args) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(op.Args, v); err != nil {
+		return fmt.Errorf("operation %s args: %w", op.ID, err)
+	}
+	return nil
+}
+
+// setStatus updates the VM's observed status.
+func (m *machine) setStatus(ctx context.Context, f func(*v1.VMStatus)) error {
+	st, err := m.a.inv.Status(ctx, m.name)
+	if err != nil {
+		return err
+	}
+	f(&st)
+	st.Host = m.a.cfg.Host
+	st.UpdatedAt = time.Now().UTC()
+	return m.a.inv.PutStatus(ctx, m.name, st)
+}
+
+func (m *machine) create(ctx context.Context, args v1.CreateArgs, progress func(float64, string)) error {
+	spec, _, err := m.a.inv.Spec(ctx, m.name)
+	if err != nil {
+		return err
+	}
+	rev := revert.New()
+	defer rev.Fail()
+	rev.Add(func() {
+		// A failed create leaves nothing behind: no volumes, no records.
+		bg := context.Background()
+		_, _ = m.a.cfg.Store.Txn(bg, nil, store.DeleteOp(inventory.StatusKey(m.name), store.AnyRevision),
+			store.DeleteOp(inventory.VMKey(m.name), store.AnyRevision))
+		_ = os.RemoveAll(m.a.logDir(m.name))
+		m.gone = true
+	})
+	var disks []v1.DiskStatus
+	for i, d := range spec.Disks {
+		progress(0.1+0.5*float64(i)/float64(len(spec.Disks)), "creating disk "+d.Name)
+		ds, err := m.a.cfg.Pool.CreateDisk(ctx, m.name, d)
+		if err != nil {
+			return errdefs.Field(fmt.Sprintf("disks[%d]", i), err)
+		}
+		disks = append(disks, ds)
+		rev.Add(func() {
+			if err := m.a.cfg.Pool.DeleteVM(m.name, []v1.DiskStatus{ds}); err != nil {
+				m.log.Warn("roll back disk", "disk", ds.Name, "err", err)
+			}
+		})
+	}
+	if err := m.setStatus(ctx, func(st *v1.VMStatus) {
+		*st = v1.VMStatus{State: v1.StateStopped, Disks: disks}
+	}); err != nil {
+		return err
+	}
+	if args.Start {
+		progress(0.7, "starting qemu")
+		if err := m.start(ctx); err != nil {
+			return err
+		}
+	}
+	rev.Success()
+	return nil
+}
+
+func (m *machine) start(ctx context.Context) error {
+	spec, _, err := m.a.inv.Spec(ctx, m.name)
+	if err != nil {
+		return err
+	}
+	if m.inst != nil {
+		st, err := m.inst.Mon.QueryStatus(ctx)
+		if err != nil {
+			return fmt.Errorf("start %s: %w", m.name, err)
+		}
+		if !st.Running {
+			if err := m.inst.Mon.Cont(ctx); err != nil {
+				return fmt.Errorf("start %s: resume: %w", m.name, err)
+			}
+		}
+		return m.setStatus(ctx, func(st *v1.VMStatus) { st.State = v1.StateRunning })
+	}
+	status, err := m.a.inv.Status(ctx, m.name)
+	if err != nil {
+		return err
+	}
+	files := make([]config.DiskFile, len(spec.Disks))
+	for i, d := range spec.Disks {
+		var ds *v1.DiskStatus
+		for j := range status.Disks {
+			if status.Disks[j].Name == d.Name {
+				ds = &status.Disks[j]
+			}
+		}
+		if ds == nil {
+			created, err := m.a.cfg.Pool.CreateDisk(ctx, m.name, d)
+			if err != nil {
+				return errdefs.Field(fmt.Sprintf("disks[%d]", i), err)
+			}
+			status.Disks = append(status.Disks, created)
+			ds = &created
+		}
+		files[i] = config.DiskFile{Path: ds.Path, Format: ds.Format}
+	}
+	rev := revert.New()
+	defer rev.Fail()
+	taps := make([]string, len(spec.NICs))
+	for i, n := range spec.NICs {
+		if n.Mode != v1.NICBridge {
+			continue
+		}
+		taps[i] = network.TapName(m.name, i)
+		if err := network.EnsureTap(taps[i], n.Bridge); err != nil {
+			return errdefs.Field(fmt.Sprintf("nics[%d].bridge", i), err)
+		}
+		tap := taps[i]
+		rev.Add(func() { _ = network.DeleteTap(tap) })
+	}
+	if err := ensureDir(m.a.logDir(m.name)); err != nil {
+		return fmt.Errorf("start %s: %w", m.name, err)
+	}
+	argv, err := config.Argv(config.Params{Spec: spec, Accel: m.a.cfg.Caps.Accel, RunDir: m.a.runDir(m.name),
+		LogDir: m.a.logDir(m.name), Disks: files, Taps: taps})
+	if err != nil {
+		return err
+	}
+	if err := m.setStatus(ctx, func(st *v1.VMStatus) { st.State = v1.StateStarting; st.Disks = status.Disks }); err != nil {
+		return err
+	}
+	rev.Add(func() {
+		_ = m.setStatus(context.Background(), func(st *v1.VMStatus) { st.State = v1.StateStopped; st.PID = 0 })
+	})
+	inst, err := qemu.Start(ctx, m.a.cfg.Caps, m.name, m.a.runDir(m.name), argv, m.log)
+	if err != nil {
+		return err
+	}
+	rev.Add(func() { _ = inst.Kill(context.Background()) })
+	if err := inst.Mon.Cont(ctx); err != nil {
+		return fmt.Errorf("start %s: cont: %w", m.name, err)
+	}
+	now := time.Now().UTC()
+	if err := m.setStatus(ctx, func(st *v1.VMStatus) {
+		st.State, st.PID, st.StartedAt, st.Accelerator, st.Reason = v1.StateRunning, inst.PID, &now, m.a.cfg.Caps.Accel, ""
+	}); err != nil {
+		return err
+	}
+	m.watch(inst)
+	rev.Success()
+	m.log.Info("vm started", "pid", inst.PID, "accel", m.a.cfg.Caps.Accel)
+	return nil
+}
+
+// watch hands the instance's exit to the worker.
+func (m *machine) watch(inst *qemu.Instance) {
+	m.inst = inst
+	go func() {
+		<-inst.Exited()
+		m.a.enqueue(m.name, task{exited: inst})
+	}()
+}
+
+func (m *machine) withMonitor(ctx context.Context, what string, f func(*qemu.Instance) error, state string) error {
+	if m.inst == nil {
+		return errdefs.Precondition("%s %s: vm is not running", what, m.name)
+	}
+	if err := f(m.inst); err != nil {
+		return fmt.Errorf("%s %s: %w", what, m.name, err)
+	}
+	if state == "" {
+		return nil
+	}
+	return m.setStatus(ctx, func(st *v1.VMStatus) { st.State = state })
+}
+
+func (m *machine) stop(ctx context.Context, args v1.StopArgs) error {
+	inst := m.inst
+	if inst != nil {
+		if err := m.setStatus(ctx, func(st *v1.VMStatus) { st.State = v1.StateStopping }); err != nil {
+			return err
+		}
+		timeout := m.a.cfg.StopTimeout
+		if args.TimeoutSeconds > 0 {
+			timeout = time.Duration(args.TimeoutSeconds) * time.Second
+		}
+		var err error
+		if args.Force {
+			err = inst.Quit(ctx)
+		} else {
+			_, err = inst.Powerdown(ctx, timeout)
+		}
+		if err != nil {
+			return fmt.Errorf("stop %s: %w", m.name, err)
+		}
+		m.inst = nil
+		m.deleteTaps(ctx)
+	}
+	return m.setStatus(ctx, func(st *v1.VMStatus) {
+		st.State, st.PID, st.StartedAt, st.Reason = v1.StateStopped, 0, nil, "stopped by user"
+	})
+}
+
+func (m *machine) deleteTaps(ctx context.Context) {
+	spec, _, err := m.a.inv.Spec(ctx, m.name)
+	if err != nil {
+		return
+	}
+	for i, n := range spec.NICs {
+		if n.Mode == v1.NICBridge {
+			if err := network.DeleteTap(network.TapName(m.name, i)); err != nil {
+				m.log.Warn("delete tap", "err", err)
+			}
+		}
+	}
+}
+
+func (m *machine) delete(ctx context.Context, args v1.DeleteArgs) error {
+	if m.inst != nil {
+		if !args.Force {
+			return errdefs.Precondition("delete %s: vm is running (stop it first or force)", m.name)
+		}
+		if err := m.inst.Kill(ctx); err != nil {
+			return err
+		}
+		m.inst = nil
+		m.deleteTaps(ctx)
+	}
+	status, err := m.a.inv.Status(ctx, m.name)
+	if err != nil {
+		return err
+	}
+	if err := m.a.cfg.Pool.DeleteVM(m.name, status.Disks); err != nil {
+		return fmt.Errorf("delete %s: %w", m.name, err)
+	}
+	_ = os.RemoveAll(m.a.runDir(m.name))
+	_ = os.RemoveAll(m.a.logDir(m.name))
+	if _, err := m.a.cfg.Store.Txn(ctx, nil, store.DeleteOp(inventory.StatusKey(m.name), store.AnyRevision),
+		store.DeleteOp(inventory.VMKey(m.name), store.AnyRevision)); err != nil {
+		return fmt.Errorf("delete %s: %w", m.name, err)
+	}
+	m.gone = true
+	m.log.Info("vm deleted")
+	return nil
+}
+
+// recover re-adopts a QEMU left running by an earlier agent, or notices
+// that it died meanwhile.
+func (m *machine) recover(ctx context.Context) {
+	if m.inst != nil {
+		return
+	}
+	inst, err := qemu.Adopt(ctx, m.name, m.a.runDir(m.name), m.log)
+	if err == nil {
+		qs, err := inst.Mon.QueryStatus(ctx)
+		state := v1.StateRunning
+		if err == nil && !qs.Running {
+			state = v1.StatePaused
+		}
+		m.watch(inst)
+		if err := m.setStatus(ctx, func(st *v1.VMStatus) { st.State, st.PID = state, inst.PID }); err != nil {
+			m.log.Warn("write status", "err", err)
+		}
+		m.log.Info("vm re-adopted", "pid", inst.PID, "state", state)
+		return
+	}
+	st, serr := m.a.inv.Status(ctx, m.name)
+	if serr != nil {
+		m.log.Warn("read status", "err", serr)
+		return
+	}
+	switch st.State {
+	case v1.StateRunning, v1.StatePaused, v1.StateStarting, v1.StateStopping:
+		m.log.Warn("qemu gone while the agent was down", "err", err)
+		m.onExit(ctx, nil, "qemu exited while the agent was down")
+	}
+}
+
+// onExit records a QEMU exit the agent did not ask for and applies the
+// restart policy.
+func (m *machine) onExit(ctx context.Context, inst *qemu.Instance, reason string) {
+	if inst != nil {
+		if m.inst != inst {
+			return // an exit the worker caused itself (stop, delete)
+		}
+		m.inst = nil
+	}
+	m.deleteTaps(ctx)
+	spec, _, err := m.a.inv.Spec(ctx, m.name)
+	if errors.Is(err, store.ErrNotFound) {
+		return
+	}
+	if err != nil {
+		m.log.Warn("load spec", "err", err)
+		return
+	}
+	crashed := true
+	if inst != nil {
+		if sd := inst.ShutdownEvent(); sd != nil && sd.Guest {
+			crashed = false
+			reason = "guest powered off (" + sd.Reason + ")"
+		} else if sd != nil {
+			reason = "qemu stopped outside hangar (" + sd.Reason + ")"
+		} else {
+			reason = "qemu died without shutting down"
+		}
+	}
+	state := v1.StateStopped
+	if crashed {
+		state = v1.StateCrashed
+	}
+	restart := spec.Power != v1.PowerStopped &&
+		(spec.RestartPolicy == v1.RestartAlways || (spec.RestartPolicy == v1.RestartOnFailure && crashed))
+	if restart {
+		cut := time.Now().Add(-m.a.cfg.RestartWindow)
+		recent := m.restarts[:0]
+		for _, t := range m.restarts {
+			if t.After(cut) {
+				recent = append(recent, t)
+			}
+		}
+		m.restarts = recent
+		if len(recent) >= m.a.cfg.RestartLimit {
+			restart = false
+			reason += fmt.Sprintf("; not restarted: %d restarts within %s", len(recent), m.a.cfg.RestartWindow)
+		}
+	}
+	m.log.Warn("vm exited", "state", state, "reason", reason, "restart", restart)
+	if err := m.setStatus(ctx, func(st *v1.VMStatus) {
+		st.State, st.PID, st.StartedAt, st.Reason = state, 0, nil, reason
+	}); err != nil {
+		m.log.Warn("write status", "err", err)
+	}
+	if restart {
+		delay := time.Duration(1<<len(m.restarts)) * 500 * time.Millisecond
+		m.restarts = append(m.restarts, time.Now())
+		time.AfterFunc(delay, func() { m.a.enqueue(m.name, task{restart: true}) })
+	}
+}
+
+func (m *machine) policyRestart(ctx context.Context) {
+	spec, _, err := m.a.inv.Spec(ctx, m.name)
+	if err != nil || m.inst != nil || spec.Power == v1.PowerStopped {
+		return
+	}
+	if err := m.start(ctx); err != nil {
+		m.log.Warn("restart by policy failed", "err", err)
+		_ = m.setStatus(ctx, func(st *v1.VMStatus) { st.State, st.Reason = v1.StateCrashed, "restart failed: "+err.Error() })
+		return
+	}
+	_ = m.setStatus(ctx, func(st *v1.VMStatus) { st.Restarts++ })
+	m.log.Info("vm restarted by policy", "policy", spec.RestartPolicy)
+}

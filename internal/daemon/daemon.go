@@ -1,0 +1,181 @@
+// Package daemon wires one `hangar serve` process: embedded etcd member,
+// state store, host agent and API server.
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"hangar/internal/agent"
+	"hangar/internal/etcdembed"
+	"hangar/internal/manager"
+	"hangar/internal/qemu"
+	"hangar/internal/storage"
+	"hangar/internal/store"
+)
+
+// Config of a hangar serve process.
+type Config struct {
+	DataDir string // default /var/lib/hangar
+	RunDir  string // default /run/hangar
+	Socket  string // default RunDir/hangar.sock
+	Host    string // default the machine's hostname
+	// Listen is an optional TCP address; it needs TLSCert and TLSKey.
+	Listen          string
+	TLSCert, TLSKey string
+	EtcdClientURL   string // default: a free 127.0.0.1 port
+	EtcdPeerURL     string
+	StopTimeout     time.Duration
+	Log             *slog.Logger
+}
+
+// Daemon is a running hangar serve.
+type Daemon struct {
+	Agent  *agent.Agent
+	Store  store.Store
+	Socket string
+	member *etcdembed.Member
+	srv    *http.Server
+	errc   chan error
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Start brings everything up and returns once the API is served and the
+// agent has recovered its VMs.
+func Start(ctx context.Context, cfg Config) (*Daemon, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = "/var/lib/hangar"
+	}
+	if cfg.RunDir == "" {
+		cfg.RunDir = "/run/hangar"
+	}
+	if cfg.Socket == "" {
+		cfg.Socket = filepath.Join(cfg.RunDir, "hangar.sock")
+	}
+	if cfg.Host == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("host name: %w", err)
+		}
+		cfg.Host = h
+	}
+	if cfg.Listen != "" && (cfg.TLSCert == "" || cfg.TLSKey == "") {
+		return nil, errors.New("--listen needs --tls-cert and --tls-key: the API is served over TCP only with TLS")
+	}
+	for _, d := range []string{cfg.DataDir, cfg.RunDir, filepath.Join(cfg.RunDir, "vms")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	caps, err := qemu.Detect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ecfg := etcdembed.Config{Name: cfg.Host, DataDir: filepath.Join(cfg.DataDir, "etcd"), Logger: cfg.Log}
+	if cfg.EtcdClientURL != "" {
+		ecfg.ClientURLs = []string{cfg.EtcdClientURL}
+	}
+	if cfg.EtcdPeerURL != "" {
+		ecfg.PeerURLs = []string{cfg.EtcdPeerURL}
+	}
+	member, err := etcdembed.Start(ctx, ecfg)
+	if err != nil {
+		return nil, fmt.Errorf("start etcd: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = member.Close()
+		}
+	}()
+	st := store.NewEtcd(member.Client())
+	pool, err := storage.OpenDirPool("default", filepath.Join(cfg.DataDir, "pools", "default"))
+	if err != nil {
+		return nil, err
+	}
+	ag, err := agent.New(agent.Config{Host: cfg.Host, DataDir: cfg.DataDir, RunDir: cfg.RunDir, Store: st, Caps: caps,
+		Pool: pool, Log: cfg.Log, StopTimeout: cfg.StopTimeout})
+	if err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	d := &Daemon{Agent: ag, Store: st, Socket: cfg.Socket, member: member, errc: make(chan error, 3), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(d.done)
+		if err := ag.Run(rctx); err != nil {
+			d.errc <- fmt.Errorf("agent: %w", err)
+		}
+	}()
+	select {
+	case <-ag.Ready():
+	case err := <-d.errc:
+		cancel()
+		return nil, err
+	case <-ctx.Done():
+		cancel()
+		return nil, ctx.Err()
+	}
+	api := manager.New(manager.Config{Store: st, Consoles: ag, Log: cfg.Log})
+	d.srv = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
+	_ = os.Remove(cfg.Socket)
+	ln, err := net.Listen("unix", cfg.Socket)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Socket, err)
+	}
+	if err := os.Chmod(cfg.Socket, 0o660); err != nil {
+		cancel()
+		return nil, fmt.Errorf("chmod %s: %w", cfg.Socket, err)
+	}
+	go func() {
+		if err := d.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.errc <- fmt.Errorf("api on %s: %w", cfg.Socket, err)
+		}
+	}()
+	if cfg.Listen != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("load TLS key pair: %w", err)
+		}
+		tln, err := tls.Listen("tcp", cfg.Listen, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		}
+		go func() {
+			if err := d.srv.Serve(tln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				d.errc <- fmt.Errorf("api on %s: %w", cfg.Listen, err)
+			}
+		}()
+	}
+	ok = true
+	cfg.Log.Info("hangar serving", "socket", cfg.Socket, "host", cfg.Host, "data", cfg.DataDir, "accel", caps.Accel)
+	return d, nil
+}
+
+// Err reports a fatal error of a component.
+func (d *Daemon) Err() <-chan error { return d.errc }
+
+// Close stops serving. Running VMs keep running; the next start re-adopts them.
+func (d *Daemon) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = d.srv.Shutdown(ctx)
+	d.cancel()
+	<-d.done
+	_ = os.Remove(d.Socket)
+	return d.member.Close()
+}

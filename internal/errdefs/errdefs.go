@@ -1,0 +1,95 @@
+// Package errdefs classifies errors once, where their meaning is known, and
+// maps the classes to API error codes at the edge.
+package errdefs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/storage"
+	"hangar/internal/store"
+	"hangar/internal/vm"
+)
+
+// Classes that are not owned by a more specific package.
+var (
+	ErrPrecondition = errors.New("failed precondition")
+	ErrConflict     = errors.New("conflict")
+	ErrNotFound     = errors.New("not found")
+	ErrUnavailable  = errors.New("unavailable")
+)
+
+// Precondition returns an ErrPrecondition with a message.
+func Precondition(format string, args ...any) error {
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), ErrPrecondition)
+}
+
+// FieldError marks err as the fault of one request field.
+type FieldError struct {
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// Field wraps err with the request field it is about.
+func Field(field string, err error) error { return &FieldError{Field: field, Err: err} }
+
+// ToAPI maps an error to the API's error body.
+func ToAPI(err error) *v1.Error {
+	if err == nil {
+		return nil
+	}
+	e := &v1.Error{Code: Code(err), Message: err.Error()}
+	var fe *vm.FieldError
+	var fe2 *FieldError
+	switch {
+	case errors.As(err, &fe):
+		e.Field = fe.Field
+	case errors.As(err, &fe2):
+		e.Field = fe2.Field
+	}
+	return e
+}
+
+// Code returns the API error code of err.
+func Code(err error) string {
+	var ae *v1.Error
+	switch {
+	case errors.As(err, &ae):
+		return ae.Code
+	case errors.Is(err, vm.ErrInvalid), errors.Is(err, storage.ErrNoImage), errors.Is(err, storage.ErrOutsidePool):
+		return v1.CodeInvalidArgument
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, ErrNotFound):
+		return v1.CodeNotFound
+	case errors.Is(err, store.ErrConflict), errors.Is(err, ErrConflict):
+		return v1.CodeConflict
+	case errors.Is(err, ErrPrecondition):
+		return v1.CodeFailedPrecondition
+	case errors.Is(err, ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		return v1.CodeUnavailable
+	default:
+		return v1.CodeInternal
+	}
+}
+
+// HTTPStatus maps an API error code to its HTTP status.
+func HTTPStatus(code string) int {
+	switch code {
+	case v1.CodeInvalidArgument:
+		return 400
+	case v1.CodeNotFound:
+		return 404
+	case v1.CodeConflict:
+		return 409
+	case v1.CodeFailedPrecondition:
+		return 412
+	case v1.CodeUnavailable:
+		return 503
+	default:
+		return 500
+	}
+}

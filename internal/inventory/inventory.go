@@ -1,0 +1,194 @@
+// Package inventory is the layout of Hangar's records in the state store:
+// VM specs (desired, written by the manager), VM statuses (observed, written
+// by the owning agent), hosts (kept alive by a lease) and operations.
+package inventory
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/store"
+)
+
+// Key prefixes.
+const (
+	Root      = "/hangar/"
+	VMs       = Root + "vms/"
+	Statuses  = Root + "status/"
+	Hosts     = Root + "hosts/"
+	Ops       = Root + "ops/"
+	HostInfos = Root + "hostinfo/"
+)
+
+func VMKey(name string) string       { return VMs + name }
+func StatusKey(name string) string   { return Statuses + name }
+func HostKey(name string) string     { return Hosts + name }
+func HostInfoKey(name string) string { return HostInfos + name }
+func OpKey(id string) string         { return Ops + id }
+
+// NameFromKey returns the last element of a key.
+func NameFromKey(key string) string { return key[strings.LastIndexByte(key, '/')+1:] }
+
+// Inventory reads and writes typed records.
+type Inventory struct{ S store.Store }
+
+func get[T any](ctx context.Context, s store.Store, key string) (T, int64, error) {
+	var v T
+	kv, err := s.Get(ctx, key)
+	if err != nil {
+		return v, 0, err
+	}
+	if err := json.Unmarshal(kv.Value, &v); err != nil {
+		return v, 0, fmt.Errorf("decode %s: %w", key, err)
+	}
+	return v, kv.Revision, nil
+}
+
+func list[T any](ctx context.Context, s store.Store, prefix string) ([]T, []int64, int64, error) {
+	kvs, rev, err := s.List(ctx, prefix)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	out := make([]T, 0, len(kvs))
+	revs := make([]int64, 0, len(kvs))
+	for _, kv := range kvs {
+		var v T
+		if err := json.Unmarshal(kv.Value, &v); err != nil {
+			return nil, nil, 0, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+		out = append(out, v)
+		revs = append(revs, kv.Revision)
+	}
+	return out, revs, rev, nil
+}
+
+// Marshal encodes a record (records are plain structs: cannot fail).
+func Marshal(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("marshal %T: %v", v, err))
+	}
+	return b
+}
+
+// Spec returns a VM's spec and its revision.
+func (i Inventory) Spec(ctx context.Context, name string) (v1.VMSpec, int64, error) {
+	s, rev, err := get[v1.VMSpec](ctx, i.S, VMKey(name))
+	if err != nil {
+		return s, 0, fmt.Errorf("load vm %q: %w", name, err)
+	}
+	return s, rev, nil
+}
+
+// Specs lists all VM specs.
+func (i Inventory) Specs(ctx context.Context) ([]v1.VMSpec, []int64, int64, error) {
+	return list[v1.VMSpec](ctx, i.S, VMs)
+}
+
+// Status returns a VM's observed status; a VM no agent reported on yet is
+// "creating".
+func (i Inventory) Status(ctx context.Context, name string) (v1.VMStatus, error) {
+	st, _, err := get[v1.VMStatus](ctx, i.S, StatusKey(name))
+	if errors.Is(err, store.ErrNotFound) {
+		return v1.VMStatus{State: v1.StateCreating}, nil
+	}
+	if err != nil {
+		return st, fmt.Errorf("load status of vm %q: %w", name, err)
+	}
+	return st, nil
+}
+
+// PutStatus writes a VM's observed status.
+func (i Inventory) PutStatus(ctx context.Context, name string, st v1.VMStatus) error {
+	if _, err := i.S.Put(ctx, StatusKey(name), Marshal(st), store.AnyRevision); err != nil {
+		return fmt.Errorf("write status of vm %q: %w", name, err)
+	}
+	return nil
+}
+
+// VM returns spec and status together.
+func (i Inventory) VM(ctx context.Context, name string) (v1.VM, error) {
+	spec, rev, err := i.Spec(ctx, name)
+	if err != nil {
+		return v1.VM{}, err
+	}
+	st, err := i.Status(ctx, name)
+	if err != nil {
+		return v1.VM{}, err
+	}
+	return v1.VM{Spec: spec, Status: st, Revision: rev}, nil
+}
+
+// VMList returns every VM with its status.
+func (i Inventory) VMList(ctx context.Context) ([]v1.VM, error) {
+	specs, revs, _, err := i.Specs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list vms: %w", err)
+	}
+	kvs, _, err := i.S.List(ctx, Statuses)
+	if err != nil {
+		return nil, fmt.Errorf("list vm statuses: %w", err)
+	}
+	byName := map[string]v1.VMStatus{}
+	for _, kv := range kvs {
+		var st v1.VMStatus
+		if err := json.Unmarshal(kv.Value, &st); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+		byName[NameFromKey(kv.Key)] = st
+	}
+	out := make([]v1.VM, 0, len(specs))
+	for j, s := range specs {
+		st, ok := byName[s.Name]
+		if !ok {
+			st = v1.VMStatus{State: v1.StateCreating}
+		}
+		out = append(out, v1.VM{Spec: s, Status: st, Revision: revs[j]})
+	}
+	return out, nil
+}
+
+// Op returns an operation and its revision.
+func (i Inventory) Op(ctx context.Context, id string) (v1.Operation, int64, error) {
+	op, rev, err := get[v1.Operation](ctx, i.S, OpKey(id))
+	if err != nil {
+		return op, 0, fmt.Errorf("load operation %q: %w", id, err)
+	}
+	return op, rev, nil
+}
+
+// Ops lists operations (oldest first: ids sort by time).
+func (i Inventory) Ops(ctx context.Context) ([]v1.Operation, []int64, int64, error) {
+	return list[v1.Operation](ctx, i.S, Ops)
+}
+
+// PutOp writes an operation if it still has revision rev.
+func (i Inventory) PutOp(ctx context.Context, op v1.Operation, rev int64) (int64, error) {
+	r, err := i.S.Put(ctx, OpKey(op.ID), Marshal(op), rev)
+	if err != nil {
+		return 0, fmt.Errorf("write operation %s: %w", op.ID, err)
+	}
+	return r, nil
+}
+
+// HostInfos lists the hosts' last reported facts.
+func (i Inventory) HostInfos(ctx context.Context) ([]v1.Host, error) {
+	hs, _, _, err := list[v1.Host](ctx, i.S, HostInfos)
+	if err != nil {
+		return nil, fmt.Errorf("list hosts: %w", err)
+	}
+	return hs, nil
+}
+
+// HostAlive reports whether a host's lease key exists.
+func (i Inventory) HostAlive(ctx context.Context, name string) (bool, error) {
+	_, err := i.S.Get(ctx, HostKey(name))
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}

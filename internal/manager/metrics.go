@@ -1,0 +1,69 @@
+package manager
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/inventory"
+)
+
+var (
+	descVMs      = prometheus.NewDesc("hangar_vms", "VMs by observed state.", []string{"state"}, nil)
+	descHostUp   = prometheus.NewDesc("hangar_host_up", "1 when the host's agent holds its lease.", []string{"host"}, nil)
+	descHostCPUs = prometheus.NewDesc("hangar_host_cpus", "Logical CPUs of the host.", []string{"host"}, nil)
+	descHostMem  = prometheus.NewDesc("hangar_host_memory_bytes", "Memory of the host.", []string{"host"}, nil)
+	descHostUsed = prometheus.NewDesc("hangar_host_memory_allocated_bytes", "Memory allocated to VMs that are not stopped.", []string{"host"}, nil)
+	descHostVMs  = prometheus.NewDesc("hangar_host_vms", "VMs placed on the host.", []string{"host"}, nil)
+	descOps      = prometheus.NewDesc("hangar_operations", "Operations by state.", []string{"state"}, nil)
+)
+
+// collector reads the inventory at scrape time.
+type collector struct{ inv inventory.Inventory }
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descVMs, descHostUp, descHostCPUs, descHostMem, descHostUsed, descHostVMs, descOps} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if vms, err := c.inv.VMList(ctx); err == nil {
+		counts := map[string]int{}
+		for _, s := range []string{v1.StateRunning, v1.StateStopped, v1.StatePaused, v1.StateCrashed} {
+			counts[s] = 0
+		}
+		for _, v := range vms {
+			counts[v.Status.State]++
+		}
+		for s, n := range counts {
+			ch <- prometheus.MustNewConstMetric(descVMs, prometheus.GaugeValue, float64(n), s)
+		}
+	}
+	if hosts, err := c.inv.HostInfos(ctx); err == nil {
+		for _, h := range hosts {
+			up := 0.0
+			if alive, err := c.inv.HostAlive(ctx, h.Name); err == nil && alive {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descHostUp, prometheus.GaugeValue, up, h.Name)
+			ch <- prometheus.MustNewConstMetric(descHostCPUs, prometheus.GaugeValue, float64(h.CPUs), h.Name)
+			ch <- prometheus.MustNewConstMetric(descHostMem, prometheus.GaugeValue, float64(h.MemoryMiB)*(1<<20), h.Name)
+			ch <- prometheus.MustNewConstMetric(descHostUsed, prometheus.GaugeValue, float64(h.AllocatedMemoryMiB)*(1<<20), h.Name)
+			ch <- prometheus.MustNewConstMetric(descHostVMs, prometheus.GaugeValue, float64(h.VMs), h.Name)
+		}
+	}
+	if ops, _, _, err := c.inv.Ops(ctx); err == nil {
+		counts := map[string]int{}
+		for _, o := range ops {
+			counts[o.State]++
+		}
+		for s, n := range counts {
+			ch <- prometheus.MustNewConstMetric(descOps, prometheus.GaugeValue, float64(n), s)
+		}
+	}
+}

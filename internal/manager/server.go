@@ -1,0 +1,666 @@
+// Package manager serves the REST API: it validates requests, writes
+// desired state and Operation records to the store and answers from it. It
+// never talks to QEMU: the agent owning a VM carries operations out.
+package manager
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/errdefs"
+	"hangar/internal/inventory"
+	"hangar/internal/scheduler"
+	"hangar/internal/storage"
+	"hangar/internal/store"
+	"hangar/internal/vm"
+)
+
+// Consoles gives access to VMs' serial consoles on their hosts.
+type Consoles interface {
+	OpenConsole(ctx context.Context, name string) (net.Conn, error)
+	SerialLogPath(name string) string
+}
+
+// Config of the API server.
+type Config struct {
+	Store    store.Store
+	Consoles Consoles
+	Log      *slog.Logger
+	// MaxWait bounds ?wait= (default 10 min).
+	MaxWait time.Duration
+}
+
+// Server is the API server.
+type Server struct {
+	cfg Config
+	inv inventory.Inventory
+	mux *http.ServeMux
+}
+
+// New builds the server and its routes.
+func New(cfg Config) *Server {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.MaxWait == 0 {
+		cfg.MaxWait = 10 * time.Minute
+	}
+	s := &Server{cfg: cfg, inv: inventory.Inventory{S: cfg.Store}, mux: http.NewServeMux()}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&collector{inv: s.inv}, prometheus.NewGoCollector())
+	m := s.mux
+	m.HandleFunc("GET /api/v1/vms", s.listVMs)
+	m.HandleFunc("POST /api/v1/vms", s.createVM)
+	m.HandleFunc("GET /api/v1/vms/{name}", s.getVM)
+	m.HandleFunc("DELETE /api/v1/vms/{name}", s.deleteVM)
+	m.HandleFunc("POST /api/v1/vms/{name}/{action}", s.vmAction)
+	m.HandleFunc("GET /api/v1/vms/{name}/console", s.console)
+	m.HandleFunc("GET /api/v1/vms/{name}/console/log", s.consoleLog)
+	m.HandleFunc("GET /api/v1/operations", s.listOps)
+	m.HandleFunc("GET /api/v1/operations/{id}", s.getOp)
+	m.HandleFunc("DELETE /api/v1/operations/{id}", s.cancelOp)
+	m.HandleFunc("GET /api/v1/hosts", s.listHosts)
+	m.HandleFunc("GET /api/v1/hosts/{name}", s.getHost)
+	m.HandleFunc("GET /api/v1/openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/yaml")
+		_, _ = w.Write(v1.OpenAPI)
+	})
+	m.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	m.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, &v1.Error{Code: v1.CodeNotFound, Message: fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)})
+	})
+	return s
+}
+
+// ServeHTTP logs and serves one request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	s.mux.ServeHTTP(w, r)
+	s.cfg.Log.Debug("api", "method", r.Method, "path", r.URL.Path, "dur", time.Since(start))
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	e := errdefs.ToAPI(err)
+	writeJSON(w, errdefs.HTTPStatus(e.Code), v1.ErrorResponse{Error: e})
+}
+
+// decode reads a JSON body strictly: unknown fields and wrong types are
+// errors naming the field.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		var se *json.SyntaxError
+		switch {
+		case errors.As(err, &te):
+			return &v1.Error{Code: v1.CodeInvalidArgument, Field: te.Field,
+				Message: fmt.Sprintf("%s: must be a %s, got %s", te.Field, te.Type, te.Value)}
+		case errors.As(err, &se), errors.Is(err, io.ErrUnexpectedEOF):
+			return &v1.Error{Code: v1.CodeInvalidArgument, Field: "body", Message: "body: malformed JSON: " + err.Error()}
+		case errors.Is(err, io.EOF):
+			return &v1.Error{Code: v1.CodeInvalidArgument, Field: "body", Message: "body: empty, want a JSON object"}
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+			return &v1.Error{Code: v1.CodeInvalidArgument, Field: f, Message: fmt.Sprintf("%s: unknown field", f)}
+		default:
+			return &v1.Error{Code: v1.CodeInvalidArgument, Field: "body", Message: "body: " + err.Error()}
+		}
+	}
+	if dec.More() {
+		return &v1.Error{Code: v1.CodeInvalidArgument, Field: "body", Message: "body: more than one JSON value"}
+	}
+	return nil
+}
+
+func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
+	vms, err := s.inv.VMList(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, 200, vms)
+}
+
+func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := vm.ValidateName("name", name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	v, err := s.inv.VM(r.Context(), name)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, 200, v)
+}
+
+func (s *Server) hosts(ctx context.Context) ([]v1.Host, error) {
+	hosts, err := s.inv.HostInfos(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := range hosts {
+		alive, err := s.inv.HostAlive(ctx, hosts[i].Name)
+		if err != nil {
+			return nil, err
+		}
+		hosts[i].Alive = alive
+	}
+	return hosts, nil
+}
+
+func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	var spec v1.VMSpec
+	if err := decode(r, &spec); err != nil {
+		writeErr(w, err)
+		return
+	}
+	q := r.URL.Query()
+	start, err := boolParam(q.Get("start"), "start")
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if spec.Host != "" || spec.UUID != "" {
+		f := "host"
+		if spec.UUID != "" {
+			f = "uuid"
+		}
+		writeErr(w, &v1.Error{Code: v1.CodeInvalidArgument, Field: f, Message: f + ": set by hangar, not by the request"})
+		return
+	}
+	if err := vm.ValidateName("name", spec.Name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	hosts, err := s.hosts(ctx)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	accel := "tcg"
+	for _, h := range hosts {
+		if h.Alive && h.Accelerator == "kvm" {
+			accel = "kvm"
+		}
+	}
+	if start {
+		spec.Power = v1.PowerRunning
+	}
+	vm.Defaults(&spec, accel)
+	if spec.Power == v1.PowerPaused {
+		writeErr(w, &v1.Error{Code: v1.CodeInvalidArgument, Field: "power", Message: "power: a new vm is running or stopped"})
+		return
+	}
+	if spec.Power == v1.PowerRunning {
+		start = true
+	}
+	if err := vm.Validate(spec, scheduler.LargestHostMemory(hosts)); err != nil {
+		writeErr(w, err)
+		return
+	}
+	for i, d := range spec.Disks {
+		if d.Image == "" {
+			continue
+		}
+		// Single-host: the image is on this machine. A pool's hosts will
+		// check it on the chosen host.
+		if _, err := storage.Info(ctx, d.Image); err != nil {
+			writeErr(w, errdefs.Field(fmt.Sprintf("disks[%d].image", i), err))
+			return
+		}
+	}
+	host, err := scheduler.Place(hosts, spec)
+	if err != nil {
+		writeErr(w, fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable))
+		return
+	}
+	spec.Host = host
+	spec.UUID = uuid.NewString()
+	if err := s.checkPorts(ctx, spec); err != nil {
+		writeErr(w, err)
+		return
+	}
+	op := s.newOp("create", spec.Name, host, v1.CreateArgs{Start: start})
+	_, err = s.cfg.Store.Txn(ctx, nil,
+		store.PutOp(inventory.VMKey(spec.Name), inventory.Marshal(spec), store.MustNotExist),
+		store.PutOp(inventory.OpKey(op.ID), inventory.Marshal(op), store.MustNotExist))
+	if errors.Is(err, store.ErrConflict) {
+		writeErr(w, &v1.Error{Code: v1.CodeConflict, Field: "name", Message: fmt.Sprintf("name: vm %q already exists", spec.Name)})
+		return
+	}
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.cfg.Log.Info("vm create accepted", "vm", spec.Name, "host", host, "op", op.ID)
+	s.answerOp(w, r, op)
+}
+
+// checkPorts refuses host ports another VM on the same host forwards.
+func (s *Server) checkPorts(ctx context.Context, spec v1.VMSpec) error {
+	mine := vm.HostPorts(spec)
+	if len(mine) == 0 {
+		return nil
+	}
+	specs, _, _, err := s.inv.Specs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, o := range specs {
+		if o.Host != spec.Host || o.Name == spec.Name {
+			continue
+		}
+		for _, p := range vm.HostPorts(o) {
+			for i, n := range spec.NICs {
+				for j, f := range n.Forwards {
+					if fmt.Sprintf("%s/%d", f.Protocol, f.HostPort) == p {
+						field := fmt.Sprintf("nics[%d].forwards[%d].hostPort", i, j)
+						return &v1.Error{Code: v1.CodeConflict, Field: field,
+							Message: fmt.Sprintf("%s: host port %d is already forwarded to vm %q", field, f.HostPort, o.Name)}
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Server) newOp(kind, target, host string, args any) v1.Operation {
+	now := time.Now().UTC()
+	op := v1.Operation{ID: uuid.Must(uuid.NewV7()).String(), Kind: kind, Target: target, Host: host,
+		State: v1.OpPending, Created: now, Updated: now, Progress: v1.Progress{Phase: "queued"}}
+	if args != nil {
+		op.Args = inventory.Marshal(args)
+	}
+	return op
+}
+
+// answerOp returns 202 with the operation, or waits for it with ?wait=.
+func (s *Server) answerOp(w http.ResponseWriter, r *http.Request, op v1.Operation) {
+	w.Header().Set("Location", "/api/v1/operations/"+op.ID)
+	wait, err := s.waitParam(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if wait > 0 {
+		done, err := s.waitOp(r.Context(), op.ID, wait)
+		if err == nil {
+			op = done
+		}
+	}
+	code := http.StatusAccepted
+	if op.Done() {
+		code = http.StatusOK
+	}
+	writeJSON(w, code, op)
+}
+
+func (s *Server) waitParam(r *http.Request) (time.Duration, error) {
+	v := r.URL.Query().Get("wait")
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		if n, err2 := strconv.Atoi(v); err2 == nil {
+			d, err = time.Duration(n)*time.Second, nil
+		}
+	}
+	if err != nil || d < 0 {
+		return 0, &v1.Error{Code: v1.CodeInvalidArgument, Field: "wait", Message: fmt.Sprintf("wait: %q is not a duration (like 30s)", v)}
+	}
+	return min(d, s.cfg.MaxWait), nil
+}
+
+func boolParam(v, field string) (bool, error) {
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, &v1.Error{Code: v1.CodeInvalidArgument, Field: field, Message: fmt.Sprintf("%s: %q is not true or false", field, v)}
+	}
+	return b, nil
+}
+
+// waitOp waits until the operation is done or d passes; it returns the
+// last state seen.
+func (s *Server) waitOp(ctx context.Context, id string, d time.Duration) (v1.Operation, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	op, rev, err := s.inv.Op(ctx, id)
+	if err != nil || op.Done() {
+		return op, err
+	}
+	events := s.cfg.Store.Watch(ctx, inventory.OpKey(id), rev+1)
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				if ctx.Err() != nil {
+					return op, nil
+				}
+				if op, rev, err = s.inv.Op(ctx, id); err != nil || op.Done() {
+					return op, err
+				}
+				events = s.cfg.Store.Watch(ctx, inventory.OpKey(id), rev+1)
+				continue
+			}
+			if ev.Type != store.EventPut || ev.KV.Key != inventory.OpKey(id) {
+				continue
+			}
+			var o v1.Operation
+			if json.Unmarshal(ev.KV.Value, &o) == nil {
+				op = o
+				if op.Done() {
+					return op, nil
+				}
+			}
+		case <-ctx.Done():
+			return op, nil
+		}
+	}
+}
+
+// vmAction handles POST /vms/{name}/{start|stop|reboot|pause|resume}.
+func (s *Server) vmAction(w http.ResponseWriter, r *http.Request) {
+	name, action := r.PathValue("name"), r.PathValue("action")
+	var args any
+	power := ""
+	var need []string
+	switch action {
+	case "start":
+		power = v1.PowerRunning
+	case "stop":
+		var a v1.StopArgs
+		if r.ContentLength != 0 {
+			if err := decode(r, &a); err != nil {
+				writeErr(w, err)
+				return
+			}
+		}
+		if a.TimeoutSeconds < 0 || a.TimeoutSeconds > 3600 {
+			writeErr(w, &v1.Error{Code: v1.CodeInvalidArgument, Field: "timeoutSeconds", Message: "timeoutSeconds: must be 0-3600"})
+			return
+		}
+		if f, err := boolParam(r.URL.Query().Get("force"), "force"); err != nil {
+			writeErr(w, err)
+			return
+		} else if f {
+			a.Force = true
+		}
+		args, power = a, v1.PowerStopped
+	case "reboot":
+		need = []string{v1.StateRunning, v1.StatePaused}
+	case "pause":
+		power, need = v1.PowerPaused, []string{v1.StateRunning}
+	case "resume":
+		power, need = v1.PowerRunning, []string{v1.StatePaused}
+	default:
+		writeErr(w, &v1.Error{Code: v1.CodeNotFound, Field: "action", Message: fmt.Sprintf("action: no vm action %q (start, stop, reboot, pause, resume)", action)})
+		return
+	}
+	s.submit(w, r, name, action, args, power, need)
+}
+
+func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
+	force, err := boolParam(r.URL.Query().Get("force"), "force")
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	need := []string(nil)
+	if !force {
+		need = []string{v1.StateStopped, v1.StateCrashed, v1.StateError, v1.StateCreating}
+	}
+	s.submit(w, r, r.PathValue("name"), "delete", v1.DeleteArgs{Force: force}, "", need)
+}
+
+// submit records an operation on a VM, and the power state it asks for, in
+// one transaction conditioned on the spec's revision.
+func (s *Server) submit(w http.ResponseWriter, r *http.Request, name, kind string, args any, power string, need []string) {
+	ctx := r.Context()
+	if err := vm.ValidateName("name", name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	for attempt := 0; ; attempt++ {
+		v, err := s.inv.VM(ctx, name)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		if len(need) > 0 && !contains(need, v.Status.State) {
+			writeErr(w, errdefs.Precondition("%s vm %q: it is %s (needs %s)", kind, name, v.Status.State, strings.Join(need, " or ")))
+			return
+		}
+		op := s.newOp(kind, name, v.Spec.Host, args)
+		ops := []store.Op{store.PutOp(inventory.OpKey(op.ID), inventory.Marshal(op), store.MustNotExist)}
+		if power != "" && power != v.Spec.Power {
+			spec := v.Spec
+			spec.Power = power
+			ops = append(ops, store.PutOp(inventory.VMKey(name), inventory.Marshal(spec), v.Revision))
+		} else {
+			ops = append(ops, store.PutOp(inventory.VMKey(name), inventory.Marshal(v.Spec), v.Revision))
+		}
+		_, err = s.cfg.Store.Txn(ctx, nil, ops...)
+		if errors.Is(err, store.ErrConflict) && attempt < 5 {
+			continue
+		}
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		s.cfg.Log.Info("vm operation accepted", "vm", name, "kind", kind, "op", op.ID)
+		s.answerOp(w, r, op)
+		return
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) listOps(w http.ResponseWriter, r *http.Request) {
+	ops, _, _, err := s.inv.Ops(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if t := r.URL.Query().Get("target"); t != "" {
+		kept := ops[:0]
+		for _, o := range ops {
+			if o.Target == t {
+				kept = append(kept, o)
+			}
+		}
+		ops = kept
+	}
+	writeJSON(w, 200, ops)
+}
+
+func validOpID(id string) error {
+	if _, err := uuid.Parse(id); err != nil {
+		return &v1.Error{Code: v1.CodeInvalidArgument, Field: "id", Message: fmt.Sprintf("id: %q is not an operation id", id)}
+	}
+	return nil
+}
+
+func (s *Server) getOp(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := validOpID(id); err != nil {
+		writeErr(w, err)
+		return
+	}
+	op, _, err := s.inv.Op(r.Context(), id)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	wait, err := s.waitParam(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if wait > 0 && !op.Done() {
+		if op, err = s.waitOp(r.Context(), id, wait); err != nil {
+			writeErr(w, err)
+			return
+		}
+	}
+	writeJSON(w, 200, op)
+}
+
+// cancelOp cancels an operation that has not started.
+func (s *Server) cancelOp(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := validOpID(id); err != nil {
+		writeErr(w, err)
+		return
+	}
+	op, rev, err := s.inv.Op(r.Context(), id)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if op.State != v1.OpPending {
+		writeErr(w, errdefs.Precondition("cancel operation %s: it is %s (only pending operations can be cancelled)", id, op.State))
+		return
+	}
+	op.State, op.Updated = v1.OpCancelled, time.Now().UTC()
+	if _, err := s.inv.PutOp(r.Context(), op, rev); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			err = errdefs.Precondition("cancel operation %s: it started meanwhile", id)
+		}
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, 200, op)
+}
+
+func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) {
+	hosts, err := s.hosts(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, 200, hosts)
+}
+
+func (s *Server) getHost(w http.ResponseWriter, r *http.Request) {
+	hosts, err := s.hosts(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	for _, h := range hosts {
+		if h.Name == r.PathValue("name") {
+			writeJSON(w, 200, h)
+			return
+		}
+	}
+	writeErr(w, &v1.Error{Code: v1.CodeNotFound, Field: "name", Message: fmt.Sprintf("host %q not found", r.PathValue("name"))})
+}
+
+func (s *Server) consoleLog(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := vm.ValidateName("name", name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if _, _, err := s.inv.Spec(r.Context(), name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	f, err := os.Open(s.cfg.Consoles.SerialLogPath(name))
+	if errors.Is(err, os.ErrNotExist) {
+		w.Header().Set("Content-Type", "text/plain")
+		return
+	}
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "text/plain")
+	_, _ = io.Copy(w, f)
+}
+
+// console upgrades the connection to a raw byte stream to the VM's serial
+// console (Upgrade: hangar-console).
+func (s *Server) console(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := vm.ValidateName("name", name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "hangar-console") {
+		writeErr(w, &v1.Error{Code: v1.CodeInvalidArgument, Field: "Upgrade", Message: "Upgrade: the console needs the header Upgrade: hangar-console"})
+		return
+	}
+	if _, _, err := s.inv.Spec(r.Context(), name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	cons, err := s.cfg.Consoles.OpenConsole(r.Context(), name)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	defer cons.Close()
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		writeErr(w, errors.New("console: connection cannot be upgraded"))
+		return
+	}
+	conn, buf, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	_, _ = io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: hangar-console\r\nConnection: Upgrade\r\n\r\n")
+	done := make(chan struct{}, 2)
+	go func() {
+		_, _ = io.Copy(cons, buf)
+		done <- struct{}{}
+	}()
+	go func() {
+		_, _ = io.Copy(conn, cons)
+		done <- struct{}{}
+	}()
+	<-done
+}

@@ -1,0 +1,192 @@
+// Package config turns a VM spec into a QEMU command line. It is pure: the
+// same input always gives the same argv, which golden files pin down.
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	v1 "hangar/api/v1"
+)
+
+// Files in a VM's run directory (mode 0700, never on TCP).
+const (
+	QMPSocket     = "qmp.sock"
+	ConsoleSocket = "console.sock"
+	SerialLog     = "serial.log"
+	PIDFile       = "qemu.pid"
+)
+
+// DiskFile is the volume behind one spec disk.
+type DiskFile struct {
+	Path   string
+	Format string // qcow2 or raw
+}
+
+// Params is everything argv depends on.
+type Params struct {
+	Spec   v1.VMSpec
+	Accel  string // "kvm" or "tcg"
+	RunDir string // sockets and pidfile (0700)
+	LogDir string // serial log (kept across restarts of the host)
+	Disks  []DiskFile // one per Spec.Disks, same order
+	Taps   []string   // one per Spec.NICs; "" for user-mode NICs
+	// Incoming, when set, starts QEMU waiting for a migration stream
+	// ("defer" lets the caller set capabilities first).
+	Incoming string
+}
+
+// NodeName is the block node name of a disk's format layer; snapshots,
+// mirrors and backups address disks by it.
+func NodeName(disk string) string { return "drive-" + disk }
+
+// Argv returns QEMU's arguments (without the binary). The guest starts
+// paused (-S); the caller resumes it with "cont" once it is set up.
+func Argv(p Params) ([]string, error) {
+	s := p.Spec
+	if len(p.Disks) != len(s.Disks) {
+		return nil, fmt.Errorf("argv: %d disk files for %d disks", len(p.Disks), len(s.Disks))
+	}
+	if len(p.Taps) != len(s.NICs) {
+		return nil, fmt.Errorf("argv: %d taps for %d nics", len(p.Taps), len(s.NICs))
+	}
+	accel := p.Accel
+	if accel != "kvm" {
+		accel = "tcg"
+	}
+	run := func(f string) string { return filepath.Join(p.RunDir, f) }
+	a := []string{
+		"-name", "guest=" + s.Name + ",debug-threads=on",
+		"-no-user-config", "-nodefaults",
+		"-machine", s.Machine + ",accel=" + accel,
+		"-cpu", s.CPUModel,
+		"-smp", fmt.Sprintf("%d", s.CPUs),
+		"-m", fmt.Sprintf("%d", s.MemoryMiB),
+	}
+	if s.UUID != "" {
+		a = append(a, "-uuid", s.UUID)
+	}
+	a = append(a,
+		"-smbios", "type=1,manufacturer=Hangar,product=Hangar VM,serial="+s.Name,
+		"-display", "none",
+		"-chardev", "socket,id=monitor,path="+run(QMPSocket)+",server=on,wait=off",
+		"-mon", "chardev=monitor,mode=control",
+		"-pidfile", run(PIDFile),
+		"-chardev", "socket,id=serial0,path="+run(ConsoleSocket)+",server=on,wait=off,logfile="+filepath.Join(p.LogDir, SerialLog)+",logappend=on",
+		"-serial", "chardev:serial0",
+		"-rtc", "base=utc",
+		"-boot", "strict=on",
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+		"-msg", "timestamp=on",
+		"-object", `{"qom-type":"rng-random","id":"rng0","filename":"/dev/urandom"}`,
+		"-device", `{"driver":"virtio-rng-pci","rng":"rng0","id":"rng0-dev"}`,
+	)
+	boot := bootOrder(s.Boot)
+	next := 1
+	needSCSI := false
+	for _, d := range s.Disks {
+		if d.Bus == "scsi" {
+			needSCSI = true
+		}
+	}
+	if needSCSI {
+		a = append(a, "-device", `{"driver":"virtio-scsi-pci","id":"scsi0"}`)
+	}
+	sata := 0
+	for i, d := range s.Disks {
+		f := p.Disks[i]
+		if f.Format != "qcow2" && f.Format != "raw" {
+			return nil, fmt.Errorf("argv: disk %s: unsupported format %q", d.Name, f.Format)
+		}
+		file := map[string]any{"driver": "file", "filename": f.Path, "node-name": "file-" + d.Name,
+			"aio": "threads", "cache": map[string]any{"direct": false, "no-flush": false}, "discard": "unmap"}
+		fmtNode := map[string]any{"driver": f.Format, "file": "file-" + d.Name, "node-name": NodeName(d.Name),
+			"discard": "unmap"}
+		dev := map[string]any{"drive": NodeName(d.Name), "id": "dev-" + d.Name}
+		switch d.Bus {
+		case "virtio":
+			dev["driver"] = "virtio-blk-pci"
+		case "sata":
+			dev["driver"] = "ide-hd"
+			if s.Machine == "q35" {
+				dev["bus"] = fmt.Sprintf("ide.%d", sata)
+			}
+			sata++
+		case "scsi":
+			dev["driver"] = "scsi-hd"
+			dev["bus"] = "scsi0.0"
+		default:
+			return nil, fmt.Errorf("argv: disk %s: unsupported bus %q", d.Name, d.Bus)
+		}
+		if boot["disk"] > 0 {
+			dev["bootindex"] = boot["disk"]*100 + next
+			next++
+		}
+		a = append(a, "-blockdev", mustJSON(file), "-blockdev", mustJSON(fmtNode), "-device", mustJSON(dev))
+	}
+	for i, n := range s.NICs {
+		id := fmt.Sprintf("net%d", i)
+		switch n.Mode {
+		case v1.NICUser:
+			nd := "user,id=" + id
+			for _, fw := range n.Forwards {
+				nd += fmt.Sprintf(",hostfwd=%s:127.0.0.1:%d-:%d", fw.Protocol, fw.HostPort, fw.GuestPort)
+			}
+			a = append(a, "-netdev", nd)
+		case v1.NICBridge:
+			if p.Taps[i] == "" {
+				return nil, fmt.Errorf("argv: nic %d: no tap", i)
+			}
+			a = append(a, "-netdev", "tap,id="+id+",ifname="+p.Taps[i]+",script=no,downscript=no,vhost=off")
+		default:
+			return nil, fmt.Errorf("argv: nic %d: unsupported mode %q", i, n.Mode)
+		}
+		dev := map[string]any{"driver": "virtio-net-pci", "netdev": id, "mac": n.MAC, "id": id + "-dev"}
+		if boot["network"] > 0 {
+			dev["bootindex"] = boot["network"]*100 + i
+		} else {
+			dev["romfile"] = ""
+		}
+		a = append(a, "-device", mustJSON(dev))
+	}
+	switch {
+	case p.Incoming != "":
+		a = append(a, "-incoming", p.Incoming)
+	default:
+		a = append(a, "-S")
+	}
+	return a, nil
+}
+
+// bootOrder ranks each device class: 1 first, 0 not bootable.
+func bootOrder(order []string) map[string]int {
+	m := map[string]int{}
+	for i, b := range order {
+		if m[b] == 0 {
+			m[b] = i + 1
+		}
+	}
+	return m
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v) // maps of strings, numbers and bools: cannot fail
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
+
+// Quote renders argv as a shell-like line for logs and docs.
+func Quote(argv []string) string {
+	out := make([]string, len(argv))
+	for i, s := range argv {
+		if strings.ContainsAny(s, " \"'{}$") {
+			s = "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+		}
+		out[i] = s
+	}
+	return strings.Join(out, " ")
+}

@@ -1,0 +1,83 @@
+package config
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	v1 "hangar/api/v1"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func TestArgvGolden(t *testing.T) {
+	cases := map[string]Params{
+		"user-net-overlay-tcg": {
+			Spec: v1.VMSpec{Name: "web1", CPUs: 2, MemoryMiB: 512, Machine: "q35", CPUModel: "max",
+				UUID: "0b6c2b6e-8a3e-4b1e-9a55-0d5c0c7a1f00",
+				Disks: []v1.Disk{{Name: "disk0", Image: "/img/base.qcow2", Bus: "virtio"}},
+				NICs: []v1.NIC{{Mode: "user", MAC: "52:54:00:12:34:56",
+					Forwards: []v1.Forward{{HostPort: 8080, GuestPort: 80, Protocol: "tcp"}, {HostPort: 2222, GuestPort: 22, Protocol: "tcp"}}}},
+				Boot: []string{"disk", "cdrom", "network"}},
+			Accel: "tcg", RunDir: "/run/hangar/vms/web1", LogDir: "/var/lib/hangar/logs/web1",
+			Disks: []DiskFile{{Path: "/var/lib/hangar/pools/default/vms/web1/disk0.qcow2", Format: "qcow2"}},
+			Taps:  []string{""},
+		},
+		"bridge-kvm-multi-disk": {
+			Spec: v1.VMSpec{Name: "db", CPUs: 4, MemoryMiB: 4096, Machine: "q35", CPUModel: "host",
+				Disks: []v1.Disk{{Name: "root", SizeMiB: 10240, Bus: "virtio"}, {Name: "data", SizeMiB: 1024, Bus: "scsi"}, {Name: "legacy", SizeMiB: 64, Bus: "sata"}},
+				NICs:  []v1.NIC{{Mode: "bridge", Bridge: "br0", MAC: "52:54:00:aa:bb:cc"}},
+				Boot:  []string{"network", "disk"}},
+			Accel: "kvm", RunDir: "/run/hangar/vms/db", LogDir: "/var/lib/hangar/logs/db",
+			Disks: []DiskFile{{Path: "/p/root.qcow2", Format: "qcow2"}, {Path: "/p/data.raw", Format: "raw"}, {Path: "/p/legacy.qcow2", Format: "qcow2"}},
+			Taps:  []string{"hgt1a2b3c4d"},
+		},
+	}
+	for name, p := range cases {
+		t.Run(name, func(t *testing.T) {
+			argv, err := Argv(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := strings.Join(argv, "\n") + "\n"
+			path := filepath.Join("testdata", name+".golden")
+			if *update {
+				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("read golden (run go test -update): %v", err)
+			}
+			if got != string(want) {
+				t.Errorf("argv differs from %s (go test -update rewrites it)\n--- got\n%s", path, got)
+			}
+		})
+	}
+}
+
+func TestArgvRejectsMismatch(t *testing.T) {
+	p := Params{Spec: v1.VMSpec{Name: "a", Disks: []v1.Disk{{Name: "d"}}}}
+	if _, err := Argv(p); err == nil {
+		t.Fatal("want error for missing disk file")
+	}
+	p = Params{Spec: v1.VMSpec{Name: "a", Disks: []v1.Disk{{Name: "d", Bus: "virtio"}}}, Disks: []DiskFile{{Path: "/x", Format: "vmdk"}}}
+	if _, err := Argv(p); err == nil || !strings.Contains(err.Error(), "format") {
+		t.Fatalf("want format error, got %v", err)
+	}
+}
+
+func TestIncomingReplacesPaused(t *testing.T) {
+	p := Params{Spec: v1.VMSpec{Name: "a", Machine: "q35", CPUModel: "max", CPUs: 1, MemoryMiB: 64}, Incoming: "defer"}
+	argv, err := Argv(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := strings.Join(argv, " ")
+	if !strings.Contains(j, "-incoming defer") || strings.Contains(j, " -S") {
+		t.Fatalf("argv: %s", j)
+	}
+}

@@ -1,0 +1,302 @@
+// Package qemu starts, adopts and stops QEMU processes and tells what the
+// host's QEMU can do.
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"hangar/internal/qemu/config"
+	"hangar/internal/qemu/qmp"
+)
+
+// Capabilities of this host's QEMU.
+type Capabilities struct {
+	Binary  string
+	Version string
+	// Accel is "kvm" when /dev/kvm can be opened, else "tcg".
+	Accel string
+}
+
+// Detect finds qemu-system-x86_64 (or $HANGAR_QEMU) and the accelerator.
+func Detect(ctx context.Context) (Capabilities, error) {
+	var c Capabilities
+	bin := os.Getenv("HANGAR_QEMU")
+	if bin == "" {
+		bin = "qemu-system-x86_64"
+	}
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		return c, fmt.Errorf("find qemu: %w (apt-get install qemu-system-x86)", err)
+	}
+	c.Binary = path
+	out, err := exec.CommandContext(ctx, path, "--version").Output()
+	if err != nil {
+		return c, fmt.Errorf("qemu --version: %w", err)
+	}
+	first, _, _ := strings.Cut(string(out), "\n")
+	c.Version = strings.TrimSpace(strings.TrimPrefix(first, "QEMU emulator version "))
+	c.Accel = "tcg"
+	if KVMUsable() {
+		c.Accel = "kvm"
+	}
+	return c, nil
+}
+
+// KVMUsable reports whether /dev/kvm exists and can be opened read-write.
+func KVMUsable() bool {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
+// Shutdown is QEMU's SHUTDOWN event: why the guest stopped.
+type Shutdown struct {
+	Guest  bool   `json:"guest"`
+	Reason string `json:"reason"`
+}
+
+// Instance is one running QEMU process.
+type Instance struct {
+	Name   string
+	RunDir string
+	PID    int
+	Mon    *qmp.Client
+
+	exited chan struct{}
+	mu     sync.Mutex
+	sd     *Shutdown
+	log    *slog.Logger
+}
+
+// Exited is closed once the QEMU process is gone.
+func (i *Instance) Exited() <-chan struct{} { return i.exited }
+
+// ShutdownEvent returns the SHUTDOWN event QEMU sent before exiting, or nil
+// when it died without one (killed or crashed).
+func (i *Instance) ShutdownEvent() *Shutdown {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.sd
+}
+
+// Start runs QEMU with argv in its own session (so that the agent's death
+// does not kill it), output to runDir/qemu.log, and connects QMP. The guest
+// is left paused when argv has -S.
+func Start(ctx context.Context, caps Capabilities, name, runDir string, argv []string, log *slog.Logger) (*Instance, error) {
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	if err := os.Chmod(runDir, 0o700); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	for _, f := range []string{config.QMPSocket, config.ConsoleSocket, config.PIDFile} {
+		_ = os.Remove(filepath.Join(runDir, f))
+	}
+	logf, err := os.OpenFile(filepath.Join(runDir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(caps.Binary, argv...)
+	cmd.Dir = runDir
+	cmd.Stdin = nil
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	inst := &Instance{Name: name, RunDir: runDir, PID: cmd.Process.Pid, exited: make(chan struct{}), log: log}
+	go func() {
+		_ = cmd.Wait()
+		close(inst.exited)
+	}()
+	mon, err := dialWhileAlive(ctx, filepath.Join(runDir, config.QMPSocket), inst.exited)
+	if err != nil {
+		_ = syscall.Kill(inst.PID, syscall.SIGKILL)
+		<-inst.exited
+		return nil, fmt.Errorf("start %s: %w%s", name, err, logTail(runDir))
+	}
+	inst.attach(mon)
+	return inst, nil
+}
+
+// Adopt takes over a QEMU that an earlier agent started: it checks that the
+// pid in runDir's pidfile is that VM's QEMU and connects its QMP socket.
+func Adopt(ctx context.Context, name, runDir string, log *slog.Logger) (*Instance, error) {
+	b, err := os.ReadFile(filepath.Join(runDir, config.PIDFile))
+	if err != nil {
+		return nil, fmt.Errorf("adopt %s: %w", name, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return nil, fmt.Errorf("adopt %s: bad pidfile %q", name, b)
+	}
+	if !isOurQEMU(pid, name, runDir) {
+		return nil, fmt.Errorf("adopt %s: pid %d is not its qemu: %w", name, pid, os.ErrProcessDone)
+	}
+	mon, err := qmp.Dial(ctx, filepath.Join(runDir, config.QMPSocket))
+	if err != nil {
+		return nil, fmt.Errorf("adopt %s: %w", name, err)
+	}
+	inst := &Instance{Name: name, RunDir: runDir, PID: pid, exited: make(chan struct{}), log: log}
+	go func() {
+		// Not our child: watch the monitor, then the pid.
+		<-mon.Done()
+		for alive(pid) && isOurQEMU(pid, name, runDir) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		close(inst.exited)
+	}()
+	inst.attach(mon)
+	return inst, nil
+}
+
+func (i *Instance) attach(mon *qmp.Client) {
+	i.Mon = mon
+	events, cancel := mon.Subscribe()
+	go func() {
+		defer cancel()
+		for ev := range events {
+			if ev.Name != "SHUTDOWN" {
+				continue
+			}
+			var sd Shutdown
+			if err := json.Unmarshal(ev.Data, &sd); err != nil {
+				i.log.Warn("bad SHUTDOWN event", "vm", i.Name, "err", err)
+			}
+			i.mu.Lock()
+			i.sd = &sd
+			i.mu.Unlock()
+		}
+	}()
+}
+
+// Kill ends QEMU with SIGKILL and waits until it is gone.
+func (i *Instance) Kill(ctx context.Context) error {
+	if err := syscall.Kill(i.PID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("kill %s (pid %d): %w", i.Name, i.PID, err)
+	}
+	return i.Wait(ctx)
+}
+
+// Wait waits until the process is gone.
+func (i *Instance) Wait(ctx context.Context) error {
+	select {
+	case <-i.exited:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("wait for %s to exit: %w", i.Name, ctx.Err())
+	}
+}
+
+// Quit asks QEMU to exit at once (no guest cooperation) and waits; it kills
+// the process if QEMU does not go.
+func (i *Instance) Quit(ctx context.Context) error {
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := i.Mon.Quit(qctx); err == nil {
+		if i.Wait(qctx) == nil {
+			return nil
+		}
+	}
+	return i.Kill(ctx)
+}
+
+// Powerdown presses the ACPI power button and waits up to timeout for the
+// guest to power off; then it quits QEMU. It reports whether the guest
+// shut down by itself.
+func (i *Instance) Powerdown(ctx context.Context, timeout time.Duration) (bool, error) {
+	if err := i.Mon.SystemPowerdown(ctx); err != nil && !errors.Is(err, qmp.ErrClosed) {
+		return false, fmt.Errorf("powerdown %s: %w", i.Name, err)
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-i.exited:
+		return true, nil
+	case <-t.C:
+		i.log.Info("guest did not power off in time, quitting qemu", "vm", i.Name, "timeout", timeout)
+		return false, i.Quit(ctx)
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+}
+
+func dialWhileAlive(ctx context.Context, sock string, exited <-chan struct{}) (*qmp.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			mon, err := qmp.Dial(ctx, sock)
+			if err == nil {
+				return mon, nil
+			}
+		}
+		select {
+		case <-exited:
+			return nil, errors.New("qemu exited during start")
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect qmp: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func alive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// isOurQEMU guards against pid reuse: the process must be a live QEMU whose
+// command line names this VM and its run directory.
+func isOurQEMU(pid int, name, runDir string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err == nil {
+		if _, rest, ok := bytes.Cut(stat, []byte(") ")); ok && len(rest) > 0 && rest[0] == 'Z' {
+			return false
+		}
+	}
+	args := strings.Split(string(b), "\x00")
+	return containsArg(args, "guest="+name+",") && containsArg(args, filepath.Join(runDir, config.QMPSocket))
+}
+
+func containsArg(args []string, sub string) bool {
+	for _, a := range args {
+		if strings.Contains(a, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+func logTail(runDir string) string {
+	b, err := os.ReadFile(filepath.Join(runDir, "qemu.log"))
+	if err != nil || len(bytes.TrimSpace(b)) == 0 {
+		return ""
+	}
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return ": " + strings.TrimSpace(string(b))
+}

@@ -1,0 +1,244 @@
+// Package vm holds the pure rules about a VM spec: defaults, validation and
+// the state machine of its power state. It does no I/O.
+package vm
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"strings"
+
+	v1 "hangar/api/v1"
+)
+
+// Limits.
+const (
+	MinMemoryMiB = 32
+	MaxCPUs      = 255
+	MaxDisks     = 16
+	MaxNICs      = 8
+	MaxDiskMiB   = 64 << 20 // 64 TiB
+)
+
+// FieldError is a validation failure of one field.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+// ErrInvalid is matched by every FieldError (errors.Is(err, vm.ErrInvalid)).
+var ErrInvalid = errors.New("invalid argument")
+
+func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
+
+func invalid(field, format string, args ...any) error {
+	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidateName checks that name is a DNS label (RFC 1123): it is used in
+// paths, etcd keys and the guest's hostname.
+func ValidateName(field, name string) error {
+	if name == "" {
+		return invalid(field, "is required")
+	}
+	if !dnsLabel.MatchString(name) {
+		return invalid(field, "%q is not a DNS label (lower-case letters, digits and '-', at most 63, starting and ending with a letter or digit)", name)
+	}
+	return nil
+}
+
+// Machines and CPU models Hangar accepts.
+var (
+	machines  = map[string]bool{"q35": true, "pc": true}
+	cpuModels = map[string]bool{"host": true, "max": true, "qemu64": true, "kvm64": true,
+		"Nehalem": true, "Westmere": true, "SandyBridge": true, "IvyBridge": true, "Haswell": true,
+		"Broadwell": true, "Skylake-Server": true, "Cascadelake-Server": true, "Icelake-Server": true,
+		"EPYC": true, "EPYC-Rome": true, "EPYC-Milan": true}
+	bootDevices = map[string]bool{"disk": true, "cdrom": true, "network": true}
+	diskBuses   = map[string]bool{"virtio": true, "sata": true, "scsi": true}
+)
+
+// Defaults fills the fields a user may leave out. accel is "kvm" or "tcg":
+// the default CPU model is "host" with KVM and "max" under TCG.
+func Defaults(s *v1.VMSpec, accel string) {
+	if s.CPUs == 0 {
+		s.CPUs = 1
+	}
+	if s.Machine == "" {
+		s.Machine = "q35"
+	}
+	if s.CPUModel == "" {
+		if accel == "kvm" {
+			s.CPUModel = "host"
+		} else {
+			s.CPUModel = "max"
+		}
+	}
+	if s.RestartPolicy == "" {
+		s.RestartPolicy = v1.RestartOnFailure
+	}
+	if s.Power == "" {
+		s.Power = v1.PowerStopped
+	}
+	for i := range s.Disks {
+		d := &s.Disks[i]
+		if d.Name == "" {
+			d.Name = fmt.Sprintf("disk%d", i)
+		}
+		if d.Bus == "" {
+			d.Bus = "virtio"
+		}
+	}
+	for i := range s.NICs {
+		n := &s.NICs[i]
+		if n.Mode == "" {
+			n.Mode = v1.NICUser
+		}
+		if n.MAC == "" {
+			n.MAC = RandomMAC()
+		}
+		for j := range n.Forwards {
+			if n.Forwards[j].Protocol == "" {
+				n.Forwards[j].Protocol = "tcp"
+			}
+		}
+	}
+	if len(s.Boot) == 0 {
+		s.Boot = []string{"disk", "cdrom", "network"}
+	}
+}
+
+// RandomMAC returns a locally administered unicast MAC in the 52:54:00 range QEMU uses.
+func RandomMAC() string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", b[0], b[1], b[2])
+}
+
+// Validate checks a spec after Defaults. hostMemoryMiB, when > 0, is the
+// memory of the largest host the VM could run on.
+func Validate(s v1.VMSpec, hostMemoryMiB int) error {
+	if err := ValidateName("name", s.Name); err != nil {
+		return err
+	}
+	if s.CPUs < 1 || s.CPUs > MaxCPUs {
+		return invalid("cpus", "must be between 1 and %d, got %d", MaxCPUs, s.CPUs)
+	}
+	if s.MemoryMiB < MinMemoryMiB {
+		return invalid("memoryMiB", "must be at least %d MiB, got %d", MinMemoryMiB, s.MemoryMiB)
+	}
+	if hostMemoryMiB > 0 && s.MemoryMiB > hostMemoryMiB {
+		return invalid("memoryMiB", "%d MiB is more than the host's %d MiB", s.MemoryMiB, hostMemoryMiB)
+	}
+	if !machines[s.Machine] {
+		return invalid("machine", "unknown machine type %q (q35 or pc)", s.Machine)
+	}
+	if !cpuModels[s.CPUModel] {
+		return invalid("cpuModel", "unknown CPU model %q", s.CPUModel)
+	}
+	switch s.RestartPolicy {
+	case v1.RestartAlways, v1.RestartOnFailure, v1.RestartNever:
+	default:
+		return invalid("restartPolicy", "must be always, on-failure or never, got %q", s.RestartPolicy)
+	}
+	switch s.Power {
+	case v1.PowerRunning, v1.PowerStopped, v1.PowerPaused:
+	default:
+		return invalid("power", "must be running, stopped or paused, got %q", s.Power)
+	}
+	if len(s.Disks) > MaxDisks {
+		return invalid("disks", "at most %d disks", MaxDisks)
+	}
+	seen := map[string]bool{}
+	for i, d := range s.Disks {
+		f := fmt.Sprintf("disks[%d]", i)
+		if err := ValidateName(f+".name", d.Name); err != nil {
+			return err
+		}
+		if seen[d.Name] {
+			return invalid(f+".name", "duplicate disk name %q", d.Name)
+		}
+		seen[d.Name] = true
+		if !diskBuses[d.Bus] {
+			return invalid(f+".bus", "must be virtio, sata or scsi, got %q", d.Bus)
+		}
+		if d.SizeMiB < 0 || d.SizeMiB > MaxDiskMiB {
+			return invalid(f+".sizeMiB", "must be between 1 and %d MiB, got %d", MaxDiskMiB, d.SizeMiB)
+		}
+		if d.Image == "" && d.SizeMiB == 0 {
+			return invalid(f+".sizeMiB", "a new disk needs a size (or give an image)")
+		}
+		if d.Image != "" && (strings.ContainsRune(d.Image, 0) || !strings.HasPrefix(d.Image, "/")) {
+			return invalid(f+".image", "must be an absolute path, got %q", d.Image)
+		}
+	}
+	if len(s.NICs) > MaxNICs {
+		return invalid("nics", "at most %d NICs", MaxNICs)
+	}
+	hostPorts := map[string]bool{}
+	for i, n := range s.NICs {
+		f := fmt.Sprintf("nics[%d]", i)
+		if _, err := net.ParseMAC(n.MAC); err != nil || len(n.MAC) != 17 {
+			return invalid(f+".mac", "%q is not a MAC address", n.MAC)
+		}
+		switch n.Mode {
+		case v1.NICUser:
+			if n.Bridge != "" {
+				return invalid(f+".bridge", "only for mode bridge")
+			}
+		case v1.NICBridge:
+			if !validIfName(n.Bridge) {
+				return invalid(f+".bridge", "%q is not an interface name", n.Bridge)
+			}
+			if len(n.Forwards) > 0 {
+				return invalid(f+".forwards", "port forwards need mode user")
+			}
+		default:
+			return invalid(f+".mode", "must be user or bridge, got %q", n.Mode)
+		}
+		for j, fw := range n.Forwards {
+			ff := fmt.Sprintf("%s.forwards[%d]", f, j)
+			if fw.HostPort < 1 || fw.HostPort > 65535 {
+				return invalid(ff+".hostPort", "must be 1-65535, got %d", fw.HostPort)
+			}
+			if fw.GuestPort < 1 || fw.GuestPort > 65535 {
+				return invalid(ff+".guestPort", "must be 1-65535, got %d", fw.GuestPort)
+			}
+			if fw.Protocol != "tcp" && fw.Protocol != "udp" {
+				return invalid(ff+".protocol", "must be tcp or udp, got %q", fw.Protocol)
+			}
+			k := fmt.Sprintf("%s/%d", fw.Protocol, fw.HostPort)
+			if hostPorts[k] {
+				return invalid(ff+".hostPort", "host port %d is forwarded twice", fw.HostPort)
+			}
+			hostPorts[k] = true
+		}
+	}
+	for i, b := range s.Boot {
+		if !bootDevices[b] {
+			return invalid(fmt.Sprintf("boot[%d]", i), "must be disk, cdrom or network, got %q", b)
+		}
+	}
+	return nil
+}
+
+var ifName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+
+func validIfName(s string) bool { return ifName.MatchString(s) && s != "." && s != ".." }
+
+// HostPorts lists the host ports a spec forwards, as "tcp/8080".
+func HostPorts(s v1.VMSpec) []string {
+	var out []string
+	for _, n := range s.NICs {
+		for _, f := range n.Forwards {
+			out = append(out, fmt.Sprintf("%s/%d", f.Protocol, f.HostPort))
+		}
+	}
+	return out
+}

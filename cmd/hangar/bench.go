@@ -18,6 +18,7 @@ func newBench(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "bench", Short: "Benchmarks: Hangar side by side with raw QEMU"}
 	var image string
 	var runs, memory int
+	var accel string
 	boot := &cobra.Command{
 		Use:   "boot",
 		Short: "Boot-to-ready-marker: raw qemu-system-x86_64 (same argv) vs a VM started through the API",
@@ -33,12 +34,12 @@ func newBench(g *globals) *cobra.Command {
 				return err
 			}
 			defer os.RemoveAll(work)
-			caps, err := qemu.Detect(ctx)
+			caps, err := qemu.Detect(ctx, accel)
 			if err != nil {
 				return err
 			}
 			d, err := daemon.Start(ctx, daemon.Config{DataDir: filepath.Join(work, "data"), RunDir: filepath.Join(work, "run"),
-				Host: "bench", Log: log, StopTimeout: 10 * time.Second})
+				Host: "bench", Log: log, Accel: accel, StopTimeout: 10 * time.Second})
 			if err != nil {
 				return err
 			}
@@ -59,6 +60,7 @@ func newBench(g *globals) *cobra.Command {
 	}
 	boot.Flags().StringVar(&image, "image", "/var/cache/hangar/guest/hangar-guest.qcow2", "guest image with the ready marker")
 	boot.Flags().IntVar(&runs, "runs", 5, "runs of each side")
+	boot.Flags().StringVar(&accel, "accel", envOr("HANGAR_ACCEL", "auto"), "accelerator: auto, kvm or tcg")
 	boot.Flags().IntVar(&memory, "memory", 256, "guest memory in MiB")
 	cmd.AddCommand(boot)
 	return cmd

@@ -117,6 +117,7 @@ func newDemo(g *globals) *cobra.Command {
 	f.IntVar(&port, "port", 8080, "host port on 127.0.0.1 forwarded to the guest's port 80 (0: a free one)")
 	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/hangar", "state directory")
 	f.StringVar(&cfg.RunDir, "run-dir", "/run/hangar", "runtime directory")
+	f.StringVar(&cfg.Accel, "accel", envOr("HANGAR_ACCEL", "auto"), "accelerator: auto, kvm or tcg")
 	return cmd
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 	"sigs.k8s.io/yaml"
 
 	v1 "hangar/api/v1"
@@ -58,6 +59,9 @@ func follow(cmd *cobra.Command, c *client.Client, op v1.Operation, err error, wa
 	if !wait {
 		fmt.Fprintf(cmd.OutOrStdout(), "operation %s %s (%s)\n", op.ID, op.Kind, op.State)
 		return op, nil
+	}
+	if !term.IsTerminal(int(os.Stderr.Fd())) {
+		return c.Wait(cmd.Context(), op, nil)
 	}
 	bar := progressbar.NewOptions(100, progressbar.OptionSetWriter(os.Stderr), progressbar.OptionSetWidth(30),
 		progressbar.OptionSetDescription(fmt.Sprintf("%s %s", op.Kind, op.Target)), progressbar.OptionClearOnFinish())

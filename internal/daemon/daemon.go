@@ -34,7 +34,9 @@ type Config struct {
 	EtcdClientURL   string // default: a free 127.0.0.1 port
 	EtcdPeerURL     string
 	StopTimeout     time.Duration
-	Log             *slog.Logger
+	// Accel is auto (default), kvm or tcg.
+	Accel string
+	Log   *slog.Logger
 }
 
 // Daemon is a running hangar serve.
@@ -79,7 +81,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
 	}
-	caps, err := qemu.Detect(ctx)
+	caps, err := qemu.Detect(ctx, cfg.Accel)
 	if err != nil {
 		return nil, err
 	}

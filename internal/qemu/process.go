@@ -30,8 +30,10 @@ type Capabilities struct {
 	Accel string
 }
 
-// Detect finds qemu-system-x86_64 (or $HANGAR_QEMU) and the accelerator.
-func Detect(ctx context.Context) (Capabilities, error) {
+// Detect finds qemu-system-x86_64 (or $HANGAR_QEMU) and the accelerator:
+// accel "auto" (or "") uses KVM when /dev/kvm works and TCG otherwise;
+// "kvm" fails without KVM; "tcg" never uses KVM.
+func Detect(ctx context.Context, accel string) (Capabilities, error) {
 	var c Capabilities
 	bin := os.Getenv("HANGAR_QEMU")
 	if bin == "" {
@@ -48,9 +50,21 @@ func Detect(ctx context.Context) (Capabilities, error) {
 	}
 	first, _, _ := strings.Cut(string(out), "\n")
 	c.Version = strings.TrimSpace(strings.TrimPrefix(first, "QEMU emulator version "))
-	c.Accel = "tcg"
-	if KVMUsable() {
+	switch accel {
+	case "", "auto":
+		c.Accel = "tcg"
+		if KVMUsable() {
+			c.Accel = "kvm"
+		}
+	case "kvm":
+		if !KVMUsable() {
+			return c, errors.New("accelerator kvm: /dev/kvm cannot be opened")
+		}
 		c.Accel = "kvm"
+	case "tcg":
+		c.Accel = "tcg"
+	default:
+		return c, fmt.Errorf("accelerator %q: want auto, kvm or tcg", accel)
 	}
 	return c, nil
 }

@@ -28,9 +28,9 @@ type DiskFile struct {
 // Params is everything argv depends on.
 type Params struct {
 	Spec   v1.VMSpec
-	Accel  string // "kvm" or "tcg"
-	RunDir string // sockets and pidfile (0700)
-	LogDir string // serial log (kept across restarts of the host)
+	Accel  string     // "kvm" or "tcg"
+	RunDir string     // sockets and pidfile (0700)
+	LogDir string     // serial log (kept across restarts of the host)
 	Disks  []DiskFile // one per Spec.Disks, same order
 	Taps   []string   // one per Spec.NICs; "" for user-mode NICs
 	// Incoming, when set, starts QEMU waiting for a migration stream

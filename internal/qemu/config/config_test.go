@@ -16,7 +16,7 @@ func TestArgvGolden(t *testing.T) {
 	cases := map[string]Params{
 		"user-net-overlay-tcg": {
 			Spec: v1.VMSpec{Name: "web1", CPUs: 2, MemoryMiB: 512, Machine: "q35", CPUModel: "max",
-				UUID: "0b6c2b6e-8a3e-4b1e-9a55-0d5c0c7a1f00",
+				UUID:  "0b6c2b6e-8a3e-4b1e-9a55-0d5c0c7a1f00",
 				Disks: []v1.Disk{{Name: "disk0", Image: "/img/base.qcow2", Bus: "virtio"}},
 				NICs: []v1.NIC{{Mode: "user", MAC: "52:54:00:12:34:56",
 					Forwards: []v1.Forward{{HostPort: 8080, GuestPort: 80, Protocol: "tcp"}, {HostPort: 2222, GuestPort: 22, Protocol: "tcp"}}}},

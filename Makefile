@@ -1,0 +1,31 @@
+# Hangar: two commands on a fresh Debian 12 machine (as root):
+#   make demo   — install what is missing, build, boot a VM, serve until Ctrl-C
+#   make test   — run every test layer
+GO ?= go
+PKGS := qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static extlinux syslinux-common genisoimage fdisk e2fsprogs cpio iproute2 xz-utils
+GUEST_DIR ?= /var/cache/hangar/guest
+
+.PHONY: demo test deps build guest bench clean
+
+deps:
+	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+build:
+	$(GO) build -o bin/hangar ./cmd/hangar
+
+guest: deps
+	bash guest/build.sh $(GUEST_DIR)
+
+demo: deps build guest
+	./bin/hangar demo --image $(GUEST_DIR)/hangar-guest.qcow2
+
+test: deps guest
+	HANGAR_GUEST_DIR=$(GUEST_DIR) $(GO) test -count=1 -timeout 30m ./...
+
+bench: deps build guest
+	./bin/hangar bench boot --image $(GUEST_DIR)/hangar-guest.qcow2 --runs 5
+
+clean:
+	rm -rf bin

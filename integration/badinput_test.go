@@ -1,0 +1,173 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "hangar/api/v1"
+)
+
+// TestBadInput: every bad request gets a 4xx JSON error naming the field,
+// and leaves no VM, volume or file behind.
+func TestBadInput(t *testing.T) {
+	s := newServer(t)
+	ctx := context.Background()
+	notImage := filepath.Join(t.TempDir(), "notes.txt")
+	if err := os.WriteFile(notImage, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	good := func(extra string) string {
+		return fmt.Sprintf(`{"name":"ok1","memoryMiB":128,"disks":[{"image":%q}]%s}`, guestImage, extra)
+	}
+	cases := []struct {
+		name, method, path, body string
+		status                   int
+		code, field              string
+	}{
+		{"bad name", "POST", "/api/v1/vms", `{"name":"Bad_Name","memoryMiB":128}`, 400, "invalid_argument", "name"},
+		{"name too long", "POST", "/api/v1/vms", fmt.Sprintf(`{"name":%q,"memoryMiB":128}`, strings.Repeat("a", 64)), 400, "invalid_argument", "name"},
+		{"path in name", "POST", "/api/v1/vms", `{"name":"../etc","memoryMiB":128}`, 400, "invalid_argument", "name"},
+		{"no name", "POST", "/api/v1/vms", `{"memoryMiB":128}`, 400, "invalid_argument", "name"},
+		{"memory too small", "POST", "/api/v1/vms", `{"name":"m1","memoryMiB":8}`, 400, "invalid_argument", "memoryMiB"},
+		{"memory above host", "POST", "/api/v1/vms", `{"name":"m2","memoryMiB":100000000}`, 400, "invalid_argument", "memoryMiB"},
+		{"memory wrong type", "POST", "/api/v1/vms", `{"name":"m3","memoryMiB":"lots"}`, 400, "invalid_argument", "memoryMiB"},
+		{"cpus zero after negative", "POST", "/api/v1/vms", `{"name":"c1","memoryMiB":128,"cpus":-2}`, 400, "invalid_argument", "cpus"},
+		{"unknown field", "POST", "/api/v1/vms", `{"name":"u1","memoryMiB":128,"colour":"red"}`, 400, "invalid_argument", "colour"},
+		{"unknown nested field", "POST", "/api/v1/vms", `{"name":"u2","memoryMiB":128,"disks":[{"sizeMiB":10,"shape":"round"}]}`, 400, "invalid_argument", "disks.shape"},
+		{"malformed json", "POST", "/api/v1/vms", `{"name":`, 400, "invalid_argument", "body"},
+		{"missing image", "POST", "/api/v1/vms", `{"name":"i1","memoryMiB":128,"disks":[{"image":"/nonexistent/disk.qcow2"}]}`, 400, "invalid_argument", "disks[0].image"},
+		{"relative image", "POST", "/api/v1/vms", `{"name":"i2","memoryMiB":128,"disks":[{"image":"disk.qcow2"}]}`, 400, "invalid_argument", "disks[0].image"},
+		{"disk without size", "POST", "/api/v1/vms", `{"name":"d1","memoryMiB":128,"disks":[{}]}`, 400, "invalid_argument", "disks[0].sizeMiB"},
+		{"bad bus", "POST", "/api/v1/vms", `{"name":"d2","memoryMiB":128,"disks":[{"sizeMiB":10,"bus":"floppy"}]}`, 400, "invalid_argument", "disks[0].bus"},
+		{"bad machine", "POST", "/api/v1/vms", `{"name":"x1","memoryMiB":128,"machine":"isapc"}`, 400, "invalid_argument", "machine"},
+		{"bad restart policy", "POST", "/api/v1/vms", `{"name":"x2","memoryMiB":128,"restartPolicy":"sometimes"}`, 400, "invalid_argument", "restartPolicy"},
+		{"bad forward port", "POST", "/api/v1/vms", `{"name":"n1","memoryMiB":128,"nics":[{"mode":"user","forwards":[{"hostPort":70000,"guestPort":80}]}]}`, 400, "invalid_argument", "nics[0].forwards[0].hostPort"},
+		{"bad nic mode", "POST", "/api/v1/vms", `{"name":"n2","memoryMiB":128,"nics":[{"mode":"magic"}]}`, 400, "invalid_argument", "nics[0].mode"},
+		{"bad mac", "POST", "/api/v1/vms", `{"name":"n3","memoryMiB":128,"nics":[{"mode":"user","mac":"zz:zz"}]}`, 400, "invalid_argument", "nics[0].mac"},
+		{"host set by user", "POST", "/api/v1/vms", `{"name":"h1","memoryMiB":128,"host":"elsewhere"}`, 400, "invalid_argument", "host"},
+		{"bad wait", "POST", "/api/v1/vms?wait=soon", `{"name":"w1","memoryMiB":128,"disks":[{"sizeMiB":16}]}`, 400, "invalid_argument", "wait"},
+		{"unknown vm", "GET", "/api/v1/vms/ghost", ``, 404, "not_found", ""},
+		{"unknown action", "POST", "/api/v1/vms/ghost/explode", ``, 404, "not_found", "action"},
+		{"bad op id", "GET", "/api/v1/operations/not-an-id", ``, 400, "invalid_argument", "id"},
+		{"stop body unknown field", "POST", "/api/v1/vms/ghost/stop", `{"gently":true}`, 400, "invalid_argument", "gently"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			status, body, err := s.c.Raw(ctx, c.method, c.path, []byte(c.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var er v1.ErrorResponse
+			if err := json.Unmarshal(body, &er); err != nil || er.Error == nil {
+				t.Fatalf("status %d, body not a JSON error: %s", status, body)
+			}
+			if status != c.status || er.Error.Code != c.code || er.Error.Field != c.field {
+				t.Fatalf("got %d %s field %q (%s), want %d %s field %q", status, er.Error.Code, er.Error.Field, er.Error.Message, c.status, c.code, c.field)
+			}
+			if er.Error.Message == "" {
+				t.Fatal("empty message")
+			}
+		})
+	}
+
+	// Duplicate name: 409, and the first VM is untouched.
+	status, body, err := s.c.Raw(ctx, "POST", "/api/v1/vms?wait=60s", []byte(good("")))
+	if err != nil || status != 200 {
+		t.Fatalf("create ok1: %d %s %v", status, body, err)
+	}
+	before, err := s.c.VM(ctx, "ok1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, body, _ = s.c.Raw(ctx, "POST", "/api/v1/vms", []byte(fmt.Sprintf(`{"name":"ok1","memoryMiB":512,"disks":[{"sizeMiB":64}]}`)))
+	var er v1.ErrorResponse
+	if status != 409 || json.Unmarshal(body, &er) != nil || er.Error.Code != "conflict" || er.Error.Field != "name" {
+		t.Fatalf("duplicate: %d %s", status, body)
+	}
+	after, _ := s.c.VM(ctx, "ok1")
+	if after.Revision != before.Revision || after.Spec.MemoryMiB != 128 {
+		t.Fatalf("duplicate create changed the existing vm: %+v", after.Spec)
+	}
+	// The same host port forwarded twice on a host: 409 naming the field.
+	fwd := fmt.Sprintf(`{"name":"p1","memoryMiB":128,"disks":[{"sizeMiB":16}],"nics":[{"forwards":[{"hostPort":%d,"guestPort":80}]}]}`, freePort(t))
+	if status, body, _ = s.c.Raw(ctx, "POST", "/api/v1/vms?wait=60s", []byte(fwd)); status != 200 {
+		t.Fatalf("create p1: %d %s", status, body)
+	}
+	status, body, _ = s.c.Raw(ctx, "POST", "/api/v1/vms", []byte(strings.Replace(fwd, `"p1"`, `"p2"`, 1)))
+	if status != 409 || !strings.Contains(string(body), `"nics[0].forwards[0].hostPort"`) {
+		t.Fatalf("port clash: %d %s", status, body)
+	}
+	// Deleting a running VM without force is refused and changes nothing.
+	if _, err := s.c.Action(ctx, "ok1", "start", nil, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	s.waitState("ok1", 30*time.Second, v1.StateRunning)
+	if _, err := s.c.DeleteVM(ctx, "ok1", false, 0); !isCode(err, v1.CodeFailedPrecondition) {
+		t.Fatalf("delete of running vm: %v", err)
+	}
+	// Pause of a stopped VM: precondition.
+	if _, err := s.c.Action(ctx, "p1", "pause", nil, 0); !isCode(err, v1.CodeFailedPrecondition) {
+		t.Fatalf("pause of stopped vm: %v", err)
+	}
+
+	// A create the agent cannot carry out (disk smaller than its image)
+	// fails and leaves nothing behind.
+	op, err := s.c.CreateVM(ctx, v1.VMSpec{Name: "shrink", MemoryMiB: 128, Disks: []v1.Disk{{Image: guestImage, SizeMiB: 1}}}, true, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	op, err = s.c.Wait(ctx, op, nil)
+	if err == nil || op.State != v1.OpFailed || op.Error == nil || op.Error.Field != "disks[0]" {
+		t.Fatalf("shrink create: %+v %v", op, err)
+	}
+	if _, err := s.c.VM(ctx, "shrink"); !isCode(err, v1.CodeNotFound) {
+		t.Fatalf("failed create left a vm: %v", err)
+	}
+
+	// Nothing left behind: only ok1 and p1 exist, and only their volumes.
+	vms, err := s.c.VMs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, v := range vms {
+		names = append(names, v.Spec.Name)
+	}
+	if strings.Join(names, ",") != "ok1,p1" {
+		t.Fatalf("vms after bad input: %v", names)
+	}
+	dirs, _ := filepath.Glob(filepath.Join(s.dataDir, "pools", "default", "vms", "*"))
+	var got []string
+	for _, d := range dirs {
+		got = append(got, filepath.Base(d))
+	}
+	if strings.Join(got, ",") != "ok1,p1" {
+		t.Fatalf("volume directories after bad input: %v", got)
+	}
+	parts, _ := filepath.Glob(filepath.Join(s.dataDir, "pools", "default", "vms", "*", "*.part"))
+	if len(parts) > 0 {
+		t.Fatalf("partial files left: %v", parts)
+	}
+}
+
+// TestMetrics: /metrics counts VMs by state and reports host capacity.
+func TestMetrics(t *testing.T) {
+	s := newServer(t)
+	s.createGuest("metered", nil)
+	s.waitState("metered", 30*time.Second, v1.StateRunning)
+	m, err := s.c.Metrics(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`hangar_vms{state="running"} 1`, `hangar_host_up{host="testhost"} 1`, `hangar_host_cpus{host="testhost"}`, `hangar_host_memory_bytes{host="testhost"}`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}

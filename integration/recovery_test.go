@@ -1,0 +1,122 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/serial"
+)
+
+// TestAgentKilledGuestSurvives: kill -9 of hangar serve leaves the guest
+// running; the restarted server re-adopts it without a reboot.
+func TestAgentKilledGuestSurvives(t *testing.T) {
+	s := newServer(t)
+	port := s.createGuest("survivor", nil)
+	bootID, off := s.waitReady("survivor", 0)
+	v := s.waitState("survivor", 10*time.Second, v1.StateRunning)
+	pid := v.Status.PID
+
+	s.kill9()
+	if !alive(pid) {
+		t.Fatal("qemu died with hangar serve")
+	}
+	st := mustGuestStatus(t, port)
+	if st["boot_id"] != bootID {
+		t.Fatalf("boot id changed while hangar serve was down: %s → %s", bootID, st["boot_id"])
+	}
+	s.start()
+	v = s.waitState("survivor", 20*time.Second, v1.StateRunning)
+	if v.Status.PID != pid {
+		t.Fatalf("pid %d after re-adoption, want %d", v.Status.PID, pid)
+	}
+	st = mustGuestStatus(t, port)
+	if st["boot_id"] != bootID {
+		t.Fatalf("guest rebooted: boot id %s → %s", bootID, st["boot_id"])
+	}
+	if size := serial.Size(s.serialLog("survivor")); size != off {
+		b, _ := os.ReadFile(s.serialLog("survivor"))
+		if strings.Count(string(b), "HANGAR-GUEST-READY") > 1 {
+			t.Fatal("the guest booted again after re-adoption")
+		}
+	}
+	// The re-adopted VM is fully managed: pause and resume through QMP.
+	s.action("survivor", "pause", nil)
+	s.waitState("survivor", 5*time.Second, v1.StatePaused)
+	s.action("survivor", "resume", nil)
+	if st := mustGuestStatus(t, port); st["boot_id"] != bootID {
+		t.Fatalf("boot id %s after resume, want %s", st["boot_id"], bootID)
+	}
+}
+
+// TestCrashRestartPolicy: a QEMU killed outside Hangar shows crashed and is
+// restarted by policy on-failure; with policy never it stays crashed.
+func TestCrashRestartPolicy(t *testing.T) {
+	s := newServer(t)
+	s.createGuest("phoenix", nil)
+	s.createGuest("dodo", func(sp *v1.VMSpec) { sp.RestartPolicy = v1.RestartNever })
+	boot1, off := s.waitReady("phoenix", 0)
+	s.waitReady("dodo", 0)
+
+	for _, name := range []string{"phoenix", "dodo"} {
+		v := s.waitState(name, 10*time.Second, v1.StateRunning)
+		if err := syscall.Kill(v.Status.PID, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v := s.waitState("dodo", 10*time.Second, v1.StateCrashed)
+	if !strings.Contains(v.Status.Reason, "died") {
+		t.Errorf("crash reason %q", v.Status.Reason)
+	}
+	boot2, _ := s.waitReady("phoenix", off)
+	if boot2 == boot1 {
+		t.Fatalf("boot id %s did not change: not a new boot", boot2)
+	}
+	v = s.waitState("phoenix", 10*time.Second, v1.StateRunning)
+	if v.Status.Restarts != 1 {
+		t.Fatalf("restarts = %d, want 1", v.Status.Restarts)
+	}
+	time.Sleep(2 * time.Second)
+	if v := s.waitState("dodo", time.Second, v1.StateCrashed); v.Status.PID != 0 {
+		t.Fatalf("policy never: vm restarted (pid %d)", v.Status.PID)
+	}
+	// A crashed VM starts again on request.
+	s.action("dodo", "start", nil)
+	s.waitReady("dodo", 0)
+}
+
+// TestGuestPowerOffIsNotACrash: a guest that powers itself off is stopped,
+// not crashed, and policy on-failure leaves it off.
+func TestGuestPowerOffIsNotACrash(t *testing.T) {
+	s := newServer(t)
+	s.createGuest("quitter", nil)
+	s.waitReady("quitter", 0)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := s.c.Console(ctx, "quitter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		_, _ = conn.Write([]byte("\npoweroff -f\n"))
+		v, err := s.c.VM(ctx, "quitter")
+		if err == nil && v.Status.State == v1.StateStopped {
+			if !strings.Contains(v.Status.Reason, "guest") {
+				t.Fatalf("reason %q", v.Status.Reason)
+			}
+			time.Sleep(3 * time.Second)
+			if v, _ := s.c.VM(ctx, "quitter"); v.Status.State != v1.StateStopped {
+				t.Fatalf("state %s after guest poweroff with policy on-failure", v.Status.State)
+			}
+			return
+		}
+		time.Sleep(time.Second)
+	}
+	t.Fatal("guest did not power off from its console")
+}

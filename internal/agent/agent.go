@@ -5,6 +5,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -116,6 +117,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	log.Info("agent ready", "host", a.cfg.Host, "accel", a.cfg.Caps.Accel, "qemu", a.cfg.Caps.Version)
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
+	prune := time.NewTicker(time.Minute)
+	defer prune.Stop()
 	for {
 		wctx, cancel := context.WithCancel(ctx)
 		events := a.cfg.Store.Watch(wctx, inventory.Ops, rev+1)
@@ -133,6 +136,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			case <-tick.C:
 				if err := a.publishFacts(ctx); err != nil && ctx.Err() == nil {
 					log.Warn("publish host facts", "err", err)
+				}
+
+			case <-prune.C:
+				if err := a.pruneOps(ctx); err != nil && ctx.Err() == nil {
+					log.Warn("prune operations", "err", err)
 				}
 			case <-lost:
 				log.Warn("host lease lost, registering again", "host", a.cfg.Host)
@@ -199,6 +207,27 @@ func (a *Agent) publishFacts(ctx context.Context) error {
 	h.UpdatedAt = time.Now().UTC()
 	if _, err := a.cfg.Store.Put(ctx, inventory.HostInfoKey(a.cfg.Host), inventory.Marshal(h), store.AnyRevision); err != nil {
 		return fmt.Errorf("publish host %s: %w", a.cfg.Host, err)
+	}
+	return nil
+}
+
+// OpRetention is how long finished operations are kept.
+const OpRetention = 24 * time.Hour
+
+// pruneOps deletes this host's operations that finished more than
+// OpRetention ago.
+func (a *Agent) pruneOps(ctx context.Context) error {
+	ops, revs, _, err := a.inv.Ops(ctx)
+	if err != nil {
+		return err
+	}
+	cut := time.Now().Add(-OpRetention)
+	for i, op := range ops {
+		if op.Host == a.cfg.Host && op.Done() && op.Updated.Before(cut) {
+			if err := a.cfg.Store.Delete(ctx, inventory.OpKey(op.ID), revs[i]); err != nil && !errors.Is(err, store.ErrConflict) {
+				return err
+			}
+		}
 	}
 	return nil
 }

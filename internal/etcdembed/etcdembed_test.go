@@ -2,7 +2,9 @@ package etcdembed_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"net"
 	"testing"
 	"time"
 
@@ -100,4 +102,38 @@ func TestStartErrors(t *testing.T) {
 	if _, err := etcdembed.Start(ctx, etcdembed.Config{DataDir: t.TempDir(), ClientURLs: []string{"tcp://127.0.0.1:1"}}); err == nil {
 		t.Fatal("start with bad url scheme: want error")
 	}
+}
+
+// TestStartNotReady starts one member of a two-member cluster whose other
+// member never comes up: it cannot get quorum, so Start must give up when
+// ctx ends and clean up.
+func TestStartNotReady(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := "http://" + l.Addr().String()
+	l.Close()
+
+	ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	m, err := etcdembed.Start(ctx, etcdembed.Config{
+		Name:           "a",
+		DataDir:        t.TempDir(),
+		PeerURLs:       []string{peer},
+		InitialCluster: "a=" + peer + ",b=http://127.0.0.1:1",
+		Logger:         slog.New(slog.DiscardHandler),
+	})
+	if err == nil {
+		m.Close()
+		t.Fatal("start without quorum: want error")
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("start without quorum: err = %v, want deadline exceeded", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("start took %v to give up", d)
+	}
+	t.Logf("gave up after %v: %v", time.Since(start), err)
 }

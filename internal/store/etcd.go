@@ -5,11 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.etcd.io/etcd/client/pkg/v3/logutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // listPageSize is how many keys List reads per range request. All pages are
@@ -23,6 +27,11 @@ const openDialTimeout = 5 * time.Second
 type Etcd struct {
 	c    *clientv3.Client
 	owns bool
+
+	// keepAlives holds the running KeepAlive loops per lease, so Revoke can
+	// end them at once; clientv3 would only notice at the next renewal.
+	mu         sync.Mutex
+	keepAlives map[LeaseID]map[*context.CancelFunc]struct{}
 }
 
 var _ Store = (*Etcd)(nil)
@@ -39,11 +48,21 @@ func OpenEtcd(ctx context.Context, endpoints []string) (*Etcd, error) {
 	if len(endpoints) == 0 {
 		return nil, errors.New("etcd open: no endpoints")
 	}
-	c, err := clientv3.New(clientv3.Config{
+	cfg := clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: openDialTimeout,
 		Context:     context.WithoutCancel(ctx),
-	})
+	}
+	// clientv3 logs retries at warn level as JSON on stderr; keep errors only
+	// unless etcd's own ETCD_CLIENT_DEBUG asks for more.
+	if os.Getenv("ETCD_CLIENT_DEBUG") == "" {
+		lg, err := logutil.CreateDefaultZapLogger(zap.ErrorLevel)
+		if err != nil {
+			return nil, fmt.Errorf("etcd open: logger: %w", err)
+		}
+		cfg.Logger = lg
+	}
+	c, err := clientv3.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcd open %v: %w", endpoints, err)
 	}
@@ -241,13 +260,36 @@ func (s *Etcd) Grant(ctx context.Context, ttl time.Duration) (LeaseID, error) {
 }
 
 func (s *Etcd) KeepAlive(ctx context.Context, id LeaseID) (<-chan struct{}, error) {
+	ctx, cancel := context.WithCancel(ctx)
 	kch, err := s.c.KeepAlive(ctx, clientv3.LeaseID(id))
 	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("etcd keepalive lease %x: %w", id, err)
 	}
+	key := &cancel
+	s.mu.Lock()
+	if s.keepAlives == nil {
+		s.keepAlives = map[LeaseID]map[*context.CancelFunc]struct{}{}
+	}
+	if s.keepAlives[id] == nil {
+		s.keepAlives[id] = map[*context.CancelFunc]struct{}{}
+	}
+	s.keepAlives[id][key] = struct{}{}
+	s.mu.Unlock()
+
 	out := make(chan struct{})
 	go func() {
 		defer close(out)
+		defer func() {
+			s.mu.Lock()
+			delete(s.keepAlives[id], key)
+			if len(s.keepAlives[id]) == 0 {
+				delete(s.keepAlives, id)
+			}
+			s.mu.Unlock()
+			cancel()
+		}()
+		// clientv3 closes kch when the lease is gone or ctx ends.
 		for range kch {
 		}
 	}()
@@ -255,13 +297,26 @@ func (s *Etcd) KeepAlive(ctx context.Context, id LeaseID) (<-chan struct{}, erro
 }
 
 func (s *Etcd) Revoke(ctx context.Context, id LeaseID) error {
-	if _, err := s.c.Revoke(ctx, clientv3.LeaseID(id)); err != nil {
+	_, err := s.c.Revoke(ctx, clientv3.LeaseID(id))
+	if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		s.stopKeepAlives(id)
+	}
+	if err != nil {
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			err = fmt.Errorf("%w: %w", ErrNotFound, err)
 		}
 		return fmt.Errorf("etcd revoke lease %x: %w", id, err)
 	}
 	return nil
+}
+
+// stopKeepAlives ends this store's KeepAlive loops for a lease that is gone.
+func (s *Etcd) stopKeepAlives(id LeaseID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for cancel := range s.keepAlives[id] {
+		(*cancel)()
+	}
 }
 
 func (s *Etcd) PutWithLease(ctx context.Context, key string, value []byte, id LeaseID) (int64, error) {

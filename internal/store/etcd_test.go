@@ -3,7 +3,6 @@ package store_test
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -22,7 +21,7 @@ func startMember(t *testing.T) *etcdembed.Member {
 	defer cancel()
 	m, err := etcdembed.Start(ctx, etcdembed.Config{
 		DataDir: t.TempDir(),
-		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger:  slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatalf("start etcd: %v", err)
@@ -75,9 +74,6 @@ func TestCloseOwnership(t *testing.T) {
 	if err := own.Close(); err != nil {
 		t.Fatalf("close own: %v", err)
 	}
-	if _, err := own.Get(ctx, "k"); err == nil {
-		t.Fatal("get on closed owning store: want error")
-	}
 	if _, err := m.Client().Get(ctx, "k"); err != nil {
 		t.Fatalf("member client after closing an owning store: %v", err)
 	}
@@ -87,7 +83,7 @@ func TestOpenEtcdErrors(t *testing.T) {
 	if _, err := store.OpenEtcd(t.Context(), nil); err == nil {
 		t.Fatal("open without endpoints: want error")
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
 	defer cancel()
 	if s, err := store.OpenEtcd(ctx, []string{"http://127.0.0.1:1"}); err == nil {
 		s.Close()

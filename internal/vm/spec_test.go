@@ -1,0 +1,84 @@
+package vm
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	v1 "hangar/api/v1"
+)
+
+func base() v1.VMSpec {
+	s := v1.VMSpec{Name: "web1", MemoryMiB: 256, Disks: []v1.Disk{{Image: "/img/a.qcow2"}},
+		NICs: []v1.NIC{{Forwards: []v1.Forward{{HostPort: 8080, GuestPort: 80}}}}}
+	Defaults(&s, "tcg")
+	return s
+}
+
+func TestDefaults(t *testing.T) {
+	s := base()
+	if s.CPUs != 1 || s.Machine != "q35" || s.CPUModel != "max" || s.RestartPolicy != "on-failure" || s.Power != "stopped" {
+		t.Fatalf("defaults: %+v", s)
+	}
+	if s.Disks[0].Name != "disk0" || s.Disks[0].Bus != "virtio" || s.NICs[0].Mode != "user" || s.NICs[0].Forwards[0].Protocol != "tcp" {
+		t.Fatalf("device defaults: %+v %+v", s.Disks, s.NICs)
+	}
+	if !strings.HasPrefix(s.NICs[0].MAC, "52:54:00:") {
+		t.Fatalf("mac %q", s.NICs[0].MAC)
+	}
+	k := v1.VMSpec{}
+	Defaults(&k, "kvm")
+	if k.CPUModel != "host" {
+		t.Fatalf("kvm cpu model %q", k.CPUModel)
+	}
+	if err := Validate(base(), 1024); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestValidateNamesTheField(t *testing.T) {
+	cases := []struct {
+		field string
+		mut   func(*v1.VMSpec)
+	}{
+		{"name", func(s *v1.VMSpec) { s.Name = "Web_1" }},
+		{"name", func(s *v1.VMSpec) { s.Name = "-web" }},
+		{"name", func(s *v1.VMSpec) { s.Name = strings.Repeat("a", 64) }},
+		{"name", func(s *v1.VMSpec) { s.Name = "a/../b" }},
+		{"cpus", func(s *v1.VMSpec) { s.CPUs = 0 }},
+		{"cpus", func(s *v1.VMSpec) { s.CPUs = 256 }},
+		{"memoryMiB", func(s *v1.VMSpec) { s.MemoryMiB = 31 }},
+		{"memoryMiB", func(s *v1.VMSpec) { s.MemoryMiB = 2048 }},
+		{"machine", func(s *v1.VMSpec) { s.Machine = "isapc" }},
+		{"cpuModel", func(s *v1.VMSpec) { s.CPUModel = "486; rm -rf /" }},
+		{"restartPolicy", func(s *v1.VMSpec) { s.RestartPolicy = "maybe" }},
+		{"power", func(s *v1.VMSpec) { s.Power = "off" }},
+		{"disks[0].name", func(s *v1.VMSpec) { s.Disks[0].Name = "../x" }},
+		{"disks[1].name", func(s *v1.VMSpec) { s.Disks = append(s.Disks, v1.Disk{Name: "disk0", SizeMiB: 1, Bus: "virtio"}) }},
+		{"disks[0].bus", func(s *v1.VMSpec) { s.Disks[0].Bus = "floppy" }},
+		{"disks[0].sizeMiB", func(s *v1.VMSpec) { s.Disks[0].Image = "" }},
+		{"disks[0].sizeMiB", func(s *v1.VMSpec) { s.Disks[0].SizeMiB = -1 }},
+		{"disks[0].image", func(s *v1.VMSpec) { s.Disks[0].Image = "rel/path.qcow2" }},
+		{"nics[0].mac", func(s *v1.VMSpec) { s.NICs[0].MAC = "52:54:00:zz:00:00" }},
+		{"nics[0].mode", func(s *v1.VMSpec) { s.NICs[0].Mode = "wifi" }},
+		{"nics[0].bridge", func(s *v1.VMSpec) { s.NICs[0].Bridge = "br0" }},
+		{"nics[0].forwards", func(s *v1.VMSpec) { s.NICs[0].Mode, s.NICs[0].Bridge = "bridge", "br0" }},
+		{"nics[0].bridge", func(s *v1.VMSpec) { s.NICs[0].Mode, s.NICs[0].Bridge, s.NICs[0].Forwards = "bridge", "br0;x", nil }},
+		{"nics[0].forwards[0].hostPort", func(s *v1.VMSpec) { s.NICs[0].Forwards[0].HostPort = 0 }},
+		{"nics[0].forwards[0].guestPort", func(s *v1.VMSpec) { s.NICs[0].Forwards[0].GuestPort = 65536 }},
+		{"nics[0].forwards[0].protocol", func(s *v1.VMSpec) { s.NICs[0].Forwards[0].Protocol = "sctp" }},
+		{"nics[0].forwards[1].hostPort", func(s *v1.VMSpec) {
+			s.NICs[0].Forwards = append(s.NICs[0].Forwards, v1.Forward{HostPort: 8080, GuestPort: 81, Protocol: "tcp"})
+		}},
+		{"boot[0]", func(s *v1.VMSpec) { s.Boot = []string{"usb"} }},
+	}
+	for _, c := range cases {
+		s := base()
+		c.mut(&s)
+		err := Validate(s, 1024)
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != c.field || !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: got %v, want a FieldError on %s", c.field, err, c.field)
+		}
+	}
+}

@@ -55,20 +55,22 @@ need_cmd mountpoint util-linux
 MBR_BIN=/usr/lib/syslinux/mbr/mbr.bin
 [ -r "$MBR_BIN" ] || die "$MBR_BIN not found; install the Debian package 'syslinux-common'"
 
-dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed' ||
+pkg_installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]; }
+pkg_installed busybox-static ||
 	die "busybox-static is not installed (apt-get install busybox-static); a static busybox is required"
 BUSYBOX=/bin/busybox
 [ -x "$BUSYBOX" ] || die "$BUSYBOX missing; reinstall the Debian package 'busybox-static'"
 BB_VERSION=$(dpkg-query -W -f='${Version}' busybox-static)
-for applet in sh init httpd udhcpc acpid switch_root insmod setsid cttyhack poweroff; do
-	"$BUSYBOX" --list | grep -qx "$applet" || die "busybox-static lacks the '$applet' applet"
+BB_APPLETS=" $("$BUSYBOX" --list | tr '\n' ' ') "
+for applet in sh init httpd udhcpc acpid switch_root insmod setsid cttyhack poweroff findfs; do
+	case "$BB_APPLETS" in *" $applet "*) ;; *) die "busybox-static lacks the '$applet' applet" ;; esac
 done
 
 # Kernel: the one linux-image-cloud-amd64 currently depends on.
-dpkg-query -W -f='${Status}' linux-image-cloud-amd64 2>/dev/null | grep -q 'install ok installed' ||
+pkg_installed linux-image-cloud-amd64 ||
 	die "linux-image-cloud-amd64 is not installed (apt-get install linux-image-cloud-amd64)"
-KVER=$(dpkg-query -W -f='${Depends}' linux-image-cloud-amd64 | grep -o 'linux-image-[^ ,]*-cloud-amd64' | head -n1 | sed 's/^linux-image-//')
-[ -n "$KVER" ] || KVER=$(ls /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sed 's|^/boot/vmlinuz-||' | sort -V | tail -n1)
+KVER=$(dpkg-query -W -f='${Depends}' linux-image-cloud-amd64 | tr ', ' '\n\n' | sed -n 's/^linux-image-\(.*-cloud-amd64\)$/\1/p' | tail -n1)
+[ -n "$KVER" ] || KVER=$(ls /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sed 's|^/boot/vmlinuz-||' | sort -V | tail -n1 || true)
 [ -n "$KVER" ] || die "cannot determine the cloud kernel version (is linux-image-cloud-amd64 installed?)"
 KERNEL=/boot/vmlinuz-$KVER
 MODDIR=/lib/modules/$KVER
@@ -142,7 +144,7 @@ install_busybox() { # install_busybox DIR: busybox + a symlink per applet
 mkdir -p "$INITRD/lib/modules"
 loaded=" "
 for m in $MODULES; do
-	f=$(find "$MODDIR/kernel" \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" -o -name "$m.ko.gz" \) | head -n1)
+	f=$(find "$MODDIR/kernel" \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" -o -name "$m.ko.gz" \) -print -quit)
 	[ -n "$f" ] || die "module $m not found under $MODDIR (linux-image-$KVER)"
 	for d in $(modinfo -F depends "$f" | tr ',' ' '); do
 		case "$loaded" in *" $d "*) ;; *) die "module $m depends on $d, which is not loaded before it";; esac
@@ -231,8 +233,8 @@ echo "hangar-guest" >"$ROOT/etc/hostname"
 ln -s /run/resolv.conf "$ROOT/etc/resolv.conf"
 cat >"$ROOT/etc/profile" <<'EOF'
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
-export HOME=/root
-PS1='\u@\h:\w# '
+export HOME=/root USER=root LOGNAME=root
+PS1='root@\h:\w# ' # static glibc busybox cannot resolve uids, so no \u
 EOF
 
 cat >"$ROOT/etc/inittab" <<'EOF'

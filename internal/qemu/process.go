@@ -58,7 +58,7 @@ func Detect(ctx context.Context, accel string) (Capabilities, error) {
 		}
 	case "kvm":
 		if !KVMUsable() {
-			return c, errors.New("accelerator kvm: /dev/kvm cannot be opened")
+			return c, errors.New("accelerator kvm: /dev/kvm cannot be opened or is not hardware virtualization (kvm_intel/kvm_amd)")
 		}
 		c.Accel = "kvm"
 	case "tcg":
@@ -69,14 +69,22 @@ func Detect(ctx context.Context, accel string) (Capabilities, error) {
 	return c, nil
 }
 
-// KVMUsable reports whether /dev/kvm exists and can be opened read-write.
+// KVMUsable reports whether /dev/kvm can be opened read-write and is
+// backed by hardware virtualization (kvm_intel or kvm_amd). Other KVM
+// back-ends, such as kvm_pvm in nested sandboxes, run only guests built for
+// them: an ordinary BIOS-booted guest fails there with "emulation failure".
 func KVMUsable() bool {
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
 		return false
 	}
 	f.Close()
-	return true
+	for _, m := range []string{"/sys/module/kvm_intel", "/sys/module/kvm_amd"} {
+		if _, err := os.Stat(m); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // Shutdown is QEMU's SHUTDOWN event: why the guest stopped.

@@ -39,7 +39,7 @@ func TestBadInput(t *testing.T) {
 		{"memory wrong type", "POST", "/api/v1/vms", `{"name":"m3","memoryMiB":"lots"}`, 400, "invalid_argument", "memoryMiB"},
 		{"cpus zero after negative", "POST", "/api/v1/vms", `{"name":"c1","memoryMiB":128,"cpus":-2}`, 400, "invalid_argument", "cpus"},
 		{"unknown field", "POST", "/api/v1/vms", `{"name":"u1","memoryMiB":128,"colour":"red"}`, 400, "invalid_argument", "colour"},
-		{"unknown nested field", "POST", "/api/v1/vms", `{"name":"u2","memoryMiB":128,"disks":[{"sizeMiB":10,"shape":"round"}]}`, 400, "invalid_argument", "disks.shape"},
+		{"unknown nested field", "POST", "/api/v1/vms", `{"name":"u2","memoryMiB":128,"disks":[{"sizeMiB":10,"shape":"round"}]}`, 400, "invalid_argument", "disks[0].shape"},
 		{"malformed json", "POST", "/api/v1/vms", `{"name":`, 400, "invalid_argument", "body"},
 		{"missing image", "POST", "/api/v1/vms", `{"name":"i1","memoryMiB":128,"disks":[{"image":"/nonexistent/disk.qcow2"}]}`, 400, "invalid_argument", "disks[0].image"},
 		{"relative image", "POST", "/api/v1/vms", `{"name":"i2","memoryMiB":128,"disks":[{"image":"disk.qcow2"}]}`, 400, "invalid_argument", "disks[0].image"},

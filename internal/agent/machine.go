@@ -203,6 +203,9 @@ func (m *machine) create(ctx context.Context, args v1.CreateArgs, progress func(
 		_, _ = m.a.cfg.Store.Txn(bg, nil, store.DeleteOp(inventory.StatusKey(m.name), store.AnyRevision),
 			store.DeleteOp(inventory.VMKey(m.name), store.AnyRevision))
 		_ = os.RemoveAll(m.a.logDir(m.name))
+		if err := m.a.cfg.Pool.DeleteVM(m.name, nil); err != nil {
+			m.log.Warn("roll back volume directory", "err", err)
+		}
 		m.gone = true
 	})
 	var disks []v1.DiskStatus

@@ -43,6 +43,11 @@ func ToAPI(err error) *v1.Error {
 	if err == nil {
 		return nil
 	}
+	var ae *v1.Error
+	if errors.As(err, &ae) {
+		c := *ae
+		return &c
+	}
 	e := &v1.Error{Code: Code(err), Message: err.Error()}
 	var fe *vm.FieldError
 	var fe2 *FieldError

@@ -4,6 +4,7 @@
 package manager
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -111,7 +113,11 @@ func writeErr(w http.ResponseWriter, err error) {
 // decode reads a JSON body strictly: unknown fields and wrong types are
 // errors naming the field.
 func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	if err != nil {
+		return &v1.Error{Code: v1.CodeInvalidArgument, Field: "body", Message: "body: " + err.Error()}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var te *json.UnmarshalTypeError
@@ -126,6 +132,9 @@ func decode(r *http.Request, v any) error {
 			return &v1.Error{Code: v1.CodeInvalidArgument, Field: "body", Message: "body: empty, want a JSON object"}
 		case strings.HasPrefix(err.Error(), "json: unknown field "):
 			f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+			if p := unknownFieldPath(body, reflect.TypeOf(v)); p != "" {
+				f = p
+			}
 			return &v1.Error{Code: v1.CodeInvalidArgument, Field: f, Message: fmt.Sprintf("%s: unknown field", f)}
 		default:
 			return &v1.Error{Code: v1.CodeInvalidArgument, Field: "body", Message: "body: " + err.Error()}
@@ -184,6 +193,11 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	start, err := boolParam(q.Get("start"), "start")
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	wait, err := s.waitParam(r)
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -261,7 +275,7 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.cfg.Log.Info("vm create accepted", "vm", spec.Name, "host", host, "op", op.ID)
-	s.answerOp(w, r, op)
+	s.answerOp(w, r, op, wait)
 }
 
 // checkPorts refuses host ports another VM on the same host forwards.
@@ -304,13 +318,8 @@ func (s *Server) newOp(kind, target, host string, args any) v1.Operation {
 }
 
 // answerOp returns 202 with the operation, or waits for it with ?wait=.
-func (s *Server) answerOp(w http.ResponseWriter, r *http.Request, op v1.Operation) {
+func (s *Server) answerOp(w http.ResponseWriter, r *http.Request, op v1.Operation, wait time.Duration) {
 	w.Header().Set("Location", "/api/v1/operations/"+op.ID)
-	wait, err := s.waitParam(r)
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
 	if wait > 0 {
 		done, err := s.waitOp(r.Context(), op.ID, wait)
 		if err == nil {
@@ -453,6 +462,11 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, name, kind strin
 		writeErr(w, err)
 		return
 	}
+	wait, err := s.waitParam(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
 	for attempt := 0; ; attempt++ {
 		v, err := s.inv.VM(ctx, name)
 		if err != nil {
@@ -481,7 +495,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, name, kind strin
 			return
 		}
 		s.cfg.Log.Info("vm operation accepted", "vm", name, "kind", kind, "op", op.ID)
-		s.answerOp(w, r, op)
+		s.answerOp(w, r, op, wait)
 		return
 	}
 }

@@ -120,3 +120,52 @@ func TestGuestPowerOffIsNotACrash(t *testing.T) {
 	}
 	t.Fatal("guest did not power off from its console")
 }
+
+// TestInterruptedOperationsResume: hangar serve is killed right after
+// accepting creates; at restart every operation is carried out exactly once
+// — each guest boots, and runs in exactly one QEMU.
+func TestInterruptedOperationsResume(t *testing.T) {
+	s := newServer(t)
+	ctx := context.Background()
+	names := []string{"inter1", "inter2", "inter3"}
+	var ops []v1.Operation
+	for _, n := range names {
+		spec := v1.VMSpec{Name: n, MemoryMiB: 128, Disks: []v1.Disk{{Image: guestImage}}}
+		op, err := s.c.CreateVM(ctx, spec, true, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ops = append(ops, op)
+	}
+	s.kill9()
+	s.start()
+	for i, n := range names {
+		op, err := s.c.Wait(ctx, ops[i], nil)
+		if err != nil {
+			t.Fatalf("operation %s on %s after restart: %v", op.ID, n, err)
+		}
+		s.waitReady(n, 0)
+		v := s.waitState(n, 20*time.Second, v1.StateRunning)
+		if got := qemuCount(t, n); got != 1 {
+			t.Fatalf("vm %s runs in %d QEMU processes", n, got)
+		}
+		if !alive(v.Status.PID) {
+			t.Fatalf("vm %s: pid %d not alive", n, v.Status.PID)
+		}
+		t.Logf("%s: op %s attempts=%d", n, op.ID, op.Attempts)
+	}
+}
+
+// qemuCount counts live QEMU processes of a VM name.
+func qemuCount(t *testing.T, name string) int {
+	t.Helper()
+	procs, _ := os.ReadDir("/proc")
+	n := 0
+	for _, p := range procs {
+		b, err := os.ReadFile("/proc/" + p.Name() + "/cmdline")
+		if err == nil && strings.Contains(string(b), "qemu-system") && strings.Contains(string(b), "guest="+name+",") {
+			n++
+		}
+	}
+	return n
+}

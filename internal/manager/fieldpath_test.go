@@ -10,10 +10,10 @@ import (
 func TestUnknownFieldPath(t *testing.T) {
 	ty := reflect.TypeOf(&v1.VMSpec{})
 	cases := map[string]string{
-		`{"name":"a","colour":1}`:                                       "colour",
-		`{"name":"a","disks":[{"sizeMiB":1},{"shape":"round"}]}`:        "disks[1].shape",
+		`{"name":"a","colour":1}`:                                      "colour",
+		`{"name":"a","disks":[{"sizeMiB":1},{"shape":"round"}]}`:       "disks[1].shape",
 		`{"nics":[{"forwards":[{"hostPort":1,"guestport":2,"x":3}]}]}`: "nics[0].forwards[0].x",
-		`{"name":"a","memoryMiB":1}`:                                    "",
+		`{"name":"a","memoryMiB":1}`:                                   "",
 	}
 	for body, want := range cases {
 		if got := unknownFieldPath([]byte(body), ty); got != want {

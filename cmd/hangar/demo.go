@@ -85,7 +85,8 @@ func newDemo(g *globals) *cobra.Command {
 			} else {
 				fmt.Fprintf(out, "the guest's web server did not answer yet: %v\n", err)
 			}
-			fmt.Fprintf(out, "\nTry, in another shell:\n  curl http://127.0.0.1:%d/cgi-bin/status\n  hangar vm list\n  hangar vm show %s\n  hangar vm console %s   (Ctrl-] detaches)\n  hangar host info\n\nPress Ctrl-C to stop the demo.\n", port, name, name)
+			bin := os.Args[0]
+			fmt.Fprintf(out, "\nTry, in another shell:\n  curl http://127.0.0.1:%d/cgi-bin/status\n  %[2]s vm list\n  %[2]s vm show %[3]s\n  %[2]s vm console %[3]s   (Ctrl-] detaches)\n  %[2]s host info\n\nPress Ctrl-C to stop the demo.\n", port, bin, name)
 			select {
 			case <-ctx.Done():
 			case err := <-d.Err():

@@ -65,6 +65,7 @@ func run(m *testing.M) int {
 // server is one `hangar serve` process with its own state.
 type server struct {
 	t       *testing.T
+	netns   string // run hangar serve in this network namespace
 	cmd     *exec.Cmd
 	dataDir string
 	runDir  string
@@ -82,7 +83,10 @@ func needQEMU(t *testing.T) {
 
 // newServer starts hangar serve in fresh directories. Cleanup deletes every
 // VM (killing its QEMU) and stops the server.
-func newServer(t *testing.T) *server {
+func newServer(t *testing.T) *server { return newServerIn(t, "") }
+
+// newServerIn starts hangar serve inside a network namespace ("" = this one).
+func newServerIn(t *testing.T, netns string) *server {
 	t.Helper()
 	needQEMU(t)
 	// Unix socket paths are limited to 108 bytes: keep the run dir short.
@@ -90,7 +94,7 @@ func newServer(t *testing.T) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{t: t, dataDir: t.TempDir(), runDir: run, socket: filepath.Join(run, "h.sock")}
+	s := &server{t: t, netns: netns, dataDir: t.TempDir(), runDir: run, socket: filepath.Join(run, "h.sock")}
 	s.log = filepath.Join(s.dataDir, "serve.log")
 	s.c = client.New(s.socket)
 	s.start()
@@ -128,8 +132,12 @@ func (s *server) start() {
 	if accel == "" {
 		accel = "auto"
 	}
-	s.cmd = exec.Command(hangarBin, "serve", "--data-dir", s.dataDir, "--run-dir", s.runDir, "--socket", s.socket,
-		"--host", "testhost", "--accel", accel, "--stop-timeout", "30s", "--log-level", "debug")
+	argv := []string{hangarBin}
+	if s.netns != "" {
+		argv = []string{"ip", "netns", "exec", s.netns, hangarBin}
+	}
+	s.cmd = exec.Command(argv[0], append(argv[1:], "serve", "--data-dir", s.dataDir, "--run-dir", s.runDir, "--socket", s.socket,
+		"--host", "testhost", "--accel", accel, "--stop-timeout", "30s", "--log-level", "debug")...)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -35,10 +34,7 @@ func newDemo(g *globals) *cobra.Command {
 				return err
 			}
 			cfg.Log = log
-			cfg.Socket = g.socket
-			if !cmd.Flags().Changed("socket") && os.Getenv("HANGAR_SOCKET") == "" {
-				cfg.Socket = filepath.Join(cfg.RunDir, "hangar.sock")
-			}
+			cfg.Socket = g.serverSocket(cmd, cfg.RunDir)
 			if _, err := os.Stat(image); err != nil {
 				return fmt.Errorf("--image: %w (build it with guest/build.sh)", err)
 			}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -42,3 +43,12 @@ func newRoot() *cobra.Command {
 }
 
 func (g *globals) client() *client.Client { return client.New(g.socket) }
+
+// serverSocket is where a server listens: --socket or $HANGAR_SOCKET when
+// given, else hangar.sock in its run directory.
+func (g *globals) serverSocket(cmd *cobra.Command, runDir string) string {
+	if cmd.Flags().Changed("socket") || os.Getenv("HANGAR_SOCKET") != "" {
+		return g.socket
+	}
+	return filepath.Join(runDir, "hangar.sock")
+}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -24,10 +23,7 @@ func newServe(g *globals) *cobra.Command {
 				return err
 			}
 			cfg.Log = log
-			cfg.Socket = g.socket
-			if !cmd.Flags().Changed("socket") && os.Getenv("HANGAR_SOCKET") == "" {
-				cfg.Socket = filepath.Join(cfg.RunDir, "hangar.sock")
-			}
+			cfg.Socket = g.serverSocket(cmd, cfg.RunDir)
 			d, err := daemon.Start(cmd.Context(), cfg)
 			if err != nil {
 				return err

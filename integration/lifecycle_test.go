@@ -149,3 +149,44 @@ func isCode(err error, code string) bool {
 	var e *v1.Error
 	return errors.As(err, &e) && e.Code == code
 }
+
+// TestStopForcesAfterTimeout: a guest that ignores the ACPI power button is
+// quit after the stop timeout.
+func TestStopForcesAfterTimeout(t *testing.T) {
+	s := newServer(t)
+	port := s.createGuest("stubborn", nil)
+	s.waitReady("stubborn", 0)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := s.c.Console(ctx, "stubborn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Stop the guest's ACPI daemon so that the power button does nothing.
+	for i := 0; i < 3; i++ {
+		_, _ = io.WriteString(conn, "\nkillall acpid\n")
+		time.Sleep(500 * time.Millisecond)
+	}
+	conn.Close()
+	mustGuestStatus(t, port)
+	v := s.waitState("stubborn", 5*time.Second, v1.StateRunning)
+	start := time.Now()
+	s.action("stubborn", "stop", v1.StopArgs{TimeoutSeconds: 3})
+	took := time.Since(start)
+	s.waitState("stubborn", 5*time.Second, v1.StateStopped)
+	if took < 3*time.Second {
+		t.Fatalf("stop took %s: the guest powered off by itself, the timeout path was not exercised", took)
+	}
+	if alive(v.Status.PID) {
+		t.Fatalf("qemu %d alive after forced stop", v.Status.PID)
+	}
+	// Force stop of a running VM is immediate.
+	s.action("stubborn", "start", nil)
+	s.waitState("stubborn", 10*time.Second, v1.StateRunning)
+	start = time.Now()
+	s.action("stubborn", "stop", v1.StopArgs{Force: true})
+	s.waitState("stubborn", 5*time.Second, v1.StateStopped)
+	if time.Since(start) > 10*time.Second {
+		t.Fatalf("force stop took %s", time.Since(start))
+	}
+}

@@ -15,14 +15,15 @@ const (
 
 // Observed VM states (VMStatus.State).
 const (
-	StateCreating = "creating"
-	StateStopped  = "stopped"
-	StateStarting = "starting"
-	StateRunning  = "running"
-	StatePaused   = "paused"
-	StateStopping = "stopping"
-	StateCrashed  = "crashed"
-	StateError    = "error"
+	StateCreating  = "creating"
+	StateStopped   = "stopped"
+	StateStarting  = "starting"
+	StateRunning   = "running"
+	StatePaused    = "paused"
+	StateStopping  = "stopping"
+	StateCrashed   = "crashed"
+	StateSuspended = "suspended"
+	StateError     = "error"
 )
 
 // Restart policies (VMSpec.RestartPolicy).
@@ -62,16 +63,51 @@ type VMSpec struct {
 	Host string `json:"host,omitempty"`
 	// UUID is the VM's SMBIOS UUID; set by the manager on create.
 	UUID string `json:"uuid,omitempty"`
+	// CloudInit, when set, is served to the guest as a NoCloud seed ISO on
+	// a cdrom named "cidata".
+	CloudInit *CloudInit `json:"cloudInit,omitempty"`
 }
 
-// Disk is one virtual disk. Exactly one of SizeMiB (a new empty disk) or
-// Image (a copy-on-write overlay of an image file) is set; with Image,
-// SizeMiB may grow the overlay beyond the image's size.
+// CloudInit is NoCloud seed data for guests that run cloud-init.
+type CloudInit struct {
+	UserData string `json:"userData"`
+	MetaData string `json:"metaData,omitempty"`
+}
+
+// Disk is one virtual disk. Where its data comes from is exactly one of:
+//   - SizeMiB alone: a new empty qcow2 volume;
+//   - Image: a new copy-on-write overlay of an image file (SizeMiB may grow it);
+//   - Clone: a new volume copied from (or, Linked, layered on) a pool volume;
+//   - Import: a new qcow2 volume converted from a foreign disk;
+//   - Volume: an existing pool volume, attached as it is (not deleted with the VM).
+//
+// A cdrom (Media "cdrom") is read-only: Image is an ISO file or empty (no medium).
 type Disk struct {
-	Name    string `json:"name,omitempty"`
-	SizeMiB int64  `json:"sizeMiB,omitempty"`
-	Image   string `json:"image,omitempty"`
-	Bus     string `json:"bus,omitempty"`
+	Name      string        `json:"name,omitempty"`
+	SizeMiB   int64         `json:"sizeMiB,omitempty"`
+	Image     string        `json:"image,omitempty"`
+	Clone     *CloneSource  `json:"clone,omitempty"`
+	Import    *ImportSource `json:"import,omitempty"`
+	Volume    string        `json:"volume,omitempty"`
+	Media     string        `json:"media,omitempty"`
+	Bus       string        `json:"bus,omitempty"`
+	Shareable bool          `json:"shareable,omitempty"`
+}
+
+// CloneSource is a pool volume ("pool/name") a new disk is made from: a full
+// copy, or with Linked a qcow2 overlay on it.
+type CloneSource struct {
+	Volume string `json:"volume"`
+	Linked bool   `json:"linked,omitempty"`
+}
+
+// ImportSource is a foreign disk (VMDK, VHD, VHDX, qcow2, raw, or a disk
+// inside an OVA at Offset/Size) converted to qcow2 on create.
+type ImportSource struct {
+	Path   string `json:"path"`
+	Format string `json:"format"`
+	Offset int64  `json:"offset,omitempty"`
+	Size   int64  `json:"size,omitempty"`
 }
 
 // NIC is one network interface.
@@ -100,7 +136,11 @@ type VMStatus struct {
 	Restarts    int          `json:"restarts,omitempty"`
 	Reason      string       `json:"reason,omitempty"`
 	Disks       []DiskStatus `json:"disks,omitempty"`
-	UpdatedAt   time.Time    `json:"updatedAt"`
+	// Snapshots of the running disk chain, oldest first.
+	Snapshots []Snapshot `json:"snapshots,omitempty"`
+	// StateFile holds RAM and device state while the VM is suspended.
+	StateFile string    `json:"stateFile,omitempty"`
+	UpdatedAt time.Time `json:"updatedAt"`
 }
 
 // DiskStatus is a disk's volume as created on the host.
@@ -110,6 +150,9 @@ type DiskStatus struct {
 	Format  string `json:"format"`
 	Backing string `json:"backing,omitempty"`
 	Created bool   `json:"created"`
+	// Top is the file QEMU writes now: Path, or the newest snapshot overlay.
+	Top  string `json:"top,omitempty"`
+	Node string `json:"node,omitempty"`
 }
 
 // Host describes one host of the pool.

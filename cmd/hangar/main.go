@@ -38,7 +38,8 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&g.socket, "socket", client.SocketFromEnv(), "API unix socket (env HANGAR_SOCKET)")
-	root.AddCommand(newServe(g), newVM(g), newHost(g), newOp(g), newDemo(g), newBench(g))
+	root.AddCommand(newServe(g), newHost(g), newOp(g), newDemo(g), newBench(g))
+	root.AddCommand(newVMAndStorage(g)...)
 	return root
 }
 

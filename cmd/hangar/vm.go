@@ -28,9 +28,15 @@ func newVM(g *globals) *cobra.Command {
 	return cmd
 }
 
+func newVMAndStorage(g *globals) []*cobra.Command {
+	vm := newVM(g)
+	return append([]*cobra.Command{vm}, storageCommands(g, vm)...)
+}
+
 func newVMCreate(g *globals) *cobra.Command {
 	var (
 		file, image, bridge, restart string
+		iso, cloudInit               string
 		cpus, memory                 int
 		diskMiB                      int64
 		forwards                     []string
@@ -65,6 +71,19 @@ func newVMCreate(g *globals) *cobra.Command {
 			}
 			if image != "" || diskMiB > 0 {
 				spec.Disks = append(spec.Disks, v1.Disk{Image: image, SizeMiB: diskMiB})
+			}
+			if iso != "" {
+				spec.Disks = append(spec.Disks, v1.Disk{Name: "cd0", Media: "cdrom", Image: iso})
+				if image == "" && diskMiB > 0 {
+					spec.Boot = []string{"cdrom", "disk"}
+				}
+			}
+			if cloudInit != "" {
+				ud, err := os.ReadFile(cloudInit)
+				if err != nil {
+					return fmt.Errorf("--cloud-init: %w", err)
+				}
+				spec.CloudInit = &v1.CloudInit{UserData: string(ud)}
 			}
 			if bridge != "" {
 				spec.NICs = append(spec.NICs, v1.NIC{Mode: v1.NICBridge, Bridge: bridge})
@@ -101,6 +120,8 @@ func newVMCreate(g *globals) *cobra.Command {
 	f.StringVar(&bridge, "bridge", "", "attach a NIC to this bridge (tap)")
 	f.StringVar(&restart, "restart", "on-failure", "restart policy: always, on-failure or never")
 	f.BoolVar(&start, "start", false, "start the VM once created")
+	f.StringVar(&iso, "iso", "", "attach this ISO on a cdrom (boots from it when the disk is new and empty)")
+	f.StringVar(&cloudInit, "cloud-init", "", "user-data file served to cloud-init on a NoCloud seed cdrom")
 	f.BoolVar(&wait, "wait", true, "wait until the operation is done")
 	return cmd
 }

@@ -40,6 +40,8 @@ type Config struct {
 	// RestartLimit restarts within RestartWindow, then the VM stays crashed.
 	RestartLimit  int
 	RestartWindow time.Duration
+	// IOWorkers bounds concurrent copies, conversions and imports (default 2).
+	IOWorkers int
 }
 
 // Agent is one host's agent.
@@ -47,6 +49,7 @@ type Agent struct {
 	cfg   Config
 	inv   inventory.Inventory
 	facts v1.Host
+	io    *ioPool
 
 	mu      sync.Mutex
 	vms     map[string]*machine
@@ -73,11 +76,14 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	if cfg.IOWorkers == 0 {
+		cfg.IOWorkers = 2
+	}
 	facts, err := HostFacts(cfg.Host, cfg.Caps)
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, inv: inventory.Inventory{S: cfg.Store}, facts: facts,
+	return &Agent{cfg: cfg, inv: inventory.Inventory{S: cfg.Store}, facts: facts, io: newIOPool(cfg.IOWorkers),
 		vms: map[string]*machine{}, queued: map[string]bool{}, ready: make(chan struct{})}, nil
 }
 

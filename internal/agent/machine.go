@@ -14,9 +14,11 @@ import (
 	"hangar/internal/inventory"
 	"hangar/internal/network"
 	"hangar/internal/qemu"
+	"hangar/internal/qemu/blockops"
 	"hangar/internal/qemu/config"
 	"hangar/internal/revert"
 	"hangar/internal/store"
+	"hangar/internal/vm"
 )
 
 // task is one unit of work for a VM's worker.
@@ -156,7 +158,47 @@ func (m *machine) execute(ctx context.Context, op v1.Operation, progress func(fl
 	case "pause":
 		return m.withMonitor(ctx, "pause", func(i *qemu.Instance) error { return i.Mon.Stop(ctx) }, v1.StatePaused)
 	case "resume":
+		if m.inst == nil {
+			progress(0.2, "loading memory")
+			return m.start(ctx) // a suspended VM resumes from its state file
+		}
 		return m.withMonitor(ctx, "resume", func(i *qemu.Instance) error { return i.Mon.Cont(ctx) }, v1.StateRunning)
+	case "suspend":
+		progress(0.1, "saving memory")
+		return m.suspend(ctx, progress)
+	case "media":
+		var args v1.MediaArgs
+		if err := decodeArgs(op, &args); err != nil {
+			return err
+		}
+		return m.media(ctx, args)
+	case "snapshot":
+		var args v1.SnapshotArgs
+		if err := decodeArgs(op, &args); err != nil {
+			return err
+		}
+		return m.snapshot(ctx, args, progress)
+	case "snapshot-commit", "snapshot-revert", "snapshot-discard":
+		var args v1.SnapshotActionArgs
+		if err := decodeArgs(op, &args); err != nil {
+			return err
+		}
+		if op.Kind == "snapshot-commit" {
+			return m.commitSnapshot(ctx, args.Name, progress)
+		}
+		return m.revertSnapshot(ctx, args.Name, op.Kind == "snapshot-discard", progress)
+	case "template":
+		var args v1.TemplateArgs
+		if err := decodeArgs(op, &args); err != nil {
+			return err
+		}
+		return m.toTemplate(ctx, args.Template, progress)
+	case "clone":
+		var args v1.CloneArgs
+		if err := decodeArgs(op, &args); err != nil {
+			return err
+		}
+		return m.clone(ctx, args, progress)
 	case "delete":
 		var args v1.DeleteArgs
 		if err := decodeArgs(op, &args); err != nil {
@@ -210,10 +252,11 @@ func (m *machine) create(ctx context.Context, args v1.CreateArgs, progress func(
 	})
 	var disks []v1.DiskStatus
 	for i, d := range spec.Disks {
-		progress(0.1+0.5*float64(i)/float64(len(spec.Disks)), "creating disk "+d.Name)
-		ds, err := m.a.cfg.Pool.CreateDisk(ctx, m.name, d)
+		lo, span := 0.05+0.6*float64(i)/float64(len(spec.Disks)), 0.6/float64(len(spec.Disks))
+		progress(lo, "creating disk "+d.Name)
+		ds, err := m.provision(ctx, spec, i, d, func(f float64) { progress(lo+span*f, "creating disk "+d.Name) })
 		if err != nil {
-			return errdefs.Field(fmt.Sprintf("disks[%d]", i), err)
+			return err
 		}
 		disks = append(disks, ds)
 		rev.Add(func() {
@@ -237,7 +280,27 @@ func (m *machine) create(ctx context.Context, args v1.CreateArgs, progress func(
 	return nil
 }
 
+// start boots the VM, or resumes it from its suspend file when it has one.
 func (m *machine) start(ctx context.Context) error {
+	st, err := m.a.inv.Status(ctx, m.name)
+	if err != nil {
+		return err
+	}
+	if st.StateFile != "" && m.inst == nil {
+		if err := m.startFrom(ctx, st.StateFile); err != nil {
+			return err
+		}
+		if err := os.Remove(st.StateFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			m.log.Warn("remove suspend file", "err", err)
+		}
+		return m.setStatus(ctx, func(st *v1.VMStatus) { st.StateFile = "" })
+	}
+	return m.startFrom(ctx, "")
+}
+
+// startFrom starts QEMU; with stateFile it loads RAM and device state from
+// it (suspend/resume, snapshot revert) instead of booting.
+func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 	spec, _, err := m.a.inv.Spec(ctx, m.name)
 	if err != nil {
 		return err
@@ -260,6 +323,10 @@ func (m *machine) start(ctx context.Context) error {
 	}
 	files := make([]config.DiskFile, len(spec.Disks))
 	for i, d := range spec.Disks {
+		if d.Media == "cdrom" && d.Image != "" {
+			files[i] = config.DiskFile{Path: d.Image, Format: "raw"}
+			continue
+		}
 		var ds *v1.DiskStatus
 		for j := range status.Disks {
 			if status.Disks[j].Name == d.Name {
@@ -267,14 +334,20 @@ func (m *machine) start(ctx context.Context) error {
 			}
 		}
 		if ds == nil {
-			created, err := m.a.cfg.Pool.CreateDisk(ctx, m.name, d)
+			created, err := m.provision(ctx, spec, i, d, nil)
 			if err != nil {
-				return errdefs.Field(fmt.Sprintf("disks[%d]", i), err)
+				return err
 			}
 			status.Disks = append(status.Disks, created)
 			ds = &created
 		}
 		files[i] = config.DiskFile{Path: ds.Path, Format: ds.Format}
+		if d.Media == "cdrom" && d.Name != vm.CloudInitDisk {
+			files[i] = config.DiskFile{Format: "raw"} // no medium
+		}
+		if ds.Top != "" {
+			files[i] = config.DiskFile{Path: ds.Top, Format: "qcow2"}
+		}
 	}
 	rev := revert.New()
 	defer rev.Fail()
@@ -293,10 +366,17 @@ func (m *machine) start(ctx context.Context) error {
 	if err := ensureDir(m.a.logDir(m.name)); err != nil {
 		return fmt.Errorf("start %s: %w", m.name, err)
 	}
-	argv, err := config.Argv(config.Params{Spec: spec, Accel: m.a.cfg.Caps.Accel, RunDir: m.a.runDir(m.name),
-		LogDir: m.a.logDir(m.name), Disks: files, Taps: taps})
+	params := config.Params{Spec: spec, Accel: m.a.cfg.Caps.Accel, RunDir: m.a.runDir(m.name),
+		LogDir: m.a.logDir(m.name), Disks: files, Taps: taps}
+	if stateFile != "" {
+		params.Incoming = "defer"
+	}
+	argv, err := config.Argv(params)
 	if err != nil {
 		return err
+	}
+	for i := range status.Disks {
+		status.Disks[i].Node = config.NodeName(status.Disks[i].Name)
 	}
 	if err := m.setStatus(ctx, func(st *v1.VMStatus) { st.State = v1.StateStarting; st.Disks = status.Disks }); err != nil {
 		return err
@@ -309,6 +389,17 @@ func (m *machine) start(ctx context.Context) error {
 		return err
 	}
 	rev.Add(func() { _ = inst.Kill(context.Background()) })
+	if stateFile != "" {
+		f, err := os.Open(stateFile)
+		if err != nil {
+			return fmt.Errorf("start %s: %w", m.name, err)
+		}
+		err = blockops.LoadState(ctx, inst.Mon, f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("start %s: load state %s: %w", m.name, stateFile, err)
+		}
+	}
 	if err := inst.Mon.Cont(ctx); err != nil {
 		return fmt.Errorf("start %s: cont: %w", m.name, err)
 	}
@@ -402,7 +493,7 @@ func (m *machine) delete(ctx context.Context, args v1.DeleteArgs) error {
 	if err != nil {
 		return err
 	}
-	if err := m.a.cfg.Pool.DeleteVM(m.name, status.Disks); err != nil {
+	if err := m.a.cfg.Pool.DeleteVM(m.name, ownedFiles(status)); err != nil {
 		return fmt.Errorf("delete %s: %w", m.name, err)
 	}
 	_ = os.RemoveAll(m.a.runDir(m.name))

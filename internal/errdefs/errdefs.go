@@ -8,6 +8,7 @@ import (
 	"fmt"
 
 	v1 "hangar/api/v1"
+	"hangar/internal/imports"
 	"hangar/internal/storage"
 	"hangar/internal/store"
 	"hangar/internal/vm"
@@ -19,6 +20,7 @@ var (
 	ErrConflict     = errors.New("conflict")
 	ErrNotFound     = errors.New("not found")
 	ErrUnavailable  = errors.New("unavailable")
+	ErrInvalid      = errors.New("invalid argument")
 )
 
 // Precondition returns an ErrPrecondition with a message.
@@ -66,13 +68,15 @@ func Code(err error) string {
 	switch {
 	case errors.As(err, &ae):
 		return ae.Code
-	case errors.Is(err, vm.ErrInvalid), errors.Is(err, storage.ErrNoImage), errors.Is(err, storage.ErrOutsidePool):
+	case errors.Is(err, vm.ErrInvalid), errors.Is(err, ErrInvalid), errors.Is(err, storage.ErrNoImage),
+		errors.Is(err, storage.ErrOutsidePool), errors.Is(err, storage.ErrInvalid), errors.Is(err, storage.ErrChecksum),
+		errors.Is(err, imports.ErrMalformed):
 		return v1.CodeInvalidArgument
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, ErrNotFound):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, ErrNotFound), errors.Is(err, storage.ErrNotFound):
 		return v1.CodeNotFound
-	case errors.Is(err, store.ErrConflict), errors.Is(err, ErrConflict):
+	case errors.Is(err, store.ErrConflict), errors.Is(err, ErrConflict), errors.Is(err, storage.ErrExists), errors.Is(err, storage.ErrInUse):
 		return v1.CodeConflict
-	case errors.Is(err, ErrPrecondition):
+	case errors.Is(err, ErrPrecondition), errors.Is(err, storage.ErrChainTooDeep):
 		return v1.CodeFailedPrecondition
 	case errors.Is(err, ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		return v1.CodeUnavailable

@@ -22,7 +22,24 @@ const (
 	Hosts     = Root + "hosts/"
 	Ops       = Root + "ops/"
 	HostInfos = Root + "hostinfo/"
+	Pools     = Root + "pools/"
+	Templates = Root + "templates/"
 )
+
+func PoolKey(name string) string     { return Pools + name }
+func TemplateKey(name string) string { return Templates + name }
+
+// GetJSON reads one record into v and returns its revision.
+func GetJSON(ctx context.Context, s store.Store, key string, v any) (int64, error) {
+	kv, err := s.Get(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	if err := json.Unmarshal(kv.Value, v); err != nil {
+		return 0, fmt.Errorf("decode %s: %w", key, err)
+	}
+	return kv.Revision, nil
+}
 
 func VMKey(name string) string       { return VMs + name }
 func StatusKey(name string) string   { return Statuses + name }
@@ -191,4 +208,13 @@ func (i Inventory) HostAlive(ctx context.Context, name string) (bool, error) {
 		return false, nil
 	}
 	return err == nil, err
+}
+
+// Templates lists all templates.
+func (i Inventory) Templates(ctx context.Context) ([]v1.Template, error) {
+	ts, _, _, err := list[v1.Template](ctx, i.S, Templates)
+	if err != nil {
+		return nil, fmt.Errorf("list templates: %w", err)
+	}
+	return ts, nil
 }

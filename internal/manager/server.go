@@ -38,10 +38,19 @@ type Consoles interface {
 	SerialLogPath(name string) string
 }
 
+// Volumes answers questions about pool volumes (the host agent).
+type Volumes interface {
+	VolumeInfo(ctx context.Context, ref string) (v1.Volume, error)
+	// DeleteTemplate removes a template's volumes and record; it refuses
+	// while linked clones use them.
+	DeleteTemplate(ctx context.Context, t v1.Template) error
+}
+
 // Config of the API server.
 type Config struct {
 	Store    store.Store
 	Consoles Consoles
+	Volumes  Volumes
 	Log      *slog.Logger
 	// MaxWait bounds ?wait= (default 10 min).
 	MaxWait time.Duration
@@ -78,6 +87,7 @@ func New(cfg Config) *Server {
 	m.HandleFunc("DELETE /api/v1/operations/{id}", s.cancelOp)
 	m.HandleFunc("GET /api/v1/hosts", s.listHosts)
 	m.HandleFunc("GET /api/v1/hosts/{name}", s.getHost)
+	s.storageRoutes()
 	m.HandleFunc("GET /api/v1/openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(v1.OpenAPI)
@@ -185,14 +195,12 @@ func (s *Server) hosts(ctx context.Context) ([]v1.Host, error) {
 }
 
 func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
 	var spec v1.VMSpec
 	if err := decode(r, &spec); err != nil {
 		writeErr(w, err)
 		return
 	}
-	q := r.URL.Query()
-	start, err := boolParam(q.Get("start"), "start")
+	start, err := boolParam(r.URL.Query().Get("start"), "start")
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -210,14 +218,24 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, &v1.Error{Code: v1.CodeInvalidArgument, Field: f, Message: f + ": set by hangar, not by the request"})
 		return
 	}
-	if err := vm.ValidateName("name", spec.Name); err != nil {
-		writeErr(w, err)
-		return
-	}
-	hosts, err := s.hosts(ctx)
+	op, err := s.create(r.Context(), spec, start, "")
 	if err != nil {
 		writeErr(w, err)
 		return
+	}
+	s.answerOp(w, r, op, wait)
+}
+
+// create validates and places a new VM and records it with its create
+// operation in one transaction. host, when set, pins the placement (a clone
+// or a linked deploy must land where its source volumes are).
+func (s *Server) create(ctx context.Context, spec v1.VMSpec, start bool, host string) (v1.Operation, error) {
+	if err := vm.ValidateName("name", spec.Name); err != nil {
+		return v1.Operation{}, err
+	}
+	hosts, err := s.hosts(ctx)
+	if err != nil {
+		return v1.Operation{}, err
 	}
 	accel := "tcg"
 	for _, h := range hosts {
@@ -230,52 +248,88 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 	}
 	vm.Defaults(&spec, accel)
 	if spec.Power == v1.PowerPaused {
-		writeErr(w, &v1.Error{Code: v1.CodeInvalidArgument, Field: "power", Message: "power: a new vm is running or stopped"})
-		return
+		return v1.Operation{}, &v1.Error{Code: v1.CodeInvalidArgument, Field: "power", Message: "power: a new vm is running or stopped"}
 	}
-	if spec.Power == v1.PowerRunning {
-		start = true
-	}
+	start = spec.Power == v1.PowerRunning
 	if err := vm.Validate(spec, scheduler.LargestHostMemory(hosts)); err != nil {
-		writeErr(w, err)
-		return
+		return v1.Operation{}, err
 	}
-	for i, d := range spec.Disks {
-		if d.Image == "" {
-			continue
-		}
-		// Single-host: the image is on this machine. A pool's hosts will
-		// check it on the chosen host.
-		if _, err := storage.Info(ctx, d.Image); err != nil {
-			writeErr(w, errdefs.Field(fmt.Sprintf("disks[%d].image", i), err))
-			return
-		}
+	if err := s.checkSources(ctx, spec); err != nil {
+		return v1.Operation{}, err
 	}
-	host, err := scheduler.Place(hosts, spec)
-	if err != nil {
-		writeErr(w, fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable))
-		return
+	if host == "" {
+		if host, err = scheduler.Place(hosts, spec); err != nil {
+			return v1.Operation{}, fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
+		}
 	}
 	spec.Host = host
 	spec.UUID = uuid.NewString()
 	if err := s.checkPorts(ctx, spec); err != nil {
-		writeErr(w, err)
-		return
+		return v1.Operation{}, err
 	}
 	op := s.newOp("create", spec.Name, host, v1.CreateArgs{Start: start})
 	_, err = s.cfg.Store.Txn(ctx, nil,
 		store.PutOp(inventory.VMKey(spec.Name), inventory.Marshal(spec), store.MustNotExist),
 		store.PutOp(inventory.OpKey(op.ID), inventory.Marshal(op), store.MustNotExist))
 	if errors.Is(err, store.ErrConflict) {
-		writeErr(w, &v1.Error{Code: v1.CodeConflict, Field: "name", Message: fmt.Sprintf("name: vm %q already exists", spec.Name)})
-		return
+		return v1.Operation{}, &v1.Error{Code: v1.CodeConflict, Field: "name", Message: fmt.Sprintf("name: vm %q already exists", spec.Name)}
 	}
 	if err != nil {
-		writeErr(w, err)
-		return
+		return v1.Operation{}, err
 	}
 	s.cfg.Log.Info("vm create accepted", "vm", spec.Name, "host", host, "op", op.ID)
-	s.answerOp(w, r, op, wait)
+	return op, nil
+}
+
+// checkSources checks that what a new VM's disks come from exists: image
+// and import files, pool volumes; and that a volume another VM uses is
+// shared only when both say so. (Single host: the files are on this
+// machine; a pool's hosts will check them on the chosen host.)
+func (s *Server) checkSources(ctx context.Context, spec v1.VMSpec) error {
+	var vms []v1.VM
+	for i, d := range spec.Disks {
+		f := fmt.Sprintf("disks[%d]", i)
+		switch {
+		case d.Media == "cdrom" && d.Image != "":
+			if st, err := os.Stat(d.Image); err != nil || !st.Mode().IsRegular() {
+				return errdefs.Field(f+".image", fmt.Errorf("%s: %w", d.Image, storage.ErrNoImage))
+			}
+		case d.Image != "":
+			if _, err := storage.Info(ctx, d.Image); err != nil {
+				return errdefs.Field(f+".image", err)
+			}
+		case d.Import != nil:
+			if _, err := os.Stat(d.Import.Path); err != nil {
+				return errdefs.Field(f+".import.path", fmt.Errorf("%s: %w", d.Import.Path, storage.ErrNoImage))
+			}
+		case d.Clone != nil:
+			if _, err := s.cfg.Volumes.VolumeInfo(ctx, d.Clone.Volume); err != nil {
+				return errdefs.Field(f+".clone.volume", err)
+			}
+		case d.Volume != "":
+			vol, err := s.cfg.Volumes.VolumeInfo(ctx, d.Volume)
+			if err != nil {
+				return errdefs.Field(f+".volume", err)
+			}
+			if d.Shareable && vol.Format != "raw" {
+				return errdefs.Field(f+".shareable", fmt.Errorf("volume %s is %s: only raw volumes can be shared: %w", d.Volume, vol.Format, errdefs.ErrInvalid))
+			}
+			if vms == nil {
+				if vms, err = s.inv.VMList(ctx); err != nil {
+					return err
+				}
+			}
+			for _, o := range vms {
+				for _, od := range o.Spec.Disks {
+					if od.Volume == d.Volume && o.Spec.Name != spec.Name && !(od.Shareable && d.Shareable) {
+						return &v1.Error{Code: v1.CodeConflict, Field: f + ".volume",
+							Message: fmt.Sprintf("%s.volume: %s is attached to vm %q; both attachments must be shareable", f, d.Volume, o.Spec.Name)}
+					}
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // checkPorts refuses host ports another VM on the same host forwards.
@@ -433,7 +487,7 @@ func (s *Server) vmAction(w http.ResponseWriter, r *http.Request) {
 	case "pause":
 		power, need = v1.PowerPaused, []string{v1.StateRunning}
 	case "resume":
-		power, need = v1.PowerRunning, []string{v1.StatePaused}
+		power, need = v1.PowerRunning, []string{v1.StatePaused, v1.StateSuspended}
 	default:
 		writeErr(w, &v1.Error{Code: v1.CodeNotFound, Field: "action", Message: fmt.Sprintf("action: no vm action %q (start, stop, reboot, pause, resume)", action)})
 		return
@@ -457,6 +511,16 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 // submit records an operation on a VM, and the power state it asks for, in
 // one transaction conditioned on the spec's revision.
 func (s *Server) submit(w http.ResponseWriter, r *http.Request, name, kind string, args any, power string, need []string) {
+	var mutate func(*v1.VMSpec)
+	if power != "" {
+		mutate = func(sp *v1.VMSpec) { sp.Power = power }
+	}
+	s.submitSpec(w, r, name, kind, args, mutate, need)
+}
+
+// submitSpec is submit with any change of the spec (applied to the current
+// revision, retried on conflicts).
+func (s *Server) submitSpec(w http.ResponseWriter, r *http.Request, name, kind string, args any, mutate func(*v1.VMSpec), need []string) {
 	ctx := r.Context()
 	if err := vm.ValidateName("name", name); err != nil {
 		writeErr(w, err)
@@ -478,14 +542,12 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, name, kind strin
 			return
 		}
 		op := s.newOp(kind, name, v.Spec.Host, args)
-		ops := []store.Op{store.PutOp(inventory.OpKey(op.ID), inventory.Marshal(op), store.MustNotExist)}
-		if power != "" && power != v.Spec.Power {
-			spec := v.Spec
-			spec.Power = power
-			ops = append(ops, store.PutOp(inventory.VMKey(name), inventory.Marshal(spec), v.Revision))
-		} else {
-			ops = append(ops, store.PutOp(inventory.VMKey(name), inventory.Marshal(v.Spec), v.Revision))
+		spec := v.Spec
+		if mutate != nil {
+			mutate(&spec)
 		}
+		ops := []store.Op{store.PutOp(inventory.OpKey(op.ID), inventory.Marshal(op), store.MustNotExist),
+			store.PutOp(inventory.VMKey(name), inventory.Marshal(spec), v.Revision)}
 		_, err = s.cfg.Store.Txn(ctx, nil, ops...)
 		if errors.Is(err, store.ErrConflict) && attempt < 5 {
 			continue

@@ -12,6 +12,7 @@ import (
 )
 
 func TestResolveRefusesEscapes(t *testing.T) {
+	t.Parallel()
 	p, err := OpenDirPool("t", t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -20,7 +21,11 @@ func TestResolveRefusesEscapes(t *testing.T) {
 	if err := os.Symlink(outside, filepath.Join(p.Path, "link")); err != nil {
 		t.Fatal(err)
 	}
-	for _, elem := range [][]string{{".."}, {"vms", "..", ".."}, {"/etc/passwd"}, {"link", "x"}, {""}} {
+	if err := os.Symlink(filepath.Join(outside, "nothing-yet"), filepath.Join(p.Path, "dangling")); err != nil {
+		t.Fatal(err)
+	}
+	for _, elem := range [][]string{{".."}, {"vms", "..", ".."}, {"/etc/passwd"}, {"link", "x"}, {""},
+		{"link", "new", "deeper", "x.qcow2"}, {"dangling"}, {"dangling", "x"}, {"a\x00b"}} {
 		if _, err := p.Resolve(elem...); !errors.Is(err, ErrOutsidePool) {
 			t.Errorf("Resolve(%q) = %v, want ErrOutsidePool", elem, err)
 		}
@@ -28,9 +33,44 @@ func TestResolveRefusesEscapes(t *testing.T) {
 	if got, err := p.Resolve("vms", "a", "disk0.qcow2"); err != nil || got != filepath.Join(p.Path, "vms/a/disk0.qcow2") {
 		t.Errorf("Resolve inside = %q, %v", got, err)
 	}
+	// A symlink that stays inside is fine.
+	if err := os.Symlink("vms", filepath.Join(p.Path, "alias")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Resolve("alias", "x.qcow2"); err != nil {
+		t.Errorf("Resolve through inner symlink: %v", err)
+	}
 }
 
-func needQemuImg(t *testing.T) {
+func TestOpenPool(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "a", "b")
+	p, err := OpenDirPool("d", dir)
+	if err != nil || p.Type != TypeDir || p.Path != dir {
+		t.Fatalf("OpenDirPool = %+v, %v", p, err)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("dir pool not created: %v", err)
+	}
+	missing := filepath.Join(t.TempDir(), "not-mounted")
+	if _, err := OpenPool("s", TypeShared, missing); err == nil {
+		t.Fatal("shared pool on a missing directory opened")
+	}
+	if _, err := os.Stat(missing); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("shared pool directory was created: %v", err)
+	}
+	if p, err := OpenPool("s", TypeShared, dir); err != nil || p.Type != TypeShared {
+		t.Fatalf("OpenPool shared = %+v, %v", p, err)
+	}
+	if _, err := OpenPool("x", "lvm", dir); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("unknown type: %v", err)
+	}
+	if _, err := OpenPool("", TypeDir, dir); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("empty name: %v", err)
+	}
+}
+
+func needQemuImg(t testing.TB) {
 	t.Helper()
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		t.Skip("qemu-img not installed (apt-get install qemu-utils): skipping real-disk test")
@@ -38,6 +78,7 @@ func needQemuImg(t *testing.T) {
 }
 
 func TestCreateDiskEmptyAndOverlay(t *testing.T) {
+	t.Parallel()
 	needQemuImg(t)
 	ctx := context.Background()
 	p, err := OpenDirPool("t", t.TempDir())
@@ -61,7 +102,7 @@ func TestCreateDiskEmptyAndOverlay(t *testing.T) {
 		t.Fatal(err)
 	}
 	info, err = Info(ctx, ov.Path)
-	if err != nil || info.BackingFilename != st.Path || info.VirtualSize != 64<<20 {
+	if err != nil || info.BackingFilename != st.Path || info.BackingFormat != "qcow2" || info.VirtualSize != 64<<20 {
 		t.Fatalf("overlay info %+v, %v", info, err)
 	}
 	if _, err := p.CreateDisk(ctx, "vm1", v1.Disk{Name: "disk2", Image: "/nonexistent.qcow2"}); !errors.Is(err, ErrNoImage) {
@@ -75,5 +116,32 @@ func TestCreateDiskEmptyAndOverlay(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(p.Path, "vms/vm1")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("vm dir left behind: %v", err)
+	}
+}
+
+func TestInfoNeverProbesByName(t *testing.T) {
+	t.Parallel()
+	needQemuImg(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	// A qcow2 under a .raw name is read as raw, and a file named .qcow2
+	// that is not one is not an image.
+	q := filepath.Join(dir, "disguised.raw")
+	qemuImgT(t, "create", "-q", "-f", "qcow2", q, "1M")
+	if info, err := Info(ctx, q); err != nil || info.Format != "raw" {
+		t.Fatalf("Info(qcow2 named .raw) = %+v, %v", info, err)
+	}
+	bad := filepath.Join(dir, "text.qcow2")
+	if err := os.WriteFile(bad, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Info(ctx, bad); !errors.Is(err, ErrNoImage) {
+		t.Fatalf("Info(text named .qcow2) = %v, want ErrNoImage", err)
+	}
+	// Other names: the qcow2 magic decides.
+	img := filepath.Join(dir, "cloud.img")
+	qemuImgT(t, "create", "-q", "-f", "qcow2", img, "1M")
+	if info, err := Info(ctx, img); err != nil || info.Format != "qcow2" {
+		t.Fatalf("Info(qcow2 named .img) = %+v, %v", info, err)
 	}
 }

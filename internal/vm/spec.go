@@ -20,6 +20,7 @@ const (
 	MaxDisks     = 16
 	MaxNICs      = 8
 	MaxDiskMiB   = 64 << 20 // 64 TiB
+	MaxDiskName  = 20
 )
 
 // FieldError is a validation failure of one field.
@@ -91,8 +92,14 @@ func Defaults(s *v1.VMSpec, accel string) {
 		if d.Name == "" {
 			d.Name = fmt.Sprintf("disk%d", i)
 		}
+		if d.Media == "" {
+			d.Media = "disk"
+		}
 		if d.Bus == "" {
 			d.Bus = "virtio"
+			if d.Media == "cdrom" {
+				d.Bus = "sata"
+			}
 		}
 	}
 	for i := range s.NICs {
@@ -113,6 +120,9 @@ func Defaults(s *v1.VMSpec, accel string) {
 		s.Boot = []string{"disk", "cdrom", "network"}
 	}
 }
+
+// CloudInitDisk is the cdrom that carries a VM's cloud-init seed.
+const CloudInitDisk = "cidata"
 
 // RandomMAC returns a locally administered unicast MAC in the 52:54:00 range QEMU uses.
 func RandomMAC() string {
@@ -161,6 +171,10 @@ func Validate(s v1.VMSpec, hostMemoryMiB int) error {
 		if err := ValidateName(f+".name", d.Name); err != nil {
 			return err
 		}
+		if len(d.Name) > MaxDiskName {
+			// QEMU node names ("drive-<disk>-s<N>") are limited to 31 bytes.
+			return invalid(f+".name", "at most %d characters, got %q", MaxDiskName, d.Name)
+		}
 		if seen[d.Name] {
 			return invalid(f+".name", "duplicate disk name %q", d.Name)
 		}
@@ -171,12 +185,15 @@ func Validate(s v1.VMSpec, hostMemoryMiB int) error {
 		if d.SizeMiB < 0 || d.SizeMiB > MaxDiskMiB {
 			return invalid(f+".sizeMiB", "must be between 1 and %d MiB, got %d", MaxDiskMiB, d.SizeMiB)
 		}
-		if d.Image == "" && d.SizeMiB == 0 {
-			return invalid(f+".sizeMiB", "a new disk needs a size (or give an image)")
-		}
 		if d.Image != "" && (strings.ContainsRune(d.Image, 0) || !strings.HasPrefix(d.Image, "/")) {
 			return invalid(f+".image", "must be an absolute path, got %q", d.Image)
 		}
+		if err := validateSource(f, d); err != nil {
+			return err
+		}
+	}
+	if s.CloudInit != nil && len(s.CloudInit.UserData)+len(s.CloudInit.MetaData) > 64<<10 {
+		return invalid("cloudInit", "at most 64 KiB of seed data")
 	}
 	if len(s.NICs) > MaxNICs {
 		return invalid("nics", "at most %d NICs", MaxNICs)
@@ -241,4 +258,81 @@ func HostPorts(s v1.VMSpec) []string {
 		}
 	}
 	return out
+}
+
+var importFormats = map[string]bool{"vmdk": true, "vpc": true, "vhdx": true, "qcow2": true, "raw": true}
+
+// validateSource checks that a disk says where its data comes from exactly once.
+func validateSource(f string, d v1.Disk) error {
+	switch d.Media {
+	case "cdrom":
+		if d.SizeMiB != 0 || d.Clone != nil || d.Import != nil || d.Volume != "" || d.Shareable {
+			return invalid(f, "a cdrom takes only an ISO image")
+		}
+		if d.Bus != "sata" {
+			return invalid(f+".bus", "a cdrom is on bus sata, got %q", d.Bus)
+		}
+		return nil
+	case "disk":
+	default:
+		return invalid(f+".media", "must be disk or cdrom, got %q", d.Media)
+	}
+	n := 0
+	for _, set := range []bool{d.Image != "", d.Clone != nil, d.Import != nil, d.Volume != ""} {
+		if set {
+			n++
+		}
+	}
+	if n > 1 {
+		return invalid(f, "give only one of image, clone, import and volume")
+	}
+	if n == 0 && d.SizeMiB == 0 {
+		return invalid(f+".sizeMiB", "a new disk needs a size (or give an image, clone, import or volume)")
+	}
+	if d.Volume != "" {
+		if err := ValidateVolumeRef(f+".volume", d.Volume); err != nil {
+			return err
+		}
+		if d.SizeMiB != 0 {
+			return invalid(f+".sizeMiB", "an attached volume keeps its size")
+		}
+	}
+	if d.Shareable && d.Volume == "" {
+		return invalid(f+".shareable", "only an attached raw volume can be shared")
+	}
+	if d.Clone != nil {
+		if err := ValidateVolumeRef(f+".clone.volume", d.Clone.Volume); err != nil {
+			return err
+		}
+	}
+	if d.Import != nil {
+		if !strings.HasPrefix(d.Import.Path, "/") || strings.ContainsRune(d.Import.Path, 0) {
+			return invalid(f+".import.path", "must be an absolute path, got %q", d.Import.Path)
+		}
+		if !importFormats[d.Import.Format] {
+			return invalid(f+".import.format", "must be vmdk, vpc, vhdx, qcow2 or raw, got %q", d.Import.Format)
+		}
+		if d.Import.Offset < 0 || d.Import.Size < 0 {
+			return invalid(f+".import", "offset and size must not be negative")
+		}
+	}
+	return nil
+}
+
+// ValidateVolumeRef checks "pool/relative/name.qcow2": a pool name, then a
+// relative path without "..", empty or hidden elements.
+func ValidateVolumeRef(field, ref string) error {
+	pool, name, ok := strings.Cut(ref, "/")
+	if !ok || name == "" {
+		return invalid(field, "%q is not POOL/VOLUME", ref)
+	}
+	if err := ValidateName(field, pool); err != nil {
+		return invalid(field, "pool %q is not a DNS label", pool)
+	}
+	for _, e := range strings.Split(name, "/") {
+		if e == "" || e == "." || e == ".." || strings.HasPrefix(e, ".") || strings.ContainsRune(e, 0) {
+			return invalid(field, "%q is not a volume name inside pool %s", name, pool)
+		}
+	}
+	return nil
 }

@@ -34,7 +34,8 @@ type Params struct {
 	Disks  []DiskFile // one per Spec.Disks, same order
 	Taps   []string   // one per Spec.NICs; "" for user-mode NICs
 	// Incoming, when set, starts QEMU waiting for a migration stream
-	// ("defer" lets the caller set capabilities first).
+	// ("defer" lets the caller set capabilities first); the guest stays
+	// paused after it until "cont".
 	Incoming string
 }
 
@@ -97,6 +98,26 @@ func Argv(p Params) ([]string, error) {
 	sata := 0
 	for i, d := range s.Disks {
 		f := p.Disks[i]
+		dev := map[string]any{"id": "dev-" + d.Name}
+		if boot[bootClass(d)] > 0 {
+			dev["bootindex"] = boot[bootClass(d)]*100 + next
+			next++
+		}
+		if d.Media == "cdrom" {
+			dev["driver"] = "ide-cd"
+			if s.Machine == "q35" {
+				dev["bus"] = fmt.Sprintf("ide.%d", sata)
+			}
+			sata++
+			if f.Path != "" {
+				a = append(a,
+					"-blockdev", mustJSON(map[string]any{"driver": "file", "filename": f.Path, "node-name": "file-" + d.Name, "read-only": true}),
+					"-blockdev", mustJSON(map[string]any{"driver": "raw", "file": "file-" + d.Name, "node-name": NodeName(d.Name), "read-only": true}))
+				dev["drive"] = NodeName(d.Name)
+			}
+			a = append(a, "-device", mustJSON(dev))
+			continue
+		}
 		if f.Format != "qcow2" && f.Format != "raw" {
 			return nil, fmt.Errorf("argv: disk %s: unsupported format %q", d.Name, f.Format)
 		}
@@ -104,7 +125,12 @@ func Argv(p Params) ([]string, error) {
 			"aio": "threads", "cache": map[string]any{"direct": false, "no-flush": false}, "discard": "unmap"}
 		fmtNode := map[string]any{"driver": f.Format, "file": "file-" + d.Name, "node-name": NodeName(d.Name),
 			"discard": "unmap"}
-		dev := map[string]any{"drive": NodeName(d.Name), "id": "dev-" + d.Name}
+		dev["drive"] = NodeName(d.Name)
+		if d.Shareable {
+			// Several VMs write this raw volume (guest clusters): QEMU's image
+			// locks stay on and admit only writers that also share.
+			dev["share-rw"] = true
+		}
 		switch d.Bus {
 		case "virtio":
 			dev["driver"] = "virtio-blk-pci"
@@ -119,10 +145,6 @@ func Argv(p Params) ([]string, error) {
 			dev["bus"] = "scsi0.0"
 		default:
 			return nil, fmt.Errorf("argv: disk %s: unsupported bus %q", d.Name, d.Bus)
-		}
-		if boot["disk"] > 0 {
-			dev["bootindex"] = boot["disk"]*100 + next
-			next++
 		}
 		a = append(a, "-blockdev", mustJSON(file), "-blockdev", mustJSON(fmtNode), "-device", mustJSON(dev))
 	}
@@ -151,13 +173,19 @@ func Argv(p Params) ([]string, error) {
 		}
 		a = append(a, "-device", mustJSON(dev))
 	}
-	switch {
-	case p.Incoming != "":
+	if p.Incoming != "" {
 		a = append(a, "-incoming", p.Incoming)
-	default:
-		a = append(a, "-S")
 	}
+	a = append(a, "-S") // also after an incoming migration: the caller resumes
+
 	return a, nil
+}
+
+func bootClass(d v1.Disk) string {
+	if d.Media == "cdrom" {
+		return "cdrom"
+	}
+	return "disk"
 }
 
 // bootOrder ranks each device class: 1 first, 0 not bootable.

@@ -1,0 +1,93 @@
+package client
+
+import (
+	"context"
+	"net/url"
+	"time"
+
+	v1 "hangar/api/v1"
+)
+
+func (c *Client) vmPost(ctx context.Context, vm, action string, body any, wait time.Duration) (v1.Operation, error) {
+	var op v1.Operation
+	_, err := c.do(ctx, "POST", "/vms/"+url.PathEscape(vm)+"/"+action, waitQuery(wait), body, &op)
+	return op, err
+}
+
+// MakeTemplate turns a stopped VM into a template.
+func (c *Client) MakeTemplate(ctx context.Context, vm, template string, wait time.Duration) (v1.Operation, error) {
+	return c.vmPost(ctx, vm, "template", v1.TemplateArgs{Template: template}, wait)
+}
+
+// Deploy creates a VM from a template (full or linked clone).
+func (c *Client) Deploy(ctx context.Context, template string, args v1.DeployArgs, wait time.Duration) (v1.Operation, error) {
+	var op v1.Operation
+	_, err := c.do(ctx, "POST", "/templates/"+url.PathEscape(template)+"/deploy", waitQuery(wait), args, &op)
+	return op, err
+}
+
+// Templates lists templates.
+func (c *Client) Templates(ctx context.Context) ([]v1.Template, error) {
+	var ts []v1.Template
+	_, err := c.do(ctx, "GET", "/templates", nil, nil, &ts)
+	return ts, err
+}
+
+// DeleteTemplate deletes a template no linked clone uses.
+func (c *Client) DeleteTemplate(ctx context.Context, name string) error {
+	_, err := c.do(ctx, "DELETE", "/templates/"+url.PathEscape(name), nil, nil, nil)
+	return err
+}
+
+// Clone copies a VM (running or not) into a new stopped VM.
+func (c *Client) Clone(ctx context.Context, vm string, args v1.CloneArgs, wait time.Duration) (v1.Operation, error) {
+	return c.vmPost(ctx, vm, "clone", args, wait)
+}
+
+// Suspend saves a running VM to a file and stops it; Action "resume" or
+// "start" continues it.
+func (c *Client) Suspend(ctx context.Context, vm string, wait time.Duration) (v1.Operation, error) {
+	return c.vmPost(ctx, vm, "suspend", nil, wait)
+}
+
+// ChangeMedia inserts an ISO into a cdrom (image "" ejects).
+func (c *Client) ChangeMedia(ctx context.Context, vm, disk, image string, wait time.Duration) (v1.Operation, error) {
+	return c.vmPost(ctx, vm, "media", v1.MediaArgs{Disk: disk, Image: image}, wait)
+}
+
+// Snapshot takes a live snapshot of all disks (and memory).
+func (c *Client) Snapshot(ctx context.Context, vm string, args v1.SnapshotArgs, wait time.Duration) (v1.Operation, error) {
+	return c.vmPost(ctx, vm, "snapshots", args, wait)
+}
+
+// Snapshots lists a VM's snapshots, oldest first.
+func (c *Client) Snapshots(ctx context.Context, vm string) ([]v1.Snapshot, error) {
+	var s []v1.Snapshot
+	_, err := c.do(ctx, "GET", "/vms/"+url.PathEscape(vm)+"/snapshots", nil, nil, &s)
+	return s, err
+}
+
+// RevertSnapshot goes back to a snapshot; discard also drops it.
+func (c *Client) RevertSnapshot(ctx context.Context, vm, snap string, discard bool, wait time.Duration) (v1.Operation, error) {
+	q := waitQuery(wait)
+	if discard {
+		q.Set("discard", "true")
+	}
+	var op v1.Operation
+	_, err := c.do(ctx, "POST", "/vms/"+url.PathEscape(vm)+"/snapshots/"+url.PathEscape(snap)+"/revert", q, nil, &op)
+	return op, err
+}
+
+// CommitSnapshot merges the newest snapshot into its base and drops it.
+func (c *Client) CommitSnapshot(ctx context.Context, vm, snap string, wait time.Duration) (v1.Operation, error) {
+	var op v1.Operation
+	_, err := c.do(ctx, "DELETE", "/vms/"+url.PathEscape(vm)+"/snapshots/"+url.PathEscape(snap), waitQuery(wait), nil, &op)
+	return op, err
+}
+
+// Import creates a VM from a foreign disk or appliance.
+func (c *Client) Import(ctx context.Context, args v1.ImportArgs, wait time.Duration) (v1.Operation, error) {
+	var op v1.Operation
+	_, err := c.do(ctx, "POST", "/imports", waitQuery(wait), args, &op)
+	return op, err
+}

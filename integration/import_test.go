@@ -1,0 +1,160 @@
+package integration
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "hangar/api/v1"
+)
+
+func qemuImgConvert(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("qemu-img", append([]string{"convert", "-f", "qcow2"}, args...)...).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert %v: %v\n%s", args, err, out)
+	}
+}
+
+// TestImportFormats: the test guest converted by qemu-img into each foreign
+// format (and an OVA assembled with tar, an OVF and a manifest) is imported
+// and boots.
+func TestImportFormats(t *testing.T) {
+	s := newServer(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	files := map[string]string{
+		"vmdk-sparse": "vmdk:subformat=monolithicSparse",
+		"vmdk-stream": "vmdk:subformat=streamOptimized",
+		"vmdk-flat":   "vmdk:subformat=monolithicFlat",
+		"vhd-dynamic": "vpc:subformat=dynamic",
+		"vhd-fixed":   "vpc:subformat=fixed",
+		"vhdx":        "vhdx:",
+		"raw":         "raw:",
+	}
+	ext := map[string]string{"vmdk": ".vmdk", "vpc": ".vhd", "vhdx": ".vhdx", "raw": ".img"}
+	var paths []string
+	for name, f := range files {
+		fmtName, opts, _ := strings.Cut(f, ":")
+		p := filepath.Join(dir, name+ext[fmtName])
+		args := []string{"-O", fmtName}
+		if opts != "" {
+			args = append(args, "-o", opts)
+		}
+		qemuImgConvert(t, append(args, guestImage, p)...)
+		paths = append(paths, p)
+	}
+	paths = append(paths, buildOVA(t, dir))
+	for _, p := range paths {
+		name := "imp-" + strings.ReplaceAll(strings.TrimSuffix(filepath.Base(p), filepath.Ext(p)), "_", "-")
+		t.Run(filepath.Base(p), func(t *testing.T) {
+			op, err := s.c.Import(ctx, v1.ImportArgs{Path: p, Name: name, MemoryMiB: 256, Start: true}, 2*time.Minute)
+			s.wait(op, err)
+			s.waitReady(name, 0)
+			v, _ := s.c.VM(ctx, name)
+			if v.Spec.CPUModel != "qemu64" || v.Status.Disks[0].Format != "qcow2" {
+				t.Fatalf("imported vm: cpu %q, disk %+v", v.Spec.CPUModel, v.Status.Disks[0])
+			}
+			s.wait(s.c.DeleteVM(ctx, name, true, time.Minute))
+		})
+	}
+}
+
+// buildOVA packs the guest as a streamOptimized VMDK with an OVF and a
+// SHA256 manifest into a tar.
+func buildOVA(t *testing.T, dir string) string {
+	t.Helper()
+	vmdk := filepath.Join(dir, "appliance-disk1.vmdk")
+	qemuImgConvert(t, "-O", "vmdk", "-o", "subformat=streamOptimized", guestImage, vmdk)
+	st, _ := os.Stat(vmdk)
+	ovf := fmt.Sprintf(`<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
+  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData">
+  <References><File ovf:id="file1" ovf:href="appliance-disk1.vmdk" ovf:size="%d"/></References>
+  <DiskSection><Info>disks</Info>
+    <Disk ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:capacity="134217728"
+      ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/></DiskSection>
+  <VirtualSystem ovf:id="appliance"><Info>a vm</Info><Name>appliance</Name>
+    <VirtualHardwareSection><Info>hw</Info>
+      <Item><rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>2</rasd:VirtualQuantity></Item>
+      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>256</rasd:VirtualQuantity></Item>
+      <Item><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType><rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource></Item>
+      <Item><rasd:InstanceID>4</rasd:InstanceID><rasd:ResourceType>10</rasd:ResourceType></Item>
+    </VirtualHardwareSection></VirtualSystem></Envelope>`, st.Size())
+	sum := func(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToString(h[:]) }
+	disk, err := os.ReadFile(vmdk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mf := fmt.Sprintf("SHA256(appliance.ovf)= %s\nSHA256(appliance-disk1.vmdk)= %s\n", sum([]byte(ovf)), sum(disk))
+	p := filepath.Join(dir, "appliance.ova")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := tar.NewWriter(f)
+	for _, m := range []struct {
+		name string
+		data []byte
+	}{{"appliance.ovf", []byte(ovf)}, {"appliance.mf", []byte(mf)}, {"appliance-disk1.vmdk", disk}} {
+		if err := tw.WriteHeader(&tar.Header{Name: m.name, Mode: 0o644, Size: int64(len(m.data)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(m.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	return p
+}
+
+// TestImportRejectsMalformed: bad files are refused with a 400 naming the
+// path, and leave no VM and no volume behind.
+func TestImportRejectsMalformed(t *testing.T) {
+	s := newServer(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	junk := filepath.Join(dir, "junk.vmdk")
+	if err := os.WriteFile(junk, []byte("KDMV this is not really a vmdk"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	escape := filepath.Join(dir, "escape.vmdk")
+	desc := "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"../../../etc/passwd\" 0\n"
+	if err := os.WriteFile(escape, []byte(desc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ova := buildOVA(t, dir)
+	b, _ := os.ReadFile(ova)
+	truncated := filepath.Join(dir, "truncated.ova")
+	if err := os.WriteFile(truncated, b[:len(b)/2], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{junk, escape, truncated, filepath.Join(dir, "missing.vhd"), "relative.vmdk"} {
+		_, err := s.c.Import(ctx, v1.ImportArgs{Path: p, Name: "bad"}, time.Minute)
+		var e *v1.Error
+		if !isCode(err, v1.CodeInvalidArgument) {
+			t.Errorf("import %s: %v, want invalid_argument", filepath.Base(p), err)
+			continue
+		}
+		if errors.As(err, &e) && e.Field != "path" {
+			t.Errorf("import %s: field %q", filepath.Base(p), e.Field)
+		}
+	}
+	if vms, _ := s.c.VMs(ctx); len(vms) != 0 {
+		t.Fatalf("vms after bad imports: %d", len(vms))
+	}
+	if left, _ := filepath.Glob(filepath.Join(s.dataDir, "pools", "default", "vms", "*")); len(left) != 0 {
+		t.Fatalf("left behind: %v", left)
+	}
+}

@@ -1,0 +1,126 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "hangar/api/v1"
+)
+
+// TestHotMode: a live snapshot of a running VM, then discard (the guest's
+// later write is gone) or commit (kept; the chain is back to one layer).
+func TestHotMode(t *testing.T) {
+	s := newServer(t)
+	ctx := context.Background()
+	port := s.createGuest("hot", nil)
+	_, off := s.waitReady("hot", 0)
+	markGuest(t, port, "before")
+
+	// Discard without memory: the VM restarts from the snapshot's disks.
+	s.wait(s.c.Snapshot(ctx, "hot", v1.SnapshotArgs{Name: "s1"}, time.Minute))
+	snaps, err := s.c.Snapshots(ctx, "hot")
+	if err != nil || len(snaps) != 1 {
+		t.Fatalf("snapshots %+v %v", snaps, err)
+	}
+	markGuest(t, port, "after")
+	s.wait(s.c.RevertSnapshot(ctx, "hot", "s1", true, time.Minute))
+	_, off = s.waitReady("hot", off)
+	if st := mustGuestStatus(t, port); st["marker"] != "before" {
+		t.Fatalf("after discard the guest's marker is %q, want %q", st["marker"], "before")
+	}
+
+	// Commit: the write after the snapshot stays, merged while running.
+	s.wait(s.c.Snapshot(ctx, "hot", v1.SnapshotArgs{Name: "s2"}, time.Minute))
+	v, _ := s.c.VM(ctx, "hot")
+	overlay := v.Status.Disks[0].Top
+	if overlay == "" {
+		t.Fatal("no overlay recorded for the snapshot")
+	}
+	boot := mustGuestStatus(t, port)["boot_id"]
+	markGuest(t, port, "kept")
+	s.wait(s.c.CommitSnapshot(ctx, "hot", "s2", time.Minute))
+	st := mustGuestStatus(t, port)
+	if st["marker"] != "kept" || st["boot_id"] != boot {
+		t.Fatalf("after commit: %v (boot id was %s)", st, boot)
+	}
+	v, _ = s.c.VM(ctx, "hot")
+	if v.Status.Disks[0].Top != "" || len(v.Status.Snapshots) != 0 {
+		t.Fatalf("after commit the disk still has a snapshot layer: %+v", v.Status)
+	}
+	if _, err := os.Stat(overlay); !os.IsNotExist(err) {
+		t.Fatalf("overlay %s left after commit: %v", overlay, err)
+	}
+	// One layer again: the VM's volume on the base image (its own overlay).
+	out, err := exec.Command("qemu-img", "info", "-U", "--backing-chain", v.Status.Disks[0].Path).Output()
+	if err != nil || strings.Count(string(out), "image: ") != 2 {
+		t.Fatalf("chain after commit:\n%s %v", out, err)
+	}
+	// The merged write survives a cold restart.
+	s.action("hot", "stop", nil)
+	s.action("hot", "start", nil)
+	s.waitReady("hot", off)
+	if st := mustGuestStatus(t, port); st["marker"] != "kept" {
+		t.Fatalf("after restart the marker is %q", st["marker"])
+	}
+
+	// With memory: discard resumes the guest exactly at the snapshot.
+	pre := mustGuestStatus(t, port)
+	s.wait(s.c.Snapshot(ctx, "hot", v1.SnapshotArgs{Name: "m1", Memory: true}, 2*time.Minute))
+	markGuest(t, port, "lost")
+	time.Sleep(3 * time.Second)
+	post := counter(t, mustGuestStatus(t, port), "counter")
+	s.wait(s.c.RevertSnapshot(ctx, "hot", "m1", true, 2*time.Minute))
+	back := mustGuestStatus(t, port)
+	if back["boot_id"] != pre["boot_id"] || back["marker"] != "kept" {
+		t.Fatalf("after discard with memory: %v; before the snapshot: %v", back, pre)
+	}
+	// Resumed at the snapshot: later than before it, earlier than just
+	// before the discard (3 s = 30 ticks after it).
+	if c := counter(t, back, "counter"); c < counter(t, pre, "counter") || c >= post {
+		t.Fatalf("counter %d after discard; %s before the snapshot, %d before the discard", c, pre["counter"], post)
+	}
+}
+
+// TestSuspendResume: suspend to a file, restart hangar serve, resume: the
+// guest goes on where it was (same boot, its counter continues).
+func TestSuspendResume(t *testing.T) {
+	s := newServer(t)
+	ctx := context.Background()
+	port := s.createGuest("sleeper", nil)
+	s.waitReady("sleeper", 0)
+	before := mustGuestStatus(t, port)
+	v := s.waitState("sleeper", 5*time.Second, v1.StateRunning)
+	s.wait(s.c.Suspend(ctx, "sleeper", 2*time.Minute))
+	v2 := s.waitState("sleeper", 5*time.Second, v1.StateSuspended)
+	if alive(v.Status.PID) || v2.Status.StateFile == "" {
+		t.Fatalf("suspended vm: pid %d alive, state file %q", v.Status.PID, v2.Status.StateFile)
+	}
+	if _, err := os.Stat(v2.Status.StateFile); err != nil {
+		t.Fatal(err)
+	}
+	s.stop()
+	time.Sleep(2 * time.Second)
+	s.start()
+	s.waitState("sleeper", 10*time.Second, v1.StateSuspended)
+	s.action("sleeper", "resume", nil)
+	s.waitState("sleeper", 10*time.Second, v1.StateRunning)
+	after := mustGuestStatus(t, port)
+	if after["boot_id"] != before["boot_id"] {
+		t.Fatalf("boot id %s after resume, was %s", after["boot_id"], before["boot_id"])
+	}
+	c0, c1 := counter(t, before, "counter"), counter(t, after, "counter")
+	if c1 < c0 || c1 > c0+30 {
+		t.Fatalf("counter %d after resume, %d before suspend", c1, c0)
+	}
+	time.Sleep(time.Second)
+	if c2 := counter(t, mustGuestStatus(t, port), "counter"); c2 <= c1 {
+		t.Fatalf("counter does not go on after resume: %d then %d", c1, c2)
+	}
+	if _, err := os.Stat(v2.Status.StateFile); !os.IsNotExist(err) {
+		t.Fatalf("state file left after resume: %v", err)
+	}
+}

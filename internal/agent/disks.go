@@ -1,0 +1,154 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/cloudinit"
+	"hangar/internal/errdefs"
+	"hangar/internal/imports"
+	"hangar/internal/inventory"
+	"hangar/internal/storage"
+	"hangar/internal/vm"
+)
+
+// pool returns a storage pool by name: "default" is the host's own; others
+// are looked up in the store.
+func (a *Agent) pool(ctx context.Context, name string) (*storage.Pool, error) {
+	if name == a.cfg.Pool.Name {
+		return a.cfg.Pool, nil
+	}
+	var sp v1.StoragePool
+	if _, err := inventory.GetJSON(ctx, a.cfg.Store, inventory.PoolKey(name), &sp); err != nil {
+		return nil, fmt.Errorf("storage pool %q: %w", name, err)
+	}
+	return storage.OpenPool(sp.Name, sp.Type, sp.Path)
+}
+
+// volumeRef resolves "pool/name" to its pool and volume name.
+func (a *Agent) volumeRef(ctx context.Context, ref string) (*storage.Pool, string, error) {
+	poolName, name, _ := strings.Cut(ref, "/")
+	p, err := a.pool(ctx, poolName)
+	if err != nil {
+		return nil, "", err
+	}
+	return p, name, nil
+}
+
+// provision makes (or finds, when an earlier attempt made it) the volume
+// behind one spec disk. The returned status says whether the VM owns it.
+func (m *machine) provision(ctx context.Context, spec v1.VMSpec, i int, d v1.Disk, progress func(float64)) (v1.DiskStatus, error) {
+	field := fmt.Sprintf("disks[%d]", i)
+	pool := m.a.cfg.Pool
+	switch {
+	case d.Media == "cdrom" && d.Name == vm.CloudInitDisk && spec.CloudInit != nil:
+		path, err := pool.Resolve("vms", m.name, "cidata.iso")
+		if err != nil {
+			return v1.DiskStatus{}, err
+		}
+		if err := cloudinit.Seed(ctx, path, m.name, *spec.CloudInit); err != nil {
+			return v1.DiskStatus{}, errdefs.Field("cloudInit", err)
+		}
+		return v1.DiskStatus{Name: d.Name, Path: path, Format: "raw", Created: true}, nil
+	case d.Media == "cdrom":
+		return v1.DiskStatus{Name: d.Name, Path: d.Image, Format: "raw"}, nil
+	case d.Volume != "":
+		p, name, err := m.a.volumeRef(ctx, d.Volume)
+		if err != nil {
+			return v1.DiskStatus{}, errdefs.Field(field+".volume", err)
+		}
+		vol, err := p.Volume(ctx, name)
+		if err != nil {
+			return v1.DiskStatus{}, errdefs.Field(field+".volume", err)
+		}
+		if d.Shareable && vol.Format != "raw" {
+			return v1.DiskStatus{}, errdefs.Field(field+".shareable", fmt.Errorf("volume %s is %s: only raw volumes can be shared: %w", d.Volume, vol.Format, errdefs.ErrPrecondition))
+		}
+		path, err := p.Resolve(name)
+		if err != nil {
+			return v1.DiskStatus{}, errdefs.Field(field+".volume", err)
+		}
+		return v1.DiskStatus{Name: d.Name, Path: path, Format: vol.Format}, nil
+	case d.Clone != nil:
+		src, srcName, err := m.a.volumeRef(ctx, d.Clone.Volume)
+		if err != nil {
+			return v1.DiskStatus{}, errdefs.Field(field+".clone.volume", err)
+		}
+		name := "vms/" + m.name + "/" + d.Name + ".qcow2"
+		if d.Clone.Linked && src.Path != pool.Path {
+			return v1.DiskStatus{}, errdefs.Field(field+".clone.linked", fmt.Errorf("a linked clone lives in the pool of its base (%s): %w", src.Name, errdefs.ErrPrecondition))
+		}
+		dst := src
+		if !d.Clone.Linked {
+			dst = pool
+		}
+		path, err := dst.Resolve(name)
+		if err != nil {
+			return v1.DiskStatus{}, err
+		}
+		st := v1.DiskStatus{Name: d.Name, Path: path, Format: "qcow2", Created: true}
+		if _, err := os.Stat(path); err == nil {
+			return st, nil
+		}
+		switch {
+		case d.Clone.Linked:
+			_, err = src.CreateOverlay(ctx, name, srcName)
+			st.Backing = d.Clone.Volume
+		case src.Path == pool.Path:
+			err = m.a.io.run(ctx, func() error {
+				_, err := pool.Copy(ctx, srcName, name, "qcow2", progress)
+				return err
+			})
+		default:
+			err = fmt.Errorf("a full clone from pool %s into pool %s: %w", src.Name, pool.Name, errdefs.ErrPrecondition)
+		}
+		if err != nil {
+			return st, errdefs.Field(field+".clone", err)
+		}
+		return st, nil
+	case d.Import != nil:
+		path, err := pool.Resolve("vms", m.name, d.Name+".qcow2")
+		if err != nil {
+			return v1.DiskStatus{}, err
+		}
+		st := v1.DiskStatus{Name: d.Name, Path: path, Format: "qcow2", Created: true}
+		if _, err := os.Stat(path); err == nil {
+			return st, nil
+		}
+		if err := os.MkdirAll(dirOf(path), 0o700); err != nil {
+			return st, err
+		}
+		src := imports.Source{Name: d.Name, Path: d.Import.Path, Format: d.Import.Format, Offset: d.Import.Offset, Size: d.Import.Size}
+		if err := m.a.io.run(ctx, func() error { return imports.Convert(ctx, src, path, progress) }); err != nil {
+			return st, errdefs.Field(field+".import", err)
+		}
+		return st, nil
+	default:
+		st, err := pool.CreateDisk(ctx, m.name, d)
+		if err != nil {
+			return st, errdefs.Field(field, err)
+		}
+		return st, nil
+	}
+}
+
+func dirOf(p string) string { return p[:strings.LastIndexByte(p, '/')] }
+
+// ioPool bounds how many I/O-heavy jobs (copies, conversions, imports) run
+// at once on a host.
+type ioPool struct{ sem chan struct{} }
+
+func newIOPool(n int) *ioPool { return &ioPool{sem: make(chan struct{}, n)} }
+
+func (p *ioPool) run(ctx context.Context, f func() error) error {
+	select {
+	case p.sem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-p.sem }()
+	return f()
+}

@@ -1,0 +1,221 @@
+package imports
+
+import (
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// pkgFiles are the files of an appliance: members of an OVA or files beside
+// an .ovf. Every method refuses a name the package does not hold with an
+// error matching ErrMalformed.
+type pkgFiles interface {
+	size(name string) (int64, error)
+	open(name string) (io.ReadCloser, error)
+	// disk returns a disk file to check, the Source locating it for
+	// qemu-img, and the directory its VMDK extents may use ("" for none).
+	disk(name string) (image, Source, string, error)
+	close()
+}
+
+// applianceFiles is an OVF package being planned.
+type applianceFiles struct {
+	kind     string // "ova" or "ovf"
+	fallback string // VM name when the OVF has none
+	ovfName  string
+	ovf      []byte
+	mfName   string // "" without a manifest
+	pkg      pkgFiles
+}
+
+// planAppliance checks an OVF package (references, sizes, manifest
+// checksums, every disk's headers) and returns its plan.
+func planAppliance(ctx context.Context, a applianceFiles) (Plan, error) {
+	defer a.pkg.close()
+	env, err := parseOVF(a.ovfName, a.ovf)
+	if err != nil {
+		return Plan{}, err
+	}
+	if err := checkSizes(env, a.pkg); err != nil {
+		return Plan{}, err
+	}
+	if err := verifyManifest(ctx, env, a); err != nil {
+		return Plan{}, err
+	}
+	p, err := env.plan(a.ovfName, a.fallback)
+	if err != nil {
+		return Plan{}, err
+	}
+	p.Kind = a.kind
+	names := diskNames(env.Disks)
+	for i, d := range env.Disks {
+		src, err := applianceDisk(ctx, env, d, a.pkg)
+		if err != nil {
+			return Plan{}, err
+		}
+		src.Name = names[i]
+		p.Disks = append(p.Disks, src)
+	}
+	if len(p.Disks) == 0 {
+		return Plan{}, malformed("%s: OVF has no disks", a.ovfName)
+	}
+	return p, nil
+}
+
+// checkSizes compares each referenced file with its ovf:size.
+func checkSizes(env *ovfEnvelope, pkg pkgFiles) error {
+	for _, f := range env.Files {
+		n, err := pkg.size(f.Href)
+		if err != nil {
+			return err
+		}
+		if f.Size != "" && f.Size != strconv.FormatInt(n, 10) {
+			return malformed("%s: %d bytes, the OVF says %s", f.Href, n, f.Size)
+		}
+	}
+	return nil
+}
+
+// verifyManifest checks the manifest, when there is one: it must list the
+// descriptor and every referenced file, and every file it lists must match.
+func verifyManifest(ctx context.Context, env *ovfEnvelope, a applianceFiles) error {
+	if a.mfName == "" {
+		slog.WarnContext(ctx, "import: appliance without a manifest: contents not verified", "ovf", a.ovfName)
+		return nil
+	}
+	r, err := a.pkg.open(a.mfName)
+	if err != nil {
+		return err
+	}
+	b, err := io.ReadAll(io.LimitReader(r, maxOVF+1))
+	r.Close()
+	if err != nil {
+		return err
+	}
+	if len(b) > maxOVF {
+		return malformed("%s: manifest too large", a.mfName)
+	}
+	m, err := parseManifest(a.mfName, b)
+	if err != nil {
+		return err
+	}
+	listed := []string{a.ovfName}
+	for _, f := range env.Files {
+		listed = append(listed, f.Href)
+	}
+	if err := m.requireListed(a.mfName, listed); err != nil {
+		return err
+	}
+	return m.verify(ctx, a.mfName, a.pkg.open)
+}
+
+// applianceDisk checks one OVF disk and returns its Source; a disk without
+// a file is a blank disk of its capacity (Path and Format empty).
+func applianceDisk(ctx context.Context, env *ovfEnvelope, d ovfDisk, pkg pkgFiles) (Source, error) {
+	capacity, capErr := quantityBytes(d.Capacity, d.Units, "byte")
+	if d.FileRef == "" {
+		if capErr != nil || capacity <= 0 || capacity%512 != 0 {
+			return Source{}, malformed("OVF disk %q: no file and bad capacity %q %q", d.ID, d.Capacity, d.Units)
+		}
+		return Source{VirtualSize: capacity}, nil
+	}
+	f, ok := env.file(d.FileRef)
+	if !ok {
+		return Source{}, malformed("OVF disk %q: fileRef %q matches no File", d.ID, d.FileRef)
+	}
+	im, src, dir, err := pkg.disk(f.Href)
+	if err != nil {
+		return Source{}, err
+	}
+	if src, err = inspectDisk(ctx, im, src, dir, strings.ToLower(filepath.Ext(f.Href))); err != nil {
+		return Source{}, err
+	}
+	if capErr == nil && capacity != src.VirtualSize {
+		slog.InfoContext(ctx, "import: OVF capacity differs from the image's size; using the image's",
+			"disk", d.ID, "capacity", capacity, "virtual_size", src.VirtualSize)
+	}
+	return src, nil
+}
+
+// inspectOVF plans the import of an .ovf and the files beside it.
+func inspectOVF(ctx context.Context, path string, im image) (Plan, error) {
+	if im.size > maxOVF {
+		return Plan{}, malformed("%s: %d bytes, too large for an OVF", im.name, im.size)
+	}
+	desc, err := im.read(0, im.size)
+	if err != nil {
+		return Plan{}, err
+	}
+	dir := &ovfDir{dir: filepath.Dir(path)}
+	a := applianceFiles{kind: "ovf", fallback: nameFromFile(path), ovfName: im.name, ovf: desc, pkg: dir}
+	mf := strings.TrimSuffix(im.name, filepath.Ext(im.name)) + ".mf"
+	if _, err := os.Lstat(filepath.Join(dir.dir, mf)); err == nil {
+		a.mfName = mf
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return Plan{}, err
+	}
+	return planAppliance(ctx, a)
+}
+
+// ovfDir is the directory of an .ovf: files are resolved inside it.
+type ovfDir struct {
+	dir   string
+	files []*os.File
+}
+
+func (o *ovfDir) resolve(name string) (string, os.FileInfo, error) {
+	p, err := resolveInside(o.dir, name)
+	if err != nil {
+		return "", nil, malformed("%s: %v", name, err)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		return "", nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return "", nil, malformed("%s: not a regular file", name)
+	}
+	return p, fi, nil
+}
+
+func (o *ovfDir) size(name string) (int64, error) {
+	_, fi, err := o.resolve(name)
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+func (o *ovfDir) open(name string) (io.ReadCloser, error) {
+	p, _, err := o.resolve(name)
+	if err != nil {
+		return nil, err
+	}
+	return os.Open(p)
+}
+
+// disk opens a disk file beside the OVF; its VMDK extents must be beside it.
+func (o *ovfDir) disk(name string) (image, Source, string, error) {
+	p, fi, err := o.resolve(name)
+	if err != nil {
+		return image{}, Source{}, "", err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return image{}, Source{}, "", err
+	}
+	o.files = append(o.files, f)
+	return image{r: f, size: fi.Size(), name: name}, Source{Path: p}, filepath.Dir(p), nil
+}
+
+func (o *ovfDir) close() {
+	for _, f := range o.files {
+		f.Close()
+	}
+}

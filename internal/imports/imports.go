@@ -1,0 +1,192 @@
+// Package imports turns foreign VM disks and appliances (VMDK, VHD, VHDX,
+// qcow2, raw, block devices, OVF directories and OVA archives) into qcow2
+// volumes.
+//
+// Inspect never trusts qemu-img with an unknown file: it reads the headers
+// itself first (magic, sizes, tables pointing inside the file, no backing or
+// external data files, VMDK extents inside the import directory, OVF hrefs
+// and manifest checksums) and only then asks `qemu-img info`, always naming
+// the driver (-f), so an image cannot choose how it is opened. Disks inside an
+// OVA are read in place through a raw offset/size node, never extracted.
+package imports
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// ErrMalformed is wrapped by every error caused by the input itself: a bad
+// or truncated header, a bad descriptor or OVF, a checksum mismatch, a path
+// leaving the import directory, a missing extent, an unsupported variant.
+var ErrMalformed = errors.New("malformed import")
+
+// Source is one disk to import: what qemu-img reads.
+type Source struct {
+	Name   string // disk name in the appliance ("disk0" for single files)
+	Path   string // the file qemu-img opens (descriptor for VMDK, the .ova for disks inside an OVA)
+	Format string // qemu-img driver: vmdk, vpc, vhdx, qcow2, raw
+	// Offset and Size are the byte range of a disk stored inside a tar (OVA)
+	// in Path; 0,0 otherwise.
+	Offset, Size int64
+	VirtualSize  int64
+}
+
+// Plan is what an import will create.
+type Plan struct {
+	Name      string // VM name suggested by the source, a DNS label
+	CPUs      int    // from the OVF, else 0 (the caller's default)
+	MemoryMiB int    // from the OVF, else 0
+	NICs      int    // OVF network adapters
+	Disks     []Source
+	Kind      string // "ova", "ovf", "vmdk", "vhd", "vhdx", "qcow2", "raw", "block"
+}
+
+// Formats are the qemu-img drivers a Source may name.
+var formats = map[string]bool{"vmdk": true, "vpc": true, "vhdx": true, "qcow2": true, "raw": true}
+
+// kinds maps a qemu-img driver to the Plan kind of a single-file import.
+var kinds = map[string]string{"vmdk": "vmdk", "vpc": "vhd", "vhdx": "vhdx", "qcow2": "qcow2", "raw": "raw"}
+
+// malformedError is an error caused by the input; it matches ErrMalformed.
+type malformedError struct{ msg string }
+
+func (e *malformedError) Error() string        { return e.msg }
+func (e *malformedError) Is(target error) bool { return target == ErrMalformed }
+
+// malformed returns an input error matching ErrMalformed.
+func malformed(format string, a ...any) error {
+	return &malformedError{msg: fmt.Sprintf(format, a...)}
+}
+
+// Inspect reads a file (or a block device, for P2V) and returns the plan
+// without writing anything.
+func Inspect(ctx context.Context, path string) (Plan, error) {
+	p, err := inspect(ctx, path)
+	if err != nil {
+		return Plan{}, fmt.Errorf("import %s: %w", path, err)
+	}
+	return p, nil
+}
+
+func inspect(ctx context.Context, path string) (Plan, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return Plan{}, err
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return Plan{}, err
+	}
+	switch {
+	case fi.Mode()&fs.ModeDevice != 0 && fi.Mode()&fs.ModeCharDevice == 0:
+		return inspectBlock(ctx, abs)
+	case !fi.Mode().IsRegular():
+		return Plan{}, malformed("not a regular file or block device (%s)", fi.Mode().Type())
+	case fi.Size() == 0:
+		return Plan{}, malformed("empty file")
+	}
+	f, err := os.Open(abs)
+	if err != nil {
+		return Plan{}, err
+	}
+	defer f.Close()
+	im := image{r: f, size: fi.Size(), name: filepath.Base(abs)}
+	kind, err := detectContainer(im)
+	if err != nil {
+		return Plan{}, err
+	}
+	switch kind {
+	case "ova":
+		return inspectOVA(ctx, abs, f, fi.Size())
+	case "ovf":
+		return inspectOVF(ctx, abs, im)
+	}
+	src, err := inspectDisk(ctx, im, Source{Path: abs}, filepath.Dir(abs), strings.ToLower(filepath.Ext(abs)))
+	if err != nil {
+		return Plan{}, err
+	}
+	src.Name = "disk0"
+	return Plan{Name: nameFromFile(abs), Kind: kinds[src.Format], Disks: []Source{src}}, nil
+}
+
+// inspectDisk detects the format of the disk im (which src locates for
+// qemu-img; ext is its file name's extension), checks its headers (extents
+// of a VMDK descriptor must live in dir, "" for none) and only then asks
+// qemu-img for its virtual size.
+func inspectDisk(ctx context.Context, im image, src Source, dir, ext string) (Source, error) {
+	format, err := detectDisk(im, ext)
+	if err != nil {
+		return Source{}, err
+	}
+	if err := checkDisk(im, format, dir); err != nil {
+		return Source{}, err
+	}
+	src.Format = format
+	if src.VirtualSize, err = virtualSize(ctx, src); err != nil {
+		return Source{}, err
+	}
+	return src, nil
+}
+
+// inspectBlock plans the import of a whole block device as a raw disk. Its
+// content is never probed: a disk is raw whatever its first bytes say.
+func inspectBlock(ctx context.Context, path string) (Plan, error) {
+	size, err := deviceSize(path)
+	if err != nil {
+		return Plan{}, err
+	}
+	if size == 0 || size%512 != 0 {
+		return Plan{}, malformed("block device size %d is not a positive multiple of 512", size)
+	}
+	src := Source{Name: "disk0", Path: path, Format: "raw", VirtualSize: size}
+	return Plan{Name: nameFromFile(path), Kind: "block", Disks: []Source{src}}, nil
+}
+
+// deviceSize is the size of a block device: the end its reads can reach.
+func deviceSize(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return f.Seek(0, io.SeekEnd)
+}
+
+// nameFromFile suggests a VM name from a file's base name without extension.
+func nameFromFile(path string) string {
+	base := filepath.Base(path)
+	return dnsLabel(strings.TrimSuffix(base, filepath.Ext(base)))
+}
+
+// dnsLabel turns s into a DNS label (RFC 1123): lower-case letters, digits and
+// '-', starting and ending with a letter or digit, at most 63 characters.
+func dnsLabel(s string) string {
+	var b strings.Builder
+	dash := false
+	for _, r := range strings.ToLower(s) {
+		switch {
+		case r >= 'a' && r <= 'z' || r >= '0' && r <= '9':
+			if dash && b.Len() > 0 {
+				b.WriteByte('-')
+			}
+			b.WriteRune(r)
+			dash = false
+		default:
+			dash = true
+		}
+	}
+	label := b.String()
+	if len(label) > 63 {
+		label = strings.TrimRight(label[:63], "-")
+	}
+	if label == "" {
+		return "imported"
+	}
+	return label
+}

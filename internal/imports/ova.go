@@ -1,0 +1,175 @@
+package imports
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+const maxTarMembers = 10000
+
+// member is where a file's bytes are in the tar: tar stores each regular
+// file contiguously right after its header(s).
+type member struct{ offset, size int64 }
+
+// ova is an OVA archive read in place.
+type ova struct {
+	path    string
+	f       *os.File
+	members map[string]member
+}
+
+// inspectOVA plans the import of an OVA without extracting it.
+func inspectOVA(ctx context.Context, path string, f *os.File, size int64) (Plan, error) {
+	members, err := scanTar(f, size)
+	if err != nil {
+		return Plan{}, err
+	}
+	o := &ova{path: path, f: f, members: members}
+	ovfName, err := o.only(".ovf", "")
+	if err != nil {
+		return Plan{}, err
+	}
+	desc, err := o.readSmall(ovfName)
+	if err != nil {
+		return Plan{}, err
+	}
+	mfName, _ := o.only(".mf", strings.TrimSuffix(ovfName, filepath.Ext(ovfName))+".mf")
+	return planAppliance(ctx, applianceFiles{
+		kind: "ova", fallback: nameFromFile(path), ovfName: ovfName, ovf: desc, mfName: mfName, pkg: o,
+	})
+}
+
+// scanTar reads the headers of a tar once, recording where each regular
+// member's data starts; data is skipped with Seek, not read.
+func scanTar(f *os.File, size int64) (map[string]member, error) {
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	cr := &countingReader{f: f}
+	tr := tar.NewReader(cr)
+	members := map[string]member{}
+	for n := 0; ; n++ {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return members, nil
+		}
+		if err != nil {
+			return nil, malformed("tar: %v (truncated?)", err)
+		}
+		if n >= maxTarMembers {
+			return nil, malformed("tar: more than %d members", maxTarMembers)
+		}
+		if err := addMember(members, hdr, cr.pos, size); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func addMember(members map[string]member, hdr *tar.Header, offset, size int64) error {
+	if hdr.Typeflag != tar.TypeReg && hdr.Typeflag != 0 {
+		return nil // directories, links…: never used as package files
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return malformed("tar: %s is a sparse member: not supported", hdr.Name)
+		}
+	}
+	name := strings.TrimPrefix(hdr.Name, "./")
+	if _, dup := members[name]; dup {
+		return malformed("tar: %s appears twice", name)
+	}
+	if hdr.Size < 0 || offset+hdr.Size > size {
+		return malformed("tar: %s: truncated (%d bytes at offset %d, the archive has %d)", name, hdr.Size, offset, size)
+	}
+	members[name] = member{offset: offset, size: hdr.Size}
+	return nil
+}
+
+// countingReader knows the offset archive/tar has reached.
+type countingReader struct {
+	f   *os.File
+	pos int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.f.Read(p)
+	c.pos += int64(n)
+	return n, err
+}
+
+func (c *countingReader) Seek(off int64, whence int) (int64, error) {
+	pos, err := c.f.Seek(off, whence)
+	if err == nil {
+		c.pos = pos
+	}
+	return pos, err
+}
+
+// only returns the member named want, or else the one member (at the top
+// level) ending in ext; "" and an error when there is none or several.
+func (o *ova) only(ext, want string) (string, error) {
+	if _, ok := o.members[want]; ok && want != "" {
+		return want, nil
+	}
+	var found []string
+	for n := range o.members {
+		if strings.EqualFold(filepath.Ext(n), ext) && !strings.Contains(n, "/") {
+			found = append(found, n)
+		}
+	}
+	if len(found) != 1 {
+		return "", malformed("%s: %d %s files at the top of the archive, want one", filepath.Base(o.path), len(found), ext)
+	}
+	return found[0], nil
+}
+
+func (o *ova) member(name string) (member, error) {
+	m, ok := o.members[name]
+	if !ok {
+		return m, malformed("%s: %s is missing from the archive", filepath.Base(o.path), name)
+	}
+	return m, nil
+}
+
+func (o *ova) readSmall(name string) ([]byte, error) {
+	m, err := o.member(name)
+	if err != nil {
+		return nil, err
+	}
+	if m.size > maxOVF {
+		return nil, malformed("%s: %d bytes, too large", name, m.size)
+	}
+	return image{r: o.f, size: m.offset + m.size, name: name}.read(m.offset, m.size)
+}
+
+func (o *ova) size(name string) (int64, error) {
+	m, err := o.member(name)
+	return m.size, err
+}
+
+func (o *ova) open(name string) (io.ReadCloser, error) {
+	m, err := o.member(name)
+	if err != nil {
+		return nil, err
+	}
+	return io.NopCloser(io.NewSectionReader(o.f, m.offset, m.size)), nil
+}
+
+// disk is a disk inside the archive: qemu-img will read the byte range of
+// the .ova through a raw offset/size node. VMDK descriptors are refused:
+// their extents would have to be extracted.
+func (o *ova) disk(name string) (image, Source, string, error) {
+	m, err := o.member(name)
+	if err != nil {
+		return image{}, Source{}, "", err
+	}
+	im := image{r: io.NewSectionReader(o.f, m.offset, m.size), size: m.size, name: name}
+	return im, Source{Path: o.path, Offset: m.offset, Size: m.size}, "", nil
+}
+
+func (o *ova) close() {}

@@ -1,0 +1,419 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/errdefs"
+	"hangar/internal/imports"
+	"hangar/internal/inventory"
+	"hangar/internal/store"
+	"hangar/internal/vm"
+)
+
+// storageRoutes adds storage-side VM actions: templates, clones, snapshots,
+// suspend, media and imports.
+func (s *Server) storageRoutes() {
+	m := s.mux
+	m.HandleFunc("POST /api/v1/vms/{name}/template", s.makeTemplate)
+	m.HandleFunc("POST /api/v1/vms/{name}/clone", s.cloneVM)
+	m.HandleFunc("POST /api/v1/vms/{name}/suspend", s.suspendVM)
+	m.HandleFunc("POST /api/v1/vms/{name}/media", s.changeMedia)
+	m.HandleFunc("GET /api/v1/vms/{name}/snapshots", s.listSnapshots)
+	m.HandleFunc("POST /api/v1/vms/{name}/snapshots", s.createSnapshot)
+	m.HandleFunc("POST /api/v1/vms/{name}/snapshots/{snap}/revert", s.revertSnapshot)
+	m.HandleFunc("DELETE /api/v1/vms/{name}/snapshots/{snap}", s.deleteSnapshot)
+	m.HandleFunc("GET /api/v1/templates", s.listTemplates)
+	m.HandleFunc("GET /api/v1/templates/{name}", s.getTemplate)
+	m.HandleFunc("DELETE /api/v1/templates/{name}", s.deleteTemplate)
+	m.HandleFunc("POST /api/v1/templates/{name}/deploy", s.deployTemplate)
+	m.HandleFunc("POST /api/v1/imports", s.importVM)
+}
+
+// submitArgs decodes an action's JSON arguments, checks them and submits the
+// operation.
+func submitArgs[T any](s *Server, w http.ResponseWriter, r *http.Request, kind string, check func(*T, v1.VM) error, mutate func(*T, *v1.VMSpec), need ...string) {
+	var args T
+	if err := decode(r, &args); err != nil {
+		writeErr(w, err)
+		return
+	}
+	name := r.PathValue("name")
+	if err := vm.ValidateName("name", name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if check != nil {
+		v, err := s.inv.VM(r.Context(), name)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		if err := check(&args, v); err != nil {
+			writeErr(w, err)
+			return
+		}
+	}
+	var m func(*v1.VMSpec)
+	if mutate != nil {
+		m = func(sp *v1.VMSpec) { mutate(&args, sp) }
+	}
+	s.submitSpec(w, r, name, kind, args, m, need)
+}
+
+func invalidArg(field, format string, a ...any) error {
+	return &v1.Error{Code: v1.CodeInvalidArgument, Field: field, Message: field + ": " + fmt.Sprintf(format, a...)}
+}
+
+func (s *Server) makeTemplate(w http.ResponseWriter, r *http.Request) {
+	submitArgs(s, w, r, "template", func(a *v1.TemplateArgs, v v1.VM) error {
+		if err := vm.ValidateName("template", a.Template); err != nil {
+			return err
+		}
+		if _, err := s.inv.S.Get(r.Context(), inventory.TemplateKey(a.Template)); err == nil {
+			return &v1.Error{Code: v1.CodeConflict, Field: "template", Message: fmt.Sprintf("template: %q already exists", a.Template)}
+		}
+		if len(v.Status.Snapshots) > 0 {
+			return errdefs.Precondition("vm %q has snapshots: merge or revert them first", v.Spec.Name)
+		}
+		return nil
+	}, nil, v1.StateStopped)
+}
+
+func (s *Server) suspendVM(w http.ResponseWriter, r *http.Request) {
+	s.submit(w, r, r.PathValue("name"), "suspend", nil, v1.PowerStopped, []string{v1.StateRunning, v1.StatePaused})
+}
+
+func (s *Server) changeMedia(w http.ResponseWriter, r *http.Request) {
+	submitArgs(s, w, r, "media", func(a *v1.MediaArgs, v v1.VM) error {
+		for _, d := range v.Spec.Disks {
+			if d.Name == a.Disk {
+				if d.Media != "cdrom" {
+					return invalidArg("disk", "%q is not a cdrom", a.Disk)
+				}
+				if a.Image != "" && !strings.HasPrefix(a.Image, "/") {
+					return invalidArg("image", "must be an absolute path, got %q", a.Image)
+				}
+				return s.checkSources(r.Context(), v1.VMSpec{Name: v.Spec.Name, Disks: []v1.Disk{{Media: "cdrom", Image: a.Image}}})
+			}
+		}
+		return invalidArg("disk", "vm %q has no disk %q", v.Spec.Name, a.Disk)
+	}, func(a *v1.MediaArgs, sp *v1.VMSpec) {
+		for i := range sp.Disks {
+			if sp.Disks[i].Name == a.Disk {
+				sp.Disks[i].Image = a.Image
+			}
+		}
+	})
+}
+
+func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
+	v, err := s.inv.VM(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	snaps := v.Status.Snapshots
+	if snaps == nil {
+		snaps = []v1.Snapshot{}
+	}
+	writeJSON(w, 200, snaps)
+}
+
+func findSnapshot(v v1.VM, name string) int {
+	for i, sn := range v.Status.Snapshots {
+		if sn.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
+	submitArgs(s, w, r, "snapshot", func(a *v1.SnapshotArgs, v v1.VM) error {
+		if err := vm.ValidateName("name", a.Name); err != nil {
+			return err
+		}
+		if findSnapshot(v, a.Name) >= 0 {
+			return &v1.Error{Code: v1.CodeConflict, Field: "name", Message: fmt.Sprintf("name: vm %q has a snapshot %q already", v.Spec.Name, a.Name)}
+		}
+		if len(v.Status.Snapshots) >= 15 {
+			return errdefs.Precondition("vm %q has %d snapshots: merge some first", v.Spec.Name, len(v.Status.Snapshots))
+		}
+		if a.Memory && v.Status.State != v1.StateRunning && v.Status.State != v1.StatePaused {
+			return errdefs.Precondition("a snapshot with memory needs a running vm; %q is %s", v.Spec.Name, v.Status.State)
+		}
+		return nil
+	}, nil, v1.StateRunning, v1.StatePaused, v1.StateStopped, v1.StateCrashed)
+}
+
+func (s *Server) snapshotAction(w http.ResponseWriter, r *http.Request, kind string, extra func(v v1.VM, i int) error) {
+	name, snap := r.PathValue("name"), r.PathValue("snap")
+	if err := vm.ValidateName("snap", snap); err != nil {
+		writeErr(w, err)
+		return
+	}
+	v, err := s.inv.VM(r.Context(), name)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	i := findSnapshot(v, snap)
+	if i < 0 {
+		writeErr(w, &v1.Error{Code: v1.CodeNotFound, Field: "snap", Message: fmt.Sprintf("vm %q has no snapshot %q", name, snap)})
+		return
+	}
+	if extra != nil {
+		if err := extra(v, i); err != nil {
+			writeErr(w, err)
+			return
+		}
+	}
+	s.submit(w, r, name, kind, v1.SnapshotActionArgs{Name: snap}, "", []string{v1.StateRunning, v1.StatePaused, v1.StateStopped, v1.StateCrashed})
+}
+
+// revertSnapshot goes back to a snapshot's point; ?discard=true also drops
+// the snapshot (hot mode "discard").
+func (s *Server) revertSnapshot(w http.ResponseWriter, r *http.Request) {
+	discard, err := boolParam(r.URL.Query().Get("discard"), "discard")
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	kind := "snapshot-revert"
+	if discard {
+		kind = "snapshot-discard"
+	}
+	s.snapshotAction(w, r, kind, nil)
+}
+
+// deleteSnapshot merges the newest snapshot's changes into its base while
+// the VM runs (hot mode "commit").
+func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
+	s.snapshotAction(w, r, "snapshot-commit", func(v v1.VM, i int) error {
+		if i != len(v.Status.Snapshots)-1 {
+			return errdefs.Precondition("only the newest snapshot (%s) can be merged; merge or revert the newer ones first", v.Status.Snapshots[len(v.Status.Snapshots)-1].Name)
+		}
+		return nil
+	})
+}
+
+// cloneVM copies a VM — running or not — into a new one; of a running VM
+// all disks are copied at one instant (crash-consistent).
+func (s *Server) cloneVM(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	var args v1.CloneArgs
+	if err := decode(r, &args); err != nil {
+		writeErr(w, err)
+		return
+	}
+	wait, err := s.waitParam(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	src, err := s.inv.VM(ctx, r.PathValue("name"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if err := vm.ValidateName("name", args.Name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if len(src.Status.Snapshots) > 0 && src.Status.State != v1.StateRunning {
+		writeErr(w, errdefs.Precondition("vm %q has snapshots and is not running: start it or merge them first", src.Spec.Name))
+		return
+	}
+	spec := src.Spec
+	spec.Name, spec.UUID, spec.Host, spec.Power = args.Name, "", "", v1.PowerStopped
+	spec.Disks = nil
+	for _, d := range src.Spec.Disks {
+		nd := v1.Disk{Name: d.Name, Bus: d.Bus, Media: d.Media}
+		switch {
+		case d.Media == "cdrom":
+			nd.Image = d.Image
+		case d.Volume != "" && d.Shareable:
+			nd.Volume, nd.Shareable = d.Volume, true
+		default:
+			nd.Volume = "default/vms/" + args.Name + "/" + d.Name + ".qcow2"
+		}
+		spec.Disks = append(spec.Disks, nd)
+	}
+	spec.NICs = nil
+	for _, n := range src.Spec.NICs {
+		nic := v1.NIC{Mode: n.Mode, Bridge: n.Bridge} // new MACs; the source's forwards would clash
+		if n.Mode == v1.NICUser && args.Forwards != nil {
+			nic.Forwards, args.Forwards = args.Forwards, nil
+		}
+		spec.NICs = append(spec.NICs, nic)
+	}
+	vm.Defaults(&spec, "tcg")
+	spec.CPUModel = src.Spec.CPUModel
+	if err := vm.Validate(spec, 0); err != nil {
+		writeErr(w, err)
+		return
+	}
+	spec.Host = src.Spec.Host
+	if err := s.checkPorts(ctx, spec); err != nil {
+		writeErr(w, err)
+		return
+	}
+	spec.UUID = uuid.NewString()
+	op := s.newOp("clone", src.Spec.Name, src.Spec.Host, args)
+	_, err = s.cfg.Store.Txn(ctx, nil,
+		store.PutOp(inventory.VMKey(spec.Name), inventory.Marshal(spec), store.MustNotExist),
+		store.PutOp(inventory.StatusKey(spec.Name), inventory.Marshal(v1.VMStatus{State: v1.StateCreating, Host: spec.Host, UpdatedAt: time.Now().UTC()}), store.MustNotExist),
+		store.PutOp(inventory.OpKey(op.ID), inventory.Marshal(op), store.MustNotExist))
+	if errors.Is(err, store.ErrConflict) {
+		writeErr(w, &v1.Error{Code: v1.CodeConflict, Field: "name", Message: fmt.Sprintf("name: vm %q already exists", spec.Name)})
+		return
+	}
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.answerOp(w, r, op, wait)
+}
+
+func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {
+	ts, err := s.inv.Templates(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, 200, ts)
+}
+
+func (s *Server) template(ctx context.Context, name string) (v1.Template, error) {
+	if err := vm.ValidateName("name", name); err != nil {
+		return v1.Template{}, err
+	}
+	var t v1.Template
+	if _, err := inventory.GetJSON(ctx, s.inv.S, inventory.TemplateKey(name), &t); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return t, &v1.Error{Code: v1.CodeNotFound, Field: "name", Message: fmt.Sprintf("template %q not found", name)}
+		}
+		return t, err
+	}
+	return t, nil
+}
+
+func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request) {
+	t, err := s.template(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, 200, t)
+}
+
+// deleteTemplate removes a template whose base no linked clone uses.
+func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) {
+	t, err := s.template(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if err := s.cfg.Volumes.DeleteTemplate(r.Context(), t); err != nil {
+		writeErr(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) deployTemplate(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	var args v1.DeployArgs
+	if err := decode(r, &args); err != nil {
+		writeErr(w, err)
+		return
+	}
+	wait, err := s.waitParam(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	t, err := s.template(ctx, r.PathValue("name"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	spec := v1.VMSpec{Name: args.Name, CPUs: t.CPUs, MemoryMiB: t.MemoryMiB, Machine: t.Machine}
+	for _, d := range t.Disks {
+		spec.Disks = append(spec.Disks, v1.Disk{Name: d.Name, Bus: d.Bus, Clone: &v1.CloneSource{Volume: d.Volume, Linked: args.Linked}})
+	}
+	for _, n := range t.NICs {
+		nic := v1.NIC{Mode: n.Mode, Bridge: n.Bridge}
+		if n.Mode == v1.NICUser {
+			nic.Forwards = args.Forwards
+		}
+		spec.NICs = append(spec.NICs, nic)
+	}
+	op, err := s.create(ctx, spec, args.Start, t.Host)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.answerOp(w, r, op, wait)
+}
+
+// importVM creates a VM from a foreign disk or appliance (OVA/OVF, VMDK,
+// VHD, VHDX, qcow2, raw file or block device).
+func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	var args v1.ImportArgs
+	if err := decode(r, &args); err != nil {
+		writeErr(w, err)
+		return
+	}
+	wait, err := s.waitParam(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if !strings.HasPrefix(args.Path, "/") {
+		writeErr(w, invalidArg("path", "must be an absolute path, got %q", args.Path))
+		return
+	}
+	plan, err := imports.Inspect(ctx, args.Path)
+	if err != nil {
+		if errors.Is(err, imports.ErrMalformed) || errors.Is(err, os.ErrNotExist) {
+			err = &v1.Error{Code: v1.CodeInvalidArgument, Field: "path", Message: "path: " + err.Error()}
+		}
+		writeErr(w, err)
+		return
+	}
+	spec := v1.VMSpec{Name: plan.Name, CPUs: plan.CPUs, MemoryMiB: plan.MemoryMiB, CPUModel: "qemu64"}
+	if args.Name != "" {
+		spec.Name = args.Name
+	}
+	if args.CPUs > 0 {
+		spec.CPUs = args.CPUs
+	}
+	if args.MemoryMiB > 0 {
+		spec.MemoryMiB = args.MemoryMiB
+	}
+	if spec.MemoryMiB == 0 {
+		spec.MemoryMiB = 512
+	}
+	for i, d := range plan.Disks {
+		spec.Disks = append(spec.Disks, v1.Disk{Name: fmt.Sprintf("disk%d", i),
+			Import: &v1.ImportSource{Path: d.Path, Format: d.Format, Offset: d.Offset, Size: d.Size}})
+	}
+	spec.NICs = []v1.NIC{{Mode: v1.NICUser, Forwards: args.Forwards}}
+	op, err := s.create(ctx, spec, args.Start, "")
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.answerOp(w, r, op, wait)
+}

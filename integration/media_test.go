@@ -87,7 +87,7 @@ func TestCDROMAndCloudInit(t *testing.T) {
 		}
 	}
 	if b, err := os.ReadFile(seed); err != nil || !strings.Contains(string(b), "hostname: cdvm") {
-		t.Fatalf("seed iso %q: %v", seed, err)
+		t.Fatalf("seed iso %q: %v (disks %+v, spec %+v)", seed, err, v.Status.Disks, v.Spec.Disks)
 	}
 	s.wait(s.c.ChangeMedia(ctx, "cdvm", "cd0", "", time.Minute))
 	v, _ = s.c.VM(ctx, "cdvm")

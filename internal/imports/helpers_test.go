@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -254,4 +255,10 @@ func buildOVA(t testing.TB, ova, diskPath string, mutate func([]tarEntry) []tarE
 		entries = mutate(entries)
 	}
 	writeTar(t, ova, entries)
+}
+
+func TestMain(m *testing.M) {
+	// Keep test and benchmark output readable: only warnings and errors.
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	os.Exit(m.Run())
 }

@@ -483,6 +483,9 @@ func checkSparseExtent(path string, size int64, e vmdkExtent) error {
 // (dir + "/" + name, symlinks followed, ".." after them) and refuses a result
 // outside dir, a missing file or a loop.
 func resolveInside(dir, name string) (string, error) {
+	if !within(dir, filepath.Join(dir, name)) {
+		return "", errors.New("leaves the import directory")
+	}
 	root, err := filepath.EvalSymlinks(dir)
 	if err != nil {
 		return "", err
@@ -494,9 +497,14 @@ func resolveInside(dir, name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	rel, err := filepath.Rel(root, real)
-	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) || filepath.IsAbs(rel) {
+	if !within(root, real) {
 		return "", errors.New("leaves the import directory")
 	}
 	return real, nil
+}
+
+// within reports whether path is root or below it (both clean).
+func within(root, path string) bool {
+	rel, err := filepath.Rel(root, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) && !filepath.IsAbs(rel)
 }

@@ -87,6 +87,15 @@ func Defaults(s *v1.VMSpec, accel string) {
 	if s.Power == "" {
 		s.Power = v1.PowerStopped
 	}
+	if s.CloudInit != nil {
+		has := false
+		for _, d := range s.Disks {
+			has = has || d.Name == CloudInitDisk
+		}
+		if !has {
+			s.Disks = append(s.Disks, v1.Disk{Name: CloudInitDisk, Media: "cdrom"})
+		}
+	}
 	for i := range s.Disks {
 		d := &s.Disks[i]
 		if d.Name == "" {

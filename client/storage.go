@@ -2,6 +2,10 @@ package client
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"time"
 
@@ -90,4 +94,82 @@ func (c *Client) Import(ctx context.Context, args v1.ImportArgs, wait time.Durat
 	var op v1.Operation
 	_, err := c.do(ctx, "POST", "/imports", waitQuery(wait), args, &op)
 	return op, err
+}
+
+func volPath(pool, name string) string {
+	return "/pools/" + url.PathEscape(pool) + "/volumes/" + url.PathEscape(name)
+}
+
+// Pools lists storage pools.
+func (c *Client) Pools(ctx context.Context) ([]v1.StoragePool, error) {
+	var ps []v1.StoragePool
+	_, err := c.do(ctx, "GET", "/pools", nil, nil, &ps)
+	return ps, err
+}
+
+// AddPool records a storage pool.
+func (c *Client) AddPool(ctx context.Context, p v1.StoragePool) error {
+	_, err := c.do(ctx, "POST", "/pools", nil, p, nil)
+	return err
+}
+
+// Volumes lists a pool's volumes.
+func (c *Client) Volumes(ctx context.Context, pool string) ([]v1.Volume, error) {
+	var vs []v1.Volume
+	_, err := c.do(ctx, "GET", "/pools/"+url.PathEscape(pool)+"/volumes", nil, nil, &vs)
+	return vs, err
+}
+
+// CreateVolume makes an empty volume.
+func (c *Client) CreateVolume(ctx context.Context, pool string, a v1.VolumeCreateArgs) (v1.Volume, error) {
+	var v v1.Volume
+	_, err := c.do(ctx, "POST", "/pools/"+url.PathEscape(pool)+"/volumes", nil, a, &v)
+	return v, err
+}
+
+// DeleteVolume deletes a volume no VM or volume uses.
+func (c *Client) DeleteVolume(ctx context.Context, pool, name string) error {
+	_, err := c.do(ctx, "DELETE", volPath(pool, name), nil, nil, nil)
+	return err
+}
+
+// ResizeVolume grows a volume; a VM's disk grows live through an operation
+// (returned when one was started).
+func (c *Client) ResizeVolume(ctx context.Context, pool, name string, sizeMiB int64, wait time.Duration) (*v1.Operation, error) {
+	var op v1.Operation
+	code, err := c.do(ctx, "POST", volPath(pool, name)+"/resize", waitQuery(wait), v1.ResizeArgs{SizeMiB: sizeMiB}, &op)
+	if err != nil || code == 204 {
+		return nil, err
+	}
+	return &op, nil
+}
+
+// ResizeDisk grows a VM's disk (live while it runs).
+func (c *Client) ResizeDisk(ctx context.Context, vm, disk string, sizeMiB int64, wait time.Duration) (v1.Operation, error) {
+	return c.vmPost(ctx, vm, "resize", v1.ResizeArgs{Disk: disk, SizeMiB: sizeMiB}, wait)
+}
+
+// UploadVolume streams an image into a new volume, checked against size
+// and sha256 (hex; "" skips the check).
+func (c *Client) UploadVolume(ctx context.Context, pool, name, format string, r io.Reader, size int64, sha256 string) (v1.Volume, error) {
+	q := url.Values{"format": {format}, "sha256": {sha256}}
+	req, err := http.NewRequestWithContext(ctx, "PUT", c.base+volPath(pool, name)+"/data?"+q.Encode(), io.NopCloser(r)) // the caller closes r
+	if err != nil {
+		return v1.Volume{}, err
+	}
+	req.ContentLength = size
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return v1.Volume{}, fmt.Errorf("upload %s/%s: %w", pool, name, err)
+	}
+	defer resp.Body.Close()
+	var v v1.Volume
+	if resp.StatusCode >= 400 {
+		var er v1.ErrorResponse
+		if json.NewDecoder(resp.Body).Decode(&er) == nil && er.Error != nil {
+			return v, er.Error
+		}
+		return v, fmt.Errorf("upload %s/%s: %s", pool, name, resp.Status)
+	}
+	return v, json.NewDecoder(resp.Body).Decode(&v)
 }

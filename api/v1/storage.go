@@ -96,3 +96,16 @@ type MediaArgs struct {
 	Disk  string `json:"disk"`
 	Image string `json:"image,omitempty"`
 }
+
+// VolumeCreateArgs create an empty volume.
+type VolumeCreateArgs struct {
+	Name    string `json:"name"`
+	Format  string `json:"format,omitempty"`
+	SizeMiB int64  `json:"sizeMiB"`
+}
+
+// ResizeArgs grow a volume or a VM's disk.
+type ResizeArgs struct {
+	Disk    string `json:"disk,omitempty"`
+	SizeMiB int64  `json:"sizeMiB"`
+}

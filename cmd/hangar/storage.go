@@ -106,7 +106,7 @@ func storageCommands(g *globals, vmCmd *cobra.Command) []*cobra.Command {
 	imp.Flags().IntVar(&memory, "memory", 0, "memory in MiB (default: from the OVF, else 512)")
 	imp.Flags().BoolVar(&start, "start", false, "start the VM once imported")
 	imp.Flags().StringArrayVar(&forwards, "forward", nil, "HOSTPORT:GUESTPORT for the user-mode NIC")
-	return []*cobra.Command{tmpl, imp}
+	return []*cobra.Command{tmpl, imp, newPool(g), newVolume(g)}
 }
 
 func newSnapshot(g *globals) *cobra.Command {

@@ -187,6 +187,12 @@ func (m *machine) execute(ctx context.Context, op v1.Operation, progress func(fl
 			return m.commitSnapshot(ctx, args.Name, progress)
 		}
 		return m.revertSnapshot(ctx, args.Name, op.Kind == "snapshot-discard", progress)
+	case "resize":
+		var args v1.ResizeArgs
+		if err := decodeArgs(op, &args); err != nil {
+			return err
+		}
+		return m.resize(ctx, args)
 	case "template":
 		var args v1.TemplateArgs
 		if err := decodeArgs(op, &args); err != nil {

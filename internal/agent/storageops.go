@@ -609,3 +609,34 @@ func (a *Agent) DeleteTemplate(ctx context.Context, t v1.Template) error {
 	}
 	return os.RemoveAll(dir)
 }
+
+// resize grows one of the VM's disks: live through QEMU while it runs,
+// with qemu-img when it does not.
+func (m *machine) resize(ctx context.Context, a v1.ResizeArgs) error {
+	spec, _, err := m.a.inv.Spec(ctx, m.name)
+	if err != nil {
+		return err
+	}
+	st, err := m.a.inv.Status(ctx, m.name)
+	if err != nil {
+		return err
+	}
+	size := a.SizeMiB << 20
+	for _, d := range tops(st, spec) {
+		if d.Name != a.Disk {
+			continue
+		}
+		info, err := storage.Info(ctx, d.Path)
+		if err != nil {
+			return err
+		}
+		if size < info.VirtualSize {
+			return errdefs.Field("sizeMiB", fmt.Errorf("disk %s is %d MiB: disks only grow: %w", d.Name, info.VirtualSize>>20, errdefs.ErrInvalid))
+		}
+		if m.inst != nil {
+			return blockops.BlockResize(ctx, m.inst.Mon, d, size)
+		}
+		return qemuImg(ctx, "resize", "-q", "-f", d.Format, d.Path, fmt.Sprint(size))
+	}
+	return errdefs.Field("disk", fmt.Errorf("vm %s has no disk %q: %w", m.name, a.Disk, errdefs.ErrInvalid))
+}

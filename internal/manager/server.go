@@ -51,6 +51,7 @@ type Config struct {
 	Store    store.Store
 	Consoles Consoles
 	Volumes  Volumes
+	Pools    Pools
 	Log      *slog.Logger
 	// MaxWait bounds ?wait= (default 10 min).
 	MaxWait time.Duration
@@ -88,6 +89,7 @@ func New(cfg Config) *Server {
 	m.HandleFunc("GET /api/v1/hosts", s.listHosts)
 	m.HandleFunc("GET /api/v1/hosts/{name}", s.getHost)
 	s.storageRoutes()
+	s.volumeRoutes()
 	m.HandleFunc("GET /api/v1/openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(v1.OpenAPI)

@@ -1,0 +1,169 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/errdefs"
+	"hangar/internal/inventory"
+	"hangar/internal/storage"
+	"hangar/internal/store"
+)
+
+// Pools lists this host's default pool and the pools recorded in the store.
+func (a *Agent) Pools(ctx context.Context) ([]v1.StoragePool, error) {
+	out := []v1.StoragePool{{Name: a.cfg.Pool.Name, Type: a.cfg.Pool.Type, Path: a.cfg.Pool.Path}}
+	kvs, _, err := a.cfg.Store.List(ctx, inventory.Pools)
+	if err != nil {
+		return nil, err
+	}
+	for _, kv := range kvs {
+		var p v1.StoragePool
+		if _, err := inventory.GetJSON(ctx, a.cfg.Store, kv.Key, &p); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// AddPool records a pool after checking its directory can be opened.
+func (a *Agent) AddPool(ctx context.Context, p v1.StoragePool) error {
+	if p.Name == a.cfg.Pool.Name {
+		return fmt.Errorf("pool %q exists: %w", p.Name, storage.ErrExists)
+	}
+	if p.Type != storage.TypeDir && p.Type != storage.TypeShared {
+		return errdefs.Field("type", fmt.Errorf("must be dir or shared, got %q: %w", p.Type, errdefs.ErrInvalid))
+	}
+	if !filepath.IsAbs(p.Path) {
+		return errdefs.Field("path", fmt.Errorf("must be an absolute path, got %q: %w", p.Path, errdefs.ErrInvalid))
+	}
+	if _, err := storage.OpenPool(p.Name, p.Type, p.Path); err != nil {
+		return errdefs.Field("path", err)
+	}
+	if _, err := a.cfg.Store.Put(ctx, inventory.PoolKey(p.Name), inventory.Marshal(p), store.MustNotExist); err != nil {
+		return errdefs.Field("name", fmt.Errorf("pool %q: %w", p.Name, err))
+	}
+	return nil
+}
+
+// usedBy maps volume files to the VMs whose disks use them.
+func (a *Agent) usedBy(ctx context.Context) (map[string][]string, error) {
+	vms, err := a.inv.VMList(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m := map[string][]string{}
+	for _, v := range vms {
+		for _, d := range v.Status.Disks {
+			for _, p := range []string{d.Path, d.Top} {
+				if p != "" {
+					m[p] = append(m[p], v.Spec.Name)
+				}
+			}
+		}
+	}
+	return m, nil
+}
+
+// ListVolumes lists a pool's volumes with the VMs that use them.
+func (a *Agent) ListVolumes(ctx context.Context, pool string) ([]v1.Volume, error) {
+	p, err := a.pool(ctx, pool)
+	if err != nil {
+		return nil, err
+	}
+	vols, err := p.Volumes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	used, err := a.usedBy(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]v1.Volume, 0, len(vols))
+	for _, v := range vols {
+		av := toAPIVolume(v)
+		if path, err := p.Resolve(v.Name); err == nil {
+			av.UsedBy = used[path]
+		}
+		out = append(out, av)
+	}
+	return out, nil
+}
+
+// CreateVolume makes a new empty volume.
+func (a *Agent) CreateVolume(ctx context.Context, pool, name, format string, size int64) (v1.Volume, error) {
+	p, err := a.pool(ctx, pool)
+	if err != nil {
+		return v1.Volume{}, err
+	}
+	v, err := p.CreateVolume(ctx, name, format, size)
+	return toAPIVolume(v), err
+}
+
+// DeleteVolume removes a volume no VM uses and no other volume builds on.
+func (a *Agent) DeleteVolume(ctx context.Context, pool, name string) error {
+	p, err := a.pool(ctx, pool)
+	if err != nil {
+		return err
+	}
+	path, err := p.Resolve(name)
+	if err != nil {
+		return err
+	}
+	used, err := a.usedBy(ctx)
+	if err != nil {
+		return err
+	}
+	if vms := used[path]; len(vms) > 0 {
+		return fmt.Errorf("volume %s/%s is a disk of %s: %w", pool, name, strings.Join(vms, ", "), storage.ErrInUse)
+	}
+	return p.DeleteVolume(ctx, name)
+}
+
+// ResizeVolume grows a volume no VM uses (a VM's disk grows through a
+// resize operation on the VM, live when it runs).
+func (a *Agent) ResizeVolume(ctx context.Context, pool, name string, size int64) error {
+	p, err := a.pool(ctx, pool)
+	if err != nil {
+		return err
+	}
+	return p.Resize(ctx, name, size)
+}
+
+// UploadVolume streams a disk image into a new volume.
+func (a *Agent) UploadVolume(ctx context.Context, pool, name, format string, r io.Reader, size int64, sha256 string) (v1.Volume, error) {
+	p, err := a.pool(ctx, pool)
+	if err != nil {
+		return v1.Volume{}, err
+	}
+	v, err := p.Upload(ctx, name, format, r, size, sha256, nil)
+	return toAPIVolume(v), err
+}
+
+// VolumeUser returns the VM whose disk a volume is, if any.
+func (a *Agent) VolumeUser(ctx context.Context, pool, name string) (vmName, disk string, err error) {
+	p, err := a.pool(ctx, pool)
+	if err != nil {
+		return "", "", err
+	}
+	path, err := p.Resolve(name)
+	if err != nil {
+		return "", "", err
+	}
+	vms, err := a.inv.VMList(ctx)
+	if err != nil {
+		return "", "", err
+	}
+	for _, v := range vms {
+		for _, d := range v.Status.Disks {
+			if d.Path == path {
+				return v.Spec.Name, d.Name, nil
+			}
+		}
+	}
+	return "", "", nil
+}

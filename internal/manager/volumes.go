@@ -1,0 +1,236 @@
+package manager
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/errdefs"
+	"hangar/internal/vm"
+)
+
+// Pools is what the API needs of a host's storage.
+type Pools interface {
+	Pools(ctx context.Context) ([]v1.StoragePool, error)
+	AddPool(ctx context.Context, p v1.StoragePool) error
+	ListVolumes(ctx context.Context, pool string) ([]v1.Volume, error)
+	CreateVolume(ctx context.Context, pool, name, format string, size int64) (v1.Volume, error)
+	DeleteVolume(ctx context.Context, pool, name string) error
+	ResizeVolume(ctx context.Context, pool, name string, size int64) error
+	UploadVolume(ctx context.Context, pool, name, format string, r io.Reader, size int64, sha256 string) (v1.Volume, error)
+	VolumeUser(ctx context.Context, pool, name string) (vmName, disk string, err error)
+}
+
+func (s *Server) volumeRoutes() {
+	m := s.mux
+	m.HandleFunc("GET /api/v1/pools", s.listPools)
+	m.HandleFunc("POST /api/v1/pools", s.addPool)
+	m.HandleFunc("GET /api/v1/pools/{pool}/volumes", s.listVolumes)
+	m.HandleFunc("POST /api/v1/pools/{pool}/volumes", s.createVolume)
+	m.HandleFunc("GET /api/v1/pools/{pool}/volumes/{vol}", s.getVolume)
+	m.HandleFunc("DELETE /api/v1/pools/{pool}/volumes/{vol}", s.deleteVolume)
+	m.HandleFunc("POST /api/v1/pools/{pool}/volumes/{vol}/resize", s.resizeVolume)
+	m.HandleFunc("PUT /api/v1/pools/{pool}/volumes/{vol}/data", s.uploadVolume)
+	m.HandleFunc("POST /api/v1/vms/{name}/resize", s.resizeDisk)
+}
+
+func (s *Server) listPools(w http.ResponseWriter, r *http.Request) {
+	ps, err := s.cfg.Pools.Pools(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, 200, ps)
+}
+
+func (s *Server) addPool(w http.ResponseWriter, r *http.Request) {
+	var p v1.StoragePool
+	if err := decode(r, &p); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if err := vm.ValidateName("name", p.Name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if err := s.cfg.Pools.AddPool(r.Context(), p); err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, 201, p)
+}
+
+// poolAndVolume reads {pool} and {vol} (the volume name is path-escaped:
+// "vms%2Fweb1%2Fdisk0.qcow2").
+func poolAndVolume(r *http.Request) (string, string, error) {
+	pool, vol := r.PathValue("pool"), r.PathValue("vol")
+	if err := vm.ValidateName("pool", pool); err != nil {
+		return "", "", err
+	}
+	if vol != "" {
+		if err := vm.ValidateVolumeRef("volume", pool+"/"+vol); err != nil {
+			return "", "", err
+		}
+	}
+	return pool, vol, nil
+}
+
+func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request) {
+	pool, _, err := poolAndVolume(r)
+	if err == nil {
+		var vols []v1.Volume
+		if vols, err = s.cfg.Pools.ListVolumes(r.Context(), pool); err == nil {
+			writeJSON(w, 200, vols)
+			return
+		}
+	}
+	writeErr(w, err)
+}
+
+func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
+	pool, vol, err := poolAndVolume(r)
+	if err == nil {
+		var v v1.Volume
+		if v, err = s.cfg.Volumes.VolumeInfo(r.Context(), pool+"/"+vol); err == nil {
+			writeJSON(w, 200, v)
+			return
+		}
+	}
+	writeErr(w, err)
+}
+
+func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
+	pool, _, err := poolAndVolume(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	var a v1.VolumeCreateArgs
+	if err := decode(r, &a); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if err := vm.ValidateVolumeRef("name", pool+"/"+a.Name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if a.SizeMiB <= 0 || a.SizeMiB > vm.MaxDiskMiB {
+		writeErr(w, invalidArg("sizeMiB", "must be between 1 and %d, got %d", vm.MaxDiskMiB, a.SizeMiB))
+		return
+	}
+	v, err := s.cfg.Pools.CreateVolume(r.Context(), pool, a.Name, a.Format, a.SizeMiB<<20)
+	if err != nil {
+		writeErr(w, errdefs.Field("name", err))
+		return
+	}
+	writeJSON(w, 201, v)
+}
+
+func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {
+	pool, vol, err := poolAndVolume(r)
+	if err == nil {
+		if err = s.cfg.Pools.DeleteVolume(r.Context(), pool, vol); err == nil {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+	}
+	writeErr(w, err)
+}
+
+// resizeVolume grows a volume; a VM's disk is grown through an operation
+// on the VM (live while it runs).
+func (s *Server) resizeVolume(w http.ResponseWriter, r *http.Request) {
+	pool, vol, err := poolAndVolume(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	var a v1.ResizeArgs
+	if err := decode(r, &a); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if a.SizeMiB <= 0 || a.SizeMiB > vm.MaxDiskMiB {
+		writeErr(w, invalidArg("sizeMiB", "must be between 1 and %d, got %d", vm.MaxDiskMiB, a.SizeMiB))
+		return
+	}
+	owner, disk, err := s.cfg.Pools.VolumeUser(r.Context(), pool, vol)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if owner != "" {
+		r.SetPathValue("name", owner)
+		s.submitResize(w, r, owner, v1.ResizeArgs{Disk: disk, SizeMiB: a.SizeMiB})
+		return
+	}
+	if err := s.cfg.Pools.ResizeVolume(r.Context(), pool, vol, a.SizeMiB<<20); err != nil {
+		writeErr(w, errdefs.Field("sizeMiB", err))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) resizeDisk(w http.ResponseWriter, r *http.Request) {
+	var a v1.ResizeArgs
+	if err := decode(r, &a); err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.submitResize(w, r, r.PathValue("name"), a)
+}
+
+func (s *Server) submitResize(w http.ResponseWriter, r *http.Request, name string, a v1.ResizeArgs) {
+	v, err := s.inv.VM(r.Context(), name)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	found := false
+	for _, d := range v.Spec.Disks {
+		found = found || (d.Name == a.Disk && d.Media != "cdrom")
+	}
+	if !found {
+		writeErr(w, invalidArg("disk", "vm %q has no disk %q", name, a.Disk))
+		return
+	}
+	if a.SizeMiB <= 0 || a.SizeMiB > vm.MaxDiskMiB {
+		writeErr(w, invalidArg("sizeMiB", "must be between 1 and %d, got %d", vm.MaxDiskMiB, a.SizeMiB))
+		return
+	}
+	if len(v.Status.Snapshots) > 0 {
+		writeErr(w, errdefs.Precondition("vm %q has snapshots: merge them before resizing", name))
+		return
+	}
+	s.submit(w, r, name, "resize", a, "", []string{v1.StateRunning, v1.StatePaused, v1.StateStopped, v1.StateCrashed})
+}
+
+// uploadVolume streams a disk image into a new volume:
+// PUT .../data?format=qcow2&sha256=HEX with Content-Length.
+func (s *Server) uploadVolume(w http.ResponseWriter, r *http.Request) {
+	pool, vol, err := poolAndVolume(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	size := r.ContentLength
+	if v := r.URL.Query().Get("size"); v != "" {
+		if size, err = strconv.ParseInt(v, 10, 64); err != nil {
+			writeErr(w, invalidArg("size", "%q is not a byte count", v))
+			return
+		}
+	}
+	if size <= 0 {
+		writeErr(w, invalidArg("size", "the upload needs a Content-Length or ?size="))
+		return
+	}
+	v, err := s.cfg.Pools.UploadVolume(r.Context(), pool, vol, r.URL.Query().Get("format"), r.Body, size, r.URL.Query().Get("sha256"))
+	if err != nil {
+		writeErr(w, fmt.Errorf("upload %s/%s: %w", pool, vol, err))
+		return
+	}
+	writeJSON(w, 201, v)
+}

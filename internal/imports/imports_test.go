@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -137,6 +138,12 @@ func TestOVA(t *testing.T) {
 	dst := filepath.Join(dir, "out.qcow2")
 	convertChecked(t, src, dst)
 	sameDisk(t, raw, "raw", dst)
+
+	// Without a manifest the appliance imports (with a warning).
+	buildOVA(t, ova, vmdk, func(e []tarEntry) []tarEntry { return []tarEntry{e[0], e[2]} })
+	if _, err := Inspect(context.Background(), ova); err != nil {
+		t.Fatalf("OVA without manifest: %v", err)
+	}
 }
 
 // TestOVFDirectory imports an unpacked OVF with a SHA1 manifest, a disk in
@@ -373,6 +380,28 @@ func TestMalformed(t *testing.T) {
 			buildOVA(t, p, d, nil)
 			return input{path: p}
 		},
+		"OVA manifest listing a missing file": func(dir string) input {
+			p := filepath.Join(dir, "a.ova")
+			buildOVA(t, p, stream, func(e []tarEntry) []tarEntry {
+				e[1].data = append(e[1].data, manifestFor(tarEntry{name: "nvram", data: []byte("x")})...)
+				return e
+			})
+			return input{path: p}
+		},
+		"OVA without OVF": func(dir string) input {
+			p := filepath.Join(dir, "a.ova")
+			writeTar(t, p, []tarEntry{fileEntry(t, "d.vmdk", stream)})
+			return input{path: p}
+		},
+		"sparse VMDK with capacity 0 (embedded descriptor)": func(dir string) input {
+			b, _ := os.ReadFile(sparse)
+			binary.LittleEndian.PutUint64(b[12:], 0)
+			desc := "# Disk DescriptorFile\ncreateType=\"monolithicFlat\"\nRW 16384 FLAT \"../../../../etc/passwd\" 0\n"
+			copy(b[512:], desc+"\x00")
+			p := filepath.Join(dir, "c0.vmdk")
+			os.WriteFile(p, b, 0o644)
+			return whole(p, "vmdk")
+		},
 		"OVF href with ..": func(dir string) input {
 			pkg := filepath.Join(dir, "pkg")
 			os.Mkdir(pkg, 0o755)
@@ -442,4 +471,29 @@ func truncated(t *testing.T, from, to string, num, den int64) string {
 		t.Fatal(err)
 	}
 	return to
+}
+
+// TestBlockDevice imports a block device (P2V) through a loop device; it
+// skips where loop devices cannot be set up (not root, no /dev/loop*).
+func TestBlockDevice(t *testing.T) {
+	needQemuImg(t)
+	dir := t.TempDir()
+	raw := rawFixture(t, dir)
+	out, err := exec.Command("losetup", "--find", "--show", "--read-only", raw).Output()
+	if err != nil {
+		t.Skipf("no loop device: %v", err)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "--detach", dev).Run() })
+	plan, err := Inspect(context.Background(), dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := plan.Disks[0]
+	if plan.Kind != "block" || src.Format != "raw" || src.Path != dev || src.VirtualSize != fixtureSize {
+		t.Fatalf("plan %+v", plan)
+	}
+	dst := filepath.Join(dir, "p2v.qcow2")
+	convertChecked(t, src, dst)
+	sameDisk(t, raw, "raw", dst)
 }

@@ -25,8 +25,9 @@ type digest struct {
 
 var hashes = map[string]func() hash.Hash{"SHA1": sha1.New, "SHA256": sha256.New, "SHA512": sha512.New}
 
-// manifestLine is "SHA256(disk1.vmdk)= 0123…".
-var manifestLine = regexp.MustCompile(`^([A-Z0-9]+)\((.+)\)\s*=\s*([0-9a-fA-F]+)$`)
+// manifestLine is "SHA256(disk1.vmdk)= 0123…" (VMware) or
+// "SHA1 (disk1.vmdk) = 0123…" (VirtualBox).
+var manifestLine = regexp.MustCompile(`^([A-Z0-9]+) ?\((.+)\)\s*=\s*([0-9a-fA-F]+)$`)
 
 // parseManifest parses an OVF manifest (.mf).
 func parseManifest(name string, b []byte) (manifest, error) {

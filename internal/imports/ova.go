@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -31,6 +32,9 @@ func inspectOVA(ctx context.Context, path string, f *os.File, size int64) (Plan,
 	}
 	o := &ova{path: path, f: f, members: members}
 	ovfName, err := o.only(".ovf", "")
+	if errors.Is(err, errNone) {
+		return Plan{}, malformed("%v", err)
+	}
 	if err != nil {
 		return Plan{}, err
 	}
@@ -38,7 +42,13 @@ func inspectOVA(ctx context.Context, path string, f *os.File, size int64) (Plan,
 	if err != nil {
 		return Plan{}, err
 	}
-	mfName, _ := o.only(".mf", strings.TrimSuffix(ovfName, filepath.Ext(ovfName))+".mf")
+	mfName, err := o.only(".mf", strings.TrimSuffix(ovfName, filepath.Ext(ovfName))+".mf")
+	if errors.Is(err, errNone) {
+		mfName, err = "", nil
+	}
+	if err != nil {
+		return Plan{}, err
+	}
 	return planAppliance(ctx, applianceFiles{
 		kind: "ova", fallback: nameFromFile(path), ovfName: ovfName, ovf: desc, mfName: mfName, pkg: o,
 	})
@@ -110,8 +120,12 @@ func (c *countingReader) Seek(off int64, whence int) (int64, error) {
 	return pos, err
 }
 
+// errNone is only's error when the archive has no such member.
+var errNone = errors.New("no such member")
+
 // only returns the member named want, or else the one member (at the top
-// level) ending in ext; "" and an error when there is none or several.
+// level) ending in ext; an error wrapping errNone when there is none, one
+// matching ErrMalformed when there are several.
 func (o *ova) only(ext, want string) (string, error) {
 	if _, ok := o.members[want]; ok && want != "" {
 		return want, nil
@@ -122,10 +136,13 @@ func (o *ova) only(ext, want string) (string, error) {
 			found = append(found, n)
 		}
 	}
-	if len(found) != 1 {
-		return "", malformed("%s: %d %s files at the top of the archive, want one", filepath.Base(o.path), len(found), ext)
+	switch len(found) {
+	case 0:
+		return "", fmt.Errorf("%s: no %s file at the top of the archive: %w", filepath.Base(o.path), ext, errNone)
+	case 1:
+		return found[0], nil
 	}
-	return found[0], nil
+	return "", malformed("%s: %d %s files at the top of the archive, want one", filepath.Base(o.path), len(found), ext)
 }
 
 func (o *ova) member(name string) (member, error) {

@@ -91,8 +91,9 @@ func TestScanExtent(t *testing.T) {
 
 func TestParseManifest(t *testing.T) {
 	sum := strings.Repeat("ab", 32)
-	m, err := parseManifest("x.mf", []byte("SHA256(a.ovf)= "+sum+"\r\nSHA1(disk (1).vmdk)="+strings.Repeat("cd", 20)+"\n\n"))
-	if err != nil || len(m) != 2 || m["disk (1).vmdk"].alg != "SHA1" {
+	m, err := parseManifest("x.mf", []byte("SHA256(a.ovf)= "+sum+"\r\nSHA1(disk (1).vmdk)="+strings.Repeat("cd", 20)+
+		"\n\nSHA1 (vbox-disk001.vmdk) = "+strings.Repeat("ef", 20)+"\n"))
+	if err != nil || len(m) != 3 || m["disk (1).vmdk"].alg != "SHA1" || m["vbox-disk001.vmdk"].alg != "SHA1" {
 		t.Fatalf("parseManifest: %v %v", m, err)
 	}
 	for _, bad := range []string{

@@ -13,7 +13,7 @@ const (
 	vhdDifferencing = 4
 	vhdSparseCookie = "cxsparse"
 	vhdUnused       = 0xffffffff
-	maxVHDBlocks    = 1 << 24
+	maxVHDBlocks    = 1 << 22
 )
 
 // vhdFooter is what the checks need of the 512-byte footer, big-endian.

@@ -168,20 +168,29 @@ func checkVHDXBAT(im image, bat vhdxRegion, p vhdxParams) error {
 	if total*8 > uint64(bat.length) {
 		return malformed("%s: VHDX block table too small for its size", im.name)
 	}
-	b, err := im.read(bat.offset, int64(total)*8)
-	if err != nil {
-		return err
-	}
-	for i := uint64(0); i < total; i++ {
-		if (i+1)%(chunk+1) == 0 {
-			continue // sector bitmap block
+	const perRead = 1 << 17 // entries: read the table 1 MiB at a time
+	for first := uint64(0); first < total; first += perRead {
+		b, err := im.read(bat.offset+int64(first)*8, int64(min(perRead, total-first))*8)
+		if err != nil {
+			return err
 		}
-		e := binary.LittleEndian.Uint64(b[i*8:])
-		if s := e & 7; s == vhdxBlockFull || s == vhdxBlockPart {
-			if err := im.need(int64(e>>20)*vhdxMiB, int64(p.blockSize)); err != nil {
+		for j := 0; j < len(b); j += 8 {
+			i := first + uint64(j/8)
+			if (i+1)%(chunk+1) == 0 {
+				continue // sector bitmap block
+			}
+			if err := checkVHDXBlock(im, binary.LittleEndian.Uint64(b[j:]), p.blockSize); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// checkVHDXBlock checks that a present payload block is inside the file.
+func checkVHDXBlock(im image, e uint64, blockSize uint32) error {
+	if s := e & 7; s != vhdxBlockFull && s != vhdxBlockPart {
+		return nil
+	}
+	return im.need(int64(e>>20)*vhdxMiB, int64(blockSize))
 }

@@ -406,8 +406,16 @@ func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 		spec.MemoryMiB = 512
 	}
 	for i, d := range plan.Disks {
-		spec.Disks = append(spec.Disks, v1.Disk{Name: fmt.Sprintf("disk%d", i),
-			Import: &v1.ImportSource{Path: d.Path, Format: d.Format, Offset: d.Offset, Size: d.Size}})
+		disk := v1.Disk{Name: d.Name}
+		if len(disk.Name) > vm.MaxDiskName || vm.ValidateName("name", disk.Name) != nil {
+			disk.Name = fmt.Sprintf("disk%d", i)
+		}
+		if d.Path == "" { // a blank disk of the appliance
+			disk.SizeMiB = (d.VirtualSize + 1<<20 - 1) >> 20
+		} else {
+			disk.Import = &v1.ImportSource{Path: d.Path, Format: d.Format, Offset: d.Offset, Size: d.Size}
+		}
+		spec.Disks = append(spec.Disks, disk)
 	}
 	spec.NICs = []v1.NIC{{Mode: v1.NICUser, Forwards: args.Forwards}}
 	op, err := s.create(ctx, spec, args.Start, "")

@@ -158,3 +158,29 @@ func TestImportRejectsMalformed(t *testing.T) {
 		t.Fatalf("left behind: %v", left)
 	}
 }
+
+// TestP2VBlockDevice: a physical machine's disk (here a loop device over a
+// raw image of the test guest) is imported with a generic CPU model and
+// boots.
+func TestP2VBlockDevice(t *testing.T) {
+	if _, err := exec.LookPath("losetup"); err != nil {
+		t.Skip("losetup not installed (mount package): no block device to import")
+	}
+	s := newServer(t)
+	ctx := context.Background()
+	raw := filepath.Join(t.TempDir(), "physical.img")
+	qemuImgConvert(t, "-O", "raw", guestImage, raw)
+	out, err := exec.Command("losetup", "-f", "--show", raw).Output()
+	if err != nil {
+		t.Skipf("no loop device available: %v", err)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { _ = exec.Command("losetup", "-d", dev).Run() })
+	op, err := s.c.Import(ctx, v1.ImportArgs{Path: dev, Name: "p2v", MemoryMiB: 256, Start: true}, 2*time.Minute)
+	s.wait(op, err)
+	s.waitReady("p2v", 0)
+	v, _ := s.c.VM(ctx, "p2v")
+	if v.Spec.CPUModel != "qemu64" {
+		t.Fatalf("p2v cpu model %q, want a generic one", v.Spec.CPUModel)
+	}
+}

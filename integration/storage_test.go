@@ -134,6 +134,11 @@ func TestCloneRunningVM(t *testing.T) {
 	if err != nil || v.Status.State != v1.StateStopped {
 		t.Fatalf("clone: %+v %v", v.Status, err)
 	}
+	// The test guest runs no qemu-guest-agent: Hangar records that the copy
+	// is crash-consistent, not filesystem-consistent.
+	if !strings.Contains(v.Status.Reason, "crash-consistent") {
+		t.Fatalf("clone consistency not recorded: %q", v.Status.Reason)
+	}
 	s.action("test-copy", "start", nil)
 	copyBoot, _ := s.waitReady("test-copy", 0)
 	st := mustGuestStatus(t, copyPort)

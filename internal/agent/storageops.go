@@ -14,6 +14,7 @@ import (
 	"hangar/internal/errdefs"
 	"hangar/internal/inventory"
 	"hangar/internal/qemu/blockops"
+	"hangar/internal/qemu/guestagent"
 	"hangar/internal/qemu/config"
 	"hangar/internal/revert"
 	"hangar/internal/storage"
@@ -495,8 +496,17 @@ func (m *machine) clone(ctx context.Context, a v1.CloneArgs, progress func(float
 	}
 	disks := tops(st, spec)
 	report := func(f float64) { progress(0.05+0.9*f, "copying disks") }
+	consistency := "crash-consistent"
 	if m.inst != nil {
-		if err := blockops.Backup(ctx, m.inst.Mon, disks, targets, report); err != nil {
+		thaw := m.freeze(ctx)
+		if thaw != nil {
+			consistency = "filesystem-consistent"
+		}
+		err := blockops.Backup(ctx, m.inst.Mon, disks, targets, report)
+		if thaw != nil {
+			thaw() // always, also when the copy failed
+		}
+		if err != nil {
 			return err
 		}
 	} else {
@@ -511,11 +521,11 @@ func (m *machine) clone(ctx context.Context, a v1.CloneArgs, progress func(float
 		}
 	}
 	if err := m.a.inv.PutStatus(ctx, a.Name, v1.VMStatus{State: v1.StateStopped, Host: m.a.cfg.Host, Disks: out,
-		Reason: "cloned from " + m.name + " (crash-consistent)", UpdatedAt: time.Now().UTC()}); err != nil {
+		Reason: "cloned from " + m.name + " (" + consistency + ")", UpdatedAt: time.Now().UTC()}); err != nil {
 		return err
 	}
 	rev.Success()
-	m.log.Info("vm cloned", "clone", a.Name, "live", m.inst != nil)
+	m.log.Info("vm cloned", "clone", a.Name, "live", m.inst != nil, "consistency", consistency)
 	return nil
 }
 
@@ -639,4 +649,35 @@ func (m *machine) resize(ctx context.Context, a v1.ResizeArgs) error {
 		return qemuImg(ctx, "resize", "-q", "-f", d.Format, d.Path, fmt.Sprint(size))
 	}
 	return errdefs.Field("disk", fmt.Errorf("vm %s has no disk %q: %w", m.name, a.Disk, errdefs.ErrInvalid))
+}
+
+// freeze asks the guest agent, if one answers, to freeze the guest's
+// filesystems; it returns the thaw to call, or nil when nothing was frozen
+// (no agent: the copy is crash-consistent).
+func (m *machine) freeze(ctx context.Context) func() {
+	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	ga, err := guestagent.Dial(sctx, filepath.Join(m.a.runDir(m.name), config.GuestAgentSocket))
+	if err != nil {
+		m.log.Info("no guest agent: copying crash-consistent", "err", err)
+		return nil
+	}
+	fctx, cancel2 := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel2()
+	if _, err := ga.Freeze(fctx); err != nil {
+		m.log.Warn("guest agent could not freeze; copying crash-consistent", "err", err)
+		tctx, cancel3 := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel3()
+		_, _ = ga.Thaw(tctx) // a partial freeze must not stay
+		ga.Close()
+		return nil
+	}
+	return func() {
+		tctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := ga.Thaw(tctx); err != nil {
+			m.log.Error("guest agent thaw failed", "err", err)
+		}
+		ga.Close()
+	}
 }

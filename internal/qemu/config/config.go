@@ -17,6 +17,8 @@ const (
 	ConsoleSocket = "console.sock"
 	SerialLog     = "serial.log"
 	PIDFile       = "qemu.pid"
+	// GuestAgentSocket is the host end of the qemu-guest-agent channel.
+	GuestAgentSocket = "qga.sock"
 )
 
 // DiskFile is the volume behind one spec disk.
@@ -83,6 +85,9 @@ func Argv(p Params) ([]string, error) {
 		"-msg", "timestamp=on",
 		"-object", `{"qom-type":"rng-random","id":"rng0","filename":"/dev/urandom"}`,
 		"-device", `{"driver":"virtio-rng-pci","rng":"rng0","id":"rng0-dev"}`,
+		"-chardev", "socket,id=qga0,path="+run(GuestAgentSocket)+",server=on,wait=off",
+		"-device", `{"driver":"virtio-serial-pci","id":"vser0"}`,
+		"-device", `{"driver":"virtserialport","bus":"vser0.0","chardev":"qga0","name":"org.qemu.guest_agent.0"}`,
 	)
 	boot := bootOrder(s.Boot)
 	next := 1

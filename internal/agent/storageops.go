@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -14,8 +13,9 @@ import (
 	"hangar/internal/errdefs"
 	"hangar/internal/inventory"
 	"hangar/internal/qemu/blockops"
-	"hangar/internal/qemu/guestagent"
 	"hangar/internal/qemu/config"
+	"hangar/internal/qemu/guestagent"
+	"hangar/internal/qemu/img"
 	"hangar/internal/revert"
 	"hangar/internal/storage"
 	"hangar/internal/store"
@@ -510,11 +510,17 @@ func (m *machine) clone(ctx context.Context, a v1.CloneArgs, progress func(float
 			return err
 		}
 	} else {
+		pool := m.a.cfg.Pool
 		for i, d := range disks {
 			lo := float64(i) / float64(len(disks))
+			src, err1 := filepath.Rel(pool.Path, d.Path)
+			dst, err2 := filepath.Rel(pool.Path, targets[d.Name])
+			if err1 != nil || err2 != nil || strings.HasPrefix(src, "..") {
+				return errdefs.Precondition("clone %s: disk %s (%s) is not in pool %s", m.name, d.Name, d.Path, pool.Name)
+			}
 			if err := m.a.io.run(ctx, func() error {
-				return qemuImgProgress(ctx, func(f float64) { report(lo + f/float64(len(disks))) },
-					"convert", "-p", "-f", d.Format, "-O", "qcow2", d.Path, targets[d.Name])
+				_, err := pool.Copy(ctx, src, dst, "qcow2", func(f float64) { report(lo + f/float64(len(disks))) })
+				return err
 			}); err != nil {
 				return err
 			}
@@ -529,51 +535,7 @@ func (m *machine) clone(ctx context.Context, a v1.CloneArgs, progress func(float
 	return nil
 }
 
-func qemuImg(ctx context.Context, args ...string) error {
-	out, err := exec.CommandContext(ctx, "qemu-img", args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("qemu-img %s: %s", args[0], strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
-// qemuImgProgress runs qemu-img with -p and reports its progress.
-func qemuImgProgress(ctx context.Context, progress func(float64), args ...string) error {
-	// qemu-img prints "    (12.34/100%)\r" lines with -p.
-	cmd := exec.CommandContext(ctx, "qemu-img", args...)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	buf := make([]byte, 256)
-	var line []byte
-	for {
-		n, rerr := stdout.Read(buf)
-		for _, c := range buf[:n] {
-			if c == '\r' || c == '\n' {
-				var f float64
-				if _, err := fmt.Sscanf(strings.TrimSpace(string(line)), "(%f/100%%)", &f); err == nil && progress != nil {
-					progress(f / 100)
-				}
-				line = line[:0]
-				continue
-			}
-			line = append(line, c)
-		}
-		if rerr != nil {
-			break
-		}
-	}
-	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("qemu-img %s: %v: %s", args[0], err, strings.TrimSpace(stderr.String()))
-	}
-	return nil
-}
+func qemuImg(ctx context.Context, args ...string) error { return img.Run(ctx, nil, args...) }
 
 // VolumeInfo describes a pool volume ("pool/name").
 func (a *Agent) VolumeInfo(ctx context.Context, ref string) (v1.Volume, error) {

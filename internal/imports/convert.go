@@ -1,7 +1,6 @@
 package imports
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -15,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"hangar/internal/qemu/img"
 )
 
 // convertFlags are extra qemu-img convert options. Measured with
@@ -152,7 +153,7 @@ func runConvert(ctx context.Context, args []string, progress func(float64)) erro
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("qemu-img convert: %w", err)
 	}
-	readProgress(stdout, progress)
+	_, _ = io.Copy(img.ProgressWriter(progress, 0.99), stdout) // 1 means the volume is in place
 	err = cmd.Wait()
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -169,37 +170,6 @@ func runConvert(ctx context.Context, args []string, progress func(float64)) erro
 		return fmt.Errorf("qemu-img convert: %w", err)
 	}
 	return nil
-}
-
-// readProgress reads qemu-img's progress output ("    (45.31/100%)\r")
-// until EOF and reports each new, larger value, capped below 1: 1 means
-// the volume is in place.
-func readProgress(r io.Reader, progress func(float64)) {
-	sc := bufio.NewScanner(r)
-	sc.Split(splitCR)
-	last := -1.0
-	for sc.Scan() {
-		var pct float64
-		if _, err := fmt.Sscanf(strings.TrimSpace(sc.Text()), "(%f/100%%)", &pct); err != nil {
-			continue
-		}
-		if v := min(pct/100, 0.99); v > last {
-			last = v
-			progress(v)
-		}
-	}
-	_, _ = io.Copy(io.Discard, r)
-}
-
-// splitCR splits on '\r' or '\n'.
-func splitCR(data []byte, atEOF bool) (int, []byte, error) {
-	if i := bytes.IndexAny(data, "\r\n"); i >= 0 {
-		return i + 1, data[:i], nil
-	}
-	if atEOF && len(data) > 0 {
-		return len(data), data, nil
-	}
-	return 0, nil, nil
 }
 
 // commit makes part durable and moves it to dst.

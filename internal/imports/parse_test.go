@@ -121,18 +121,3 @@ func TestCheckHref(t *testing.T) {
 		}
 	}
 }
-
-func TestReadProgress(t *testing.T) {
-	var got []float64
-	readProgress(strings.NewReader("    (0.00/100%)\r    (1.56/100%)\r    (1.56/100%)\r    (50.00/100%)\r    (100.00/100%)\r\n"),
-		func(v float64) { got = append(got, v) })
-	want := []float64{0, 0.0156, 0.5, 0.99}
-	if len(got) != len(want) {
-		t.Fatalf("progress %v, want %v", got, want)
-	}
-	for i := range want {
-		if d := got[i] - want[i]; d > 1e-9 || d < -1e-9 {
-			t.Fatalf("progress %v, want %v", got, want)
-		}
-	}
-}

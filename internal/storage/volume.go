@@ -1,7 +1,6 @@
 package storage
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"hangar/internal/qemu/img"
 )
 
 // Volume is a disk image file in a pool.
@@ -489,7 +490,7 @@ func convert(ctx context.Context, src, srcFormat, dst, dstFormat, opts string, p
 	var out io.Writer = io.Discard
 	if progress != nil {
 		args = append(args, "-p")
-		out = &progressWriter{fn: progress, last: -1}
+		out = img.ProgressWriter(progress, 1)
 	}
 	args = append(args, "-f", srcFormat, "-O", dstFormat)
 	if opts != "" {
@@ -498,46 +499,6 @@ func convert(ctx context.Context, src, srcFormat, dst, dstFormat, opts string, p
 	args = append(args, src, dst)
 	_, err := runQemuImg(ctx, out, args...)
 	return err
-}
-
-// progressWriter parses qemu-img -p output, "    (12.34/100%)\r".
-type progressWriter struct {
-	fn   func(float64)
-	last float64
-	buf  []byte
-}
-
-func (w *progressWriter) Write(b []byte) (int, error) {
-	w.buf = append(w.buf, b...)
-	for {
-		i := bytes.IndexAny(w.buf, "\r\n")
-		if i < 0 {
-			break
-		}
-		w.line(string(w.buf[:i]))
-		w.buf = w.buf[i+1:]
-	}
-	if len(w.buf) > 4096 {
-		w.buf = w.buf[:0]
-	}
-	return len(b), nil
-}
-
-func (w *progressWriter) line(s string) {
-	s, ok1 := strings.CutPrefix(strings.TrimSpace(s), "(")
-	s, ok2 := strings.CutSuffix(s, "/100%)")
-	if !ok1 || !ok2 {
-		return
-	}
-	v, err := strconv.ParseFloat(s, 64)
-	if err != nil {
-		return
-	}
-	v = min(max(v/100, 0), 1)
-	if v > w.last {
-		w.last = v
-		w.fn(v)
-	}
 }
 
 // Resize grows a volume to newSize bytes (a multiple of 512) with

@@ -154,4 +154,12 @@ func TestCloneRunningVM(t *testing.T) {
 	if later := counter(t, mustGuestStatus(t, port), "disk_counter"); later <= c1 {
 		t.Fatalf("source counter stuck at %d", later)
 	}
+	// A stopped VM is cloned by copying its volumes; the copy boots.
+	s.action("prod", "stop", nil)
+	s.wait(s.c.Clone(ctx, "prod", v1.CloneArgs{Name: "cold-copy"}, time.Minute))
+	if v, _ := s.c.VM(ctx, "cold-copy"); !strings.Contains(v.Status.Reason, "stopped") {
+		t.Fatalf("cold clone: %q", v.Status.Reason)
+	}
+	s.action("cold-copy", "start", nil)
+	s.waitReady("cold-copy", 0)
 }

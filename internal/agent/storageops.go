@@ -496,8 +496,9 @@ func (m *machine) clone(ctx context.Context, a v1.CloneArgs, progress func(float
 	}
 	disks := tops(st, spec)
 	report := func(f float64) { progress(0.05+0.9*f, "copying disks") }
-	consistency := "crash-consistent"
+	consistency := "copied while stopped"
 	if m.inst != nil {
+		consistency = "crash-consistent"
 		thaw := m.freeze(ctx)
 		if thaw != nil {
 			consistency = "filesystem-consistent"

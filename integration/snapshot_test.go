@@ -4,11 +4,13 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	v1 "hangar/api/v1"
+	"hangar/internal/qemu/qmp"
 )
 
 // TestHotMode: a live snapshot of a running VM, then discard (the guest's
@@ -122,5 +124,50 @@ func TestSuspendResume(t *testing.T) {
 	}
 	if _, err := os.Stat(v2.Status.StateFile); !os.IsNotExist(err) {
 		t.Fatalf("state file left after resume: %v", err)
+	}
+}
+
+// TestOrphanJobAfterCrash: hangar serve dies while QEMU runs a block job
+// (here a commit left in READY, as an interrupted "snapshot commit" leaves
+// it); at restart the orphan job is cancelled and the commit succeeds.
+func TestOrphanJobAfterCrash(t *testing.T) {
+	s := newServer(t)
+	ctx := context.Background()
+	port := s.createGuest("orphan", nil)
+	s.waitReady("orphan", 0)
+	s.wait(s.c.Snapshot(ctx, "orphan", v1.SnapshotArgs{Name: "s1"}, time.Minute))
+	markGuest(t, port, "merged")
+	v, _ := s.c.VM(ctx, "orphan")
+	top := v.Status.Disks[0].Node
+	s.kill9()
+
+	// Play the dead agent's part: start an active commit and leave it.
+	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	mon, err := qmp.Dial(qctx, filepath.Join(s.runDir, "vms", "orphan", "qmp.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, stop := mon.Subscribe()
+	if err := mon.Execute(qctx, "block-commit", map[string]any{"job-id": "orphan-commit", "device": top, "auto-dismiss": false}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for ev := range events {
+		if ev.Name == "BLOCK_JOB_READY" {
+			break
+		}
+	}
+	stop()
+	mon.Close()
+
+	s.start()
+	s.waitState("orphan", 20*time.Second, v1.StateRunning)
+	s.wait(s.c.CommitSnapshot(ctx, "orphan", "s1", time.Minute))
+	if st := mustGuestStatus(t, port); st["marker"] != "merged" {
+		t.Fatalf("marker %q after commit", st["marker"])
+	}
+	v, _ = s.c.VM(ctx, "orphan")
+	if v.Status.Disks[0].Top != "" || len(v.Status.Snapshots) != 0 {
+		t.Fatalf("status after commit: %+v", v.Status)
 	}
 }

@@ -527,6 +527,14 @@ func (m *machine) recover(ctx context.Context) {
 			state = v1.StatePaused
 		}
 		m.watch(inst)
+		if n, err := blockops.CancelAll(ctx, inst.Mon); err != nil {
+			m.log.Warn("cancel orphan block jobs", "err", err)
+		} else if n > 0 {
+			m.log.Info("cancelled block jobs of interrupted operations", "jobs", n)
+		}
+		if err := m.reconcileTops(ctx); err != nil {
+			m.log.Warn("read disk tops from qemu", "err", err)
+		}
 		if err := m.setStatus(ctx, func(st *v1.VMStatus) { st.State, st.PID = state, inst.PID }); err != nil {
 			m.log.Warn("write status", "err", err)
 		}

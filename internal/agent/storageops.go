@@ -150,13 +150,36 @@ func (m *machine) snapshot(ctx context.Context, a v1.SnapshotArgs, progress func
 	}
 	disks := tops(st, spec)
 	sn := v1.Snapshot{Name: a.Name, Created: time.Now().UTC(), Memory: a.Memory, Overlays: map[string]string{}, Bases: map[string]string{}}
+	taken := len(disks) > 0
 	for _, d := range disks {
 		p, err := m.vmFile(d.Name + "." + a.Name + ".qcow2")
 		if err != nil {
 			return err
 		}
-		_ = os.Remove(p) // a leftover of an interrupted attempt
 		sn.Overlays[d.Name], sn.Bases[d.Name] = p, d.Path
+		taken = taken && d.Path == p
+	}
+	if taken {
+		// An earlier attempt switched QEMU to the overlays (the transaction
+		// is all-or-nothing) but died before recording it.
+		for _, d := range disks {
+			info, err := storage.Info(ctx, d.Path)
+			if err != nil {
+				return err
+			}
+			sn.Bases[d.Name] = info.FullBacking
+		}
+		sn.Memory = false
+		if err := m.setStatus(ctx, func(st *v1.VMStatus) { st.Snapshots = append(st.Snapshots, sn) }); err != nil {
+			return err
+		}
+		if a.Memory {
+			return errdefs.Precondition("snapshot %s was interrupted after its disks were taken: it holds the disks only, not the memory", a.Name)
+		}
+		return nil
+	}
+	for _, p := range sn.Overlays {
+		_ = os.Remove(p) // a leftover of an interrupted attempt, not in use: QEMU writes d.Path
 	}
 	rev := revert.New()
 	defer rev.Fail()
@@ -193,29 +216,39 @@ func (m *machine) snapshot(ctx context.Context, a v1.SnapshotArgs, progress func
 			newTops[d.Name] = d
 		}
 		if a.Memory {
-			sf, err := m.vmFile("snap-" + a.Name + ".state")
-			if err != nil {
-				return err
-			}
 			progress(0.3, "saving memory")
-			if err := m.saveState(ctx, sf, func(f float64) { progress(0.3+0.6*f, "saving memory") }); err != nil {
-				return err
+			sf, err := m.vmFile("snap-" + a.Name + ".state")
+			if err == nil {
+				err = m.saveState(ctx, sf, func(f float64) { progress(0.3+0.6*f, "saving memory") })
+			}
+			if err != nil {
+				// The disks are switched already: keep a disk-only snapshot.
+				sn.Memory = false
+				if serr := m.recordSnapshot(ctx, sn, newTops); serr != nil {
+					return errors.Join(err, serr)
+				}
+				rev.Success()
+				return fmt.Errorf("snapshot %s holds the disks only: saving memory failed: %w", a.Name, err)
 			}
 			sn.StateFile = sf
 		}
 	}
-	if err := m.setStatus(ctx, func(st *v1.VMStatus) {
+	if err := m.recordSnapshot(ctx, sn, newTops); err != nil {
+		return err
+	}
+	rev.Success()
+	return nil
+}
+
+func (m *machine) recordSnapshot(ctx context.Context, sn v1.Snapshot, newTops map[string]blockops.Disk) error {
+	return m.setStatus(ctx, func(st *v1.VMStatus) {
 		for i := range st.Disks {
 			if t, ok := newTops[st.Disks[i].Name]; ok {
 				st.Disks[i].Top, st.Disks[i].Node = t.Path, t.Node
 			}
 		}
 		st.Snapshots = append(st.Snapshots, sn)
-	}); err != nil {
-		return err
-	}
-	rev.Success()
-	return nil
+	})
 }
 
 // commitSnapshot merges the newest snapshot's overlays into their bases —
@@ -643,4 +676,43 @@ func (m *machine) freeze(ctx context.Context) func() {
 		}
 		ga.Close()
 	}
+}
+
+// reconcileTops reads from QEMU which file each disk writes now and records
+// it: after an agent restart an interrupted snapshot or commit may have
+// switched files without the status saying so.
+func (m *machine) reconcileTops(ctx context.Context) error {
+	var blocks []struct {
+		QDev     string `json:"qdev"`
+		Inserted *struct {
+			NodeName string `json:"node-name"`
+			File     string `json:"file"`
+		} `json:"inserted"`
+	}
+	if err := m.inst.Mon.Execute(ctx, "query-block", nil, &blocks); err != nil {
+		return fmt.Errorf("query-block: %w", err)
+	}
+	return m.setStatus(ctx, func(st *v1.VMStatus) {
+		for i := range st.Disks {
+			d := &st.Disks[i]
+			for _, b := range blocks {
+				if b.Inserted == nil || !strings.HasPrefix(b.Inserted.File, "/") || !slicesContains(strings.Split(b.QDev, "/"), "dev-"+d.Name) {
+					continue
+				}
+				d.Node, d.Top = b.Inserted.NodeName, b.Inserted.File
+				if d.Top == d.Path {
+					d.Top = ""
+				}
+			}
+		}
+	})
+}
+
+func slicesContains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
 }

@@ -169,3 +169,28 @@ func reapJobs(ctx context.Context, w *jobWatcher, ids []string) {
 	}
 	dismissJobs(cctx, w.mon, live)
 }
+
+// CancelAll cancels and dismisses every block job QEMU has: after an agent
+// restart the jobs of interrupted operations are orphans, and those
+// operations start over.
+func CancelAll(ctx context.Context, mon *qmp.Client) (int, error) {
+	jobs, err := mon.QueryJobs(ctx)
+	if err != nil || len(jobs) == 0 {
+		return 0, err
+	}
+	ids := make([]string, 0, len(jobs))
+	for _, j := range jobs {
+		ids = append(ids, j.ID)
+	}
+	w := watchJobs(mon)
+	defer w.close()
+	reapJobs(ctx, w, ids)
+	left, err := mon.QueryJobs(ctx)
+	if err != nil {
+		return len(ids), err
+	}
+	if len(left) > 0 {
+		return len(ids), fmt.Errorf("cancel orphan jobs: %d left", len(left))
+	}
+	return len(ids), nil
+}

@@ -111,3 +111,58 @@ func asAPI(err error, e **v1.Error) bool {
 	*e = x
 	return ok
 }
+
+// TestBootFromISO: a VM boots from an ISO on its cdrom (ISOLINUX, as
+// installers do) before its disk; the disk's own loader (extlinux) would
+// have printed a "SYSLINUX 6…" banner instead.
+func TestBootFromISO(t *testing.T) {
+	for _, f := range []string{"/usr/lib/ISOLINUX/isolinux.bin", "/usr/lib/syslinux/modules/bios/ldlinux.c32"} {
+		if _, err := os.Stat(f); err != nil {
+			t.Skipf("%s missing (apt-get install isolinux syslinux-common)", f)
+		}
+	}
+	if _, err := exec.LookPath("genisoimage"); err != nil {
+		t.Skip("genisoimage not installed")
+	}
+	s := newServer(t)
+	dir := filepath.Join(t.TempDir(), "iso")
+	if err := os.MkdirAll(filepath.Join(dir, "isolinux"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	guestDir := filepath.Dir(guestImage)
+	cmdline, err := os.ReadFile(filepath.Join(guestDir, "cmdline"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyFile := func(src, dst string) {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, dst), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyFile("/usr/lib/ISOLINUX/isolinux.bin", "isolinux/isolinux.bin")
+	copyFile("/usr/lib/syslinux/modules/bios/ldlinux.c32", "isolinux/ldlinux.c32")
+	copyFile(filepath.Join(guestDir, "vmlinuz"), "vmlinuz")
+	copyFile(filepath.Join(guestDir, "initrd.img"), "initrd.img")
+	cfg := "SERIAL 0 115200\nDEFAULT guest\nPROMPT 0\nTIMEOUT 1\nLABEL guest\n  KERNEL /vmlinuz\n  APPEND initrd=/initrd.img " + strings.TrimSpace(string(cmdline)) + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "isolinux", "isolinux.cfg"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	iso := filepath.Join(t.TempDir(), "installer.iso")
+	if out, err := exec.Command("genisoimage", "-quiet", "-o", iso, "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat",
+		"-no-emul-boot", "-boot-load-size", "4", "-boot-info-table", "-V", "INSTALLER", dir).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	s.createGuest("isoboot", func(sp *v1.VMSpec) {
+		sp.Disks = append(sp.Disks, v1.Disk{Name: "cd0", Media: "cdrom", Image: iso})
+		sp.Boot = []string{"cdrom", "disk"}
+	})
+	s.waitReady("isoboot", 0)
+	log, _ := os.ReadFile(s.serialLog("isoboot"))
+	if !strings.Contains(string(log), "ISOLINUX 6") || strings.Contains(string(log), "SYSLINUX 6") {
+		t.Fatalf("the guest did not boot from the ISO; serial log:\n%s", tail(string(log), 1500))
+	}
+}

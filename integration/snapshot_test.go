@@ -171,3 +171,73 @@ func TestOrphanJobAfterCrash(t *testing.T) {
 		t.Fatalf("status after commit: %+v", v.Status)
 	}
 }
+
+// TestSnapshotChain: deleting a snapshot that has newer ones merges its
+// changes into its base (live and offline); every remaining snapshot still
+// goes back to its own point.
+func TestSnapshotChain(t *testing.T) {
+	s := newServer(t)
+	ctx := context.Background()
+	port := s.createGuest("chain", nil)
+	_, off := s.waitReady("chain", 0)
+	snap := func(name string) { s.wait(s.c.Snapshot(ctx, "chain", v1.SnapshotArgs{Name: name}, time.Minute)) }
+	names := func() string {
+		snaps, err := s.c.Snapshots(ctx, "chain")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n []string
+		for _, sn := range snaps {
+			n = append(n, sn.Name)
+		}
+		return strings.Join(n, ",")
+	}
+	marker := func() string { return mustGuestStatus(t, port)["marker"] }
+	markGuest(t, port, "a")
+	snap("s1")
+	markGuest(t, port, "b")
+	snap("s2")
+	markGuest(t, port, "c")
+	snap("s3")
+	markGuest(t, port, "d")
+	v, _ := s.c.VM(ctx, "chain")
+	s2Overlay := v.Status.Snapshots[1].Overlays["disk0"]
+
+	s.wait(s.c.CommitSnapshot(ctx, "chain", "s2", time.Minute)) // live, inner
+	if got := names(); got != "s1,s3" || marker() != "d" {
+		t.Fatalf("after deleting s2: snapshots %s, marker %q", got, marker())
+	}
+	if _, err := os.Stat(s2Overlay); !os.IsNotExist(err) {
+		t.Fatalf("s2's overlay left: %v", err)
+	}
+	s.wait(s.c.RevertSnapshot(ctx, "chain", "s3", false, time.Minute))
+	_, off = s.waitReady("chain", off)
+	if marker() != "c" {
+		t.Fatalf("revert to s3 after s2 was merged: marker %q, want c", marker())
+	}
+	s.wait(s.c.RevertSnapshot(ctx, "chain", "s1", false, time.Minute))
+	_, off = s.waitReady("chain", off)
+	if got := names(); got != "s1" || marker() != "a" {
+		t.Fatalf("after revert to s1: snapshots %s, marker %q", got, marker())
+	}
+
+	// Offline: snapshots of a stopped VM, the inner one deleted.
+	markGuest(t, port, "e")
+	s.action("chain", "stop", nil)
+	snap("t1")
+	snap("t2")
+	s.wait(s.c.CommitSnapshot(ctx, "chain", "t1", time.Minute))
+	if got := names(); got != "s1,t2" {
+		t.Fatalf("after deleting t1 offline: %s", got)
+	}
+	s.action("chain", "start", nil)
+	_, off = s.waitReady("chain", off)
+	if marker() != "e" {
+		t.Fatalf("marker %q after offline merge", marker())
+	}
+	s.wait(s.c.RevertSnapshot(ctx, "chain", "s1", true, time.Minute))
+	s.waitReady("chain", off)
+	if got := names(); got != "" || marker() != "a" {
+		t.Fatalf("after discarding s1: snapshots %q, marker %q", got, marker())
+	}
+}

@@ -136,7 +136,7 @@ func newSnapshot(g *globals) *cobra.Command {
 			})
 		}}
 	addOutput(list, g)
-	commit := &cobra.Command{Use: "commit VM NAME", Short: "Keep the changes: merge the newest snapshot into its base while the VM runs", Args: cobra.ExactArgs(2),
+	commit := &cobra.Command{Use: "commit VM NAME", Short: "Delete a snapshot by merging its changes into its base while the VM runs (the newest: keep the hot-mode changes)", Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			op, err := g.client().CommitSnapshot(cmd.Context(), a[0], a[1], 0)
 			return run(cmd, op, err)

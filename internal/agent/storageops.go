@@ -259,12 +259,12 @@ func (m *machine) commitSnapshot(ctx context.Context, name string, progress func
 		return err
 	}
 	n := len(st.Snapshots)
-	if n == 0 || st.Snapshots[n-1].Name != name {
-		for _, sn := range st.Snapshots {
-			if sn.Name == name {
-				return errdefs.Precondition("only the newest snapshot can be merged")
-			}
+	for k := 0; k < n-1; k++ {
+		if st.Snapshots[k].Name == name {
+			return m.commitInner(ctx, st, k, progress)
 		}
+	}
+	if n == 0 || st.Snapshots[n-1].Name != name {
 		return nil // merged by an earlier attempt
 	}
 	sn := st.Snapshots[n-1]
@@ -715,4 +715,72 @@ func slicesContains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// commitInner deletes snapshot k that has newer ones above it: its overlay
+// (the changes between it and snapshot k+1) is merged into its base, and
+// snapshot k+1 then builds on that base. Live with a non-active
+// block-commit while the VM runs, with qemu-img commit + rebase when not.
+func (m *machine) commitInner(ctx context.Context, st v1.VMStatus, k int, progress func(float64, string)) error {
+	sn, above := st.Snapshots[k], st.Snapshots[k+1]
+	spec, _, err := m.a.inv.Spec(ctx, m.name)
+	if err != nil {
+		return err
+	}
+	disks := tops(st, spec)
+	for i, d := range disks {
+		overlay := sn.Overlays[d.Name]
+		if overlay == "" {
+			continue
+		}
+		report := func(f float64) { progress((float64(i)+f)/float64(len(disks)), "merging "+d.Name) }
+		if m.inst != nil {
+			chain, err := blockops.Chain(ctx, m.inst.Mon, d)
+			if err != nil {
+				return err
+			}
+			if !slicesContains(chain, overlay) {
+				continue // merged by an earlier attempt
+			}
+			if err := blockops.CommitBelow(ctx, m.inst.Mon, d, overlay, report); err != nil {
+				return err
+			}
+			continue
+		}
+		info, err := storage.Info(ctx, sn.Bases[d.Name])
+		if err != nil {
+			return err
+		}
+		if err := qemuImg(ctx, "commit", "-q", "-f", "qcow2", "-d", overlay); err != nil {
+			return err
+		}
+		if err := qemuImg(ctx, "rebase", "-u", "-f", "qcow2", "-F", info.Format, "-b", sn.Bases[d.Name], above.Overlays[d.Name]); err != nil {
+			return err
+		}
+	}
+	if err := m.setStatus(ctx, func(st *v1.VMStatus) {
+		for i := range st.Snapshots {
+			if st.Snapshots[i].Name == above.Name {
+				for d, b := range sn.Bases {
+					st.Snapshots[i].Bases[d] = b
+				}
+			}
+		}
+		kept := st.Snapshots[:0]
+		for _, x := range st.Snapshots {
+			if x.Name != sn.Name {
+				kept = append(kept, x)
+			}
+		}
+		st.Snapshots = kept
+	}); err != nil {
+		return err
+	}
+	for _, p := range sn.Overlays {
+		_ = os.Remove(p)
+	}
+	if sn.StateFile != "" {
+		_ = os.Remove(sn.StateFile)
+	}
+	return nil
 }

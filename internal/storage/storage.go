@@ -18,6 +18,8 @@ package storage
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -314,11 +316,26 @@ func (p *Pool) CreateDisk(ctx context.Context, vmName string, d v1.Disk) (v1.Dis
 		return v1.DiskStatus{}, err
 	}
 	st := v1.DiskStatus{Name: d.Name, Path: path, Format: "qcow2", Created: true}
-	if d.Image != "" {
-		st.Backing = d.Image
-	}
 	if _, err := os.Stat(path); err == nil {
+		if d.Image != "" {
+			if info, err := Info(ctx, path); err == nil {
+				st.Backing = info.BackingFilename
+			}
+		}
 		return st, nil
+	}
+	if d.Image != "" {
+		// The overlay's backing must live in the pool: an image from
+		// elsewhere is brought in once (images/), then layered on with a
+		// relative backing path.
+		rel, err := p.AdoptImage(ctx, d.Image)
+		if err != nil {
+			return st, fmt.Errorf("create disk %s: %w", d.Name, err)
+		}
+		if d.Image, err = p.Resolve(rel); err != nil {
+			return st, fmt.Errorf("create disk %s: %w", d.Name, err)
+		}
+		st.Backing = rel
 	}
 	// Like CreateOverlay: the image cannot be deleted (as a pool volume)
 	// while the overlay is being made on it.
@@ -365,7 +382,11 @@ func (p *Pool) CreateDisk(ctx context.Context, vmName string, d v1.Disk) (v1.Dis
 		if d.SizeMiB > 0 && d.SizeMiB<<20 < info.VirtualSize {
 			return st, fmt.Errorf("create disk %s: size %d MiB is smaller than image %s (%d MiB)", d.Name, d.SizeMiB, d.Image, info.VirtualSize>>20)
 		}
-		args = append(args, "-b", d.Image, "-F", format)
+		backing, err := filepath.Rel(dir, d.Image)
+		if err != nil {
+			return st, fmt.Errorf("create disk %s: %w", d.Name, err)
+		}
+		args = append(args, "-b", backing, "-F", format)
 	}
 	if err := mkdirAll(dir); err != nil {
 		return st, fmt.Errorf("create disk %s: %w", d.Name, err)
@@ -409,6 +430,62 @@ func (p *Pool) diskImageFormat(image string) (string, error) {
 		return format, nil
 	}
 	return hostImageFormat(image)
+}
+
+// AdoptImage brings an image file into the pool once, as a standalone
+// volume under images/ (checked like an upload: the declared format, no
+// backing file), and returns its pool-relative name. An image already in
+// the pool is returned as it is. The name is derived from the file's path,
+// size and modification time, so a changed file is brought in anew.
+func (p *Pool) AdoptImage(ctx context.Context, image string) (string, error) {
+	format, err := p.diskImageFormat(image)
+	if err != nil {
+		return "", err
+	}
+	real, err := realPath(image)
+	if err != nil {
+		return "", fmt.Errorf("image %s: %w", image, ErrNoImage)
+	}
+	root, err := p.root()
+	if err != nil {
+		return "", err
+	}
+	if within(root, real) {
+		rel, _ := filepath.Rel(root, real)
+		return rel, nil
+	}
+	f, err := os.Open(real)
+	if err != nil {
+		return "", fmt.Errorf("image %s: %w", image, ErrNoImage)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("image %s: not a regular file: %w", image, ErrNoImage)
+	}
+	key := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%d\x00%d", real, fi.Size(), fi.ModTime().UnixNano())))
+	base := strings.TrimSuffix(filepath.Base(real), filepath.Ext(real))
+	base = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			return r
+		}
+		return '-'
+	}, base)
+	if len(base) > 40 {
+		base = base[:40]
+	}
+	ext := ".qcow2"
+	if format == "raw" {
+		ext = ".raw"
+	}
+	name := fmt.Sprintf("images/%s-%s%s", strings.TrimLeft(base, "-_"), hex.EncodeToString(key[:6]), ext)
+	if _, err := p.Volume(ctx, name); err == nil {
+		return name, nil
+	}
+	if _, err := p.Upload(ctx, name, format, f, fi.Size(), "", nil); err != nil && !errors.Is(err, ErrExists) {
+		return "", fmt.Errorf("bring image %s into pool %s: %w", image, p.Name, err)
+	}
+	return name, nil
 }
 
 // DeleteVM removes the volumes Hangar created for a VM and its directory.

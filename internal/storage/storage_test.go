@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	v1 "hangar/api/v1"
@@ -102,8 +103,33 @@ func TestCreateDiskEmptyAndOverlay(t *testing.T) {
 		t.Fatal(err)
 	}
 	info, err = Info(ctx, ov.Path)
-	if err != nil || info.BackingFilename != st.Path || info.BackingFormat != "qcow2" || info.VirtualSize != 64<<20 {
+	if err != nil || info.BackingFilename != "disk0.qcow2" || info.FullBacking != st.Path || info.BackingFormat != "qcow2" || info.VirtualSize != 64<<20 {
 		t.Fatalf("overlay info %+v, %v", info, err)
+	}
+	// An image outside the pool is brought in once; overlays stay inside.
+	outside := filepath.Join(t.TempDir(), "base image.qcow2")
+	if _, err := qemuImg(ctx, "create", "-q", "-f", "qcow2", outside, "32M"); err != nil {
+		t.Fatal(err)
+	}
+	o1, err := p.CreateDisk(ctx, "vm1", v1.Disk{Name: "disk3", Image: outside})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o2, err := p.CreateDisk(ctx, "vm2", v1.Disk{Name: "disk0", Image: outside})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(o1.Backing, "images/base-image-") || o1.Backing != o2.Backing {
+		t.Fatalf("adopted backings %q and %q", o1.Backing, o2.Backing)
+	}
+	for _, o := range []v1.DiskStatus{o1, o2} {
+		rel, _ := filepath.Rel(p.Path, o.Path)
+		if err := p.CheckChain(ctx, rel); err != nil {
+			t.Fatalf("chain of %s leaves the pool: %v", rel, err)
+		}
+	}
+	if err := p.DeleteVM("vm2", []v1.DiskStatus{o2}); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := p.CreateDisk(ctx, "vm1", v1.Disk{Name: "disk2", Image: "/nonexistent.qcow2"}); !errors.Is(err, ErrNoImage) {
 		t.Fatalf("missing image: %v", err)
@@ -111,7 +137,7 @@ func TestCreateDiskEmptyAndOverlay(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(p.Path, "vms/vm1/disk2.qcow2.part")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("partial file left behind: %v", err)
 	}
-	if err := p.DeleteVM("vm1", []v1.DiskStatus{st, ov}); err != nil {
+	if err := p.DeleteVM("vm1", []v1.DiskStatus{st, ov, o1}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(p.Path, "vms/vm1")); !errors.Is(err, os.ErrNotExist) {

@@ -159,3 +159,73 @@ func removeOldTop(ctx context.Context, mon *qmp.Client, top Disk) {
 		}
 	}
 }
+
+// CommitBelow merges an overlay inside a running disk's chain (not its
+// active top) into the image right below it: a non-active block-commit
+// from the node of overlayPath into its backing node. The layer above then
+// reads its data from that base (QEMU rewrites its backing file name). The
+// overlay's nodes are removed; the caller deletes its file.
+func CommitBelow(ctx context.Context, mon *qmp.Client, active Disk, overlayPath string, progress func(float64)) error {
+	nodes, err := queryNodes(ctx, mon)
+	if err != nil {
+		return fmt.Errorf("commit %s below the top: %w", active.Name, err)
+	}
+	n, err := lookup(nodes, active)
+	if err != nil {
+		return fmt.Errorf("commit %s below the top: %w", active.Name, err)
+	}
+	for !samePath(plainPath(n.Image.Filename), overlayPath) {
+		if n, err = backingNode(nodes, n); err != nil {
+			return fmt.Errorf("commit %s below the top: %s is not in its chain: %w", active.Name, overlayPath, err)
+		}
+	}
+	if n.NodeName == active.Node {
+		return fmt.Errorf("commit %s below the top: %s is the active layer (use Commit)", active.Name, overlayPath)
+	}
+	base, err := backingNode(nodes, n)
+	if err != nil {
+		return fmt.Errorf("commit %s below the top: %w", active.Name, err)
+	}
+	w := watchJobs(mon)
+	defer w.close()
+	id := uniqueID("commit-" + active.Name)
+	ids := []string{id}
+	args := map[string]any{"job-id": id, "device": active.Node, "top-node": n.NodeName, "base-node": base.NodeName,
+		"auto-dismiss": false}
+	if err := mon.Execute(ctx, "block-commit", args, nil); err != nil {
+		var qe *qmp.Error
+		if !errors.As(err, &qe) {
+			reapJobs(ctx, w, ids)
+		}
+		return fmt.Errorf("commit %s below the top: %w", active.Name, err)
+	}
+	jobs, err := w.wait(ctx, ids, progress, allConcluded)
+	if err != nil {
+		reapJobs(ctx, w, ids)
+		return fmt.Errorf("commit %s below the top: %w", active.Name, err)
+	}
+	cctx, cancel := cleanupCtx(ctx)
+	defer cancel()
+	dismissJobs(cctx, mon, ids)
+	if err := jobErrors(jobs); err != nil {
+		return fmt.Errorf("commit %s below the top: %w", active.Name, err)
+	}
+	if progress != nil {
+		progress(1)
+	}
+	// Snapshot added the overlay's node through the monitor: QEMU keeps it
+	// (and its file) until it is deleted.
+	if _, still := nodesNamed(cctx, mon, n.NodeName); still {
+		removeOldTop(cctx, mon, Disk{Name: active.Name, Node: n.NodeName, Path: overlayPath})
+	}
+	return nil
+}
+
+func nodesNamed(ctx context.Context, mon *qmp.Client, name string) (blockNode, bool) {
+	nodes, err := queryNodes(ctx, mon)
+	if err != nil {
+		return blockNode{}, false
+	}
+	n, ok := nodes[name]
+	return n, ok
+}

@@ -305,12 +305,7 @@ func (m *machine) commitSnapshot(ctx context.Context, name string, progress func
 	}); err != nil {
 		return err
 	}
-	for _, p := range sn.Overlays {
-		_ = os.Remove(p)
-	}
-	if sn.StateFile != "" {
-		_ = os.Remove(sn.StateFile)
-	}
+	removeSnapshotFiles(sn)
 	return nil
 }
 
@@ -344,12 +339,7 @@ func (m *machine) revertSnapshot(ctx context.Context, name string, discard bool,
 		m.deleteTaps(ctx)
 	}
 	for _, newer := range st.Snapshots[idx+1:] {
-		for _, p := range newer.Overlays {
-			_ = os.Remove(p)
-		}
-		if newer.StateFile != "" {
-			_ = os.Remove(newer.StateFile)
-		}
+		removeSnapshotFiles(newer)
 	}
 	progress(0.3, "resetting disks")
 	for d, overlay := range sn.Overlays {
@@ -776,11 +766,16 @@ func (m *machine) commitInner(ctx context.Context, st v1.VMStatus, k int, progre
 	}); err != nil {
 		return err
 	}
+	removeSnapshotFiles(sn)
+	return nil
+}
+
+// removeSnapshotFiles deletes a dropped snapshot's overlays and state file.
+func removeSnapshotFiles(sn v1.Snapshot) {
 	for _, p := range sn.Overlays {
 		_ = os.Remove(p)
 	}
 	if sn.StateFile != "" {
 		_ = os.Remove(sn.StateFile)
 	}
-	return nil
 }

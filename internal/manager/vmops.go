@@ -205,14 +205,8 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 // all disks are copied at one instant (crash-consistent).
 func (s *Server) cloneVM(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	var args v1.CloneArgs
-	if err := decode(r, &args); err != nil {
-		writeErr(w, err)
-		return
-	}
-	wait, err := s.waitParam(r)
-	if err != nil {
-		writeErr(w, err)
+	args, wait, ok := decodeOp[v1.CloneArgs](s, w, r)
+	if !ok {
 		return
 	}
 	src, err := s.inv.VM(ctx, r.PathValue("name"))
@@ -327,14 +321,8 @@ func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) deployTemplate(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	var args v1.DeployArgs
-	if err := decode(r, &args); err != nil {
-		writeErr(w, err)
-		return
-	}
-	wait, err := s.waitParam(r)
-	if err != nil {
-		writeErr(w, err)
+	args, wait, ok := decodeOp[v1.DeployArgs](s, w, r)
+	if !ok {
 		return
 	}
 	t, err := s.template(ctx, r.PathValue("name"))
@@ -365,14 +353,8 @@ func (s *Server) deployTemplate(w http.ResponseWriter, r *http.Request) {
 // VHD, VHDX, qcow2, raw file or block device).
 func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	var args v1.ImportArgs
-	if err := decode(r, &args); err != nil {
-		writeErr(w, err)
-		return
-	}
-	wait, err := s.waitParam(r)
-	if err != nil {
-		writeErr(w, err)
+	args, wait, ok := decodeOp[v1.ImportArgs](s, w, r)
+	if !ok {
 		return
 	}
 	if !strings.HasPrefix(args.Path, "/") {
@@ -419,4 +401,20 @@ func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.answerOp(w, r, op, wait)
+}
+
+// decodeOp reads an operation request's JSON body and its ?wait=; on a bad
+// request it has answered already and returns false.
+func decodeOp[T any](s *Server, w http.ResponseWriter, r *http.Request) (T, time.Duration, bool) {
+	var args T
+	if err := decode(r, &args); err != nil {
+		writeErr(w, err)
+		return args, 0, false
+	}
+	wait, err := s.waitParam(r)
+	if err != nil {
+		writeErr(w, err)
+		return args, 0, false
+	}
+	return args, wait, true
 }

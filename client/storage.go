@@ -173,3 +173,24 @@ func (c *Client) UploadVolume(ctx context.Context, pool, name, format string, r 
 	}
 	return v, json.NewDecoder(resp.Body).Decode(&v)
 }
+
+// CopyVolume copies a volume into a new standalone one in the same pool.
+func (c *Client) CopyVolume(ctx context.Context, pool, name, dst, format string, wait time.Duration) (v1.Operation, error) {
+	var op v1.Operation
+	_, err := c.do(ctx, "POST", volPath(pool, name)+"/copy", waitQuery(wait), v1.VolumeCopyArgs{Name: dst, Format: format}, &op)
+	return op, err
+}
+
+// FlattenVolume merges a volume's backing chain into it.
+func (c *Client) FlattenVolume(ctx context.Context, pool, name string, wait time.Duration) (v1.Operation, error) {
+	var op v1.Operation
+	_, err := c.do(ctx, "POST", volPath(pool, name)+"/flatten", waitQuery(wait), nil, &op)
+	return op, err
+}
+
+// VolumeInfo shows one volume.
+func (c *Client) VolumeInfo(ctx context.Context, pool, name string) (v1.Volume, error) {
+	var v v1.Volume
+	_, err := c.do(ctx, "GET", volPath(pool, name), nil, nil, &v)
+	return v, err
+}

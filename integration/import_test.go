@@ -35,12 +35,14 @@ func TestImportFormats(t *testing.T) {
 		"vmdk-sparse": "vmdk:subformat=monolithicSparse",
 		"vmdk-stream": "vmdk:subformat=streamOptimized",
 		"vmdk-flat":   "vmdk:subformat=monolithicFlat",
+		"vmdk-split":  "vmdk:subformat=twoGbMaxExtentFlat",
+		"qcow2":       "qcow2:",
 		"vhd-dynamic": "vpc:subformat=dynamic",
 		"vhd-fixed":   "vpc:subformat=fixed",
 		"vhdx":        "vhdx:",
 		"raw":         "raw:",
 	}
-	ext := map[string]string{"vmdk": ".vmdk", "vpc": ".vhd", "vhdx": ".vhdx", "raw": ".img"}
+	ext := map[string]string{"vmdk": ".vmdk", "vpc": ".vhd", "vhdx": ".vhdx", "raw": ".img", "qcow2": ".qcow2"}
 	var paths []string
 	for name, f := range files {
 		fmtName, opts, _ := strings.Cut(f, ":")

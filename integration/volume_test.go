@@ -105,6 +105,15 @@ func TestVolumesUploadAndResize(t *testing.T) {
 		t.Fatalf("volumes after uploads: %v", names)
 	}
 
+	// Copy (an I/O job on the host's worker pool), here converting to raw.
+	s.wait(s.c.CopyVolume(ctx, "default", "images/guest.qcow2", "images/guest-copy.raw", "raw", time.Minute))
+	if v, err := s.c.VolumeInfo(ctx, "default", "images/guest-copy.raw"); err != nil || v.Format != "raw" || v.VirtualSize != 128<<20 {
+		t.Fatalf("copied volume %+v %v", v, err)
+	}
+	if _, err := s.c.CopyVolume(ctx, "default", "images/guest.qcow2", "images/guest-copy.raw", "raw", 0); !isCode(err, v1.CodeConflict) {
+		t.Fatalf("copy onto an existing volume: %v", err)
+	}
+
 	port := freePort(t)
 	op, err := s.c.CreateVM(ctx, v1.VMSpec{Name: "fromvol", MemoryMiB: 256,
 		Disks: []v1.Disk{{Clone: &v1.CloneSource{Volume: "default/images/guest.qcow2", Linked: true}}},
@@ -117,6 +126,9 @@ func TestVolumesUploadAndResize(t *testing.T) {
 	}
 	if err := s.c.DeleteVolume(ctx, "default", "vms/fromvol/disk0.qcow2"); !isCode(err, v1.CodeConflict) {
 		t.Fatalf("delete of a running vm's disk: %v", err)
+	}
+	if _, err := s.c.FlattenVolume(ctx, "default", "vms/fromvol/disk0.qcow2", 0); !isCode(err, v1.CodeConflict) {
+		t.Fatalf("flatten of a vm's disk: %v", err)
 	}
 
 	// Live resize: the guest's kernel sees the new size (512-byte sectors).

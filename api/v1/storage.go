@@ -109,3 +109,12 @@ type ResizeArgs struct {
 	Disk    string `json:"disk,omitempty"`
 	SizeMiB int64  `json:"sizeMiB"`
 }
+
+// VolumeCopyArgs copy a volume into a new standalone one (a full clone or
+// a format conversion) in the same pool.
+type VolumeCopyArgs struct {
+	Pool   string `json:"pool,omitempty"`   // set by the API from the path
+	Source string `json:"source,omitempty"` // set by the API from the path
+	Name   string `json:"name"`
+	Format string `json:"format,omitempty"`
+}

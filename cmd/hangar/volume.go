@@ -131,6 +131,30 @@ func newVolume(g *globals) *cobra.Command {
 			return err
 		}}
 	upload.Flags().StringVar(&format, "format", "", "qcow2 or raw (default: from the name's extension)")
-	cmd.AddCommand(list, create, resize, del, upload)
+	var copyFormat string
+	cp := &cobra.Command{Use: "copy POOL/VOLUME NAME", Short: "Copy a volume into a new standalone one (full clone; --format converts)", Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			p, v, err := splitRef(a[0])
+			if err != nil {
+				return err
+			}
+			c := g.client()
+			op, err := c.CopyVolume(cmd.Context(), p, v, a[1], copyFormat, 0)
+			_, err = follow(cmd, c, op, err, true)
+			return err
+		}}
+	cp.Flags().StringVar(&copyFormat, "format", "", "qcow2 or raw (default: from the new name's extension)")
+	flatten := &cobra.Command{Use: "flatten POOL/VOLUME", Short: "Merge a volume's backing chain into it (not a VM's disk)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			p, v, err := splitRef(a[0])
+			if err != nil {
+				return err
+			}
+			c := g.client()
+			op, err := c.FlattenVolume(cmd.Context(), p, v, 0)
+			_, err = follow(cmd, c, op, err, true)
+			return err
+		}}
+	cmd.AddCommand(list, create, resize, del, upload, cp, flatten)
 	return cmd
 }

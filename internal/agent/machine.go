@@ -193,6 +193,13 @@ func (m *machine) execute(ctx context.Context, op v1.Operation, progress func(fl
 			return err
 		}
 		return m.resize(ctx, args)
+	case "volume-copy", "volume-flatten":
+		var args v1.VolumeCopyArgs
+		if err := decodeArgs(op, &args); err != nil {
+			return err
+		}
+		m.gone = true // a volume's worker need not stay
+		return m.a.volumeJob(ctx, op.Kind, args, func(f float64) { progress(0.05+0.9*f, "copying") })
 	case "template":
 		var args v1.TemplateArgs
 		if err := decodeArgs(op, &args); err != nil {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -166,4 +167,26 @@ func (a *Agent) VolumeUser(ctx context.Context, pool, name string) (vmName, disk
 		}
 	}
 	return "", "", nil
+}
+
+// volumeJob copies or flattens a volume on the I/O worker pool. It runs as
+// an operation whose target is the volume ("pool/name"), so the volume's
+// operations are serialized like a VM's.
+func (a *Agent) volumeJob(ctx context.Context, kind string, args v1.VolumeCopyArgs, progress func(float64)) error {
+	p, err := a.pool(ctx, args.Pool)
+	if err != nil {
+		return err
+	}
+	return a.io.run(ctx, func() error {
+		if kind == "volume-flatten" {
+			return p.Flatten(ctx, args.Source, progress)
+		}
+		_, err := p.Copy(ctx, args.Source, args.Name, args.Format, progress)
+		if errors.Is(err, storage.ErrExists) {
+			if _, verr := p.Volume(ctx, args.Name); verr == nil {
+				return nil // made by an earlier attempt
+			}
+		}
+		return err
+	})
 }

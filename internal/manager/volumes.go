@@ -6,9 +6,11 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"time"
 
 	v1 "hangar/api/v1"
 	"hangar/internal/errdefs"
+	"hangar/internal/store"
 	"hangar/internal/vm"
 )
 
@@ -35,6 +37,8 @@ func (s *Server) volumeRoutes() {
 	m.HandleFunc("POST /api/v1/pools/{pool}/volumes/{vol}/resize", s.resizeVolume)
 	m.HandleFunc("PUT /api/v1/pools/{pool}/volumes/{vol}/data", s.uploadVolume)
 	m.HandleFunc("POST /api/v1/vms/{name}/resize", s.resizeDisk)
+	m.HandleFunc("POST /api/v1/pools/{pool}/volumes/{vol}/copy", s.copyVolume)
+	m.HandleFunc("POST /api/v1/pools/{pool}/volumes/{vol}/flatten", s.flattenVolume)
 }
 
 func (s *Server) listPools(w http.ResponseWriter, r *http.Request) {
@@ -233,4 +237,83 @@ func (s *Server) uploadVolume(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, 201, v)
+}
+
+// copyVolume starts an operation that copies a volume into a new
+// standalone one (full clone, or a conversion with format).
+func (s *Server) copyVolume(w http.ResponseWriter, r *http.Request) {
+	pool, vol, err := poolAndVolume(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	args, wait, ok := decodeOp[v1.VolumeCopyArgs](s, w, r)
+	if !ok {
+		return
+	}
+	if err := vm.ValidateVolumeRef("name", pool+"/"+args.Name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if _, err := s.cfg.Volumes.VolumeInfo(r.Context(), pool+"/"+args.Name); err == nil {
+		writeErr(w, &v1.Error{Code: v1.CodeConflict, Field: "name", Message: fmt.Sprintf("name: volume %s/%s exists", pool, args.Name)})
+		return
+	}
+	args.Pool, args.Source = pool, vol
+	s.volumeOp(w, r, "volume-copy", args, wait)
+}
+
+// flattenVolume starts an operation that makes a volume standalone (its
+// backing chain merged in); not for a VM's disk.
+func (s *Server) flattenVolume(w http.ResponseWriter, r *http.Request) {
+	pool, vol, err := poolAndVolume(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	wait, err := s.waitParam(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	owner, _, err := s.cfg.Pools.VolumeUser(r.Context(), pool, vol)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if owner != "" {
+		writeErr(w, &v1.Error{Code: v1.CodeConflict, Field: "vol", Message: fmt.Sprintf("volume %s/%s is a disk of vm %q", pool, vol, owner)})
+		return
+	}
+	s.volumeOp(w, r, "volume-flatten", v1.VolumeCopyArgs{Pool: pool, Source: vol}, wait)
+}
+
+func (s *Server) volumeOp(w http.ResponseWriter, r *http.Request, kind string, args v1.VolumeCopyArgs, wait time.Duration) {
+	if _, err := s.cfg.Volumes.VolumeInfo(r.Context(), args.Pool+"/"+args.Source); err != nil {
+		writeErr(w, err)
+		return
+	}
+	hosts, err := s.hosts(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	// The pool's host. With one host that is the only live one; a pool's
+	// I/O jobs will go to its least loaded host.
+	host := ""
+	for _, h := range hosts {
+		if h.Alive {
+			host = h.Name
+		}
+	}
+	if host == "" {
+		writeErr(w, fmt.Errorf("no live host for pool %s: %w", args.Pool, errdefs.ErrUnavailable))
+		return
+	}
+	op := s.newOp(kind, args.Pool+"/"+args.Source, host, args)
+	if _, err := s.inv.PutOp(r.Context(), op, store.MustNotExist); err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.answerOp(w, r, op, wait)
 }

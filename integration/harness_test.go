@@ -5,6 +5,8 @@ package integration
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
@@ -59,7 +61,32 @@ func run(m *testing.M) int {
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	guestImage = lines[len(lines)-1]
-	return m.Run()
+	before, err := sha256File(guestImage)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	code := m.Run()
+	// No test may write the shared base image (a block-commit without a
+	// base would, into the bottom of a chain).
+	if after, err := sha256File(guestImage); err != nil || after != before {
+		fmt.Fprintf(os.Stderr, "FAIL: the test guest image %s changed during the tests (%v)\n", guestImage, err)
+		return 1
+	}
+	return code
+}
+
+func sha256File(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // server is one `hangar serve` process with its own state.
@@ -344,5 +371,3 @@ func tail(s string, n int) string {
 	}
 	return s
 }
-
-var _ = io.EOF

@@ -148,8 +148,11 @@ func TestOrphanJobAfterCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Into the VM's own volume (base-node): without it QEMU would commit
+	// down to the bottom of the chain, the pool's shared image.
 	events, stop := mon.Subscribe()
-	if err := mon.Execute(qctx, "block-commit", map[string]any{"job-id": "orphan-commit", "device": top, "auto-dismiss": false}, nil); err != nil {
+	if err := mon.Execute(qctx, "block-commit", map[string]any{"job-id": "orphan-commit", "device": top,
+		"base": v.Status.Disks[0].Path, "auto-dismiss": false}, nil); err != nil {
 		t.Fatal(err)
 	}
 	for ev := range events {

@@ -2,12 +2,9 @@ package integration
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,16 +15,11 @@ import (
 
 func fileSHA(t *testing.T, p string) string {
 	t.Helper()
-	f, err := os.Open(p)
+	sum, err := sha256File(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
+	return sum
 }
 
 func (s *server) wait(op v1.Operation, err error) v1.Operation {

@@ -43,14 +43,11 @@ func (p *Pool) upload(ctx context.Context, name, format string, r io.Reader, siz
 			return Volume{}, fmt.Errorf("sha256 %q: want 64 hex digits: %w", sha256hex, ErrInvalid)
 		}
 	}
-	unlock, err := volumeLocks.lock(ctx, nil, []string{v.real})
+	unlock, err := v.lock(ctx, false)
 	if err != nil {
 		return Volume{}, err
 	}
 	defer unlock()
-	if err := v.mustNotExist(); err != nil {
-		return Volume{}, err
-	}
 	vol, err := p.build(ctx, v, func(tmp string) error {
 		f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if err != nil {

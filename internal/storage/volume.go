@@ -111,6 +111,24 @@ func (v volRef) mustNotExist() error {
 	return err
 }
 
+// lock takes the volume's lock and checks that it exists (exist) or not;
+// the caller defers the returned unlock.
+func (v volRef) lock(ctx context.Context, exist bool) (func(), error) {
+	unlock, err := volumeLocks.lock(ctx, nil, []string{v.real})
+	if err != nil {
+		return nil, err
+	}
+	check := v.mustNotExist
+	if exist {
+		check = v.mustExist
+	}
+	if err := check(); err != nil {
+		unlock()
+		return nil, err
+	}
+	return unlock, nil
+}
+
 func (v volRef) tmp() string { return v.real + ".part" }
 
 // toVolume describes a volume by its backing chain.
@@ -279,14 +297,11 @@ func (p *Pool) createVolume(ctx context.Context, name, format string, size int64
 	if size <= 0 || size%512 != 0 {
 		return Volume{}, fmt.Errorf("size %d: want a positive multiple of 512 bytes: %w", size, ErrInvalid)
 	}
-	unlock, err := volumeLocks.lock(ctx, nil, []string{v.real})
+	unlock, err := v.lock(ctx, false)
 	if err != nil {
 		return Volume{}, err
 	}
 	defer unlock()
-	if err := v.mustNotExist(); err != nil {
-		return Volume{}, err
-	}
 	return p.build(ctx, v, func(tmp string) error {
 		_, err := qemuImg(ctx, "create", "-q", "-f", v.format, tmp, strconv.FormatInt(size, 10))
 		return err
@@ -441,14 +456,11 @@ func (p *Pool) flatten(ctx context.Context, name string, progress func(float64))
 	if err != nil {
 		return err
 	}
-	unlock, err := volumeLocks.lock(ctx, nil, []string{v.real})
+	unlock, err := v.lock(ctx, true)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	if err := v.mustExist(); err != nil {
-		return err
-	}
 	links, err := walkChain(ctx, v.real, v.format, "", nil)
 	if err != nil {
 		return err
@@ -519,14 +531,11 @@ func (p *Pool) resize(ctx context.Context, name string, newSize int64) error {
 	if newSize <= 0 || newSize%512 != 0 {
 		return fmt.Errorf("size %d: want a positive multiple of 512 bytes: %w", newSize, ErrInvalid)
 	}
-	unlock, err := volumeLocks.lock(ctx, nil, []string{v.real})
+	unlock, err := v.lock(ctx, true)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	if err := v.mustExist(); err != nil {
-		return err
-	}
 	info, err := imageInfo(ctx, v.real, v.format, true)
 	if err != nil {
 		return err
@@ -558,14 +567,11 @@ func (p *Pool) deleteVolume(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	unlock, err := volumeLocks.lock(ctx, nil, []string{v.real})
+	unlock, err := v.lock(ctx, true)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	if err := v.mustExist(); err != nil {
-		return err
-	}
 	deps, err := p.dependents(ctx, v.real)
 	if err != nil {
 		return err

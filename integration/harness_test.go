@@ -48,7 +48,11 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(tmp)
 	hangarBin = filepath.Join(tmp, "hangar")
-	if out, err := exec.Command("go", "build", "-o", hangarBin, "../cmd/hangar").CombinedOutput(); err != nil {
+	build := []string{"build", "-o", hangarBin}
+	if os.Getenv("HANGAR_TEST_RACE") != "" {
+		build = append(build, "-race") // hangar serve under the race detector; reports fail the test
+	}
+	if out, err := exec.Command("go", append(build, "../cmd/hangar")...).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build hangar: %v\n%s", err, out)
 		return 1
 	}
@@ -139,6 +143,9 @@ func newServerIn(t *testing.T, netns string) *server {
 		}
 		killVMsOf(run)
 		os.RemoveAll(run)
+		if b, err := os.ReadFile(s.log); err == nil && strings.Contains(string(b), "WARNING: DATA RACE") {
+			t.Errorf("hangar serve reported a data race:\n%s", tail(string(b), 8000))
+		}
 		if t.Failed() {
 			if b, err := os.ReadFile(s.log); err == nil {
 				t.Logf("hangar serve log:\n%s", tail(string(b), 6000))

@@ -59,9 +59,15 @@ type Config struct {
 
 // Server is the API server.
 type Server struct {
-	cfg Config
-	inv inventory.Inventory
-	mux *http.ServeMux
+	cfg    Config
+	inv    inventory.Inventory
+	mux    *http.ServeMux
+	routes []string // patterns, for the OpenAPI coverage test
+}
+
+func (s *Server) route(pattern string, h http.HandlerFunc) {
+	s.routes = append(s.routes, pattern)
+	s.mux.HandleFunc(pattern, h)
 }
 
 // New builds the server and its routes.
@@ -76,27 +82,27 @@ func New(cfg Config) *Server {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{inv: s.inv}, prometheus.NewGoCollector())
 	m := s.mux
-	m.HandleFunc("GET /api/v1/vms", s.listVMs)
-	m.HandleFunc("POST /api/v1/vms", s.createVM)
-	m.HandleFunc("GET /api/v1/vms/{name}", s.getVM)
-	m.HandleFunc("DELETE /api/v1/vms/{name}", s.deleteVM)
-	m.HandleFunc("POST /api/v1/vms/{name}/{action}", s.vmAction)
-	m.HandleFunc("GET /api/v1/vms/{name}/console", s.console)
-	m.HandleFunc("GET /api/v1/vms/{name}/console/log", s.consoleLog)
-	m.HandleFunc("GET /api/v1/operations", s.listOps)
-	m.HandleFunc("GET /api/v1/operations/{id}", s.getOp)
-	m.HandleFunc("DELETE /api/v1/operations/{id}", s.cancelOp)
-	m.HandleFunc("GET /api/v1/hosts", s.listHosts)
-	m.HandleFunc("GET /api/v1/hosts/{name}", s.getHost)
+	s.route("GET /api/v1/vms", s.listVMs)
+	s.route("POST /api/v1/vms", s.createVM)
+	s.route("GET /api/v1/vms/{name}", s.getVM)
+	s.route("DELETE /api/v1/vms/{name}", s.deleteVM)
+	s.route("POST /api/v1/vms/{name}/{action}", s.vmAction)
+	s.route("GET /api/v1/vms/{name}/console", s.console)
+	s.route("GET /api/v1/vms/{name}/console/log", s.consoleLog)
+	s.route("GET /api/v1/operations", s.listOps)
+	s.route("GET /api/v1/operations/{id}", s.getOp)
+	s.route("DELETE /api/v1/operations/{id}", s.cancelOp)
+	s.route("GET /api/v1/hosts", s.listHosts)
+	s.route("GET /api/v1/hosts/{name}", s.getHost)
 	s.storageRoutes()
 	s.volumeRoutes()
-	m.HandleFunc("GET /api/v1/openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
+	s.route("GET /api/v1/openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(v1.OpenAPI)
 	})
 	m.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	m.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+	s.route("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	s.route("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, &v1.Error{Code: v1.CodeNotFound, Message: fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)})
 	})
 	return s

@@ -22,20 +22,19 @@ import (
 // storageRoutes adds storage-side VM actions: templates, clones, snapshots,
 // suspend, media and imports.
 func (s *Server) storageRoutes() {
-	m := s.mux
-	m.HandleFunc("POST /api/v1/vms/{name}/template", s.makeTemplate)
-	m.HandleFunc("POST /api/v1/vms/{name}/clone", s.cloneVM)
-	m.HandleFunc("POST /api/v1/vms/{name}/suspend", s.suspendVM)
-	m.HandleFunc("POST /api/v1/vms/{name}/media", s.changeMedia)
-	m.HandleFunc("GET /api/v1/vms/{name}/snapshots", s.listSnapshots)
-	m.HandleFunc("POST /api/v1/vms/{name}/snapshots", s.createSnapshot)
-	m.HandleFunc("POST /api/v1/vms/{name}/snapshots/{snap}/revert", s.revertSnapshot)
-	m.HandleFunc("DELETE /api/v1/vms/{name}/snapshots/{snap}", s.deleteSnapshot)
-	m.HandleFunc("GET /api/v1/templates", s.listTemplates)
-	m.HandleFunc("GET /api/v1/templates/{name}", s.getTemplate)
-	m.HandleFunc("DELETE /api/v1/templates/{name}", s.deleteTemplate)
-	m.HandleFunc("POST /api/v1/templates/{name}/deploy", s.deployTemplate)
-	m.HandleFunc("POST /api/v1/imports", s.importVM)
+	s.route("POST /api/v1/vms/{name}/template", s.makeTemplate)
+	s.route("POST /api/v1/vms/{name}/clone", s.cloneVM)
+	s.route("POST /api/v1/vms/{name}/suspend", s.suspendVM)
+	s.route("POST /api/v1/vms/{name}/media", s.changeMedia)
+	s.route("GET /api/v1/vms/{name}/snapshots", s.listSnapshots)
+	s.route("POST /api/v1/vms/{name}/snapshots", s.createSnapshot)
+	s.route("POST /api/v1/vms/{name}/snapshots/{snap}/revert", s.revertSnapshot)
+	s.route("DELETE /api/v1/vms/{name}/snapshots/{snap}", s.deleteSnapshot)
+	s.route("GET /api/v1/templates", s.listTemplates)
+	s.route("GET /api/v1/templates/{name}", s.getTemplate)
+	s.route("DELETE /api/v1/templates/{name}", s.deleteTemplate)
+	s.route("POST /api/v1/templates/{name}/deploy", s.deployTemplate)
+	s.route("POST /api/v1/imports", s.importVM)
 }
 
 // submitArgs decodes an action's JSON arguments, checks them and submits the

@@ -27,18 +27,17 @@ type Pools interface {
 }
 
 func (s *Server) volumeRoutes() {
-	m := s.mux
-	m.HandleFunc("GET /api/v1/pools", s.listPools)
-	m.HandleFunc("POST /api/v1/pools", s.addPool)
-	m.HandleFunc("GET /api/v1/pools/{pool}/volumes", s.listVolumes)
-	m.HandleFunc("POST /api/v1/pools/{pool}/volumes", s.createVolume)
-	m.HandleFunc("GET /api/v1/pools/{pool}/volumes/{vol}", s.getVolume)
-	m.HandleFunc("DELETE /api/v1/pools/{pool}/volumes/{vol}", s.deleteVolume)
-	m.HandleFunc("POST /api/v1/pools/{pool}/volumes/{vol}/resize", s.resizeVolume)
-	m.HandleFunc("PUT /api/v1/pools/{pool}/volumes/{vol}/data", s.uploadVolume)
-	m.HandleFunc("POST /api/v1/vms/{name}/resize", s.resizeDisk)
-	m.HandleFunc("POST /api/v1/pools/{pool}/volumes/{vol}/copy", s.copyVolume)
-	m.HandleFunc("POST /api/v1/pools/{pool}/volumes/{vol}/flatten", s.flattenVolume)
+	s.route("GET /api/v1/pools", s.listPools)
+	s.route("POST /api/v1/pools", s.addPool)
+	s.route("GET /api/v1/pools/{pool}/volumes", s.listVolumes)
+	s.route("POST /api/v1/pools/{pool}/volumes", s.createVolume)
+	s.route("GET /api/v1/pools/{pool}/volumes/{vol}", s.getVolume)
+	s.route("DELETE /api/v1/pools/{pool}/volumes/{vol}", s.deleteVolume)
+	s.route("POST /api/v1/pools/{pool}/volumes/{vol}/resize", s.resizeVolume)
+	s.route("PUT /api/v1/pools/{pool}/volumes/{vol}/data", s.uploadVolume)
+	s.route("POST /api/v1/vms/{name}/resize", s.resizeDisk)
+	s.route("POST /api/v1/pools/{pool}/volumes/{vol}/copy", s.copyVolume)
+	s.route("POST /api/v1/pools/{pool}/volumes/{vol}/flatten", s.flattenVolume)
 }
 
 func (s *Server) listPools(w http.ResponseWriter, r *http.Request) {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -156,18 +157,10 @@ func TestStopForcesAfterTimeout(t *testing.T) {
 	s := newServer(t)
 	port := s.createGuest("stubborn", nil)
 	s.waitReady("stubborn", 0)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	conn, err := s.c.Console(ctx, "stubborn")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Stop the guest's ACPI daemon so that the power button does nothing.
-	for i := 0; i < 3; i++ {
-		_, _ = io.WriteString(conn, "\nkillall acpid\n")
-		time.Sleep(500 * time.Millisecond)
-	}
-	conn.Close()
+	// Stop the guest's ACPI daemon so that the power button does nothing,
+	// and wait until the guest confirms it is gone (the computed marker
+	// cannot match the echo of the typed command).
+	s.consoleExpect("stubborn", "killall acpid; sleep 0.2; pidof acpid || echo NO$((1+1))ACPID", regexp.MustCompile(`NO2ACPID`))
 	mustGuestStatus(t, port)
 	v := s.waitState("stubborn", 5*time.Second, v1.StateRunning)
 	start := time.Now()

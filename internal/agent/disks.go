@@ -12,6 +12,7 @@ import (
 	"hangar/internal/imports"
 	"hangar/internal/inventory"
 	"hangar/internal/storage"
+	"hangar/internal/store"
 	"hangar/internal/vm"
 )
 
@@ -22,7 +23,7 @@ func (a *Agent) pool(ctx context.Context, name string) (*storage.Pool, error) {
 		return a.cfg.Pool, nil
 	}
 	var sp v1.StoragePool
-	if _, err := inventory.GetJSON(ctx, a.cfg.Store, inventory.PoolKey(name), &sp); err != nil {
+	if _, err := store.GetJSON(ctx, a.cfg.Store, inventory.PoolKey(name), &sp); err != nil {
 		return nil, fmt.Errorf("storage pool %q: %w", name, err)
 	}
 	return storage.OpenPool(sp.Name, sp.Type, sp.Path)

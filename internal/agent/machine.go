@@ -233,6 +233,16 @@ func decodeArgs(op v1.Operation, v any) error {
 	return nil
 }
 
+// load reads the VM's spec and observed status.
+func (m *machine) load(ctx context.Context) (v1.VMSpec, v1.VMStatus, error) {
+	spec, _, err := m.a.inv.Spec(ctx, m.name)
+	if err != nil {
+		return spec, v1.VMStatus{}, err
+	}
+	st, err := m.a.inv.Status(ctx, m.name)
+	return spec, st, err
+}
+
 // setStatus updates the VM's observed status.
 func (m *machine) setStatus(ctx context.Context, f func(*v1.VMStatus)) error {
 	st, err := m.a.inv.Status(ctx, m.name)

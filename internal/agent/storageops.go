@@ -135,11 +135,7 @@ func (m *machine) media(ctx context.Context, a v1.MediaArgs) error {
 // snapshot puts an overlay on every disk at one instant (and with Memory
 // saves RAM and device state at that same instant).
 func (m *machine) snapshot(ctx context.Context, a v1.SnapshotArgs, progress func(float64, string)) error {
-	spec, _, err := m.a.inv.Spec(ctx, m.name)
-	if err != nil {
-		return err
-	}
-	st, err := m.a.inv.Status(ctx, m.name)
+	spec, st, err := m.load(ctx)
 	if err != nil {
 		return err
 	}
@@ -477,11 +473,7 @@ func (m *machine) clone(ctx context.Context, a v1.CloneArgs, progress func(float
 	if err != nil {
 		return err
 	}
-	spec, _, err := m.a.inv.Spec(ctx, m.name)
-	if err != nil {
-		return err
-	}
-	st, err := m.a.inv.Status(ctx, m.name)
+	spec, st, err := m.load(ctx)
 	if err != nil {
 		return err
 	}
@@ -609,11 +601,7 @@ func (a *Agent) DeleteTemplate(ctx context.Context, t v1.Template) error {
 // resize grows one of the VM's disks: live through QEMU while it runs,
 // with qemu-img when it does not.
 func (m *machine) resize(ctx context.Context, a v1.ResizeArgs) error {
-	spec, _, err := m.a.inv.Spec(ctx, m.name)
-	if err != nil {
-		return err
-	}
-	st, err := m.a.inv.Status(ctx, m.name)
+	spec, st, err := m.load(ctx)
 	if err != nil {
 		return err
 	}

@@ -18,15 +18,12 @@ import (
 // Pools lists this host's default pool and the pools recorded in the store.
 func (a *Agent) Pools(ctx context.Context) ([]v1.StoragePool, error) {
 	out := []v1.StoragePool{{Name: a.cfg.Pool.Name, Type: a.cfg.Pool.Type, Path: a.cfg.Pool.Path}}
-	kvs, _, err := a.cfg.Store.List(ctx, inventory.Pools)
+	pools, _, err := store.ListJSON[v1.StoragePool](ctx, a.cfg.Store, inventory.Pools)
 	if err != nil {
 		return nil, err
 	}
-	for _, kv := range kvs {
-		var p v1.StoragePool
-		if _, err := inventory.GetJSON(ctx, a.cfg.Store, kv.Key, &p); err == nil {
-			out = append(out, p)
-		}
+	for _, p := range pools {
+		out = append(out, p.Value)
 	}
 	return out, nil
 }

@@ -29,18 +29,6 @@ const (
 func PoolKey(name string) string     { return Pools + name }
 func TemplateKey(name string) string { return Templates + name }
 
-// GetJSON reads one record into v and returns its revision.
-func GetJSON(ctx context.Context, s store.Store, key string, v any) (int64, error) {
-	kv, err := s.Get(ctx, key)
-	if err != nil {
-		return 0, err
-	}
-	if err := json.Unmarshal(kv.Value, v); err != nil {
-		return 0, fmt.Errorf("decode %s: %w", key, err)
-	}
-	return kv.Revision, nil
-}
-
 func VMKey(name string) string       { return VMs + name }
 func StatusKey(name string) string   { return Statuses + name }
 func HostKey(name string) string     { return Hosts + name }
@@ -55,30 +43,19 @@ type Inventory struct{ S store.Store }
 
 func get[T any](ctx context.Context, s store.Store, key string) (T, int64, error) {
 	var v T
-	kv, err := s.Get(ctx, key)
-	if err != nil {
-		return v, 0, err
-	}
-	if err := json.Unmarshal(kv.Value, &v); err != nil {
-		return v, 0, fmt.Errorf("decode %s: %w", key, err)
-	}
-	return v, kv.Revision, nil
+	rev, err := store.GetJSON(ctx, s, key, &v)
+	return v, rev, err
 }
 
 func list[T any](ctx context.Context, s store.Store, prefix string) ([]T, []int64, int64, error) {
-	kvs, rev, err := s.List(ctx, prefix)
+	items, rev, err := store.ListJSON[T](ctx, s, prefix)
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	out := make([]T, 0, len(kvs))
-	revs := make([]int64, 0, len(kvs))
-	for _, kv := range kvs {
-		var v T
-		if err := json.Unmarshal(kv.Value, &v); err != nil {
-			return nil, nil, 0, fmt.Errorf("decode %s: %w", kv.Key, err)
-		}
-		out = append(out, v)
-		revs = append(revs, kv.Revision)
+	out := make([]T, len(items))
+	revs := make([]int64, len(items))
+	for i, it := range items {
+		out[i], revs[i] = it.Value, it.Rev
 	}
 	return out, revs, rev, nil
 }
@@ -146,17 +123,13 @@ func (i Inventory) VMList(ctx context.Context) ([]v1.VM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list vms: %w", err)
 	}
-	kvs, _, err := i.S.List(ctx, Statuses)
+	sts, _, err := store.ListJSON[v1.VMStatus](ctx, i.S, Statuses)
 	if err != nil {
 		return nil, fmt.Errorf("list vm statuses: %w", err)
 	}
 	byName := map[string]v1.VMStatus{}
-	for _, kv := range kvs {
-		var st v1.VMStatus
-		if err := json.Unmarshal(kv.Value, &st); err != nil {
-			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
-		}
-		byName[NameFromKey(kv.Key)] = st
+	for _, st := range sts {
+		byName[NameFromKey(st.Key)] = st.Value
 	}
 	out := make([]v1.VM, 0, len(specs))
 	for j, s := range specs {

@@ -286,7 +286,7 @@ func (s *Server) template(ctx context.Context, name string) (v1.Template, error)
 		return v1.Template{}, err
 	}
 	var t v1.Template
-	if _, err := inventory.GetJSON(ctx, s.inv.S, inventory.TemplateKey(name), &t); err != nil {
+	if _, err := store.GetJSON(ctx, s.inv.S, inventory.TemplateKey(name), &t); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return t, &v1.Error{Code: v1.CodeNotFound, Field: "name", Message: fmt.Sprintf("template %q not found", name)}
 		}

@@ -12,8 +12,10 @@ deps:
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
 build:
-	$(GO) build -o bin/hangar ./cmd/hangar
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/hangar ./cmd/hangar
 
 guest: deps
 	bash guest/build.sh $(GUEST_DIR)

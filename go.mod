@@ -13,6 +13,7 @@ require (
 	go.etcd.io/etcd/client/pkg/v3 v3.6.5
 	go.etcd.io/etcd/client/v3 v3.6.5
 	go.etcd.io/etcd/server/v3 v3.6.5
+	go.yaml.in/yaml/v3 v3.0.5
 	go.uber.org/zap v1.27.0
 	golang.org/x/term v0.47.0
 	sigs.k8s.io/yaml v1.6.0

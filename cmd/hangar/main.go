@@ -4,10 +4,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -15,32 +17,104 @@ import (
 	"hangar/client"
 )
 
+// exitInterrupted is the exit code after Ctrl-C (128 + SIGINT), as shells report it.
+const exitInterrupted = 130
+
+// errInterrupted ends a command that stopped because of Ctrl-C after it
+// cleaned up and said so: main exits 130 without another message.
+var errInterrupted = errors.New("interrupted")
+
 func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := newRoot().ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
-		os.Exit(1)
+	root := newRoot()
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errInterrupted):
+		return exitInterrupted
+	case ctx.Err() != nil:
+		// Ctrl-C while waiting on the server: the server did nothing wrong.
+		fmt.Fprintln(os.Stderr, "interrupted")
+		return exitInterrupted
 	}
+	fmt.Fprintln(os.Stderr, "error:", err)
+	if strings.HasPrefix(err.Error(), "unknown command ") || strings.HasPrefix(err.Error(), "unknown flag") ||
+		strings.HasPrefix(err.Error(), "unknown shorthand flag") {
+		if c, _, ferr := root.Find(args); ferr == nil {
+			fmt.Fprintf(os.Stderr, "Run '%s --help' for usage.\n", c.CommandPath())
+		}
+	}
+	return 1
 }
 
 type globals struct {
-	socket string
-	output string
+	socket    string
+	output    string
+	noHeaders bool
 }
 
 func newRoot() *cobra.Command {
 	g := &globals{}
 	root := &cobra.Command{
-		Use:           "hangar",
-		Short:         "Hangar runs virtual machines on a pool of hosts",
+		Use:   "hangar",
+		Short: "Hangar runs virtual machines on a pool of hosts",
+		Long: `Hangar runs virtual machines on a pool of hosts: one binary is the server
+(hangar serve: host agent, manager and embedded etcd) and the CLI that talks to it.
+
+The CLI talks to the API on a unix socket: --socket, else $HANGAR_SOCKET, else
+` + client.DefaultSocket + `. Every verb that starts an operation waits for it
+and shows its progress (--wait=false returns at once with the operation's id).
+Lists and shows take -o table|json|yaml (and wide where there is more to show).`,
+		Example: `  hangar serve &
+  hangar vm create web1 --image guest.qcow2 --forward 8080:80 --start
+  hangar vm list
+  hangar vm show web1 -o yaml
+  hangar version`,
+		Version:       clientVersion().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SuggestionsMinimumDistance = 2
+	root.SetVersionTemplate("hangar {{.Version}}\n")
 	root.PersistentFlags().StringVar(&g.socket, "socket", client.SocketFromEnv(), "API unix socket (env HANGAR_SOCKET)")
-	root.AddCommand(newServe(g), newHost(g), newOp(g), newDemo(g), newBench(g))
+	root.AddCommand(newServe(g), newHost(g), newOp(g), newDemo(g), newBench(g), newVersion(g))
 	root.AddCommand(newVMAndStorage(g)...)
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	finishTree(root)
 	return root
+}
+
+// finishTree makes every command without a RunE of its own a group: it
+// prints its help when called alone and refuses unknown subcommands with a
+// suggestion and a non-zero exit (cobra prints help and exits 0 for them).
+func finishTree(cmd *cobra.Command) {
+	if cmd.HasSubCommands() && cmd.RunE == nil && cmd.Run == nil {
+		cmd.Args = unknownSubcommand
+		cmd.SuggestionsMinimumDistance = 2
+		cmd.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	}
+	for _, c := range cmd.Commands() {
+		finishTree(c)
+	}
+}
+
+func unknownSubcommand(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		msg += "\n\nDid you mean this?\n\t" + strings.Join(s, "\n\t")
+	}
+	return errors.New(msg)
 }
 
 func (g *globals) client() *client.Client { return client.New(g.socket) }

@@ -2,7 +2,7 @@ package main
 
 import (
 	"fmt"
-	"text/tabwriter"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -10,150 +10,247 @@ import (
 	v1 "hangar/api/v1"
 )
 
-// storageCommands adds templates, clones, snapshots, suspend, media and import.
-func storageCommands(g *globals, vmCmd *cobra.Command) []*cobra.Command {
+// opCmd is a verb that starts an operation and (with --wait, the default)
+// follows it. Each command gets its own --wait variable.
+func opCmd(g *globals, c *cobra.Command, start func(cmd *cobra.Command, a []string) (v1.Operation, error)) *cobra.Command {
 	var wait bool
-	waitFlag := func(c *cobra.Command) *cobra.Command {
-		c.Flags().BoolVar(&wait, "wait", true, "wait until the operation is done")
-		return c
-	}
-	run := func(cmd *cobra.Command, op v1.Operation, err error) error {
+	c.Flags().BoolVar(&wait, "wait", true, "wait until the operation is done")
+	c.RunE = func(cmd *cobra.Command, a []string) error {
+		op, err := start(cmd, a)
 		_, err = follow(cmd, g.client(), op, err, wait)
 		return err
 	}
+	return c
+}
+
+// storageCommands adds templates, clones, snapshots, suspend, media and import.
+func storageCommands(g *globals, vmCmd *cobra.Command) []*cobra.Command {
 	vmCmd.AddCommand(
-		waitFlag(&cobra.Command{Use: "template VM TEMPLATE", Short: "Turn a stopped VM into a read-only template", Args: cobra.ExactArgs(2),
-			RunE: func(cmd *cobra.Command, a []string) error {
-				op, err := g.client().MakeTemplate(cmd.Context(), a[0], a[1], 0)
-				return run(cmd, op, err)
-			}}),
-		waitFlag(&cobra.Command{Use: "clone VM NEWNAME", Short: "Copy a VM — also while it runs (all disks at one instant) — into a new stopped VM", Args: cobra.ExactArgs(2),
-			RunE: func(cmd *cobra.Command, a []string) error {
-				op, err := g.client().Clone(cmd.Context(), a[0], v1.CloneArgs{Name: a[1]}, 0)
-				return run(cmd, op, err)
-			}}),
-		waitFlag(&cobra.Command{Use: "suspend VM", Short: "Save a running VM's memory to a file and stop it (resume continues it)", Args: cobra.ExactArgs(1),
-			RunE: func(cmd *cobra.Command, a []string) error {
-				op, err := g.client().Suspend(cmd.Context(), a[0], 0)
-				return run(cmd, op, err)
-			}}),
-		waitFlag(&cobra.Command{Use: "media VM CDROM [ISO]", Short: "Insert an ISO into a cdrom, or eject it (no ISO)", Args: cobra.RangeArgs(2, 3),
-			RunE: func(cmd *cobra.Command, a []string) error {
+		opCmd(g, &cobra.Command{Use: "template VM TEMPLATE", Short: "Turn a stopped VM into a read-only template",
+			Long:    "Turn a stopped VM into a read-only template that VMs are deployed from (vm deploy); the VM is gone after.",
+			Example: "  hangar vm stop web1 && hangar vm template web1 base", Args: cobra.ExactArgs(2),
+			ValidArgsFunction: complete(g, g.vmNames)},
+			func(cmd *cobra.Command, a []string) (v1.Operation, error) {
+				return g.client().MakeTemplate(cmd.Context(), a[0], a[1], 0)
+			}),
+		opCmd(g, &cobra.Command{Use: "clone VM NEWNAME", Short: "Copy a VM — also while it runs (all disks at one instant) — into a new stopped VM",
+			Long:    "Copy a VM into a new stopped VM with full copies of its disks; a running VM is copied live, all disks at one instant.",
+			Example: "  hangar vm clone web1 web1-test && hangar vm start web1-test", Args: cobra.ExactArgs(2),
+			ValidArgsFunction: complete(g, g.vmNames)},
+			func(cmd *cobra.Command, a []string) (v1.Operation, error) {
+				return g.client().Clone(cmd.Context(), a[0], v1.CloneArgs{Name: a[1]}, 0)
+			}),
+		opCmd(g, &cobra.Command{Use: "suspend VM", Short: "Save a running VM's memory to a file and stop it (resume continues it)",
+			Long:    "Save a running VM's memory and device state to a file in its pool and stop QEMU; vm resume (or start) continues it, also after hangar restarts.",
+			Example: "  hangar vm suspend web1 && hangar vm resume web1", Args: cobra.ExactArgs(1),
+			ValidArgsFunction: complete(g, g.vmNames)},
+			func(cmd *cobra.Command, a []string) (v1.Operation, error) {
+				return g.client().Suspend(cmd.Context(), a[0], 0)
+			}),
+		opCmd(g, &cobra.Command{Use: "media VM CDROM [ISO]", Short: "Insert an ISO into a cdrom, or eject it (no ISO)",
+			Long:    "Insert an ISO file into a VM's cdrom drive, or eject the medium when no ISO is given; works while the VM runs.",
+			Example: "  hangar vm media inst cd0 /isos/tools.iso\n  hangar vm media inst cd0", Args: cobra.RangeArgs(2, 3),
+			ValidArgsFunction: complete(g, g.vmNames)},
+			func(cmd *cobra.Command, a []string) (v1.Operation, error) {
 				iso := ""
 				if len(a) == 3 {
 					iso = a[2]
 				}
-				op, err := g.client().ChangeMedia(cmd.Context(), a[0], a[1], iso, 0)
-				return run(cmd, op, err)
-			}}),
+				return g.client().ChangeMedia(cmd.Context(), a[0], a[1], iso, 0)
+			}),
 		newSnapshot(g),
+		newDeploy(g),
 	)
-	var linked, start bool
-	var forwards []string
-	deploy := waitFlag(&cobra.Command{Use: "deploy TEMPLATE NAME", Short: "Deploy a VM from a template (--linked: a copy-on-write clone)", Args: cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, a []string) error {
-			args := v1.DeployArgs{Name: a[1], Linked: linked, Start: start}
-			for _, f := range forwards {
-				fw, err := parseForward(f)
-				if err != nil {
-					return err
-				}
-				args.Forwards = append(args.Forwards, fw)
-			}
-			op, err := g.client().Deploy(cmd.Context(), a[0], args, 0)
-			return run(cmd, op, err)
-		}})
-	deploy.Flags().BoolVar(&linked, "linked", false, "linked clone (qcow2 overlay on the template's base)")
-	deploy.Flags().BoolVar(&start, "start", true, "start the VM once deployed")
-	deploy.Flags().StringArrayVar(&forwards, "forward", nil, "HOSTPORT:GUESTPORT for the user-mode NIC")
-	vmCmd.AddCommand(deploy)
 
-	tmpl := &cobra.Command{Use: "template", Short: "Manage templates"}
-	tlist := &cobra.Command{Use: "list", Short: "List templates", Args: cobra.NoArgs,
+	tmpl := &cobra.Command{Use: "template", Short: "Manage templates",
+		Long:    "List and delete templates (read-only VM images made by vm template, deployed by vm deploy).",
+		Example: "  hangar template ls\n  hangar template delete base"}
+	tlist := &cobra.Command{Use: "list", Aliases: []string{"ls"}, Short: "List templates", Args: cobra.NoArgs,
+		Long: "List templates with their host, size and disks (-o wide adds the pool).", Example: "  hangar template list -o wide",
 		RunE: func(cmd *cobra.Command, a []string) error {
+			if err := g.checkOutput(cmd); err != nil {
+				return err
+			}
 			ts, err := g.client().Templates(cmd.Context())
 			if err != nil {
 				return err
 			}
-			return print(cmd.OutOrStdout(), g.output, ts, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "NAME\tHOST\tCPUS\tMEMORY\tDISKS\tFROM")
-				for _, t := range ts {
-					fmt.Fprintf(w, "%s\t%s\t%d\t%d MiB\t%d\t%s\n", t.Name, t.Host, t.CPUs, t.MemoryMiB, len(t.Disks), t.Source)
+			header := []string{"NAME", "HOST", "CPUS", "MEMORY", "DISKS", "FROM"}
+			if g.wide() {
+				header = append(header, "POOL")
+			}
+			var rows [][]string
+			for _, t := range ts {
+				r := []string{t.Name, t.Host, strconv.Itoa(t.CPUs), fmt.Sprintf("%d MiB", t.MemoryMiB), strconv.Itoa(len(t.Disks)), orDash(t.Source)}
+				if g.wide() {
+					r = append(r, t.Pool)
 				}
-			})
+				rows = append(rows, r)
+			}
+			return g.printList(cmd, ts, header, rows)
 		}}
-	addOutput(tlist, g)
-	tmpl.AddCommand(tlist, &cobra.Command{Use: "delete NAME", Short: "Delete a template no linked clone uses", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, a []string) error { return g.client().DeleteTemplate(cmd.Context(), a[0]) }})
+	addOutput(tlist, g, true)
+	tmpl.AddCommand(tlist, &cobra.Command{Use: "delete NAME", Aliases: []string{"rm"}, Short: "Delete a template no linked clone uses", Args: cobra.ExactArgs(1),
+		Long: "Delete a template and its disks; refused while a linked clone uses it.", Example: "  hangar template delete base",
+		ValidArgsFunction: complete(g, g.templateNames),
+		RunE:              func(cmd *cobra.Command, a []string) error { return g.client().DeleteTemplate(cmd.Context(), a[0]) }})
+	return []*cobra.Command{tmpl, newImport(g), newPool(g), newVolume(g)}
+}
 
+func newDeploy(g *globals) *cobra.Command {
+	var linked, start bool
+	var forwards []string
+	deploy := opCmd(g, &cobra.Command{Use: "deploy TEMPLATE NAME", Short: "Deploy a VM from a template (--linked: a copy-on-write clone)",
+		Long: `Deploy a new VM from a template: a full copy of its disks, or with --linked a qcow2
+overlay on the template's disks (fast, small; the template stays while clones use it).
+The VM starts at once unless --start=false.`,
+		Example: "  hangar vm deploy base web2 --linked --forward 8081:80\n  hangar vm deploy base web3 --start=false",
+		Args:    cobra.ExactArgs(2), ValidArgsFunction: complete(g, g.templateNames)},
+		func(cmd *cobra.Command, a []string) (v1.Operation, error) {
+			args := v1.DeployArgs{Name: a[1], Linked: linked, Start: start}
+			for _, f := range forwards {
+				fw, err := parseForward(f)
+				if err != nil {
+					return v1.Operation{}, err
+				}
+				args.Forwards = append(args.Forwards, fw)
+			}
+			return g.client().Deploy(cmd.Context(), a[0], args, 0)
+		})
+	deploy.Flags().BoolVar(&linked, "linked", false, "linked clone (qcow2 overlay on the template's base)")
+	deploy.Flags().BoolVar(&start, "start", true, "start the VM once deployed")
+	deploy.Flags().StringArrayVar(&forwards, "forward", nil, "HOSTPORT:GUESTPORT for the user-mode NIC")
+	return deploy
+}
+
+func newImport(g *globals) *cobra.Command {
 	var name string
 	var cpus, memory int
-	imp := waitFlag(&cobra.Command{Use: "import FILE", Short: "Create a VM from an OVA/OVF, VMDK, VHD, VHDX, qcow2 or raw image, or a block device (P2V)", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, a []string) error {
+	var start bool
+	var forwards []string
+	imp := opCmd(g, &cobra.Command{Use: "import FILE", Short: "Create a VM from an OVA/OVF, VMDK, VHD, VHDX, qcow2 or raw image, or a block device (P2V)",
+		Long: `Create a VM from a foreign disk or appliance: an OVA or OVF (CPUs, memory and disks
+from its descriptor), a VMDK, VHD, VHDX, qcow2 or raw image, or a block device such as
+/dev/sdb (P2V). The disks are converted into new qcow2 volumes; the source is not changed.`,
+		Example: "  hangar import appliance.ova --start\n  hangar import disk.vmdk --name legacy --memory 1024 --forward 2222:22",
+		Args:    cobra.ExactArgs(1)},
+		func(cmd *cobra.Command, a []string) (v1.Operation, error) {
+			if err := firstErr(atLeast(cmd, "cpus", int64(cpus), 1), atLeast(cmd, "memory", int64(memory), 1)); err != nil {
+				return v1.Operation{}, err
+			}
 			args := v1.ImportArgs{Path: a[0], Name: name, CPUs: cpus, MemoryMiB: memory, Start: start}
 			for _, f := range forwards {
 				fw, err := parseForward(f)
 				if err != nil {
-					return err
+					return v1.Operation{}, err
 				}
 				args.Forwards = append(args.Forwards, fw)
 			}
-			op, err := g.client().Import(cmd.Context(), args, 0)
-			return run(cmd, op, err)
-		}})
+			return g.client().Import(cmd.Context(), args, 0)
+		})
 	imp.Flags().StringVar(&name, "name", "", "VM name (default: from the appliance or file name)")
 	imp.Flags().IntVar(&cpus, "cpus", 0, "virtual CPUs (default: from the OVF, else 1)")
 	imp.Flags().IntVar(&memory, "memory", 0, "memory in MiB (default: from the OVF, else 512)")
 	imp.Flags().BoolVar(&start, "start", false, "start the VM once imported")
 	imp.Flags().StringArrayVar(&forwards, "forward", nil, "HOSTPORT:GUESTPORT for the user-mode NIC")
-	return []*cobra.Command{tmpl, imp, newPool(g), newVolume(g)}
+	return imp
 }
 
 func newSnapshot(g *globals) *cobra.Command {
-	var wait, memory bool
-	cmd := &cobra.Command{Use: "snapshot", Short: "Live snapshots (hot mode): create, list, commit, discard, revert"}
-	run := func(cmd *cobra.Command, op v1.Operation, err error) error {
-		_, err = follow(cmd, g.client(), op, err, wait)
-		return err
-	}
-	create := &cobra.Command{Use: "create VM NAME", Short: "Snapshot all disks at one instant (--memory: and RAM)", Args: cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, a []string) error {
-			op, err := g.client().Snapshot(cmd.Context(), a[0], v1.SnapshotArgs{Name: a[1], Memory: memory}, 0)
-			return run(cmd, op, err)
-		}}
+	var memory bool
+	cmd := &cobra.Command{Use: "snapshot", Short: "Live snapshots (hot mode): create, list, commit, discard, revert",
+		Long: `Live snapshots in hot mode: create starts logging every change of all disks (and with
+--memory saves RAM too); commit keeps the changes, discard drops them, revert goes back
+and keeps the snapshot.`,
+		Example: "  hangar vm snapshot create web1 before-upgrade --memory\n  hangar vm snapshot ls web1\n  hangar vm snapshot commit web1 before-upgrade"}
+	create := opCmd(g, &cobra.Command{Use: "create VM NAME", Short: "Snapshot all disks at one instant (--memory: and RAM)", Args: cobra.ExactArgs(2),
+		Long:              "Snapshot all disks of a VM at one instant, while it runs; --memory also saves its RAM and device state, so that discard and revert continue the guest where it was.",
+		Example:           "  hangar vm snapshot create web1 before-upgrade\n  hangar vm snapshot create web1 live --memory",
+		ValidArgsFunction: complete(g, g.vmNames)},
+		func(cmd *cobra.Command, a []string) (v1.Operation, error) {
+			return g.client().Snapshot(cmd.Context(), a[0], v1.SnapshotArgs{Name: a[1], Memory: memory}, 0)
+		})
 	create.Flags().BoolVar(&memory, "memory", false, "also save RAM and device state")
-	list := &cobra.Command{Use: "list VM", Short: "List a VM's snapshots", Args: cobra.ExactArgs(1),
+	list := &cobra.Command{Use: "list VM", Aliases: []string{"ls"}, Short: "List a VM's snapshots", Args: cobra.ExactArgs(1),
+		Long: "List a VM's snapshots, oldest first, and whether each holds memory.", Example: "  hangar vm snapshot list web1 -o json",
+		ValidArgsFunction: complete(g, g.vmNames),
 		RunE: func(cmd *cobra.Command, a []string) error {
+			if err := g.checkOutput(cmd); err != nil {
+				return err
+			}
 			snaps, err := g.client().Snapshots(cmd.Context(), a[0])
 			if err != nil {
 				return err
 			}
-			return print(cmd.OutOrStdout(), g.output, snaps, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "NAME\tCREATED\tMEMORY")
-				for _, s := range snaps {
-					fmt.Fprintf(w, "%s\t%s\t%t\n", s.Name, s.Created.Local().Format(time.DateTime), s.Memory)
-				}
-			})
+			var rows [][]string
+			for _, s := range snaps {
+				rows = append(rows, []string{s.Name, s.Created.Local().Format(time.DateTime), strconv.FormatBool(s.Memory)})
+			}
+			return g.printList(cmd, snaps, []string{"NAME", "CREATED", "MEMORY"}, rows)
 		}}
-	addOutput(list, g)
-	commit := &cobra.Command{Use: "commit VM NAME", Short: "Delete a snapshot by merging its changes into its base while the VM runs (the newest: keep the hot-mode changes)", Args: cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, a []string) error {
-			op, err := g.client().CommitSnapshot(cmd.Context(), a[0], a[1], 0)
-			return run(cmd, op, err)
-		}}
-	discard := &cobra.Command{Use: "discard VM NAME", Short: "Drop the changes since the snapshot, and the snapshot", Args: cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, a []string) error {
-			op, err := g.client().RevertSnapshot(cmd.Context(), a[0], a[1], true, 0)
-			return run(cmd, op, err)
-		}}
-	revertCmd := &cobra.Command{Use: "revert VM NAME", Short: "Go back to the snapshot, keeping it", Args: cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, a []string) error {
-			op, err := g.client().RevertSnapshot(cmd.Context(), a[0], a[1], false, 0)
-			return run(cmd, op, err)
-		}}
-	for _, c := range []*cobra.Command{create, commit, discard, revertCmd} {
-		c.Flags().BoolVar(&wait, "wait", true, "wait until the operation is done")
+	addOutput(list, g, false)
+	commit := opCmd(g, &cobra.Command{Use: "commit VM NAME", Short: "Delete a snapshot by merging its changes into its base while the VM runs (the newest: keep the hot-mode changes)", Args: cobra.ExactArgs(2),
+		Long:              "Delete a snapshot by merging the changes logged since it into its base, while the VM runs: the guest keeps every change.",
+		Example:           "  hangar vm snapshot commit web1 before-upgrade",
+		ValidArgsFunction: complete(g, g.vmNames, g.snapshotNames)},
+		func(cmd *cobra.Command, a []string) (v1.Operation, error) {
+			return g.client().CommitSnapshot(cmd.Context(), a[0], a[1], 0)
+		})
+	cmd.AddCommand(create, list, commit,
+		newRevert(g, "discard", "Drop the changes since the snapshot, and the snapshot", true),
+		newRevert(g, "revert", "Go back to the snapshot, keeping it", false))
+	return cmd
+}
+
+// newRevert is snapshot discard and revert. Both go back to the snapshot's
+// disks; a snapshot without memory cannot continue a running guest, so the
+// guest restarts from those disks: the verb says so and asks for --yes.
+func newRevert(g *globals, verb, short string, discard bool) *cobra.Command {
+	var yes bool
+	keep := "and keeps the snapshot"
+	if discard {
+		keep = "and deletes the snapshot"
 	}
-	cmd.AddCommand(create, list, commit, discard, revertCmd)
+	cmd := opCmd(g, &cobra.Command{Use: verb + " VM NAME", Short: short, Args: cobra.ExactArgs(2),
+		Long: fmt.Sprintf(`Go back to the snapshot: the changes made since it are dropped, %s.
+
+A snapshot taken with --memory continues the guest where it was at the snapshot.
+A snapshot without memory cannot: a running (or paused) guest is RESTARTED from the
+snapshot's disks, losing what runs in it. The command says so and refuses unless
+--yes (or --force) is given.`, keep),
+		Example:           fmt.Sprintf("  hangar vm snapshot %s web1 before-upgrade\n  hangar vm snapshot %s web1 disk-only --yes   # restarts the running guest", verb, verb),
+		ValidArgsFunction: complete(g, g.vmNames, g.snapshotNames)},
+		func(cmd *cobra.Command, a []string) (v1.Operation, error) {
+			c := g.client()
+			ctx := cmd.Context()
+			vm, err := c.VM(ctx, a[0])
+			if err != nil {
+				return v1.Operation{}, err
+			}
+			snaps, err := c.Snapshots(ctx, a[0])
+			if err != nil {
+				return v1.Operation{}, err
+			}
+			var snap *v1.Snapshot
+			for i := range snaps {
+				if snaps[i].Name == a[1] {
+					snap = &snaps[i]
+				}
+			}
+			if snap == nil {
+				return v1.Operation{}, fmt.Errorf("vm %q has no snapshot %q", a[0], a[1])
+			}
+			running := vm.Status.State == v1.StateRunning || vm.Status.State == v1.StatePaused
+			if running && !snap.Memory {
+				if !yes {
+					return v1.Operation{}, fmt.Errorf("snapshot %q of vm %q has no memory: %s would restart the %s guest from the snapshot's disks; give --yes to do it",
+						a[1], a[0], verb, vm.Status.State)
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "snapshot %q has no memory: vm %s is restarted from the snapshot's disks\n", a[1], a[0])
+			}
+			return c.RevertSnapshot(ctx, a[0], a[1], discard, 0)
+		})
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "go ahead when a running guest would be restarted")
+	cmd.Flags().BoolVar(&yes, "force", false, "same as --yes")
 	return cmd
 }

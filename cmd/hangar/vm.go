@@ -10,19 +10,26 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
-	"sigs.k8s.io/yaml"
 
 	v1 "hangar/api/v1"
 )
 
 func newVM(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "vm", Short: "Manage virtual machines"}
+	cmd := &cobra.Command{Use: "vm", Short: "Manage virtual machines",
+		Long: `Create, inspect, start, stop and delete virtual machines, and everything done to one:
+consoles, snapshots, clones, templates, suspend, media.`,
+		Example: `  hangar vm create web1 --image guest.qcow2 --memory 256 --forward 8080:80 --start
+  hangar vm ls
+  hangar vm show web1
+  hangar vm stop web1 && hangar vm rm web1`}
 	cmd.AddCommand(newVMCreate(g), newVMList(g), newVMShow(g), newVMDelete(g), newVMConsole(g))
-	for _, a := range []struct{ verb, short string }{
-		{"start", "Start a VM"}, {"reboot", "Reset a running VM"},
-		{"pause", "Pause a running VM"}, {"resume", "Resume a paused VM"},
+	for _, a := range []struct{ verb, short, long string }{
+		{"start", "Start a VM", "Start a stopped, crashed or suspended VM (a suspended one continues where it was)."},
+		{"reboot", "Reset a running VM", "Reset a running VM at once, like its reset button: the guest is not asked first."},
+		{"pause", "Pause a running VM", "Pause a running VM's virtual CPUs; its memory stays in place (resume continues it)."},
+		{"resume", "Resume a paused VM", "Resume a paused VM, or start a suspended one from its saved memory."},
 	} {
-		cmd.AddCommand(newVMAction(g, a.verb, a.short))
+		cmd.AddCommand(newVMAction(g, a.verb, a.short, a.long))
 	}
 	cmd.AddCommand(newVMStop(g))
 	return cmd
@@ -45,17 +52,31 @@ func newVMCreate(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "create NAME",
 		Short: "Create a VM (from flags or a YAML spec with -f)",
-		Args:  cobra.MaximumNArgs(1),
+		Long: `Create a VM from flags, or from a YAML spec (-f; flags given as well override it).
+Without --image, --disk-size or -f it has no disk. Without --bridge it gets a user-mode
+NIC; --forward publishes a guest port on 127.0.0.1. Unknown fields in the spec are
+errors, reported with their line.`,
+		Example: `  hangar vm create web1 --image /var/cache/hangar/guest/hangar-guest.qcow2 --forward 8080:80 --start
+  hangar vm create inst --disk-size 8192 --iso debian.iso --cloud-init user-data.yaml
+  hangar vm create -f db1.yaml --start`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := firstErr(atLeast(cmd, "cpus", int64(cpus), 1), atLeast(cmd, "memory", int64(memory), 1),
+				atLeast(cmd, "disk-size", diskMiB, 1)); err != nil {
+				return err
+			}
 			var spec v1.VMSpec
 			if file != "" {
 				b, err := os.ReadFile(file)
 				if err != nil {
 					return err
 				}
-				if err := yaml.UnmarshalStrict(b, &spec); err != nil {
-					return fmt.Errorf("%s: %w", file, err)
+				if err := decodeYAMLStrict(file, b, &spec); err != nil {
+					return err
 				}
+			}
+			if len(args) == 0 && spec.Name == "" {
+				return fmt.Errorf("give the VM a name: hangar vm create NAME, or name: in the spec")
 			}
 			if len(args) == 1 {
 				spec.Name = args[0]
@@ -142,37 +163,58 @@ func parseForward(s string) (v1.Forward, error) {
 
 func newVMList(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "list",
-		Short: "List VMs",
-		Args:  cobra.NoArgs,
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List VMs",
+		Long:    "List VMs with their observed state, host, size and uptime (-o wide adds PID, accelerator, restarts and NICs).",
+		Example: `  hangar vm ls
+  hangar vm list -o wide
+  hangar vm list --no-headers | cut -d' ' -f1`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.checkOutput(cmd); err != nil {
+				return err
+			}
 			vms, err := g.client().VMs(cmd.Context())
 			if err != nil {
 				return err
 			}
-			return print(cmd.OutOrStdout(), g.output, vms, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "NAME\tSTATE\tHOST\tCPUS\tMEMORY\tUPTIME")
-				for _, v := range vms {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d MiB\t%s\n", v.Spec.Name, v.Status.State, v.Spec.Host, v.Spec.CPUs, v.Spec.MemoryMiB, uptime(v.Status))
+			header := []string{"NAME", "STATE", "HOST", "CPUS", "MEMORY", "UPTIME"}
+			if g.wide() {
+				header = append(header, "PID", "ACCEL", "RESTARTS", "NICS")
+			}
+			var rows [][]string
+			for _, v := range vms {
+				r := []string{v.Spec.Name, v.Status.State, v.Spec.Host, strconv.Itoa(v.Spec.CPUs), fmt.Sprintf("%d MiB", v.Spec.MemoryMiB), uptime(v.Status)}
+				if g.wide() {
+					r = append(r, strconv.Itoa(v.Status.PID), orDash(v.Status.Accelerator), strconv.Itoa(v.Status.Restarts), nicSummary(v.Spec.NICs))
 				}
-			})
+				rows = append(rows, r)
+			}
+			return g.printList(cmd, vms, header, rows)
 		},
 	}
-	addOutput(cmd, g)
+	addOutput(cmd, g, true)
 	return cmd
 }
 
 func newVMShow(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "show NAME",
-		Short: "Show a VM",
-		Args:  cobra.ExactArgs(1),
+		Use:               "show NAME",
+		Short:             "Show a VM",
+		Long:              "Show a VM's spec and what its host observes: state, PID, uptime, accelerator, disks and NICs.",
+		Example:           "  hangar vm show web1\n  hangar vm show web1 -o json",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: complete(g, g.vmNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.checkOutput(cmd); err != nil {
+				return err
+			}
 			v, err := g.client().VM(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
-			return print(cmd.OutOrStdout(), g.output, v, func(w *tabwriter.Writer) {
+			return g.print(cmd, v, func(w *tabwriter.Writer) {
 				s, st := v.Spec, v.Status
 				fmt.Fprintf(w, "Name:\t%s\nState:\t%s\nWanted:\t%s\nHost:\t%s\nPID:\t%d\nUptime:\t%s\nAccelerator:\t%s\n",
 					s.Name, st.State, s.Power, s.Host, st.PID, uptime(st), st.Accelerator)
@@ -201,16 +243,44 @@ func newVMShow(g *globals) *cobra.Command {
 			})
 		},
 	}
-	addOutput(cmd, g)
+	addOutput(cmd, g, false)
 	return cmd
 }
 
-func newVMAction(g *globals, verb, short string) *cobra.Command {
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func nicSummary(nics []v1.NIC) string {
+	var parts []string
+	for _, n := range nics {
+		p := n.Mode
+		if n.Bridge != "" {
+			p += ":" + n.Bridge
+		}
+		for _, f := range n.Forwards {
+			p += fmt.Sprintf(",%d->%d", f.HostPort, f.GuestPort)
+		}
+		parts = append(parts, p)
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, " ")
+}
+
+func newVMAction(g *globals, verb, short, long string) *cobra.Command {
 	var wait bool
 	cmd := &cobra.Command{
-		Use:   verb + " NAME",
-		Short: short,
-		Args:  cobra.ExactArgs(1),
+		Use:               verb + " NAME",
+		Short:             short,
+		Long:              long,
+		Example:           fmt.Sprintf("  hangar vm %s web1\n  hangar vm %s web1 --wait=false", verb, verb),
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: complete(g, g.vmNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := g.client()
 			op, err := c.Action(cmd.Context(), args[0], verb, nil, 0)
@@ -228,8 +298,15 @@ func newVMStop(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "stop NAME",
 		Short: "Stop a VM: ACPI power button, then quit QEMU after --timeout",
-		Args:  cobra.ExactArgs(1),
+		Long: `Stop a VM: press its ACPI power button and wait for the guest to power off; after
+--timeout (default: the server's --stop-timeout) QEMU is quit. --force quits at once.`,
+		Example:           "  hangar vm stop web1\n  hangar vm stop web1 --timeout 10s\n  hangar vm stop web1 --force",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: complete(g, g.vmNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := notNegative(cmd, "timeout", timeout); err != nil {
+				return err
+			}
 			c := g.client()
 			op, err := c.Action(cmd.Context(), args[0], "stop", v1.StopArgs{Force: force, TimeoutSeconds: int(timeout.Seconds())}, 0)
 			_, err = follow(cmd, c, op, err, wait)
@@ -245,9 +322,14 @@ func newVMStop(g *globals) *cobra.Command {
 func newVMDelete(g *globals) *cobra.Command {
 	var wait, force bool
 	cmd := &cobra.Command{
-		Use:   "delete NAME",
-		Short: "Delete a VM and the disks Hangar created for it",
-		Args:  cobra.ExactArgs(1),
+		Use:     "delete NAME",
+		Aliases: []string{"rm"},
+		Short:   "Delete a VM and the disks Hangar created for it",
+		Long: `Delete a VM and the disks Hangar created for it (volumes attached with volume: stay).
+A running VM is refused unless --force, which kills it first.`,
+		Example:           "  hangar vm rm web1\n  hangar vm delete web1 --force",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: complete(g, g.vmNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := g.client()
 			op, err := c.DeleteVM(cmd.Context(), args[0], force, 0)
@@ -265,7 +347,11 @@ func newVMConsole(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "console NAME",
 		Short: "Attach to the serial console (Ctrl-] detaches); --log prints the console log",
-		Args:  cobra.ExactArgs(1),
+		Long: `Attach the terminal to a VM's serial console, both ways; Ctrl-] detaches.
+--log prints the serial output persisted since the VM was created, and exits.`,
+		Example:           "  hangar vm console web1\n  hangar vm console web1 --log | tail",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: complete(g, g.vmNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := g.client()
 			if logOnly {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"hangar/internal/agent"
 	"hangar/internal/etcdembed"
 	"hangar/internal/manager"
+	"hangar/internal/pki"
 	"hangar/internal/qemu"
 	"hangar/internal/storage"
 	"hangar/internal/store"
@@ -31,8 +33,14 @@ type Config struct {
 	// Listen is an optional TCP address; it needs TLSCert and TLSKey.
 	Listen          string
 	TLSCert, TLSKey string
-	EtcdClientURL   string // default: a free 127.0.0.1 port
-	EtcdPeerURL     string
+	// EtcdClientURL is an optional https URL on which the embedded etcd
+	// member also serves clients of other hosts; they must present a
+	// certificate of the pool CA. Local clients always use the unix socket
+	// RunDir/etcd/client.sock (directory 0700).
+	EtcdClientURL string
+	// EtcdPeerURL is the member's https peer URL; default a free 127.0.0.1
+	// port. Peers authenticate each other with pool CA certificates.
+	EtcdPeerURL string
 	StopTimeout     time.Duration
 	// Accel is auto (default), kvm or tcg.
 	Accel string
@@ -85,17 +93,24 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	ecfg := etcdembed.Config{Name: cfg.Host, DataDir: filepath.Join(cfg.DataDir, "etcd"), Logger: cfg.Log}
+	etcdTLS, err := hostTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ecfg := etcdembed.Config{Name: cfg.Host, DataDir: filepath.Join(cfg.DataDir, "etcd"), Logger: cfg.Log,
+		ClientSocket: EtcdSocket(cfg.RunDir), TLS: etcdTLS}
 	if cfg.EtcdClientURL != "" {
 		ecfg.ClientURLs = []string{cfg.EtcdClientURL}
 	}
 	if cfg.EtcdPeerURL != "" {
 		ecfg.PeerURLs = []string{cfg.EtcdPeerURL}
 	}
+	etcdStart := time.Now()
 	member, err := etcdembed.Start(ctx, ecfg)
 	if err != nil {
 		return nil, fmt.Errorf("start etcd: %w", err)
 	}
+	cfg.Log.Debug("etcd ready", "socket", member.ClientSocket(), "dur", time.Since(etcdStart))
 	ok := false
 	defer func() {
 		if !ok {
@@ -166,6 +181,44 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	ok = true
 	cfg.Log.Info("hangar serving", "socket", cfg.Socket, "host", cfg.Host, "data", cfg.DataDir, "accel", caps.Accel)
 	return d, nil
+}
+
+// EtcdSocket is the unix socket on which the embedded etcd member serves
+// this host's own clients.
+func EtcdSocket(runDir string) string { return filepath.Join(runDir, "etcd", "client.sock") }
+
+// hostTLS loads (or creates) the pool CA in DataDir/pki and makes sure this
+// host has a certificate from it covering loopback and the hosts of the
+// etcd URLs.
+func hostTLS(cfg Config) (etcdembed.TLSFiles, error) {
+	dir := filepath.Join(cfg.DataDir, "pki")
+	ca, err := pki.LoadOrCreateCA(dir)
+	if err != nil {
+		return etcdembed.TLSFiles{}, err
+	}
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	dns := []string{"localhost"}
+	for _, raw := range []string{cfg.EtcdPeerURL, cfg.EtcdClientURL} {
+		if raw == "" {
+			continue
+		}
+		u, err := url.Parse(raw)
+		if err != nil {
+			return etcdembed.TLSFiles{}, fmt.Errorf("etcd url %q: %w", raw, err)
+		}
+		if ip := net.ParseIP(u.Hostname()); ip != nil {
+			if !ip.IsUnspecified() {
+				ips = append(ips, ip)
+			}
+		} else if u.Hostname() != "" {
+			dns = append(dns, u.Hostname())
+		}
+	}
+	f := etcdembed.TLSFiles{CertFile: filepath.Join(dir, "host.crt"), KeyFile: filepath.Join(dir, "host.key"), CAFile: ca.CertFile()}
+	if _, err := ca.EnsureHost(f.CertFile, f.KeyFile, cfg.Host, ips, dns); err != nil {
+		return etcdembed.TLSFiles{}, err
+	}
+	return f, nil
 }
 
 // Err reports a fatal error of a component.

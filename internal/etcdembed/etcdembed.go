@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -16,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -42,18 +45,31 @@ const (
 )
 
 // Config describes one embedded etcd member.
+//
+// The member is closed to local users other than the process's own: local
+// clients (this process) reach it only through ClientSocket, a unix socket
+// in a 0700 directory; peers and remote clients only over TLS with
+// certificates from TLS.CAFile (mutual TLS).
 type Config struct {
 	// Name is the member name; default "default".
 	Name string
 	// DataDir holds the member's WAL and database; required. Starting on an
 	// existing DataDir restarts the member with its data.
 	DataDir string
-	// ClientURLs are listened on and advertised for clients, e.g.
-	// "http://127.0.0.1:2379". Empty picks a free 127.0.0.1 port.
+	// ClientSocket is the path of the unix socket the member serves local
+	// clients on, and that Client uses; required, at most 107 bytes. Its
+	// directory is created 0700 (or made 0700) and must belong to this
+	// process's user; a stale socket there is removed.
+	ClientSocket string
+	// ClientURLs are further client URLs, for other hosts: https only; the
+	// clients must present a certificate signed by TLS.CAFile.
 	ClientURLs []string
-	// PeerURLs are listened on and advertised for peers. Empty picks a free
-	// 127.0.0.1 port.
+	// PeerURLs are listened on and advertised for peers: https only. Empty
+	// picks a free 127.0.0.1 port.
 	PeerURLs []string
+	// TLS is the member's certificate, used for peer traffic (as server and
+	// as client) and for ClientURLs; required.
+	TLS TLSFiles
 	// InitialCluster is etcd's --initial-cluster; "" means a single member
 	// "Name=PeerURLs".
 	InitialCluster string
@@ -64,12 +80,24 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// TLSFiles names PEM files: a key pair and the CA that peers' and remote
+// clients' certificates must be signed by.
+type TLSFiles struct {
+	CertFile, KeyFile, CAFile string
+}
+
+// maxSocketPath is the longest unix socket path Linux accepts (sun_path is
+// 108 bytes including the terminating NUL).
+const maxSocketPath = 107
+
 // Member is a running embedded etcd member.
 type Member struct {
 	etcd       *embed.Etcd
 	client     *clientv3.Client
 	clientURLs []string
-	closing    *atomic.Bool
+	// clientSocket is the path of the unix socket for local clients.
+	clientSocket string
+	closing      *atomic.Bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -80,6 +108,12 @@ type Member struct {
 func Start(ctx context.Context, cfg Config) (*Member, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("etcd: data dir is required")
+	}
+	if cfg.TLS.CertFile == "" || cfg.TLS.KeyFile == "" || cfg.TLS.CAFile == "" {
+		return nil, errors.New("etcd: TLS cert, key and CA files are required: peers authenticate each other with TLS client certificates")
+	}
+	if err := prepareSocket(cfg.ClientSocket); err != nil {
+		return nil, err
 	}
 	if cfg.Name == "" {
 		cfg.Name = embed.DefaultName
@@ -109,7 +143,7 @@ func Start(ctx context.Context, cfg Config) (*Member, error) {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 
-	auto := len(cfg.ClientURLs) == 0 || len(cfg.PeerURLs) == 0
+	auto := len(cfg.PeerURLs) == 0
 	var (
 		e          *embed.Etcd
 		clientURLs []string
@@ -145,8 +179,15 @@ func Start(ctx context.Context, cfg Config) (*Member, error) {
 		return nil, fmt.Errorf("etcd: member %q not ready: %w", cfg.Name, context.Cause(ctx))
 	}
 
+	// The socket is inside a 0700 directory already; its own mode is a
+	// second fence (etcd creates it with the process umask).
+	if err := os.Chmod(cfg.ClientSocket, 0o600); err != nil {
+		closing.Store(true)
+		e.Close()
+		return nil, fmt.Errorf("etcd: chmod client socket: %w", err)
+	}
 	client, err := clientv3.New(clientv3.Config{
-		Endpoints:   clientURLs,
+		Endpoints:   clientURLs[:1], // the unix socket
 		DialTimeout: dialTimeout,
 		Logger:      zl.Named("client"),
 		Context:     context.WithoutCancel(ctx),
@@ -156,52 +197,61 @@ func Start(ctx context.Context, cfg Config) (*Member, error) {
 		e.Close()
 		return nil, fmt.Errorf("etcd: connect to member %q: %w", cfg.Name, err)
 	}
-	return &Member{etcd: e, client: client, clientURLs: clientURLs, closing: closing}, nil
+	return &Member{etcd: e, client: client, clientURLs: clientURLs, clientSocket: cfg.ClientSocket, closing: closing}, nil
 }
 
-// embedConfig builds etcd's configuration, picking free ports where cfg
-// leaves URLs empty.
+// embedConfig builds etcd's configuration, picking a free peer port when
+// cfg leaves PeerURLs empty. The first client URL returned is the unix
+// socket.
 func embedConfig(cfg Config, zl *zap.Logger, levelName string) (*embed.Config, []string, error) {
-	clientURLs, peerURLs := cfg.ClientURLs, cfg.PeerURLs
-	need := 0
-	if len(clientURLs) == 0 {
-		need++
-	}
+	peerURLs := cfg.PeerURLs
 	if len(peerURLs) == 0 {
-		need++
-	}
-	if need > 0 {
-		ports, err := freePorts(need)
+		ports, err := freePorts(1)
 		if err != nil {
 			return nil, nil, err
 		}
-		if len(clientURLs) == 0 {
-			clientURLs = []string{fmt.Sprintf("http://127.0.0.1:%d", ports[0])}
-			ports = ports[1:]
-		}
-		if len(peerURLs) == 0 {
-			peerURLs = []string{fmt.Sprintf("http://127.0.0.1:%d", ports[0])}
-		}
+		peerURLs = []string{fmt.Sprintf("https://127.0.0.1:%d", ports[0])}
 	}
-	cu, err := parseURLs(clientURLs)
+	clientURLs := append([]string{"unix://" + cfg.ClientSocket}, cfg.ClientURLs...)
+	cu, err := parseURLs(cfg.ClientURLs, "https")
 	if err != nil {
-		return nil, nil, fmt.Errorf("etcd: client urls: %w", err)
+		return nil, nil, fmt.Errorf("etcd: client urls: %w (local clients use the unix socket; others need TLS client certificates)", err)
 	}
-	pu, err := parseURLs(peerURLs)
+	pu, err := parseURLs(peerURLs, "https")
 	if err != nil {
-		return nil, nil, fmt.Errorf("etcd: peer urls: %w", err)
+		return nil, nil, fmt.Errorf("etcd: peer urls: %w (peers authenticate each other with TLS client certificates)", err)
 	}
+	sock := url.URL{Scheme: "unix", Path: cfg.ClientSocket}
 
 	ec := embed.NewConfig()
 	ec.Name = cfg.Name
 	ec.Dir = cfg.DataDir
-	ec.ListenClientUrls, ec.AdvertiseClientUrls = cu, cu
+	ec.ListenClientUrls = append([]url.URL{sock}, cu...)
+	// Only TCP URLs are advertised (to other members): etcd wants host:port
+	// there, and the socket is of no use to other hosts.
+	ec.AdvertiseClientUrls = cu
 	ec.ListenPeerUrls, ec.AdvertisePeerUrls = pu, pu
 	ec.InitialCluster = cfg.InitialCluster
 	if ec.InitialCluster == "" {
 		ec.InitialCluster = ec.InitialClusterFromName(cfg.Name)
 	}
 	ec.ClusterState = cfg.ClusterState
+
+	// Mutual TLS: a peer (and a remote client) must present a certificate
+	// signed by the pool CA; etcd verifies ours the same way.
+	tlsInfo := transport.TLSInfo{
+		CertFile:       cfg.TLS.CertFile,
+		KeyFile:        cfg.TLS.KeyFile,
+		TrustedCAFile:  cfg.TLS.CAFile,
+		ClientCertAuth: true,
+	}
+	ec.PeerTLSInfo = tlsInfo
+	if len(cu) > 0 {
+		// Only with TCP client URLs: on the unix socket etcd ignores
+		// client TLS and warns about it.
+		ec.ClientTLSInfo = tlsInfo
+	}
+	ec.TlsMinVersion = "TLS1.2"
 
 	// Raft timing: etcd's defaults (100 ms heartbeat, 1 s election) with
 	// the initial election ticks fast-forwarded, so a single member elects
@@ -225,15 +275,59 @@ func embedConfig(cfg Config, zl *zap.Logger, levelName string) (*embed.Config, [
 	return ec, clientURLs, nil
 }
 
-func parseURLs(ss []string) ([]url.URL, error) {
+// prepareSocket makes the directory of the client socket private (0700,
+// owned by this user) and removes a stale socket from an earlier run.
+func prepareSocket(path string) error {
+	switch {
+	case path == "":
+		return errors.New("etcd: client socket path is required")
+	case !filepath.IsAbs(path):
+		return fmt.Errorf("etcd: client socket %q: must be absolute", path)
+	case len(path) > maxSocketPath:
+		return fmt.Errorf("etcd: client socket %q: longer than %d bytes (a unix socket limit); use a shorter run dir", path, maxSocketPath)
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("etcd: create socket dir: %w", err)
+	}
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("etcd: socket dir: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("etcd: socket dir %s is not a directory", dir)
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
+		return fmt.Errorf("etcd: socket dir %s belongs to uid %d, not to this process (uid %d): refusing to serve etcd there",
+			dir, sys.Uid, os.Geteuid())
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("etcd: chmod socket dir: %w", err)
+	}
+	st, err = os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("etcd: client socket: %w", err)
+	case st.Mode().Type() != fs.ModeSocket:
+		return fmt.Errorf("etcd: client socket %s exists and is not a socket", path)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("etcd: remove stale client socket: %w", err)
+	}
+	return nil
+}
+
+func parseURLs(ss []string, scheme string) ([]url.URL, error) {
 	us := make([]url.URL, 0, len(ss))
 	for _, s := range ss {
 		u, err := url.Parse(s)
 		if err != nil {
 			return nil, fmt.Errorf("parse %q: %w", s, err)
 		}
-		if u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "unix" && u.Scheme != "unixs" {
-			return nil, fmt.Errorf("url %q: unsupported scheme %q", s, u.Scheme)
+		if u.Scheme != scheme {
+			return nil, fmt.Errorf("url %q: scheme %q, want %q", s, u.Scheme, scheme)
 		}
 		us = append(us, *u)
 	}
@@ -265,7 +359,11 @@ func isAddrInUse(err error) bool {
 // callers must not close it themselves.
 func (m *Member) Client() *clientv3.Client { return m.client }
 
-// ClientURLs returns the URLs the member serves clients on.
+// ClientSocket returns the path of the member's unix client socket.
+func (m *Member) ClientSocket() string { return m.clientSocket }
+
+// ClientURLs returns the URLs the member serves clients on, the unix
+// socket first.
 func (m *Member) ClientURLs() []string { return slices.Clone(m.clientURLs) }
 
 // Close closes the member's client and stops the member. It is safe to call

@@ -3,7 +3,6 @@ package store_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -11,28 +10,12 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"hangar/internal/etcdembed"
+	"hangar/internal/etcdembed/etcdtest"
 	"hangar/internal/store"
 	"hangar/internal/store/storetest"
 )
 
-func startMember(t *testing.T) *etcdembed.Member {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	m, err := etcdembed.Start(ctx, etcdembed.Config{
-		DataDir: t.TempDir(),
-		Logger:  slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := m.Close(); err != nil {
-			t.Errorf("close etcd: %v", err)
-		}
-	})
-	return m
-}
+func startMember(t *testing.T) *etcdembed.Member { return etcdtest.Start(t) }
 
 func TestEtcd(t *testing.T) {
 	m := startMember(t)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	v1 "hangar/api/v1"
@@ -22,6 +23,7 @@ import (
 	"hangar/internal/qemu/config"
 	"hangar/internal/storage"
 	"hangar/internal/store"
+	"hangar/internal/vm"
 )
 
 // Config of an agent.
@@ -47,7 +49,7 @@ type Config struct {
 // Agent is one host's agent.
 type Agent struct {
 	cfg   Config
-	inv   inventory.Inventory
+	inv   records // every record read is checked (records.go)
 	facts v1.Host
 	io    *ioPool
 
@@ -57,6 +59,14 @@ type Agent struct {
 	ctx     context.Context
 	workers sync.WaitGroup
 	ready   chan struct{}
+
+	// crashAt names a point of create+start at which the agent kills its
+	// own process with SIGKILL (crashPoint). Test-only: the kill-9
+	// integration test sets HANGAR_TEST_CRASH_AT; nothing else does.
+	crashAt string
+	// onPoint, when set (by tests, before Run), is called at each named
+	// point of crashPoint.
+	onPoint func(point string)
 }
 
 // New returns an agent; Run starts it.
@@ -83,8 +93,24 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, inv: inventory.Inventory{S: cfg.Store}, facts: facts, io: newIOPool(cfg.IOWorkers),
-		vms: map[string]*machine{}, queued: map[string]bool{}, ready: make(chan struct{})}, nil
+	a := &Agent{cfg: cfg, facts: facts, io: newIOPool(cfg.IOWorkers),
+		vms: map[string]*machine{}, queued: map[string]bool{}, ready: make(chan struct{}),
+		crashAt: os.Getenv("HANGAR_TEST_CRASH_AT")}
+	a.inv = records{Inventory: inventory.Inventory{S: cfg.Store}, a: a}
+	return a, nil
+}
+
+// crashPoint kills this process with SIGKILL, as a crash would, when the
+// kill-9 test asked for a crash at point (HANGAR_TEST_CRASH_AT=point).
+func (a *Agent) crashPoint(point string) {
+	if a.onPoint != nil {
+		a.onPoint(point)
+	}
+	if a.crashAt != "" && a.crashAt == point {
+		a.cfg.Log.Warn("HANGAR_TEST_CRASH_AT: killing hangar serve", "point", point)
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {} // SIGKILL cannot be caught: nothing runs after it
+	}
 }
 
 // Facts returns this host's facts.
@@ -259,6 +285,10 @@ func (a *Agent) queueOp(kv store.KV) {
 	if op.Host != a.cfg.Host || op.Done() {
 		return
 	}
+	if err := checkOp(kv.Key, op); err != nil {
+		a.refuseOp(a.ctx, kv.Key, op, kv.Revision, err)
+		return
+	}
 	a.mu.Lock()
 	if a.queued[op.ID] {
 		a.mu.Unlock()
@@ -269,6 +299,18 @@ func (a *Agent) queueOp(kv store.KV) {
 	a.enqueue(op.Target, task{op: op.ID})
 }
 
+// refuseOp records that an operation of this host failed its checks: the
+// record is marked failed (if it did not change meanwhile) and nothing
+// else is touched.
+func (a *Agent) refuseOp(ctx context.Context, key string, op v1.Operation, rev int64, err error) {
+	a.cfg.Log.Warn("refusing operation", "key", key, "kind", op.Kind, "target", op.Target, "err", err)
+	op.State, op.Updated = v1.OpFailed, time.Now().UTC()
+	op.Error = &v1.Error{Code: v1.CodeInvalidArgument, Message: "refused by the agent: " + err.Error()}
+	if _, err := a.cfg.Store.Put(ctx, key, inventory.Marshal(op), rev); err != nil && ctx.Err() == nil {
+		a.cfg.Log.Warn("record refused operation", "key", key, "err", err)
+	}
+}
+
 func (a *Agent) opFinished(id string) {
 	a.mu.Lock()
 	delete(a.queued, id)
@@ -277,6 +319,10 @@ func (a *Agent) opFinished(id string) {
 
 // enqueue hands a task to the VM's worker, starting the worker if needed.
 func (a *Agent) enqueue(name string, t task) {
+	if vm.ValidateName("name", name) != nil && vm.ValidateVolumeRef("name", name) != nil {
+		a.cfg.Log.Error("refusing work for an invalid vm or volume name", "name", name)
+		return
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.ctx.Err() != nil {
@@ -309,19 +355,42 @@ func (a *Agent) retire(m *machine) bool {
 	return true
 }
 
-func (a *Agent) runDir(name string) string { return filepath.Join(a.cfg.RunDir, "vms", name) }
-func (a *Agent) logDir(name string) string { return filepath.Join(a.cfg.DataDir, "logs", name) }
+// runDir is a VM's directory of sockets and pidfile; an invalid name (one
+// that could leave RunDir/vms) is refused.
+func (a *Agent) runDir(name string) (string, error) {
+	if err := vm.ValidateName("name", name); err != nil {
+		return "", fmt.Errorf("run dir: %w", err)
+	}
+	return filepath.Join(a.cfg.RunDir, "vms", name), nil
+}
 
-// SerialLogPath is where a VM's serial console is logged.
+// logDir is a VM's directory of logs; an invalid name is refused.
+func (a *Agent) logDir(name string) (string, error) {
+	if err := vm.ValidateName("name", name); err != nil {
+		return "", fmt.Errorf("log dir: %w", err)
+	}
+	return filepath.Join(a.cfg.DataDir, "logs", name), nil
+}
+
+// SerialLogPath is where a VM's serial console is logged ("" for an
+// invalid name).
 func (a *Agent) SerialLogPath(name string) string {
-	return filepath.Join(a.logDir(name), config.SerialLog)
+	dir, err := a.logDir(name)
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(dir, config.SerialLog)
 }
 
 // OpenConsole connects to a running VM's serial console. QEMU serves one
 // client at a time.
 func (a *Agent) OpenConsole(ctx context.Context, name string) (net.Conn, error) {
+	dir, err := a.runDir(name)
+	if err != nil {
+		return nil, err
+	}
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", filepath.Join(a.runDir(name), config.ConsoleSocket))
+	c, err := d.DialContext(ctx, "unix", filepath.Join(dir, config.ConsoleSocket))
 	if err != nil {
 		return nil, errdefs.Precondition("vm %q has no console: is it running?", name)
 	}

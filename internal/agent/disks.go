@@ -10,9 +10,7 @@ import (
 	"hangar/internal/cloudinit"
 	"hangar/internal/errdefs"
 	"hangar/internal/imports"
-	"hangar/internal/inventory"
 	"hangar/internal/storage"
-	"hangar/internal/store"
 	"hangar/internal/vm"
 )
 
@@ -22,9 +20,9 @@ func (a *Agent) pool(ctx context.Context, name string) (*storage.Pool, error) {
 	if name == a.cfg.Pool.Name {
 		return a.cfg.Pool, nil
 	}
-	var sp v1.StoragePool
-	if _, err := store.GetJSON(ctx, a.cfg.Store, inventory.PoolKey(name), &sp); err != nil {
-		return nil, fmt.Errorf("storage pool %q: %w", name, err)
+	sp, err := a.inv.Pool(ctx, name) // checked (records.go)
+	if err != nil {
+		return nil, err
 	}
 	return storage.OpenPool(sp.Name, sp.Type, sp.Path)
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -41,6 +42,10 @@ type machine struct {
 	inst     *qemu.Instance
 	restarts []time.Time
 	gone     bool
+	// Of inst: when it started and with which accelerator (recorded in
+	// the status whenever the worker writes it as running).
+	startedAt time.Time
+	accel     string
 }
 
 func (m *machine) loop() {
@@ -90,11 +95,19 @@ func (m *machine) runOp(ctx context.Context, id string) {
 	defer m.a.opFinished(id)
 	inv := m.a.inv
 	op, rev, err := inv.Op(ctx, id)
+	if errors.Is(err, inventory.ErrInvalidRecord) && rev != 0 && op.Host == m.a.cfg.Host && !op.Done() {
+		m.a.refuseOp(ctx, inventory.OpKey(id), op, rev, err)
+		return
+	}
 	if err != nil {
 		m.log.Warn("load operation", "op", id, "err", err)
 		return
 	}
-	if op.Done() {
+	if op.Done() || op.Host != m.a.cfg.Host {
+		return
+	}
+	if err := m.checkOpPlacement(ctx, op); err != nil {
+		m.a.refuseOp(ctx, inventory.OpKey(id), op, rev, err)
 		return
 	}
 	if op.State == v1.OpRunning {
@@ -107,6 +120,7 @@ func (m *machine) runOp(ctx context.Context, id string) {
 		m.log.Info("operation not claimed", "op", id, "err", err) // cancelled meanwhile
 		return
 	}
+	m.a.crashPoint("op-claimed")
 	progress := func(f float64, phase string) {
 		op.Progress = v1.Progress{Fraction: f, Phase: phase}
 		op.Updated = time.Now().UTC()
@@ -130,9 +144,35 @@ func (m *machine) runOp(ctx context.Context, id string) {
 		op.Progress = v1.Progress{Fraction: 1, Phase: "done"}
 		m.log.Info("operation succeeded", "op", id, "kind", op.Kind)
 	}
-	if _, err := inv.PutOp(ctx, op, store.AnyRevision); err != nil {
-		m.log.Error("record operation result", "op", id, "err", err)
+	// Conditioned on the revision this worker claimed (and advanced with
+	// its progress): a record someone else changed meanwhile — a takeover —
+	// is not overwritten.
+	if _, err := inv.PutOp(ctx, op, rev); err != nil {
+		m.log.Error("record operation result", "op", id, "state", op.State, "err", err)
 	}
+	m.a.crashPoint("op-finished")
+}
+
+// checkOpPlacement refuses an operation on a VM this worker is not for: a
+// target other than the worker's VM, a VM record that fails its checks, or
+// one placed on another host.
+func (m *machine) checkOpPlacement(ctx context.Context, op v1.Operation) error {
+	if op.Target != m.name {
+		return fmt.Errorf("operation %s targets %q, not %q: %w", op.ID, op.Target, m.name, inventory.ErrInvalidRecord)
+	}
+	if vm.OpTarget(op.Kind) != vm.TargetVM {
+		return nil
+	}
+	spec, _, err := m.a.inv.Spec(ctx, m.name)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil // deleted by an earlier attempt, or the kind reports it
+	case err != nil:
+		return err
+	case spec.Host != m.a.cfg.Host:
+		return fmt.Errorf("operation %s: vm %q is placed on host %q, not on %q: %w", op.ID, m.name, spec.Host, m.a.cfg.Host, inventory.ErrInvalidRecord)
+	}
+	return nil
 }
 
 func (m *machine) execute(ctx context.Context, op v1.Operation, progress func(float64, string)) error {
@@ -227,8 +267,10 @@ func decodeArgs(op v1.Operation, v any) error {
 	if len(op.Args) == 0 {
 		return nil
 	}
-	if err := json.Unmarshal(op.Args, v); err != nil {
-		return fmt.Errorf("operation %s args: %w", op.ID, err)
+	dec := json.NewDecoder(bytes.NewReader(op.Args))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("operation %s args: %v: %w", op.ID, err, inventory.ErrInvalidRecord)
 	}
 	return nil
 }
@@ -243,20 +285,39 @@ func (m *machine) load(ctx context.Context) (v1.VMSpec, v1.VMStatus, error) {
 	return spec, st, err
 }
 
-// setStatus updates the VM's observed status.
+// setStatus updates the VM's observed status: f changes the record as
+// read, and the write is conditioned on the revision read (a concurrent
+// writer makes it read and apply f again).
 func (m *machine) setStatus(ctx context.Context, f func(*v1.VMStatus)) error {
-	st, err := m.a.inv.Status(ctx, m.name)
-	if err != nil {
+	for attempt := 1; ; attempt++ {
+		st, rev, err := m.a.inv.statusRev(ctx, m.name)
+		if err != nil {
+			return err
+		}
+		f(&st)
+		st.Host = m.a.cfg.Host
+		st.UpdatedAt = time.Now().UTC()
+		_, err = m.a.inv.PutStatusRev(ctx, m.name, st, rev)
+		if errors.Is(err, store.ErrConflict) && attempt < 10 {
+			m.log.Debug("status changed meanwhile, applying the update again", "attempt", attempt)
+			continue
+		}
 		return err
 	}
-	f(&st)
-	st.Host = m.a.cfg.Host
-	st.UpdatedAt = time.Now().UTC()
-	return m.a.inv.PutStatus(ctx, m.name, st)
+}
+
+// running records inst as the VM's running QEMU in st.
+func (m *machine) running(st *v1.VMStatus, inst *qemu.Instance, state string) {
+	started := m.startedAt
+	st.State, st.PID, st.StartedAt, st.Accelerator = state, inst.PID, &started, m.accel
 }
 
 func (m *machine) create(ctx context.Context, args v1.CreateArgs, progress func(float64, string)) error {
 	spec, _, err := m.a.inv.Spec(ctx, m.name)
+	if err != nil {
+		return err
+	}
+	logDir, err := m.a.logDir(m.name)
 	if err != nil {
 		return err
 	}
@@ -267,7 +328,7 @@ func (m *machine) create(ctx context.Context, args v1.CreateArgs, progress func(
 		bg := context.Background()
 		_, _ = m.a.cfg.Store.Txn(bg, nil, store.DeleteOp(inventory.StatusKey(m.name), store.AnyRevision),
 			store.DeleteOp(inventory.VMKey(m.name), store.AnyRevision))
-		_ = os.RemoveAll(m.a.logDir(m.name))
+		_ = os.RemoveAll(logDir)
 		if err := m.a.cfg.Pool.DeleteVM(m.name, nil); err != nil {
 			m.log.Warn("roll back volume directory", "err", err)
 		}
@@ -288,11 +349,22 @@ func (m *machine) create(ctx context.Context, args v1.CreateArgs, progress func(
 			}
 		})
 	}
+	m.a.crashPoint("disks-created")
 	if err := m.setStatus(ctx, func(st *v1.VMStatus) {
+		if m.inst != nil {
+			// A resumed create whose QEMU an earlier agent started and this
+			// one re-adopted: keep what recovery recorded (pid, start time,
+			// accelerator, the disks as QEMU has them).
+			if len(st.Disks) == 0 {
+				st.Disks = disks
+			}
+			return
+		}
 		*st = v1.VMStatus{State: v1.StateStopped, Disks: disks}
 	}); err != nil {
 		return err
 	}
+	m.a.crashPoint("status-stopped")
 	if args.Start {
 		progress(0.7, "starting qemu")
 		if err := m.start(ctx); err != nil {
@@ -329,16 +401,25 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 		return err
 	}
 	if m.inst != nil {
-		st, err := m.inst.Mon.QueryStatus(ctx)
+		inst := m.inst
+		st, err := inst.Mon.QueryStatus(ctx)
 		if err != nil {
 			return fmt.Errorf("start %s: %w", m.name, err)
 		}
 		if !st.Running {
-			if err := m.inst.Mon.Cont(ctx); err != nil {
+			if err := inst.Mon.Cont(ctx); err != nil {
 				return fmt.Errorf("start %s: resume: %w", m.name, err)
 			}
 		}
-		return m.setStatus(ctx, func(st *v1.VMStatus) { st.State = v1.StateRunning })
+		return m.setStatus(ctx, func(st *v1.VMStatus) { m.running(st, inst, v1.StateRunning); st.Reason = "" })
+	}
+	runDir, err := m.a.runDir(m.name)
+	if err != nil {
+		return err
+	}
+	logDir, err := m.a.logDir(m.name)
+	if err != nil {
+		return err
 	}
 	status, err := m.a.inv.Status(ctx, m.name)
 	if err != nil {
@@ -386,11 +467,11 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 		tap := taps[i]
 		rev.Add(func() { _ = network.DeleteTap(tap) })
 	}
-	if err := ensureDir(m.a.logDir(m.name)); err != nil {
+	if err := ensureDir(logDir); err != nil {
 		return fmt.Errorf("start %s: %w", m.name, err)
 	}
-	params := config.Params{Spec: spec, Accel: m.a.cfg.Caps.Accel, RunDir: m.a.runDir(m.name),
-		LogDir: m.a.logDir(m.name), Disks: files, Taps: taps}
+	params := config.Params{Spec: spec, Accel: m.a.cfg.Caps.Accel, RunDir: runDir,
+		LogDir: logDir, Disks: files, Taps: taps}
 	if stateFile != "" {
 		params.Incoming = "defer"
 	}
@@ -407,11 +488,13 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 	rev.Add(func() {
 		_ = m.setStatus(context.Background(), func(st *v1.VMStatus) { st.State = v1.StateStopped; st.PID = 0 })
 	})
-	inst, err := qemu.Start(ctx, m.a.cfg.Caps, m.name, m.a.runDir(m.name), argv, m.log)
+	inst, err := qemu.Start(ctx, m.a.cfg.Caps, m.name, runDir, argv, m.log)
 	if err != nil {
 		return err
 	}
 	rev.Add(func() { _ = inst.Kill(context.Background()) })
+	m.startedAt, m.accel = time.Now().UTC(), m.a.cfg.Caps.Accel
+	m.a.crashPoint("qemu-exec")
 	if stateFile != "" {
 		f, err := os.Open(stateFile)
 		if err != nil {
@@ -426,12 +509,11 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 	if err := inst.Mon.Cont(ctx); err != nil {
 		return fmt.Errorf("start %s: cont: %w", m.name, err)
 	}
-	now := time.Now().UTC()
-	if err := m.setStatus(ctx, func(st *v1.VMStatus) {
-		st.State, st.PID, st.StartedAt, st.Accelerator, st.Reason = v1.StateRunning, inst.PID, &now, m.a.cfg.Caps.Accel, ""
-	}); err != nil {
+	m.a.crashPoint("qemu-cont")
+	if err := m.setStatus(ctx, func(st *v1.VMStatus) { m.running(st, inst, v1.StateRunning); st.Reason = "" }); err != nil {
 		return err
 	}
+	m.a.crashPoint("status-running")
 	m.watch(inst)
 	rev.Success()
 	m.log.Info("vm started", "pid", inst.PID, "accel", m.a.cfg.Caps.Accel)
@@ -516,11 +598,19 @@ func (m *machine) delete(ctx context.Context, args v1.DeleteArgs) error {
 	if err != nil {
 		return err
 	}
+	runDir, err := m.a.runDir(m.name)
+	if err != nil {
+		return err
+	}
+	logDir, err := m.a.logDir(m.name)
+	if err != nil {
+		return err
+	}
 	if err := m.a.cfg.Pool.DeleteVM(m.name, ownedFiles(status)); err != nil {
 		return fmt.Errorf("delete %s: %w", m.name, err)
 	}
-	_ = os.RemoveAll(m.a.runDir(m.name))
-	_ = os.RemoveAll(m.a.logDir(m.name))
+	_ = os.RemoveAll(runDir)
+	_ = os.RemoveAll(logDir)
 	if _, err := m.a.cfg.Store.Txn(ctx, nil, store.DeleteOp(inventory.StatusKey(m.name), store.AnyRevision),
 		store.DeleteOp(inventory.VMKey(m.name), store.AnyRevision)); err != nil {
 		return fmt.Errorf("delete %s: %w", m.name, err)
@@ -536,13 +626,19 @@ func (m *machine) recover(ctx context.Context) {
 	if m.inst != nil {
 		return
 	}
-	inst, err := qemu.Adopt(ctx, m.name, m.a.runDir(m.name), m.log)
+	runDir, err := m.a.runDir(m.name)
+	if err != nil {
+		m.log.Error("recover", "err", err)
+		return
+	}
+	inst, err := qemu.Adopt(ctx, m.name, runDir, m.log)
 	if err == nil {
 		qs, err := inst.Mon.QueryStatus(ctx)
 		state := v1.StateRunning
 		if err == nil && !qs.Running {
 			state = v1.StatePaused
 		}
+		m.adoptFacts(ctx, inst)
 		m.watch(inst)
 		if n, err := blockops.CancelAll(ctx, inst.Mon); err != nil {
 			m.log.Warn("cancel orphan block jobs", "err", err)
@@ -552,10 +648,10 @@ func (m *machine) recover(ctx context.Context) {
 		if err := m.reconcileTops(ctx); err != nil {
 			m.log.Warn("read disk tops from qemu", "err", err)
 		}
-		if err := m.setStatus(ctx, func(st *v1.VMStatus) { st.State, st.PID = state, inst.PID }); err != nil {
+		if err := m.setStatus(ctx, func(st *v1.VMStatus) { m.running(st, inst, state) }); err != nil {
 			m.log.Warn("write status", "err", err)
 		}
-		m.log.Info("vm re-adopted", "pid", inst.PID, "state", state)
+		m.log.Info("vm re-adopted", "pid", inst.PID, "state", state, "accel", m.accel, "startedAt", m.startedAt)
 		return
 	}
 	st, serr := m.a.inv.Status(ctx, m.name)
@@ -567,6 +663,39 @@ func (m *machine) recover(ctx context.Context) {
 	case v1.StateRunning, v1.StatePaused, v1.StateStarting, v1.StateStopping:
 		m.log.Warn("qemu gone while the agent was down", "err", err)
 		m.onExit(ctx, nil, "qemu exited while the agent was down")
+	}
+}
+
+// adoptFacts finds out when an adopted QEMU started and which accelerator
+// it runs with: from the status if it recorded this very process, else from
+// /proc/<pid>/stat and QMP query-kvm.
+func (m *machine) adoptFacts(ctx context.Context, inst *qemu.Instance) {
+	m.startedAt, m.accel = time.Time{}, ""
+	if st, err := m.a.inv.Status(ctx, m.name); err == nil && st.PID == inst.PID {
+		if st.StartedAt != nil {
+			m.startedAt = *st.StartedAt
+		}
+		m.accel = st.Accelerator
+	}
+	if m.startedAt.IsZero() {
+		t, err := processStart(inst.PID)
+		if err != nil {
+			m.log.Warn("read qemu start time", "pid", inst.PID, "err", err)
+			t = time.Now().UTC()
+		}
+		m.startedAt = t
+	}
+	if m.accel == "" {
+		var kvm struct {
+			Enabled bool `json:"enabled"`
+		}
+		if err := inst.Mon.Execute(ctx, "query-kvm", nil, &kvm); err != nil {
+			m.log.Warn("query-kvm", "err", err)
+		} else if kvm.Enabled {
+			m.accel = "kvm"
+		} else {
+			m.accel = "tcg"
+		}
 	}
 }
 

@@ -459,8 +459,12 @@ func (m *machine) toTemplate(ctx context.Context, tname string, progress func(fl
 	if err := pool.DeleteVM(m.name, ownedFiles(st)); err != nil {
 		m.log.Warn("remove the converted vm's volumes", "err", err)
 	}
-	_ = os.RemoveAll(m.a.runDir(m.name))
-	_ = os.RemoveAll(m.a.logDir(m.name))
+	if dir, err := m.a.runDir(m.name); err == nil {
+		_ = os.RemoveAll(dir)
+	}
+	if dir, err := m.a.logDir(m.name); err == nil {
+		_ = os.RemoveAll(dir)
+	}
 	m.gone = true
 	return nil
 }
@@ -574,6 +578,10 @@ func toAPIVolume(v storage.Volume) v1.Volume {
 // DeleteTemplate removes a template's volumes and record; a template whose
 // volumes back linked clones stays.
 func (a *Agent) DeleteTemplate(ctx context.Context, t v1.Template) error {
+	t, err := a.inv.Template(ctx, t.Name) // the stored record, checked
+	if err != nil {
+		return err
+	}
 	p, err := a.pool(ctx, t.Pool)
 	if err != nil {
 		return err
@@ -631,7 +639,11 @@ func (m *machine) resize(ctx context.Context, a v1.ResizeArgs) error {
 func (m *machine) freeze(ctx context.Context) func() {
 	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	ga, err := guestagent.Dial(sctx, filepath.Join(m.a.runDir(m.name), config.GuestAgentSocket))
+	runDir, err := m.a.runDir(m.name)
+	if err != nil {
+		return nil
+	}
+	ga, err := guestagent.Dial(sctx, filepath.Join(runDir, config.GuestAgentSocket))
 	if err != nil {
 		m.log.Info("no guest agent: copying crash-consistent", "err", err)
 		return nil

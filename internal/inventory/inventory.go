@@ -38,6 +38,12 @@ func OpKey(id string) string         { return Ops + id }
 // NameFromKey returns the last element of a key.
 func NameFromKey(key string) string { return key[strings.LastIndexByte(key, '/')+1:] }
 
+// ErrInvalidRecord is returned for a record in the store that fails the
+// checks its API request would fail (a name that is not a DNS label, a
+// path outside a pool, an unknown operation kind …): state is input too,
+// and a bad record is refused, never acted on.
+var ErrInvalidRecord = errors.New("invalid record in the store")
+
 // Inventory reads and writes typed records.
 type Inventory struct{ S store.Store }
 
@@ -96,7 +102,31 @@ func (i Inventory) Status(ctx context.Context, name string) (v1.VMStatus, error)
 	return st, nil
 }
 
-// PutStatus writes a VM's observed status.
+// StatusRev returns a VM's observed status and its revision; a VM no agent
+// reported on yet is "creating" with revision store.MustNotExist.
+func (i Inventory) StatusRev(ctx context.Context, name string) (v1.VMStatus, int64, error) {
+	st, rev, err := get[v1.VMStatus](ctx, i.S, StatusKey(name))
+	if errors.Is(err, store.ErrNotFound) {
+		return v1.VMStatus{State: v1.StateCreating}, store.MustNotExist, nil
+	}
+	if err != nil {
+		return st, 0, fmt.Errorf("load status of vm %q: %w", name, err)
+	}
+	return st, rev, nil
+}
+
+// PutStatusRev writes a VM's observed status if its record still has
+// revision rev (store.MustNotExist: there is none); a changed record is
+// store.ErrConflict.
+func (i Inventory) PutStatusRev(ctx context.Context, name string, st v1.VMStatus, rev int64) (int64, error) {
+	r, err := i.S.Put(ctx, StatusKey(name), Marshal(st), rev)
+	if err != nil {
+		return 0, fmt.Errorf("write status of vm %q: %w", name, err)
+	}
+	return r, nil
+}
+
+// PutStatus writes a VM's observed status unconditionally.
 func (i Inventory) PutStatus(ctx context.Context, name string, st v1.VMStatus) error {
 	if _, err := i.S.Put(ctx, StatusKey(name), Marshal(st), store.AnyRevision); err != nil {
 		return fmt.Errorf("write status of vm %q: %w", name, err)

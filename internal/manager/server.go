@@ -597,12 +597,7 @@ func (s *Server) listOps(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, ops)
 }
 
-func validOpID(id string) error {
-	if _, err := uuid.Parse(id); err != nil {
-		return &v1.Error{Code: v1.CodeInvalidArgument, Field: "id", Message: fmt.Sprintf("id: %q is not an operation id", id)}
-	}
-	return nil
-}
+func validOpID(id string) error { return vm.ValidateOpID("id", id) }
 
 func (s *Server) getOp(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")

@@ -14,7 +14,7 @@ import (
 	"github.com/google/uuid"
 
 	v1 "hangar/api/v1"
-	"hangar/internal/etcdembed"
+	"hangar/internal/etcdembed/etcdtest"
 	"hangar/internal/inventory"
 	"hangar/internal/qemu"
 	"hangar/internal/storage"
@@ -34,14 +34,7 @@ type testAgent struct {
 func startAgent(t *testing.T, opts ...func(*Agent)) *testAgent {
 	t.Helper()
 	base := t.TempDir()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	member, err := etcdembed.Start(ctx, etcdembed.Config{DataDir: filepath.Join(base, "etcd"), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
-	t.Cleanup(func() { _ = member.Close() })
-	st := store.NewEtcd(member.Client())
+	st := store.NewEtcd(etcdtest.Start(t).Client())
 	data := filepath.Join(base, "data")
 	pool, err := storage.OpenDirPool("default", filepath.Join(data, "pools", "default"))
 	if err != nil {

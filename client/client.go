@@ -264,18 +264,70 @@ func (c *Client) Metrics(ctx context.Context) (string, error) {
 	return string(b), err
 }
 
-// Raw sends a request with a raw body and returns status and body (for
-// tests of bad input).
+// Raw sends a request with a raw body (as application/json when there is
+// one) and returns status and body (for tests of bad input).
 func (c *Client) Raw(ctx context.Context, method, path string, body []byte) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, method, "http://hangar"+path, bytes.NewReader(body))
-	if err != nil {
-		return 0, nil, err
+	h := http.Header{}
+	if len(body) > 0 {
+		h.Set("Content-Type", "application/json")
 	}
-	resp, err := c.hc.Do(req)
+	status, _, b, err := c.RawRequest(ctx, method, path, h, body)
+	return status, b, err
+}
+
+// RawRequest sends one request exactly as given on a new connection: path
+// goes on the request line as it is (not cleaned or escaped: "//x", "/./x",
+// %2F stay), with the headers h and the body (a Content-Length is added
+// when body is not nil, unless h has Transfer-Encoding: chunked, which
+// sends it in chunks). It returns the status, headers and body of the
+// answer.
+func (c *Client) RawRequest(ctx context.Context, method, path string, h http.Header, body []byte) (int, http.Header, []byte, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.socket)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, nil, err
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: hangar\r\nConnection: close\r\n", method, path)
+	for k, vs := range h {
+		for _, v := range vs {
+			fmt.Fprintf(&b, "%s: %s\r\n", k, v)
+		}
+	}
+	chunked := strings.EqualFold(h.Get("Transfer-Encoding"), "chunked")
+	if body != nil && !chunked {
+		fmt.Fprintf(&b, "Content-Length: %d\r\n", len(body))
+	}
+	b.WriteString("\r\n")
+	if chunked { // in chunks of 32 KiB, for a body of unknown length
+		for rest := body; len(rest) > 0; {
+			n := min(len(rest), 32<<10)
+			fmt.Fprintf(&b, "%x\r\n%s\r\n", n, rest[:n])
+			rest = rest[n:]
+		}
+		b.WriteString("0\r\n\r\n")
+	} else {
+		b.Write(body)
+	}
+	// Written while the answer is read: a server may answer (413) before
+	// it has read a large body, and close.
+	werr := make(chan error, 1)
+	go func() {
+		_, err := conn.Write(b.Bytes())
+		werr <- err
+	}()
+	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
+	if err != nil {
+		if we := <-werr; we != nil {
+			err = fmt.Errorf("%w (writing the request: %v)", err, we)
+		}
+		return 0, nil, nil, err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, err
+	out, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, out, err
 }

@@ -158,6 +158,7 @@ func (c *Client) UploadVolume(ctx context.Context, pool, name, format string, r 
 		return v1.Volume{}, err
 	}
 	req.ContentLength = size
+	req.Header.Set("Content-Type", "application/octet-stream")
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return v1.Volume{}, fmt.Errorf("upload %s/%s: %w", pool, name, err)

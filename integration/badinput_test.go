@@ -13,8 +13,10 @@ import (
 	v1 "hangar/api/v1"
 )
 
-// TestBadInput: every bad request gets a 4xx JSON error naming the field,
-// and leaves no VM, volume or file behind.
+// TestBadInput: requests that are well-formed but clash with what exists
+// (a taken name or host port, a running VM, a create the agent cannot do)
+// get a 4xx JSON error naming the field, and leave no VM, volume or file
+// behind. Malformed and hostile requests are in hostile_test.go.
 func TestBadInput(t *testing.T) {
 	s := newServer(t)
 	ctx := context.Background()
@@ -25,57 +27,6 @@ func TestBadInput(t *testing.T) {
 	good := func(extra string) string {
 		return fmt.Sprintf(`{"name":"ok1","memoryMiB":128,"disks":[{"image":%q}]%s}`, guestImage, extra)
 	}
-	cases := []struct {
-		name, method, path, body string
-		status                   int
-		code, field              string
-	}{
-		{"bad name", "POST", "/api/v1/vms", `{"name":"Bad_Name","memoryMiB":128}`, 400, "invalid_argument", "name"},
-		{"name too long", "POST", "/api/v1/vms", fmt.Sprintf(`{"name":%q,"memoryMiB":128}`, strings.Repeat("a", 64)), 400, "invalid_argument", "name"},
-		{"path in name", "POST", "/api/v1/vms", `{"name":"../etc","memoryMiB":128}`, 400, "invalid_argument", "name"},
-		{"no name", "POST", "/api/v1/vms", `{"memoryMiB":128}`, 400, "invalid_argument", "name"},
-		{"memory too small", "POST", "/api/v1/vms", `{"name":"m1","memoryMiB":8}`, 400, "invalid_argument", "memoryMiB"},
-		{"memory above host", "POST", "/api/v1/vms", `{"name":"m2","memoryMiB":100000000}`, 400, "invalid_argument", "memoryMiB"},
-		{"memory wrong type", "POST", "/api/v1/vms", `{"name":"m3","memoryMiB":"lots"}`, 400, "invalid_argument", "memoryMiB"},
-		{"cpus zero after negative", "POST", "/api/v1/vms", `{"name":"c1","memoryMiB":128,"cpus":-2}`, 400, "invalid_argument", "cpus"},
-		{"unknown field", "POST", "/api/v1/vms", `{"name":"u1","memoryMiB":128,"colour":"red"}`, 400, "invalid_argument", "colour"},
-		{"unknown nested field", "POST", "/api/v1/vms", `{"name":"u2","memoryMiB":128,"disks":[{"sizeMiB":10,"shape":"round"}]}`, 400, "invalid_argument", "disks[0].shape"},
-		{"malformed json", "POST", "/api/v1/vms", `{"name":`, 400, "invalid_argument", "body"},
-		{"missing image", "POST", "/api/v1/vms", `{"name":"i1","memoryMiB":128,"disks":[{"image":"/nonexistent/disk.qcow2"}]}`, 400, "invalid_argument", "disks[0].image"},
-		{"relative image", "POST", "/api/v1/vms", `{"name":"i2","memoryMiB":128,"disks":[{"image":"disk.qcow2"}]}`, 400, "invalid_argument", "disks[0].image"},
-		{"disk without size", "POST", "/api/v1/vms", `{"name":"d1","memoryMiB":128,"disks":[{}]}`, 400, "invalid_argument", "disks[0].sizeMiB"},
-		{"bad bus", "POST", "/api/v1/vms", `{"name":"d2","memoryMiB":128,"disks":[{"sizeMiB":10,"bus":"floppy"}]}`, 400, "invalid_argument", "disks[0].bus"},
-		{"bad machine", "POST", "/api/v1/vms", `{"name":"x1","memoryMiB":128,"machine":"isapc"}`, 400, "invalid_argument", "machine"},
-		{"bad restart policy", "POST", "/api/v1/vms", `{"name":"x2","memoryMiB":128,"restartPolicy":"sometimes"}`, 400, "invalid_argument", "restartPolicy"},
-		{"bad forward port", "POST", "/api/v1/vms", `{"name":"n1","memoryMiB":128,"nics":[{"mode":"user","forwards":[{"hostPort":70000,"guestPort":80}]}]}`, 400, "invalid_argument", "nics[0].forwards[0].hostPort"},
-		{"bad nic mode", "POST", "/api/v1/vms", `{"name":"n2","memoryMiB":128,"nics":[{"mode":"magic"}]}`, 400, "invalid_argument", "nics[0].mode"},
-		{"bad mac", "POST", "/api/v1/vms", `{"name":"n3","memoryMiB":128,"nics":[{"mode":"user","mac":"zz:zz"}]}`, 400, "invalid_argument", "nics[0].mac"},
-		{"host set by user", "POST", "/api/v1/vms", `{"name":"h1","memoryMiB":128,"host":"elsewhere"}`, 400, "invalid_argument", "host"},
-		{"bad wait", "POST", "/api/v1/vms?wait=soon", `{"name":"w1","memoryMiB":128,"disks":[{"sizeMiB":16}]}`, 400, "invalid_argument", "wait"},
-		{"unknown vm", "GET", "/api/v1/vms/ghost", ``, 404, "not_found", ""},
-		{"unknown action", "POST", "/api/v1/vms/ghost/explode", ``, 404, "not_found", "action"},
-		{"bad op id", "GET", "/api/v1/operations/not-an-id", ``, 400, "invalid_argument", "id"},
-		{"stop body unknown field", "POST", "/api/v1/vms/ghost/stop", `{"gently":true}`, 400, "invalid_argument", "gently"},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			status, body, err := s.c.Raw(ctx, c.method, c.path, []byte(c.body))
-			if err != nil {
-				t.Fatal(err)
-			}
-			var er v1.ErrorResponse
-			if err := json.Unmarshal(body, &er); err != nil || er.Error == nil {
-				t.Fatalf("status %d, body not a JSON error: %s", status, body)
-			}
-			if status != c.status || er.Error.Code != c.code || er.Error.Field != c.field {
-				t.Fatalf("got %d %s field %q (%s), want %d %s field %q", status, er.Error.Code, er.Error.Field, er.Error.Message, c.status, c.code, c.field)
-			}
-			if er.Error.Message == "" {
-				t.Fatal("empty message")
-			}
-		})
-	}
-
 	// Duplicate name: 409, and the first VM is untouched.
 	status, body, err := s.c.Raw(ctx, "POST", "/api/v1/vms?wait=60s", []byte(good("")))
 	if err != nil || status != 200 {

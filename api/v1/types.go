@@ -69,9 +69,14 @@ type VMSpec struct {
 }
 
 // CloudInit is NoCloud seed data for guests that run cloud-init.
+// UserData is write-only: the API never returns it (it often holds
+// passwords); answers carry UserDataSHA256 instead.
 type CloudInit struct {
-	UserData string `json:"userData"`
+	UserData string `json:"userData,omitempty"`
 	MetaData string `json:"metaData,omitempty"`
+	// UserDataSHA256 is the hex SHA-256 of the user-data; set by hangar in
+	// answers, refused in requests.
+	UserDataSHA256 string `json:"userDataSHA256,omitempty"`
 }
 
 // Disk is one virtual disk. Where its data comes from is exactly one of:
@@ -214,6 +219,11 @@ const (
 	CodeFailedPrecondition = "failed_precondition"
 	CodeUnavailable        = "unavailable"
 	CodeInternal           = "internal"
+	// Codes of the HTTP layer: a request the API cannot take as sent.
+	CodePermissionDenied     = "permission_denied"      // 403: e.g. a cross-site browser request
+	CodeMethodNotAllowed     = "method_not_allowed"     // 405, with an Allow header
+	CodeTooLarge             = "too_large"              // 413: the body is over the route's limit
+	CodeUnsupportedMediaType = "unsupported_media_type" // 415: wrong or missing Content-Type
 )
 
 // Error is the API's error body: {"error": {...}}.
@@ -251,4 +261,14 @@ type DeleteArgs struct {
 // CreateArgs are the arguments of a create operation.
 type CreateArgs struct {
 	Start bool `json:"start,omitempty"`
+}
+
+// VMPatch changes settings of an existing VM (PATCH /api/v1/vms/{name});
+// a field left out (or null) stays as it is. CPUs and memory change only
+// while the VM is stopped (they apply at its next start); the restart
+// policy changes at any time.
+type VMPatch struct {
+	CPUs          *int    `json:"cpus,omitempty"`
+	MemoryMiB     *int    `json:"memoryMiB,omitempty"`
+	RestartPolicy *string `json:"restartPolicy,omitempty"`
 }

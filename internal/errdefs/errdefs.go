@@ -23,10 +23,16 @@ var (
 	ErrInvalid      = errors.New("invalid argument")
 )
 
-// Precondition returns an ErrPrecondition with a message.
+// Precondition returns an error that matches ErrPrecondition and whose
+// message is only the one given (no ": failed precondition" tail).
 func Precondition(format string, args ...any) error {
-	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), ErrPrecondition)
+	return &preconditionError{msg: fmt.Sprintf(format, args...)}
 }
+
+type preconditionError struct{ msg string }
+
+func (e *preconditionError) Error() string        { return e.msg }
+func (e *preconditionError) Is(target error) bool { return target == ErrPrecondition }
 
 // FieldError marks err as the fault of one request field.
 type FieldError struct {
@@ -65,9 +71,12 @@ func ToAPI(err error) *v1.Error {
 // Code returns the API error code of err.
 func Code(err error) string {
 	var ae *v1.Error
+	var se *vm.StateError
 	switch {
 	case errors.As(err, &ae):
 		return ae.Code
+	case errors.As(err, &se):
+		return v1.CodeFailedPrecondition
 	case errors.Is(err, vm.ErrInvalid), errors.Is(err, ErrInvalid), errors.Is(err, storage.ErrNoImage),
 		errors.Is(err, storage.ErrOutsidePool), errors.Is(err, storage.ErrInvalid), errors.Is(err, storage.ErrChecksum),
 		errors.Is(err, imports.ErrMalformed):
@@ -96,6 +105,14 @@ func HTTPStatus(code string) int {
 		return 409
 	case v1.CodeFailedPrecondition:
 		return 412
+	case v1.CodePermissionDenied:
+		return 403
+	case v1.CodeMethodNotAllowed:
+		return 405
+	case v1.CodeTooLarge:
+		return 413
+	case v1.CodeUnsupportedMediaType:
+		return 415
 	case v1.CodeUnavailable:
 		return 503
 	default:

@@ -75,9 +75,30 @@ func Marshal(v any) []byte {
 	return b
 }
 
+// NotFoundError says which record does not exist, in the words of the
+// API ("vm "web1" not found"), not of the store's keys. It matches
+// store.ErrNotFound.
+type NotFoundError struct {
+	Kind, Name string
+}
+
+func (e *NotFoundError) Error() string        { return fmt.Sprintf("%s %q not found", e.Kind, e.Name) }
+func (e *NotFoundError) Is(target error) bool { return target == store.ErrNotFound }
+
+// notFound turns the store's not-found into a NotFoundError of the record.
+func notFound(err error, kind, name string) error {
+	if errors.Is(err, store.ErrNotFound) {
+		return &NotFoundError{Kind: kind, Name: name}
+	}
+	return err
+}
+
 // Spec returns a VM's spec and its revision.
 func (i Inventory) Spec(ctx context.Context, name string) (v1.VMSpec, int64, error) {
 	s, rev, err := get[v1.VMSpec](ctx, i.S, VMKey(name))
+	if errors.Is(err, store.ErrNotFound) {
+		return s, 0, notFound(err, "vm", name)
+	}
 	if err != nil {
 		return s, 0, fmt.Errorf("load vm %q: %w", name, err)
 	}
@@ -175,6 +196,9 @@ func (i Inventory) VMList(ctx context.Context) ([]v1.VM, error) {
 // Op returns an operation and its revision.
 func (i Inventory) Op(ctx context.Context, id string) (v1.Operation, int64, error) {
 	op, rev, err := get[v1.Operation](ctx, i.S, OpKey(id))
+	if errors.Is(err, store.ErrNotFound) {
+		return op, 0, notFound(err, "operation", id)
+	}
 	if err != nil {
 		return op, 0, fmt.Errorf("load operation %q: %w", id, err)
 	}

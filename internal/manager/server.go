@@ -62,6 +62,7 @@ type Server struct {
 	cfg    Config
 	inv    inventory.Inventory
 	mux    *http.ServeMux
+	csrf   *http.CrossOriginProtection
 	routes []string // patterns, for the OpenAPI coverage test
 }
 
@@ -78,13 +79,14 @@ func New(cfg Config) *Server {
 	if cfg.MaxWait == 0 {
 		cfg.MaxWait = 10 * time.Minute
 	}
-	s := &Server{cfg: cfg, inv: inventory.Inventory{S: cfg.Store}, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, inv: inventory.Inventory{S: cfg.Store}, mux: http.NewServeMux(), csrf: http.NewCrossOriginProtection()}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{inv: s.inv}, prometheus.NewGoCollector())
 	m := s.mux
 	s.route("GET /api/v1/vms", s.listVMs)
 	s.route("POST /api/v1/vms", s.createVM)
 	s.route("GET /api/v1/vms/{name}", s.getVM)
+	s.route("PATCH /api/v1/vms/{name}", s.patchVM)
 	s.route("DELETE /api/v1/vms/{name}", s.deleteVM)
 	s.route("POST /api/v1/vms/{name}/{action}", s.vmAction)
 	s.route("GET /api/v1/vms/{name}/console", s.console)
@@ -102,17 +104,7 @@ func New(cfg Config) *Server {
 	})
 	m.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	s.route("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	s.route("/api/", func(w http.ResponseWriter, r *http.Request) {
-		writeErr(w, &v1.Error{Code: v1.CodeNotFound, Message: fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)})
-	})
 	return s
-}
-
-// ServeHTTP logs and serves one request.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	s.mux.ServeHTTP(w, r)
-	s.cfg.Log.Debug("api", "method", r.Method, "path", r.URL.Path, "dur", time.Since(start))
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -128,12 +120,28 @@ func writeErr(w http.ResponseWriter, err error) {
 	writeJSON(w, errdefs.HTTPStatus(e.Code), v1.ErrorResponse{Error: e})
 }
 
-// decode reads a JSON body strictly: unknown fields and wrong types are
-// errors naming the field.
+// maxDecode bounds what decode reads when the edge set no limit.
+const maxDecode = 1 << 20
+
+// decode reads a JSON body strictly: unknown fields (also in another case:
+// "MemoryMiB"), duplicate keys and wrong types are errors naming the field;
+// a body over the route's limit is 413.
 func decode(r *http.Request, v any) error {
-	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxDecode+1))
 	if err != nil {
+		var me *http.MaxBytesError
+		if errors.As(err, &me) {
+			return tooLarge(me.Limit)
+		}
 		return &v1.Error{Code: v1.CodeInvalidArgument, Field: "body", Message: "body: " + err.Error()}
+	}
+	if len(body) > maxDecode {
+		return tooLarge(maxDecode)
+	}
+	if p, err := duplicateKey(body); err != nil {
+		return &v1.Error{Code: v1.CodeInvalidArgument, Field: "body", Message: "body: " + err.Error()}
+	} else if p != "" {
+		return &v1.Error{Code: v1.CodeInvalidArgument, Field: p, Message: fmt.Sprintf("%s: duplicate key", p)}
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
@@ -142,15 +150,22 @@ func decode(r *http.Request, v any) error {
 		var se *json.SyntaxError
 		switch {
 		case errors.As(err, &te):
-			return &v1.Error{Code: v1.CodeInvalidArgument, Field: te.Field,
-				Message: fmt.Sprintf("%s: must be a %s, got %s", te.Field, te.Type, te.Value)}
+			f := te.Field
+			if p := typeErrorPath(body, reflect.TypeOf(v)); p != "" {
+				f = p
+			}
+			if f == "" {
+				f = "body"
+			}
+			return &v1.Error{Code: v1.CodeInvalidArgument, Field: f,
+				Message: fmt.Sprintf("%s: must be a %s, got %s", f, te.Type, te.Value)}
 		case errors.As(err, &se), errors.Is(err, io.ErrUnexpectedEOF):
 			return &v1.Error{Code: v1.CodeInvalidArgument, Field: "body", Message: "body: malformed JSON: " + err.Error()}
 		case errors.Is(err, io.EOF):
 			return &v1.Error{Code: v1.CodeInvalidArgument, Field: "body", Message: "body: empty, want a JSON object"}
 		case strings.HasPrefix(err.Error(), "json: unknown field "):
 			f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-			if p := unknownFieldPath(body, reflect.TypeOf(v)); p != "" {
+			if p, _ := unknownFieldPath(body, reflect.TypeOf(v)); p != "" {
 				f = p
 			}
 			return &v1.Error{Code: v1.CodeInvalidArgument, Field: f, Message: fmt.Sprintf("%s: unknown field", f)}
@@ -161,6 +176,15 @@ func decode(r *http.Request, v any) error {
 	if dec.More() {
 		return &v1.Error{Code: v1.CodeInvalidArgument, Field: "body", Message: "body: more than one JSON value"}
 	}
+	// encoding/json matches keys to fields without regard to case; the API
+	// takes them only as documented.
+	if p, want := unknownFieldPath(body, reflect.TypeOf(v)); p != "" {
+		msg := fmt.Sprintf("%s: unknown field", p)
+		if want != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", want)
+		}
+		return &v1.Error{Code: v1.CodeInvalidArgument, Field: p, Message: msg}
+	}
 	return nil
 }
 
@@ -170,7 +194,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	writeJSON(w, 200, vms)
+	writeJSON(w, 200, redactVMs(vms))
 }
 
 func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
@@ -184,7 +208,7 @@ func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	writeJSON(w, 200, v)
+	writeJSON(w, 200, redactVM(v))
 }
 
 func (s *Server) hosts(ctx context.Context) ([]v1.Host, error) {
@@ -224,6 +248,10 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 			f = "uuid"
 		}
 		writeErr(w, &v1.Error{Code: v1.CodeInvalidArgument, Field: f, Message: f + ": set by hangar, not by the request"})
+		return
+	}
+	if spec.CloudInit != nil && spec.CloudInit.UserDataSHA256 != "" {
+		writeErr(w, invalidArg("cloudInit.userDataSHA256", "set by hangar in answers, not by the request (give cloudInit.userData)"))
 		return
 	}
 	op, err := s.create(r.Context(), spec, start, "")
@@ -545,8 +573,8 @@ func (s *Server) submitSpec(w http.ResponseWriter, r *http.Request, name, kind s
 			writeErr(w, err)
 			return
 		}
-		if len(need) > 0 && !contains(need, v.Status.State) {
-			writeErr(w, errdefs.Precondition("%s vm %q: it is %s (needs %s)", kind, name, v.Status.State, strings.Join(need, " or ")))
+		if err := vm.CheckState(name, actionWord(kind), v.Status.State, need); err != nil {
+			writeErr(w, err)
 			return
 		}
 		op := s.newOp(kind, name, v.Spec.Host, args)
@@ -568,6 +596,17 @@ func (s *Server) submitSpec(w http.ResponseWriter, r *http.Request, name, kind s
 		s.answerOp(w, r, op, wait)
 		return
 	}
+}
+
+// actionWord names an operation kind as the verb a user typed.
+func actionWord(kind string) string {
+	switch kind {
+	case "snapshot-revert", "snapshot-discard":
+		return "revert a snapshot"
+	case "snapshot-commit":
+		return "delete a snapshot"
+	}
+	return kind
 }
 
 func contains(list []string, s string) bool {
@@ -637,13 +676,13 @@ func (s *Server) cancelOp(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if op.State != v1.OpPending {
-		writeErr(w, errdefs.Precondition("cancel operation %s: it is %s (only pending operations can be cancelled)", id, op.State))
+		writeErr(w, errdefs.Precondition("operation %s is %s: only a pending operation can be cancelled", id, op.State))
 		return
 	}
 	op.State, op.Updated = v1.OpCancelled, time.Now().UTC()
 	if _, err := s.inv.PutOp(r.Context(), op, rev); err != nil {
 		if errors.Is(err, store.ErrConflict) {
-			err = errdefs.Precondition("cancel operation %s: it started meanwhile", id)
+			err = errdefs.Precondition("operation %s started meanwhile: only a pending operation can be cancelled", id)
 		}
 		writeErr(w, err)
 		return
@@ -661,6 +700,10 @@ func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getHost(w http.ResponseWriter, r *http.Request) {
+	if err := vm.ValidateName("name", r.PathValue("name")); err != nil {
+		writeErr(w, err)
+		return
+	}
 	hosts, err := s.hosts(r.Context())
 	if err != nil {
 		writeErr(w, err)

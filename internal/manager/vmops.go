@@ -115,6 +115,10 @@ func (s *Server) changeMedia(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
+	if err := vm.ValidateName("name", r.PathValue("name")); err != nil {
+		writeErr(w, err)
+		return
+	}
 	v, err := s.inv.VM(r.Context(), r.PathValue("name"))
 	if err != nil {
 		writeErr(w, err)
@@ -148,7 +152,7 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 			return errdefs.Precondition("vm %q has %d snapshots: merge some first", v.Spec.Name, len(v.Status.Snapshots))
 		}
 		if a.Memory && v.Status.State != v1.StateRunning && v.Status.State != v1.StatePaused {
-			return errdefs.Precondition("a snapshot with memory needs a running vm; %q is %s", v.Spec.Name, v.Status.State)
+			return errdefs.Precondition("vm %q is %s: a snapshot with memory needs it running (start it, or snapshot without memory)", v.Spec.Name, v.Status.State)
 		}
 		return nil
 	}, nil, v1.StateRunning, v1.StatePaused, v1.StateStopped, v1.StateCrashed)
@@ -156,6 +160,10 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) snapshotAction(w http.ResponseWriter, r *http.Request, kind string, extra func(v v1.VM, i int) error) {
 	name, snap := r.PathValue("name"), r.PathValue("snap")
+	if err := vm.ValidateName("name", name); err != nil {
+		writeErr(w, err)
+		return
+	}
 	if err := vm.ValidateName("snap", snap); err != nil {
 		writeErr(w, err)
 		return
@@ -208,12 +216,16 @@ func (s *Server) cloneVM(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	src, err := s.inv.VM(ctx, r.PathValue("name"))
-	if err != nil {
+	if err := vm.ValidateName("name", r.PathValue("name")); err != nil {
 		writeErr(w, err)
 		return
 	}
 	if err := vm.ValidateName("name", args.Name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	src, err := s.inv.VM(ctx, r.PathValue("name"))
+	if err != nil {
 		writeErr(w, err)
 		return
 	}
@@ -324,6 +336,10 @@ func (s *Server) deployTemplate(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if err := vm.ValidateName("name", args.Name); err != nil {
+		writeErr(w, err)
+		return
+	}
 	t, err := s.template(ctx, r.PathValue("name"))
 	if err != nil {
 		writeErr(w, err)
@@ -356,6 +372,22 @@ func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	// Left out (0) means "as the appliance says"; anything else is checked
+	// like a create's.
+	if args.CPUs < 0 {
+		writeErr(w, invalidArg("cpus", "must be between 1 and %d, got %d", vm.MaxCPUs, args.CPUs))
+		return
+	}
+	if args.MemoryMiB < 0 {
+		writeErr(w, invalidArg("memoryMiB", "must be at least %d MiB, got %d", vm.MinMemoryMiB, args.MemoryMiB))
+		return
+	}
+	if args.Name != "" {
+		if err := vm.ValidateName("name", args.Name); err != nil {
+			writeErr(w, err)
+			return
+		}
+	}
 	if !strings.HasPrefix(args.Path, "/") {
 		writeErr(w, invalidArg("path", "must be an absolute path, got %q", args.Path))
 		return
@@ -369,6 +401,7 @@ func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	spec := v1.VMSpec{Name: plan.Name, CPUs: plan.CPUs, MemoryMiB: plan.MemoryMiB, CPUModel: "qemu64"}
+
 	if args.Name != "" {
 		spec.Name = args.Name
 	}

@@ -151,7 +151,9 @@ func (s *Server) resizeVolume(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	var a v1.ResizeArgs
+	var a struct { // a volume is named by the path: no "disk" here
+		SizeMiB int64 `json:"sizeMiB"`
+	}
 	if err := decode(r, &a); err != nil {
 		writeErr(w, err)
 		return

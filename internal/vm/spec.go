@@ -210,8 +210,15 @@ func Validate(s v1.VMSpec, hostMemoryMiB int) error {
 	hostPorts := map[string]bool{}
 	for i, n := range s.NICs {
 		f := fmt.Sprintf("nics[%d]", i)
-		if _, err := net.ParseMAC(n.MAC); err != nil || len(n.MAC) != 17 {
+		hw, err := net.ParseMAC(n.MAC)
+		if err != nil || len(n.MAC) != 17 {
 			return invalid(f+".mac", "%q is not a MAC address", n.MAC)
+		}
+		if hw[0]&1 != 0 {
+			return invalid(f+".mac", "%s is a multicast address; a NIC needs a unicast one (like 52:54:00:12:34:56)", n.MAC)
+		}
+		if hw.String() == "00:00:00:00:00:00" {
+			return invalid(f+".mac", "00:00:00:00:00:00 is not a usable address")
 		}
 		switch n.Mode {
 		case v1.NICUser:

@@ -60,6 +60,11 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"disks[0].sizeMiB", func(s *v1.VMSpec) { s.Disks[0].SizeMiB = -1 }},
 		{"disks[0].image", func(s *v1.VMSpec) { s.Disks[0].Image = "rel/path.qcow2" }},
 		{"nics[0].mac", func(s *v1.VMSpec) { s.NICs[0].MAC = "52:54:00:zz:00:00" }},
+		{"nics[0].mac", func(s *v1.VMSpec) { s.NICs[0].MAC = "01:00:5e:00:00:01" }}, // IPv4 multicast
+		{"nics[0].mac", func(s *v1.VMSpec) { s.NICs[0].MAC = "ff:ff:ff:ff:ff:ff" }},
+		{"nics[0].mac", func(s *v1.VMSpec) { s.NICs[0].MAC = "53:54:00:12:34:56" }}, // group bit set
+		{"nics[0].mac", func(s *v1.VMSpec) { s.NICs[0].MAC = "00:00:00:00:00:00" }},
+		{"cpus", func(s *v1.VMSpec) { s.CPUs = -1 }},
 		{"nics[0].mode", func(s *v1.VMSpec) { s.NICs[0].Mode = "wifi" }},
 		{"nics[0].bridge", func(s *v1.VMSpec) { s.NICs[0].Bridge = "br0" }},
 		{"nics[0].forwards", func(s *v1.VMSpec) { s.NICs[0].Mode, s.NICs[0].Bridge = "bridge", "br0" }},

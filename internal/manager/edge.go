@@ -1,0 +1,228 @@
+package manager
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime"
+	"net"
+	"net/http"
+	"path"
+	"strings"
+	"time"
+
+	v1 "hangar/api/v1"
+)
+
+// The HTTP edge: what every request goes through before its handler.
+//   - a path that is not clean (//, /./, /../) is refused with 400, never
+//     redirected;
+//   - no route: 404, wrong method: 405 with Allow — JSON like every answer;
+//   - cross-site browser requests that change things: 403;
+//   - a request body must be of the route's media type (415) and not larger
+//     than the route's limit (413);
+//   - one access-log line per request.
+
+// defaultBodyLimit bounds the JSON arguments of actions.
+const defaultBodyLimit = 64 << 10
+
+// bodyLimits by route pattern; -1 is no limit (streamed uploads).
+var bodyLimits = map[string]int64{
+	"POST /api/v1/vms": 1 << 20, // cloud-init seeds up to 64 KiB, JSON-escaped
+	"PUT /api/v1/pools/{pool}/volumes/{vol}/data": -1,
+}
+
+// mediaTypes a route's request body may have; application/json otherwise.
+var mediaTypes = map[string][]string{
+	"PUT /api/v1/pools/{pool}/volumes/{vol}/data": {"application/octet-stream"},
+	"PATCH /api/v1/vms/{name}":                    {"application/json", "application/merge-patch+json"},
+}
+
+func bodyLimit(pattern string) int64 {
+	if n, ok := bodyLimits[pattern]; ok {
+		return n
+	}
+	return defaultBodyLimit
+}
+
+// cleanPath is path.Clean that keeps a trailing slash.
+func cleanPath(p string) string {
+	if p == "" || p[0] != '/' {
+		return ""
+	}
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c
+}
+
+// ServeHTTP checks a request at the edge, serves it and logs it.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rw := &recorder{ResponseWriter: w}
+	pattern := s.serve(rw, r)
+	if rw.status == 0 {
+		rw.status = http.StatusOK
+	}
+	level := slog.LevelInfo
+	if pattern == "GET /healthz" || pattern == "GET /metrics" {
+		level = slog.LevelDebug
+	}
+	attrs := []any{"method", r.Method, "path", truncate(r.URL.EscapedPath(), 512), "status", rw.status,
+		"dur", time.Since(start).Round(time.Microsecond), "bytes", rw.bytes}
+	if pattern != "" {
+		attrs = append(attrs, "route", pattern)
+	}
+	if op := opID(rw.Header().Get("Location"), r.PathValue("id")); op != "" {
+		attrs = append(attrs, "op", op)
+	}
+	s.cfg.Log.Log(r.Context(), level, "http", attrs...)
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+// opID is the operation a request made (its Location) or asked about.
+func opID(location, pathID string) string {
+	if id, ok := strings.CutPrefix(location, "/api/v1/operations/"); ok {
+		return id
+	}
+	return pathID
+}
+
+// serve answers the request and returns the route pattern it matched.
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) string {
+	if ep := r.URL.EscapedPath(); cleanPath(ep) != ep {
+		writeErr(w, &v1.Error{Code: v1.CodeInvalidArgument, Field: "path",
+			Message: fmt.Sprintf("path: %q is not a clean path (no //, . or .. elements)", truncate(ep, 200))})
+		return ""
+	}
+	h, pattern := s.mux.Handler(r)
+	if pattern == "" {
+		s.noRoute(w, r, h)
+		return ""
+	}
+	if err := s.csrf.Check(r); err != nil {
+		writeErr(w, &v1.Error{Code: v1.CodePermissionDenied, Message: "cross-site request refused: " + err.Error()})
+		return pattern
+	}
+	switch r.Method {
+	case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+		if err := checkMediaType(r, pattern); err != nil {
+			writeErr(w, err)
+			return pattern
+		}
+		if n := bodyLimit(pattern); n >= 0 {
+			if r.ContentLength > n {
+				writeErr(w, tooLarge(n))
+				return pattern
+			}
+			r.Body = http.MaxBytesReader(w, r.Body, n)
+		}
+	}
+	s.mux.ServeHTTP(w, r)
+	return pattern
+}
+
+func tooLarge(n int64) error {
+	return &v1.Error{Code: v1.CodeTooLarge, Field: "body", Message: fmt.Sprintf("body: larger than this request's limit of %d bytes", n)}
+}
+
+// checkMediaType: a request that has a body, or says what it has, must
+// send one of the route's media types. (An HTML form or a text/plain
+// fetch from another site is not one.)
+func checkMediaType(r *http.Request, pattern string) error {
+	ct := r.Header.Get("Content-Type")
+	if ct == "" && r.ContentLength == 0 {
+		return nil
+	}
+	want := mediaTypes[pattern]
+	if want == nil {
+		want = []string{"application/json"}
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err == nil {
+		for _, w := range want {
+			if mt == w {
+				return nil
+			}
+		}
+	}
+	return &v1.Error{Code: v1.CodeUnsupportedMediaType, Field: "Content-Type",
+		Message: fmt.Sprintf("Content-Type: want %s, got %q", strings.Join(want, " or "), truncate(ct, 100))}
+}
+
+// noRoute answers a request no route takes: 405 with Allow when the path
+// has routes for other methods, else 404. The mux's own handler works out
+// the allowed methods; its plain-text answer is not sent.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request, h http.Handler) {
+	probe := &headerProbe{h: http.Header{}}
+	h.ServeHTTP(probe, r)
+	if probe.status == http.StatusMethodNotAllowed {
+		allow := probe.h.Get("Allow")
+		w.Header().Set("Allow", allow)
+		writeErr(w, &v1.Error{Code: v1.CodeMethodNotAllowed,
+			Message: fmt.Sprintf("method %s is not allowed on %s (allowed: %s)", truncate(r.Method, 20), truncate(r.URL.EscapedPath(), 200), allow)})
+		return
+	}
+	writeErr(w, &v1.Error{Code: v1.CodeNotFound, Message: fmt.Sprintf("no route %s %s", truncate(r.Method, 20), truncate(r.URL.EscapedPath(), 200))})
+}
+
+// headerProbe is a ResponseWriter that keeps the status and headers and
+// drops the body.
+type headerProbe struct {
+	h      http.Header
+	status int
+}
+
+func (p *headerProbe) Header() http.Header         { return p.h }
+func (p *headerProbe) Write(b []byte) (int, error) { return len(b), nil }
+func (p *headerProbe) WriteHeader(code int)        { p.status = code }
+
+// recorder keeps the status and size of an answer for the access log; it
+// passes hijacking through (consoles) and flushing.
+type recorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	n, err := r.ResponseWriter.Write(b)
+	r.bytes += int64(n)
+	return n, err
+}
+
+func (r *recorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := r.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("connection cannot be hijacked")
+	}
+	r.status = http.StatusSwitchingProtocols
+	return hj.Hijack()
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }

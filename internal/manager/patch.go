@@ -1,0 +1,135 @@
+package manager
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/inventory"
+	"hangar/internal/scheduler"
+	"hangar/internal/store"
+	"hangar/internal/vm"
+)
+
+// offline are the observed states in which no QEMU runs for a VM and none
+// is about to: settings of the machine itself (CPUs, memory) change only
+// then.
+var offline = []string{v1.StateStopped, v1.StateCrashed, v1.StateError}
+
+// applyPatch applies p to spec and returns the fields it changed.
+func applyPatch(spec *v1.VMSpec, p v1.VMPatch) []string {
+	var changed []string
+	if p.CPUs != nil && *p.CPUs != spec.CPUs {
+		spec.CPUs = *p.CPUs
+		changed = append(changed, "cpus")
+	}
+	if p.MemoryMiB != nil && *p.MemoryMiB != spec.MemoryMiB {
+		spec.MemoryMiB = *p.MemoryMiB
+		changed = append(changed, "memoryMiB")
+	}
+	if p.RestartPolicy != nil && *p.RestartPolicy != spec.RestartPolicy {
+		spec.RestartPolicy = *p.RestartPolicy
+		changed = append(changed, "restartPolicy")
+	}
+	return changed
+}
+
+// checkOffline refuses changes of the machine itself (CPUs, memory) unless
+// no QEMU runs for the VM (state is its observed state).
+func checkOffline(name, state string, changed []string) error {
+	if contains(offline, state) {
+		return nil
+	}
+	for _, f := range changed {
+		if f == "cpus" || f == "memoryMiB" {
+			return &v1.Error{Code: v1.CodeFailedPrecondition, Field: f,
+				Message: fmt.Sprintf("vm %q is %s: %s can change only while it is stopped", name, state, f)}
+		}
+	}
+	return nil
+}
+
+// patchVM changes a VM's settings: PATCH /vms/{name} with a v1.VMPatch.
+// The spec is written with a compare-and-swap on the revision it was read
+// at (and, with If-Match, on the revision the caller saw).
+func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	name := r.PathValue("name")
+	if err := vm.ValidateName("name", name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	var p v1.VMPatch
+	if err := decode(r, &p); err != nil {
+		writeErr(w, err)
+		return
+	}
+	ifMatch := int64(0)
+	if h := r.Header.Get("If-Match"); h != "" {
+		n, err := strconv.ParseInt(trimETag(h), 10, 64)
+		if err != nil || n <= 0 {
+			writeErr(w, invalidArg("If-Match", "%q is not a revision", h))
+			return
+		}
+		ifMatch = n
+	}
+	hosts, err := s.hosts(ctx)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	for attempt := 0; ; attempt++ {
+		v, err := s.inv.VM(ctx, name)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		if ifMatch != 0 && v.Revision != ifMatch {
+			writeErr(w, &v1.Error{Code: v1.CodeFailedPrecondition, Field: "If-Match",
+				Message: fmt.Sprintf("vm %q changed: revision %d, the request expects %d", name, v.Revision, ifMatch)})
+			return
+		}
+		spec := v.Spec
+		changed := applyPatch(&spec, p)
+		if len(changed) == 0 {
+			writeJSON(w, 200, redactVM(v))
+			return
+		}
+		if err := vm.Validate(spec, scheduler.LargestHostMemory(hosts)); err != nil {
+			writeErr(w, err)
+			return
+		}
+		if err := checkOffline(name, v.Status.State, changed); err != nil {
+			writeErr(w, err)
+			return
+		}
+		rev, err := s.cfg.Store.Put(ctx, inventory.VMKey(name), inventory.Marshal(spec), v.Revision)
+		if errors.Is(err, store.ErrConflict) && ifMatch == 0 && attempt < 5 {
+			continue
+		}
+		if errors.Is(err, store.ErrConflict) {
+			err = &v1.Error{Code: v1.CodeConflict, Field: "name", Message: fmt.Sprintf("vm %q changed meanwhile: read it again", name)}
+		}
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		s.cfg.Log.Info("vm settings changed", "vm", name, "fields", changed, "revision", rev)
+		v.Spec, v.Revision = spec, rev
+		writeJSON(w, 200, redactVM(v))
+		return
+	}
+}
+
+// trimETag accepts a revision as 42, "42" or W/"42".
+func trimETag(h string) string {
+	if len(h) > 2 && h[:2] == "W/" {
+		h = h[2:]
+	}
+	if len(h) >= 2 && h[0] == '"' && h[len(h)-1] == '"' {
+		h = h[1 : len(h)-1]
+	}
+	return h
+}

@@ -1,0 +1,162 @@
+package manager
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/etcdembed"
+	"hangar/internal/inventory"
+	"hangar/internal/store"
+)
+
+// testServer is an API server on an embedded etcd member with one live
+// host ("h1", 4096 MiB) and no agent: tests write observed status
+// themselves.
+type testServer struct {
+	t  *testing.T
+	s  *Server
+	st store.Store
+}
+
+func newTestServer(t *testing.T) *testServer {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	m, err := etcdembed.Start(ctx, etcdembed.Config{DataDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatalf("start etcd: %v", err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	st := store.NewEtcd(m.Client())
+	if _, err := st.Put(ctx, inventory.HostInfoKey("h1"), inventory.Marshal(v1.Host{Name: "h1", CPUs: 4, MemoryMiB: 4096, Accelerator: "tcg"}), store.AnyRevision); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Put(ctx, inventory.HostKey("h1"), []byte("{}"), store.AnyRevision); err != nil {
+		t.Fatal(err)
+	}
+	return &testServer{t: t, s: New(Config{Store: st, Log: slog.New(slog.DiscardHandler)}), st: st}
+}
+
+// do sends one request; ctype "" sends none.
+func (ts *testServer) do(method, path, ctype, body string, hdr ...string) (int, http.Header, []byte) {
+	ts.t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req := httptest.NewRequest(method, path, rd)
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	rec := httptest.NewRecorder()
+	ts.s.ServeHTTP(rec, req)
+	return rec.Code, rec.Header(), rec.Body.Bytes()
+}
+
+func (ts *testServer) setState(name, state string) {
+	ts.t.Helper()
+	if _, err := ts.st.Put(ts.t.Context(), inventory.StatusKey(name), inventory.Marshal(v1.VMStatus{State: state, Host: "h1"}), store.AnyRevision); err != nil {
+		ts.t.Fatal(err)
+	}
+}
+
+func (ts *testServer) createVM(body string) {
+	ts.t.Helper()
+	if code, _, b := ts.do("POST", "/api/v1/vms", "application/json", body); code != 202 {
+		ts.t.Fatalf("create: %d %s", code, b)
+	}
+}
+
+// apiErr decodes an error answer, failing the test if it is not one.
+func apiErr(t *testing.T, code int, body []byte) v1.Error {
+	t.Helper()
+	var er v1.ErrorResponse
+	if err := json.Unmarshal(body, &er); err != nil || er.Error == nil || er.Error.Code == "" || er.Error.Message == "" {
+		t.Fatalf("status %d: not a JSON error with a code: %s", code, body)
+	}
+	return *er.Error
+}
+
+func TestPatchVM(t *testing.T) {
+	ts := newTestServer(t)
+	ts.createVM(`{"name":"web1","memoryMiB":128}`)
+	ts.setState("web1", v1.StateStopped)
+
+	code, _, b := ts.do("PATCH", "/api/v1/vms/web1", "application/json", `{"cpus":2,"memoryMiB":256}`)
+	var v v1.VM
+	if code != 200 || json.Unmarshal(b, &v) != nil || v.Spec.CPUs != 2 || v.Spec.MemoryMiB != 256 {
+		t.Fatalf("patch stopped vm: %d %s", code, b)
+	}
+	spec, rev, err := ts.s.inv.Spec(t.Context(), "web1")
+	if err != nil || spec.CPUs != 2 || spec.MemoryMiB != 256 || rev != v.Revision {
+		t.Fatalf("stored spec %+v rev %d (answer rev %d): %v", spec, rev, v.Revision, err)
+	}
+
+	// Validated like create.
+	for body, field := range map[string]string{
+		`{"cpus":-1}`:               "cpus",
+		`{"cpus":0}`:                "cpus",
+		`{"memoryMiB":8}`:           "memoryMiB",
+		`{"memoryMiB":99999999}`:    "memoryMiB",
+		`{"restartPolicy":"often"}`: "restartPolicy",
+		`{"cpus":"two"}`:            "cpus",
+		`{"disks":[]}`:              "disks",
+		`{"cpus":1,"cpus":2}`:       "cpus",
+	} {
+		code, _, b := ts.do("PATCH", "/api/v1/vms/web1", "application/json", body)
+		if e := apiErr(t, code, b); code != 400 || e.Field != field {
+			t.Errorf("%s: %d %+v, want 400 field %s", body, code, e, field)
+		}
+	}
+
+	// Running: the machine cannot change, the restart policy can.
+	ts.setState("web1", v1.StateRunning)
+	code, _, b = ts.do("PATCH", "/api/v1/vms/web1", "application/json", `{"cpus":4}`)
+	if e := apiErr(t, code, b); code != 412 || e.Code != v1.CodeFailedPrecondition || e.Field != "cpus" ||
+		e.Message != `vm "web1" is running: cpus can change only while it is stopped` {
+		t.Fatalf("cpus of a running vm: %d %+v", code, e)
+	}
+	code, _, b = ts.do("PATCH", "/api/v1/vms/web1", "application/json", `{"cpus":-1}`)
+	if e := apiErr(t, code, b); code != 400 || e.Field != "cpus" {
+		t.Fatalf("cpus -1 of a running vm: %d %+v, want 400 (bad values before state)", code, e)
+	}
+	code, _, b = ts.do("PATCH", "/api/v1/vms/web1", "application/merge-patch+json", `{"restartPolicy":"never","cpus":2}`)
+	if code != 200 || json.Unmarshal(b, &v) != nil || v.Spec.RestartPolicy != "never" {
+		t.Fatalf("restart policy of a running vm: %d %s", code, b)
+	}
+	if spec, _, _ := ts.s.inv.Spec(t.Context(), "web1"); spec.RestartPolicy != "never" || spec.CPUs != 2 {
+		t.Fatalf("stored spec after policy change: %+v", spec)
+	}
+
+	// CAS on the revision the caller saw.
+	code, _, b = ts.do("PATCH", "/api/v1/vms/web1", "application/json", `{"restartPolicy":"always"}`, "If-Match", `"1"`)
+	if e := apiErr(t, code, b); code != 412 || e.Field != "If-Match" {
+		t.Fatalf("stale If-Match: %d %+v", code, e)
+	}
+	code, _, b = ts.do("PATCH", "/api/v1/vms/web1", "application/json", `{"restartPolicy":"always"}`, "If-Match", jsonInt(v.Revision))
+	if code != 200 {
+		t.Fatalf("current If-Match: %d %s", code, b)
+	}
+
+	code, _, b = ts.do("PATCH", "/api/v1/vms/nope", "application/json", `{"cpus":2}`)
+	if e := apiErr(t, code, b); code != 404 || e.Message != `vm "nope" not found` {
+		t.Fatalf("patch of a missing vm: %d %+v", code, e)
+	}
+	code, _, b = ts.do("PATCH", "/api/v1/vms/web1", "text/plain", `{"cpus":2}`)
+	if e := apiErr(t, code, b); code != 415 {
+		t.Fatalf("text/plain patch: %d %+v", code, e)
+	}
+}
+
+func jsonInt(n int64) string { b, _ := json.Marshal(n); return string(b) }

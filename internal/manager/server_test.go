@@ -12,7 +12,7 @@ import (
 	"time"
 
 	v1 "hangar/api/v1"
-	"hangar/internal/etcdembed"
+	"hangar/internal/etcdembed/etcdtest"
 	"hangar/internal/inventory"
 	"hangar/internal/store"
 )
@@ -30,12 +30,7 @@ func newTestServer(t *testing.T) *testServer {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	m, err := etcdembed.Start(ctx, etcdembed.Config{DataDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
-	t.Cleanup(func() { _ = m.Close() })
-	st := store.NewEtcd(m.Client())
+	st := store.NewEtcd(etcdtest.Start(t).Client())
 	if _, err := st.Put(ctx, inventory.HostInfoKey("h1"), inventory.Marshal(v1.Host{Name: "h1", CPUs: 4, MemoryMiB: 4096, Accelerator: "tcg"}), store.AnyRevision); err != nil {
 		t.Fatal(err)
 	}

@@ -32,21 +32,28 @@ func SocketFromEnv() string {
 
 // Client talks to one Hangar API endpoint.
 type Client struct {
-	hc     *http.Client
-	base   string
-	socket string
+	hc   *http.Client
+	root string // scheme://host of every request
+	base string // root + "/api/v1"
+	// endpoint names the server in error messages: the socket or the URL.
+	endpoint string
+	// dial opens a raw connection to the server (for the console upgrade).
+	dial func(ctx context.Context) (net.Conn, error)
+	// token, when set, is sent as Authorization: Bearer on every request.
+	token string
 }
 
 // New returns a client of the API on a unix socket.
 func New(socket string) *Client {
+	dial := func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}
 	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
+		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
 		MaxIdleConnsPerHost: 4,
 	}
-	return &Client{hc: &http.Client{Transport: tr}, base: "http://hangar/api/v1", socket: socket}
+	return &Client{hc: &http.Client{Transport: tr}, root: "http://hangar", base: "http://hangar/api/v1", endpoint: socket, dial: dial}
 }
 
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, body, out any) (int, error) {
@@ -71,7 +78,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("%s %s: %w (is `hangar serve` running on %s?)", method, path, err, c.socket)
+		return 0, fmt.Errorf("%s %s: %w (is `hangar serve` running on %s?)", method, path, err, c.endpoint)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 400 {
@@ -219,12 +226,15 @@ func (c *Client) ConsoleLog(ctx context.Context, name string) ([]byte, error) {
 
 // Console attaches to a VM's serial console: a raw stream both ways.
 func (c *Client) Console(ctx context.Context, name string) (net.Conn, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", c.socket)
+	conn, err := c.dial(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("console of %s: %w", name, err)
 	}
-	fmt.Fprintf(conn, "GET /api/v1/vms/%s/console HTTP/1.1\r\nHost: hangar\r\nConnection: Upgrade\r\nUpgrade: hangar-console\r\n\r\n", url.PathEscape(name))
+	auth := ""
+	if c.token != "" {
+		auth = "Authorization: Bearer " + c.token + "\r\n"
+	}
+	fmt.Fprintf(conn, "GET /api/v1/vms/%s/console HTTP/1.1\r\nHost: hangar\r\n%sConnection: Upgrade\r\nUpgrade: hangar-console\r\n\r\n", url.PathEscape(name), auth)
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
@@ -251,7 +261,7 @@ func (b *bufConn) Read(p []byte) (int, error) { return b.r.Read(p) }
 
 // Metrics returns the Prometheus text exposition.
 func (c *Client) Metrics(ctx context.Context) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://hangar/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", c.root+"/metrics", nil)
 	if err != nil {
 		return "", err
 	}
@@ -282,8 +292,7 @@ func (c *Client) Raw(ctx context.Context, method, path string, body []byte) (int
 // sends it in chunks). It returns the status, headers and body of the
 // answer.
 func (c *Client) RawRequest(ctx context.Context, method, path string, h http.Header, body []byte) (int, http.Header, []byte, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", c.socket)
+	conn, err := c.dial(ctx)
 	if err != nil {
 		return 0, nil, nil, err
 	}
@@ -293,6 +302,9 @@ func (c *Client) RawRequest(ctx context.Context, method, path string, h http.Hea
 	}
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: hangar\r\nConnection: close\r\n", method, path)
+	if c.token != "" && h.Get("Authorization") == "" {
+		fmt.Fprintf(&b, "Authorization: Bearer %s\r\n", c.token)
+	}
 	for k, vs := range h {
 		for _, v := range vs {
 			fmt.Fprintf(&b, "%s: %s\r\n", k, v)

@@ -224,6 +224,7 @@ const (
 	CodeMethodNotAllowed     = "method_not_allowed"     // 405, with an Allow header
 	CodeTooLarge             = "too_large"              // 413: the body is over the route's limit
 	CodeUnsupportedMediaType = "unsupported_media_type" // 415: wrong or missing Content-Type
+	CodeUnauthenticated      = "unauthenticated"        // 401: TCP request without an accepted certificate or token
 )
 
 // Error is the API's error body: {"error": {...}}.

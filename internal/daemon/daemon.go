@@ -5,6 +5,7 @@ package daemon
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"hangar/internal/agent"
+	"hangar/internal/authn"
 	"hangar/internal/etcdembed"
 	"hangar/internal/manager"
 	"hangar/internal/pki"
@@ -30,9 +32,16 @@ type Config struct {
 	RunDir  string // default /run/hangar
 	Socket  string // default RunDir/hangar.sock
 	Host    string // default the machine's hostname
-	// Listen is an optional TCP address; it needs TLSCert and TLSKey.
+	// Listen is an optional TCP address; it needs TLSCert and TLSKey, and
+	// ClientCA or TokensFile (or both) to authenticate its clients.
 	Listen          string
 	TLSCert, TLSKey string
+	// ClientCA is a PEM file of CAs whose client certificates the TCP
+	// listener accepts.
+	ClientCA string
+	// TokensFile lists bearer tokens the TCP listener accepts (see
+	// authn.LoadTokens).
+	TokensFile string
 	// EtcdClientURL is an optional https URL on which the embedded etcd
 	// member also serves clients of other hosts; they must present a
 	// certificate of the pool CA. Local clients always use the unix socket
@@ -41,7 +50,7 @@ type Config struct {
 	// EtcdPeerURL is the member's https peer URL; default a free 127.0.0.1
 	// port. Peers authenticate each other with pool CA certificates.
 	EtcdPeerURL string
-	StopTimeout     time.Duration
+	StopTimeout time.Duration
 	// Accel is auto (default), kvm or tcg.
 	Accel string
 	Log   *slog.Logger
@@ -54,9 +63,12 @@ type Daemon struct {
 	Socket string
 	member *etcdembed.Member
 	srv    *http.Server
-	errc   chan error
-	cancel context.CancelFunc
-	done   chan struct{}
+	tcp    *http.Server // nil without --listen
+	// TCPAddr is the address of the TCP listener ("" without one).
+	TCPAddr string
+	errc    chan error
+	cancel  context.CancelFunc
+	done    chan struct{}
 }
 
 // Start brings everything up and returns once the API is served and the
@@ -83,6 +95,22 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	}
 	if cfg.Listen != "" && (cfg.TLSCert == "" || cfg.TLSKey == "") {
 		return nil, errors.New("--listen needs --tls-cert and --tls-key: the API is served over TCP only with TLS")
+	}
+	if cfg.Listen != "" && cfg.ClientCA == "" && cfg.TokensFile == "" {
+		return nil, errors.New("--listen needs --client-ca or --tokens-file (or both): TCP clients must authenticate with a client certificate or a bearer token")
+	}
+	if cfg.Listen == "" && (cfg.ClientCA != "" || cfg.TokensFile != "") {
+		return nil, errors.New("--client-ca and --tokens-file authenticate clients of --listen: give --listen too")
+	}
+	// Read the TLS material before anything starts, so that a bad file
+	// fails fast.
+	var tcpTLS *tls.Config
+	var tcpAuth authn.AnyOf
+	if cfg.Listen != "" {
+		var err error
+		if tcpTLS, tcpAuth, err = listenerAuth(cfg); err != nil {
+			return nil, err
+		}
 	}
 	for _, d := range []string{cfg.DataDir, cfg.RunDir, filepath.Join(cfg.RunDir, "vms")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -162,18 +190,18 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		}
 	}()
 	if cfg.Listen != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
-		if err != nil {
-			cancel()
-			return nil, fmt.Errorf("load TLS key pair: %w", err)
-		}
-		tln, err := tls.Listen("tcp", cfg.Listen, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+		tln, err := tls.Listen("tcp", cfg.Listen, tcpTLS)
 		if err != nil {
 			cancel()
 			return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 		}
+		// A server of its own: only TCP requests go through authentication;
+		// the unix socket stays trusted.
+		d.tcp = &http.Server{Handler: authn.Require(tcpAuth, api), ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: slog.NewLogLogger(cfg.Log.With("listener", cfg.Listen).Handler(), slog.LevelInfo)}
+		d.TCPAddr = tln.Addr().String()
 		go func() {
-			if err := d.srv.Serve(tln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := d.tcp.Serve(tln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				d.errc <- fmt.Errorf("api on %s: %w", cfg.Listen, err)
 			}
 		}()
@@ -181,6 +209,40 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	ok = true
 	cfg.Log.Info("hangar serving", "socket", cfg.Socket, "host", cfg.Host, "data", cfg.DataDir, "accel", caps.Accel)
 	return d, nil
+}
+
+// listenerAuth builds the TCP listener's TLS configuration and the ways
+// its clients may authenticate: a client certificate of ClientCA (asked
+// for, verified in the handshake and checked again per request) or a
+// bearer token of TokensFile.
+func listenerAuth(cfg Config) (*tls.Config, authn.AnyOf, error) {
+	cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load TLS key pair: %w", err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	var auth authn.AnyOf
+	if cfg.ClientCA != "" {
+		b, err := os.ReadFile(cfg.ClientCA)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--client-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, nil, fmt.Errorf("--client-ca %s: no PEM certificates", cfg.ClientCA)
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.VerifyClientCertIfGiven
+		auth = append(auth, authn.ClientCert{Roots: pool})
+	}
+	if cfg.TokensFile != "" {
+		toks, err := authn.LoadTokens(cfg.TokensFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--tokens-file: %w", err)
+		}
+		auth = append(auth, toks)
+	}
+	return tc, auth, nil
 }
 
 // EtcdSocket is the unix socket on which the embedded etcd member serves
@@ -229,6 +291,9 @@ func (d *Daemon) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = d.srv.Shutdown(ctx)
+	if d.tcp != nil {
+		_ = d.tcp.Shutdown(ctx)
+	}
 	d.cancel()
 	<-d.done
 	_ = os.Remove(d.Socket)

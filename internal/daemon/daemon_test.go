@@ -2,68 +2,101 @@ package daemon
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
+	"encoding/json"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	v1 "hangar/api/v1"
+	"hangar/client"
+	"hangar/internal/pki"
 )
 
-func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "hangar-test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, _ := x509.MarshalECPrivateKey(key)
-	certFile, keyFile = filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
-	_ = os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	_ = os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
-	cert, _ := x509.ParseCertificate(der)
-	pool = x509.NewCertPool()
-	pool.AddCert(cert)
-	return certFile, keyFile, pool
+// tlsFixture: a server certificate (CA "srv"), a client CA and a client
+// certificate from it, a client certificate of an unrelated CA, and a
+// tokens file.
+type tlsFixture struct {
+	serverCert, serverKey, serverCA string
+	clientCA                        string
+	goodCert, goodKey               string
+	badCert, badKey                 string
+	tokens                          string
+	token                           string
 }
 
-// TestTCPOnlyWithTLS: --listen without a key pair is refused; with one the
-// API answers over TLS and not over plain HTTP; the unix socket is 0660.
+func newTLSFixture(t *testing.T) tlsFixture {
+	t.Helper()
+	dir := t.TempDir()
+	mk := func(name string) *pki.CA {
+		ca, err := pki.LoadOrCreateCA(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ca
+	}
+	issue := func(ca *pki.CA, name string, ips []net.IP) (string, string) {
+		kp, err := ca.IssueHost(name, ips, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, k := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+		if err := kp.WriteFiles(c, k); err != nil {
+			t.Fatal(err)
+		}
+		return c, k
+	}
+	srv, cli, other := mk("srvca"), mk("clica"), mk("otherca")
+	f := tlsFixture{serverCA: srv.CertFile(), clientCA: cli.CertFile(), token: "s3cret-token-0123456789"}
+	f.serverCert, f.serverKey = issue(srv, "server", []net.IP{net.ParseIP("127.0.0.1")})
+	f.goodCert, f.goodKey = issue(cli, "alice", nil)
+	f.badCert, f.badKey = issue(other, "mallory", nil)
+	f.tokens = filepath.Join(dir, "tokens")
+	if err := os.WriteFile(f.tokens, []byte("# API tokens\nci:"+f.token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// TestTCPOnlyWithTLS: --listen without a key pair, or without a way to
+// authenticate clients, is refused; with both the API answers over TLS
+// (not over plain HTTP) only to clients with a certificate of the client
+// CA or a listed bearer token: everything else gets 401 with a JSON error.
+// The unix socket is 0660 and needs no credentials.
 func TestTCPOnlyWithTLS(t *testing.T) {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86): hangar serve cannot start")
 	}
 	ctx := context.Background()
+	f := newTLSFixture(t)
 	if _, err := Start(ctx, Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"}); err == nil {
 		t.Fatal("TCP listening without TLS was accepted")
 	}
+	_, err := Start(ctx, Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", TLSCert: f.serverCert, TLSKey: f.serverKey})
+	if err == nil || !strings.Contains(err.Error(), "--client-ca or --tokens-file") {
+		t.Fatalf("TCP listening without client authentication: err = %v", err)
+	}
+	loose := filepath.Join(t.TempDir(), "tokens")
+	_ = os.WriteFile(loose, []byte(f.token+"\n"), 0o644)
+	_, err = Start(ctx, Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", TLSCert: f.serverCert, TLSKey: f.serverKey, TokensFile: loose})
+	if err == nil || !strings.Contains(err.Error(), "must not be readable by others") {
+		t.Fatalf("world-readable tokens file: err = %v", err)
+	}
+
 	dir := t.TempDir()
 	run, err := os.MkdirTemp("", "hgd")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(run)
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
-	l.Close()
-	cert, key, pool := selfSigned(t, dir)
-	d, err := Start(ctx, Config{DataDir: filepath.Join(dir, "data"), RunDir: run, Host: "tls", Listen: addr, TLSCert: cert, TLSKey: key, Accel: "tcg"})
+	d, err := Start(ctx, Config{DataDir: filepath.Join(dir, "data"), RunDir: run, Host: "tls", Listen: "127.0.0.1:0",
+		TLSCert: f.serverCert, TLSKey: f.serverKey, ClientCA: f.clientCA, TokensFile: f.tokens, Accel: "tcg"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,16 +105,75 @@ func TestTCPOnlyWithTLS(t *testing.T) {
 	if err != nil || st.Mode().Perm() != 0o660 {
 		t.Fatalf("socket mode %v, %v", st.Mode(), err)
 	}
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 5 * time.Second}
-	resp, err := hc.Get("https://" + addr + "/api/v1/hosts")
+	if _, err := client.New(d.Socket).Hosts(ctx); err != nil {
+		t.Fatalf("unix socket without credentials: %v", err)
+	}
+	url := "https://" + d.TCPAddr
+
+	// No credentials, a wrong scheme, a bad token: 401 with a JSON body.
+	roots := x509.NewCertPool()
+	b, _ := os.ReadFile(f.serverCA)
+	roots.AppendCertsFromPEM(b)
+	anon := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}, Timeout: 10 * time.Second}
+	for name, hdr := range map[string]string{"none": "", "bad token": "Bearer not-the-token-000000", "basic": "Basic YTpi"} {
+		for _, method := range []string{"GET", "POST"} {
+			req, _ := http.NewRequest(method, url+"/api/v1/vms", strings.NewReader(`{"name":"anon","memoryMiB":64}`))
+			req.Header.Set("Content-Type", "application/json")
+			if hdr != "" {
+				req.Header.Set("Authorization", hdr)
+			}
+			resp, err := anon.Do(req)
+			if err != nil {
+				t.Fatalf("%s %s: %v", name, method, err)
+			}
+			var er v1.ErrorResponse
+			derr := json.NewDecoder(resp.Body).Decode(&er)
+			resp.Body.Close()
+			if resp.StatusCode != 401 || derr != nil || er.Error == nil || er.Error.Code != "unauthenticated" || er.Error.Message == "" ||
+				resp.Header.Get("Content-Type") != "application/json" {
+				t.Errorf("%s %s: %s, body %+v (%v), want 401 unauthenticated JSON", name, method, resp.Status, er.Error, derr)
+			}
+		}
+	}
+	if vms, err := client.New(d.Socket).VMs(ctx); err != nil || len(vms) != 0 {
+		t.Fatalf("VMs after anonymous POSTs: %v %v", vms, err)
+	}
+
+	// A client certificate of another CA: refused in the handshake.
+	bad, err := client.NewTLS(url, client.TLSOptions{CAFile: f.serverCA, CertFile: f.badCert, KeyFile: f.badKey})
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("TLS GET: %s", resp.Status)
+	if _, err := bad.Hosts(ctx); err == nil {
+		t.Error("client certificate of an untrusted CA was accepted")
+	} else {
+		t.Logf("untrusted client certificate: %v", err)
 	}
-	resp, err = (&http.Client{Timeout: 5 * time.Second}).Get("http://" + addr + "/api/v1/hosts")
+	badTok, _ := client.NewTLS(url, client.TLSOptions{CAFile: f.serverCA, Token: "wrong-token-0123456789"})
+	if _, err := badTok.Hosts(ctx); err == nil {
+		t.Error("bad token accepted")
+	}
+
+	// A good client certificate, a good token: 200.
+	for name, o := range map[string]client.TLSOptions{
+		"certificate": {CAFile: f.serverCA, CertFile: f.goodCert, KeyFile: f.goodKey},
+		"token":       {CAFile: f.serverCA, Token: f.token},
+	} {
+		c, err := client.NewTLS(url, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs, err := c.Hosts(ctx)
+		if err != nil || len(hs) != 1 {
+			t.Errorf("%s: hosts %v, %v", name, hs, err)
+		}
+		code, _, err := c.Raw(ctx, "GET", "/api/v1/hosts", nil)
+		if err != nil || code != 200 {
+			t.Errorf("%s: raw GET %d %v", name, code, err)
+		}
+	}
+
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + d.TCPAddr + "/api/v1/hosts")
 	if err == nil && resp.StatusCode == 200 {
 		t.Fatal("plain HTTP answered on the TLS port")
 	}

@@ -21,6 +21,9 @@ var (
 	ErrNotFound     = errors.New("not found")
 	ErrUnavailable  = errors.New("unavailable")
 	ErrInvalid      = errors.New("invalid argument")
+	// ErrUnauthenticated: the request carries no credential the server
+	// accepts (HTTP 401).
+	ErrUnauthenticated = errors.New("unauthenticated")
 )
 
 // Precondition returns an error that matches ErrPrecondition and whose
@@ -89,6 +92,8 @@ func Code(err error) string {
 		return v1.CodeFailedPrecondition
 	case errors.Is(err, ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		return v1.CodeUnavailable
+	case errors.Is(err, ErrUnauthenticated):
+		return v1.CodeUnauthenticated
 	default:
 		return v1.CodeInternal
 	}
@@ -99,6 +104,8 @@ func HTTPStatus(code string) int {
 	switch code {
 	case v1.CodeInvalidArgument:
 		return 400
+	case v1.CodeUnauthenticated:
+		return 401
 	case v1.CodeNotFound:
 		return 404
 	case v1.CodeConflict:

@@ -310,5 +310,3 @@ func TestStartNotReady(t *testing.T) {
 		t.Errorf("client socket left behind after a failed start: %v", err)
 	}
 }
-
-

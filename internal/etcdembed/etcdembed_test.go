@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
 	"hangar/internal/etcdembed"
 	"hangar/internal/etcdembed/etcdtest"
 	"hangar/internal/pki"
@@ -308,5 +311,53 @@ func TestStartNotReady(t *testing.T) {
 	t.Logf("gave up after %v: %v", time.Since(start), err)
 	if _, err := os.Stat(cfg.ClientSocket); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("client socket left behind after a failed start: %v", err)
+	}
+}
+
+// TestRemoteClientTLS: an https client URL serves only clients with a
+// certificate of the pool CA; plain gRPC and TLS without a certificate
+// cannot write.
+func TestRemoteClientTLS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	ca := testCA(t)
+	cfg := testConfig(t, "r1")
+	cfg.TLS = hostTLS(t, ca, "r1")
+	cfg.ClientURLs = []string{"https://" + addr}
+	m, err := etcdembed.Start(ctx, cfg)
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	defer m.Close()
+	if got := m.ClientURLs(); len(got) != 2 || got[1] != "https://"+addr {
+		t.Fatalf("client urls = %v", got)
+	}
+	put := func(endpoint string, tc *tls.Config) error {
+		c, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 3 * time.Second, TLS: tc, Logger: zap.NewNop()})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		_, err = c.Put(pctx, "remote", "v")
+		return err
+	}
+	good, _ := ca.IssueHost("r2", nil, nil)
+	goodCert, _ := good.TLSCertificate()
+	if err := put("https://"+addr, &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{goodCert}}); err != nil {
+		t.Fatalf("client with a pool CA certificate: %v", err)
+	}
+	if err := put("http://"+addr, nil); err == nil {
+		t.Error("plain client wrote")
+	}
+	if err := put("https://"+addr, &tls.Config{RootCAs: ca.Pool()}); err == nil {
+		t.Error("TLS client without a certificate wrote")
 	}
 }

@@ -46,6 +46,9 @@ func (s *Server) listPools(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
+	if ps == nil {
+		ps = []v1.StoragePool{} // [], not null
+	}
 	writeJSON(w, 200, ps)
 }
 
@@ -86,6 +89,9 @@ func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		var vols []v1.Volume
 		if vols, err = s.cfg.Pools.ListVolumes(r.Context(), pool); err == nil {
+			if vols == nil {
+				vols = []v1.Volume{} // [], not null
+			}
 			writeJSON(w, 200, vols)
 			return
 		}

@@ -2,7 +2,10 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -168,4 +171,132 @@ func qemuCount(t *testing.T, name string) int {
 		}
 	}
 	return n
+}
+
+// TestKill9DuringCreateStart kills hangar serve with SIGKILL at each named
+// point of a create+start (the agent kills itself there when
+// HANGAR_TEST_CRASH_AT names the point: a test-only switch), starts it
+// again, and checks that the operation succeeded exactly once, the VM runs
+// in exactly one QEMU, the guest booted once and answers, and the status
+// names that QEMU: pid, start time and accelerator (issue 7.8: they were
+// lost when a resumed create overwrote what re-adoption had recorded).
+func TestKill9DuringCreateStart(t *testing.T) {
+	s := newServer(t)
+	ctx := context.Background()
+	hosts, err := s.c.Hosts(ctx)
+	if err != nil || len(hosts) != 1 {
+		t.Fatalf("hosts: %v %v", hosts, err)
+	}
+	accel := hosts[0].Accelerator
+	points := []string{
+		"op-claimed",     // the operation is running, nothing made yet
+		"disks-created",  // the disk exists, no status yet
+		"status-stopped", // status written, QEMU not started
+		"qemu-exec",      // QEMU runs paused (-S), before cont
+		"qemu-cont",      // the guest runs, status still "starting"
+		"status-running", // status written, operation not finished
+	}
+	parent := s.t
+	defer func() { s.t = parent }()
+	for i, point := range points {
+		t.Run(point, func(t *testing.T) {
+			name := fmt.Sprintf("crash%d", i)
+			s.t = t
+			s.stop()
+			os.Setenv("HANGAR_TEST_CRASH_AT", point) // only this serve process sees it
+			s.start()
+			os.Unsetenv("HANGAR_TEST_CRASH_AT")
+			logOff := fileSize(s.log)
+			port := freePort(t)
+			spec := v1.VMSpec{Name: name, MemoryMiB: 128, Disks: []v1.Disk{{Image: guestImage}},
+				NICs: []v1.NIC{{Mode: v1.NICUser, Forwards: []v1.Forward{{HostPort: port, GuestPort: 80}}}}}
+			op, err := s.c.CreateVM(ctx, spec, true, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.waitExit(2 * time.Minute)
+			if b, _ := os.ReadFile(s.log); !strings.Contains(string(b[logOff:]), "point="+point) {
+				t.Fatalf("hangar serve did not stop at %s:\n%s", point, tail(string(b[logOff:]), 3000))
+			}
+			crashed := time.Now()
+			s.start()
+			wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+			defer cancel()
+			op, err = s.c.Wait(wctx, op, nil)
+			if err != nil {
+				t.Fatalf("create after the crash at %s: %v", point, err)
+			}
+			if op.Attempts != 1 {
+				t.Errorf("attempts = %d, want 1 (claimed once before the crash, resumed once)", op.Attempts)
+			}
+			bootID, _ := s.waitReady(name, 0)
+			v := s.waitState(name, 30*time.Second, v1.StateRunning)
+			if n := qemuCount(t, name); n != 1 {
+				t.Fatalf("vm %s runs in %d QEMU processes", name, n)
+			}
+			pid := qemuPID(t, s.runDir, name)
+			if v.Status.PID != pid {
+				t.Errorf("status.pid = %d, the QEMU is pid %d", v.Status.PID, pid)
+			}
+			if v.Status.Accelerator != accel {
+				t.Errorf("status.accelerator = %q, want %q", v.Status.Accelerator, accel)
+			}
+			if sa := v.Status.StartedAt; sa == nil || sa.Before(op.Created.Add(-2*time.Second)) || sa.After(time.Now()) {
+				t.Errorf("status.startedAt = %v, want between the create (%s) and now", sa, op.Created)
+			} else if point != "op-claimed" && point != "disks-created" && point != "status-stopped" && sa.After(crashed) {
+				t.Errorf("status.startedAt = %s is after the crash (%s): not the adopted QEMU's start", sa, crashed)
+			}
+			if st := mustGuestStatus(t, port); st["boot_id"] != bootID {
+				t.Fatalf("guest answers boot id %s, its console said %s", st["boot_id"], bootID)
+			}
+			if b, _ := os.ReadFile(s.serialLog(name)); strings.Count(string(b), "HANGAR-GUEST-READY") != 1 {
+				t.Fatalf("the guest booted %d times", strings.Count(string(b), "HANGAR-GUEST-READY"))
+			}
+			dop, err := s.c.DeleteVM(ctx, name, true, time.Minute)
+			if err == nil {
+				_, err = s.c.Wait(ctx, dop, nil)
+			}
+			if err != nil {
+				t.Fatalf("delete %s: %v", name, err)
+			}
+		})
+	}
+}
+
+// waitExit waits for hangar serve to end by itself.
+func (s *server) waitExit(d time.Duration) {
+	s.t.Helper()
+	done := make(chan struct{})
+	go func() { _ = s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+		s.cmd = nil
+	case <-time.After(d):
+		_ = s.cmd.Process.Kill()
+		<-done
+		s.cmd = nil
+		s.t.Fatalf("hangar serve did not exit within %s", d)
+	}
+}
+
+func fileSize(p string) int64 {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// qemuPID reads a VM's QEMU pid from its pidfile.
+func qemuPID(t *testing.T, runDir, name string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(runDir, "vms", name, "qemu.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
 }

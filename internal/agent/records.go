@@ -138,8 +138,8 @@ var knownStates = map[string]bool{v1.StateCreating: true, v1.StateStopped: true,
 
 // checkStatus checks a status record: every file it names must be inside
 // the VM's storage pools (the host's default pool and the pools its disks'
-// volumes and clone sources are in), a suspend state file inside the VM's
-// own directory, and formats must be ones Hangar writes.
+// volumes and clone sources are in), snapshot overlays and state files
+// inside the VM's own directory, and formats must be ones Hangar writes.
 func (a *Agent) checkStatus(ctx context.Context, name string, st v1.VMStatus, spec *v1.VMSpec) error {
 	what := fmt.Sprintf("status record of vm %q", name)
 	if !knownStates[st.State] {
@@ -212,11 +212,15 @@ func (a *Agent) checkStatus(ctx context.Context, name string, st v1.VMStatus, sp
 		if err := vm.ValidateName(f+".name", sn.Name); err != nil {
 			return badRecord(what, err)
 		}
-		for _, files := range []map[string]string{sn.Overlays, sn.Bases} {
-			for d, p := range files {
-				if err := inPools(f+"."+d, p); err != nil {
-					return err
-				}
+		for d, p := range sn.Overlays {
+			// Overlays are the VM's own files (deleted with the snapshot).
+			if err := inVMDir(a.cfg.Pool, name, p); err != nil {
+				return badRecord(what, fmt.Errorf("%s.overlays.%s: %w", f, d, err))
+			}
+		}
+		for d, p := range sn.Bases {
+			if err := inPools(f+".bases."+d, p); err != nil {
+				return err
 			}
 		}
 		if sn.StateFile != "" {

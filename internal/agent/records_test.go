@@ -357,3 +357,63 @@ func TestOpResultDoesNotOverwriteTakeover(t *testing.T) {
 		t.Fatalf("operation after the takeover: host %s, state %s: the finished worker overwrote it", got.Host, got.State)
 	}
 }
+
+// TestCheckStatus: which files a status record may name.
+func TestCheckStatus(t *testing.T) {
+	ta := startAgent(t)
+	ctx := t.Context()
+	pool := ta.a.cfg.Pool.Path
+	own := func(f string) string { return filepath.Join(pool, "vms", "st1", f) }
+	if err := os.MkdirAll(filepath.Join(pool, "vms", "st1"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// A symlink inside the pool that leads out of it.
+	if err := os.Symlink(filepath.Dir(ta.victim), filepath.Join(pool, "vms", "st1", "out")); err != nil {
+		t.Fatal(err)
+	}
+	spec := validSpec("st1")
+	spec.Disks = append(spec.Disks, v1.Disk{Name: "cd", Media: "cdrom", Bus: "sata", Image: "/srv/iso/x.iso"})
+	disk := v1.DiskStatus{Name: "disk0", Path: own("disk0.qcow2"), Format: "qcow2", Created: true}
+	cd := v1.DiskStatus{Name: "cd", Path: "/srv/iso/x.iso", Format: "raw"}
+	good := v1.VMStatus{State: v1.StateSuspended, Disks: []v1.DiskStatus{disk, cd}, StateFile: own("suspend.state"),
+		Snapshots: []v1.Snapshot{{Name: "s1", Overlays: map[string]string{"disk0": own("disk0.s1.qcow2")},
+			Bases: map[string]string{"disk0": own("disk0.qcow2")}}}}
+	cases := []struct {
+		name   string
+		mutate func(*v1.VMStatus)
+		want   string // "" = valid
+	}{
+		{"valid", func(*v1.VMStatus) {}, ""},
+		{"unknown state", func(st *v1.VMStatus) { st.State = "hacked" }, "unknown state"},
+		{"disk outside the pool", func(st *v1.VMStatus) { st.Disks[0].Path = ta.victim }, "disks[0].path"},
+		{"disk through a symlink out", func(st *v1.VMStatus) { st.Disks[0].Path = own("out/precious") }, "disks[0].path"},
+		{"disk path not clean", func(st *v1.VMStatus) { st.Disks[0].Path = own("../../../../victimdir/precious") }, "disks[0].path"},
+		{"disk is the pool itself", func(st *v1.VMStatus) { st.Disks[0].Path = pool }, "disks[0].path"},
+		{"top outside", func(st *v1.VMStatus) { st.Disks[0].Top = "/etc/shadow" }, "disks[0].top"},
+		{"protocol format", func(st *v1.VMStatus) { st.Disks[0].Format = "vvfat" }, "disks[0].format"},
+		{"cdrom claimed as the vm's volume", func(st *v1.VMStatus) { st.Disks[1].Created = true }, "disks[1]"},
+		{"state file of another vm", func(st *v1.VMStatus) {
+			st.StateFile = filepath.Join(pool, "vms", "other", "suspend.state")
+		}, "stateFile"},
+		{"overlay in another vm's dir", func(st *v1.VMStatus) {
+			st.Snapshots[0].Overlays["disk0"] = filepath.Join(pool, "vms", "other", "disk0.qcow2")
+		}, "snapshots[0].overlays.disk0"},
+		{"base outside", func(st *v1.VMStatus) { st.Snapshots[0].Bases["disk0"] = "/etc/shadow" }, "snapshots[0].bases.disk0"},
+		{"snapshot name", func(st *v1.VMStatus) { st.Snapshots[0].Name = "../x" }, "snapshots[0].name"},
+	}
+	for _, c := range cases {
+		st := good
+		st.Disks = append([]v1.DiskStatus(nil), good.Disks...)
+		sn := good.Snapshots[0]
+		sn.Overlays, sn.Bases = map[string]string{"disk0": sn.Overlays["disk0"]}, map[string]string{"disk0": sn.Bases["disk0"]}
+		st.Snapshots = []v1.Snapshot{sn}
+		c.mutate(&st)
+		err := ta.a.checkStatus(ctx, "st1", st, &spec)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s: %v", c.name, err)
+		case c.want != "" && (!errors.Is(err, inventory.ErrInvalidRecord) || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: got %v, want an invalid record error about %q", c.name, err, c.want)
+		}
+	}
+}

@@ -33,12 +33,25 @@ func Seed(ctx context.Context, path, vmName string, ci v1.CloudInit) error {
 			return fmt.Errorf("cloud-init seed: %w", err)
 		}
 	}
+	// The seed often holds passwords: only its owner (and QEMU running as
+	// it) reads it. Made 0600 before genisoimage writes into it, so it is
+	// never readable by others, not even while it is written.
 	tmp := path + ".part"
+	_ = os.Remove(tmp)
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("cloud-init seed: %w", err)
+	}
+	f.Close()
 	out, err := exec.CommandContext(ctx, "genisoimage", "-quiet", "-output", tmp, "-volid", "cidata", "-joliet", "-rock",
 		filepath.Join(dir, "user-data"), filepath.Join(dir, "meta-data")).CombinedOutput()
 	if err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("cloud-init seed: genisoimage: %s", strings.TrimSpace(string(out)))
+	}
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("cloud-init seed: %w", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		_ = os.Remove(tmp)

@@ -98,6 +98,7 @@ func runHostile(t *testing.T, s *server, cases []hostileCase) hostileTally {
 			if c.msg != "" && !strings.Contains(e.Message, c.msg) {
 				t.Errorf("message %q does not say %q", e.Message, c.msg)
 			}
+			checkSpec(t, c.method, c.path, status, rh, rb) // error answers are documented ones
 			if status == 405 && rh.Get("Allow") == "" {
 				t.Errorf("405 without Allow")
 			}

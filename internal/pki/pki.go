@@ -205,9 +205,22 @@ func (ca *CA) IssueHost(name string, ips []net.IP, dns []string) (*KeyPair, erro
 	if name == "" {
 		return nil, errors.New("pki: issue host certificate: empty host name")
 	}
+	return ca.issue(name, ips, dns, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth})
+}
+
+// IssueClient issues a client-only certificate (clientAuth, no SANs) with
+// common name name, e.g. for a user of the TCP API. It is valid for a year.
+func (ca *CA) IssueClient(name string) (*KeyPair, error) {
+	if name == "" {
+		return nil, errors.New("pki: issue client certificate: empty name")
+	}
+	return ca.issue(name, nil, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})
+}
+
+func (ca *CA) issue(name string, ips []net.IP, dns []string, usage []x509.ExtKeyUsage) (*KeyPair, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("pki: generate key for host %q: %w", name, err)
+		return nil, fmt.Errorf("pki: generate key for %q: %w", name, err)
 	}
 	serial, err := newSerial()
 	if err != nil {
@@ -217,7 +230,10 @@ func (ca *CA) IssueHost(name string, ips []net.IP, dns []string) (*KeyPair, erro
 	if err != nil {
 		return nil, err
 	}
-	names := []string{name}
+	var names []string
+	if slices.Contains(usage, x509.ExtKeyUsageServerAuth) {
+		names = append(names, name)
+	}
 	for _, d := range dns {
 		if d != "" && !slices.Contains(names, d) {
 			names = append(names, d)
@@ -234,7 +250,7 @@ func (ca *CA) IssueHost(name string, ips []net.IP, dns []string) (*KeyPair, erro
 		NotBefore:      now.Add(-backdate),
 		NotAfter:       notAfter,
 		KeyUsage:       x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:    []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage:    usage,
 		DNSNames:       names,
 		IPAddresses:    slices.Clone(ips),
 		SubjectKeyId:   ski,
@@ -242,11 +258,11 @@ func (ca *CA) IssueHost(name string, ips []net.IP, dns []string) (*KeyPair, erro
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
-		return nil, fmt.Errorf("pki: issue certificate for host %q: %w", name, err)
+		return nil, fmt.Errorf("pki: issue certificate for %q: %w", name, err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("pki: parse certificate of host %q: %w", name, err)
+		return nil, fmt.Errorf("pki: parse certificate of %q: %w", name, err)
 	}
 	keyPEM, err := encodeKey(key)
 	if err != nil {

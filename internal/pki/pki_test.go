@@ -244,3 +244,26 @@ func TestEnsureHost(t *testing.T) {
 		t.Fatalf("foreign certificate kept: %v", err)
 	}
 }
+
+func TestIssueClient(t *testing.T) {
+	ca, err := pki.LoadOrCreateCA(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, err := ca.IssueClient("alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kp.Cert.Subject.CommonName != "alice" || len(kp.Cert.DNSNames) != 0 || kp.Cert.IsCA {
+		t.Fatalf("client certificate: CN %q DNS %v CA %v", kp.Cert.Subject.CommonName, kp.Cert.DNSNames, kp.Cert.IsCA)
+	}
+	if err := ca.Verify(kp.Cert, x509.ExtKeyUsageClientAuth); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.Verify(kp.Cert, x509.ExtKeyUsageServerAuth); err == nil {
+		t.Fatal("a client certificate verifies as a server certificate")
+	}
+	if _, err := ca.IssueClient(""); err == nil {
+		t.Fatal("empty name accepted")
+	}
+}

@@ -131,6 +131,14 @@ func (c *Client) VM(ctx context.Context, name string) (v1.VM, error) {
 	return vm, err
 }
 
+// PatchVM changes a VM's settings (PATCH /vms/{name}); nil fields stay as
+// they are. CPUs and memory change only while the VM is stopped.
+func (c *Client) PatchVM(ctx context.Context, name string, p v1.VMPatch) (v1.VM, error) {
+	var vm v1.VM
+	_, err := c.do(ctx, "PATCH", "/vms/"+url.PathEscape(name), nil, p, &vm)
+	return vm, err
+}
+
 // Action submits start, stop, reboot, pause or resume. body may be nil.
 func (c *Client) Action(ctx context.Context, name, action string, body any, wait time.Duration) (v1.Operation, error) {
 	var op v1.Operation

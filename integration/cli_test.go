@@ -153,6 +153,16 @@ func TestCLISpecErrors(t *testing.T) {
 	if err != nil || v.Spec.CPUs != 2 || v.Spec.MemoryMiB != 256 || v.Spec.RestartPolicy != "never" {
 		t.Fatalf("vm from a good spec: %+v %v", v.Spec, err)
 	}
+	// vm set round trip on the stopped VM.
+	if r := s.ok("vm", "set", "db1", "--cpus", "3", "--memory", "384", "--restart", "always"); !strings.Contains(r.stdout, "3 CPUs, 384 MiB") {
+		t.Fatalf("vm set says %q", r.stdout)
+	}
+	var got v1.VM
+	if r := s.ok("vm", "show", "db1", "-o", "json"); json.Unmarshal([]byte(r.stdout), &got) != nil ||
+		got.Spec.CPUs != 3 || got.Spec.MemoryMiB != 384 || got.Spec.RestartPolicy != "always" {
+		t.Fatalf("vm show after vm set: %q", r.stdout)
+	}
+	s.fails("nothing to change", "vm", "set", "db1")
 }
 
 // TestCLIOutputFormats: every show and list takes -o json|yaml|table (wide
@@ -272,6 +282,14 @@ func TestCLIDeployAndSnapshotDiscard(t *testing.T) {
 		t.Fatalf("deployed guest says %v (serial boot id %s)", st, bootID)
 	}
 
+	// vm set: the restart policy changes while it runs, CPUs do not.
+	s.ok("vm", "set", "web2", "--restart", "never")
+	s.fails(`vm "web2" is running: cpus can change only while it is stopped`, "vm", "set", "web2", "--cpus", "2")
+	s.fails("--memory: must be at least 1", "vm", "set", "web2", "--memory", "0")
+	if v, err := s.c.VM(context.Background(), "web2"); err != nil || v.Spec.RestartPolicy != "never" || v.Spec.CPUs != 1 {
+		t.Fatalf("after vm set: %+v %v", v.Spec, err)
+	}
+
 	s.ok("vm", "snapshot", "create", "web2", "disk-only")
 	r := s.fails("has no memory", "vm", "snapshot", "discard", "web2", "disk-only")
 	if !strings.Contains(r.stderr, "--yes") || !strings.Contains(r.stderr, "restart") {
@@ -297,5 +315,67 @@ func TestCLIDeployAndSnapshotDiscard(t *testing.T) {
 			t.Fatalf("guest did not come back with a new boot id after discard --yes: %v %v", st, err)
 		}
 		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// TestServeConfig: hangar serve takes its settings from a YAML file (flags
+// override it), logs JSON with --log-format json, and refuses an unknown
+// key with the file and line.
+func TestServeConfig(t *testing.T) {
+	needQEMU(t)
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("log-level: debug\ndta-dir: /tmp/x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := runHangar(t, "serve", "--config", bad)
+	if r.code == 0 || !strings.Contains(r.stderr, `bad.yaml:2: unknown setting "dta-dir" (did you mean "data-dir"?)`) {
+		t.Fatalf("serve with a bad config: exit %d\n%s", r.code, r.stderr)
+	}
+	if r := runHangar(t, "serve", "--config", filepath.Join(dir, "missing.yaml")); r.code == 0 || !strings.Contains(r.stderr, "--config") {
+		t.Fatalf("serve with a missing --config: exit %d\n%s", r.code, r.stderr)
+	}
+	run, err := os.MkdirTemp("", "hgc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(run)
+	sock := filepath.Join(run, "h.sock")
+	cfg := filepath.Join(dir, "hangar.yaml")
+	body := "data-dir: " + filepath.Join(dir, "data") + "\nrun-dir: " + run + "\nsocket: " + sock +
+		"\nhost: from-file\nlog-format: json\nlog-level: info\naccel: tcg\n"
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(hangarBin, "serve", "--config", cfg, "--host", "from-flag")
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+	}()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		r := runHangar(t, "--socket", sock, "host", "list", "--no-headers")
+		if r.code == 0 {
+			if !strings.HasPrefix(r.stdout, "from-flag ") {
+				t.Fatalf("the --host flag did not override the file: %q", r.stdout)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("serve from a config file did not come up: %s\nlog:\n%s", r.stderr, logs.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	_ = cmd.Process.Signal(os.Interrupt)
+	_ = cmd.Wait()
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	var rec map[string]any
+	if len(lines) == 0 || json.Unmarshal([]byte(lines[0]), &rec) != nil || rec["msg"] == nil || rec["level"] == nil {
+		t.Fatalf("--log-format json from the file: the log is not JSON lines:\n%s", logs.String())
 	}
 }

@@ -25,7 +25,7 @@ func newBench(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			log, err := newLogger("warn")
+			log, err := newLogger("warn", "text")
 			if err != nil {
 				return err
 			}

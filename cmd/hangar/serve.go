@@ -13,12 +13,36 @@ import (
 
 func newServe(g *globals) *cobra.Command {
 	var cfg daemon.Config
-	var level string
+	var level, format, configFile string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the host agent, the manager and the embedded etcd member",
+		Long: `Run this host's agent, the API manager and the embedded etcd member in one process.
+The API is served on a unix socket (--socket, default <run-dir>/hangar.sock) and, with
+--listen, over TCP with TLS. VMs run in their own sessions: stopping serve leaves them
+running, and the next start re-adopts them.
+
+Settings come from flags and from a YAML config file (--config, default
+` + defaultConfig + ` when it exists) whose keys are the flag names:
+
+  data-dir: /var/lib/hangar
+  log-format: json
+  stop-timeout: 2m
+
+Flags given on the command line override the file. Unknown keys are errors that name
+the file and line.`,
+		Example: `  hangar serve
+  hangar serve --config /etc/hangar/hangar.yaml --log-format json
+  hangar serve --data-dir /srv/hangar --run-dir /run/hangar --stop-timeout 2m`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			log, err := newLogger(level)
+			if err := loadConfig(cmd, configFile, cmd.Flags().Changed("config")); err != nil {
+				return err
+			}
+			if err := notNegative(cmd, "stop-timeout", cfg.StopTimeout); err != nil {
+				return err
+			}
+			log, err := newLogger(level, format)
 			if err != nil {
 				return err
 			}
@@ -54,15 +78,24 @@ func newServe(g *globals) *cobra.Command {
 	f.DurationVar(&cfg.StopTimeout, "stop-timeout", 60*time.Second, "how long a graceful stop waits for the guest")
 	f.StringVar(&cfg.Accel, "accel", envOr("HANGAR_ACCEL", "auto"), "accelerator: auto (KVM when /dev/kvm works), kvm or tcg (env HANGAR_ACCEL)")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&format, "log-format", "text", "text (key=value) or json (one object a line)")
+	f.StringVar(&configFile, "config", defaultConfig, "YAML file of settings (keys are flag names; flags override it)")
 	return cmd
 }
 
-func newLogger(level string) (*slog.Logger, error) {
+func newLogger(level, format string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level: %w", err)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text", "":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format: %q is not text or json", format)
 }
 
 func envOr(key, def string) string {

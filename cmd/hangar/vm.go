@@ -31,7 +31,53 @@ consoles, snapshots, clones, templates, suspend, media.`,
 	} {
 		cmd.AddCommand(newVMAction(g, a.verb, a.short, a.long))
 	}
-	cmd.AddCommand(newVMStop(g))
+	cmd.AddCommand(newVMStop(g), newVMSet(g))
+	return cmd
+}
+
+func newVMSet(g *globals) *cobra.Command {
+	var cpus, memory int
+	var restart string
+	cmd := &cobra.Command{
+		Use:   "set NAME",
+		Short: "Change a VM's CPUs, memory or restart policy",
+		Long: `Change a VM's settings; only the flags given change. CPUs and memory change only while
+the VM is stopped (the server refuses them for a running VM, saying so); the restart
+policy changes at any time.`,
+		Example: `  hangar vm set web1 --cpus 2 --memory 1024
+  hangar vm set web1 --restart always`,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: complete(g, g.vmNames),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := firstErr(atLeast(cmd, "cpus", int64(cpus), 1), atLeast(cmd, "memory", int64(memory), 1)); err != nil {
+				return err
+			}
+			var p v1.VMPatch
+			f := cmd.Flags()
+			if f.Changed("cpus") {
+				p.CPUs = &cpus
+			}
+			if f.Changed("memory") {
+				p.MemoryMiB = &memory
+			}
+			if f.Changed("restart") {
+				p.RestartPolicy = &restart
+			}
+			if p.CPUs == nil && p.MemoryMiB == nil && p.RestartPolicy == nil {
+				return fmt.Errorf("nothing to change: give --cpus, --memory or --restart")
+			}
+			v, err := g.client().PatchVM(cmd.Context(), args[0], p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "vm %s: %d CPUs, %d MiB, restart policy %s\n", v.Spec.Name, v.Spec.CPUs, v.Spec.MemoryMiB, orDash(v.Spec.RestartPolicy))
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&cpus, "cpus", 0, "virtual CPUs (only while stopped)")
+	cmd.Flags().IntVar(&memory, "memory", 0, "memory in MiB (only while stopped)")
+	cmd.Flags().StringVar(&restart, "restart", "", "restart policy: always, on-failure or never")
+	_ = cmd.RegisterFlagCompletionFunc("restart", cobra.FixedCompletions([]string{"always", "on-failure", "never"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
 

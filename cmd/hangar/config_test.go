@@ -1,0 +1,51 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func testFlags() (*pflag.FlagSet, *string, *time.Duration, *[]string) {
+	f := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	dir := f.String("data-dir", "/var/lib/hangar", "")
+	to := f.Duration("stop-timeout", time.Minute, "")
+	arr := f.StringArray("peer", nil, "")
+	f.String("config", "", "")
+	return f, dir, to, arr
+}
+
+func TestApplyConfig(t *testing.T) {
+	f, dir, to, arr := testFlags()
+	if err := f.Parse([]string{"--stop-timeout", "5s"}); err != nil {
+		t.Fatal(err)
+	}
+	in := "# settings\ndata-dir: /srv/h\nstop-timeout: 2m\npeer: [a, b]\n"
+	if err := applyConfig(f, "h.yaml", []byte(in)); err != nil {
+		t.Fatal(err)
+	}
+	if *dir != "/srv/h" || *to != 5*time.Second || strings.Join(*arr, ",") != "a,b" {
+		t.Fatalf("data-dir %q stop-timeout %s (the flag wins) peer %v", *dir, *to, *arr)
+	}
+	for _, c := range []struct{ in, want string }{
+		{"data-dir: /x\ndta-dir: /y\n", `h.yaml:2: unknown setting "dta-dir" (did you mean "data-dir"?)`},
+		{"config: /x\n", `h.yaml:1: unknown setting "config"`},
+		{"stop-timeout: forever\n", `h.yaml:1: stop-timeout: invalid argument "forever"`},
+		{"data-dir: [a]\n", `h.yaml:1: data-dir: want one value, got a list`},
+		{"data-dir: {a: b}\n", `h.yaml:1: data-dir: want a value, got a mapping`},
+		{"data-dir: /a\ndata-dir: /b\n", `h.yaml:2: setting "data-dir" given twice`},
+		{"- a\n", `h.yaml:1: want a mapping`},
+	} {
+		f, _, _, _ := testFlags()
+		err := applyConfig(f, "h.yaml", []byte(c.in))
+		if err == nil || !strings.HasPrefix(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %q", c.in, err, c.want)
+		}
+	}
+	f, _, _, _ = testFlags()
+	if err := applyConfig(f, "h.yaml", []byte("")); err != nil {
+		t.Errorf("empty file: %v", err)
+	}
+}

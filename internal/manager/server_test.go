@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -155,3 +156,118 @@ func TestPatchVM(t *testing.T) {
 }
 
 func jsonInt(n int64) string { b, _ := json.Marshal(n); return string(b) }
+
+func TestEdge(t *testing.T) {
+	ts := newTestServer(t)
+	var logBuf strings.Builder
+	var mu sync.Mutex
+	ts.s.cfg.Log = slog.New(slog.NewJSONHandler(lockedWriter{&mu, &logBuf}, nil))
+
+	cases := []struct {
+		method, path, ctype, body string
+		status                    int
+		code, field, allow        string
+	}{
+		{"PUT", "/api/v1/vms", "application/json", `{}`, 405, v1.CodeMethodNotAllowed, "", "GET, HEAD, POST"},
+		{"GET", "/api/v1/vms/x/start", "", "", 405, v1.CodeMethodNotAllowed, "", "POST"},
+		{"DELETE", "/api/v1/hosts", "", "", 405, v1.CodeMethodNotAllowed, "", "GET, HEAD"},
+		{"GET", "/api/v1/nothing", "", "", 404, v1.CodeNotFound, "", ""},
+		{"GET", "/api", "", "", 404, v1.CodeNotFound, "", ""},
+		{"GET", "//api/v1/vms", "", "", 400, v1.CodeInvalidArgument, "path", ""},
+		{"GET", "/api/v1/../v1/vms", "", "", 400, v1.CodeInvalidArgument, "path", ""},
+		{"GET", "/api/v1/./vms", "", "", 400, v1.CodeInvalidArgument, "path", ""},
+		{"POST", "/api/v1/vms", "text/plain", `{"name":"a","memoryMiB":64}`, 415, v1.CodeUnsupportedMediaType, "Content-Type", ""},
+		{"POST", "/api/v1/vms", "", `{"name":"a","memoryMiB":64}`, 415, v1.CodeUnsupportedMediaType, "Content-Type", ""},
+		{"POST", "/api/v1/vms/x/start", "application/x-www-form-urlencoded", "", 415, v1.CodeUnsupportedMediaType, "Content-Type", ""},
+		{"PUT", "/api/v1/pools/default/volumes/images%2Fa.raw/data", "application/json", "{}", 415, v1.CodeUnsupportedMediaType, "Content-Type", ""},
+		{"POST", "/api/v1/vms/x/stop", "application/json", `{"x":"` + strings.Repeat("y", 70<<10) + `"}`, 413, v1.CodeTooLarge, "body", ""},
+		{"POST", "/api/v1/vms", "application/json", `{"x":"` + strings.Repeat("y", 1<<20) + `"}`, 413, v1.CodeTooLarge, "body", ""},
+		{"POST", "/api/v1/vms", "application/json", `{"name":"Big","memoryMiB":64,"cloudInit":{"metaData":"` + strings.Repeat("y", 500<<10) + `"}}`, 400, v1.CodeInvalidArgument, "name", ""},
+	}
+	for _, c := range cases {
+		code, hdr, b := ts.do(c.method, c.path, c.ctype, c.body)
+		e := apiErr(t, code, b)
+		if code != c.status || e.Code != c.code || e.Field != c.field || hdr.Get("Allow") != c.allow {
+			t.Errorf("%s %s: %d %+v Allow %q, want %d %s field %q Allow %q", c.method, c.path, code, e, hdr.Get("Allow"), c.status, c.code, c.field, c.allow)
+		}
+		if ct := hdr.Get("Content-Type"); ct != "application/json" {
+			t.Errorf("%s %s: Content-Type %q", c.method, c.path, ct)
+		}
+	}
+
+	// A chunked body (no Content-Length) over the limit is cut off while read.
+	req := httptest.NewRequest("POST", "/api/v1/vms/x/stop", strings.NewReader(`{"x":"`+strings.Repeat("y", 70<<10)+`"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.ContentLength = -1
+	rec := httptest.NewRecorder()
+	ts.s.ServeHTTP(rec, req)
+	if e := apiErr(t, rec.Code, rec.Body.Bytes()); rec.Code != 413 || e.Field != "body" {
+		t.Errorf("chunked oversize: %d %+v", rec.Code, e)
+	}
+
+	// Cross-site browser requests that change things are refused.
+	for _, h := range [][2]string{{"Sec-Fetch-Site", "cross-site"}, {"Origin", "http://evil.example"}} {
+		code, _, b := ts.do("POST", "/api/v1/vms/x/stop", "", "", h[0], h[1])
+		if e := apiErr(t, code, b); code != 403 || e.Code != v1.CodePermissionDenied {
+			t.Errorf("%s: %d %+v", h[0], code, e)
+		}
+	}
+
+	// One access-log line per request, with the operation it made.
+	mu.Lock()
+	logBuf.Reset()
+	mu.Unlock()
+	code, hdr, b := ts.do("POST", "/api/v1/vms", "application/json", `{"name":"logged","memoryMiB":64}`)
+	if code != 202 {
+		t.Fatalf("create: %d %s", code, b)
+	}
+	opID := strings.TrimPrefix(hdr.Get("Location"), "/api/v1/operations/")
+	mu.Lock()
+	var lines []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(logBuf.String()), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "http" {
+			lines = append(lines, m)
+		}
+	}
+	mu.Unlock()
+	if len(lines) != 1 {
+		t.Fatalf("access log lines: %v", lines)
+	}
+	l := lines[0]
+	if l["method"] != "POST" || l["path"] != "/api/v1/vms" || l["status"] != float64(202) || l["route"] != "POST /api/v1/vms" || l["op"] != opID || l["dur"] == nil {
+		t.Errorf("access log line: %v (op %s)", l, opID)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func TestRedactedAnswers(t *testing.T) {
+	ts := newTestServer(t)
+	ts.createVM(`{"name":"ci","memoryMiB":64,"cloudInit":{"userData":"#cloud-config\npassword: s3cret\n","metaData":"instance-id: ci\n"}}`)
+	for _, p := range []string{"/api/v1/vms/ci", "/api/v1/vms", "/api/v1/operations"} {
+		code, _, b := ts.do("GET", p, "", "")
+		if code != 200 || strings.Contains(string(b), "s3cret") {
+			t.Errorf("GET %s: %d shows the user-data: %s", p, code, b)
+		}
+	}
+	_, _, b := ts.do("GET", "/api/v1/vms/ci", "", "")
+	var v v1.VM
+	if json.Unmarshal(b, &v) != nil || v.Spec.CloudInit == nil || len(v.Spec.CloudInit.UserDataSHA256) != 64 {
+		t.Errorf("no user-data hash in %s", b)
+	}
+	// The agent still gets it.
+	spec, _, err := ts.s.inv.Spec(t.Context(), "ci")
+	if err != nil || spec.CloudInit == nil || !strings.Contains(spec.CloudInit.UserData, "s3cret") {
+		t.Errorf("stored spec lost the user-data: %+v %v", spec.CloudInit, err)
+	}
+}

@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -67,15 +68,12 @@ func TestBadInput(t *testing.T) {
 		t.Fatalf("pause of stopped vm: %v", err)
 	}
 
-	// A create the agent cannot carry out (disk smaller than its image)
-	// fails and leaves nothing behind.
-	op, err := s.c.CreateVM(ctx, v1.VMSpec{Name: "shrink", MemoryMiB: 128, Disks: []v1.Disk{{Image: guestImage, SizeMiB: 1}}}, true, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	op, err = s.c.Wait(ctx, op, nil)
-	if err == nil || op.State != v1.OpFailed || op.Error == nil || op.Error.Field != "disks[0]" {
-		t.Fatalf("shrink create: %+v %v", op, err)
+	// A disk smaller than its image is refused before any work starts
+	// (it used to fail inside the create operation) and leaves nothing.
+	_, err = s.c.CreateVM(ctx, v1.VMSpec{Name: "shrink", MemoryMiB: 128, Disks: []v1.Disk{{Image: guestImage, SizeMiB: 1}}}, true, time.Minute)
+	var serr *v1.Error
+	if !errors.As(err, &serr) || serr.Code != v1.CodeInvalidArgument || serr.Field != "disks[0].sizeMiB" {
+		t.Fatalf("shrink create: %v", err)
 	}
 	if _, err := s.c.VM(ctx, "shrink"); !isCode(err, v1.CodeNotFound) {
 		t.Fatalf("failed create left a vm: %v", err)

@@ -106,6 +106,11 @@ type server struct {
 	socket  string
 	c       *client.Client
 	log     string
+	// importDir is an --import-dir of the server: tests put the files they
+	// name from outside the pools (imports, ISOs) here. The guest image's
+	// directory is one too; importDirs are further ones.
+	importDir  string
+	importDirs []string
 }
 
 func needQEMU(t *testing.T) {
@@ -128,7 +133,7 @@ func newServerIn(t *testing.T, netns string) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{t: t, netns: netns, dataDir: t.TempDir(), runDir: run, socket: filepath.Join(run, "h.sock")}
+	s := &server{t: t, netns: netns, dataDir: t.TempDir(), runDir: run, socket: filepath.Join(run, "h.sock"), importDir: t.TempDir()}
 	s.log = filepath.Join(s.dataDir, "serve.log")
 	s.c = client.New(s.socket)
 	s.start()
@@ -173,8 +178,12 @@ func (s *server) start() {
 	if s.netns != "" {
 		argv = []string{"ip", "netns", "exec", s.netns, hangarBin}
 	}
-	s.cmd = exec.Command(argv[0], append(argv[1:], "serve", "--data-dir", s.dataDir, "--run-dir", s.runDir, "--socket", s.socket,
-		"--host", "testhost", "--accel", accel, "--stop-timeout", "30s", "--log-level", "debug")...)
+	args := []string{"serve", "--data-dir", s.dataDir, "--run-dir", s.runDir, "--socket", s.socket,
+		"--host", "testhost", "--accel", accel, "--stop-timeout", "30s", "--log-level", "debug"}
+	for _, d := range append([]string{filepath.Dir(guestImage), s.importDir}, s.importDirs...) {
+		args = append(args, "--import-dir", d)
+	}
+	s.cmd = exec.Command(argv[0], append(argv[1:], args...)...)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)

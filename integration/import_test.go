@@ -30,7 +30,7 @@ func qemuImgConvert(t *testing.T, args ...string) {
 func TestImportFormats(t *testing.T) {
 	s := newServer(t)
 	ctx := context.Background()
-	dir := t.TempDir()
+	dir := s.importDir
 	files := map[string]string{
 		"vmdk-sparse": "vmdk:subformat=monolithicSparse",
 		"vmdk-stream": "vmdk:subformat=streamOptimized",
@@ -126,7 +126,7 @@ func buildOVA(t *testing.T, dir string) string {
 func TestImportRejectsMalformed(t *testing.T) {
 	s := newServer(t)
 	ctx := context.Background()
-	dir := t.TempDir()
+	dir := s.importDir
 	junk := filepath.Join(dir, "junk.vmdk")
 	if err := os.WriteFile(junk, []byte("KDMV this is not really a vmdk"), 0o600); err != nil {
 		t.Fatal(err)
@@ -178,6 +178,14 @@ func TestP2VBlockDevice(t *testing.T) {
 	}
 	dev := strings.TrimSpace(string(out))
 	t.Cleanup(func() { _ = exec.Command("losetup", "-d", dev).Run() })
+	// A device is read only when the administrator names it (or a
+	// directory holding it) as an import directory.
+	if _, err := s.c.Import(ctx, v1.ImportArgs{Path: dev, Name: "p2v"}, 0); !isCode(err, v1.CodeInvalidArgument) {
+		t.Fatalf("import of %s without --import-dir: %v, want invalid_argument", dev, err)
+	}
+	s.stop()
+	s.importDirs = append(s.importDirs, dev)
+	s.start()
 	op, err := s.c.Import(ctx, v1.ImportArgs{Path: dev, Name: "p2v", MemoryMiB: 256, Start: true}, 2*time.Minute)
 	s.wait(op, err)
 	s.waitReady("p2v", 0)

@@ -66,7 +66,7 @@ func TestCDROMAndCloudInit(t *testing.T) {
 	}
 	s := newServer(t)
 	ctx := context.Background()
-	dir := t.TempDir()
+	dir := s.importDir
 	if err := os.WriteFile(filepath.Join(dir, "hello.txt"), []byte("hello"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +151,7 @@ func TestBootFromISO(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "isolinux", "isolinux.cfg"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	iso := filepath.Join(t.TempDir(), "installer.iso")
+	iso := filepath.Join(s.importDir, "installer.iso")
 	if out, err := exec.Command("genisoimage", "-quiet", "-o", iso, "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat",
 		"-no-emul-boot", "-boot-load-size", "4", "-boot-info-table", "-V", "INSTALLER", dir).CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)

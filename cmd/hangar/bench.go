@@ -39,7 +39,7 @@ func newBench(g *globals) *cobra.Command {
 				return err
 			}
 			d, err := daemon.Start(ctx, daemon.Config{DataDir: filepath.Join(work, "data"), RunDir: filepath.Join(work, "run"),
-				Host: "bench", Log: log, Accel: accel, StopTimeout: 10 * time.Second})
+				Host: "bench", Log: log, Accel: accel, StopTimeout: 10 * time.Second, ImportDirs: []string{filepath.Dir(image)}})
 			if err != nil {
 				return err
 			}

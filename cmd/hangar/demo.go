@@ -158,6 +158,7 @@ func (dm *demo) run(parent context.Context) error {
 	}
 
 	dm.say("starting hangar serve (data in %s, log in %s)…", dm.cfg.DataDir, logPath)
+	dm.cfg.ImportDirs = append(dm.cfg.ImportDirs, filepath.Dir(dm.image)) // the guest image lives outside the pools
 	d, err := daemon.Start(ctx, dm.cfg)
 	if err != nil {
 		if dm.wasInterrupted() {

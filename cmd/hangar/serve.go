@@ -77,6 +77,7 @@ the file and line.`,
 	f.StringVar(&cfg.EtcdPeerURL, "etcd-peer-url", "", "embedded etcd peer URL, https only (mutual TLS with pool CA certificates; default: a free loopback port)")
 	f.DurationVar(&cfg.StopTimeout, "stop-timeout", 60*time.Second, "how long a graceful stop waits for the guest")
 	f.StringVar(&cfg.Accel, "accel", envOr("HANGAR_ACCEL", "auto"), "accelerator: auto (KVM when /dev/kvm works), kvm or tcg (env HANGAR_ACCEL)")
+	f.StringArrayVar(&cfg.ImportDirs, "import-dir", nil, "a directory (or block device) requests may take images, ISOs and imports from outside the pools; repeatable")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&format, "log-format", "text", "text (key=value) or json (one object a line)")
 	f.StringVar(&configFile, "config", defaultConfig, "YAML file of settings (keys are flag names; flags override it)")

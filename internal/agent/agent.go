@@ -34,7 +34,10 @@ type Config struct {
 	Store   store.Store
 	Caps    qemu.Capabilities
 	Pool    *storage.Pool
-	Log     *slog.Logger
+	// HostPaths is the policy for host files and pool directories (import
+	// directories); nil allows files from the pools only.
+	HostPaths *storage.HostPaths
+	Log       *slog.Logger
 	// StopTimeout is how long a graceful stop waits for the guest (default 60 s).
 	StopTimeout time.Duration
 	// LeaseTTL of the host's liveness key (default 10 s).

@@ -10,6 +10,7 @@ import (
 	"hangar/internal/cloudinit"
 	"hangar/internal/errdefs"
 	"hangar/internal/imports"
+	"hangar/internal/qemu/config"
 	"hangar/internal/storage"
 	"hangar/internal/vm"
 )
@@ -24,7 +25,34 @@ func (a *Agent) pool(ctx context.Context, name string) (*storage.Pool, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A record is input too: its path passes the policy again (against the
+	// default pool; overlaps between recorded pools were refused on add).
+	if sp.Name != name {
+		return nil, fmt.Errorf("storage pool %q: record names %q: %w", name, sp.Name, storage.ErrInvalid)
+	}
+	if _, err := a.hostPaths().PoolDir(sp.Name, sp.Path, []*storage.Pool{a.cfg.Pool}); err != nil {
+		return nil, err
+	}
 	return storage.OpenPool(sp.Name, sp.Type, sp.Path)
+}
+
+// hostFile applies the host path policy to a disk's source read from the
+// VM's spec and returns the file to open.
+func (a *Agent) hostFile(ctx context.Context, kind storage.SourceKind, path string) (string, error) {
+	f, err := a.CheckSource(ctx, kind, path)
+	if err != nil {
+		return "", err
+	}
+	return f.Path, nil
+}
+
+// isoFile is the file a cdrom's medium names, checked by the policy.
+func (m *machine) isoFile(ctx context.Context, image string) (config.DiskFile, error) {
+	path, err := m.a.hostFile(ctx, storage.SourceISO, image)
+	if err != nil {
+		return config.DiskFile{}, fmt.Errorf("vm %s: cdrom medium: %w", m.name, err)
+	}
+	return config.DiskFile{Path: path, Format: "raw"}, nil
 }
 
 // volumeRef resolves "pool/name" to its pool and volume name.
@@ -52,8 +80,14 @@ func (m *machine) provision(ctx context.Context, spec v1.VMSpec, i int, d v1.Dis
 			return v1.DiskStatus{}, errdefs.Field("cloudInit", err)
 		}
 		return v1.DiskStatus{Name: d.Name, Path: path, Format: "raw", Created: true}, nil
+	case d.Media == "cdrom" && d.Image != "":
+		path, err := m.a.hostFile(ctx, storage.SourceISO, d.Image)
+		if err != nil {
+			return v1.DiskStatus{}, errdefs.Field(field+".image", err)
+		}
+		return v1.DiskStatus{Name: d.Name, Path: path, Format: "raw"}, nil
 	case d.Media == "cdrom":
-		return v1.DiskStatus{Name: d.Name, Path: d.Image, Format: "raw"}, nil
+		return v1.DiskStatus{Name: d.Name, Format: "raw"}, nil
 	case d.Volume != "":
 		p, name, err := m.a.volumeRef(ctx, d.Volume)
 		if err != nil {
@@ -120,12 +154,23 @@ func (m *machine) provision(ctx context.Context, spec v1.VMSpec, i int, d v1.Dis
 		if err := os.MkdirAll(dirOf(path), 0o700); err != nil {
 			return st, err
 		}
-		src := imports.Source{Name: d.Name, Path: d.Import.Path, Format: d.Import.Format, Offset: d.Import.Offset, Size: d.Import.Size}
+		srcPath, err := m.a.hostFile(ctx, storage.SourceImport, d.Import.Path)
+		if err != nil {
+			return st, errdefs.Field(field+".import.path", err)
+		}
+		src := imports.Source{Name: d.Name, Path: srcPath, Format: d.Import.Format, Offset: d.Import.Offset, Size: d.Import.Size}
 		if err := m.a.io.run(ctx, func() error { return imports.Convert(ctx, src, path, progress) }); err != nil {
 			return st, errdefs.Field(field+".import", err)
 		}
 		return st, nil
 	default:
+		if d.Image != "" {
+			path, err := m.a.hostFile(ctx, storage.SourceImage, d.Image)
+			if err != nil {
+				return v1.DiskStatus{}, errdefs.Field(field+".image", err)
+			}
+			d.Image = path
+		}
 		st, err := pool.CreateDisk(ctx, m.name, d)
 		if err != nil {
 			return st, errdefs.Field(field, err)

@@ -428,7 +428,9 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 	files := make([]config.DiskFile, len(spec.Disks))
 	for i, d := range spec.Disks {
 		if d.Media == "cdrom" && d.Image != "" {
-			files[i] = config.DiskFile{Path: d.Image, Format: "raw"}
+			if files[i], err = m.isoFile(ctx, d.Image); err != nil {
+				return err
+			}
 			continue
 		}
 		var ds *v1.DiskStatus

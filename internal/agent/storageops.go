@@ -128,7 +128,11 @@ func (m *machine) media(ctx context.Context, a v1.MediaArgs) error {
 	if a.Image == "" {
 		return m.inst.Mon.Execute(ctx, "eject", map[string]any{"id": id, "force": true}, nil)
 	}
-	return m.inst.Mon.Execute(ctx, "blockdev-change-medium", map[string]any{"id": id, "filename": a.Image,
+	iso, err := m.isoFile(ctx, a.Image)
+	if err != nil {
+		return errdefs.Field("image", err)
+	}
+	return m.inst.Mon.Execute(ctx, "blockdev-change-medium", map[string]any{"id": id, "filename": iso.Path,
 		"format": "raw", "read-only-mode": "read-only"}, nil)
 }
 
@@ -618,7 +622,7 @@ func (m *machine) resize(ctx context.Context, a v1.ResizeArgs) error {
 		if d.Name != a.Disk {
 			continue
 		}
-		info, err := storage.Info(ctx, d.Path)
+		info, err := m.a.DiskInfo(ctx, d.Path) // in a pool, its chain too
 		if err != nil {
 			return err
 		}

@@ -28,17 +28,26 @@ func (a *Agent) Pools(ctx context.Context) ([]v1.StoragePool, error) {
 	return out, nil
 }
 
-// AddPool records a pool after checking its directory can be opened.
+// AddPool records a pool after checking its directory against the host
+// path policy (storage.HostPaths.PoolDir): an existing directory that is
+// no system directory, overlaps no Hangar directory, import directory or
+// other pool. The path is recorded with its symlinks resolved.
 func (a *Agent) AddPool(ctx context.Context, p v1.StoragePool) error {
 	if p.Name == a.cfg.Pool.Name {
-		return fmt.Errorf("pool %q exists: %w", p.Name, storage.ErrExists)
+		return errdefs.Field("name", fmt.Errorf("pool %q exists: %w", p.Name, storage.ErrExists))
 	}
 	if p.Type != storage.TypeDir && p.Type != storage.TypeShared {
 		return errdefs.Field("type", fmt.Errorf("must be dir or shared, got %q: %w", p.Type, errdefs.ErrInvalid))
 	}
-	if !filepath.IsAbs(p.Path) {
-		return errdefs.Field("path", fmt.Errorf("must be an absolute path, got %q: %w", p.Path, errdefs.ErrInvalid))
+	pools, err := a.allPools(ctx)
+	if err != nil {
+		return err
 	}
+	real, err := a.hostPaths().PoolDir(p.Name, p.Path, pools)
+	if err != nil {
+		return errdefs.Field("path", err)
+	}
+	p.Path = real
 	if _, err := storage.OpenPool(p.Name, p.Type, p.Path); err != nil {
 		return errdefs.Field("path", err)
 	}
@@ -186,4 +195,57 @@ func (a *Agent) volumeJob(ctx context.Context, kind string, args v1.VolumeCopyAr
 		}
 		return err
 	})
+}
+
+func (a *Agent) hostPaths() *storage.HostPaths {
+	if a.cfg.HostPaths == nil {
+		return &storage.HostPaths{}
+	}
+	return a.cfg.HostPaths
+}
+
+// allPools opens this host's pools: its default pool and the recorded ones
+// that pass the policy (a pool that cannot be opened holds no file anyway).
+func (a *Agent) allPools(ctx context.Context) ([]*storage.Pool, error) {
+	pools, _, err := store.ListJSON[v1.StoragePool](ctx, a.cfg.Store, inventory.Pools)
+	if err != nil {
+		return nil, err
+	}
+	out := []*storage.Pool{a.cfg.Pool}
+	for _, sp := range pools {
+		if p, err := a.pool(ctx, sp.Value.Name); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// CheckSource applies the host path policy (storage.HostPaths.Source) to
+// a file a request or a record names as the source of a disk, cdrom or
+// import.
+func (a *Agent) CheckSource(ctx context.Context, kind storage.SourceKind, path string) (storage.HostFile, error) {
+	pools, err := a.allPools(ctx)
+	if err != nil {
+		return storage.HostFile{}, err
+	}
+	return a.hostPaths().Source(path, kind, pools)
+}
+
+// DiskInfo describes the volume at path (a VM disk's file, as its status
+// records it); the path must name a volume of one of this host's pools.
+func (a *Agent) DiskInfo(ctx context.Context, path string) (v1.Volume, error) {
+	pools, err := a.allPools(ctx)
+	if err != nil {
+		return v1.Volume{}, err
+	}
+	for _, p := range pools {
+		if rel, err := filepath.Rel(p.Path, path); err == nil && filepath.IsLocal(rel) {
+			v, err := p.Volume(ctx, filepath.ToSlash(rel))
+			if err != nil {
+				return v1.Volume{}, err
+			}
+			return toAPIVolume(v), nil
+		}
+	}
+	return v1.Volume{}, fmt.Errorf("disk file %s: %w", path, storage.ErrOutsidePool)
 }

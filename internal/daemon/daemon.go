@@ -53,7 +53,11 @@ type Config struct {
 	StopTimeout time.Duration
 	// Accel is auto (default), kvm or tcg.
 	Accel string
-	Log   *slog.Logger
+	// ImportDirs are the host directories (or block devices) from which
+	// requests may name files outside the storage pools: disk images, ISOs
+	// and import sources (storage.HostPaths). None by default.
+	ImportDirs []string
+	Log        *slog.Logger
 }
 
 // Daemon is a running hangar serve.
@@ -150,8 +154,12 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	hostPaths, err := storage.NewHostPaths(cfg.ImportDirs, []string{cfg.DataDir, cfg.RunDir})
+	if err != nil {
+		return nil, fmt.Errorf("--import-dir: %w", err)
+	}
 	ag, err := agent.New(agent.Config{Host: cfg.Host, DataDir: cfg.DataDir, RunDir: cfg.RunDir, Store: st, Caps: caps,
-		Pool: pool, Log: cfg.Log, StopTimeout: cfg.StopTimeout})
+		Pool: pool, HostPaths: hostPaths, Log: cfg.Log, StopTimeout: cfg.StopTimeout})
 	if err != nil {
 		return nil, err
 	}

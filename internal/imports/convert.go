@@ -202,3 +202,17 @@ func removeIfExists(path string) error {
 	}
 	return nil
 }
+
+// Check runs the header checks Convert will run on src (format, range,
+// file type, headers, tables, VMDK extents inside the source's directory)
+// without qemu-img, so that an API can refuse a bad source before it
+// accepts the work.
+func Check(src Source) error {
+	if err := checkSource(src); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			err = malformed("%s: %v", src.Path, err)
+		}
+		return fmt.Errorf("import %s: %w", src.Path, err)
+	}
+	return nil
+}

@@ -25,6 +25,7 @@ import (
 
 	v1 "hangar/api/v1"
 	"hangar/internal/errdefs"
+	"hangar/internal/imports"
 	"hangar/internal/inventory"
 	"hangar/internal/scheduler"
 	"hangar/internal/storage"
@@ -41,6 +42,11 @@ type Consoles interface {
 // Volumes answers questions about pool volumes (the host agent).
 type Volumes interface {
 	VolumeInfo(ctx context.Context, ref string) (v1.Volume, error)
+	// CheckSource applies the host path policy (storage.HostPaths) to a
+	// file named as an image, ISO or import source.
+	CheckSource(ctx context.Context, kind storage.SourceKind, path string) (storage.HostFile, error)
+	// DiskInfo describes the pool volume at a VM disk's path.
+	DiskInfo(ctx context.Context, path string) (v1.Volume, error)
 	// DeleteTemplate removes a template's volumes and record; it refuses
 	// while linked clones use them.
 	DeleteTemplate(ctx context.Context, t v1.Template) error
@@ -317,26 +323,55 @@ func (s *Server) create(ctx context.Context, spec v1.VMSpec, start bool, host st
 	return op, nil
 }
 
-// checkSources checks that what a new VM's disks come from exists: image
-// and import files, pool volumes; and that a volume another VM uses is
-// shared only when both say so. (Single host: the files are on this
-// machine; a pool's hosts will check them on the chosen host.)
+// checkSources checks what a new VM's disks come from, as far as it can be
+// checked before the work is accepted: host files pass the host path policy
+// (pools and import directories) and are what they claim (an image
+// standalone or, in a pool, with its chain inside; an import's headers), pool
+// volumes exist with their chains inside their pools, and a volume another
+// VM uses is shared only when both say so. (Single host: the files are on
+// this machine; a pool's hosts will check them on the chosen host.)
 func (s *Server) checkSources(ctx context.Context, spec v1.VMSpec) error {
 	var vms []v1.VM
 	for i, d := range spec.Disks {
 		f := fmt.Sprintf("disks[%d]", i)
 		switch {
 		case d.Media == "cdrom" && d.Image != "":
-			if st, err := os.Stat(d.Image); err != nil || !st.Mode().IsRegular() {
-				return errdefs.Field(f+".image", fmt.Errorf("%s: %w", d.Image, storage.ErrNoImage))
+			if err := s.checkMedium(ctx, f+".image", d.Image); err != nil {
+				return err
 			}
 		case d.Image != "":
-			if _, err := storage.Info(ctx, d.Image); err != nil {
+			hf, err := s.cfg.Volumes.CheckSource(ctx, storage.SourceImage, d.Image)
+			if err != nil {
 				return errdefs.Field(f+".image", err)
 			}
+			var size int64
+			if hf.Pool != nil {
+				vol, err := s.cfg.Volumes.VolumeInfo(ctx, hf.Pool.Name+"/"+hf.Name)
+				if err != nil {
+					return errdefs.Field(f+".image", err)
+				}
+				size = vol.VirtualSize
+			} else {
+				if err := storage.CheckStandalone(ctx, hf.Path); err != nil {
+					return errdefs.Field(f+".image", err)
+				}
+				info, err := storage.Info(ctx, hf.Path)
+				if err != nil {
+					return errdefs.Field(f+".image", err)
+				}
+				size = info.VirtualSize
+			}
+			if d.SizeMiB > 0 && d.SizeMiB<<20 < size {
+				return errdefs.Field(f+".sizeMiB", fmt.Errorf("%d MiB is smaller than the image (%d MiB): disks only grow: %w", d.SizeMiB, size>>20, errdefs.ErrInvalid))
+			}
 		case d.Import != nil:
-			if _, err := os.Stat(d.Import.Path); err != nil {
-				return errdefs.Field(f+".import.path", fmt.Errorf("%s: %w", d.Import.Path, storage.ErrNoImage))
+			hf, err := s.cfg.Volumes.CheckSource(ctx, storage.SourceImport, d.Import.Path)
+			if err != nil {
+				return errdefs.Field(f+".import.path", err)
+			}
+			src := imports.Source{Name: d.Name, Path: hf.Path, Format: d.Import.Format, Offset: d.Import.Offset, Size: d.Import.Size}
+			if err := imports.Check(src); err != nil {
+				return errdefs.Field(f+".import", err)
 			}
 		case d.Clone != nil:
 			if _, err := s.cfg.Volumes.VolumeInfo(ctx, d.Clone.Volume); err != nil {

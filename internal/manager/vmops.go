@@ -15,6 +15,7 @@ import (
 	"hangar/internal/errdefs"
 	"hangar/internal/imports"
 	"hangar/internal/inventory"
+	"hangar/internal/storage"
 	"hangar/internal/store"
 	"hangar/internal/vm"
 )
@@ -101,7 +102,7 @@ func (s *Server) changeMedia(w http.ResponseWriter, r *http.Request) {
 				if a.Image != "" && !strings.HasPrefix(a.Image, "/") {
 					return invalidArg("image", "must be an absolute path, got %q", a.Image)
 				}
-				return s.checkSources(r.Context(), v1.VMSpec{Name: v.Spec.Name, Disks: []v1.Disk{{Media: "cdrom", Image: a.Image}}})
+				return s.checkMedium(r.Context(), "image", a.Image)
 			}
 		}
 		return invalidArg("disk", "vm %q has no disk %q", v.Spec.Name, a.Disk)
@@ -392,7 +393,12 @@ func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, invalidArg("path", "must be an absolute path, got %q", args.Path))
 		return
 	}
-	plan, err := imports.Inspect(ctx, args.Path)
+	hf, err := s.cfg.Volumes.CheckSource(ctx, storage.SourceImport, args.Path) // host path policy, before any read
+	if err != nil {
+		writeErr(w, errdefs.Field("path", err))
+		return
+	}
+	plan, err := imports.Inspect(ctx, hf.Path)
 	if err != nil {
 		if errors.Is(err, imports.ErrMalformed) || errors.Is(err, os.ErrNotExist) {
 			err = &v1.Error{Code: v1.CodeInvalidArgument, Field: "path", Message: "path: " + err.Error()}

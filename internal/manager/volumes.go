@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 
 	v1 "hangar/api/v1"
 	"hangar/internal/errdefs"
+	"hangar/internal/storage"
 	"hangar/internal/store"
 	"hangar/internal/vm"
 )
@@ -107,8 +109,21 @@ func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, 200, v)
 			return
 		}
+		err = errdefs.Field("vol", err) // a chain leaving the pool is refused, not reported
 	}
 	writeErr(w, err)
+}
+
+// checkMedium checks a cdrom medium (an ISO file) against the host path
+// policy: from a pool or an import directory, a regular file.
+func (s *Server) checkMedium(ctx context.Context, field, image string) error {
+	if image == "" {
+		return nil
+	}
+	if _, err := s.cfg.Volumes.CheckSource(ctx, storage.SourceISO, image); err != nil {
+		return errdefs.Field(field, err)
+	}
+	return nil
 }
 
 func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
@@ -179,7 +194,11 @@ func (s *Server) resizeVolume(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.cfg.Pools.ResizeVolume(r.Context(), pool, vol, a.SizeMiB<<20); err != nil {
-		writeErr(w, errdefs.Field("sizeMiB", err))
+		field := "sizeMiB"
+		if errors.Is(err, storage.ErrOutsidePool) {
+			field = "vol"
+		}
+		writeErr(w, errdefs.Field(field, err))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -215,6 +234,21 @@ func (s *Server) submitResize(w http.ResponseWriter, r *http.Request, name strin
 	if len(v.Status.Snapshots) > 0 {
 		writeErr(w, errdefs.Precondition("vm %q has snapshots: merge them before resizing", name))
 		return
+	}
+	// Disks only grow: refuse a smaller size now rather than in the operation.
+	for _, d := range v.Status.Disks {
+		if d.Name != a.Disk || d.Path == "" {
+			continue
+		}
+		vol, err := s.cfg.Volumes.DiskInfo(r.Context(), d.Path)
+		if err != nil {
+			writeErr(w, errdefs.Field("disk", err))
+			return
+		}
+		if a.SizeMiB<<20 < vol.VirtualSize {
+			writeErr(w, invalidArg("sizeMiB", "disk %s is %d MiB: disks only grow, got %d", a.Disk, vol.VirtualSize>>20, a.SizeMiB))
+			return
+		}
 	}
 	s.submit(w, r, name, "resize", a, "", []string{v1.StateRunning, v1.StatePaused, v1.StateStopped, v1.StateCrashed})
 }
@@ -262,6 +296,14 @@ func (s *Server) copyVolume(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
+	if err := storage.CheckVolumeName(args.Name, ""); err != nil {
+		writeErr(w, errdefs.Field("name", err))
+		return
+	}
+	if err := storage.CheckVolumeName(args.Name, args.Format); err != nil {
+		writeErr(w, errdefs.Field("format", err))
+		return
+	}
 	if _, err := s.cfg.Volumes.VolumeInfo(r.Context(), pool+"/"+args.Name); err == nil {
 		writeErr(w, &v1.Error{Code: v1.CodeConflict, Field: "name", Message: fmt.Sprintf("name: volume %s/%s exists", pool, args.Name)})
 		return
@@ -297,7 +339,7 @@ func (s *Server) flattenVolume(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) volumeOp(w http.ResponseWriter, r *http.Request, kind string, args v1.VolumeCopyArgs, wait time.Duration) {
 	if _, err := s.cfg.Volumes.VolumeInfo(r.Context(), args.Pool+"/"+args.Source); err != nil {
-		writeErr(w, err)
+		writeErr(w, errdefs.Field("vol", err))
 		return
 	}
 	hosts, err := s.hosts(r.Context())

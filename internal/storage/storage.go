@@ -318,8 +318,8 @@ func (p *Pool) CreateDisk(ctx context.Context, vmName string, d v1.Disk) (v1.Dis
 	st := v1.DiskStatus{Name: d.Name, Path: path, Format: "qcow2", Created: true}
 	if _, err := os.Stat(path); err == nil {
 		if d.Image != "" {
-			if info, err := Info(ctx, path); err == nil {
-				st.Backing = info.BackingFilename
+			if vol, err := p.Volume(ctx, "vms/"+vmName+"/"+d.Name+".qcow2"); err == nil {
+				st.Backing = vol.Backing
 			}
 		}
 		return st, nil
@@ -370,7 +370,11 @@ func (p *Pool) CreateDisk(ctx context.Context, vmName string, d v1.Disk) (v1.Dis
 		if _, err := os.Stat(d.Image); err != nil {
 			return st, fmt.Errorf("create disk %s: image %s: %w", d.Name, d.Image, ErrNoImage)
 		}
-		links, err := walkChain(ctx, d.Image, format, "", nil)
+		root, err := p.root()
+		if err != nil {
+			return st, err
+		}
+		links, err := walkChain(ctx, d.Image, format, root, nil)
 		if err != nil {
 			return st, fmt.Errorf("create disk %s: %w", d.Name, err)
 		}
@@ -479,8 +483,16 @@ func (p *Pool) AdoptImage(ctx context.Context, image string) (string, error) {
 		ext = ".raw"
 	}
 	name := fmt.Sprintf("images/%s-%s%s", strings.TrimLeft(base, "-_"), hex.EncodeToString(key[:6]), ext)
+	marker, err := p.adoptedMarker(name)
+	if err != nil {
+		return "", err
+	}
 	if _, err := p.Volume(ctx, name); err == nil {
 		return name, nil
+	}
+	// The marker goes first: a copy without one would never be released.
+	if err := writeMarker(marker, real); err != nil {
+		return "", fmt.Errorf("bring image %s into pool %s: %w", image, p.Name, err)
 	}
 	if _, err := p.Upload(ctx, name, format, f, fi.Size(), "", nil); err != nil && !errors.Is(err, ErrExists) {
 		return "", fmt.Errorf("bring image %s into pool %s: %w", image, p.Name, err)
@@ -488,7 +500,69 @@ func (p *Pool) AdoptImage(ctx context.Context, image string) (string, error) {
 	return name, nil
 }
 
-// DeleteVM removes the volumes Hangar created for a VM and its directory.
+// adoptedMarker is the hidden file beside a copy AdoptImage made (holding
+// the source's path): only such copies are released when unused, never a
+// volume somebody uploaded.
+func (p *Pool) adoptedMarker(name string) (string, error) {
+	dir, base := filepath.Split(name)
+	return p.Resolve(dir, "."+base+".adopted")
+}
+
+func writeMarker(path, source string) error {
+	if err := mkdirAll(filepath.Dir(path)); err != nil {
+		return err
+	}
+	tmp := path + ".part"
+	if err := os.WriteFile(tmp, []byte(source+"\n"), 0o600); err != nil {
+		return err
+	}
+	if err := publish(tmp, path, true); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// ReleaseImage removes a copy AdoptImage brought into the pool once no
+// volume of the pool is built on it any more. Other names (volumes that
+// were not brought in) are left alone.
+func (p *Pool) ReleaseImage(ctx context.Context, name string) (removed bool, err error) {
+	if !strings.HasPrefix(name, "images/") {
+		return false, nil
+	}
+	marker, err := p.adoptedMarker(name)
+	if err != nil {
+		return false, err
+	}
+	if _, err := os.Lstat(marker); err != nil {
+		return false, nil
+	}
+	v, err := p.volume(name, "")
+	if err != nil {
+		return false, fmt.Errorf("release image %s: %w", name, err)
+	}
+	unlock, err := volumeLocks.lock(ctx, nil, []string{v.real})
+	if err != nil {
+		return false, fmt.Errorf("release image %s: %w", name, err)
+	}
+	defer unlock()
+	deps, err := p.dependents(ctx, v.real)
+	if err != nil {
+		return false, fmt.Errorf("release image %s: %w", name, err)
+	}
+	if len(deps) > 0 {
+		return false, nil
+	}
+	if err := os.Remove(v.real); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("release image %s: %w", name, err)
+	}
+	_ = os.Remove(marker)
+	return true, syncDir(filepath.Dir(v.real))
+}
+
+// DeleteVM removes the volumes Hangar created for a VM and its directory,
+// and the images brought into the pool for them that no other volume
+// builds on any more (ReleaseImage).
 func (p *Pool) DeleteVM(vmName string, disks []v1.DiskStatus) error {
 	dir, err := p.VMDir(vmName)
 	if err != nil {
@@ -510,6 +584,16 @@ func (p *Pool) DeleteVM(vmName string, disks []v1.DiskStatus) error {
 	}
 	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("delete vm dir: %w", err))
+	}
+	// Images brought in for these disks go when nothing builds on them.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, d := range disks {
+		if d.Created && d.Backing != "" {
+			if _, err := p.ReleaseImage(ctx, d.Backing); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
 	return errors.Join(errs...)
 }

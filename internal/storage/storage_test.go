@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -128,8 +129,19 @@ func TestCreateDiskEmptyAndOverlay(t *testing.T) {
 			t.Fatalf("chain of %s leaves the pool: %v", rel, err)
 		}
 	}
+	adopted := filepath.Join(p.Path, o1.Backing)
 	if err := p.DeleteVM("vm2", []v1.DiskStatus{o2}); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(adopted); err != nil {
+		t.Fatalf("brought-in image removed while vm1 still builds on it: %v", err)
+	}
+	// An uploaded image is never released, even when unused.
+	if _, err := p.CreateVolume(ctx, "images/mine.qcow2", "", 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if removed, err := p.ReleaseImage(ctx, "images/mine.qcow2"); removed || err != nil {
+		t.Fatalf("ReleaseImage(uploaded) = %v, %v", removed, err)
 	}
 	if _, err := p.CreateDisk(ctx, "vm1", v1.Disk{Name: "disk2", Image: "/nonexistent.qcow2"}); !errors.Is(err, ErrNoImage) {
 		t.Fatalf("missing image: %v", err)
@@ -142,6 +154,11 @@ func TestCreateDiskEmptyAndOverlay(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(p.Path, "vms/vm1")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("vm dir left behind: %v", err)
+	}
+	left, _ := filepath.Glob(filepath.Join(p.Path, "images", "*"))
+	hidden, _ := filepath.Glob(filepath.Join(p.Path, "images", ".*"))
+	if want := []string{filepath.Join(p.Path, "images/mine.qcow2")}; len(hidden) != 0 || fmt.Sprint(left) != fmt.Sprint(want) {
+		t.Fatalf("after the last vm on it was deleted, images/ holds %v %v; want %v", left, hidden, want)
 	}
 }
 

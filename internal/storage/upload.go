@@ -182,3 +182,32 @@ func (c *countWriter) Write(b []byte) (int, error) {
 	}
 	return len(b), nil
 }
+
+// CheckStandalone checks an image file outside the pools as AdoptImage
+// will check its copy: qcow2 (by extension or magic) or raw, standalone (no
+// backing or external data file, not encrypted, not corrupt), and a raw
+// file not starting like another image format. It lets an API refuse such
+// a file before it accepts the work.
+func CheckStandalone(ctx context.Context, path string) error {
+	format, err := hostImageFormat(path)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", path, err)
+	}
+	if err := checkUpload(ctx, path, format); err != nil {
+		return fmt.Errorf("image %s: %w", path, err)
+	}
+	return nil
+}
+
+// CheckVolumeName checks a volume name (its elements and its extension)
+// and that format, if not "", agrees with the extension.
+func CheckVolumeName(name, format string) error {
+	f, err := formatOfName(name)
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", name, err)
+	}
+	if format != "" && format != f {
+		return fmt.Errorf("format %q does not match the extension of %s (%s): %w", format, name, f, ErrInvalid)
+	}
+	return nil
+}

@@ -24,9 +24,8 @@ type Volume struct {
 	Format      string `json:"format"` // qcow2 or raw
 	VirtualSize int64  `json:"virtualSize"`
 	ActualSize  int64  `json:"actualSize"`
-	// Backing is the name of the backing volume, "" if none. A backing
-	// file outside the pool (VM disks made by CreateDisk on a host image)
-	// is given as its absolute path; CheckChain refuses those.
+	// Backing is the name of the backing volume, "" if none. A volume
+	// whose chain leaves the pool is never described (ErrOutsidePool).
 	Backing    string `json:"backing,omitempty"`
 	ChainDepth int    `json:"chainDepth"` // files in the backing chain, 1 without backing
 }
@@ -151,7 +150,7 @@ func (p *Pool) describe(ctx context.Context, v volRef) (Volume, error) {
 	if err != nil {
 		return Volume{}, err
 	}
-	links, err := walkChain(ctx, v.real, v.format, "", nil)
+	links, err := walkChain(ctx, v.real, v.format, root, nil)
 	if err != nil {
 		return Volume{}, err
 	}
@@ -245,7 +244,7 @@ func (p *Pool) Volumes(ctx context.Context) ([]Volume, error) {
 		wg.Go(func() {
 			for i := range work {
 				f := files[i]
-				links, err := walkChain(ctx, f.real, f.format, "", cache)
+				links, err := walkChain(ctx, f.real, f.format, root, cache)
 				if err != nil {
 					if ctx.Err() == nil {
 						slog.WarnContext(ctx, "storage: skip volume", "pool", p.Name, "volume", f.name, "err", err)
@@ -390,11 +389,10 @@ func (p *Pool) createOverlay(ctx context.Context, name, backing string) (Volume,
 }
 
 // Copy makes dst a full, standalone copy of src (a full clone, or a format
-// conversion): qemu-img convert reads src's whole backing chain (which may
-// leave the pool, as a VM disk on a host image does; every file is checked
-// to be a plain file with a recorded format). format may be "" (by dst's
-// extension). progress, if
-// not nil, gets 0…1 from qemu-img's progress output, called from another
+// conversion): qemu-img convert reads src's whole backing chain, which must
+// stay inside the pool (ErrOutsidePool; every file is checked before it is
+// opened to be a plain file with a recorded format). format may be "" (by
+// dst's extension). progress, if not nil, gets 0…1 from qemu-img's progress output, called from another
 // goroutine but never concurrently. On failure or cancellation nothing is
 // left. A src a running QEMU writes to is ErrInUse (by its image lock).
 func (p *Pool) Copy(ctx context.Context, src, dst, format string, progress func(float64)) (Volume, error) {
@@ -425,9 +423,11 @@ func (p *Pool) copy(ctx context.Context, src, dst, format string, progress func(
 	if err := d.mustNotExist(); err != nil {
 		return Volume{}, err
 	}
-	// The chain may leave the pool (a VM disk on a host image): reading it
-	// is what Copy is for. It is still checked: plain files, recorded formats.
-	if _, err := walkChain(ctx, s.real, s.format, "", nil); err != nil {
+	root, err := p.root()
+	if err != nil {
+		return Volume{}, err
+	}
+	if _, err := walkChain(ctx, s.real, s.format, root, nil); err != nil {
 		return Volume{}, err
 	}
 	vol, err := p.build(ctx, d, func(tmp string) error {
@@ -439,8 +439,8 @@ func (p *Pool) copy(ctx context.Context, src, dst, format string, progress func(
 	return vol, err
 }
 
-// Flatten makes a volume standalone: its chain (which may leave the pool,
-// as Copy's) is converted into a new file that replaces it (same format and
+// Flatten makes a volume standalone: its chain (inside the pool, as
+// Copy's) is converted into a new file that replaces it (same format and
 // cluster size, same content).
 // Volumes built on it keep working. Offline only: the caller makes sure no
 // VM uses it (a local QEMU's image lock is still reported as ErrInUse).
@@ -461,7 +461,11 @@ func (p *Pool) flatten(ctx context.Context, name string, progress func(float64))
 		return err
 	}
 	defer unlock()
-	links, err := walkChain(ctx, v.real, v.format, "", nil)
+	root, err := p.root()
+	if err != nil {
+		return err
+	}
+	links, err := walkChain(ctx, v.real, v.format, root, nil)
 	if err != nil {
 		return err
 	}
@@ -536,10 +540,15 @@ func (p *Pool) resize(ctx context.Context, name string, newSize int64) error {
 		return err
 	}
 	defer unlock()
-	info, err := imageInfo(ctx, v.real, v.format, true)
+	root, err := p.root()
 	if err != nil {
 		return err
 	}
+	links, err := walkChain(ctx, v.real, v.format, root, nil) // qemu-img resize opens the chain
+	if err != nil {
+		return err
+	}
+	info := links[0].info
 	switch {
 	case newSize < info.VirtualSize:
 		return fmt.Errorf("new size %d bytes is smaller than the current %d bytes; shrinking is not supported: %w", newSize, info.VirtualSize, ErrInvalid)

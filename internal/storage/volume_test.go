@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -403,6 +404,27 @@ func TestResize(t *testing.T) {
 	}
 }
 
+// poolFiles lists every file and directory of a pool with its size.
+func poolFiles(t *testing.T, p *Pool) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.WalkDir(p.Path, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%s %d\n", path, info.Size())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
 func TestCheckChain(t *testing.T) {
 	t.Parallel()
 	p := newPool(t)
@@ -431,9 +453,31 @@ func TestCheckChain(t *testing.T) {
 			t.Errorf("CreateOverlay on %s = %v, want ErrOutsidePool", name, err)
 		}
 	}
-	// Described as they are: the backing by its absolute path.
-	if v, err := p.Volume(ctx, "images/abs.qcow2"); err != nil || v.Backing != outside || v.ChainDepth != 2 {
-		t.Errorf("Volume(abs) = %+v, %v", v, err)
+	// Nothing opens, copies, flattens, resizes or reports them: what they
+	// point at stays unread, and no file appears in the pool.
+	before := poolFiles(t, p)
+	for _, name := range []string{"images/abs.qcow2", "images/rel.qcow2", "images/vialink.qcow2", "images/json.qcow2"} {
+		if v, err := p.Volume(ctx, name); !errors.Is(err, ErrOutsidePool) {
+			t.Errorf("Volume(%s) = %+v, %v; want ErrOutsidePool", name, v, err)
+		}
+		if _, err := p.Copy(ctx, name, "images/copy.qcow2", "", nil); !errors.Is(err, ErrOutsidePool) {
+			t.Errorf("Copy(%s) = %v, want ErrOutsidePool", name, err)
+		}
+		if err := p.Flatten(ctx, name, nil); !errors.Is(err, ErrOutsidePool) {
+			t.Errorf("Flatten(%s) = %v, want ErrOutsidePool", name, err)
+		}
+		if err := p.Resize(ctx, name, 4<<20); !errors.Is(err, ErrOutsidePool) {
+			t.Errorf("Resize(%s) = %v, want ErrOutsidePool", name, err)
+		}
+		if _, err := p.CreateDisk(ctx, "vmx", v1.Disk{Name: "d", Image: in(name)}); !errors.Is(err, ErrOutsidePool) {
+			t.Errorf("CreateDisk on %s = %v, want ErrOutsidePool", name, err)
+		}
+	}
+	if vols, err := p.Volumes(ctx); err != nil || len(vols) != 0 {
+		t.Errorf("Volumes lists escaping volumes: %+v, %v", vols, err)
+	}
+	if after := poolFiles(t, p); after != before {
+		t.Errorf("refused requests changed the pool:\n%s\nnow:\n%s", before, after)
 	}
 	if _, err := p.CreateVolume(ctx, "images/ok.qcow2", "", 1<<20); err != nil {
 		t.Fatal(err)

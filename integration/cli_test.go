@@ -379,3 +379,16 @@ func TestServeConfig(t *testing.T) {
 		t.Fatalf("--log-format json from the file: the log is not JSON lines:\n%s", logs.String())
 	}
 }
+
+// TestCLIURL: --url (HANGAR_URL) selects a TCP server, over TLS only, and
+// version names it.
+func TestCLIURL(t *testing.T) {
+	needQEMU(t)
+	if r := runHangar(t, "--url", "http://127.0.0.1:1", "vm", "ls"); r.code == 0 || !strings.Contains(r.stderr, "want https://host:port") {
+		t.Fatalf("--url http: exit %d %s", r.code, r.stderr)
+	}
+	r := runHangar(t, "--url", "https://127.0.0.1:1", "version")
+	if r.code != 0 || !strings.Contains(r.stdout, "Server:  https://127.0.0.1:1") || !strings.Contains(r.stdout, "not reachable") {
+		t.Fatalf("version with an unreachable --url: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}

@@ -15,15 +15,25 @@ import (
 )
 
 func newBench(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "bench", Short: "Benchmarks: Hangar side by side with raw QEMU"}
+	cmd := &cobra.Command{Use: "bench", Annotations: map[string]string{serverAnnotation: "true"}, Short: "Benchmarks: Hangar side by side with raw QEMU",
+		Long: `Benchmarks that run Hangar and raw QEMU side by side in the same run, on this machine, with
+their own throw-away server and directories (nothing of a running hangar serve is touched).`,
+		Example: "  hangar bench boot --runs 5\n  make bench"}
 	var image string
 	var runs, memory int
 	var accel string
 	boot := &cobra.Command{
 		Use:   "boot",
 		Short: "Boot-to-ready-marker: raw qemu-system-x86_64 (same argv) vs a VM started through the API",
-		Args:  cobra.NoArgs,
+		Long: `Measure boot to the guest's ready marker on its serial console: raw qemu-system-x86_64 with
+the same argv Hangar would use, then VMs created and started through the API, alternately,
+--runs times each; prints the medians and their ratio.`,
+		Example: "  hangar bench boot --image /var/cache/hangar/guest/hangar-guest.qcow2 --runs 5 --accel tcg",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := firstErr(atLeast(cmd, "runs", int64(runs), 1), atLeast(cmd, "memory", int64(memory), 1)); err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			log, err := newLogger("warn", "text")
 			if err != nil {

@@ -33,8 +33,9 @@ func newDemo(g *globals) *cobra.Command {
 	var image, name string
 	var port int
 	cmd := &cobra.Command{
-		Use:   "demo",
-		Short: "One-host demo: serve on the embedded defaults, boot a VM, keep serving until Ctrl-C",
+		Use:         "demo",
+		Annotations: map[string]string{serverAnnotation: "true"},
+		Short:       "One-host demo: serve on the embedded defaults, boot a VM, keep serving until Ctrl-C",
 		Long: `Run hangar serve in this process, create and boot a VM of the test guest with its port 80
 forwarded to 127.0.0.1:--port, show what the guest answers, and keep serving until Ctrl-C.
 

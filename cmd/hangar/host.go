@@ -86,9 +86,6 @@ accelerator (kvm or tcg), kernel and VM count. The first line names the server a
 	return cmd
 }
 
-// serverName says which server the CLI talks to.
-func (g *globals) serverName() string { return "unix://" + g.socket }
-
 func newOp(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "op", Aliases: []string{"operation"}, Short: "Inspect operations",
 		Long: `Inspect, wait for and cancel operations: every long action (create, start, copy, …) is

@@ -56,8 +56,10 @@ func run(args []string) int {
 
 type globals struct {
 	socket    string
+	url       string
 	output    string
 	noHeaders bool
+	c         *client.Client
 }
 
 func newRoot() *cobra.Command {
@@ -84,6 +86,19 @@ Lists and shows take -o table|json|yaml (and wide where there is more to show).`
 	root.SuggestionsMinimumDistance = 2
 	root.SetVersionTemplate("hangar {{.Version}}\n")
 	root.PersistentFlags().StringVar(&g.socket, "socket", client.SocketFromEnv(), "API unix socket (env HANGAR_SOCKET)")
+	root.PersistentFlags().StringVar(&g.url, "url", os.Getenv("HANGAR_URL"),
+		"API over TCP, https://host:port, instead of the socket (env HANGAR_URL; credentials from HANGAR_CA, HANGAR_CERT, HANGAR_KEY, HANGAR_TOKEN)")
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if g.url == "" || runsServer(cmd) {
+			return nil
+		}
+		c, err := g.newClient()
+		if err != nil {
+			return fmt.Errorf("--url: %w", err)
+		}
+		g.c = c
+		return nil
+	}
 	root.AddCommand(newServe(g), newHost(g), newOp(g), newDemo(g), newBench(g), newVersion(g))
 	root.AddCommand(newVMAndStorage(g)...)
 	root.InitDefaultHelpCmd()
@@ -117,7 +132,47 @@ func unknownSubcommand(cmd *cobra.Command, args []string) error {
 	return errors.New(msg)
 }
 
-func (g *globals) client() *client.Client { return client.New(g.socket) }
+// serverAnnotation marks commands that run a server rather than talk to one.
+const serverAnnotation = "hangar/server"
+
+func runsServer(cmd *cobra.Command) bool {
+	for c := cmd; c != nil; c = c.Parent() {
+		if c.Annotations[serverAnnotation] == "true" {
+			return true
+		}
+	}
+	return false
+}
+
+// client is the API client of this invocation: of --url over TLS when
+// given, else of the unix socket.
+func (g *globals) client() *client.Client {
+	if g.c != nil {
+		return g.c
+	}
+	c, err := g.newClient()
+	if err != nil { // only completion gets here without PersistentPreRunE's check
+		c = client.New(g.socket)
+	}
+	g.c = c
+	return c
+}
+
+func (g *globals) newClient() (*client.Client, error) {
+	if g.url == "" {
+		return client.New(g.socket), nil
+	}
+	return client.NewTLS(g.url, client.TLSOptions{CAFile: os.Getenv("HANGAR_CA"), CertFile: os.Getenv("HANGAR_CERT"),
+		KeyFile: os.Getenv("HANGAR_KEY"), Token: os.Getenv("HANGAR_TOKEN")})
+}
+
+// serverName says which server the CLI talks to.
+func (g *globals) serverName() string {
+	if g.url != "" {
+		return g.url
+	}
+	return "unix://" + g.socket
+}
 
 // serverSocket is where a server listens: --socket or $HANGAR_SOCKET when
 // given, else hangar.sock in its run directory.

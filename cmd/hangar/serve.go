@@ -15,8 +15,9 @@ func newServe(g *globals) *cobra.Command {
 	var cfg daemon.Config
 	var level, format, configFile string
 	cmd := &cobra.Command{
-		Use:   "serve",
-		Short: "Run the host agent, the manager and the embedded etcd member",
+		Use:         "serve",
+		Annotations: map[string]string{serverAnnotation: "true"},
+		Short:       "Run the host agent, the manager and the embedded etcd member",
 		Long: `Run this host's agent, the API manager and the embedded etcd member in one process.
 The API is served on a unix socket (--socket, default <run-dir>/hangar.sock) and, with
 --listen, over TCP with TLS. VMs run in their own sessions: stopping serve leaves them

@@ -211,6 +211,19 @@ func TestCLIOutputFormats(t *testing.T) {
 			t.Fatalf("%v -o json is not JSON: %q", args, r.stdout)
 		}
 	}
+	// Shell completion asks the server for names.
+	if r := s.ok("__complete", "vm", "show", "fm"); !strings.Contains(r.stdout, "fmt1\n") {
+		t.Fatalf("completion of vm names: %q", r.stdout)
+	}
+	if r := s.ok("__complete", "vm", "snapshot", "commit", "fmt1", ""); strings.Contains(r.stdout, "fmt1") {
+		t.Fatalf("completion of a snapshot name offers vm names: %q", r.stdout)
+	}
+	if r := s.ok("__complete", "volume", "list", ""); !strings.Contains(r.stdout, "default\n") {
+		t.Fatalf("completion of pool names: %q", r.stdout)
+	}
+	if r := s.ok("__complete", "host", "info", ""); !strings.Contains(r.stdout, "testhost\n") {
+		t.Fatalf("completion of host names: %q", r.stdout)
+	}
 	if r := s.ok("host", "info"); !strings.Contains(r.stdout, "unix://"+s.socket) {
 		t.Fatalf("host info does not name the server %s: %q", s.socket, r.stdout)
 	}

@@ -114,6 +114,10 @@ func follow(cmd *cobra.Command, c *client.Client, op v1.Operation, err error, wa
 		p.fraction(o.Progress.Fraction, opPhase(o))
 	})
 	p.finish(err == nil)
+	if err != nil && cmd.Context().Err() != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "stopped waiting: operation %s (%s %s) goes on in the server; hangar op wait %s follows it\n",
+			op.ID, op.Kind, op.Target, op.ID)
+	}
 	return done, err
 }
 
@@ -160,7 +164,7 @@ func newProgress(w io.Writer, label string, totalBytes int64) *progress {
 	max := int64(1000)
 	if totalBytes > 0 {
 		max = totalBytes
-		opts = append(opts, progressbar.OptionShowBytes(true), progressbar.OptionShowCount())
+		opts = append(opts, progressbar.OptionShowBytes(true), progressbar.OptionShowCount(), progressbar.OptionUseIECUnits(true))
 	}
 	p.bar = progressbar.NewOptions64(max, opts...)
 	return p

@@ -77,6 +77,9 @@ type CloudInit struct {
 	// UserDataSHA256 is the hex SHA-256 of the user-data; set by hangar in
 	// answers, refused in requests.
 	UserDataSHA256 string `json:"userDataSHA256,omitempty"`
+	// UserDataSealed is the user-data as the state store keeps it: sealed
+	// with the hosts' key (internal/secrets). Set by hangar, in no answer.
+	UserDataSealed string `json:"userDataSealed,omitempty"`
 }
 
 // Disk is one virtual disk. Where its data comes from is exactly one of:

@@ -21,6 +21,7 @@ import (
 	"hangar/internal/inventory"
 	"hangar/internal/qemu"
 	"hangar/internal/qemu/config"
+	"hangar/internal/secrets"
 	"hangar/internal/storage"
 	"hangar/internal/store"
 	"hangar/internal/vm"
@@ -47,6 +48,8 @@ type Config struct {
 	RestartWindow time.Duration
 	// IOWorkers bounds concurrent copies, conversions and imports (default 2).
 	IOWorkers int
+	// Secrets opens sealed cloud-init user-data (the manager seals it).
+	Secrets *secrets.Box
 }
 
 // Agent is one host's agent.

@@ -76,7 +76,11 @@ func (m *machine) provision(ctx context.Context, spec v1.VMSpec, i int, d v1.Dis
 		if err != nil {
 			return v1.DiskStatus{}, err
 		}
-		if err := cloudinit.Seed(ctx, path, m.name, *spec.CloudInit); err != nil {
+		ci, err := m.a.openCloudInit(*spec.CloudInit)
+		if err != nil {
+			return v1.DiskStatus{}, errdefs.Field("cloudInit", err)
+		}
+		if err := cloudinit.Seed(ctx, path, m.name, ci); err != nil {
 			return v1.DiskStatus{}, errdefs.Field("cloudInit", err)
 		}
 		return v1.DiskStatus{Name: d.Name, Path: path, Format: "raw", Created: true}, nil
@@ -195,4 +199,21 @@ func (p *ioPool) run(ctx context.Context, f func() error) error {
 	}
 	defer func() { <-p.sem }()
 	return f()
+}
+
+// openCloudInit returns the seed data with the user-data opened, when the
+// manager stored it sealed.
+func (a *Agent) openCloudInit(ci v1.CloudInit) (v1.CloudInit, error) {
+	if ci.UserDataSealed == "" {
+		return ci, nil
+	}
+	if a.cfg.Secrets == nil {
+		return ci, fmt.Errorf("the user-data is sealed and this host has no key to open it")
+	}
+	ud, err := a.cfg.Secrets.Open(ci.UserDataSealed)
+	if err != nil {
+		return ci, fmt.Errorf("open the user-data: %w", err)
+	}
+	ci.UserData, ci.UserDataSealed = ud, ""
+	return ci, nil
 }

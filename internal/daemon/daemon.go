@@ -22,6 +22,7 @@ import (
 	"hangar/internal/manager"
 	"hangar/internal/pki"
 	"hangar/internal/qemu"
+	"hangar/internal/secrets"
 	"hangar/internal/storage"
 	"hangar/internal/store"
 )
@@ -158,8 +159,13 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--import-dir: %w", err)
 	}
+	// The key that seals cloud-init user-data in etcd; it stays on the host.
+	box, err := secrets.LoadOrCreate(filepath.Join(cfg.DataDir, "secrets.key"))
+	if err != nil {
+		return nil, err
+	}
 	ag, err := agent.New(agent.Config{Host: cfg.Host, DataDir: cfg.DataDir, RunDir: cfg.RunDir, Store: st, Caps: caps,
-		Pool: pool, HostPaths: hostPaths, Log: cfg.Log, StopTimeout: cfg.StopTimeout})
+		Pool: pool, HostPaths: hostPaths, Log: cfg.Log, StopTimeout: cfg.StopTimeout, Secrets: box})
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +186,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		cancel()
 		return nil, ctx.Err()
 	}
-	api := manager.New(manager.Config{Store: st, Consoles: ag, Volumes: ag, Pools: ag, Log: cfg.Log})
+	api := manager.New(manager.Config{Store: st, Consoles: ag, Volumes: ag, Pools: ag, Secrets: box, Log: cfg.Log})
 	d.srv = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	_ = os.Remove(cfg.Socket)
 	ln, err := net.Listen("unix", cfg.Socket)

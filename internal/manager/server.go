@@ -28,6 +28,7 @@ import (
 	"hangar/internal/imports"
 	"hangar/internal/inventory"
 	"hangar/internal/scheduler"
+	"hangar/internal/secrets"
 	"hangar/internal/storage"
 	"hangar/internal/store"
 	"hangar/internal/vm"
@@ -58,7 +59,10 @@ type Config struct {
 	Consoles Consoles
 	Volumes  Volumes
 	Pools    Pools
-	Log      *slog.Logger
+	// Secrets seals cloud-init user-data before it is stored (nil: kept
+	// as given).
+	Secrets *secrets.Box
+	Log     *slog.Logger
 	// MaxWait bounds ?wait= (default 10 min).
 	MaxWait time.Duration
 }
@@ -260,6 +264,10 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, invalidArg("cloudInit.userDataSHA256", "set by hangar in answers, not by the request (give cloudInit.userData)"))
 		return
 	}
+	if spec.CloudInit != nil && spec.CloudInit.UserDataSealed != "" {
+		writeErr(w, invalidArg("cloudInit.userDataSealed", "set by hangar, not by the request (give cloudInit.userData)"))
+		return
+	}
 	op, err := s.create(r.Context(), spec, start, "")
 	if err != nil {
 		writeErr(w, err)
@@ -309,6 +317,7 @@ func (s *Server) create(ctx context.Context, spec v1.VMSpec, start bool, host st
 	if err := s.checkPorts(ctx, spec); err != nil {
 		return v1.Operation{}, err
 	}
+	s.sealCloudInit(&spec)
 	op := s.newOp("create", spec.Name, host, v1.CreateArgs{Start: start})
 	_, err = s.cfg.Store.Txn(ctx, nil,
 		store.PutOp(inventory.VMKey(spec.Name), inventory.Marshal(spec), store.MustNotExist),

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	v1 "hangar/api/v1"
 	"hangar/internal/etcdembed/etcdtest"
 	"hangar/internal/inventory"
+	"hangar/internal/secrets"
 	"hangar/internal/store"
 )
 
@@ -38,7 +40,11 @@ func newTestServer(t *testing.T) *testServer {
 	if _, err := st.Put(ctx, inventory.HostKey("h1"), []byte("{}"), store.AnyRevision); err != nil {
 		t.Fatal(err)
 	}
-	return &testServer{t: t, s: New(Config{Store: st, Log: slog.New(slog.DiscardHandler)}), st: st}
+	box, err := secrets.LoadOrCreate(filepath.Join(t.TempDir(), "secrets.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testServer{t: t, s: New(Config{Store: st, Secrets: box, Log: slog.New(slog.DiscardHandler)}), st: st}
 }
 
 // do sends one request; ctype "" sends none.
@@ -265,9 +271,21 @@ func TestRedactedAnswers(t *testing.T) {
 	if json.Unmarshal(b, &v) != nil || v.Spec.CloudInit == nil || len(v.Spec.CloudInit.UserDataSHA256) != 64 {
 		t.Errorf("no user-data hash in %s", b)
 	}
-	// The agent still gets it.
+	// In etcd it is sealed with the hosts' key, which opens it again.
+	kv, err := ts.st.Get(t.Context(), inventory.VMKey("ci"))
+	if err != nil || strings.Contains(string(kv.Value), "s3cret") {
+		t.Fatalf("etcd holds the user-data in the clear: %s %v", kv.Value, err)
+	}
 	spec, _, err := ts.s.inv.Spec(t.Context(), "ci")
-	if err != nil || spec.CloudInit == nil || !strings.Contains(spec.CloudInit.UserData, "s3cret") {
-		t.Errorf("stored spec lost the user-data: %+v %v", spec.CloudInit, err)
+	if err != nil || spec.CloudInit == nil || spec.CloudInit.UserData != "" || spec.CloudInit.UserDataSHA256 != v.Spec.CloudInit.UserDataSHA256 {
+		t.Fatalf("stored cloud-init: %+v %v", spec.CloudInit, err)
+	}
+	if ud, err := ts.s.cfg.Secrets.Open(spec.CloudInit.UserDataSealed); err != nil || ud != "#cloud-config\npassword: s3cret\n" {
+		t.Fatalf("open the stored user-data: %q %v", ud, err)
+	}
+	// Requests cannot set what hangar sets.
+	code, _, b := ts.do("POST", "/api/v1/vms", "application/json", `{"name":"ci2","memoryMiB":64,"cloudInit":{"userDataSealed":"`+spec.CloudInit.UserDataSealed+`"}}`)
+	if e := apiErr(t, code, b); code != 400 || e.Field != "cloudInit.userDataSealed" {
+		t.Errorf("request with a sealed value: %d %+v", code, e)
 	}
 }

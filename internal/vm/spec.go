@@ -204,6 +204,9 @@ func Validate(s v1.VMSpec, hostMemoryMiB int) error {
 	if s.CloudInit != nil && len(s.CloudInit.UserData)+len(s.CloudInit.MetaData) > 64<<10 {
 		return invalid("cloudInit", "at most 64 KiB of seed data")
 	}
+	if s.CloudInit != nil && len(s.CloudInit.UserDataSealed) > 96<<10 { // 64 KiB sealed and in base64
+		return invalid("cloudInit.userDataSealed", "at most 96 KiB")
+	}
 	if len(s.NICs) > MaxNICs {
 		return invalid("nics", "at most %d NICs", MaxNICs)
 	}

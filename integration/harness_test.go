@@ -111,6 +111,7 @@ type server struct {
 	// directory is one too; importDirs are further ones.
 	importDir  string
 	importDirs []string
+	args       []string // more flags for hangar serve
 }
 
 func needQEMU(t *testing.T) {
@@ -125,7 +126,10 @@ func needQEMU(t *testing.T) {
 func newServer(t *testing.T) *server { return newServerIn(t, "") }
 
 // newServerIn starts hangar serve inside a network namespace ("" = this one).
-func newServerIn(t *testing.T, netns string) *server {
+func newServerIn(t *testing.T, netns string) *server { return newServerArgs(t, netns) }
+
+// newServerArgs starts hangar serve with more flags.
+func newServerArgs(t *testing.T, netns string, args ...string) *server {
 	t.Helper()
 	needQEMU(t)
 	// Unix socket paths are limited to 108 bytes: keep the run dir short.
@@ -133,7 +137,7 @@ func newServerIn(t *testing.T, netns string) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{t: t, netns: netns, dataDir: t.TempDir(), runDir: run, socket: filepath.Join(run, "h.sock"), importDir: t.TempDir()}
+	s := &server{t: t, netns: netns, dataDir: t.TempDir(), runDir: run, socket: filepath.Join(run, "h.sock"), importDir: t.TempDir(), args: args}
 	s.log = filepath.Join(s.dataDir, "serve.log")
 	s.c = client.New(s.socket)
 	s.start()
@@ -183,6 +187,7 @@ func (s *server) start() {
 	for _, d := range append([]string{filepath.Dir(guestImage), s.importDir}, s.importDirs...) {
 		args = append(args, "--import-dir", d)
 	}
+	args = append(args, s.args...)
 	s.cmd = exec.Command(argv[0], append(argv[1:], args...)...)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {

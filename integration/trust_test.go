@@ -23,6 +23,10 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	v1 "hangar/api/v1"
+	"hangar/client"
+	"hangar/internal/pki"
 )
 
 // probeEnv, when set, makes the test binary run probeMain instead of the
@@ -242,7 +246,9 @@ func TestNonRootLocked(t *testing.T) {
 	if _, err := exec.LookPath("setpriv"); err != nil {
 		t.Skip("setpriv (util-linux) not installed: cannot run the probe as nobody")
 	}
-	s := newServer(t)
+	tf := newAPITLS(t)
+	s := newServerArgs(t, "", "--listen", tf.addr, "--tls-cert", tf.serverCert, "--tls-key", tf.serverKey,
+		"--client-ca", tf.clientCA, "--tokens-file", tf.tokens)
 	targets := listeners(t, s.cmd.Process.Pid)
 	t.Logf("hangar serve listens on %v", targets)
 
@@ -252,8 +258,12 @@ func TestNonRootLocked(t *testing.T) {
 		haveEtcd = haveEtcd || (tg.Network == "unix" && tg.Addr == etcdSock)
 		haveAPI = haveAPI || (tg.Network == "unix" && tg.Addr == s.socket)
 	}
-	if !haveEtcd || !haveAPI {
-		t.Fatalf("listeners %v: want the etcd socket %s and the API socket %s", targets, etcdSock, s.socket)
+	haveTCP := false
+	for _, tg := range targets {
+		haveTCP = haveTCP || (tg.Network == "tcp" && tg.Addr == tf.addr)
+	}
+	if !haveEtcd || !haveAPI || !haveTCP {
+		t.Fatalf("listeners %v: want the etcd socket %s, the API socket %s and the API on %s", targets, etcdSock, s.socket, tf.addr)
 	}
 	for path, want := range map[string]fs.FileMode{filepath.Dir(etcdSock): fs.ModeDir | 0o700, etcdSock: fs.ModeSocket | 0o600} {
 		st, err := os.Lstat(path)
@@ -294,4 +304,135 @@ func TestNonRootLocked(t *testing.T) {
 	if len(resp.Kvs) != 0 {
 		t.Errorf("nobody wrote etcd: %s", resp.Kvs[0].Value)
 	}
+}
+
+// apiTLS is the TLS material for `serve --listen`: a server certificate
+// for 127.0.0.1, a client CA with a client certificate, a certificate of an
+// unrelated CA, and a tokens file.
+type apiTLS struct {
+	addr                  string
+	serverCert, serverKey string
+	serverCA, clientCA    string
+	goodCert, goodKey     string
+	badCert, badKey       string
+	tokens, token         string
+}
+
+func newAPITLS(t *testing.T) apiTLS {
+	t.Helper()
+	dir := t.TempDir()
+	ca := func(name string) *pki.CA {
+		c, err := pki.LoadOrCreateCA(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	write := func(name string, kp *pki.KeyPair, err error) (string, string) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, k := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+		if err := kp.WriteFiles(c, k); err != nil {
+			t.Fatal(err)
+		}
+		return c, k
+	}
+	srv, cli, other := ca("srv"), ca("cli"), ca("other")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := apiTLS{addr: l.Addr().String(), serverCA: srv.CertFile(), clientCA: cli.CertFile(), token: "integration-token-0123456789"}
+	l.Close()
+	kp, err := srv.IssueHost("server", []net.IP{net.IPv4(127, 0, 0, 1)}, nil)
+	f.serverCert, f.serverKey = write("server", kp, err)
+	kp, err = cli.IssueClient("alice")
+	f.goodCert, f.goodKey = write("alice", kp, err)
+	kp, err = other.IssueClient("mallory")
+	f.badCert, f.badKey = write("mallory", kp, err)
+	f.tokens = filepath.Join(dir, "tokens")
+	if err := os.WriteFile(f.tokens, []byte("ci:"+f.token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// TestTCPAPIAuth: `hangar serve --listen` answers only clients with a
+// certificate of --client-ca or a token of --tokens-file; anonymous and
+// bad-token requests get 401 JSON, a certificate of another CA fails the
+// handshake. --listen without a way to authenticate, or with a tokens
+// file others can read, does not start.
+func TestTCPAPIAuth(t *testing.T) {
+	needQEMU(t)
+	tf := newAPITLS(t)
+	for name, args := range map[string][]string{
+		"no client auth":       {"--listen", tf.addr, "--tls-cert", tf.serverCert, "--tls-key", tf.serverKey},
+		"readable tokens file": {"--listen", tf.addr, "--tls-cert", tf.serverCert, "--tls-key", tf.serverKey, "--tokens-file", loosened(t, tf.tokens)},
+	} {
+		run := t.TempDir()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		out, err := exec.CommandContext(ctx, hangarBin, append([]string{"serve", "--data-dir", filepath.Join(run, "d"),
+			"--run-dir", filepath.Join(run, "r"), "--socket", filepath.Join(run, "s.sock"), "--accel", "tcg"}, args...)...).CombinedOutput()
+		cancel()
+		if err == nil || !strings.Contains(string(out), "--tokens-file") {
+			t.Errorf("%s: serve started or said nothing useful: %v\n%s", name, err, out)
+		}
+	}
+
+	s := newServerArgs(t, "", "--listen", tf.addr, "--tls-cert", tf.serverCert, "--tls-key", tf.serverKey,
+		"--client-ca", tf.clientCA, "--tokens-file", tf.tokens)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	url := "https://" + tf.addr
+	for name, o := range map[string]client.TLSOptions{
+		"no credentials": {CAFile: tf.serverCA},
+		"bad token":      {CAFile: tf.serverCA, Token: "not-the-token-0123456789"},
+	} {
+		c, err := client.NewTLS(url, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, body, err := c.Raw(ctx, "POST", "/api/v1/vms", []byte(`{"name":"anon","memoryMiB":64}`))
+		var er v1.ErrorResponse
+		if err != nil || code != 401 || json.Unmarshal(body, &er) != nil || er.Error == nil || er.Error.Code != "unauthenticated" {
+			t.Errorf("%s: POST /vms = %d %s %v, want 401 unauthenticated", name, code, body, err)
+		}
+	}
+	if vms, err := s.c.VMs(ctx); err != nil || len(vms) != 0 {
+		t.Fatalf("VMs after refused POSTs: %v %v", vms, err)
+	}
+	bad, _ := client.NewTLS(url, client.TLSOptions{CAFile: tf.serverCA, CertFile: tf.badCert, KeyFile: tf.badKey})
+	if _, err := bad.Hosts(ctx); err == nil {
+		t.Error("client certificate of another CA accepted")
+	}
+	for name, o := range map[string]client.TLSOptions{
+		"certificate": {CAFile: tf.serverCA, CertFile: tf.goodCert, KeyFile: tf.goodKey},
+		"token":       {CAFile: tf.serverCA, Token: tf.token},
+	} {
+		c, err := client.NewTLS(url, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hs, err := c.Hosts(ctx); err != nil || len(hs) != 1 {
+			t.Errorf("%s: hosts %v %v", name, hs, err)
+		}
+	}
+}
+
+// loosened copies a tokens file with mode 0644.
+func loosened(t *testing.T, path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

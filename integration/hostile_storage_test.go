@@ -66,6 +66,8 @@ func TestHostileStorage(t *testing.T) {
 	if err := os.WriteFile(dataFile, []byte(strings.Repeat(canaryText, 1<<16/len(canaryText)+1)[:1<<16]), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	qimg("create", "-q", "-f", "qcow2", filepath.Join(images, "base.qcow2"), "1M")
+	qimg("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", filepath.Join(images, "top.qcow2"))
 	if err := os.Symlink(canary, filepath.Join(images, "link.raw")); err != nil {
 		t.Fatal(err)
 	}
@@ -170,6 +172,13 @@ func TestHostileStorage(t *testing.T) {
 		hc("clone data file outside", "POST", "/api/v1/vms", vmWith(`{"clone":{"volume":"default/images/datafile.qcow2"}}`), 400, "disks[0].clone.volume"),
 		hc("attach backing json:", "POST", "/api/v1/vms", vmWith(`{"volume":"default/images/json.qcow2"}`), 400, "disks[0].volume"),
 		hc("attach symlink out", "POST", "/api/v1/vms", vmWith(`{"volume":"default/images/link.raw"}`), 400, "disks[0].volume"),
+		hc("attach a base others build on", "POST", "/api/v1/vms", vmWith(`{"volume":"default/images/base.qcow2"}`), 409, "disks[0].volume"),
+		// Traversal in volume references.
+		hc("info traversal", "GET", vol("../../../../etc/shadow", ""), "", 400, "volume"),
+		{name: "upload traversal", method: "PUT", path: vol("../../x.qcow2", "/data"), ctype: "application/octet-stream", body: "QFI", status: 400, field: "volume"},
+		hc("clone traversal", "POST", "/api/v1/vms", vmWith(`{"clone":{"volume":"default/../../../etc/shadow"}}`), 400, "disks[0].clone.volume"),
+		hc("attach traversal", "POST", "/api/v1/vms", vmWith(`{"volume":"default/images/../../../../etc/shadow"}`), 400, "disks[0].volume"),
+		hc("attach absolute", "POST", "/api/v1/vms", vmWith(`{"volume":"/etc/shadow"}`), 400, "disks[0].volume"),
 		// Volume names and sizes that used to fail inside the operation.
 		hc("copy to traversal", "POST", vol("images/small.qcow2", "/copy"), `{"name":"../../x.qcow2"}`, 400, "name"),
 		hc("copy to hidden", "POST", vol("images/small.qcow2", "/copy"), `{"name":"images/.x.qcow2"}`, 400, "name"),

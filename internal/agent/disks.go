@@ -104,6 +104,13 @@ func (m *machine) provision(ctx context.Context, spec v1.VMSpec, i int, d v1.Dis
 		if d.Shareable && vol.Format != "raw" {
 			return v1.DiskStatus{}, errdefs.Field(field+".shareable", fmt.Errorf("volume %s is %s: only raw volumes can be shared: %w", d.Volume, vol.Format, errdefs.ErrPrecondition))
 		}
+		deps, err := p.Dependents(ctx, name)
+		if err != nil {
+			return v1.DiskStatus{}, errdefs.Field(field+".volume", err)
+		}
+		if len(deps) > 0 {
+			return v1.DiskStatus{}, errdefs.Field(field+".volume", fmt.Errorf("volume %s: %d volumes are built on it (%s): %w", d.Volume, len(deps), strings.Join(deps, ", "), storage.ErrInUse))
+		}
 		path, err := p.Resolve(name)
 		if err != nil {
 			return v1.DiskStatus{}, errdefs.Field(field+".volume", err)

@@ -249,3 +249,12 @@ func (a *Agent) DiskInfo(ctx context.Context, path string) (v1.Volume, error) {
 	}
 	return v1.Volume{}, fmt.Errorf("disk file %s: %w", path, storage.ErrOutsidePool)
 }
+
+// Dependents lists the volumes of its pool built on a volume ("pool/name").
+func (a *Agent) Dependents(ctx context.Context, ref string) ([]string, error) {
+	p, name, err := a.volumeRef(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	return p.Dependents(ctx, name)
+}

@@ -48,6 +48,8 @@ type Volumes interface {
 	CheckSource(ctx context.Context, kind storage.SourceKind, path string) (storage.HostFile, error)
 	// DiskInfo describes the pool volume at a VM disk's path.
 	DiskInfo(ctx context.Context, path string) (v1.Volume, error)
+	// Dependents lists the volumes built on a volume ("pool/name").
+	Dependents(ctx context.Context, ref string) ([]string, error)
 	// DeleteTemplate removes a template's volumes and record; it refuses
 	// while linked clones use them.
 	DeleteTemplate(ctx context.Context, t v1.Template) error
@@ -393,6 +395,14 @@ func (s *Server) checkSources(ctx context.Context, spec v1.VMSpec) error {
 			}
 			if d.Shareable && vol.Format != "raw" {
 				return errdefs.Field(f+".shareable", fmt.Errorf("volume %s is %s: only raw volumes can be shared: %w", d.Volume, vol.Format, errdefs.ErrInvalid))
+			}
+			// A guest writing a volume others build on would change their
+			// disks (and a brought-in image goes with its last overlay).
+			if deps, err := s.cfg.Volumes.Dependents(ctx, d.Volume); err != nil {
+				return errdefs.Field(f+".volume", err)
+			} else if len(deps) > 0 {
+				return &v1.Error{Code: v1.CodeConflict, Field: f + ".volume",
+					Message: fmt.Sprintf("%s.volume: %d volumes are built on %s (%s): clone it instead", f, len(deps), d.Volume, strings.Join(deps[:min(len(deps), 3)], ", "))}
 			}
 			if vms == nil {
 				if vms, err = s.inv.VMList(ctx); err != nil {

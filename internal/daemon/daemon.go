@@ -211,7 +211,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		}
 		// A server of its own: only TCP requests go through authentication;
 		// the unix socket stays trusted.
-		d.tcp = &http.Server{Handler: authn.Require(tcpAuth, api), ReadHeaderTimeout: 10 * time.Second,
+		d.tcp = &http.Server{Handler: api.Logged(func(h http.Handler) http.Handler { return authn.Require(tcpAuth, h) }), ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog: slog.NewLogLogger(cfg.Log.With("listener", cfg.Listen).Handler(), slog.LevelInfo)}
 		d.TCPAddr = tln.Addr().String()
 		go func() {

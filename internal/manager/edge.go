@@ -13,6 +13,7 @@ import (
 	"time"
 
 	v1 "hangar/api/v1"
+	"hangar/internal/authn"
 )
 
 // The HTTP edge: what every request goes through before its handler.
@@ -60,23 +61,50 @@ func cleanPath(p string) string {
 
 // ServeHTTP checks a request at the edge, serves it and logs it.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.logged(w, r, http.HandlerFunc(s.serveRecorded))
+}
+
+// Logged returns the server wrapped by wrap (authentication) with the
+// access log outside: a request that wrap refuses gets its line too.
+func (s *Server) Logged(wrap func(http.Handler) http.Handler) http.Handler {
+	inner := wrap(http.HandlerFunc(s.serveRecorded))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.logged(w, r, inner) })
+}
+
+// serveRecorded serves a request and notes on the recorder (when w is
+// one) what the access log wants to know from inside.
+func (s *Server) serveRecorded(w http.ResponseWriter, r *http.Request) {
+	route := s.serve(w, r)
+	if rec, ok := w.(*recorder); ok {
+		rec.route, rec.pathID = route, r.PathValue("id")
+		if id, ok := authn.FromContext(r.Context()); ok {
+			rec.client = id.Name
+		}
+	}
+}
+
+// logged runs h and writes one access-log line.
+func (s *Server) logged(w http.ResponseWriter, r *http.Request, h http.Handler) {
 	start := time.Now()
 	rw := &recorder{ResponseWriter: w}
-	pattern := s.serve(rw, r)
+	h.ServeHTTP(rw, r)
 	if rw.status == 0 {
 		rw.status = http.StatusOK
 	}
 	level := slog.LevelInfo
-	if pattern == "GET /healthz" || pattern == "GET /metrics" {
+	if rw.route == "GET /healthz" || rw.route == "GET /metrics" {
 		level = slog.LevelDebug
 	}
-	attrs := []any{"method", r.Method, "path", truncate(r.URL.EscapedPath(), 512), "status", rw.status,
+	attrs := []any{"method", truncate(r.Method, 20), "path", truncate(r.URL.EscapedPath(), 512), "status", rw.status,
 		"dur", time.Since(start).Round(time.Microsecond), "bytes", rw.bytes}
-	if pattern != "" {
-		attrs = append(attrs, "route", pattern)
+	if rw.route != "" {
+		attrs = append(attrs, "route", rw.route)
 	}
-	if op := opID(rw.Header().Get("Location"), r.PathValue("id")); op != "" {
+	if op := opID(rw.Header().Get("Location"), rw.pathID); op != "" {
 		attrs = append(attrs, "op", op)
+	}
+	if rw.client != "" {
+		attrs = append(attrs, "client", rw.client)
 	}
 	s.cfg.Log.Log(r.Context(), level, "http", attrs...)
 }
@@ -191,6 +219,8 @@ type recorder struct {
 	http.ResponseWriter
 	status int
 	bytes  int64
+	// set from inside (serveRecorded)
+	route, pathID, client string
 }
 
 func (r *recorder) WriteHeader(code int) {

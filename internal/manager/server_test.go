@@ -14,6 +14,7 @@ import (
 	"time"
 
 	v1 "hangar/api/v1"
+	"hangar/internal/authn"
 	"hangar/internal/etcdembed/etcdtest"
 	"hangar/internal/inventory"
 	"hangar/internal/secrets"
@@ -287,5 +288,45 @@ func TestRedactedAnswers(t *testing.T) {
 	code, _, b := ts.do("POST", "/api/v1/vms", "application/json", `{"name":"ci2","memoryMiB":64,"cloudInit":{"userDataSealed":"`+spec.CloudInit.UserDataSealed+`"}}`)
 	if e := apiErr(t, code, b); code != 400 || e.Field != "cloudInit.userDataSealed" {
 		t.Errorf("request with a sealed value: %d %+v", code, e)
+	}
+}
+
+// tokenAuth lets requests with "Authorization: Bearer good" through as "ops".
+type tokenAuth struct{}
+
+func (tokenAuth) Authenticate(r *http.Request) (authn.Identity, error) {
+	if r.Header.Get("Authorization") == "Bearer good" {
+		return authn.Identity{Name: "ops", Method: authn.MethodToken}, nil
+	}
+	return authn.Identity{}, authn.ErrNoCredentials
+}
+
+// TestAccessLogAuthenticated: behind authentication (the TCP listener)
+// refused requests are logged too, and let-through ones name the client.
+func TestAccessLogAuthenticated(t *testing.T) {
+	ts := newTestServer(t)
+	var mu sync.Mutex
+	var buf strings.Builder
+	ts.s.cfg.Log = slog.New(slog.NewJSONHandler(lockedWriter{&mu, &buf}, nil))
+	h := ts.s.Logged(func(next http.Handler) http.Handler { return authn.Require(tokenAuth{}, next) })
+	for _, tok := range []string{"", "good"} {
+		req := httptest.NewRequest("GET", "/api/v1/vms", nil)
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		h.ServeHTTP(httptest.NewRecorder(), req)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var lines []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "http" {
+			lines = append(lines, m)
+		}
+	}
+	if len(lines) != 2 || lines[0]["status"] != float64(401) || lines[1]["status"] != float64(200) ||
+		lines[1]["client"] != "ops" || lines[1]["route"] != "GET /api/v1/vms" {
+		t.Fatalf("access log: %v", lines)
 	}
 }

@@ -141,6 +141,7 @@ type VMStatus struct {
 	PID         int          `json:"pid,omitempty"`
 	StartedAt   *time.Time   `json:"startedAt,omitempty"`
 	Accelerator string       `json:"accelerator,omitempty"`
+	UID         int          `json:"uid,omitempty"` // the unprivileged uid (= gid) its QEMU runs as
 	Restarts    int          `json:"restarts,omitempty"`
 	Reason      string       `json:"reason,omitempty"`
 	Disks       []DiskStatus `json:"disks,omitempty"`

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"hangar/internal/daemon"
+	"hangar/internal/inventory"
 )
 
 func newServe(g *globals) *cobra.Command {
@@ -79,6 +80,7 @@ the file and line.`,
 	f.DurationVar(&cfg.StopTimeout, "stop-timeout", 60*time.Second, "how long a graceful stop waits for the guest")
 	f.StringVar(&cfg.Accel, "accel", envOr("HANGAR_ACCEL", "auto"), "accelerator: auto (KVM when /dev/kvm works), kvm or tcg (env HANGAR_ACCEL)")
 	f.StringArrayVar(&cfg.ImportDirs, "import-dir", nil, "a directory (or block device) requests may take images, ISOs and imports from outside the pools; repeatable")
+	f.StringVar(&cfg.VMUIDRange, "vm-uid-range", inventory.DefaultIDRange.String(), "uids (= gids) QEMU processes run as, one per VM, and groups of shared images and volumes (first-last)")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&format, "log-format", "text", "text (key=value) or json (one object a line)")
 	f.StringVar(&configFile, "config", defaultConfig, "YAML file of settings (keys are flag names; flags override it)")

@@ -264,6 +264,9 @@ func newVMShow(g *globals) *cobra.Command {
 				s, st := v.Spec, v.Status
 				fmt.Fprintf(w, "Name:\t%s\nState:\t%s\nWanted:\t%s\nHost:\t%s\nPID:\t%d\nUptime:\t%s\nAccelerator:\t%s\n",
 					s.Name, st.State, s.Power, s.Host, st.PID, uptime(st), st.Accelerator)
+				if st.UID != 0 {
+					fmt.Fprintf(w, "QEMU uid:\t%d\n", st.UID)
+				}
 				fmt.Fprintf(w, "CPUs:\t%d (%s)\nMemory:\t%d MiB\nMachine:\t%s\nRestart policy:\t%s\nRestarts:\t%d\n",
 					s.CPUs, s.CPUModel, s.MemoryMiB, s.Machine, s.RestartPolicy, st.Restarts)
 				if st.Reason != "" {

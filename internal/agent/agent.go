@@ -50,6 +50,9 @@ type Config struct {
 	IOWorkers int
 	// Secrets opens sealed cloud-init user-data (the manager seals it).
 	Secrets *secrets.Box
+	// VMIDs is the range QEMU uids and file groups come from (default
+	// inventory.DefaultIDRange).
+	VMIDs inventory.IDRange
 }
 
 // Agent is one host's agent.

@@ -326,8 +326,8 @@ func (m *machine) create(ctx context.Context, args v1.CreateArgs, progress func(
 	rev.Add(func() {
 		// A failed create leaves nothing behind: no volumes, no records.
 		bg := context.Background()
-		_, _ = m.a.cfg.Store.Txn(bg, nil, store.DeleteOp(inventory.StatusKey(m.name), store.AnyRevision),
-			store.DeleteOp(inventory.VMKey(m.name), store.AnyRevision))
+		_, _ = m.a.cfg.Store.Txn(bg, nil, append(m.releaseUID(bg), store.DeleteOp(inventory.StatusKey(m.name), store.AnyRevision),
+			store.DeleteOp(inventory.VMKey(m.name), store.AnyRevision))...)
 		_ = os.RemoveAll(logDir)
 		if err := m.a.cfg.Pool.DeleteVM(m.name, nil); err != nil {
 			m.log.Warn("roll back volume directory", "err", err)
@@ -457,20 +457,25 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 	}
 	rev := revert.New()
 	defer rev.Fail()
+	if err := ensureDir(logDir); err != nil {
+		return fmt.Errorf("start %s: %w", m.name, err)
+	}
+	sb, err := m.sandbox(ctx, spec, files, logDir)
+	if err != nil {
+		return err
+	}
+	defer closeAll(sb.Files)
 	taps := make([]string, len(spec.NICs))
 	for i, n := range spec.NICs {
 		if n.Mode != v1.NICBridge {
 			continue
 		}
 		taps[i] = network.TapName(m.name, i)
-		if err := network.EnsureTap(taps[i], n.Bridge); err != nil {
+		if err := network.EnsureTapFor(taps[i], n.Bridge, sb.UID, sb.GID); err != nil {
 			return errdefs.Field(fmt.Sprintf("nics[%d].bridge", i), err)
 		}
 		tap := taps[i]
 		rev.Add(func() { _ = network.DeleteTap(tap) })
-	}
-	if err := ensureDir(logDir); err != nil {
-		return fmt.Errorf("start %s: %w", m.name, err)
 	}
 	params := config.Params{Spec: spec, Accel: m.a.cfg.Caps.Accel, RunDir: runDir,
 		LogDir: logDir, Disks: files, Taps: taps}
@@ -484,13 +489,13 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 	for i := range status.Disks {
 		status.Disks[i].Node = config.NodeName(status.Disks[i].Name)
 	}
-	if err := m.setStatus(ctx, func(st *v1.VMStatus) { st.State = v1.StateStarting; st.Disks = status.Disks }); err != nil {
+	if err := m.setStatus(ctx, func(st *v1.VMStatus) { st.State, st.Disks, st.UID = v1.StateStarting, status.Disks, sb.UID }); err != nil {
 		return err
 	}
 	rev.Add(func() {
 		_ = m.setStatus(context.Background(), func(st *v1.VMStatus) { st.State = v1.StateStopped; st.PID = 0 })
 	})
-	inst, err := qemu.Start(ctx, m.a.cfg.Caps, m.name, runDir, argv, m.log)
+	inst, err := qemu.StartAs(ctx, m.a.cfg.Caps, m.name, runDir, argv, sb, m.log)
 	if err != nil {
 		return err
 	}
@@ -613,8 +618,8 @@ func (m *machine) delete(ctx context.Context, args v1.DeleteArgs) error {
 	}
 	_ = os.RemoveAll(runDir)
 	_ = os.RemoveAll(logDir)
-	if _, err := m.a.cfg.Store.Txn(ctx, nil, store.DeleteOp(inventory.StatusKey(m.name), store.AnyRevision),
-		store.DeleteOp(inventory.VMKey(m.name), store.AnyRevision)); err != nil {
+	if _, err := m.a.cfg.Store.Txn(ctx, nil, append(m.releaseUID(ctx), store.DeleteOp(inventory.StatusKey(m.name), store.AnyRevision),
+		store.DeleteOp(inventory.VMKey(m.name), store.AnyRevision))...); err != nil {
 		return fmt.Errorf("delete %s: %w", m.name, err)
 	}
 	m.gone = true

@@ -132,8 +132,7 @@ func (m *machine) media(ctx context.Context, a v1.MediaArgs) error {
 	if err != nil {
 		return errdefs.Field("image", err)
 	}
-	return m.inst.Mon.Execute(ctx, "blockdev-change-medium", map[string]any{"id": id, "filename": iso.Path,
-		"format": "raw", "read-only-mode": "read-only"}, nil)
+	return m.changeMedium(ctx, id, iso.Path)
 }
 
 // snapshot puts an overlay on every disk at one instant (and with Memory
@@ -453,10 +452,10 @@ func (m *machine) toTemplate(ctx context.Context, tname string, progress func(fl
 		}
 		t.Disks = append(t.Disks, v1.Disk{Name: d.Name, Bus: bus, Volume: pool.Name + "/" + dst})
 	}
-	if _, err := m.a.cfg.Store.Txn(ctx, nil,
+	if _, err := m.a.cfg.Store.Txn(ctx, nil, append(m.releaseUID(ctx),
 		store.PutOp(inventory.TemplateKey(tname), inventory.Marshal(t), store.MustNotExist),
 		store.DeleteOp(inventory.VMKey(m.name), store.AnyRevision),
-		store.DeleteOp(inventory.StatusKey(m.name), store.AnyRevision)); err != nil {
+		store.DeleteOp(inventory.StatusKey(m.name), store.AnyRevision))...); err != nil {
 		return fmt.Errorf("record template %s: %w", tname, err)
 	}
 	rev.Success()
@@ -522,11 +521,18 @@ func (m *machine) clone(ctx context.Context, a v1.CloneArgs, progress func(float
 	consistency := "copied while stopped"
 	if m.inst != nil {
 		consistency = "crash-consistent"
+		dir, err := m.a.cfg.Pool.VMDir(a.Name)
+		if err == nil {
+			err = m.shareForBackup(ctx, dir) // its QEMU writes the copies
+		}
+		if err != nil {
+			return fmt.Errorf("clone %s: %w", m.name, err)
+		}
 		thaw := m.freeze(ctx)
 		if thaw != nil {
 			consistency = "filesystem-consistent"
 		}
-		err := blockops.Backup(ctx, m.inst.Mon, disks, targets, report)
+		err = blockops.Backup(ctx, m.inst.Mon, disks, targets, report)
 		if thaw != nil {
 			thaw() // always, also when the copy failed
 		}

@@ -19,6 +19,7 @@ import (
 	"hangar/internal/agent"
 	"hangar/internal/authn"
 	"hangar/internal/etcdembed"
+	"hangar/internal/inventory"
 	"hangar/internal/manager"
 	"hangar/internal/pki"
 	"hangar/internal/qemu"
@@ -58,6 +59,9 @@ type Config struct {
 	// requests may name files outside the storage pools: disk images, ISOs
 	// and import sources (storage.HostPaths). None by default.
 	ImportDirs []string
+	// VMUIDRange is "first-last", the uids (and file groups) QEMU runs
+	// as; "" is inventory.DefaultIDRange.
+	VMUIDRange string
 	Log        *slog.Logger
 }
 
@@ -126,6 +130,12 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	ids := inventory.DefaultIDRange
+	if cfg.VMUIDRange != "" {
+		if ids, err = inventory.ParseIDRange(cfg.VMUIDRange); err != nil {
+			return nil, fmt.Errorf("--vm-uid-range: %w", err)
+		}
+	}
 	etcdTLS, err := hostTLS(cfg)
 	if err != nil {
 		return nil, err
@@ -165,7 +175,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	ag, err := agent.New(agent.Config{Host: cfg.Host, DataDir: cfg.DataDir, RunDir: cfg.RunDir, Store: st, Caps: caps,
-		Pool: pool, HostPaths: hostPaths, Log: cfg.Log, StopTimeout: cfg.StopTimeout, Secrets: box})
+		Pool: pool, HostPaths: hostPaths, Log: cfg.Log, StopTimeout: cfg.StopTimeout, Secrets: box, VMIDs: ids})
 	if err != nil {
 		return nil, err
 	}

@@ -20,8 +20,13 @@ func TapName(vm string, nic int) string {
 }
 
 // EnsureTap creates (or reuses) a persistent tap named name, attaches it to
-// bridge and brings it up.
-func EnsureTap(name, bridge string) error {
+// bridge and brings it up. Only root may attach to it.
+func EnsureTap(name, bridge string) error { return EnsureTapFor(name, bridge, 0, 0) }
+
+// EnsureTapFor is EnsureTap for a tap that a process running as uid (with
+// group gid) attaches to by name, as QEMU does with ifname= when it runs
+// unprivileged. A tap left over with another owner is recreated.
+func EnsureTapFor(name, bridge string, uid, gid int) error {
 	br, err := netlink.LinkByName(bridge)
 	if err != nil {
 		return fmt.Errorf("tap %s: bridge %q: %w", name, bridge, ErrNoBridge)
@@ -29,13 +34,26 @@ func EnsureTap(name, bridge string) error {
 	if _, ok := br.(*netlink.Bridge); !ok {
 		return fmt.Errorf("tap %s: %q is a %s, not a bridge: %w", name, bridge, br.Type(), ErrNoBridge)
 	}
+	if uid < 0 || gid < 0 {
+		return fmt.Errorf("tap %s: bad owner %d:%d", name, uid, gid)
+	}
 	link, err := netlink.LinkByName(name)
+	if err == nil {
+		if t, ok := link.(*netlink.Tuntap); !ok || int(t.Owner) != uid || int(t.Group) != gid {
+			if err := netlink.LinkDel(link); err != nil {
+				return fmt.Errorf("replace tap %s of another owner: %w", name, err)
+			}
+			link, err = nil, errors.New("replaced")
+		}
+	}
 	if err != nil {
 		tap := &netlink.Tuntap{
 			LinkAttrs: netlink.LinkAttrs{Name: name},
 			Mode:      netlink.TUNTAP_MODE_TAP,
 			Flags:     netlink.TUNTAP_DEFAULTS | netlink.TUNTAP_VNET_HDR,
 			Queues:    1,
+			Owner:     uint32(uid),
+			Group:     uint32(gid),
 		}
 		if err := netlink.LinkAdd(tap); err != nil {
 			return fmt.Errorf("create tap %s: %w", name, err)

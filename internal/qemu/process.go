@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -28,6 +29,9 @@ type Capabilities struct {
 	Version string
 	// Accel is "kvm" when /dev/kvm can be opened, else "tcg".
 	Accel string
+	// Setpriv is util-linux's setpriv, which starts QEMU unprivileged
+	// (StartAs); "" when it is not installed.
+	Setpriv string
 }
 
 // Detect finds qemu-system-x86_64 (or $HANGAR_QEMU) and the accelerator:
@@ -50,6 +54,9 @@ func Detect(ctx context.Context, accel string) (Capabilities, error) {
 	}
 	first, _, _ := strings.Cut(string(out), "\n")
 	c.Version = strings.TrimSpace(strings.TrimPrefix(first, "QEMU emulator version "))
+	if p, err := exec.LookPath("setpriv"); err == nil {
+		c.Setpriv = p
+	}
 	switch accel {
 	case "", "auto":
 		c.Accel = "tcg"
@@ -117,30 +124,69 @@ func (i *Instance) ShutdownEvent() *Shutdown {
 	return i.sd
 }
 
-// Start runs QEMU with argv in its own session (so that the agent's death
-// does not kill it), output to runDir/qemu.log, and connects QMP. The guest
-// is left paused when argv has -S.
+// Sandbox is who a QEMU process runs as: an unprivileged uid and gid with
+// supplementary groups, all capabilities dropped (effective, permitted,
+// inheritable, ambient and the bounding set) and no_new_privs set, from
+// before QEMU's first instruction.
+type Sandbox struct {
+	UID, GID int
+	Groups   []int
+	// Files are handed to QEMU as file descriptors 3, 4, … (for -add-fd);
+	// Start closes nothing of them.
+	Files []*os.File
+}
+
+// Start runs QEMU as root (tests, raw benchmark runs); see StartAs.
 func Start(ctx context.Context, caps Capabilities, name, runDir string, argv []string, log *slog.Logger) (*Instance, error) {
+	return StartAs(ctx, caps, name, runDir, argv, nil, log)
+}
+
+// StartAs runs QEMU with argv in its own session (so that the agent's
+// death does not kill it), output to runDir/qemu.log, and connects QMP.
+// The guest is left paused when argv has -S. With a sandbox, runDir (0700)
+// is owned by its uid and QEMU is started through setpriv(1), which
+// switches ids, empties every capability set and sets no_new_privs, then
+// execs QEMU in the same process (the pid, pidfile and session stay
+// QEMU's).
+func StartAs(ctx context.Context, caps Capabilities, name, runDir string, argv []string, sb *Sandbox, log *slog.Logger) (*Instance, error) {
 	if err := os.MkdirAll(runDir, 0o700); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	if err := os.Chmod(runDir, 0o700); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
+	bin, args := caps.Binary, argv
+	if sb != nil {
+		if sb.UID <= 0 || sb.GID <= 0 {
+			return nil, fmt.Errorf("start %s: sandbox uid %d gid %d: must not be root", name, sb.UID, sb.GID)
+		}
+		if caps.Setpriv == "" {
+			return nil, fmt.Errorf("start %s: setpriv not found (apt-get install util-linux): qemu cannot be started unprivileged", name)
+		}
+		if err := os.Lchown(runDir, sb.UID, sb.GID); err != nil {
+			return nil, fmt.Errorf("start %s: %w", name, err)
+		}
+		bin, args = caps.Setpriv, append(setprivArgs(*sb, caps.Binary), argv...)
+	}
 	for _, f := range []string{config.QMPSocket, config.ConsoleSocket, config.PIDFile} {
 		_ = os.Remove(filepath.Join(runDir, f))
 	}
-	logf, err := os.OpenFile(filepath.Join(runDir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	// O_NOFOLLOW: an unprivileged QEMU owns runDir and could have left a
+	// symlink to a host file in its place.
+	logf, err := os.OpenFile(filepath.Join(runDir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(caps.Binary, argv...)
+	cmd := exec.Command(bin, args...)
 	cmd.Dir = runDir
 	cmd.Stdin = nil
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if sb != nil {
+		cmd.ExtraFiles = sb.Files
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
@@ -159,10 +205,27 @@ func Start(ctx context.Context, caps Capabilities, name, runDir string, argv []s
 	return inst, nil
 }
 
+// setprivArgs runs qemu as sb: real, effective and saved ids switched,
+// supplementary groups set (or cleared), the inheritable, ambient and
+// bounding capability sets emptied (the kernel clears the effective and
+// permitted sets when a process with no root uid execs), no_new_privs set.
+func setprivArgs(sb Sandbox, qemu string) []string {
+	groups := "--clear-groups"
+	if len(sb.Groups) > 0 {
+		gs := make([]string, len(sb.Groups))
+		for i, g := range sb.Groups {
+			gs[i] = strconv.Itoa(g)
+		}
+		groups = "--groups=" + strings.Join(gs, ",")
+	}
+	return []string{"--reuid=" + strconv.Itoa(sb.UID), "--regid=" + strconv.Itoa(sb.GID), groups,
+		"--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", qemu}
+}
+
 // Adopt takes over a QEMU that an earlier agent started: it checks that the
 // pid in runDir's pidfile is that VM's QEMU and connects its QMP socket.
 func Adopt(ctx context.Context, name, runDir string, log *slog.Logger) (*Instance, error) {
-	b, err := os.ReadFile(filepath.Join(runDir, config.PIDFile))
+	b, err := readNoFollow(filepath.Join(runDir, config.PIDFile), 32)
 	if err != nil {
 		return nil, fmt.Errorf("adopt %s: %w", name, err)
 	}
@@ -313,7 +376,7 @@ func containsArg(args []string, sub string) bool {
 }
 
 func logTail(runDir string) string {
-	b, err := os.ReadFile(filepath.Join(runDir, "qemu.log"))
+	b, err := readNoFollow(filepath.Join(runDir, "qemu.log"), 1<<20)
 	if err != nil || len(bytes.TrimSpace(b)) == 0 {
 		return ""
 	}
@@ -321,4 +384,18 @@ func logTail(runDir string) string {
 		b = b[len(b)-2000:]
 	}
 	return ": " + strings.TrimSpace(string(b))
+}
+
+// readNoFollow reads up to max bytes of a file in a run directory, which
+// an unprivileged QEMU owns: a symlink there is not followed.
+func readNoFollow(path string, max int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	return io.ReadAll(io.LimitReader(f, max))
 }

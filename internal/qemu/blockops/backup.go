@@ -124,6 +124,9 @@ func Backup(ctx context.Context, mon *qmp.Client, disks []Disk, targets map[stri
 			return fmt.Errorf("backup %s: %w", p.disk.Name, err)
 		}
 		created++
+		if err := ownLike(p.target, p.disk.Path); err != nil {
+			return fmt.Errorf("backup %s: %w", p.disk.Name, err)
+		}
 		args := map[string]any{"driver": "qcow2", "node-name": p.node, "file": fileNodeOptions(p.fileNode, p.target)}
 		if err := mon.Execute(ctx, "blockdev-add", args, nil); err != nil {
 			return fmt.Errorf("backup %s: %w", p.disk.Name, err)

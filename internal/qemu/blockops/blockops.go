@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"hangar/internal/qemu/qmp"
@@ -218,6 +219,36 @@ func createImage(ctx context.Context, args ...string) error {
 			return fmt.Errorf("qemu-img create: %w", err)
 		}
 		return fmt.Errorf("qemu-img create: %w: %s", err, msg)
+	}
+	return nil
+}
+
+// ownLike gives a new image the owner and group of ref, mode 0600: the
+// QEMU that has ref open (as the VM's own uid when it runs unprivileged)
+// must open the new file too. Nothing happens when ref is "" or when the
+// new file is a symlink (it was just created: someone swapped it).
+func ownLike(path, ref string) error {
+	if ref == "" {
+		return nil
+	}
+	st, err := os.Stat(ref)
+	if err != nil {
+		return fmt.Errorf("owner of %s: %w", ref, err)
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("set owner of %s: %w", path, err)
+	}
+	defer f.Close()
+	if err := f.Chown(int(sys.Uid), int(sys.Gid)); err != nil {
+		return fmt.Errorf("set owner of %s: %w", path, err)
+	}
+	if err := f.Chmod(0o600); err != nil {
+		return fmt.Errorf("set mode of %s: %w", path, err)
 	}
 	return nil
 }

@@ -119,6 +119,9 @@ func Snapshot(ctx context.Context, mon *qmp.Client, disks []Disk, overlayPaths m
 			return nil, fmt.Errorf("snapshot %s: %w", p.disk.Name, err)
 		}
 		created++
+		if err := ownLike(p.overlay, p.disk.Path); err != nil {
+			return nil, fmt.Errorf("snapshot %s: %w", p.disk.Name, err)
+		}
 		// The protocol node is defined inline, so blockdev-del of the format
 		// node removes both.
 		args := map[string]any{"driver": "qcow2", "node-name": p.node, "discard": "unmap",

@@ -25,7 +25,15 @@ const (
 type DiskFile struct {
 	Path   string
 	Format string // qcow2 or raw
+	// FD, when not 0, is a read-only descriptor QEMU inherits for a
+	// cdrom's medium (a host file outside every pool, which the VM's uid
+	// may not reach): it goes into fd set FD (-add-fd) and the medium is
+	// opened as /dev/fdset/FD. Path is then only for the record.
+	FD int
 }
+
+// FDSetPath is the name under which QEMU opens the descriptors of fd set n.
+func FDSetPath(n int) string { return fmt.Sprintf("/dev/fdset/%d", n) }
 
 // Params is everything argv depends on.
 type Params struct {
@@ -114,6 +122,13 @@ func Argv(p Params) ([]string, error) {
 				dev["bus"] = fmt.Sprintf("ide.%d", sata)
 			}
 			sata++
+			if f.FD != 0 {
+				if f.FD < 3 {
+					return nil, fmt.Errorf("argv: disk %s: fd %d is not an inherited descriptor", d.Name, f.FD)
+				}
+				a = append(a, "-add-fd", fmt.Sprintf("fd=%d,set=%d", f.FD, f.FD))
+				f.Path = FDSetPath(f.FD)
+			}
 			if f.Path != "" {
 				a = append(a,
 					"-blockdev", mustJSON(map[string]any{"driver": "file", "filename": f.Path, "node-name": "file-" + d.Name, "read-only": true}),

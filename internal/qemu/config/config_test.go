@@ -46,6 +46,14 @@ func TestArgvGolden(t *testing.T) {
 		Disks: []DiskFile{{Path: "/p/disk0.qcow2", Format: "qcow2"}, {Path: "/shared/quorum.raw", Format: "raw"},
 			{Path: "/iso/install.iso", Format: "raw"}, {}},
 	}
+	// A host ISO handed to an unprivileged QEMU as an inherited descriptor.
+	cases["cdrom-fd"] = Params{
+		Spec: v1.VMSpec{Name: "iso1", CPUs: 1, MemoryMiB: 256, Machine: "pc", CPUModel: "max",
+			Disks: []v1.Disk{{Name: "cd0", Image: "/srv/isos/install.iso", Bus: "sata", Media: "cdrom"}},
+			Boot:  []string{"cdrom"}},
+		Accel: "tcg", RunDir: "/run/hangar/vms/iso1", LogDir: "/var/lib/hangar/logs/iso1",
+		Disks: []DiskFile{{Path: "/srv/isos/install.iso", Format: "raw", FD: 3}},
+	}
 	for name, p := range cases {
 		t.Run(name, func(t *testing.T) {
 			argv, err := Argv(p)

@@ -1,30 +1,20 @@
 package inventory_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strconv"
 	"sync"
 	"testing"
-	"time"
 
-	"hangar/internal/etcdembed"
+	"hangar/internal/etcdembed/etcdtest"
 	"hangar/internal/inventory"
 	"hangar/internal/store"
 )
 
 func newInventory(t *testing.T) inventory.Inventory {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	m, err := etcdembed.Start(ctx, etcdembed.Config{DataDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
-	t.Cleanup(func() { _ = m.Close() })
-	return inventory.Inventory{S: store.NewEtcd(m.Client())}
+	return inventory.Inventory{S: store.NewEtcd(etcdtest.Start(t).Client())}
 }
 
 func TestParseIDRange(t *testing.T) {

@@ -80,6 +80,9 @@ func (m *machine) provision(ctx context.Context, spec v1.VMSpec, i int, d v1.Dis
 		if err != nil {
 			return v1.DiskStatus{}, errdefs.Field("cloudInit", err)
 		}
+		if err := os.MkdirAll(dirOf(path), 0o700); err != nil { // the seed may be the VM's first file
+			return v1.DiskStatus{}, err
+		}
 		if err := cloudinit.Seed(ctx, path, m.name, ci); err != nil {
 			return v1.DiskStatus{}, errdefs.Field("cloudInit", err)
 		}

@@ -274,6 +274,18 @@ func TestCLIVolumeNames(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil || v.Format != "qcow2" || v.VirtualSize != 48<<20 {
 		t.Fatalf("copied volume: %+v %v", v, err)
 	}
+	// On a terminal (script(1) gives it one) the same verbs draw a bar with
+	// bytes and rate.
+	if scriptBin, err := exec.LookPath("script"); err == nil {
+		line := strings.Join([]string{hangarBin, "--socket", s.socket, "volume", "upload", src, "default/images/tty.raw"}, " ")
+		out, err := exec.Command(scriptBin, "-qec", line, "/dev/null").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "█") || !strings.Contains(string(out), "MiB/s") || !strings.Contains(string(out), "48/48 MiB") {
+			t.Fatalf("upload on a terminal draws no bar with bytes and rate (%v):\n%q", err, out)
+		}
+		s.ok("volume", "rm", "default/images/tty.raw")
+	} else {
+		t.Log("script(1) is not installed: the progress bar on a terminal is not checked")
+	}
 	s.ok("volume", "rm", "default/images/big.qcow2")
 	s.ok("volume", "delete", name)
 	s.fails("want POOL/VOLUME", "volume", "delete", "big.raw")

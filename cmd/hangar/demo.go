@@ -52,8 +52,9 @@ server's log goes to <data-dir>/demo.log.`,
 			if _, err := os.Stat(image); err != nil {
 				return fmt.Errorf("--image: %w (build it with guest/build.sh)", err)
 			}
-			defer takeTerminal()()
-			dm := &demo{out: cmd.OutOrStdout(), name: name, image: image, port: port, cfg: cfg}
+			restore := takeTerminal()
+			defer restore()
+			dm := &demo{out: cmd.OutOrStdout(), name: name, image: image, port: port, cfg: cfg, restoreTerminal: restore}
 			dm.cfg.Socket = g.serverSocket(cmd, cfg.RunDir)
 			return dm.run(cmd.Context())
 		},
@@ -81,6 +82,8 @@ type demo struct {
 	guestUp     bool               // the guest reported ready: ask it to power off
 	force       context.CancelFunc // a second Ctrl-C during cleanup calls it
 	interrupted chan struct{}      // closed at the first Ctrl-C
+	// restoreTerminal gives the terminal's foreground back (see takeTerminal).
+	restoreTerminal func()
 }
 
 func (dm *demo) say(format string, a ...any) {
@@ -118,6 +121,9 @@ func (dm *demo) watchSignals(cancel context.CancelFunc) (stop func()) {
 				}
 			default:
 				fmt.Fprintf(dm.out, "leaving without cleaning up: vm %s may still run (the next demo removes it)\n", dm.name)
+				if dm.restoreTerminal != nil {
+					dm.restoreTerminal()
+				}
 				os.Exit(exitInterrupted)
 			}
 			dm.mu.Unlock()

@@ -277,6 +277,8 @@ func TestHostileAPI(t *testing.T) {
 		// Actions and their arguments.
 		{name: "unknown vm", method: "GET", path: "/api/v1/vms/ghost", status: 404, msg: `vm "ghost" not found`},
 		{name: "unknown op", method: "GET", path: "/api/v1/operations/" + uuid, status: 404, msg: `operation "` + uuid + `" not found`},
+		{name: "unknown pool", method: "GET", path: "/api/v1/pools/nope/volumes", status: 404, msg: `storage pool "nope" not found`},
+		{name: "unknown template", method: "GET", path: "/api/v1/templates/nope", status: 404, field: "name", msg: `template "nope" not found`},
 		{name: "unknown action", method: "POST", path: "/api/v1/vms/ghost/explode", status: 404, field: "action"},
 		{name: "stop body unknown field", method: "POST", path: "/api/v1/vms/ghost/stop", body: `{"gently":true}`, status: 400, field: "gently"},
 		{name: "stop timeout negative", method: "POST", path: "/api/v1/vms/target/stop", body: `{"timeoutSeconds":-1}`, status: 400, field: "timeoutSeconds"},

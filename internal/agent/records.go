@@ -278,7 +278,9 @@ func (r records) Pool(ctx context.Context, name string) (v1.StoragePool, error) 
 	if err := vm.ValidateName("name", name); err != nil {
 		return sp, badRecord("storage pool", err)
 	}
-	if _, err := store.GetJSON(ctx, r.S, inventory.PoolKey(name), &sp); err != nil {
+	if _, err := store.GetJSON(ctx, r.S, inventory.PoolKey(name), &sp); errors.Is(err, store.ErrNotFound) {
+		return sp, inventory.NotFound(err, "storage pool", name)
+	} else if err != nil {
 		return sp, fmt.Errorf("storage pool %q: %w", name, err)
 	}
 	if err := checkPool(name, sp); err != nil {
@@ -307,7 +309,9 @@ func (r records) Template(ctx context.Context, name string) (v1.Template, error)
 	if err := vm.ValidateName("name", name); err != nil {
 		return t, badRecord("template", err)
 	}
-	if _, err := store.GetJSON(ctx, r.S, inventory.TemplateKey(name), &t); err != nil {
+	if _, err := store.GetJSON(ctx, r.S, inventory.TemplateKey(name), &t); errors.Is(err, store.ErrNotFound) {
+		return t, inventory.NotFound(err, "template", name)
+	} else if err != nil {
 		return t, fmt.Errorf("template %q: %w", name, err)
 	}
 	if err := checkTemplate(name, t); err != nil {

@@ -85,8 +85,9 @@ type NotFoundError struct {
 func (e *NotFoundError) Error() string        { return fmt.Sprintf("%s %q not found", e.Kind, e.Name) }
 func (e *NotFoundError) Is(target error) bool { return target == store.ErrNotFound }
 
-// notFound turns the store's not-found into a NotFoundError of the record.
-func notFound(err error, kind, name string) error {
+// NotFound turns the store's not-found into a NotFoundError of the record
+// (kind "vm", "storage pool" …); other errors are returned as they are.
+func NotFound(err error, kind, name string) error {
 	if errors.Is(err, store.ErrNotFound) {
 		return &NotFoundError{Kind: kind, Name: name}
 	}
@@ -97,7 +98,7 @@ func notFound(err error, kind, name string) error {
 func (i Inventory) Spec(ctx context.Context, name string) (v1.VMSpec, int64, error) {
 	s, rev, err := get[v1.VMSpec](ctx, i.S, VMKey(name))
 	if errors.Is(err, store.ErrNotFound) {
-		return s, 0, notFound(err, "vm", name)
+		return s, 0, NotFound(err, "vm", name)
 	}
 	if err != nil {
 		return s, 0, fmt.Errorf("load vm %q: %w", name, err)
@@ -197,7 +198,7 @@ func (i Inventory) VMList(ctx context.Context) ([]v1.VM, error) {
 func (i Inventory) Op(ctx context.Context, id string) (v1.Operation, int64, error) {
 	op, rev, err := get[v1.Operation](ctx, i.S, OpKey(id))
 	if errors.Is(err, store.ErrNotFound) {
-		return op, 0, notFound(err, "operation", id)
+		return op, 0, NotFound(err, "operation", id)
 	}
 	if err != nil {
 		return op, 0, fmt.Errorf("load operation %q: %w", id, err)

@@ -26,7 +26,7 @@ demo: deps build guest
 	@./bin/hangar demo --image $(GUEST_DIR)/hangar-guest.qcow2 $(DEMO_FLAGS) || [ $$? -eq 130 ]
 
 test: deps guest
-	HANGAR_GUEST_DIR=$(GUEST_DIR) HANGAR_TEST_RACE=1 $(GO) test -race -count=1 -timeout 30m ./...
+	HANGAR_GUEST_DIR=$(GUEST_DIR) HANGAR_TEST_RACE=1 $(GO) test -race -count=1 -timeout 60m ./...
 
 bench: deps build guest
 	./bin/hangar bench boot --image $(GUEST_DIR)/hangar-guest.qcow2 --runs 5

@@ -54,7 +54,7 @@ func notOpen(t *testing.T, pid int, path string) {
 // after a restart on the old top the data is there.
 func TestSnapshotCommit(t *testing.T) {
 	img := needGuest(t)
-	ctx := testCtx(t, 2*time.Minute)
+	ctx := testCtx(t, 6*time.Minute)
 	dir := t.TempDir()
 	base := newOverlay(t, img, filepath.Join(dir, "disk0.qcow2"))
 	v := newVM(t, "snapvm", base)
@@ -154,7 +154,7 @@ func TestSnapshotCommit(t *testing.T) {
 // header: the new top carries QEMU's automatic name and both old nodes go.
 func TestCommitIntoAutoNamedBase(t *testing.T) {
 	img := needGuest(t)
-	ctx := testCtx(t, time.Minute)
+	ctx := testCtx(t, 3*time.Minute)
 	dir := t.TempDir()
 	mid := newOverlay(t, img, filepath.Join(dir, "mid.qcow2"))
 	top := newOverlay(t, mid, filepath.Join(dir, "disk0.qcow2"))
@@ -212,7 +212,7 @@ func TestCommitIntoAutoNamedBase(t *testing.T) {
 // to the disk as it was at the snapshot.
 func TestDiscardSnapshot(t *testing.T) {
 	img := needGuest(t)
-	ctx := testCtx(t, 2*time.Minute)
+	ctx := testCtx(t, 6*time.Minute)
 	dir := t.TempDir()
 	base := newOverlay(t, img, filepath.Join(dir, "disk0.qcow2"))
 	v := newVM(t, "discvm", base)
@@ -243,7 +243,7 @@ func TestDiscardSnapshot(t *testing.T) {
 // continues the same boot.
 func TestSaveLoadState(t *testing.T) {
 	img := needGuest(t)
-	ctx := testCtx(t, 2*time.Minute)
+	ctx := testCtx(t, 6*time.Minute)
 	dir := t.TempDir()
 	v := newVM(t, "statevm", newOverlay(t, img, filepath.Join(dir, "disk0.qcow2")))
 	bootID, _ := v.boot(ctx)
@@ -321,7 +321,7 @@ func TestSaveLoadState(t *testing.T) {
 // source keeps running.
 func TestBackupClone(t *testing.T) {
 	img := needGuest(t)
-	ctx := testCtx(t, 2*time.Minute)
+	ctx := testCtx(t, 6*time.Minute)
 	dir := t.TempDir()
 	src := newVM(t, "srcvm", newOverlay(t, img, filepath.Join(dir, "disk0.qcow2")))
 	src.boot(ctx)
@@ -394,7 +394,7 @@ func TestBackupClone(t *testing.T) {
 // VM runs again and the bandwidth limit is restored.
 func TestSaveStateCancel(t *testing.T) {
 	img := needGuest(t)
-	ctx := testCtx(t, time.Minute)
+	ctx := testCtx(t, 3*time.Minute)
 	v := newVM(t, "scvm", newOverlay(t, img, filepath.Join(t.TempDir(), "disk0.qcow2")))
 	v.start(ctx, "")
 	mon := v.inst.Mon
@@ -442,7 +442,7 @@ func TestSaveStateCancel(t *testing.T) {
 // TestBackupCancel: a cancelled backup leaves no job, node or file.
 func TestBackupCancel(t *testing.T) {
 	img := needGuest(t)
-	ctx := testCtx(t, time.Minute)
+	ctx := testCtx(t, 3*time.Minute)
 	dir := t.TempDir()
 	v := newVM(t, "bcvm", newOverlay(t, img, filepath.Join(dir, "disk0.qcow2")))
 	v.start(ctx, "")
@@ -472,7 +472,7 @@ func TestBackupCancel(t *testing.T) {
 // TestBlockResize grows a running VM's disk; the guest sees the new size.
 func TestBlockResize(t *testing.T) {
 	img := needGuest(t)
-	ctx := testCtx(t, 2*time.Minute)
+	ctx := testCtx(t, 6*time.Minute)
 	dir := t.TempDir()
 	disk := newOverlay(t, img, filepath.Join(dir, "disk0.qcow2"))
 	v := newVM(t, "resizevm", disk)
@@ -500,7 +500,7 @@ func TestBlockResize(t *testing.T) {
 // transaction.
 func TestSnapshotFailure(t *testing.T) {
 	img := needGuest(t)
-	ctx := testCtx(t, 2*time.Minute)
+	ctx := testCtx(t, 6*time.Minute)
 	dir := t.TempDir()
 	data := filepath.Join(dir, "disk1.qcow2")
 	if err := createImage(ctx, "-f", "qcow2", data, "16M"); err != nil {

@@ -264,6 +264,9 @@ func (a *Agent) pruneOps(ctx context.Context) error {
 	}
 	cut := time.Now().Add(-OpRetention)
 	for i, op := range ops {
+		if vm.ValidateOpID("id", op.ID) != nil {
+			continue // refused when it was queued; not ours to clean up
+		}
 		if op.Host == a.cfg.Host && op.Done() && op.Updated.Before(cut) {
 			if err := a.cfg.Store.Delete(ctx, inventory.OpKey(op.ID), revs[i]); err != nil && !errors.Is(err, store.ErrConflict) {
 				return err

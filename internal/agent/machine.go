@@ -286,18 +286,23 @@ func (m *machine) load(ctx context.Context) (v1.VMSpec, v1.VMStatus, error) {
 }
 
 // setStatus updates the VM's observed status: f changes the record as
-// read, and the write is conditioned on the revision read (a concurrent
-// writer makes it read and apply f again).
+// read, and the write is conditioned on the status revision read and on the
+// spec that places the VM on this host being unchanged (a concurrent writer
+// makes it read and apply f again; a VM placed elsewhere is not written).
 func (m *machine) setStatus(ctx context.Context, f func(*v1.VMStatus)) error {
 	for attempt := 1; ; attempt++ {
-		st, rev, err := m.a.inv.statusRev(ctx, m.name)
+		rec, err := m.a.inv.statusForUpdate(ctx, m.name)
 		if err != nil {
 			return err
 		}
+		if rec.Spec != nil && rec.Spec.Host != m.a.cfg.Host {
+			return fmt.Errorf("status of vm %q: it is placed on host %q, not on %q: %w", m.name, rec.Spec.Host, m.a.cfg.Host, errdefs.ErrPrecondition)
+		}
+		st := rec.VMStatus
 		f(&st)
 		st.Host = m.a.cfg.Host
 		st.UpdatedAt = time.Now().UTC()
-		_, err = m.a.inv.PutStatusRev(ctx, m.name, st, rev)
+		_, err = m.a.inv.UpdateStatus(ctx, m.name, st, rec.Rev, rec.SpecRev)
 		if errors.Is(err, store.ErrConflict) && attempt < 10 {
 			m.log.Debug("status changed meanwhile, applying the update again", "attempt", attempt)
 			continue

@@ -19,7 +19,9 @@ import (
 // as strictly as the API checks a request before the agent builds a path,
 // an argv or a decision from it: anyone who can write to etcd must not be
 // able to steer the (root) agent outside its pools, data and run dirs. A
-// record that fails is refused with inventory.ErrInvalidRecord.
+// record that fails is refused with inventory.ErrInvalidRecord. The lists
+// it does not override (VMList, Ops) serve display and in-use checks only:
+// nothing is built from them.
 type records struct {
 	inventory.Inventory
 	a *Agent
@@ -106,30 +108,39 @@ func checkSpec(name string, spec v1.VMSpec) error {
 
 // Status returns a VM's checked status.
 func (r records) Status(ctx context.Context, name string) (v1.VMStatus, error) {
-	st, _, err := r.statusRev(ctx, name)
-	return st, err
+	st, err := r.statusForUpdate(ctx, name)
+	return st.VMStatus, err
 }
 
-// statusRev returns a VM's checked status and its revision
-// (store.MustNotExist when there is none yet).
-func (r records) statusRev(ctx context.Context, name string) (v1.VMStatus, int64, error) {
+// statusRecord is a checked status with what a conditioned update needs:
+// its revision, and the spec (nil: none) and spec revision it was checked
+// against (store.MustNotExist for either when there is none).
+type statusRecord struct {
+	v1.VMStatus
+	Rev     int64
+	Spec    *v1.VMSpec
+	SpecRev int64
+}
+
+// statusForUpdate returns a VM's checked status with its revisions.
+func (r records) statusForUpdate(ctx context.Context, name string) (statusRecord, error) {
 	if err := vm.ValidateName("name", name); err != nil {
-		return v1.VMStatus{}, 0, badRecord("vm status", err)
+		return statusRecord{}, badRecord("vm status", err)
 	}
 	st, rev, err := r.StatusRev(ctx, name)
 	if err != nil {
-		return st, rev, err
+		return statusRecord{}, err
 	}
-	var spec *v1.VMSpec
-	if s, _, err := r.Spec(ctx, name); err == nil {
-		spec = &s
+	out := statusRecord{VMStatus: st, Rev: rev, SpecRev: store.MustNotExist}
+	if s, srev, err := r.Spec(ctx, name); err == nil {
+		out.Spec, out.SpecRev = &s, srev
 	} else if !errors.Is(err, store.ErrNotFound) {
-		return v1.VMStatus{}, 0, err
+		return statusRecord{}, err
 	}
-	if err := r.a.checkStatus(ctx, name, st, spec); err != nil {
-		return v1.VMStatus{}, 0, err
+	if err := r.a.checkStatus(ctx, name, st, out.Spec); err != nil {
+		return statusRecord{}, err
 	}
-	return st, rev, nil
+	return out, nil
 }
 
 var knownStates = map[string]bool{v1.StateCreating: true, v1.StateStopped: true, v1.StateStarting: true,

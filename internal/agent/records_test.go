@@ -314,6 +314,26 @@ func TestSetStatusIsCompareAndSwap(t *testing.T) {
 	if st.Restarts != 7 || st.Reason != "mine" || calls != 2 {
 		t.Fatalf("status %+v after %d calls: the concurrent write was lost or not re-applied", st, calls)
 	}
+
+	// The spec that places the VM changes between read and write: the
+	// update is applied again to what the new spec says; once the VM is
+	// placed on another host this agent no longer writes its status.
+	calls = 0
+	err = m.setStatus(ctx, func(st *v1.VMStatus) {
+		calls++
+		if calls == 1 {
+			moved := validSpec("cas1")
+			moved.Host = "otherhost"
+			ta.put(t, inventory.VMKey("cas1"), moved)
+		}
+		st.Reason = "late"
+	})
+	if err == nil || !strings.Contains(err.Error(), `placed on host "otherhost"`) || calls != 1 {
+		t.Fatalf("status write for a vm placed elsewhere: %v after %d calls", err, calls)
+	}
+	if st, _ := ta.a.inv.Inventory.Status(ctx, "cas1"); st.Reason != "mine" {
+		t.Fatalf("a late status write landed after the vm moved: reason %q", st.Reason)
+	}
 }
 
 // TestOpResultDoesNotOverwriteTakeover: an operation whose record changed

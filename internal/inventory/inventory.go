@@ -137,11 +137,15 @@ func (i Inventory) StatusRev(ctx context.Context, name string) (v1.VMStatus, int
 	return st, rev, nil
 }
 
-// PutStatusRev writes a VM's observed status if its record still has
-// revision rev (store.MustNotExist: there is none); a changed record is
-// store.ErrConflict.
-func (i Inventory) PutStatusRev(ctx context.Context, name string, st v1.VMStatus, rev int64) (int64, error) {
-	r, err := i.S.Put(ctx, StatusKey(name), Marshal(st), rev)
+// UpdateStatus writes a VM's observed status in one transaction
+// conditioned on the status record still having revision rev
+// (store.MustNotExist: there is none) and the VM's spec — which names the
+// host that owns the VM — still having revision specRev (store.MustNotExist:
+// there is no spec). A changed record is store.ErrConflict: read both
+// again and re-apply the change.
+func (i Inventory) UpdateStatus(ctx context.Context, name string, st v1.VMStatus, rev, specRev int64) (int64, error) {
+	r, err := i.S.Txn(ctx, []store.Cond{{Key: VMKey(name), ExpectRev: specRev}},
+		store.PutOp(StatusKey(name), Marshal(st), rev))
 	if err != nil {
 		return 0, fmt.Errorf("write status of vm %q: %w", name, err)
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -47,5 +49,21 @@ func TestApplyConfig(t *testing.T) {
 	f, _, _, _ = testFlags()
 	if err := applyConfig(f, "h.yaml", []byte("")); err != nil {
 		t.Errorf("empty file: %v", err)
+	}
+}
+
+// TestShippedConfig: contrib/hangar.yaml is a valid config of the real
+// serve command, commented keys included.
+func TestShippedConfig(t *testing.T) {
+	b, err := os.ReadFile("../../contrib/hangar.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uncommented := regexp.MustCompile(`(?m)^# ([a-z-]+: )`).ReplaceAll(b, []byte("$1"))
+	for _, in := range [][]byte{b, uncommented} {
+		serve := newServe(&globals{})
+		if err := applyConfig(serve.Flags(), "contrib/hangar.yaml", in); err != nil {
+			t.Fatalf("%v\n%s", err, in)
+		}
 	}
 }

@@ -45,13 +45,27 @@ func run(args []string) int {
 		return exitInterrupted
 	}
 	fmt.Fprintln(os.Stderr, "error:", err)
-	if strings.HasPrefix(err.Error(), "unknown command ") || strings.HasPrefix(err.Error(), "unknown flag") ||
-		strings.HasPrefix(err.Error(), "unknown shorthand flag") {
+	if isUsageError(err) {
 		if c, _, ferr := root.Find(args); ferr == nil {
+			if strings.HasPrefix(err.Error(), "accepts ") || strings.HasPrefix(err.Error(), "requires ") {
+				fmt.Fprintf(os.Stderr, "Usage: %s\n", c.UseLine())
+			}
 			fmt.Fprintf(os.Stderr, "Run '%s --help' for usage.\n", c.CommandPath())
 		}
 	}
 	return 1
+}
+
+// isUsageError tells cobra's and pflag's errors about the command line
+// itself from errors of the work.
+func isUsageError(err error) bool {
+	for _, p := range []string{"unknown command ", "unknown flag", "unknown shorthand flag", "accepts ", "requires at least ",
+		"flag needs an argument", "invalid argument "} {
+		if strings.HasPrefix(err.Error(), p) {
+			return true
+		}
+	}
+	return false
 }
 
 type globals struct {

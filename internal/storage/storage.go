@@ -307,6 +307,20 @@ func imageInfo(ctx context.Context, path, format string, shared bool) (ImageInfo
 // whose chain is already MaxChainDepth files long is refused
 // (ErrChainTooDeep).
 func (p *Pool) CreateDisk(ctx context.Context, vmName string, d v1.Disk) (v1.DiskStatus, error) {
+	st, err := p.createDisk(ctx, vmName, d)
+	if errors.Is(err, errReleased) {
+		// The copy brought in was released (its last VM deleted) between
+		// bringing it in and layering on it: bring it in once more.
+		st, err = p.createDisk(ctx, vmName, d)
+	}
+	return st, err
+}
+
+// errReleased: the image createDisk brought in is gone before the overlay
+// was made on it.
+var errReleased = fmt.Errorf("the image was released meanwhile: %w", ErrNoImage)
+
+func (p *Pool) createDisk(ctx context.Context, vmName string, d v1.Disk) (v1.DiskStatus, error) {
 	dir, err := p.VMDir(vmName)
 	if err != nil {
 		return v1.DiskStatus{}, err
@@ -368,7 +382,7 @@ func (p *Pool) CreateDisk(ctx context.Context, vmName string, d v1.Disk) (v1.Dis
 			return st, fmt.Errorf("create disk %s: %w", d.Name, err)
 		}
 		if _, err := os.Stat(d.Image); err != nil {
-			return st, fmt.Errorf("create disk %s: image %s: %w", d.Name, d.Image, ErrNoImage)
+			return st, fmt.Errorf("create disk %s: image %s: %w", d.Name, d.Image, errReleased)
 		}
 		root, err := p.root()
 		if err != nil {

@@ -211,6 +211,9 @@ func (dm *demo) boot(ctx context.Context, d *daemon.Daemon) error {
 	spec := v1.VMSpec{Name: dm.name, CPUs: 1, MemoryMiB: 256,
 		Disks: []v1.Disk{{Image: dm.image}},
 		NICs:  []v1.NIC{{Mode: v1.NICUser, Forwards: []v1.Forward{{HostPort: dm.port, GuestPort: 80}}}}}
+	if err := ctx.Err(); err != nil {
+		return err // interrupted: create nothing
+	}
 	dm.say("creating vm %s…", dm.name)
 	t0 := time.Now()
 	// The request itself is not cut by Ctrl-C: once sent, the VM exists

@@ -2,8 +2,10 @@ package manager
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"mime"
 	"net"
@@ -38,6 +40,48 @@ var bodyLimits = map[string]int64{
 var mediaTypes = map[string][]string{
 	"PUT /api/v1/pools/{pool}/volumes/{vol}/data": {"application/octet-stream"},
 	"PATCH /api/v1/vms/{name}":                    {"application/json", "application/merge-patch+json"},
+}
+
+// noBody are routes that take no request body: a body there would be
+// ignored, and a caller who sent {"force":true} to DELETE /vms/x would
+// think it counted. (POST /vms/{name}/{action} takes one only for stop.)
+var noBody = map[string]bool{
+	"DELETE /api/v1/vms/{name}":                       true,
+	"POST /api/v1/vms/{name}/suspend":                 true,
+	"POST /api/v1/vms/{name}/snapshots/{snap}/revert": true,
+	"DELETE /api/v1/vms/{name}/snapshots/{snap}":      true,
+	"DELETE /api/v1/templates/{name}":                 true,
+	"DELETE /api/v1/operations/{id}":                  true,
+	"DELETE /api/v1/pools/{pool}/volumes/{vol}":       true,
+	"POST /api/v1/pools/{pool}/volumes/{vol}/flatten": true,
+}
+
+// takesNoBody reports whether the request's route takes no body.
+func takesNoBody(pattern string, r *http.Request) bool {
+	if pattern == "POST /api/v1/vms/{name}/{action}" {
+		p := r.URL.EscapedPath()
+		return p[strings.LastIndexByte(p, '/')+1:] != "stop"
+	}
+	return noBody[pattern]
+}
+
+// checkNoBody refuses a body (other than nothing, {} or null) on a route
+// that takes none.
+func checkNoBody(r *http.Request) error {
+	if r.ContentLength == 0 {
+		return nil
+	}
+	b, err := io.ReadAll(io.LimitReader(r.Body, 65))
+	if err != nil {
+		return &v1.Error{Code: v1.CodeInvalidArgument, Field: "body", Message: "body: " + err.Error()}
+	}
+	switch string(bytes.TrimSpace(b)) {
+	case "", "{}", "null":
+		r.Body = http.NoBody
+		return nil
+	}
+	return &v1.Error{Code: v1.CodeInvalidArgument, Field: "body",
+		Message: fmt.Sprintf("body: %s %s takes no body (options are query parameters, like ?force=true)", r.Method, truncate(r.URL.EscapedPath(), 200))}
 }
 
 func bodyLimit(pattern string) int64 {
@@ -152,6 +196,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) string {
 				return pattern
 			}
 			r.Body = http.MaxBytesReader(w, r.Body, n)
+		}
+		if takesNoBody(pattern, r) {
+			if err := checkNoBody(r); err != nil {
+				writeErr(w, err)
+				return pattern
+			}
 		}
 	}
 	s.mux.ServeHTTP(w, r)

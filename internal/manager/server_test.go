@@ -189,6 +189,10 @@ func TestEdge(t *testing.T) {
 		{"PUT", "/api/v1/pools/default/volumes/images%2Fa.raw/data", "application/json", "{}", 415, v1.CodeUnsupportedMediaType, "Content-Type", ""},
 		{"POST", "/api/v1/vms/x/stop", "application/json", `{"x":"` + strings.Repeat("y", 70<<10) + `"}`, 413, v1.CodeTooLarge, "body", ""},
 		{"POST", "/api/v1/vms", "application/json", `{"x":"` + strings.Repeat("y", 1<<20) + `"}`, 413, v1.CodeTooLarge, "body", ""},
+		{"DELETE", "/api/v1/vms/x", "application/json", `{"force":true}`, 400, v1.CodeInvalidArgument, "body", ""},
+		{"POST", "/api/v1/vms/x/reboot", "application/json", `{"hard":true}`, 400, v1.CodeInvalidArgument, "body", ""},
+		{"POST", "/api/v1/vms/x/reboot", "application/json", `{}`, 404, v1.CodeNotFound, "", ""},
+		{"POST", "/api/v1/vms/x/stop", "application/json", `{"force":true}`, 404, v1.CodeNotFound, "", ""},
 		{"POST", "/api/v1/vms", "application/json", `{"name":"Big","memoryMiB":64,"cloudInit":{"metaData":"` + strings.Repeat("y", 500<<10) + `"}}`, 400, v1.CodeInvalidArgument, "name", ""},
 	}
 	for _, c := range cases {

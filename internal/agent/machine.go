@@ -651,6 +651,7 @@ func (m *machine) recover(ctx context.Context) {
 			state = v1.StatePaused
 		}
 		m.adoptFacts(ctx, inst)
+		m.checkAdoptedUID(ctx, inst.PID)
 		m.watch(inst)
 		if n, err := blockops.CancelAll(ctx, inst.Mon); err != nil {
 			m.log.Warn("cancel orphan block jobs", "err", err)

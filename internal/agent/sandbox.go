@@ -223,3 +223,34 @@ func closeAll(fs []*os.File) {
 		f.Close()
 	}
 }
+
+// checkAdoptedUID compares the uid an adopted QEMU runs as with the one
+// recorded for the VM: a mismatch (a QEMU from before QEMU ran
+// unprivileged, or a record changed meanwhile) is logged, and the status
+// shows the uid the process really has.
+func (m *machine) checkAdoptedUID(ctx context.Context, pid int) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return
+	}
+	running := -1
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Uid:"); ok {
+			if f := strings.Fields(rest); len(f) > 0 {
+				running, _ = strconv.Atoi(f[0])
+			}
+		}
+	}
+	recorded, _, err := m.a.inv.IDOf(ctx, m.a.idRange(), vmOwner(m.name))
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		m.log.Warn("recorded uid", "err", err)
+	}
+	if running != recorded {
+		m.log.Warn("adopted qemu runs as another uid than recorded", "pid", pid, "uid", running, "recorded", recorded)
+	}
+	if running >= 0 {
+		if err := m.setStatus(ctx, func(st *v1.VMStatus) { st.UID = running }); err != nil {
+			m.log.Warn("write status", "err", err)
+		}
+	}
+}

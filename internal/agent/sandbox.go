@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	v1 "hangar/api/v1"
 	"hangar/internal/inventory"
@@ -54,6 +55,7 @@ func vmOwner(name string) inventory.IDOwner {
 // sets files[i].FD for cdrom media passed as descriptors; the caller
 // closes the returned sandbox's Files once QEMU has started.
 func (m *machine) sandbox(ctx context.Context, spec v1.VMSpec, files []config.DiskFile, logDir string) (sb *qemu.Sandbox, err error) {
+	began := time.Now()
 	uid, err := m.a.inv.AllocID(ctx, m.a.idRange(), vmOwner(m.name))
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", m.name, err)
@@ -62,7 +64,9 @@ func (m *machine) sandbox(ctx context.Context, spec v1.VMSpec, files []config.Di
 	defer func() {
 		if err != nil {
 			closeAll(sb.Files)
+			return
 		}
+		m.log.Debug("sandbox prepared", "uid", uid, "groups", sb.Groups, "fds", len(sb.Files), "dur", time.Since(began))
 	}()
 	if err := storage.OpenPath(filepath.Join(m.a.cfg.RunDir, "vms")); err != nil {
 		return nil, err

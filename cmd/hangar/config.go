@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"sort"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -64,7 +63,7 @@ func applyConfig(flags *pflag.FlagSet, path string, b []byte) error {
 		f := flags.Lookup(k.Value)
 		if f == nil || !known[k.Value] {
 			msg := fmt.Sprintf("%s:%d: unknown setting %q", path, k.Line, k.Value)
-			if s := nearest(k.Value, known); s != "" {
+			if s := suggest(k.Value, known); s != "" {
 				msg += fmt.Sprintf(" (did you mean %q?)", s)
 			}
 			return errors.New(msg)
@@ -100,27 +99,4 @@ func applyConfig(flags *pflag.FlagSet, path string, b []byte) error {
 		}
 	}
 	return nil
-}
-
-// nearest is the known name closest to s (see suggest).
-func nearest(s string, known map[string]bool) string {
-	names := make([]string, 0, len(known))
-	for k := range known {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	best, bestD := "", 1<<30
-	for _, k := range names {
-		d := editDistance(strings.ToLower(s), strings.ToLower(k))
-		if strings.HasPrefix(k, s) && len(s) >= 3 {
-			d = min(d, 1)
-		}
-		if d < bestD {
-			best, bestD = k, d
-		}
-	}
-	if bestD <= max(2, len(best)/3) {
-		return best
-	}
-	return ""
 }

@@ -197,7 +197,7 @@ func jsonFields(t reflect.Type) map[string]reflect.StructField {
 // suggest returns the known name closest to s: a case-insensitive match, a
 // known name that starts with s, or one within an edit distance of a third
 // of its length.
-func suggest(s string, known map[string]reflect.StructField) string {
+func suggest[V any](s string, known map[string]V) string {
 	names := make([]string, 0, len(known))
 	for k := range known {
 		names = append(names, k)

@@ -54,13 +54,13 @@ func vmOwner(name string) inventory.IDOwner {
 // uid, the ownership of its files and the groups of the shared ones. It
 // sets files[i].FD for cdrom media passed as descriptors; the caller
 // closes the returned sandbox's Files once QEMU has started.
-func (m *machine) sandbox(ctx context.Context, spec v1.VMSpec, files []config.DiskFile, logDir string) (sb *qemu.Sandbox, err error) {
+func (m *machine) sandbox(ctx context.Context, spec v1.VMSpec, files []config.DiskFile, logDir string) (_ *qemu.Sandbox, err error) {
 	began := time.Now()
 	uid, err := m.a.inv.AllocID(ctx, m.a.idRange(), vmOwner(m.name))
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", m.name, err)
 	}
-	sb = &qemu.Sandbox{UID: uid, GID: uid}
+	sb := &qemu.Sandbox{UID: uid, GID: uid}
 	defer func() {
 		if err != nil {
 			closeAll(sb.Files)
@@ -68,6 +68,9 @@ func (m *machine) sandbox(ctx context.Context, spec v1.VMSpec, files []config.Di
 		}
 		m.log.Debug("sandbox prepared", "uid", uid, "groups", sb.Groups, "fds", len(sb.Files), "dur", time.Since(began))
 	}()
+	if err := os.MkdirAll(filepath.Join(m.a.cfg.RunDir, "vms"), 0o700); err != nil {
+		return nil, fmt.Errorf("start %s: %w", m.name, err)
+	}
 	if err := storage.OpenPath(filepath.Join(m.a.cfg.RunDir, "vms")); err != nil {
 		return nil, err
 	}
@@ -256,5 +259,14 @@ func (m *machine) checkAdoptedUID(ctx context.Context, pid int) {
 		if err := m.setStatus(ctx, func(st *v1.VMStatus) { st.UID = running }); err != nil {
 			m.log.Warn("write status", "err", err)
 		}
+	}
+}
+
+// releaseFileGroup frees the group of a pool file that is gone (a deleted
+// volume or template disk); a file that never had one is fine.
+func (a *Agent) releaseFileGroup(ctx context.Context, pool, name string) {
+	o := inventory.IDOwner{Kind: inventory.IDKindFile, Name: pool + "/" + name}
+	if err := a.inv.ReleaseID(ctx, a.idRange(), o); err != nil {
+		a.cfg.Log.Warn("release file group", "file", o.Name, "err", err)
 	}
 }

@@ -613,7 +613,14 @@ func (a *Agent) DeleteTemplate(ctx context.Context, t v1.Template) error {
 	if err != nil {
 		return err
 	}
-	return os.RemoveAll(dir)
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	for _, d := range t.Disks {
+		_, name, _ := strings.Cut(d.Volume, "/")
+		a.releaseFileGroup(ctx, p.Name, name)
+	}
+	return nil
 }
 
 // resize grows one of the VM's disks: live through QEMU while it runs,

@@ -128,7 +128,11 @@ func (a *Agent) DeleteVolume(ctx context.Context, pool, name string) error {
 	if vms := used[path]; len(vms) > 0 {
 		return fmt.Errorf("volume %s/%s is a disk of %s: %w", pool, name, strings.Join(vms, ", "), storage.ErrInUse)
 	}
-	return p.DeleteVolume(ctx, name)
+	if err := p.DeleteVolume(ctx, name); err != nil {
+		return err
+	}
+	a.releaseFileGroup(ctx, p.Name, name)
+	return nil
 }
 
 // ResizeVolume grows a volume no VM uses (a VM's disk grows through a

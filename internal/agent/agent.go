@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	v1 "hangar/api/v1"
 	"hangar/internal/errdefs"
 	"hangar/internal/inventory"
@@ -68,6 +70,8 @@ type Agent struct {
 	ctx     context.Context
 	workers sync.WaitGroup
 	ready   chan struct{}
+	live    liveSet                  // running QEMUs, for VMStats (stats.go)
+	opDur   *prometheus.HistogramVec // durations of finished operations
 
 	// crashAt names a point of create+start at which the agent kills its
 	// own process with SIGKILL (crashPoint). Test-only: the kill-9
@@ -103,7 +107,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, facts: facts, io: newIOPool(cfg.IOWorkers),
-		vms: map[string]*machine{}, queued: map[string]bool{}, ready: make(chan struct{}),
+		vms: map[string]*machine{}, queued: map[string]bool{}, ready: make(chan struct{}), opDur: newOpHistogram(),
 		crashAt: os.Getenv("HANGAR_TEST_CRASH_AT")}
 	a.inv = records{Inventory: inventory.Inventory{S: cfg.Store}, a: a}
 	return a, nil

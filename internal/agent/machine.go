@@ -149,6 +149,8 @@ func (m *machine) runOp(ctx context.Context, id string) {
 	// is not overwritten.
 	if _, err := inv.PutOp(ctx, op, rev); err != nil {
 		m.log.Error("record operation result", "op", id, "state", op.State, "err", err)
+	} else {
+		m.a.observeOp(op)
 	}
 	m.a.crashPoint("op-finished")
 }
@@ -535,8 +537,10 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 // watch hands the instance's exit to the worker.
 func (m *machine) watch(inst *qemu.Instance) {
 	m.inst = inst
+	m.a.live.set(m.name, inst)
 	go func() {
 		<-inst.Exited()
+		m.a.live.drop(m.name, inst)
 		m.a.enqueue(m.name, task{exited: inst})
 	}()
 }

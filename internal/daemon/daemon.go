@@ -196,7 +196,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		cancel()
 		return nil, ctx.Err()
 	}
-	api := manager.New(manager.Config{Store: st, Consoles: ag, Volumes: ag, Pools: ag, Secrets: box, Log: cfg.Log})
+	api := manager.New(manager.Config{Store: st, Metrics: ag, Consoles: ag, Volumes: ag, Pools: ag, Secrets: box, Log: cfg.Log})
 	d.srv = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	_ = os.Remove(cfg.Socket)
 	ln, err := net.Listen("unix", cfg.Socket)

@@ -16,11 +16,16 @@ var (
 	descHostCPUs = prometheus.NewDesc("hangar_host_cpus", "Logical CPUs of the host.", []string{"host"}, nil)
 	descHostMem  = prometheus.NewDesc("hangar_host_memory_bytes", "Memory of the host.", []string{"host"}, nil)
 	descHostUsed = prometheus.NewDesc("hangar_host_memory_allocated_bytes", "Memory allocated to VMs that are not stopped.", []string{"host"}, nil)
-	descHostVMs  = prometheus.NewDesc("hangar_host_vms", "VMs placed on the host.", []string{"host"}, nil)
+	descHostVMs  = prometheus.NewDesc("hangar_host_vms", "VMs placed on the host (counted from the VM records at scrape time).", []string{"host"}, nil)
 	descOps      = prometheus.NewDesc("hangar_operations", "Operations by state.", []string{"state"}, nil)
 )
 
-// collector reads the inventory at scrape time.
+// vmStates are the states hangar_vms always reports, 0 when no VM is in one.
+var vmStates = []string{v1.StateCreating, v1.StateStopped, v1.StateStarting, v1.StateRunning, v1.StatePaused,
+	v1.StateStopping, v1.StateCrashed, v1.StateSuspended, v1.StateError}
+
+// collector reads the inventory at scrape time, so a VM deleted a moment
+// ago is gone from every count of the next scrape.
 type collector struct{ inv inventory.Inventory }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
@@ -32,17 +37,26 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if vms, err := c.inv.VMList(ctx); err == nil {
+	vms, vmErr := c.inv.VMList(ctx)
+	if vmErr == nil {
 		counts := map[string]int{}
-		for _, s := range []string{v1.StateRunning, v1.StateStopped, v1.StatePaused, v1.StateCrashed} {
+		for _, s := range vmStates {
 			counts[s] = 0
 		}
 		for _, v := range vms {
-			counts[v.Status.State]++
+			if _, known := counts[v.Status.State]; known {
+				counts[v.Status.State]++
+			} else {
+				counts[v1.StateError]++ // a record with no or an unknown state
+			}
 		}
 		for s, n := range counts {
 			ch <- prometheus.MustNewConstMetric(descVMs, prometheus.GaugeValue, float64(n), s)
 		}
+	}
+	placed := map[string]int{}
+	for _, v := range vms {
+		placed[v.Spec.Host]++
 	}
 	if hosts, err := c.inv.HostInfos(ctx); err == nil {
 		for _, h := range hosts {
@@ -54,13 +68,20 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descHostCPUs, prometheus.GaugeValue, float64(h.CPUs), h.Name)
 			ch <- prometheus.MustNewConstMetric(descHostMem, prometheus.GaugeValue, float64(h.MemoryMiB)*(1<<20), h.Name)
 			ch <- prometheus.MustNewConstMetric(descHostUsed, prometheus.GaugeValue, float64(h.AllocatedMemoryMiB)*(1<<20), h.Name)
-			ch <- prometheus.MustNewConstMetric(descHostVMs, prometheus.GaugeValue, float64(h.VMs), h.Name)
+			if vmErr == nil {
+				ch <- prometheus.MustNewConstMetric(descHostVMs, prometheus.GaugeValue, float64(placed[h.Name]), h.Name)
+			}
 		}
 	}
 	if ops, _, _, err := c.inv.Ops(ctx); err == nil {
 		counts := map[string]int{}
+		for _, st := range []string{v1.OpPending, v1.OpRunning, v1.OpSucceeded, v1.OpFailed, v1.OpCancelled} {
+			counts[st] = 0
+		}
 		for _, o := range ops {
-			counts[o.State]++
+			if _, known := counts[o.State]; known {
+				counts[o.State]++
+			}
 		}
 		for s, n := range counts {
 			ch <- prometheus.MustNewConstMetric(descOps, prometheus.GaugeValue, float64(n), s)

@@ -65,6 +65,8 @@ type Config struct {
 	// as given).
 	Secrets *secrets.Box
 	Log     *slog.Logger
+	// Metrics adds the host agents' per-VM usage to /metrics (nil: none).
+	Metrics prometheus.Collector
 	// MaxWait bounds ?wait= (default 10 min).
 	MaxWait time.Duration
 }
@@ -94,6 +96,9 @@ func New(cfg Config) *Server {
 	s := &Server{cfg: cfg, inv: inventory.Inventory{S: cfg.Store}, mux: http.NewServeMux(), csrf: http.NewCrossOriginProtection()}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{inv: s.inv}, prometheus.NewGoCollector())
+	if cfg.Metrics != nil {
+		reg.MustRegister(cfg.Metrics)
+	}
 	m := s.mux
 	s.route("GET /api/v1/vms", s.listVMs)
 	s.route("POST /api/v1/vms", s.createVM)

@@ -87,8 +87,15 @@ type ImportArgs struct {
 	CPUs      int    `json:"cpus,omitempty"`
 	MemoryMiB int    `json:"memoryMiB,omitempty"`
 	Start     bool   `json:"start,omitempty"`
-	// Forwards for the user-mode NIC of the imported VM.
+	// Forwards for the (first) user-mode NIC of the imported VM.
 	Forwards []Forward `json:"forwards,omitempty"`
+	// Networks map an OVF network name to a host bridge ("user" for a
+	// user-mode NIC); the NICs of an unmapped network are user-mode NICs,
+	// with a warning.
+	Networks map[string]string `json:"networks,omitempty"`
+	// DeploymentOption is the OVF DeploymentOptionSection configuration
+	// to import ("" for the appliance's default).
+	DeploymentOption string `json:"deploymentOption,omitempty"`
 }
 
 // MediaArgs insert (Image set) or eject (Image empty) a cdrom's medium.

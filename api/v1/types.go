@@ -202,6 +202,9 @@ type Operation struct {
 	Created  time.Time       `json:"created"`
 	Updated  time.Time       `json:"updated"`
 	Attempts int             `json:"attempts,omitempty"`
+	// Warnings say what the operation left out or changed (an import's
+	// unmapped networks, unattached disks…).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Done reports whether the operation reached a final state.

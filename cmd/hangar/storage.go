@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -127,18 +128,33 @@ func newImport(g *globals) *cobra.Command {
 	var name string
 	var cpus, memory int
 	var start bool
-	var forwards []string
+	var forwards, networks []string
+	var option string
 	imp := opCmd(g, &cobra.Command{Use: "import FILE", Short: "Create a VM from an OVA/OVF, VMDK, VHD, VHDX, qcow2 or raw image, or a block device (P2V)",
 		Long: `Create a VM from a foreign disk or appliance: an OVA or OVF (CPUs, memory and disks
 from its descriptor), a VMDK, VHD, VHDX, qcow2 or raw image, or a block device such as
-/dev/sdb (P2V). The disks are converted into new qcow2 volumes; the source is not changed.`,
-		Example: "  hangar import appliance.ova --start\n  hangar import disk.vmdk --name legacy --memory 1024 --forward 2222:22",
+/dev/sdb (P2V). The disks are converted into new qcow2 volumes; the source is not changed.
+An appliance's NICs keep their order and MACs; --network maps each OVF network to a host
+bridge (or "user"), and NICs of unmapped networks become user-mode NICs, with a warning.
+--deployment-option picks an OVF DeploymentOptionSection configuration (default: the
+appliance's default); an unknown one is refused with the list the appliance offers.`,
+		Example: "  hangar import appliance.ova --start\n  hangar import appliance.ova --network \"VM Network=br0\" --deployment-option small\n  hangar import disk.vmdk --name legacy --memory 1024 --forward 2222:22",
 		Args:    cobra.ExactArgs(1)},
 		func(cmd *cobra.Command, a []string) (v1.Operation, error) {
 			if err := firstErr(atLeast(cmd, "cpus", int64(cpus), 1), atLeast(cmd, "memory", int64(memory), 1)); err != nil {
 				return v1.Operation{}, err
 			}
-			args := v1.ImportArgs{Path: a[0], Name: name, CPUs: cpus, MemoryMiB: memory, Start: start}
+			args := v1.ImportArgs{Path: a[0], Name: name, CPUs: cpus, MemoryMiB: memory, Start: start, DeploymentOption: option}
+			for _, n := range networks {
+				net, to, ok := strings.Cut(n, "=")
+				if !ok || net == "" || to == "" {
+					return v1.Operation{}, fmt.Errorf("--network %q: want OVFNETWORK=BRIDGE (or OVFNETWORK=user)", n)
+				}
+				if args.Networks == nil {
+					args.Networks = map[string]string{}
+				}
+				args.Networks[net] = to
+			}
 			for _, f := range forwards {
 				fw, err := parseForward(f)
 				if err != nil {
@@ -146,13 +162,19 @@ from its descriptor), a VMDK, VHD, VHDX, qcow2 or raw image, or a block device s
 				}
 				args.Forwards = append(args.Forwards, fw)
 			}
-			return g.client().Import(cmd.Context(), args, 0)
+			op, err := g.client().Import(cmd.Context(), args, 0)
+			for _, w := range op.Warnings {
+				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
+			}
+			return op, err
 		})
 	imp.Flags().StringVar(&name, "name", "", "VM name (default: from the appliance or file name)")
 	imp.Flags().IntVar(&cpus, "cpus", 0, "virtual CPUs (default: from the OVF, else 1)")
 	imp.Flags().IntVar(&memory, "memory", 0, "memory in MiB (default: from the OVF, else 512)")
 	imp.Flags().BoolVar(&start, "start", false, "start the VM once imported")
-	imp.Flags().StringArrayVar(&forwards, "forward", nil, "HOSTPORT:GUESTPORT for the user-mode NIC")
+	imp.Flags().StringArrayVar(&forwards, "forward", nil, "HOSTPORT:GUESTPORT for the (first) user-mode NIC")
+	imp.Flags().StringArrayVar(&networks, "network", nil, `OVFNETWORK=BRIDGE: put the NICs of an OVF network on a host bridge ("user": user-mode NICs)`)
+	imp.Flags().StringVar(&option, "deployment-option", "", "OVF deployment option (configuration id) to import (default: the appliance's default)")
 	return imp
 }
 

@@ -32,13 +32,14 @@ type applianceFiles struct {
 	ovf      []byte
 	mfName   string // "" without a manifest
 	pkg      pkgFiles
+	opt      Options
 }
 
 // planAppliance checks an OVF package (references, sizes, manifest
 // checksums, every disk's headers) and returns its plan.
 func planAppliance(ctx context.Context, a applianceFiles) (Plan, error) {
 	defer a.pkg.close()
-	env, err := parseOVF(a.ovfName, a.ovf)
+	env, err := parseOVF(a.ovfName, a.ovf, a.opt)
 	if err != nil {
 		return Plan{}, err
 	}
@@ -48,22 +49,34 @@ func planAppliance(ctx context.Context, a applianceFiles) (Plan, error) {
 	if err := verifyManifest(ctx, env, a); err != nil {
 		return Plan{}, err
 	}
-	p, err := env.plan(a.ovfName, a.fallback)
+	p, drives, err := env.plan(a.ovfName, a.fallback)
 	if err != nil {
 		return Plan{}, err
 	}
 	p.Kind = a.kind
-	names := diskNames(env.Disks)
-	for i, d := range env.Disks {
-		src, err := applianceDisk(ctx, env, d, a.pkg)
-		if err != nil {
-			return Plan{}, err
+	disks := make([]ovfDisk, len(drives))
+	for i, d := range drives {
+		disks[i] = d.disk
+	}
+	names := diskNames(disks)
+	for i, d := range drives {
+		src := Source{VirtualSize: d.capacity}
+		if d.capacity == 0 {
+			if src, err = applianceDisk(ctx, env, d.disk, a.pkg); err != nil {
+				return Plan{}, err
+			}
 		}
 		src.Name = names[i]
 		p.Disks = append(p.Disks, src)
 	}
 	if len(p.Disks) == 0 {
-		return Plan{}, malformed("%s: OVF has no disks", a.ovfName)
+		if p.DeploymentOption != "" {
+			return Plan{}, malformed("%s: OVF attaches no disk in deployment option %q", a.ovfName, p.DeploymentOption)
+		}
+		return Plan{}, malformed("%s: OVF attaches no disk", a.ovfName)
+	}
+	for _, w := range p.Warnings {
+		slog.WarnContext(ctx, "import: the plan leaves out or changes part of the appliance", "ovf", a.ovfName, "warning", w)
 	}
 	return p, nil
 }
@@ -144,7 +157,7 @@ func applianceDisk(ctx context.Context, env *ovfEnvelope, d ovfDisk, pkg pkgFile
 }
 
 // inspectOVF plans the import of an .ovf and the files beside it.
-func inspectOVF(ctx context.Context, path string, im image) (Plan, error) {
+func inspectOVF(ctx context.Context, path string, im image, opt Options) (Plan, error) {
 	if im.size > maxOVF {
 		return Plan{}, malformed("%s: %d bytes, too large for an OVF", im.name, im.size)
 	}
@@ -153,7 +166,7 @@ func inspectOVF(ctx context.Context, path string, im image) (Plan, error) {
 		return Plan{}, err
 	}
 	dir := &ovfDir{dir: filepath.Dir(path)}
-	a := applianceFiles{kind: "ovf", fallback: nameFromFile(path), ovfName: im.name, ovf: desc, pkg: dir}
+	a := applianceFiles{kind: "ovf", fallback: nameFromFile(path), ovfName: im.name, ovf: desc, pkg: dir, opt: opt}
 	mf := strings.TrimSuffix(im.name, filepath.Ext(im.name)) + ".mf"
 	if _, err := os.Lstat(filepath.Join(dir.dir, mf)); err == nil {
 		a.mfName = mf

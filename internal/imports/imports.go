@@ -42,9 +42,22 @@ type Plan struct {
 	Name      string // VM name suggested by the source, a DNS label
 	CPUs      int    // from the OVF, else 0 (the caller's default)
 	MemoryMiB int    // from the OVF, else 0
-	NICs      int    // OVF network adapters
+	NICs      []NIC  // OVF network adapters, in order
 	Disks     []Source
 	Kind      string // "ova", "ovf", "vmdk", "vhd", "vhdx", "qcow2", "raw", "block"
+	// DeploymentOption is the OVF configuration planned ("" when the OVF
+	// has none); DeploymentOptions are all it offers, in order.
+	DeploymentOption  string
+	DeploymentOptions []string
+	// Warnings say what of the source the plan leaves out or changes.
+	Warnings []string
+}
+
+// NIC is a network adapter of an appliance.
+type NIC struct {
+	Label   string // the OVF item's ElementName or InstanceID
+	Network string // the OVF network it connects to (rasd:Connection), "" for none
+	MAC     string // a unicast MAC the OVF gives, normalised; "" for none
 }
 
 // Formats are the qemu-img drivers a Source may name.
@@ -67,14 +80,19 @@ func malformed(format string, a ...any) error {
 // Inspect reads a file (or a block device, for P2V) and returns the plan
 // without writing anything.
 func Inspect(ctx context.Context, path string) (Plan, error) {
-	p, err := inspect(ctx, path)
+	return InspectWith(ctx, path, Options{})
+}
+
+// InspectWith is Inspect with choices among what an appliance offers.
+func InspectWith(ctx context.Context, path string, opt Options) (Plan, error) {
+	p, err := inspect(ctx, path, opt)
 	if err != nil {
 		return Plan{}, fmt.Errorf("import %s: %w", path, err)
 	}
 	return p, nil
 }
 
-func inspect(ctx context.Context, path string) (Plan, error) {
+func inspect(ctx context.Context, path string, opt Options) (Plan, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return Plan{}, err
@@ -85,6 +103,9 @@ func inspect(ctx context.Context, path string) (Plan, error) {
 	}
 	switch {
 	case fi.Mode()&fs.ModeDevice != 0 && fi.Mode()&fs.ModeCharDevice == 0:
+		if opt.DeploymentOption != "" {
+			return Plan{}, fmt.Errorf("%w %q: only an OVA or OVF offers deployment options", ErrDeploymentOption, opt.DeploymentOption)
+		}
 		return inspectBlock(ctx, abs)
 	case !fi.Mode().IsRegular():
 		return Plan{}, malformed("not a regular file or block device (%s)", fi.Mode().Type())
@@ -103,9 +124,12 @@ func inspect(ctx context.Context, path string) (Plan, error) {
 	}
 	switch kind {
 	case "ova":
-		return inspectOVA(ctx, abs, f, fi.Size())
+		return inspectOVA(ctx, abs, f, fi.Size(), opt)
 	case "ovf":
-		return inspectOVF(ctx, abs, im)
+		return inspectOVF(ctx, abs, im, opt)
+	}
+	if opt.DeploymentOption != "" {
+		return Plan{}, fmt.Errorf("%w %q: only an OVA or OVF offers deployment options", ErrDeploymentOption, opt.DeploymentOption)
 	}
 	src, err := inspectDisk(ctx, im, Source{Path: abs}, filepath.Dir(abs), strings.ToLower(filepath.Ext(abs)))
 	if err != nil {

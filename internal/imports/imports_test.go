@@ -126,7 +126,7 @@ func TestOVA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if plan.Kind != "ova" || plan.Name != "web-01" || plan.CPUs != 2 || plan.MemoryMiB != 1024 || plan.NICs != 2 || len(plan.Disks) != 1 {
+	if plan.Kind != "ova" || plan.Name != "web-01" || plan.CPUs != 2 || plan.MemoryMiB != 1024 || len(plan.NICs) != 2 || len(plan.Disks) != 1 {
 		t.Fatalf("plan %+v", plan)
 	}
 	src := plan.Disks[0]

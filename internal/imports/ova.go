@@ -25,7 +25,7 @@ type ova struct {
 }
 
 // inspectOVA plans the import of an OVA without extracting it.
-func inspectOVA(ctx context.Context, path string, f *os.File, size int64) (Plan, error) {
+func inspectOVA(ctx context.Context, path string, f *os.File, size int64, opt Options) (Plan, error) {
 	members, err := scanTar(f, size)
 	if err != nil {
 		return Plan{}, err
@@ -50,7 +50,7 @@ func inspectOVA(ctx context.Context, path string, f *os.File, size int64) (Plan,
 		return Plan{}, err
 	}
 	return planAppliance(ctx, applianceFiles{
-		kind: "ova", fallback: nameFromFile(path), ovfName: ovfName, ovf: desc, mfName: mfName, pkg: o,
+		kind: "ova", fallback: nameFromFile(path), ovfName: ovfName, ovf: desc, mfName: mfName, pkg: o, opt: opt,
 	})
 }
 

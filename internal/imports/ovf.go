@@ -3,9 +3,12 @@ package imports
 import (
 	"bytes"
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -20,19 +23,29 @@ const (
 
 // rasd ResourceType values (CIM_ResourceAllocationSettingData).
 const (
+	rasdOther     = 1
 	rasdProcessor = 3
 	rasdMemory    = 4
 	rasdEthernet  = 10
+	rasdCD        = 15
+	rasdDVD       = 16
+	rasdDiskDrive = 17
 )
 
 // ovfEnvelope is the part of an OVF descriptor an import uses. Element and
 // attribute names match in any namespace; the root's namespace is checked.
 type ovfEnvelope struct {
-	XMLName    xml.Name
-	Files      []ovfFile   `xml:"References>File"`
-	Disks      []ovfDisk   `xml:"DiskSection>Disk"`
-	Systems    []ovfSystem `xml:"VirtualSystem"`
-	Collection []struct{}  `xml:"VirtualSystemCollection"`
+	XMLName  xml.Name
+	Files    []ovfFile    `xml:"References>File"`
+	Disks    []ovfDisk    `xml:"DiskSection>Disk"`
+	Options  []ovfConfig  `xml:"DeploymentOptionSection>Configuration"`
+	Systems  []ovfNode    `xml:"VirtualSystem"`
+	Colls    []ovfNode    `xml:"VirtualSystemCollection"`
+	Content  []ovfNode    `xml:"Content"`
+	Sections []ovfSection `xml:",any"`
+
+	sys    *ovfNode // the one VirtualSystem
+	option string   // the deployment option in force, "" without a DeploymentOptionSection
 }
 
 type ovfFile struct {
@@ -49,25 +62,83 @@ type ovfDisk struct {
 	Capacity string `xml:"capacity,attr"`
 	Units    string `xml:"capacityAllocationUnits,attr"`
 	Format   string `xml:"format,attr"`
+	Parent   string `xml:"parentRef,attr"`
 }
 
-type ovfSystem struct {
-	ID       string `xml:"id,attr"`
-	Name     string `xml:"Name"`
-	Hardware []struct {
-		Items []ovfItem `xml:"Item"`
-		Ports []ovfItem `xml:"EthernetPortItem"`
-	} `xml:"VirtualHardwareSection"`
+type ovfConfig struct {
+	ID      string `xml:"id,attr"`
+	Default string `xml:"default,attr"`
+}
+
+// ovfNode is a VirtualSystem, a VirtualSystemCollection or a Content
+// element whose xsi:type says which of the two it is.
+type ovfNode struct {
+	XMLName  xml.Name
+	Type     string        `xml:"type,attr"`
+	ID       string        `xml:"id,attr"`
+	Name     string        `xml:"Name"`
+	Hardware []ovfHardware `xml:"VirtualHardwareSection"`
+	Systems  []ovfNode     `xml:"VirtualSystem"`
+	Colls    []ovfNode     `xml:"VirtualSystemCollection"`
+	Content  []ovfNode     `xml:"Content"`
+	Sections []ovfSection  `xml:",any"`
+}
+
+type ovfHardware struct {
+	Configuration string       `xml:"configuration,attr"`
+	Items         []ovfItem    `xml:"Item"`
+	Ports         []ovfItem    `xml:"EthernetPortItem"`
+	Storage       []ovfItem    `xml:"StorageItem"`
+	Other         []ovfSection `xml:",any"`
+}
+
+// ovfSection is any other element: only its name and ovf:required matter.
+type ovfSection struct {
+	XMLName  xml.Name
+	Required string `xml:"required,attr"`
 }
 
 type ovfItem struct {
-	ResourceType string `xml:"ResourceType"`
-	Quantity     string `xml:"VirtualQuantity"`
-	Units        string `xml:"AllocationUnits"`
+	ResourceType  string   `xml:"ResourceType"`
+	SubType       string   `xml:"ResourceSubType"`
+	Quantity      string   `xml:"VirtualQuantity"`
+	Units         string   `xml:"AllocationUnits"`
+	InstanceID    string   `xml:"InstanceID"`
+	ElementName   string   `xml:"ElementName"`
+	Parent        string   `xml:"Parent"`
+	HostResource  []string `xml:"HostResource"`
+	Address       string   `xml:"Address"`
+	Connection    []string `xml:"Connection"`
+	Bound         string   `xml:"bound,attr"`
+	Configuration string   `xml:"configuration,attr"`
 }
 
-// parseOVF decodes and checks an OVF descriptor.
-func parseOVF(name string, b []byte) (*ovfEnvelope, error) {
+// knownSections are the elements an import understands or may ignore
+// without changing the VM; an element not listed that says
+// ovf:required="true" makes the import fail (DSP0243).
+var knownSections = map[string]bool{
+	"Info": true, "Name": true, "Strings": true, "References": true, "DiskSection": true, "NetworkSection": true,
+	"DeploymentOptionSection": true, "VirtualSystem": true, "VirtualSystemCollection": true, "Content": true,
+	"AnnotationSection": true, "ProductSection": true, "EulaSection": true, "OperatingSystemSection": true,
+	"VirtualHardwareSection": true, "ResourceAllocationSection": true, "StartupSection": true,
+	// inside a VirtualHardwareSection
+	"System": true, "Item": true, "EthernetPortItem": true, "StorageItem": true,
+}
+
+// Options choose among what an appliance offers.
+type Options struct {
+	// DeploymentOption is the id of an OVF DeploymentOptionSection
+	// Configuration; "" is the appliance's default.
+	DeploymentOption string
+}
+
+// ErrDeploymentOption is wrapped by the error for a deployment option the
+// appliance does not offer (or a source that offers none).
+var ErrDeploymentOption = errors.New("unknown deployment option")
+
+// parseOVF decodes and checks an OVF descriptor and picks its VirtualSystem
+// and deployment option.
+func parseOVF(name string, b []byte, opt Options) (*ovfEnvelope, error) {
 	var env ovfEnvelope
 	d := xml.NewDecoder(bytes.NewReader(b))
 	if err := d.Decode(&env); err != nil {
@@ -76,18 +147,131 @@ func parseOVF(name string, b []byte) (*ovfEnvelope, error) {
 	if env.XMLName.Local != "Envelope" || env.XMLName.Space != ovfNS1 && env.XMLName.Space != ovfNS2 {
 		return nil, malformed("%s: not an OVF envelope (root {%s}%s)", name, env.XMLName.Space, env.XMLName.Local)
 	}
-	if len(env.Collection) > 0 || len(env.Systems) > 1 {
-		return nil, malformed("%s: OVF with several virtual systems is not supported", name)
+	if err := checkRequired(name, env.Sections); err != nil {
+		return nil, err
 	}
-	if len(env.Systems) == 0 {
+	root := ovfNode{Systems: env.Systems, Colls: env.Colls, Content: env.Content}
+	var systems []*ovfNode
+	if err := root.collect(name, &systems); err != nil {
+		return nil, err
+	}
+	switch {
+	case len(systems) == 0 && (len(env.Colls) > 0 || len(env.Content) > 0):
+		return nil, malformed("%s: OVF VirtualSystemCollection holds no VirtualSystem", name)
+	case len(systems) == 0:
 		return nil, malformed("%s: OVF without a VirtualSystem", name)
+	case len(systems) > 1:
+		return nil, malformed("%s: OVF with %d virtual systems (a multi-VM vApp) is not supported", name, len(systems))
 	}
+	env.sys = systems[0]
 	for _, f := range env.Files {
 		if err := checkFile(name, f); err != nil {
 			return nil, err
 		}
 	}
+	if err := env.chooseOption(name, opt.DeploymentOption); err != nil {
+		return nil, err
+	}
 	return &env, nil
+}
+
+// collect gathers the VirtualSystems under n, checking every level's
+// required sections.
+func (n *ovfNode) collect(name string, out *[]*ovfNode) error {
+	if err := checkRequired(name, n.Sections); err != nil {
+		return err
+	}
+	for _, h := range n.Hardware {
+		if err := checkRequired(name, h.Other); err != nil {
+			return err
+		}
+	}
+	for i := range n.Content {
+		c := &n.Content[i]
+		_, t, _ := strings.Cut(c.Type, ":")
+		if !strings.Contains(c.Type, ":") {
+			t = c.Type
+		}
+		switch t {
+		case "VirtualSystem_Type":
+			n.Systems = append(n.Systems, *c)
+		case "VirtualSystemCollection_Type":
+			n.Colls = append(n.Colls, *c)
+		default:
+			return malformed("%s: OVF Content %q of xsi:type %q (want ovf:VirtualSystem_Type or ovf:VirtualSystemCollection_Type)", name, c.ID, c.Type)
+		}
+	}
+	n.Content = nil
+	for i := range n.Systems {
+		s := &n.Systems[i]
+		if len(s.Systems)+len(s.Colls)+len(s.Content) > 0 {
+			return malformed("%s: OVF VirtualSystem %q holds virtual systems", name, s.ID)
+		}
+		if err := s.collect(name, out); err != nil {
+			return err
+		}
+		*out = append(*out, s)
+	}
+	for i := range n.Colls {
+		if err := n.Colls[i].collect(name, out); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkRequired refuses an element the import does not know that says
+// ovf:required="true".
+func checkRequired(name string, secs []ovfSection) error {
+	for _, s := range secs {
+		req := strings.TrimSpace(s.Required)
+		if (req == "true" || req == "1") && !(knownSections[s.XMLName.Local] && (s.XMLName.Space == ovfNS1 || s.XMLName.Space == ovfNS2)) {
+			return malformed("%s: OVF section %s (namespace %q) is marked ovf:required=\"true\" and Hangar does not support it",
+				name, s.XMLName.Local, s.XMLName.Space)
+		}
+	}
+	return nil
+}
+
+// chooseOption sets the deployment option in force: want, else the
+// Configuration marked default, else the first.
+func (env *ovfEnvelope) chooseOption(name, want string) error {
+	ids := env.optionIDs()
+	if want != "" {
+		if !slices.Contains(ids, want) {
+			if len(ids) == 0 {
+				return fmt.Errorf("%w %q: %s has no DeploymentOptionSection", ErrDeploymentOption, want, name)
+			}
+			return fmt.Errorf("%w %q: %s offers %s", ErrDeploymentOption, want, name, strings.Join(ids, ", "))
+		}
+		env.option = want
+		return nil
+	}
+	for _, c := range env.Options {
+		if d := strings.TrimSpace(c.Default); d == "true" || d == "1" {
+			env.option = c.ID
+			return nil
+		}
+	}
+	if len(ids) > 0 {
+		env.option = ids[0]
+	}
+	return nil
+}
+
+func (env *ovfEnvelope) optionIDs() []string {
+	var ids []string
+	for _, c := range env.Options {
+		ids = append(ids, c.ID)
+	}
+	return ids
+}
+
+// applies reports whether an element with ovf:configuration conf belongs
+// to the deployment option in force.
+func (env *ovfEnvelope) applies(conf string) bool {
+	f := strings.Fields(conf)
+	return len(f) == 0 || env.option != "" && slices.Contains(f, env.option)
 }
 
 // checkFile refuses references that are not plain files of the package.
@@ -135,44 +319,187 @@ func (env *ovfEnvelope) file(id string) (ovfFile, bool) {
 	return ovfFile{}, false
 }
 
-// plan fills a Plan's name and virtual hardware from the VirtualSystem.
-func (env *ovfEnvelope) plan(name, fallback string) (Plan, error) {
-	sys := env.Systems[0]
-	p := Plan{Name: dnsLabel(firstNonEmpty(sys.Name, sys.ID, fallback))}
-	if len(sys.Hardware) == 0 {
-		return p, nil
-	}
-	hw := sys.Hardware[0]
-	for _, it := range append(hw.Items, hw.Ports...) {
-		if err := p.addItem(name, it); err != nil {
-			return p, err
+func (env *ovfEnvelope) disk(id string) (ovfDisk, bool) {
+	for _, d := range env.Disks {
+		if d.ID == id {
+			return d, true
 		}
 	}
-	return p, nil
+	return ovfDisk{}, false
 }
 
-func (p *Plan) addItem(name string, it ovfItem) error {
-	rt, err := strconv.Atoi(strings.TrimSpace(it.ResourceType))
-	if err != nil {
-		return nil // other resource kinds may use vendor values
-	}
-	switch rt {
-	case rasdProcessor:
-		n, err := strconv.Atoi(strings.TrimSpace(it.Quantity))
-		if err != nil || n < 1 || n > maxCPUs {
-			return malformed("%s: OVF processor count %q invalid", name, it.Quantity)
+// drive is a disk drive item of the plan: the OVF disk it attaches (ID ""
+// for a blank disk of capacity bytes).
+type drive struct {
+	disk     ovfDisk
+	capacity int64
+	item     string
+}
+
+// plan fills a Plan's name, virtual hardware and NICs from the
+// VirtualSystem, for the deployment option in force, and returns the disk
+// drives in item order.
+func (env *ovfEnvelope) plan(name, fallback string) (Plan, []drive, error) {
+	sys := env.sys
+	p := Plan{Name: dnsLabel(firstNonEmpty(sys.Name, sys.ID, fallback)), DeploymentOption: env.option, DeploymentOptions: env.optionIDs()}
+	var items []ovfItem
+	for _, hw := range sys.Hardware {
+		if !env.applies(hw.Configuration) {
+			continue
 		}
-		p.CPUs = n
-	case rasdMemory:
-		b, err := quantityBytes(it.Quantity, it.Units, "byte * 2^20")
-		if err != nil || b < 1<<20 || b > 1<<50 {
-			return malformed("%s: OVF memory %q %q invalid", name, it.Quantity, it.Units)
-		}
-		p.MemoryMiB = int(b >> 20)
-	case rasdEthernet:
-		p.NICs++
+		items = append(items, hw.Items...)
+		items = append(items, hw.Ports...)
+		items = append(items, hw.Storage...)
 	}
-	return nil
+	byID := map[string]ovfItem{}
+	var use []ovfItem
+	for _, it := range items {
+		if !env.applies(it.Configuration) {
+			continue
+		}
+		if b := strings.TrimSpace(it.Bound); b != "" && b != "normal" {
+			continue // min and max are limits, not the VM's size
+		}
+		if id := strings.TrimSpace(it.InstanceID); id != "" {
+			byID[id] = it
+		}
+		use = append(use, it)
+	}
+	var drives []drive
+	attached := map[string]string{} // disk id -> item
+	macs := map[string]bool{}
+	for _, it := range use {
+		rt, err := strconv.Atoi(strings.TrimSpace(it.ResourceType))
+		if err != nil {
+			continue // other resource kinds may use vendor values
+		}
+		label := firstNonEmpty(it.ElementName, it.InstanceID)
+		diskID, fileID, err := hostResource(name, it)
+		if err != nil {
+			return p, nil, err
+		}
+		if diskID != "" && (rt != rasdDiskDrive || isNVDIMM(it) || isNVDIMM(byID[strings.TrimSpace(it.Parent)])) {
+			what := fmt.Sprintf("a device of resource type %d", rt)
+			switch {
+			case isNVDIMM(it) || isNVDIMM(byID[strings.TrimSpace(it.Parent)]):
+				what = "an NVDIMM"
+			case rt == rasdCD || rt == rasdDVD:
+				what = "a CD/DVD drive"
+			}
+			return p, nil, malformed("%s: OVF disk %q backs %s (item %q); Hangar imports disks of disk drives only", name, diskID, what, label)
+		}
+		switch rt {
+		case rasdProcessor:
+			n, err := strconv.Atoi(strings.TrimSpace(it.Quantity))
+			if err != nil || n < 1 || n > maxCPUs {
+				return p, nil, malformed("%s: OVF processor count %q invalid", name, it.Quantity)
+			}
+			p.CPUs = n
+		case rasdMemory:
+			b, err := quantityBytes(it.Quantity, it.Units, "byte * 2^20")
+			if err != nil || b < 1<<20 || b > 1<<50 {
+				return p, nil, malformed("%s: OVF memory %q %q invalid", name, it.Quantity, it.Units)
+			}
+			p.MemoryMiB = int(b >> 20)
+		case rasdEthernet:
+			p.NICs = append(p.NICs, p.nic(name, it, label, macs))
+		case rasdDiskDrive:
+			switch {
+			case diskID != "":
+				d, ok := env.disk(diskID)
+				if !ok {
+					return p, nil, malformed("%s: OVF item %q: HostResource names disk %q, which the DiskSection does not hold", name, label, diskID)
+				}
+				if d.Parent != "" {
+					return p, nil, malformed("%s: OVF disk %q is a delta of disk %q (ovf:parentRef); delta disks are not supported", name, diskID, d.Parent)
+				}
+				if prev, dup := attached[diskID]; dup {
+					return p, nil, malformed("%s: OVF disk %q is attached by two drives (items %q and %q); a disk backs one drive only", name, diskID, prev, label)
+				}
+				attached[diskID] = label
+				drives = append(drives, drive{disk: d, item: label})
+			case fileID != "":
+				if _, ok := env.file(fileID); !ok {
+					return p, nil, malformed("%s: OVF item %q: HostResource names file %q, which References does not hold", name, label, fileID)
+				}
+				key := "file:" + fileID
+				if prev, dup := attached[key]; dup {
+					return p, nil, malformed("%s: OVF file %q is attached by two drives (items %q and %q); a disk backs one drive only", name, fileID, prev, label)
+				}
+				attached[key] = label
+				drives = append(drives, drive{disk: ovfDisk{ID: fileID, FileRef: fileID}, item: label})
+			default: // a new blank disk of the item's capacity
+				b, err := quantityBytes(it.Quantity, it.Units, "byte")
+				if strings.TrimSpace(it.Quantity) == "" || err != nil || b <= 0 || b%512 != 0 {
+					return p, nil, malformed("%s: OVF disk drive %q has no HostResource and no usable capacity (%q %q)", name, label, it.Quantity, it.Units)
+				}
+				drives = append(drives, drive{disk: ovfDisk{ID: label}, capacity: b, item: label})
+			}
+		case rasdCD, rasdDVD:
+			if fileID != "" {
+				p.Warnings = append(p.Warnings, fmt.Sprintf("OVF %s %q holds file %q: CD/DVD media are not imported", "drive", label, fileID))
+			}
+		}
+	}
+	for _, d := range env.Disks {
+		if _, ok := attached[d.ID]; !ok {
+			w := fmt.Sprintf("OVF disk %q is attached to no drive", d.ID)
+			if env.option != "" {
+				w += fmt.Sprintf(" in deployment option %q", env.option)
+			}
+			p.Warnings = append(p.Warnings, w+": not imported")
+		}
+	}
+	return p, drives, nil
+}
+
+// hostResource returns the disk or file an item's HostResource names
+// ("ovf:/disk/ID", "ovf:/file/ID", also without "ovf:").
+func hostResource(name string, it ovfItem) (disk, file string, err error) {
+	if len(it.HostResource) > 1 {
+		return "", "", malformed("%s: OVF item %q has %d HostResources", name, firstNonEmpty(it.ElementName, it.InstanceID), len(it.HostResource))
+	}
+	if len(it.HostResource) == 0 {
+		return "", "", nil
+	}
+	h := strings.TrimPrefix(strings.TrimSpace(it.HostResource[0]), "ovf:")
+	switch {
+	case h == "":
+		return "", "", nil
+	case strings.HasPrefix(h, "/disk/") && len(h) > len("/disk/"):
+		return h[len("/disk/"):], "", nil
+	case strings.HasPrefix(h, "/file/") && len(h) > len("/file/"):
+		return "", h[len("/file/"):], nil
+	}
+	return "", "", malformed("%s: OVF item %q: HostResource %q is not ovf:/disk/ID or ovf:/file/ID", name, firstNonEmpty(it.ElementName, it.InstanceID), it.HostResource[0])
+}
+
+func isNVDIMM(it ovfItem) bool {
+	return strings.Contains(strings.ToLower(it.SubType), "nvdimm")
+}
+
+// nic maps an Ethernet item; a MAC the OVF gives is kept when it is a
+// usable unicast address, else replaced with a warning.
+func (p *Plan) nic(name string, it ovfItem, label string, macs map[string]bool) NIC {
+	n := NIC{Label: label}
+	if len(it.Connection) > 0 {
+		n.Network = strings.TrimSpace(it.Connection[0])
+	}
+	if a := strings.TrimSpace(it.Address); a != "" {
+		hw, err := net.ParseMAC(a)
+		switch {
+		case err != nil || len(hw) != 6:
+			p.Warnings = append(p.Warnings, fmt.Sprintf("OVF NIC %q: %q is not a MAC address; it gets a new one", label, a))
+		case hw[0]&1 != 0 || bytes.Equal(hw, make(net.HardwareAddr, 6)):
+			p.Warnings = append(p.Warnings, fmt.Sprintf("OVF NIC %q: %s is not a unicast address; it gets a new one", label, hw))
+		case macs[hw.String()]:
+			p.Warnings = append(p.Warnings, fmt.Sprintf("OVF NIC %q: MAC %s is used by another NIC; it gets a new one", label, hw))
+		default:
+			n.MAC = hw.String()
+			macs[n.MAC] = true
+		}
+	}
+	return n
 }
 
 func firstNonEmpty(s ...string) string {

@@ -287,6 +287,11 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 // operation in one transaction. host, when set, pins the placement (a clone
 // or a linked deploy must land where its source volumes are).
 func (s *Server) create(ctx context.Context, spec v1.VMSpec, start bool, host string) (v1.Operation, error) {
+	return s.createWarned(ctx, spec, start, host, nil)
+}
+
+// createWarned is create recording warnings in the operation.
+func (s *Server) createWarned(ctx context.Context, spec v1.VMSpec, start bool, host string, warnings []string) (v1.Operation, error) {
 	if err := vm.ValidateName("name", spec.Name); err != nil {
 		return v1.Operation{}, err
 	}
@@ -326,6 +331,7 @@ func (s *Server) create(ctx context.Context, spec v1.VMSpec, start bool, host st
 	}
 	s.sealCloudInit(&spec)
 	op := s.newOp("create", spec.Name, host, v1.CreateArgs{Start: start})
+	op.Warnings = warnings
 	_, err = s.cfg.Store.Txn(ctx, nil,
 		store.PutOp(inventory.VMKey(spec.Name), inventory.Marshal(spec), store.MustNotExist),
 		store.PutOp(inventory.OpKey(op.ID), inventory.Marshal(op), store.MustNotExist))

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -398,9 +400,11 @@ func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, errdefs.Field("path", err))
 		return
 	}
-	plan, err := imports.Inspect(ctx, hf.Path)
+	plan, err := imports.InspectWith(ctx, hf.Path, imports.Options{DeploymentOption: args.DeploymentOption})
 	if err != nil {
-		if errors.Is(err, imports.ErrMalformed) || errors.Is(err, os.ErrNotExist) {
+		if errors.Is(err, imports.ErrDeploymentOption) {
+			err = &v1.Error{Code: v1.CodeInvalidArgument, Field: "deploymentOption", Message: "deploymentOption: " + err.Error()}
+		} else if errors.Is(err, imports.ErrMalformed) || errors.Is(err, os.ErrNotExist) {
 			err = &v1.Error{Code: v1.CodeInvalidArgument, Field: "path", Message: "path: " + err.Error()}
 		}
 		writeErr(w, err)
@@ -432,13 +436,81 @@ func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 		}
 		spec.Disks = append(spec.Disks, disk)
 	}
-	spec.NICs = []v1.NIC{{Mode: v1.NICUser, Forwards: args.Forwards}}
-	op, err := s.create(ctx, spec, args.Start, "")
+	warnings := slices.Clone(plan.Warnings)
+	nics, more, err := importNICs(plan, args)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	spec.NICs = nics
+	warnings = append(warnings, more...)
+	for _, msg := range warnings {
+		s.cfg.Log.Warn("import: the VM leaves out or changes part of the source", "vm", spec.Name, "path", hf.Path, "warning", msg)
+	}
+	op, err := s.createWarned(ctx, spec, args.Start, "", warnings)
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
 	s.answerOp(w, r, op, wait)
+}
+
+// importNICs maps an import's NICs: an appliance's in order, with their
+// MACs, on the bridge args.Networks names for their network (user-mode NICs
+// and a warning for the others); one user-mode NIC for a single disk. The
+// forwards go to the first user-mode NIC.
+func importNICs(plan imports.Plan, args v1.ImportArgs) ([]v1.NIC, []string, error) {
+	appliance := plan.Kind == "ova" || plan.Kind == "ovf"
+	if !appliance {
+		if len(args.Networks) > 0 {
+			return nil, nil, invalidArg("networks", "only an OVA or OVF has networks to map")
+		}
+		return []v1.NIC{{Mode: v1.NICUser, Forwards: args.Forwards}}, nil, nil
+	}
+	known := map[string]bool{}
+	var names []string
+	for _, n := range plan.NICs {
+		if !known[n.Network] {
+			known[n.Network] = true
+			names = append(names, strconv.Quote(n.Network))
+		}
+	}
+	for net, to := range args.Networks {
+		if !known[net] {
+			if len(names) == 0 {
+				return nil, nil, invalidArg("networks", "the appliance has no NIC on network %q (it has no NIC)", net)
+			}
+			return nil, nil, invalidArg("networks", "the appliance has no NIC on network %q (its NICs are on %s)", net, strings.Join(names, ", "))
+		}
+		if to == "" {
+			return nil, nil, invalidArg("networks", "network %q: map it to a bridge or \"user\"", net)
+		}
+	}
+	var nics []v1.NIC
+	var warnings []string
+	unmapped := map[string]bool{}
+	forwarded := false
+	for _, n := range plan.NICs {
+		nic := v1.NIC{Mode: v1.NICUser, MAC: n.MAC}
+		switch to, ok := args.Networks[n.Network]; {
+		case ok && to != v1.NICUser:
+			nic = v1.NIC{Mode: v1.NICBridge, Bridge: to, MAC: n.MAC}
+		case !ok && !unmapped[n.Network] && n.Network == "":
+			unmapped[n.Network] = true
+			warnings = append(warnings, "OVF NICs without a network (rasd:Connection) are user-mode NICs")
+		case !ok && !unmapped[n.Network]:
+			unmapped[n.Network] = true
+			warnings = append(warnings, fmt.Sprintf("OVF network %q is not mapped (--network %q): its NICs are user-mode NICs", n.Network, n.Network+"=BRIDGE"))
+		}
+		if nic.Mode == v1.NICUser && !forwarded {
+			nic.Forwards, forwarded = args.Forwards, true
+		}
+		nics = append(nics, nic)
+	}
+	if len(args.Forwards) > 0 && !forwarded {
+		return nil, nil, invalidArg("forwards", "the appliance has no user-mode NIC to forward ports to")
+	}
+	return nics, warnings, nil
 }
 
 // decodeOp reads an operation request's JSON body and its ?wait=; on a bad

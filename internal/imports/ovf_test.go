@@ -1,0 +1,247 @@
+package imports
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// The descriptors below are written for these tests from the structure of
+// DSP0243 (OVF 1.x/2.x): what ovftool, vCenter and VirtualBox exports use.
+
+const (
+	envOpen1 = `<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
+  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
+  xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"
+  xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+`
+	envOpen2 = `<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/2" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/2"
+  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
+  xmlns:epasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_EthernetPortAllocationSettingData"
+  xmlns:sasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_StorageAllocationSettingData">
+`
+	// {A} and {B} are replaced by the sizes of a.vmdk (8 MiB) and b.vmdk (4 MiB).
+	refsAB = `  <References><File ovf:id="fa" ovf:href="a.vmdk" ovf:size="{A}"/><File ovf:id="fb" ovf:href="b.vmdk" ovf:size="{B}"/></References>
+  <DiskSection><Info>disks</Info>
+    <Disk ovf:diskId="da" ovf:fileRef="fa" ovf:capacity="8" ovf:capacityAllocationUnits="byte * 2^20"/>
+    <Disk ovf:diskId="db" ovf:fileRef="fb" ovf:capacity="4" ovf:capacityAllocationUnits="byte * 2^20"/>
+  </DiskSection>
+  <NetworkSection><Info>networks</Info><Network ovf:name="VM Network"/><Network ovf:name="Storage"/></NetworkSection>
+`
+	refsA = `  <References><File ovf:id="fa" ovf:href="a.vmdk" ovf:size="{A}"/></References>
+  <DiskSection><Info>disks</Info>
+    <Disk ovf:diskId="da" ovf:fileRef="fa" ovf:capacity="8" ovf:capacityAllocationUnits="byte * 2^20"/>
+  </DiskSection>
+`
+	cpu2 = `<Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>2</rasd:VirtualQuantity></Item>
+`
+	mem1G = `<Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>1024</rasd:VirtualQuantity></Item>
+`
+	scsi = `<Item><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceSubType>lsilogic</rasd:ResourceSubType><rasd:ResourceType>6</rasd:ResourceType></Item>
+`
+	diskA = `<Item><rasd:ElementName>Hard disk 1</rasd:ElementName><rasd:HostResource>ovf:/disk/da</rasd:HostResource><rasd:InstanceID>10</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+`
+	diskB = `<Item><rasd:ElementName>Hard disk 2</rasd:ElementName><rasd:HostResource>ovf:/disk/db</rasd:HostResource><rasd:InstanceID>11</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+`
+)
+
+func nicItem(id int, network, mac string) string {
+	addr := ""
+	if mac != "" {
+		addr = "<rasd:Address>" + mac + "</rasd:Address>"
+	}
+	return fmt.Sprintf(`<Item>%s<rasd:Connection>%s</rasd:Connection><rasd:ElementName>Network adapter %d</rasd:ElementName><rasd:InstanceID>%d</rasd:InstanceID><rasd:ResourceSubType>VmxNet3</rasd:ResourceSubType><rasd:ResourceType>10</rasd:ResourceType></Item>
+`, addr, network, id, 20+id)
+}
+
+// vs is a VirtualSystem named name with the hardware items given.
+func vs(name string, items ...string) string {
+	return `  <VirtualSystem ovf:id="` + name + `"><Info>a vm</Info><Name>` + name + `</Name>
+    <VirtualHardwareSection><Info>hw</Info>
+      <System><vssd:ElementName>Virtual Hardware Family</vssd:ElementName><vssd:InstanceID>0</vssd:InstanceID><vssd:VirtualSystemType>vmx-13</vssd:VirtualSystemType></System>
+` + strings.Join(items, "") + `    </VirtualHardwareSection>
+  </VirtualSystem>
+`
+}
+
+type wantNIC struct{ network, mac string }
+
+type wantDisk struct {
+	name  string
+	size  int64
+	blank bool
+}
+
+func TestOVFPlans(t *testing.T) {
+	needQemuImg(t)
+	dir := t.TempDir()
+	a := qemuConvert(t, rawFixture(t, dir), "raw", filepath.Join(dir, "a.vmdk"), "vmdk", "subformat=streamOptimized")
+	b := filepath.Join(dir, "b.vmdk")
+	run(t, qemuImg, "create", "-q", "-f", "vmdk", "-o", "subformat=streamOptimized", b, "4M")
+	diskEntries := []tarEntry{fileEntry(t, "a.vmdk", a), fileEntry(t, "b.vmdk", b)}
+	da := wantDisk{"da", fixtureSize, false}
+	dbk := wantDisk{"db", 4 << 20, false}
+
+	cases := []struct {
+		name     string
+		ovf      string
+		option   string
+		cpus     int
+		mem      int
+		disks    []wantDisk
+		nics     []wantNIC
+		warnings []string // substrings, in order
+		option0  string   // planned deployment option
+		err      string   // exact message after "import PATH: "
+	}{
+		{name: "nics in order with their MACs", ovf: envOpen1 + refsA + vs("web", cpu2, mem1G, scsi, diskA,
+			nicItem(1, "VM Network", "00:50:56:AB:CD:01"), nicItem(2, "Storage", ""), nicItem(3, "VM Network", "00-50-56-ab-cd-03")) + "</Envelope>",
+			cpus: 2, mem: 1024, disks: []wantDisk{da},
+			nics: []wantNIC{{"VM Network", "00:50:56:ab:cd:01"}, {"Storage", ""}, {"VM Network", "00:50:56:ab:cd:03"}}},
+		{name: "bad MACs are replaced with a warning", ovf: envOpen1 + refsA + vs("web", diskA,
+			nicItem(1, "VM Network", "01:00:5e:00:00:01"), nicItem(2, "VM Network", "zz"), nicItem(3, "VM Network", "00:50:56:00:00:07"), nicItem(4, "VM Network", "00:50:56:00:00:07")) + "</Envelope>",
+			disks: []wantDisk{da}, nics: []wantNIC{{"VM Network", ""}, {"VM Network", ""}, {"VM Network", "00:50:56:00:00:07"}, {"VM Network", ""}},
+			warnings: []string{`"Network adapter 1": 01:00:5e:00:00:01 is not a unicast address`, `"Network adapter 2": "zz" is not a MAC address`, `"Network adapter 4": MAC 00:50:56:00:00:07 is used by another NIC`}},
+		{name: "no NIC in the OVF, no NIC", ovf: envOpen1 + refsA + vs("web", cpu2, mem1G, diskA) + "</Envelope>",
+			cpus: 2, mem: 1024, disks: []wantDisk{da}},
+		{name: "disks in drive order, unattached disk left out", ovf: envOpen1 + refsAB + vs("web", scsi, diskA) + "</Envelope>",
+			disks: []wantDisk{da}, warnings: []string{`OVF disk "db" is attached to no drive: not imported`}},
+		{name: "drive order, not DiskSection order", ovf: envOpen1 + refsAB + vs("web", scsi, diskB, diskA) + "</Envelope>",
+			disks: []wantDisk{dbk, da}},
+		{name: "drive without HostResource is a blank disk of its capacity", ovf: envOpen1 + refsA + vs("web", scsi, diskA,
+			`<Item><rasd:AllocationUnits>byte * 2^30</rasd:AllocationUnits><rasd:ElementName>Hard disk 2</rasd:ElementName><rasd:InstanceID>12</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType><rasd:VirtualQuantity>2</rasd:VirtualQuantity></Item>
+`) + "</Envelope>",
+			disks: []wantDisk{da, {"hard-disk-2", 2 << 30, true}}},
+		{name: "drive without HostResource or capacity", ovf: envOpen1 + refsA + vs("web", scsi, diskA,
+			`<Item><rasd:ElementName>Hard disk 2</rasd:ElementName><rasd:InstanceID>12</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType></Item>
+`) + "</Envelope>",
+			err: `x.ovf: OVF disk drive "Hard disk 2" has no HostResource and no usable capacity ("" "")`},
+		{name: "two drives on one disk", ovf: envOpen1 + refsA + vs("web", scsi, diskA,
+			`<Item><rasd:ElementName>Hard disk 9</rasd:ElementName><rasd:HostResource>ovf:/disk/da</rasd:HostResource><rasd:InstanceID>19</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType></Item>
+`) + "</Envelope>",
+			err: `x.ovf: OVF disk "da" is attached by two drives (items "Hard disk 1" and "Hard disk 9"); a disk backs one drive only`},
+		{name: "NVDIMM-backed disk refused", ovf: envOpen1 + refsAB + vs("web", scsi, diskA,
+			`<Item><rasd:ElementName>NVDIMM controller</rasd:ElementName><rasd:InstanceID>30</rasd:InstanceID><rasd:ResourceSubType>vmware.nvdimm.controller</rasd:ResourceSubType><rasd:ResourceType>1</rasd:ResourceType></Item>
+<Item><rasd:ElementName>NVDIMM 1</rasd:ElementName><rasd:HostResource>ovf:/disk/db</rasd:HostResource><rasd:InstanceID>31</rasd:InstanceID><rasd:Parent>30</rasd:Parent><rasd:ResourceSubType>vmware.nvdimm</rasd:ResourceSubType><rasd:ResourceType>1</rasd:ResourceType></Item>
+`) + "</Envelope>",
+			err: `x.ovf: OVF disk "db" backs an NVDIMM (item "NVDIMM 1"); Hangar imports disks of disk drives only`},
+		{name: "delta disk refused", ovf: envOpen1 + strings.Replace(refsAB, `ovf:diskId="db" ovf:fileRef="fb"`, `ovf:diskId="db" ovf:fileRef="fb" ovf:parentRef="da"`, 1) +
+			vs("web", scsi, diskB) + "</Envelope>",
+			err: `x.ovf: OVF disk "db" is a delta of disk "da" (ovf:parentRef); delta disks are not supported`},
+		{name: "unknown required section", ovf: envOpen1 + refsA + strings.Replace(vs("web", diskA), "<Info>a vm</Info>",
+			`<Info>a vm</Info><vmw:StorageGroupSection ovf:required="false"><Info>optional</Info></vmw:StorageGroupSection><vmw:SecureBootSection ovf:required="true"><Info>must</Info></vmw:SecureBootSection>`, 1) + "</Envelope>",
+			err: `x.ovf: OVF section SecureBootSection (namespace "http://www.vmware.com/schema/ovf") is marked ovf:required="true" and Hangar does not support it`},
+		{name: "optional unknown sections import", ovf: envOpen1 + refsA + strings.Replace(vs("web", diskA), "<Info>a vm</Info>",
+			`<Info>a vm</Info><vmw:StorageGroupSection ovf:required="false"><Info>optional</Info></vmw:StorageGroupSection><ProductSection ovf:required="true"><Info>p</Info></ProductSection>`, 1) + "</Envelope>",
+			disks: []wantDisk{da}},
+		{name: "VirtualSystemCollection of one VM", ovf: envOpen1 + refsA + `<VirtualSystemCollection ovf:id="vapp"><Info>vApp</Info><Name>vapp</Name>
+` + vs("web", cpu2, diskA) + "</VirtualSystemCollection></Envelope>",
+			cpus: 2, disks: []wantDisk{da}},
+		{name: "VirtualSystemCollection of none", ovf: envOpen1 + refsA + `<VirtualSystemCollection ovf:id="vapp"><Info>vApp</Info></VirtualSystemCollection></Envelope>`,
+			err: `x.ovf: OVF VirtualSystemCollection holds no VirtualSystem`},
+		{name: "VirtualSystemCollection of two", ovf: envOpen1 + refsAB + `<VirtualSystemCollection ovf:id="vapp"><Info>vApp</Info>
+` + vs("web", diskA) + vs("db", diskB) + "</VirtualSystemCollection></Envelope>",
+			err: `x.ovf: OVF with 2 virtual systems (a multi-VM vApp) is not supported`},
+		{name: "Content of xsi:type VirtualSystem_Type", ovf: envOpen1 + refsA + strings.NewReplacer(
+			"<VirtualSystem ", `<Content xsi:type="ovf:VirtualSystem_Type" `, "</VirtualSystem>", "</Content>").Replace(vs("web", cpu2, diskA)) + "</Envelope>",
+			cpus: 2, disks: []wantDisk{da}},
+		{name: "memory bounds are limits", ovf: envOpen1 + refsA + vs("web",
+			`<Item ovf:bound="min"><rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits><rasd:InstanceID>5</rasd:InstanceID><rasd:Reservation>512</rasd:Reservation><rasd:ResourceType>4</rasd:ResourceType></Item>
+<Item><rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits><rasd:InstanceID>6</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>2048</rasd:VirtualQuantity></Item>
+<Item ovf:bound="max"><rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits><rasd:InstanceID>7</rasd:InstanceID><rasd:Limit>8192</rasd:Limit><rasd:ResourceType>4</rasd:ResourceType></Item>
+`, diskA) + "</Envelope>",
+			mem: 2048, disks: []wantDisk{da}},
+		{name: "default deployment option", ovf: envOpen1 + refsAB + deployOptions(`ovf:default="true"`) + deployVS + "</Envelope>",
+			cpus: 1, mem: 1024, disks: []wantDisk{da}, option0: "small", warnings: []string{`OVF disk "db" is attached to no drive in deployment option "small": not imported`}},
+		{name: "first deployment option without a default", ovf: envOpen1 + refsAB + deployOptions("") + deployVS + "</Envelope>",
+			cpus: 1, mem: 1024, disks: []wantDisk{da}, option0: "small", warnings: []string{`"db"`}},
+		{name: "chosen deployment option", option: "large", ovf: envOpen1 + refsAB + deployOptions(`ovf:default="true"`) + deployVS + "</Envelope>",
+			cpus: 4, mem: 14336, disks: []wantDisk{da, dbk}, option0: "large"},
+		{name: "unknown deployment option", option: "huge", ovf: envOpen1 + refsAB + deployOptions("") + deployVS + "</Envelope>",
+			err: `unknown deployment option "huge": x.ovf offers small, large`},
+		{name: "OVF 2 EthernetPortItem and StorageItem", ovf: envOpen2 + refsA + `  <VirtualSystem ovf:id="v2"><Info>a vm</Info>
+    <VirtualHardwareSection><Info>hw</Info>
+      <Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>3</rasd:VirtualQuantity></Item>
+      <EthernetPortItem><epasd:Address>52:54:00:12:34:56</epasd:Address><epasd:Connection>lan</epasd:Connection><epasd:InstanceID>8</epasd:InstanceID><epasd:ResourceType>10</epasd:ResourceType></EthernetPortItem>
+      <StorageItem><sasd:HostResource>ovf:/disk/da</sasd:HostResource><sasd:InstanceID>9</sasd:InstanceID><sasd:ResourceType>17</sasd:ResourceType></StorageItem>
+    </VirtualHardwareSection></VirtualSystem></Envelope>`,
+			cpus: 3, disks: []wantDisk{da}, nics: []wantNIC{{"lan", "52:54:00:12:34:56"}}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ovf := strings.NewReplacer("{A}", fmt.Sprint(len(diskEntries[0].data)), "{B}", fmt.Sprint(len(diskEntries[1].data))).Replace(c.ovf)
+			ova := filepath.Join(t.TempDir(), "x.ova")
+			writeTar(t, ova, append([]tarEntry{{name: "x.ovf", data: []byte(ovf)}}, diskEntries...))
+			plan, err := InspectWith(context.Background(), ova, Options{DeploymentOption: c.option})
+			if c.err != "" {
+				if err == nil || err.Error() != "import "+ova+": "+c.err {
+					t.Fatalf("err = %v\nwant %s", err, c.err)
+				}
+				if strings.HasPrefix(c.err, "unknown deployment option") != errors.Is(err, ErrDeploymentOption) || !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrDeploymentOption) {
+					t.Fatalf("err %v: wrong kind", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if plan.CPUs != c.cpus || plan.MemoryMiB != c.mem || plan.DeploymentOption != c.option0 {
+				t.Errorf("cpus %d memory %d option %q; want %d %d %q", plan.CPUs, plan.MemoryMiB, plan.DeploymentOption, c.cpus, c.mem, c.option0)
+			}
+			var disks []wantDisk
+			for _, d := range plan.Disks {
+				disks = append(disks, wantDisk{d.Name, d.VirtualSize, d.Path == ""})
+			}
+			if !slices.Equal(disks, c.disks) {
+				t.Errorf("disks %+v, want %+v", disks, c.disks)
+			}
+			var nics []wantNIC
+			for _, n := range plan.NICs {
+				nics = append(nics, wantNIC{n.Network, n.MAC})
+			}
+			if !slices.Equal(nics, c.nics) {
+				t.Errorf("nics %+v, want %+v", nics, c.nics)
+			}
+			if len(plan.Warnings) != len(c.warnings) {
+				t.Fatalf("warnings %q, want %q", plan.Warnings, c.warnings)
+			}
+			for i, w := range c.warnings {
+				if !strings.Contains(plan.Warnings[i], w) {
+					t.Errorf("warning %q, want one with %q", plan.Warnings[i], w)
+				}
+			}
+		})
+	}
+
+	// A deployment option asked of a single disk is refused as such.
+	_, err := InspectWith(context.Background(), a, Options{DeploymentOption: "small"})
+	if !errors.Is(err, ErrDeploymentOption) || errors.Is(err, ErrMalformed) {
+		t.Fatalf("deployment option of a vmdk: %v", err)
+	}
+	os.Remove(a)
+}
+
+func deployOptions(def string) string {
+	return `  <DeploymentOptionSection><Info>sizes</Info>
+    <Configuration ovf:id="small" ` + def + `><Label>Small</Label><Description>1 vCPU</Description></Configuration>
+    <Configuration ovf:id="large"><Label>Large</Label><Description>4 vCPUs, 14 GiB, a data disk</Description></Configuration>
+  </DeploymentOptionSection>
+`
+}
+
+// deployVS sizes by deployment option; the items of the last option come
+// last, so "the last item wins" plans the large one.
+var deployVS = vs("app", scsi, diskA,
+	`<Item ovf:configuration="small"><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>1</rasd:VirtualQuantity></Item>
+<Item ovf:configuration="small"><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>1024</rasd:VirtualQuantity></Item>
+<Item ovf:configuration="large"><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>4</rasd:VirtualQuantity></Item>
+<Item ovf:configuration="large"><rasd:AllocationUnits>byte * 2^30</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>14</rasd:VirtualQuantity></Item>
+<Item ovf:configuration="large"><rasd:ElementName>Hard disk 2</rasd:ElementName><rasd:HostResource>ovf:/disk/db</rasd:HostResource><rasd:InstanceID>11</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+`)

@@ -15,7 +15,7 @@ deps:
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
 build:
-	$(GO) build -buildvcs=auto -ldflags "-X main.version=$(VERSION)" -o bin/hangar ./cmd/hangar
+	$(GO) build -buildvcs=auto -ldflags "-X hangar/internal/buildinfo.Version=$(VERSION)" -o bin/hangar ./cmd/hangar
 
 guest: deps
 	bash guest/build.sh $(GUEST_DIR)

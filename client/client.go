@@ -210,6 +210,13 @@ func (c *Client) Hosts(ctx context.Context) ([]v1.Host, error) {
 	return hs, err
 }
 
+// Version returns the server's build and each host's QEMU.
+func (c *Client) Version(ctx context.Context) (v1.Version, error) {
+	var v v1.Version
+	_, err := c.do(ctx, "GET", "/version", nil, nil, &v)
+	return v, err
+}
+
 // ConsoleLog returns the persisted serial log.
 func (c *Client) ConsoleLog(ctx context.Context, name string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, "GET", c.base+"/vms/"+url.PathEscape(name)+"/console/log", nil)

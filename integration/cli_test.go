@@ -231,6 +231,21 @@ func TestCLIOutputFormats(t *testing.T) {
 	if !strings.Contains(r.stdout, "unix://"+s.socket) || !strings.Contains(r.stdout, "testhost") || !strings.Contains(r.stdout, "QEMU") {
 		t.Fatalf("version does not name the server, its host and QEMU: %q", r.stdout)
 	}
+	// The server is this same binary: it reports the same build.
+	var vr struct {
+		Client struct{ Version, Commit, GoVersion string }
+		Server struct{ Version, Commit, GoVersion, Error string }
+	}
+	if err := json.Unmarshal([]byte(s.ok("version", "-o", "json").stdout), &vr); err != nil {
+		t.Fatal(err)
+	}
+	if vr.Server.Error != "" || vr.Server.Version == "" || vr.Server.GoVersion == "" ||
+		vr.Server.Version != vr.Client.Version || vr.Server.Commit != vr.Client.Commit || vr.Server.GoVersion != vr.Client.GoVersion {
+		t.Fatalf("version -o json: the server's build %+v, want the client's %+v", vr.Server, vr.Client)
+	}
+	if strings.Count(r.stdout, "hangar "+vr.Client.Version) != 2 {
+		t.Fatalf("version does not print the server's build next to the client's: %q", r.stdout)
+	}
 	if r := s.ok("--version"); !strings.HasPrefix(r.stdout, "hangar ") {
 		t.Fatalf("--version: %q", r.stdout)
 	}

@@ -180,6 +180,24 @@ type Host struct {
 	UpdatedAt          time.Time `json:"updatedAt"`
 }
 
+// Version is the server's build (GET /api/v1/version) and the QEMU of
+// each host of its pool.
+type Version struct {
+	Version   string `json:"version"`
+	Commit    string `json:"commit,omitempty"`
+	Modified  bool   `json:"modified,omitempty"`
+	GoVersion string `json:"goVersion"`
+	// QEMU per host, from the facts each host's agent reported.
+	QEMU []HostQEMU `json:"qemu"`
+}
+
+// HostQEMU is the QEMU version and accelerator one host runs guests with.
+type HostQEMU struct {
+	Host        string `json:"host"`
+	Version     string `json:"version"`
+	Accelerator string `json:"accelerator"`
+}
+
 // Operation states.
 const (
 	OpPending   = "pending"

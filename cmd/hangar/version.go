@@ -3,74 +3,33 @@ package main
 import (
 	"context"
 	"fmt"
-	"runtime"
-	"runtime/debug"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"hangar/internal/buildinfo"
 )
 
-// version is set at build time (-ldflags "-X main.version=…"); otherwise the
-// module version from the build info.
-var version = ""
-
-// buildInfo is what this binary knows about itself.
-type buildInfo struct {
-	Version   string `json:"version"`
-	Commit    string `json:"commit,omitempty"`
-	Modified  bool   `json:"modified,omitempty"`
-	GoVersion string `json:"goVersion"`
-}
-
-func (b buildInfo) String() string {
-	s := b.Version
-	if b.Commit != "" {
-		c := b.Commit
-		if len(c) > 12 {
-			c = c[:12]
-		}
-		s += " (commit " + c
-		if b.Modified {
-			s += ", modified"
-		}
-		s += ")"
-	}
-	return s + " " + b.GoVersion
-}
-
-func clientVersion() buildInfo {
-	b := buildInfo{Version: version, GoVersion: runtime.Version()}
-	info, ok := debug.ReadBuildInfo()
-	if ok {
-		if b.Version == "" && info.Main.Version != "" {
-			b.Version = info.Main.Version
-		}
-		for _, s := range info.Settings {
-			switch s.Key {
-			case "vcs.revision":
-				b.Commit = s.Value
-			case "vcs.modified":
-				b.Modified = s.Value == "true"
-			}
-		}
-	}
-	if b.Version == "" {
-		b.Version = "(devel)"
-	}
-	return b
-}
+// clientVersion is this binary's build (the Makefile sets the version with
+// -ldflags "-X hangar/internal/buildinfo.Version=…").
+func clientVersion() buildinfo.Info { return buildinfo.Get() }
 
 type versionReport struct {
-	Client buildInfo     `json:"client"`
-	Server serverVersion `json:"server"`
+	Client buildinfo.Info `json:"client"`
+	Server serverVersion  `json:"server"`
 }
 
 type serverVersion struct {
-	Address string     `json:"address"`
-	Error   string     `json:"error,omitempty"`
-	Hosts   []hostQEMU `json:"hosts,omitempty"`
+	Address string `json:"address"`
+	Error   string `json:"error,omitempty"`
+	// The server's own build (GET /api/v1/version).
+	Version   string     `json:"version,omitempty"`
+	Commit    string     `json:"commit,omitempty"`
+	Modified  bool       `json:"modified,omitempty"`
+	GoVersion string     `json:"goVersion,omitempty"`
+	Hosts     []hostQEMU `json:"hosts,omitempty"`
 }
 
 type hostQEMU struct {
@@ -83,10 +42,11 @@ func newVersion(g *globals) *cobra.Command {
 	var clientOnly bool
 	cmd := &cobra.Command{
 		Use:   "version",
-		Short: "Show the client's version and the server's (address, QEMU)",
+		Short: "Show the client's version and the server's (address, build, QEMU)",
 		Long: `Show this binary's version and git commit, the server it talks to (--socket or
-$HANGAR_SOCKET) and the QEMU version and accelerator of each of the server's hosts.
-An unreachable server is reported, not an error (--client skips asking).`,
+$HANGAR_SOCKET), that server's version and git commit, and the QEMU version and
+accelerator of each of the server's hosts. An unreachable server is reported, not
+an error (--client skips asking).`,
 		Example: "  hangar version\n  hangar version -o json\n  hangar --version",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -96,13 +56,14 @@ An unreachable server is reported, not an error (--client skips asking).`,
 			r := versionReport{Client: clientVersion(), Server: serverVersion{Address: g.serverName()}}
 			if !clientOnly {
 				ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Second)
-				hosts, err := g.client().Hosts(ctx)
+				v, err := g.client().Version(ctx)
 				cancel()
 				if err != nil {
 					r.Server.Error = err.Error()
 				}
-				for _, h := range hosts {
-					r.Server.Hosts = append(r.Server.Hosts, hostQEMU{Host: h.Name, QEMU: h.QEMUVersion, Accelerator: h.Accelerator})
+				r.Server.Version, r.Server.Commit, r.Server.Modified, r.Server.GoVersion = v.Version, v.Commit, v.Modified, v.GoVersion
+				for _, h := range v.QEMU {
+					r.Server.Hosts = append(r.Server.Hosts, hostQEMU{Host: h.Host, QEMU: h.Version, Accelerator: h.Accelerator})
 				}
 			}
 			return g.print(cmd, r, func(w *tabwriter.Writer) {
@@ -113,7 +74,10 @@ An unreachable server is reported, not an error (--client skips asking).`,
 				fmt.Fprintf(w, "Server:\t%s\n", r.Server.Address)
 				if r.Server.Error != "" {
 					fmt.Fprintf(w, "\tnot reachable: %s\n", strings.TrimSpace(r.Server.Error))
+					return
 				}
+				b := buildinfo.Info{Version: r.Server.Version, Commit: r.Server.Commit, Modified: r.Server.Modified, GoVersion: r.Server.GoVersion}
+				fmt.Fprintf(w, "\thangar %s\n", b)
 				for _, h := range r.Server.Hosts {
 					fmt.Fprintf(w, "Host %s:\tQEMU %s, %s\n", h.Host, h.QEMU, h.Accelerator)
 				}

@@ -113,6 +113,7 @@ func New(cfg Config) *Server {
 	s.route("DELETE /api/v1/operations/{id}", s.cancelOp)
 	s.route("GET /api/v1/hosts", s.listHosts)
 	s.route("GET /api/v1/hosts/{name}", s.getHost)
+	s.route("GET /api/v1/version", s.getVersion)
 	s.storageRoutes()
 	s.volumeRoutes()
 	s.route("GET /api/v1/openapi.yaml", func(w http.ResponseWriter, r *http.Request) {

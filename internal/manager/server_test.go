@@ -15,6 +15,7 @@ import (
 
 	v1 "hangar/api/v1"
 	"hangar/internal/authn"
+	"hangar/internal/buildinfo"
 	"hangar/internal/etcdembed/etcdtest"
 	"hangar/internal/inventory"
 	"hangar/internal/secrets"
@@ -332,5 +333,34 @@ func TestAccessLogAuthenticated(t *testing.T) {
 	if len(lines) != 2 || lines[0]["status"] != float64(401) || lines[1]["status"] != float64(200) ||
 		lines[1]["client"] != "ops" || lines[1]["route"] != "GET /api/v1/vms" {
 		t.Fatalf("access log: %v", lines)
+	}
+}
+
+// TestVersion: GET /api/v1/version names the server's build and each
+// host's QEMU from its facts.
+func TestVersion(t *testing.T) {
+	ts := newTestServer(t)
+	if _, err := ts.st.Put(t.Context(), inventory.HostInfoKey("h1"), inventory.Marshal(v1.Host{Name: "h1", CPUs: 4, MemoryMiB: 4096, Accelerator: "tcg", QEMUVersion: "7.2.15"}), store.AnyRevision); err != nil {
+		t.Fatal(err)
+	}
+	code, hdr, b := ts.do("GET", "/api/v1/version", "", "")
+	if code != 200 || hdr.Get("Content-Type") != "application/json" {
+		t.Fatalf("GET /version: %d %s %s", code, hdr.Get("Content-Type"), b)
+	}
+	var v v1.Version
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		t.Fatalf("decode %s: %v", b, err)
+	}
+	want := buildinfo.Get()
+	if v.Version != want.Version || v.Version == "" || v.Commit != want.Commit || v.GoVersion != want.GoVersion {
+		t.Errorf("version %+v, want the build's %+v", v, want)
+	}
+	if len(v.QEMU) != 1 || v.QEMU[0] != (v1.HostQEMU{Host: "h1", Version: "7.2.15", Accelerator: "tcg"}) {
+		t.Errorf("qemu = %+v, want h1's 7.2.15 tcg", v.QEMU)
+	}
+	if code, _, b := ts.do("POST", "/api/v1/version", "application/json", "{}"); code != 405 {
+		t.Errorf("POST /version: %d %s, want 405", code, b)
 	}
 }

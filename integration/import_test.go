@@ -58,12 +58,28 @@ func TestImportFormats(t *testing.T) {
 	for _, p := range paths {
 		name := "imp-" + strings.ReplaceAll(strings.TrimSuffix(filepath.Base(p), filepath.Ext(p)), "_", "-")
 		t.Run(filepath.Base(p), func(t *testing.T) {
-			op, err := s.c.Import(ctx, v1.ImportArgs{Path: p, Name: name, MemoryMiB: 256, Start: true}, 2*time.Minute)
+			args := v1.ImportArgs{Path: p, Name: name, MemoryMiB: 256, Start: true}
+			ova := strings.HasSuffix(p, ".ova")
+			if ova {
+				args.Networks = map[string]string{"Storage": "user"}
+			}
+			op, err := s.c.Import(ctx, args, 2*time.Minute)
 			s.wait(op, err)
 			s.waitReady(name, 0)
 			v, _ := s.c.VM(ctx, name)
 			if v.Spec.CPUModel != "qemu64" || v.Status.Disks[0].Format != "qcow2" {
 				t.Fatalf("imported vm: cpu %q, disk %+v", v.Spec.CPUModel, v.Status.Disks[0])
+			}
+			// The OVA's two NICs in order, the first with its MAC; its
+			// unmapped network is warned about. A single disk gets one NIC.
+			switch nics := v.Spec.NICs; {
+			case ova && (len(nics) != 2 || nics[0].MAC != "00:50:56:aa:bb:01" || nics[0].Mode != v1.NICUser || nics[1].Mode != v1.NICUser ||
+				nics[1].MAC == "" || nics[1].MAC == nics[0].MAC):
+				t.Fatalf("OVA NICs %+v", nics)
+			case ova && (len(op.Warnings) != 1 || !strings.Contains(op.Warnings[0], `"VM Network" is not mapped`)):
+				t.Fatalf("OVA import warnings %q", op.Warnings)
+			case !ova && (len(nics) != 1 || nics[0].Mode != v1.NICUser || len(op.Warnings) != 0):
+				t.Fatalf("NICs %+v, warnings %q", nics, op.Warnings)
 			}
 			s.wait(s.c.DeleteVM(ctx, name, true, time.Minute))
 		})
@@ -89,7 +105,8 @@ func buildOVA(t *testing.T, dir string) string {
       <Item><rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>2</rasd:VirtualQuantity></Item>
       <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>256</rasd:VirtualQuantity></Item>
       <Item><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType><rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource></Item>
-      <Item><rasd:InstanceID>4</rasd:InstanceID><rasd:ResourceType>10</rasd:ResourceType></Item>
+      <Item><rasd:Address>00:50:56:AA:BB:01</rasd:Address><rasd:Connection>VM Network</rasd:Connection><rasd:InstanceID>4</rasd:InstanceID><rasd:ResourceType>10</rasd:ResourceType></Item>
+      <Item><rasd:Connection>Storage</rasd:Connection><rasd:InstanceID>5</rasd:InstanceID><rasd:ResourceType>10</rasd:ResourceType></Item>
     </VirtualHardwareSection></VirtualSystem></Envelope>`, st.Size())
 	sum := func(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToString(h[:]) }
 	disk, err := os.ReadFile(vmdk)

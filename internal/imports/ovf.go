@@ -46,6 +46,7 @@ type ovfEnvelope struct {
 
 	sys    *ovfNode // the one VirtualSystem
 	option string   // the deployment option in force, "" without a DeploymentOptionSection
+	picked bool     // option was asked for
 }
 
 type ovfFile struct {
@@ -244,7 +245,7 @@ func (env *ovfEnvelope) chooseOption(name, want string) error {
 			}
 			return fmt.Errorf("%w %q: %s offers %s", ErrDeploymentOption, want, name, strings.Join(ids, ", "))
 		}
-		env.option = want
+		env.option, env.picked = want, true
 		return nil
 	}
 	for _, c := range env.Options {
@@ -342,6 +343,11 @@ type drive struct {
 func (env *ovfEnvelope) plan(name, fallback string) (Plan, []drive, error) {
 	sys := env.sys
 	p := Plan{Name: dnsLabel(firstNonEmpty(sys.Name, sys.ID, fallback)), DeploymentOption: env.option, DeploymentOptions: env.optionIDs()}
+	if len(p.DeploymentOptions) > 1 && !env.picked {
+		others := slices.DeleteFunc(slices.Clone(p.DeploymentOptions), func(id string) bool { return id == env.option })
+		p.Warnings = append(p.Warnings, fmt.Sprintf("OVF deployment option %q imported, the appliance's default; it also offers %s (--deployment-option)",
+			env.option, strings.Join(others, ", ")))
+	}
 	var items []ovfItem
 	for _, hw := range sys.Hardware {
 		if !env.applies(hw.Configuration) {

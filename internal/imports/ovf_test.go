@@ -159,9 +159,11 @@ func TestOVFPlans(t *testing.T) {
 `, diskA) + "</Envelope>",
 			mem: 2048, disks: []wantDisk{da}},
 		{name: "default deployment option", ovf: envOpen1 + refsAB + deployOptions(`ovf:default="true"`) + deployVS + "</Envelope>",
-			cpus: 1, mem: 1024, disks: []wantDisk{da}, option0: "small", warnings: []string{`OVF disk "db" is attached to no drive in deployment option "small": not imported`}},
+			cpus: 1, mem: 1024, disks: []wantDisk{da}, option0: "small", warnings: []string{
+				`OVF deployment option "small" imported, the appliance's default; it also offers large (--deployment-option)`,
+				`OVF disk "db" is attached to no drive in deployment option "small": not imported`}},
 		{name: "first deployment option without a default", ovf: envOpen1 + refsAB + deployOptions("") + deployVS + "</Envelope>",
-			cpus: 1, mem: 1024, disks: []wantDisk{da}, option0: "small", warnings: []string{`"db"`}},
+			cpus: 1, mem: 1024, disks: []wantDisk{da}, option0: "small", warnings: []string{`"small" imported`, `"db"`}},
 		{name: "chosen deployment option", option: "large", ovf: envOpen1 + refsAB + deployOptions(`ovf:default="true"`) + deployVS + "</Envelope>",
 			cpus: 4, mem: 14336, disks: []wantDisk{da, dbk}, option0: "large"},
 		{name: "unknown deployment option", option: "huge", ovf: envOpen1 + refsAB + deployOptions("") + deployVS + "</Envelope>",

@@ -96,6 +96,9 @@ type ImportArgs struct {
 	// DeploymentOption is the OVF DeploymentOptionSection configuration
 	// to import ("" for the appliance's default).
 	DeploymentOption string `json:"deploymentOption,omitempty"`
+	// VM is the VirtualSystem (ovf:id or Name) of a multi-VM vApp to
+	// import.
+	VM string `json:"vm,omitempty"`
 }
 
 // MediaArgs insert (Image set) or eject (Image empty) a cdrom's medium.

@@ -129,7 +129,7 @@ func newImport(g *globals) *cobra.Command {
 	var cpus, memory int
 	var start bool
 	var forwards, networks []string
-	var option string
+	var option, vmName string
 	imp := opCmd(g, &cobra.Command{Use: "import FILE", Short: "Create a VM from an OVA/OVF, VMDK, VHD, VHDX, qcow2 or raw image, or a block device (P2V)",
 		Long: `Create a VM from a foreign disk or appliance: an OVA or OVF (CPUs, memory and disks
 from its descriptor), a VMDK, VHD, VHDX, qcow2 or raw image, or a block device such as
@@ -137,14 +137,15 @@ from its descriptor), a VMDK, VHD, VHDX, qcow2 or raw image, or a block device s
 An appliance's NICs keep their order and MACs; --network maps each OVF network to a host
 bridge (or "user"), and NICs of unmapped networks become user-mode NICs, with a warning.
 --deployment-option picks an OVF DeploymentOptionSection configuration (default: the
-appliance's default); an unknown one is refused with the list the appliance offers.`,
+appliance's default); an unknown one is refused with the list the appliance offers.
+--vm imports one VirtualSystem of a multi-VM vApp (the refusal without it lists them).`,
 		Example: "  hangar import appliance.ova --start\n  hangar import appliance.ova --network \"VM Network=br0\" --deployment-option small\n  hangar import disk.vmdk --name legacy --memory 1024 --forward 2222:22",
 		Args:    cobra.ExactArgs(1)},
 		func(cmd *cobra.Command, a []string) (v1.Operation, error) {
 			if err := firstErr(atLeast(cmd, "cpus", int64(cpus), 1), atLeast(cmd, "memory", int64(memory), 1)); err != nil {
 				return v1.Operation{}, err
 			}
-			args := v1.ImportArgs{Path: a[0], Name: name, CPUs: cpus, MemoryMiB: memory, Start: start, DeploymentOption: option}
+			args := v1.ImportArgs{Path: a[0], Name: name, CPUs: cpus, MemoryMiB: memory, Start: start, DeploymentOption: option, VM: vmName}
 			for _, n := range networks {
 				net, to, ok := strings.Cut(n, "=")
 				if !ok || net == "" || to == "" {
@@ -175,6 +176,7 @@ appliance's default); an unknown one is refused with the list the appliance offe
 	imp.Flags().StringArrayVar(&forwards, "forward", nil, "HOSTPORT:GUESTPORT for the (first) user-mode NIC")
 	imp.Flags().StringArrayVar(&networks, "network", nil, `OVFNETWORK=BRIDGE: put the NICs of an OVF network on a host bridge ("user": user-mode NICs)`)
 	imp.Flags().StringVar(&option, "deployment-option", "", "OVF deployment option (configuration id) to import (default: the appliance's default)")
+	imp.Flags().StringVar(&vmName, "vm", "", "the VirtualSystem (ovf:id or Name) of a multi-VM vApp to import")
 	return imp
 }
 

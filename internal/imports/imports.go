@@ -103,8 +103,8 @@ func inspect(ctx context.Context, path string, opt Options) (Plan, error) {
 	}
 	switch {
 	case fi.Mode()&fs.ModeDevice != 0 && fi.Mode()&fs.ModeCharDevice == 0:
-		if opt.DeploymentOption != "" {
-			return Plan{}, fmt.Errorf("%w %q: only an OVA or OVF offers deployment options", ErrDeploymentOption, opt.DeploymentOption)
+		if err := opt.checkSingle(); err != nil {
+			return Plan{}, err
 		}
 		return inspectBlock(ctx, abs)
 	case !fi.Mode().IsRegular():
@@ -128,8 +128,8 @@ func inspect(ctx context.Context, path string, opt Options) (Plan, error) {
 	case "ovf":
 		return inspectOVF(ctx, abs, im, opt)
 	}
-	if opt.DeploymentOption != "" {
-		return Plan{}, fmt.Errorf("%w %q: only an OVA or OVF offers deployment options", ErrDeploymentOption, opt.DeploymentOption)
+	if err := opt.checkSingle(); err != nil {
+		return Plan{}, err
 	}
 	src, err := inspectDisk(ctx, im, Source{Path: abs}, filepath.Dir(abs), strings.ToLower(filepath.Ext(abs)))
 	if err != nil {
@@ -137,6 +137,17 @@ func inspect(ctx context.Context, path string, opt Options) (Plan, error) {
 	}
 	src.Name = "disk0"
 	return Plan{Name: nameFromFile(abs), Kind: kinds[src.Format], Disks: []Source{src}}, nil
+}
+
+// checkSingle refuses options only an appliance has for a single disk.
+func (opt Options) checkSingle() error {
+	switch {
+	case opt.DeploymentOption != "":
+		return fmt.Errorf("%w %q: only an OVA or OVF offers deployment options", ErrDeploymentOption, opt.DeploymentOption)
+	case opt.VM != "":
+		return fmt.Errorf("%w %q: only an OVA or OVF holds virtual systems", ErrVirtualSystem, opt.VM)
+	}
+	return nil
 }
 
 // inspectDisk detects the format of the disk im (which src locates for

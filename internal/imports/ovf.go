@@ -131,11 +131,18 @@ type Options struct {
 	// DeploymentOption is the id of an OVF DeploymentOptionSection
 	// Configuration; "" is the appliance's default.
 	DeploymentOption string
+	// VM is the ovf:id or Name of the VirtualSystem to import from a
+	// multi-VM vApp; "" when there is one.
+	VM string
 }
 
 // ErrDeploymentOption is wrapped by the error for a deployment option the
 // appliance does not offer (or a source that offers none).
 var ErrDeploymentOption = errors.New("unknown deployment option")
+
+// ErrVirtualSystem is wrapped by the error for a VM (Options.VM) the
+// appliance does not hold (or a source that is not an appliance).
+var ErrVirtualSystem = errors.New("no virtual system")
 
 // parseOVF decodes and checks an OVF descriptor and picks its VirtualSystem
 // and deployment option.
@@ -161,10 +168,26 @@ func parseOVF(name string, b []byte, opt Options) (*ovfEnvelope, error) {
 		return nil, malformed("%s: OVF VirtualSystemCollection holds no VirtualSystem", name)
 	case len(systems) == 0:
 		return nil, malformed("%s: OVF without a VirtualSystem", name)
-	case len(systems) > 1:
-		return nil, malformed("%s: OVF with %d virtual systems (a multi-VM vApp) is not supported", name, len(systems))
 	}
-	env.sys = systems[0]
+	var ids []string
+	for _, sys := range systems {
+		ids = append(ids, strconv.Quote(firstNonEmpty(sys.ID, sys.Name)))
+	}
+	switch {
+	case opt.VM != "":
+		i := slices.IndexFunc(systems, func(sys *ovfNode) bool {
+			return strings.TrimSpace(sys.ID) == opt.VM || strings.TrimSpace(sys.Name) == opt.VM
+		})
+		if i < 0 {
+			return nil, fmt.Errorf("%w %q: %s holds %s", ErrVirtualSystem, opt.VM, name, strings.Join(ids, ", "))
+		}
+		env.sys = systems[i]
+	case len(systems) > 1:
+		return nil, malformed("%s: OVF with %d virtual systems (a multi-VM vApp: %s) is not supported; --vm NAME imports one of them",
+			name, len(systems), strings.Join(ids, ", "))
+	default:
+		env.sys = systems[0]
+	}
 	for _, f := range env.Files {
 		if err := checkFile(name, f); err != nil {
 			return nil, err

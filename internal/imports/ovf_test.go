@@ -93,6 +93,7 @@ func TestOVFPlans(t *testing.T) {
 		name     string
 		ovf      string
 		option   string
+		vm       string
 		cpus     int
 		mem      int
 		disks    []wantDisk
@@ -148,7 +149,13 @@ func TestOVFPlans(t *testing.T) {
 			err: `x.ovf: OVF VirtualSystemCollection holds no VirtualSystem`},
 		{name: "VirtualSystemCollection of two", ovf: envOpen1 + refsAB + `<VirtualSystemCollection ovf:id="vapp"><Info>vApp</Info>
 ` + vs("web", diskA) + vs("db", diskB) + "</VirtualSystemCollection></Envelope>",
-			err: `x.ovf: OVF with 2 virtual systems (a multi-VM vApp) is not supported`},
+			err: `x.ovf: OVF with 2 virtual systems (a multi-VM vApp: "web", "db") is not supported; --vm NAME imports one of them`},
+		{name: "one VM of a vApp", vm: "db", ovf: envOpen1 + refsAB + `<VirtualSystemCollection ovf:id="vapp"><Info>vApp</Info>
+` + vs("web", diskA) + vs("db", cpu2, diskB) + "</VirtualSystemCollection></Envelope>",
+			cpus: 2, disks: []wantDisk{dbk}, warnings: []string{`OVF disk "da" is attached to no drive: not imported`}},
+		{name: "VM the vApp lacks", vm: "cache", ovf: envOpen1 + refsAB + `<VirtualSystemCollection ovf:id="vapp"><Info>vApp</Info>
+` + vs("web", diskA) + vs("db", cpu2, diskB) + "</VirtualSystemCollection></Envelope>",
+			err: `no virtual system "cache": x.ovf holds "web", "db"`},
 		{name: "Content of xsi:type VirtualSystem_Type", ovf: envOpen1 + refsA + strings.NewReplacer(
 			"<VirtualSystem ", `<Content xsi:type="ovf:VirtualSystem_Type" `, "</VirtualSystem>", "</Content>").Replace(vs("web", cpu2, diskA)) + "</Envelope>",
 			cpus: 2, disks: []wantDisk{da}},
@@ -181,12 +188,14 @@ func TestOVFPlans(t *testing.T) {
 			ovf := strings.NewReplacer("{A}", fmt.Sprint(len(diskEntries[0].data)), "{B}", fmt.Sprint(len(diskEntries[1].data))).Replace(c.ovf)
 			ova := filepath.Join(t.TempDir(), "x.ova")
 			writeTar(t, ova, append([]tarEntry{{name: "x.ovf", data: []byte(ovf)}}, diskEntries...))
-			plan, err := InspectWith(context.Background(), ova, Options{DeploymentOption: c.option})
+			plan, err := InspectWith(context.Background(), ova, Options{DeploymentOption: c.option, VM: c.vm})
 			if c.err != "" {
 				if err == nil || err.Error() != "import "+ova+": "+c.err {
 					t.Fatalf("err = %v\nwant %s", err, c.err)
 				}
-				if strings.HasPrefix(c.err, "unknown deployment option") != errors.Is(err, ErrDeploymentOption) || !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrDeploymentOption) {
+				if strings.HasPrefix(c.err, "unknown deployment option") != errors.Is(err, ErrDeploymentOption) ||
+					strings.HasPrefix(c.err, "no virtual system") != errors.Is(err, ErrVirtualSystem) ||
+					!errors.Is(err, ErrMalformed) && !errors.Is(err, ErrDeploymentOption) && !errors.Is(err, ErrVirtualSystem) {
 					t.Fatalf("err %v: wrong kind", err)
 				}
 				return
@@ -226,6 +235,9 @@ func TestOVFPlans(t *testing.T) {
 	_, err := InspectWith(context.Background(), a, Options{DeploymentOption: "small"})
 	if !errors.Is(err, ErrDeploymentOption) || errors.Is(err, ErrMalformed) {
 		t.Fatalf("deployment option of a vmdk: %v", err)
+	}
+	if _, err = InspectWith(context.Background(), a, Options{VM: "web"}); !errors.Is(err, ErrVirtualSystem) || errors.Is(err, ErrMalformed) {
+		t.Fatalf("vm of a vmdk: %v", err)
 	}
 	os.Remove(a)
 }

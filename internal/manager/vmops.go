@@ -400,10 +400,12 @@ func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, errdefs.Field("path", err))
 		return
 	}
-	plan, err := imports.InspectWith(ctx, hf.Path, imports.Options{DeploymentOption: args.DeploymentOption})
+	plan, err := imports.InspectWith(ctx, hf.Path, imports.Options{DeploymentOption: args.DeploymentOption, VM: args.VM})
 	if err != nil {
 		if errors.Is(err, imports.ErrDeploymentOption) {
 			err = &v1.Error{Code: v1.CodeInvalidArgument, Field: "deploymentOption", Message: "deploymentOption: " + err.Error()}
+		} else if errors.Is(err, imports.ErrVirtualSystem) {
+			err = &v1.Error{Code: v1.CodeInvalidArgument, Field: "vm", Message: "vm: " + err.Error()}
 		} else if errors.Is(err, imports.ErrMalformed) || errors.Is(err, os.ErrNotExist) {
 			err = &v1.Error{Code: v1.CodeInvalidArgument, Field: "path", Message: "path: " + err.Error()}
 		}

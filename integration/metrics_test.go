@@ -139,6 +139,8 @@ func TestVMMetrics(t *testing.T) {
 	if !ok1 || !ok2 {
 		t.Fatalf("no network counters for the guest's NIC: %v", fams["hangar_vm_network_receive_bytes_total"])
 	}
+	rxp0, _ := sample(fams, "hangar_vm_network_receive_packets_total", nic)
+	txp0, _ := sample(fams, "hangar_vm_network_transmit_packets_total", nic)
 	const requests = 5
 	for range requests {
 		get()
@@ -146,6 +148,11 @@ func TestVMMetrics(t *testing.T) {
 	fams = scrape(t, s)
 	rx1, _ := sample(fams, "hangar_vm_network_receive_bytes_total", nic)
 	tx1, _ := sample(fams, "hangar_vm_network_transmit_bytes_total", nic)
+	rxp1, _ := sample(fams, "hangar_vm_network_receive_packets_total", nic)
+	txp1, _ := sample(fams, "hangar_vm_network_transmit_packets_total", nic)
+	if rxp1-rxp0 < requests*3 || txp1-txp0 < requests*3 {
+		t.Errorf("after %d HTTP requests the NIC's packet counters grew by rx %v tx %v, want >= %d each", requests, rxp1-rxp0, txp1-txp0, requests*3)
+	}
 	// Each request is at least a SYN, a GET line and a FIN in, and an
 	// answer of ~100 bytes out.
 	if rx1-rx0 < requests*100 || tx1-tx0 < requests*100 {

@@ -40,6 +40,8 @@ var (
 	descWrOps  = prometheus.NewDesc("hangar_vm_disk_writes_total", "Write requests of the guest on the disk.", []string{"vm", "disk"}, nil)
 	descNetRx  = prometheus.NewDesc("hangar_vm_network_receive_bytes_total", "Bytes the guest received on the NIC (bridged NICs: the tap's transmitted bytes).", []string{"vm", "nic"}, nil)
 	descNetTx  = prometheus.NewDesc("hangar_vm_network_transmit_bytes_total", "Bytes the guest sent on the NIC (bridged NICs: the tap's received bytes).", []string{"vm", "nic"}, nil)
+	descNetRxP = prometheus.NewDesc("hangar_vm_network_receive_packets_total", "Packets the guest received on the NIC (bridged NICs).", []string{"vm", "nic"}, nil)
+	descNetTxP = prometheus.NewDesc("hangar_vm_network_transmit_packets_total", "Packets the guest sent on the NIC (bridged NICs).", []string{"vm", "nic"}, nil)
 	descScrape = prometheus.NewDesc("hangar_vm_stats_incomplete", "Running VMs whose usage this scrape could not read in full, by what failed (proc: CPU and memory; qmp: disks).", []string{"source"}, nil)
 )
 
@@ -99,7 +101,7 @@ func (a *Agent) observeOp(op v1.Operation) {
 
 // Describe implements prometheus.Collector.
 func (a *Agent) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descVMCPU, descVMRSS, descRdB, descWrB, descRdOps, descWrOps, descNetRx, descNetTx, descScrape} {
+	for _, d := range []*prometheus.Desc{descVMCPU, descVMRSS, descRdB, descWrB, descRdOps, descWrOps, descNetRx, descNetTx, descNetRxP, descNetTxP, descScrape} {
 		ch <- d
 	}
 	a.opDur.Describe(ch)
@@ -130,6 +132,8 @@ func (a *Agent) Collect(ch chan<- prometheus.Metric) {
 		for _, n := range s.NICs {
 			ch <- prometheus.MustNewConstMetric(descNetRx, prometheus.CounterValue, float64(n.ReceiveBytes), s.VM, n.NIC)
 			ch <- prometheus.MustNewConstMetric(descNetTx, prometheus.CounterValue, float64(n.TransmitBytes), s.VM, n.NIC)
+			ch <- prometheus.MustNewConstMetric(descNetRxP, prometheus.CounterValue, float64(n.ReceivePackets), s.VM, n.NIC)
+			ch <- prometheus.MustNewConstMetric(descNetTxP, prometheus.CounterValue, float64(n.TransmitPackets), s.VM, n.NIC)
 		}
 	}
 	for src, n := range errs {
@@ -158,8 +162,9 @@ type DiskStats struct {
 
 // NICStats is one NIC's traffic, from the guest's side.
 type NICStats struct {
-	NIC                         string
-	ReceiveBytes, TransmitBytes uint64
+	NIC                             string
+	ReceiveBytes, TransmitBytes     uint64
+	ReceivePackets, TransmitPackets uint64
 }
 
 // VMStats reads the usage of every VM this agent runs, each on its own
@@ -364,13 +369,13 @@ func tapStats(tap string) (NICStats, error) {
 		}
 		return strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 	}
-	rx, err := read("rx_bytes")
-	if err != nil {
-		return NICStats{}, err
+	var v [4]uint64
+	for i, f := range []string{"rx_bytes", "tx_bytes", "rx_packets", "tx_packets"} {
+		n, err := read(f)
+		if err != nil {
+			return NICStats{}, fmt.Errorf("tap %s: %w", tap, err)
+		}
+		v[i] = n
 	}
-	tx, err := read("tx_bytes")
-	if err != nil {
-		return NICStats{}, err
-	}
-	return NICStats{ReceiveBytes: tx, TransmitBytes: rx}, nil
+	return NICStats{ReceiveBytes: v[1], TransmitBytes: v[0], ReceivePackets: v[3], TransmitPackets: v[2]}, nil
 }

@@ -170,6 +170,22 @@ func TestImportRejectsMalformed(t *testing.T) {
 			t.Errorf("import %s: field %q", filepath.Base(p), e.Field)
 		}
 	}
+	// Choices an appliance does not offer name their field.
+	for _, c := range []struct {
+		args  v1.ImportArgs
+		field string
+	}{
+		{v1.ImportArgs{Path: ova, Name: "bad", DeploymentOption: "large"}, "deploymentOption"},
+		{v1.ImportArgs{Path: ova, Name: "bad", VM: "db"}, "vm"},
+		{v1.ImportArgs{Path: ova, Name: "bad", Networks: map[string]string{"DMZ": "br0"}}, "networks"},
+		{v1.ImportArgs{Path: junk, Name: "bad", DeploymentOption: "large"}, "deploymentOption"}, // a single disk offers none
+	} {
+		_, err := s.c.Import(ctx, c.args, time.Minute)
+		var e *v1.Error
+		if !errors.As(err, &e) || e.Code != v1.CodeInvalidArgument || e.Field != c.field {
+			t.Errorf("import %+v: %v, want invalid_argument on %s", c.args, err, c.field)
+		}
+	}
 	if vms, _ := s.c.VMs(ctx); len(vms) != 0 {
 		t.Fatalf("vms after bad imports: %d", len(vms))
 	}

@@ -3,6 +3,7 @@ package imports
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -70,10 +71,18 @@ func planAppliance(ctx context.Context, a applianceFiles) (Plan, error) {
 		p.Disks = append(p.Disks, src)
 	}
 	if len(p.Disks) == 0 {
+		msg := fmt.Sprintf("%s: OVF attaches no disk", a.ovfName)
 		if p.DeploymentOption != "" {
-			return Plan{}, malformed("%s: OVF attaches no disk in deployment option %q", a.ovfName, p.DeploymentOption)
+			msg += fmt.Sprintf(" in deployment option %q", p.DeploymentOption)
 		}
-		return Plan{}, malformed("%s: OVF attaches no disk", a.ovfName)
+		if len(env.Disks) > 0 {
+			var ids []string
+			for _, d := range env.Disks {
+				ids = append(ids, strconv.Quote(d.ID))
+			}
+			msg += fmt.Sprintf(" (no disk drive Item has HostResource ovf:/disk/ID for its DiskSection disks %s)", strings.Join(ids, ", "))
+		}
+		return Plan{}, malformed("%s", msg)
 	}
 	for _, w := range p.Warnings {
 		slog.WarnContext(ctx, "import: the plan leaves out or changes part of the appliance", "ovf", a.ovfName, "warning", w)

@@ -492,6 +492,9 @@ func hostResource(name string, it ovfItem) (disk, file string, err error) {
 		return "", "", nil
 	}
 	h := strings.TrimPrefix(strings.TrimSpace(it.HostResource[0]), "ovf:")
+	if strings.HasPrefix(h, "//") { // "ovf://disk/ID", seen in old exports
+		h = h[1:]
+	}
 	switch {
 	case h == "":
 		return "", "", nil

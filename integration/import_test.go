@@ -15,6 +15,7 @@ import (
 	"time"
 
 	v1 "hangar/api/v1"
+	"hangar/internal/vm"
 )
 
 func qemuImgConvert(t *testing.T, args ...string) {
@@ -169,6 +170,26 @@ func TestImportRejectsMalformed(t *testing.T) {
 		if errors.As(err, &e) && e.Field != "path" {
 			t.Errorf("import %s: field %q", filepath.Base(p), e.Field)
 		}
+	}
+	// An OVF (beside the OVA's disk) with more NICs than a VM may have.
+	st, err := os.Stat(filepath.Join(dir, "appliance-disk1.vmdk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nics := strings.Repeat(`<Item><rasd:InstanceID>4</rasd:InstanceID><rasd:ResourceType>10</rasd:ResourceType></Item>`, vm.MaxNICs+1)
+	many := filepath.Join(dir, "many-nics.ovf")
+	if err := os.WriteFile(many, fmt.Appendf(nil, `<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
+  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData">
+  <References><File ovf:id="file1" ovf:href="appliance-disk1.vmdk" ovf:size="%d"/></References>
+  <DiskSection><Info>disks</Info><Disk ovf:diskId="d1" ovf:fileRef="file1" ovf:capacity="134217728"/></DiskSection>
+  <VirtualSystem ovf:id="many"><Info>a vm</Info><VirtualHardwareSection><Info>hw</Info>
+    <Item><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType><rasd:HostResource>ovf:/disk/d1</rasd:HostResource></Item>%s
+  </VirtualHardwareSection></VirtualSystem></Envelope>`, st.Size(), nics), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.c.Import(ctx, v1.ImportArgs{Path: many, Name: "bad"}, time.Minute)
+	if e := (*v1.Error)(nil); !errors.As(err, &e) || e.Field != "path" || !strings.Contains(e.Message, fmt.Sprintf("the appliance has 1 disks and %d NICs", vm.MaxNICs+1)) {
+		t.Errorf("import of %d NICs: %v", vm.MaxNICs+1, err)
 	}
 	// Choices an appliance does not offer name their field.
 	for _, c := range []struct {

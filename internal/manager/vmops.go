@@ -438,6 +438,15 @@ func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 		}
 		spec.Disks = append(spec.Disks, disk)
 	}
+	if len(plan.Disks) > vm.MaxDisks || len(plan.NICs) > vm.MaxNICs {
+		opt := ""
+		if plan.DeploymentOption != "" {
+			opt = fmt.Sprintf(" in deployment option %q", plan.DeploymentOption)
+		}
+		writeErr(w, invalidArg("path", "the appliance has %d disks and %d NICs%s; a VM has at most %d disks and %d NICs",
+			len(plan.Disks), len(plan.NICs), opt, vm.MaxDisks, vm.MaxNICs))
+		return
+	}
 	warnings := slices.Clone(plan.Warnings)
 	nics, more, err := importNICs(plan, args)
 	if err != nil {

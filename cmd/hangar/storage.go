@@ -146,16 +146,11 @@ appliance's default); an unknown one is refused with the list the appliance offe
 				return v1.Operation{}, err
 			}
 			args := v1.ImportArgs{Path: a[0], Name: name, CPUs: cpus, MemoryMiB: memory, Start: start, DeploymentOption: option, VM: vmName}
-			for _, n := range networks {
-				net, to, ok := strings.Cut(n, "=")
-				if !ok || net == "" || to == "" {
-					return v1.Operation{}, fmt.Errorf("--network %q: want OVFNETWORK=BRIDGE (or OVFNETWORK=user)", n)
-				}
-				if args.Networks == nil {
-					args.Networks = map[string]string{}
-				}
-				args.Networks[net] = to
+			nets, err := parseNetworks(networks)
+			if err != nil {
+				return v1.Operation{}, err
 			}
+			args.Networks = nets
 			for _, f := range forwards {
 				fw, err := parseForward(f)
 				if err != nil {
@@ -178,6 +173,26 @@ appliance's default); an unknown one is refused with the list the appliance offe
 	imp.Flags().StringVar(&option, "deployment-option", "", "OVF deployment option (configuration id) to import (default: the appliance's default)")
 	imp.Flags().StringVar(&vmName, "vm", "", "the VirtualSystem (ovf:id or Name) of a multi-VM vApp to import")
 	return imp
+}
+
+// parseNetworks reads repeated --network OVFNETWORK=BRIDGE flags; the OVF
+// network name may hold spaces and "=" (the last "=" splits).
+func parseNetworks(flags []string) (map[string]string, error) {
+	var m map[string]string
+	for _, n := range flags {
+		i := strings.LastIndex(n, "=")
+		if i <= 0 || i == len(n)-1 {
+			return nil, fmt.Errorf("--network %q: want OVFNETWORK=BRIDGE (or OVFNETWORK=user)", n)
+		}
+		if _, dup := m[n[:i]]; dup {
+			return nil, fmt.Errorf("--network %q: network %q is mapped twice", n, n[:i])
+		}
+		if m == nil {
+			m = map[string]string{}
+		}
+		m[n[:i]] = n[i+1:]
+	}
+	return m, nil
 }
 
 func newSnapshot(g *globals) *cobra.Command {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -430,5 +431,31 @@ func TestCLIURL(t *testing.T) {
 	r := runHangar(t, "--url", "https://127.0.0.1:1", "version")
 	if r.code != 0 || !strings.Contains(r.stdout, "Server:  https://127.0.0.1:1") || !strings.Contains(r.stdout, "not reachable") {
 		t.Fatalf("version with an unreachable --url: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestBenchStartSmoke: `hangar bench start --runs 2` measures both sides
+// and prints every phase's median and, last, the start ratio.
+func TestBenchStartSmoke(t *testing.T) {
+	needQEMU(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, hangarBin, "bench", "start", "--runs", "2", "--image", guestImage)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("bench start: %v\n%s%s", err, out, stderr.String())
+	}
+	text := string(out)
+	for _, want := range []string{"run 2: raw qemu", "spec+op txn + watch delivery to the worker", "disk provisioning",
+		"qmp connect + setup", "status write (running)", "op record + waiter sees running", "qmp greeting + qmp_capabilities"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("bench start output lacks %q:\n%s", want, text)
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(text), "\n")
+	if !regexp.MustCompile(`^start ratio Hangar/raw [0-9]+\.[0-9]{2}$`).MatchString(lines[len(lines)-1]) {
+		t.Fatalf("last line is not the ratio:\n%s", text)
 	}
 }

@@ -223,6 +223,17 @@ type Operation struct {
 	// Warnings say what the operation left out or changed (an import's
 	// unmapped networks, unattached disks…).
 	Warnings []string `json:"warnings,omitempty"`
+	// Timings are when the agent's last attempt passed its phases (in
+	// order; informational, for `hangar bench start`). They travel in the
+	// record writes the operation makes anyway: recording them costs no
+	// extra write.
+	Timings []Timing `json:"timings,omitempty"`
+}
+
+// Timing is the moment an operation finished one of its phases.
+type Timing struct {
+	Phase string    `json:"phase"`
+	At    time.Time `json:"at"`
 }
 
 // Done reports whether the operation reached a final state.

@@ -46,6 +46,15 @@ type machine struct {
 	// the status whenever the worker writes it as running).
 	startedAt time.Time
 	accel     string
+	// timings of the operation being run (see v1.Operation.Timings).
+	timings []v1.Timing
+}
+
+// mark records that the running operation finished phase now.
+func (m *machine) mark(phase string) { m.markAt(phase, time.Now()) }
+
+func (m *machine) markAt(phase string, at time.Time) {
+	m.timings = append(m.timings, v1.Timing{Phase: phase, At: at.UTC()})
 }
 
 func (m *machine) loop() {
@@ -93,6 +102,8 @@ func (m *machine) loop() {
 // every step is idempotent.
 func (m *machine) runOp(ctx context.Context, id string) {
 	defer m.a.opFinished(id)
+	m.timings = nil
+	m.mark("seen")
 	inv := m.a.inv
 	op, rev, err := inv.Op(ctx, id)
 	if errors.Is(err, inventory.ErrInvalidRecord) && rev != 0 && op.Host == m.a.cfg.Host && !op.Done() {
@@ -116,14 +127,17 @@ func (m *machine) runOp(ctx context.Context, id string) {
 	}
 	op.State = v1.OpRunning
 	op.Updated = time.Now().UTC()
+	op.Timings = m.timings
 	if rev, err = inv.PutOp(ctx, op, rev); err != nil {
 		m.log.Info("operation not claimed", "op", id, "err", err) // cancelled meanwhile
 		return
 	}
 	m.a.crashPoint("op-claimed")
+	m.mark("claimed")
 	progress := func(f float64, phase string) {
 		op.Progress = v1.Progress{Fraction: f, Phase: phase}
 		op.Updated = time.Now().UTC()
+		op.Timings = m.timings
 		if r, err := inv.PutOp(ctx, op, rev); err == nil {
 			rev = r
 		}
@@ -135,6 +149,8 @@ func (m *machine) runOp(ctx context.Context, id string) {
 		return
 	}
 	op.Updated = time.Now().UTC()
+	op.Timings = m.timings
+	m.timings = nil
 	if err != nil {
 		op.State = v1.OpFailed
 		op.Error = errdefs.ToAPI(err)
@@ -357,6 +373,7 @@ func (m *machine) create(ctx context.Context, args v1.CreateArgs, progress func(
 		})
 	}
 	m.a.crashPoint("disks-created")
+	m.mark("disks")
 	if err := m.setStatus(ctx, func(st *v1.VMStatus) {
 		if m.inst != nil {
 			// A resumed create whose QEMU an earlier agent started and this
@@ -372,6 +389,7 @@ func (m *machine) create(ctx context.Context, args v1.CreateArgs, progress func(
 		return err
 	}
 	m.a.crashPoint("status-stopped")
+	m.mark("stopped")
 	if args.Start {
 		progress(0.7, "starting qemu")
 		if err := m.start(ctx); err != nil {
@@ -472,6 +490,7 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 		return err
 	}
 	defer closeAll(sb.Files)
+	m.mark("sandbox")
 	taps := make([]string, len(spec.NICs))
 	for i, n := range spec.NICs {
 		if n.Mode != v1.NICBridge {
@@ -499,6 +518,7 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 	if err := m.setStatus(ctx, func(st *v1.VMStatus) { st.State, st.Disks, st.UID = v1.StateStarting, status.Disks, sb.UID }); err != nil {
 		return err
 	}
+	m.mark("starting")
 	rev.Add(func() {
 		_ = m.setStatus(context.Background(), func(st *v1.VMStatus) { st.State = v1.StateStopped; st.PID = 0 })
 	})
@@ -507,6 +527,8 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 		return err
 	}
 	rev.Add(func() { _ = inst.Kill(context.Background()) })
+	m.markAt("exec", inst.Execed)
+	m.mark("qmp")
 	m.startedAt, m.accel = time.Now().UTC(), m.a.cfg.Caps.Accel
 	m.a.crashPoint("qemu-exec")
 	if stateFile != "" {
@@ -524,10 +546,12 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 		return fmt.Errorf("start %s: cont: %w", m.name, err)
 	}
 	m.a.crashPoint("qemu-cont")
+	m.mark("cont")
 	if err := m.setStatus(ctx, func(st *v1.VMStatus) { m.running(st, inst, v1.StateRunning); st.Reason = "" }); err != nil {
 		return err
 	}
 	m.a.crashPoint("status-running")
+	m.mark("running")
 	m.watch(inst)
 	rev.Success()
 	m.log.Info("vm started", "pid", inst.PID, "accel", m.a.cfg.Caps.Accel)

@@ -106,6 +106,9 @@ type Instance struct {
 	RunDir string
 	PID    int
 	Mon    *qmp.Client
+	// Execed is when StartAs had the process started (before connecting
+	// its monitor); zero for an adopted QEMU.
+	Execed time.Time
 
 	exited chan struct{}
 	mu     sync.Mutex
@@ -190,7 +193,7 @@ func StartAs(ctx context.Context, caps Capabilities, name, runDir string, argv [
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	inst := &Instance{Name: name, RunDir: runDir, PID: cmd.Process.Pid, exited: make(chan struct{}), log: log}
+	inst := &Instance{Name: name, RunDir: runDir, PID: cmd.Process.Pid, Execed: time.Now(), exited: make(chan struct{}), log: log}
 	go func() {
 		_ = cmd.Wait()
 		close(inst.exited)

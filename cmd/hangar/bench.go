@@ -84,7 +84,9 @@ func newBenchStart() *cobra.Command {
 		Short: "Start latency per phase: API create+start to running vs raw QEMU's own start",
 		Long: `Measure, --runs times each and alternately, raw QEMU's own start (exec, QMP greeting,
 qmp_capabilities, cont; no disks) and a VM created and started through the API up to the
-operation's success (the guest's boot excluded). Hangar's phases come from the operation's
+operation's success (the guest's boot excluded); a stopped VM on the same image, created
+first and kept through the runs, holds the pool's copy of the image, so the runs start from
+an image already brought in. Hangar's phases come from the operation's
 timings (recorded by the agent in the record writes it makes anyway) and the manager's
 creation time; prints per-phase medians, and last the line "start ratio Hangar/raw X.XX".`,
 		Example: "  hangar bench start --runs 5 --accel tcg",

@@ -285,6 +285,10 @@ func TestCLIVolumeNames(t *testing.T) {
 	if !strings.Contains(r.stderr, "100%") && !strings.Contains(r.stderr, "done in") {
 		t.Fatalf("copy shows no progress:\n%s", r.stderr)
 	}
+	// The server counts the bytes a copy moves; the CLI shows them and a rate.
+	if !strings.Contains(r.stderr, "of 48.0 MiB") || !strings.Contains(r.stderr, "MiB/s") {
+		t.Fatalf("copy progress shows no bytes and rate:\n%s", r.stderr)
+	}
 	r = s.ok("volume", "show", "default/images/big.qcow2", "-o", "json")
 	var v v1.Volume
 	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil || v.Format != "qcow2" || v.VirtualSize != 48<<20 {

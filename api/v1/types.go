@@ -245,6 +245,10 @@ func (o Operation) Done() bool {
 type Progress struct {
 	Fraction float64 `json:"fraction"`
 	Phase    string  `json:"phase,omitempty"`
+	// Bytes of TotalBytes the phase has moved, for phases that copy data
+	// (volume copy and flatten, template); 0 where not known.
+	Bytes      int64 `json:"bytes,omitempty"`
+	TotalBytes int64 `json:"totalBytes,omitempty"`
 }
 
 // Error codes.

@@ -111,7 +111,7 @@ func follow(cmd *cobra.Command, c *client.Client, op v1.Operation, err error, wa
 	}
 	p := newProgress(cmd.ErrOrStderr(), fmt.Sprintf("%s %s", op.Kind, op.Target), 0)
 	done, err := c.Wait(cmd.Context(), op, func(o v1.Operation) {
-		p.fraction(o.Progress.Fraction, opPhase(o))
+		p.fraction(o.Progress.Fraction, opPhase(o), o.Progress.Bytes, o.Progress.TotalBytes)
 	})
 	p.finish(err == nil)
 	if err != nil && cmd.Context().Err() != nil {
@@ -170,20 +170,35 @@ func newProgress(w io.Writer, label string, totalBytes int64) *progress {
 	return p
 }
 
-// fraction reports progress of an operation (0..1) in a phase.
-func (p *progress) fraction(f float64, phase string) {
+// fraction reports progress of an operation (0..1) in a phase, with the
+// bytes it moved of total when the server counts them (total > 0).
+func (p *progress) fraction(f float64, phase string, bytes, total int64) {
 	if f < 0 {
 		f = 0
 	} else if f > 1 {
 		f = 1
 	}
 	p.phase = phase
+	extra := ""
+	if total > 0 {
+		extra = p.bytesRate(bytes, total)
+	}
 	if p.bar != nil {
-		p.bar.Describe(fmt.Sprintf("%s: %s", p.label, phase))
+		p.bar.Describe(fmt.Sprintf("%s: %s%s", p.label, phase, extra))
 		_ = p.bar.Set64(int64(f * 1000))
 		return
 	}
-	p.line(int(f*100), "")
+	p.line(int(f*100), extra)
+}
+
+// bytesRate says how many of total bytes are done and at what rate since
+// the verb started.
+func (p *progress) bytesRate(done, total int64) string {
+	rate := 0.0
+	if el := time.Since(p.start).Seconds(); el > 0 {
+		rate = float64(done) / el
+	}
+	return fmt.Sprintf(" %s of %s, %s/s", mib(done), mib(total), mib(int64(rate)))
 }
 
 // add counts n more bytes of total.
@@ -197,12 +212,7 @@ func (p *progress) add(n int64) {
 	if p.total > 0 {
 		pct = int(p.cur * 100 / p.total)
 	}
-	el := time.Since(p.start).Seconds()
-	rate := 0.0
-	if el > 0 {
-		rate = float64(p.cur) / el
-	}
-	p.line(pct, fmt.Sprintf(" %s of %s, %s/s", mib(p.cur), mib(p.total), mib(int64(rate))))
+	p.line(pct, p.bytesRate(p.cur, p.total))
 }
 
 func (p *progress) line(pct int, extra string) {

@@ -22,6 +22,17 @@ import (
 	"hangar/internal/vm"
 )
 
+// progressFunc reports an operation's progress: the fraction done and the
+// phase, and for phases that copy data the bytes moved and the bytes to
+// move.
+type progressFunc func(f float64, phase string, bytes ...int64)
+
+// copyProgress reports a copy of total bytes, which runs from lo to lo+span
+// of the operation, as phase.
+func copyProgress(progress progressFunc, lo, span float64, phase string, total int64) func(float64) {
+	return func(f float64) { progress(lo+span*f, phase, int64(f*float64(total)), total) }
+}
+
 // task is one unit of work for a VM's worker.
 type task struct {
 	op      string         // run this operation
@@ -134,8 +145,11 @@ func (m *machine) runOp(ctx context.Context, id string) {
 	}
 	m.a.crashPoint("op-claimed")
 	m.mark("claimed")
-	progress := func(f float64, phase string) {
+	progress := func(f float64, phase string, bytes ...int64) {
 		op.Progress = v1.Progress{Fraction: f, Phase: phase}
+		if len(bytes) == 2 {
+			op.Progress.Bytes, op.Progress.TotalBytes = bytes[0], bytes[1]
+		}
 		op.Updated = time.Now().UTC()
 		op.Timings = m.timings
 		if r, err := inv.PutOp(ctx, op, rev); err == nil {
@@ -157,7 +171,9 @@ func (m *machine) runOp(ctx context.Context, id string) {
 		m.log.Warn("operation failed", "op", id, "kind", op.Kind, "err", err)
 	} else {
 		op.State = v1.OpSucceeded
-		op.Progress = v1.Progress{Fraction: 1, Phase: "done"}
+		// A copy that counted its bytes moved them all.
+		total := op.Progress.TotalBytes
+		op.Progress = v1.Progress{Fraction: 1, Phase: "done", Bytes: total, TotalBytes: total}
 		m.log.Info("operation succeeded", "op", id, "kind", op.Kind)
 	}
 	// Conditioned on the revision this worker claimed (and advanced with
@@ -193,7 +209,7 @@ func (m *machine) checkOpPlacement(ctx context.Context, op v1.Operation) error {
 	return nil
 }
 
-func (m *machine) execute(ctx context.Context, op v1.Operation, progress func(float64, string)) error {
+func (m *machine) execute(ctx context.Context, op v1.Operation, progress progressFunc) error {
 	switch op.Kind {
 	case "create":
 		var args v1.CreateArgs
@@ -257,7 +273,9 @@ func (m *machine) execute(ctx context.Context, op v1.Operation, progress func(fl
 			return err
 		}
 		m.gone = true // a volume's worker need not stay
-		return m.a.volumeJob(ctx, op.Kind, args, func(f float64) { progress(0.05+0.9*f, "copying") })
+		return m.a.volumeJob(ctx, op.Kind, args, func(total int64) func(float64) {
+			return copyProgress(progress, 0.05, 0.9, "copying", total)
+		})
 	case "template":
 		var args v1.TemplateArgs
 		if err := decodeArgs(op, &args); err != nil {
@@ -335,7 +353,7 @@ func (m *machine) running(st *v1.VMStatus, inst *qemu.Instance, state string) {
 	st.State, st.PID, st.StartedAt, st.Accelerator = state, inst.PID, &started, m.accel
 }
 
-func (m *machine) create(ctx context.Context, args v1.CreateArgs, progress func(float64, string)) error {
+func (m *machine) create(ctx context.Context, args v1.CreateArgs, progress progressFunc) error {
 	spec, _, err := m.a.inv.Spec(ctx, m.name)
 	if err != nil {
 		return err

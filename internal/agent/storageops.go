@@ -72,7 +72,7 @@ func (m *machine) vmFile(name string) (string, error) {
 
 // suspend saves RAM and device state to a file in the VM's pool and stops
 // QEMU; start or resume continues from it.
-func (m *machine) suspend(ctx context.Context, progress func(float64, string)) error {
+func (m *machine) suspend(ctx context.Context, progress progressFunc) error {
 	if m.inst == nil {
 		return errdefs.Precondition("suspend %s: vm is not running", m.name)
 	}
@@ -137,7 +137,7 @@ func (m *machine) media(ctx context.Context, a v1.MediaArgs) error {
 
 // snapshot puts an overlay on every disk at one instant (and with Memory
 // saves RAM and device state at that same instant).
-func (m *machine) snapshot(ctx context.Context, a v1.SnapshotArgs, progress func(float64, string)) error {
+func (m *machine) snapshot(ctx context.Context, a v1.SnapshotArgs, progress progressFunc) error {
 	spec, st, err := m.load(ctx)
 	if err != nil {
 		return err
@@ -252,7 +252,7 @@ func (m *machine) recordSnapshot(ctx context.Context, sn v1.Snapshot, newTops ma
 
 // commitSnapshot merges the newest snapshot's overlays into their bases —
 // live with block-commit when the VM runs — and forgets the snapshot.
-func (m *machine) commitSnapshot(ctx context.Context, name string, progress func(float64, string)) error {
+func (m *machine) commitSnapshot(ctx context.Context, name string, progress progressFunc) error {
 	st, err := m.a.inv.Status(ctx, m.name)
 	if err != nil {
 		return err
@@ -312,7 +312,7 @@ func (m *machine) commitSnapshot(ctx context.Context, name string, progress func
 // changes since are dropped; a running VM continues from the snapshot's
 // memory when it has one, else boots from the snapshot's disks. With
 // discard the snapshot itself is dropped too.
-func (m *machine) revertSnapshot(ctx context.Context, name string, discard bool, progress func(float64, string)) error {
+func (m *machine) revertSnapshot(ctx context.Context, name string, discard bool, progress progressFunc) error {
 	st, err := m.a.inv.Status(ctx, m.name)
 	if err != nil {
 		return err
@@ -398,7 +398,7 @@ func (m *machine) revertSnapshot(ctx context.Context, name string, discard bool,
 
 // toTemplate turns a stopped VM into a read-only template: its disks are
 // flattened into templates/<name>/ and the VM is removed.
-func (m *machine) toTemplate(ctx context.Context, tname string, progress func(float64, string)) error {
+func (m *machine) toTemplate(ctx context.Context, tname string, progress progressFunc) error {
 	if m.inst != nil {
 		return errdefs.Precondition("template from %s: the vm runs", m.name)
 	}
@@ -435,7 +435,11 @@ func (m *machine) toTemplate(ctx context.Context, tname string, progress func(fl
 		dst := "templates/" + tname + "/" + d.Name + ".qcow2"
 		lo, span := float64(i)/float64(len(disks)), 1/float64(len(disks))
 		if err := m.a.io.run(ctx, func() error {
-			_, err := pool.Copy(ctx, rel, dst, "qcow2", func(f float64) { progress(lo+span*f*0.9, "copying "+d.Name) })
+			var total int64
+			if src, err := pool.Volume(ctx, rel); err == nil {
+				total = src.VirtualSize
+			}
+			_, err := pool.Copy(ctx, rel, dst, "qcow2", copyProgress(progress, lo, span*0.9, "copying "+d.Name, total))
 			return err
 		}); err != nil && !errors.Is(err, storage.ErrExists) {
 			return err
@@ -475,7 +479,7 @@ func (m *machine) toTemplate(ctx context.Context, tname string, progress func(fl
 // clone copies this VM's disks into the VM the manager recorded as
 // args.Name: at one instant while it runs (crash-consistent), or plainly
 // when it is stopped.
-func (m *machine) clone(ctx context.Context, a v1.CloneArgs, progress func(float64, string)) error {
+func (m *machine) clone(ctx context.Context, a v1.CloneArgs, progress progressFunc) error {
 	dst, _, err := m.a.inv.Spec(ctx, a.Name)
 	if err != nil {
 		return err
@@ -728,7 +732,7 @@ func slicesContains(list []string, s string) bool {
 // (the changes between it and snapshot k+1) is merged into its base, and
 // snapshot k+1 then builds on that base. Live with a non-active
 // block-commit while the VM runs, with qemu-img commit + rebase when not.
-func (m *machine) commitInner(ctx context.Context, st v1.VMStatus, k int, progress func(float64, string)) error {
+func (m *machine) commitInner(ctx context.Context, st v1.VMStatus, k int, progress progressFunc) error {
 	sn, above := st.Snapshots[k], st.Snapshots[k+1]
 	spec, _, err := m.a.inv.Spec(ctx, m.name)
 	if err != nil {

@@ -182,12 +182,17 @@ func (a *Agent) VolumeUser(ctx context.Context, pool, name string) (vmName, disk
 // volumeJob copies or flattens a volume on the I/O worker pool. It runs as
 // an operation whose target is the volume ("pool/name"), so the volume's
 // operations are serialized like a VM's.
-func (a *Agent) volumeJob(ctx context.Context, kind string, args v1.VolumeCopyArgs, progress func(float64)) error {
+func (a *Agent) volumeJob(ctx context.Context, kind string, args v1.VolumeCopyArgs, reporter func(total int64) func(float64)) error {
 	p, err := a.pool(ctx, args.Pool)
 	if err != nil {
 		return err
 	}
 	return a.io.run(ctx, func() error {
+		var total int64
+		if src, err := p.Volume(ctx, args.Source); err == nil {
+			total = src.VirtualSize
+		}
+		progress := reporter(total)
 		if kind == "volume-flatten" {
 			return p.Flatten(ctx, args.Source, progress)
 		}

@@ -71,43 +71,14 @@ next:
 // every VM state (0 when empty), and the host's VM count drops as soon as
 // the VM is deleted. The output passes promlint.
 func TestVMMetrics(t *testing.T) {
-	needQEMU(t)
-	ns := testNetns(t)
-	s := newServerIn(t, ns)
+	s, ns, bootID := bootBridged(t, "meter")
 	ctx := context.Background()
-	spec := v1.VMSpec{Name: "meter", MemoryMiB: 256, Disks: []v1.Disk{{Image: guestImage}},
-		NICs: []v1.NIC{{Mode: v1.NICBridge, Bridge: "br0"}}}
-	op, err := s.c.CreateVM(ctx, spec, true, time.Minute)
-	if err == nil {
-		_, err = s.c.Wait(ctx, op, nil)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	bootID, _ := s.waitReady("meter", 0)
-	get := func() string {
-		t.Helper()
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			out, err := httpGetInNetns(ns, "10.77.0.10:80", "/cgi-bin/status")
-			if err == nil {
-				return out
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("guest on the bridge does not answer: %v", err)
-			}
-			time.Sleep(time.Second)
-		}
-	}
-	if body := get(); !strings.Contains(body, "boot_id="+bootID) {
+	if body := guestStatusInNetns(t, ns); !strings.Contains(body, "boot_id="+bootID) {
 		t.Fatalf("guest answered %q, want its boot id %s", body, bootID)
 	}
 
 	vmL := map[string]string{"vm": "meter"}
-	disk := map[string]string{"vm": "meter", "disk": spec.Disks[0].Name}
-	if disk["disk"] == "" {
-		disk["disk"] = "disk0"
-	}
+	disk := map[string]string{"vm": "meter", "disk": "disk0"} // the first disk's default name
 	nic := map[string]string{"vm": "meter", "nic": "net0"}
 	fams := scrape(t, s)
 	for _, st := range []string{v1.StateRunning, v1.StateSuspended, v1.StateStopped, v1.StateCrashed, v1.StateError} {
@@ -143,7 +114,7 @@ func TestVMMetrics(t *testing.T) {
 	txp0, _ := sample(fams, "hangar_vm_network_transmit_packets_total", nic)
 	const requests = 5
 	for range requests {
-		get()
+		guestStatusInNetns(t, ns)
 	}
 	fams = scrape(t, s)
 	rx1, _ := sample(fams, "hangar_vm_network_receive_bytes_total", nic)
@@ -176,7 +147,7 @@ func TestVMMetrics(t *testing.T) {
 		}
 	}
 
-	op, err = s.c.DeleteVM(ctx, "meter", true, time.Minute)
+	op, err := s.c.DeleteVM(ctx, "meter", true, time.Minute)
 	if err == nil {
 		_, err = s.c.Wait(ctx, op, nil)
 	}

@@ -62,14 +62,16 @@ func testNetns(t *testing.T) string {
 	return ns
 }
 
-// TestBridgeNIC: a VM on a bridge gets a tap, takes an address from the
-// bridge's DHCP server and serves HTTP on it; the tap goes with the VM.
-func TestBridgeNIC(t *testing.T) {
+// bootBridged starts hangar serve in a test namespace (testNetns) and boots
+// a VM name with one NIC on its bridge; it returns the server, the
+// namespace and the guest's boot id.
+func bootBridged(t *testing.T, name string) (*server, string, string) {
+	t.Helper()
 	needQEMU(t)
 	ns := testNetns(t)
 	s := newServerIn(t, ns)
 	ctx := context.Background()
-	spec := v1.VMSpec{Name: "bridged", MemoryMiB: 256, Disks: []v1.Disk{{Image: guestImage}},
+	spec := v1.VMSpec{Name: name, MemoryMiB: 256, Disks: []v1.Disk{{Image: guestImage}},
 		NICs: []v1.NIC{{Mode: v1.NICBridge, Bridge: "br0"}}}
 	op, err := s.c.CreateVM(ctx, spec, true, time.Minute)
 	if err == nil {
@@ -78,27 +80,43 @@ func TestBridgeNIC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bootID, _ := s.waitReady("bridged", 0)
+	bootID, _ := s.waitReady(name, 0)
+	return s, ns, bootID
+}
+
+// guestStatusInNetns is the bridged guest's /cgi-bin/status (the address
+// testNetns's DHCP server hands out), retried for a minute.
+func guestStatusInNetns(t *testing.T, ns string) string {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out, err := httpGetInNetns(ns, "10.77.0.10:80", "/cgi-bin/status")
+		if err == nil {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("guest on the bridge does not answer: %v", err)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// TestBridgeNIC: a VM on a bridge gets a tap, takes an address from the
+// bridge's DHCP server and serves HTTP on it; the tap goes with the VM.
+func TestBridgeNIC(t *testing.T) {
+	s, ns, bootID := bootBridged(t, "bridged")
+	ctx := context.Background()
 	tap := network.TapName("bridged", 0)
 	if out, err := exec.Command("ip", "netns", "exec", ns, "ip", "-o", "link", "show", tap).CombinedOutput(); err != nil || !strings.Contains(string(out), "master br0") {
 		t.Fatalf("tap %s not on br0: %v %s", tap, err, out)
 	}
-	var body string
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		out, err := httpGetInNetns(ns, "10.77.0.10:80", "/cgi-bin/status")
-		if err == nil {
-			body = out
-			break
-		}
-		time.Sleep(time.Second)
-	}
+	body := guestStatusInNetns(t, ns)
 	if !strings.Contains(body, "boot_id="+bootID) || !strings.Contains(body, "hostname=bridged") {
 		t.Fatalf("guest on the bridge answered %q, want its boot id %s", body, bootID)
 	}
 	// A bridge that does not exist: the start fails, naming the field.
 	bad := v1.VMSpec{Name: "nobridge", MemoryMiB: 128, Disks: []v1.Disk{{SizeMiB: 16}}, NICs: []v1.NIC{{Mode: v1.NICBridge, Bridge: "br9"}}}
-	op, err = s.c.CreateVM(ctx, bad, true, time.Minute)
+	op, err := s.c.CreateVM(ctx, bad, true, time.Minute)
 	if err == nil {
 		op, err = s.c.Wait(ctx, op, nil)
 	}

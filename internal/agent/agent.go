@@ -64,14 +64,15 @@ type Agent struct {
 	facts v1.Host
 	io    *ioPool
 
-	mu      sync.Mutex
-	vms     map[string]*machine
-	queued  map[string]bool // op ids handed to workers
-	ctx     context.Context
-	workers sync.WaitGroup
-	ready   chan struct{}
-	live    liveSet                  // running QEMUs, for VMStats (stats.go)
-	opDur   *prometheus.HistogramVec // durations of finished operations
+	mu       sync.Mutex
+	vms      map[string]*machine
+	queued   map[string]bool      // op ids handed to workers
+	handlers map[string]opHandler // by operation kind (opHandlers)
+	ctx      context.Context
+	workers  sync.WaitGroup
+	ready    chan struct{}
+	live     liveSet                  // running QEMUs, for VMStats (stats.go)
+	opDur    *prometheus.HistogramVec // durations of finished operations
 
 	// crashAt names a point of create+start at which the agent kills its
 	// own process with SIGKILL (crashPoint). Test-only: the kill-9
@@ -107,7 +108,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, facts: facts, io: newIOPool(cfg.IOWorkers),
-		vms: map[string]*machine{}, queued: map[string]bool{}, ready: make(chan struct{}), opDur: newOpHistogram(),
+		vms: map[string]*machine{}, queued: map[string]bool{}, handlers: opHandlers(), ready: make(chan struct{}), opDur: newOpHistogram(),
 		crashAt: os.Getenv("HANGAR_TEST_CRASH_AT")}
 	a.inv = records{Inventory: inventory.Inventory{S: cfg.Store}, a: a}
 	return a, nil

@@ -210,93 +210,98 @@ func (m *machine) checkOpPlacement(ctx context.Context, op v1.Operation) error {
 }
 
 func (m *machine) execute(ctx context.Context, op v1.Operation, progress progressFunc) error {
-	switch op.Kind {
-	case "create":
-		var args v1.CreateArgs
-		if err := decodeArgs(op, &args); err != nil {
-			return err
-		}
-		return m.create(ctx, args, progress)
-	case "start":
-		progress(0.2, "starting qemu")
-		return m.start(ctx)
-	case "stop":
-		var args v1.StopArgs
-		if err := decodeArgs(op, &args); err != nil {
-			return err
-		}
-		progress(0.2, "stopping")
-		return m.stop(ctx, args)
-	case "reboot":
-		return m.withMonitor(ctx, "reboot", func(i *qemu.Instance) error { return i.Mon.SystemReset(ctx) }, "")
-	case "pause":
-		return m.withMonitor(ctx, "pause", func(i *qemu.Instance) error { return i.Mon.Stop(ctx) }, v1.StatePaused)
-	case "resume":
-		if m.inst == nil {
-			progress(0.2, "loading memory")
-			return m.start(ctx) // a suspended VM resumes from its state file
-		}
-		return m.withMonitor(ctx, "resume", func(i *qemu.Instance) error { return i.Mon.Cont(ctx) }, v1.StateRunning)
-	case "suspend":
-		progress(0.1, "saving memory")
-		return m.suspend(ctx, progress)
-	case "media":
-		var args v1.MediaArgs
-		if err := decodeArgs(op, &args); err != nil {
-			return err
-		}
-		return m.media(ctx, args)
-	case "snapshot":
-		var args v1.SnapshotArgs
-		if err := decodeArgs(op, &args); err != nil {
-			return err
-		}
-		return m.snapshot(ctx, args, progress)
-	case "snapshot-commit", "snapshot-revert", "snapshot-discard":
-		var args v1.SnapshotActionArgs
-		if err := decodeArgs(op, &args); err != nil {
-			return err
-		}
-		if op.Kind == "snapshot-commit" {
-			return m.commitSnapshot(ctx, args.Name, progress)
-		}
-		return m.revertSnapshot(ctx, args.Name, op.Kind == "snapshot-discard", progress)
-	case "resize":
-		var args v1.ResizeArgs
-		if err := decodeArgs(op, &args); err != nil {
-			return err
-		}
-		return m.resize(ctx, args)
-	case "volume-copy", "volume-flatten":
-		var args v1.VolumeCopyArgs
-		if err := decodeArgs(op, &args); err != nil {
-			return err
-		}
-		m.gone = true // a volume's worker need not stay
-		return m.a.volumeJob(ctx, op.Kind, args, func(total int64) func(float64) {
-			return copyProgress(progress, 0.05, 0.9, "copying", total)
-		})
-	case "template":
-		var args v1.TemplateArgs
-		if err := decodeArgs(op, &args); err != nil {
-			return err
-		}
-		return m.toTemplate(ctx, args.Template, progress)
-	case "clone":
-		var args v1.CloneArgs
-		if err := decodeArgs(op, &args); err != nil {
-			return err
-		}
-		return m.clone(ctx, args, progress)
-	case "delete":
-		var args v1.DeleteArgs
-		if err := decodeArgs(op, &args); err != nil {
-			return err
-		}
-		return m.delete(ctx, args)
-	default:
+	h, ok := m.a.handlers[op.Kind]
+	if !ok {
 		return fmt.Errorf("operation kind %q: %w", op.Kind, errdefs.ErrPrecondition)
 	}
+	return h(m, ctx, op, progress)
+}
+
+// opHandler runs one kind of operation on the VM's worker.
+type opHandler func(m *machine, ctx context.Context, op v1.Operation, progress progressFunc) error
+
+// withArgs decodes an operation's arguments into a T for f.
+func withArgs[T any](f func(m *machine, ctx context.Context, op v1.Operation, args T, progress progressFunc) error) opHandler {
+	return func(m *machine, ctx context.Context, op v1.Operation, progress progressFunc) error {
+		var args T
+		if err := decodeArgs(op, &args); err != nil {
+			return err
+		}
+		return f(m, ctx, op, args, progress)
+	}
+}
+
+// opHandlers returns a handler for every operation kind vm.ValidateOp
+// admits (a test keeps the two in step). The agent builds the table once;
+// it is a function because the handlers lead back to execute.
+func opHandlers() map[string]opHandler {
+	return map[string]opHandler{
+		"create": withArgs(func(m *machine, ctx context.Context, _ v1.Operation, args v1.CreateArgs, progress progressFunc) error {
+			return m.create(ctx, args, progress)
+		}),
+		"start": func(m *machine, ctx context.Context, _ v1.Operation, progress progressFunc) error {
+			progress(0.2, "starting qemu")
+			return m.start(ctx)
+		},
+		"stop": withArgs(func(m *machine, ctx context.Context, _ v1.Operation, args v1.StopArgs, progress progressFunc) error {
+			progress(0.2, "stopping")
+			return m.stop(ctx, args)
+		}),
+		"reboot": func(m *machine, ctx context.Context, _ v1.Operation, _ progressFunc) error {
+			return m.withMonitor(ctx, "reboot", func(i *qemu.Instance) error { return i.Mon.SystemReset(ctx) }, "")
+		},
+		"pause": func(m *machine, ctx context.Context, _ v1.Operation, _ progressFunc) error {
+			return m.withMonitor(ctx, "pause", func(i *qemu.Instance) error { return i.Mon.Stop(ctx) }, v1.StatePaused)
+		},
+		"resume": func(m *machine, ctx context.Context, _ v1.Operation, progress progressFunc) error {
+			if m.inst == nil {
+				progress(0.2, "loading memory")
+				return m.start(ctx) // a suspended VM resumes from its state file
+			}
+			return m.withMonitor(ctx, "resume", func(i *qemu.Instance) error { return i.Mon.Cont(ctx) }, v1.StateRunning)
+		},
+		"suspend": func(m *machine, ctx context.Context, _ v1.Operation, progress progressFunc) error {
+			progress(0.1, "saving memory")
+			return m.suspend(ctx, progress)
+		},
+		"media": withArgs(func(m *machine, ctx context.Context, _ v1.Operation, args v1.MediaArgs, _ progressFunc) error {
+			return m.media(ctx, args)
+		}),
+		"snapshot": withArgs(func(m *machine, ctx context.Context, _ v1.Operation, args v1.SnapshotArgs, progress progressFunc) error {
+			return m.snapshot(ctx, args, progress)
+		}),
+		"snapshot-commit": withArgs(func(m *machine, ctx context.Context, _ v1.Operation, args v1.SnapshotActionArgs, progress progressFunc) error {
+			return m.commitSnapshot(ctx, args.Name, progress)
+		}),
+		"snapshot-revert": withArgs(func(m *machine, ctx context.Context, _ v1.Operation, args v1.SnapshotActionArgs, progress progressFunc) error {
+			return m.revertSnapshot(ctx, args.Name, false, progress)
+		}),
+		"snapshot-discard": withArgs(func(m *machine, ctx context.Context, _ v1.Operation, args v1.SnapshotActionArgs, progress progressFunc) error {
+			return m.revertSnapshot(ctx, args.Name, true, progress)
+		}),
+		"resize": withArgs(func(m *machine, ctx context.Context, _ v1.Operation, args v1.ResizeArgs, _ progressFunc) error {
+			return m.resize(ctx, args)
+		}),
+		"volume-copy":    withArgs(volumeOp),
+		"volume-flatten": withArgs(volumeOp),
+		"template": withArgs(func(m *machine, ctx context.Context, _ v1.Operation, args v1.TemplateArgs, progress progressFunc) error {
+			return m.toTemplate(ctx, args.Template, progress)
+		}),
+		"clone": withArgs(func(m *machine, ctx context.Context, _ v1.Operation, args v1.CloneArgs, progress progressFunc) error {
+			return m.clone(ctx, args, progress)
+		}),
+		"delete": withArgs(func(m *machine, ctx context.Context, _ v1.Operation, args v1.DeleteArgs, _ progressFunc) error {
+			return m.delete(ctx, args)
+		}),
+	}
+}
+
+// volumeOp copies or flattens a volume (op.Kind says which) on the I/O pool.
+func volumeOp(m *machine, ctx context.Context, op v1.Operation, args v1.VolumeCopyArgs, progress progressFunc) error {
+	m.gone = true // a volume's worker need not stay
+	return m.a.volumeJob(ctx, op.Kind, args, func(total int64) func(float64) {
+		return copyProgress(progress, 0.05, 0.9, "copying", total)
+	})
 }
 
 func decodeArgs(op v1.Operation, v any) error {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/google/uuid"
@@ -41,6 +43,11 @@ var opKinds = map[string]struct {
 	"delete":           {TargetVM, func() any { return new(v1.DeleteArgs) }},
 	"volume-copy":      {TargetVolume, func() any { return new(v1.VolumeCopyArgs) }},
 	"volume-flatten":   {TargetVolume, func() any { return new(v1.VolumeCopyArgs) }},
+}
+
+// OpKinds lists every operation kind Hangar knows, sorted.
+func OpKinds() []string {
+	return slices.Sorted(maps.Keys(opKinds))
 }
 
 // OpTarget returns what an operation kind's target names (TargetVM or

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -131,17 +130,7 @@ func (d *demoRun) wait(timeout time.Duration) int {
 // (its sockets and pidfile are under the run dir) or the demo itself.
 func leftovers(dir string) []string {
 	var out []string
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		cmdline := strings.ReplaceAll(string(b), "\x00", " ")
+	for pid, cmdline := range processes() {
 		if strings.Contains(cmdline, dir) {
 			out = append(out, fmt.Sprintf("%d: %.200s", pid, cmdline))
 		}

@@ -234,6 +234,23 @@ func (s *server) kill9() {
 }
 
 // killVMsOf kills QEMUs left under a run dir (by their pidfiles).
+// processes maps the pid of every other live process to its command line
+// (arguments joined by spaces).
+func processes() map[int]string {
+	out := map[int]string{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil {
+			out[pid] = strings.ReplaceAll(string(b), "\x00", " ")
+		}
+	}
+	return out
+}
+
 func killVMsOf(runDir string) {
 	pidfiles, _ := filepath.Glob(filepath.Join(runDir, "vms", "*", "qemu.pid"))
 	for _, pf := range pidfiles {

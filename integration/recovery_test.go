@@ -162,11 +162,9 @@ func TestInterruptedOperationsResume(t *testing.T) {
 // qemuCount counts live QEMU processes of a VM name.
 func qemuCount(t *testing.T, name string) int {
 	t.Helper()
-	procs, _ := os.ReadDir("/proc")
 	n := 0
-	for _, p := range procs {
-		b, err := os.ReadFile("/proc/" + p.Name() + "/cmdline")
-		if err == nil && strings.Contains(string(b), "qemu-system") && strings.Contains(string(b), "guest="+name+",") {
+	for _, cmdline := range processes() {
+		if strings.Contains(cmdline, "qemu-system") && strings.Contains(cmdline, "guest="+name+",") {
 			n++
 		}
 	}

@@ -178,6 +178,14 @@ type Host struct {
 	VMs                int       `json:"vms"`
 	Alive              bool      `json:"alive"`
 	UpdatedAt          time.Time `json:"updatedAt"`
+	// Address is where other hosts and remote clients reach this host's
+	// TLS API (host:port of serve --listen); "" for a host without one.
+	Address string `json:"address,omitempty"`
+	// Role in the manager: "member" (an etcd member), "learner", "client"
+	// (reaches the members' etcd), "external" (an external etcd cluster).
+	Role string `json:"role,omitempty"`
+	// Maintenance: the host takes no new VMs (evacuated or being evacuated).
+	Maintenance bool `json:"maintenance,omitempty"`
 }
 
 // Version is the server's build (GET /api/v1/version) and the QEMU of

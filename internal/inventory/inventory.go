@@ -24,7 +24,53 @@ const (
 	HostInfos = Root + "hostinfo/"
 	Pools     = Root + "pools/"
 	Templates = Root + "templates/"
+
+	// The pool's records (issue 9; see docs/architecture.md "Many hosts").
+
+	// Owners: /hangar/owner/<vm> = Owner, written by the pool master only.
+	Owners = Root + "owner/"
+	// Allocs: /hangar/alloc/<host>/<vm> = Alloc (CPU and memory booked for a
+	// VM on a host), written by the pool master only.
+	Allocs = Root + "alloc/"
+	// Tasks: /hangar/tasks/<host>/<op id> marks an operation as work for one
+	// host; each agent watches only its own prefix.
+	Tasks = Root + "tasks/"
+	// Migrations: /hangar/migrations/<vm> (phase, master), .../<vm>/source
+	// and .../<vm>/target (each agent its own part).
+	Migrations = Root + "migrations/"
+	// Election is the prefix of the pool master's etcd election.
+	Election = Root + "election/master"
+	// PoolRecord is the pool's identity: name, CA fingerprint, CPU model.
+	PoolRecord = Root + "pool"
+	// JoinTokens: /hangar/jointokens/<id>, one per join token issued.
+	JoinTokens = Root + "jointokens/"
+	// Maintenance: /hangar/maintenance/<host>, present while a host is in
+	// maintenance (the scheduler places nothing there).
+	Maintenance = Root + "maintenance/"
 )
+
+func OwnerKey(vm string) string               { return Owners + vm }
+func AllocKey(host, vm string) string         { return Allocs + host + "/" + vm }
+func AllocPrefix(host string) string          { return Allocs + host + "/" }
+func TaskKey(host, op string) string          { return Tasks + host + "/" + op }
+func TaskPrefix(host string) string           { return Tasks + host + "/" }
+func MigrationKey(vm string) string           { return Migrations + vm }
+func MigrationPartKey(vm, part string) string { return Migrations + vm + "/" + part }
+func MaintenanceKey(host string) string       { return Maintenance + host }
+
+// Owner says which host runs a VM. Only the pool master writes it; the
+// epoch grows at every change of host (migration switch-over, HA restart),
+// so a write conditioned on an older owner record fails.
+type Owner struct {
+	Host  string `json:"host"`
+	Epoch int64  `json:"epoch"`
+}
+
+// Alloc is what the master booked for a VM on a host.
+type Alloc struct {
+	CPUs      int `json:"cpus"`
+	MemoryMiB int `json:"memoryMiB"`
+}
 
 func PoolKey(name string) string     { return Pools + name }
 func TemplateKey(name string) string { return Templates + name }

@@ -1,5 +1,6 @@
-// Package scheduler places VMs on hosts. It is pure: a function of the
-// pool's state, tested with tables.
+// Package scheduler places VMs on hosts. It is pure: Plan is a function of
+// a snapshot of the pool and a batch of requests, tested with tables and
+// properties; the pool master reads the snapshot and commits the plan.
 package scheduler
 
 import (
@@ -13,12 +14,13 @@ import (
 // ErrNoHost is returned when no live host can take the VM.
 var ErrNoHost = errors.New("no host can run the vm")
 
-// Place picks the live host with the most free memory that fits spec.
-// hosts carry Alive and AllocatedMemoryMiB as last reported.
+// Place picks the live host, not in maintenance, with the most free memory
+// that fits spec. hosts carry Alive and AllocatedMemoryMiB as last
+// reported. It is the single-host path; the pool master uses Plan.
 func Place(hosts []v1.Host, spec v1.VMSpec) (string, error) {
 	cands := make([]v1.Host, 0, len(hosts))
 	for _, h := range hosts {
-		if h.Alive && h.MemoryMiB-h.AllocatedMemoryMiB >= spec.MemoryMiB {
+		if h.Alive && !h.Maintenance && h.MemoryMiB-h.AllocatedMemoryMiB >= spec.MemoryMiB {
 			cands = append(cands, h)
 		}
 	}

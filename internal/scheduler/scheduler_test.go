@@ -11,6 +11,7 @@ func TestPlace(t *testing.T) {
 	h := func(name string, mem, alloc int, alive bool) v1.Host {
 		return v1.Host{Name: name, MemoryMiB: mem, AllocatedMemoryMiB: alloc, Alive: alive}
 	}
+	maint := func(h v1.Host) v1.Host { h.Maintenance = true; return h }
 	cases := []struct {
 		name  string
 		hosts []v1.Host
@@ -25,6 +26,7 @@ func TestPlace(t *testing.T) {
 		{"nothing fits", []v1.Host{h("a", 1024, 800, true)}, 512, "", true},
 		{"no live host", []v1.Host{h("a", 1024, 0, false)}, 512, "", true},
 		{"no hosts", nil, 512, "", true},
+		{"maintenance skipped", []v1.Host{maint(h("a", 8192, 0, true)), h("b", 1024, 0, true)}, 512, "b", false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -39,5 +41,15 @@ func TestPlace(t *testing.T) {
 				t.Fatalf("Place = %q, %v; want %q", got, err, c.want)
 			}
 		})
+	}
+}
+
+func TestLargestHostMemory(t *testing.T) {
+	hosts := []v1.Host{{Name: "a", MemoryMiB: 9000}, {Name: "b", MemoryMiB: 4096, Alive: true}, {Name: "c", MemoryMiB: 2048, Alive: true}}
+	if got := LargestHostMemory(hosts); got != 4096 {
+		t.Fatalf("LargestHostMemory = %d, want 4096 (the dead host does not count)", got)
+	}
+	if got := LargestHostMemory(nil); got != 0 {
+		t.Fatalf("LargestHostMemory(nil) = %d", got)
 	}
 }

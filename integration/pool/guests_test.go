@@ -1,0 +1,47 @@
+package pool_test
+
+import (
+	"testing"
+	"time"
+
+	"hangar/internal/netlab"
+)
+
+// TestBridgedGuests: a guest on each host's br0 takes an address from the
+// client namespace's DHCP server through the switch, and the client reads
+// its HTTP server there: the hostname and boot id it printed on its own
+// serial console, and a counter that moves on.
+func TestBridgedGuests(t *testing.T) {
+	p := sharedPool(t)
+	guests := p.SharedGuests(t)
+	if len(guests) != len(p.Hosts) {
+		t.Fatalf("%d shared guests for %d hosts", len(guests), len(p.Hosts))
+	}
+	seen := map[string]string{}
+	for i, g := range guests {
+		if !p.Joined && g.Host != p.Hosts[i].Name {
+			t.Errorf("guest %s runs on %s, want %s (independent hosts)", g.Name, g.Host, p.Hosts[i].Name)
+		}
+		if b := g.IP.As4(); !p.Lab.Subnet.Contains(g.IP) || b[3] < netlab.DHCPFirst || b[3] > netlab.DHCPLast {
+			t.Errorf("guest %s leased %s, outside the DHCP range of %s", g.Name, g.IP, p.Lab.Subnet)
+		}
+		if other, dup := seen[g.IP.String()]; dup {
+			t.Errorf("guests %s and %s share %s", other, g.Name, g.IP)
+		}
+		seen[g.IP.String()] = g.Name
+		st := p.GuestStatus(t, g)
+		if st.Hostname != g.Name || st.BootID != g.BootID {
+			t.Fatalf("guest at %s answered hostname=%s boot_id=%s, want %s %s (from its serial console)", g.IP, st.Hostname, st.BootID, g.Name, g.BootID)
+		}
+	}
+	// From the client namespace every 20 ms: every answer comes, the
+	// counter only goes up, the boot id stays.
+	g := guests[len(guests)-1]
+	poller := p.Poll(t, g)
+	time.Sleep(1500 * time.Millisecond)
+	r := poller.Stop()
+	t.Log(r)
+	if r.OK < 5 || len(r.BootIDs) != 1 || r.BootIDs[0] != g.BootID || len(r.Decreases) != 0 || r.LastCounter <= r.FirstCounter {
+		t.Fatalf("poll of %s: %s", g.Name, r)
+	}
+}

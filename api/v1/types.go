@@ -13,6 +13,13 @@ const (
 	PowerPaused  = "paused"
 )
 
+// Placement modes (VMSpec.Placement).
+const (
+	PlacementAuto      = "auto"
+	PlacementPreferred = "preferred"
+	PlacementManual    = "manual"
+)
+
 // Observed VM states (VMStatus.State).
 const (
 	StateCreating  = "creating"
@@ -61,6 +68,16 @@ type VMSpec struct {
 	Power string `json:"power,omitempty"`
 	// Host is where the VM is placed; set by the manager.
 	Host string `json:"host,omitempty"`
+	// Placement is how the pool master picks Host: "auto" (the freest
+	// eligible host), "preferred" (the freest of PreferredHosts that can
+	// take the VM, else the freest of the pool) or "manual" (only
+	// PreferredHosts; with one host, exactly that host, or an error).
+	// Default: preferred when PreferredHosts are given, else auto.
+	Placement string `json:"placement,omitempty"`
+	// PreferredHosts are host names for placement preferred or manual.
+	PreferredHosts []string `json:"preferredHosts,omitempty"`
+	// AntiAffinityGroup: no two VMs of one group are placed on one host.
+	AntiAffinityGroup string `json:"antiAffinityGroup,omitempty"`
 	// UUID is the VM's SMBIOS UUID; set by the manager on create.
 	UUID string `json:"uuid,omitempty"`
 	// CloudInit, when set, is served to the guest as a NoCloud seed ISO on

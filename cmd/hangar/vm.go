@@ -92,7 +92,8 @@ func newVMCreate(g *globals) *cobra.Command {
 		iso, cloudInit               string
 		cpus, memory                 int
 		diskMiB                      int64
-		forwards                     []string
+		forwards, preferHosts        []string
+		placement, antiAffinity      string
 		start, wait                  bool
 	)
 	cmd := &cobra.Command{
@@ -101,10 +102,17 @@ func newVMCreate(g *globals) *cobra.Command {
 		Long: `Create a VM from flags, or from a YAML spec (-f; flags given as well override it).
 Without --image, --disk-size or -f it has no disk. Without --bridge it gets a user-mode
 NIC; --forward publishes a guest port on 127.0.0.1. Unknown fields in the spec are
-errors, reported with their line.`,
+errors, reported with their line.
+
+Placement: the pool places the VM on the freest eligible host (--placement auto).
+--prefer-host H (repeatable) tries those hosts first (placement preferred); with
+--placement manual only those hosts are candidates (one --prefer-host: exactly that
+host, or an error). VMs of one --anti-affinity group never share a host.`,
 		Example: `  hangar vm create web1 --image /var/cache/hangar/guest/hangar-guest.qcow2 --forward 8080:80 --start
   hangar vm create inst --disk-size 8192 --iso debian.iso --cloud-init user-data.yaml
-  hangar vm create -f db1.yaml --start`,
+  hangar vm create -f db1.yaml --start
+  hangar vm create db2 --image db.qcow2 --anti-affinity db --prefer-host h2 --prefer-host h3
+  hangar vm create build --image ci.qcow2 --placement manual --prefer-host h3`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := firstErr(atLeast(cmd, "cpus", int64(cpus), 1), atLeast(cmd, "memory", int64(memory), 1),
@@ -135,6 +143,15 @@ errors, reported with their line.`,
 			}
 			if cmd.Flags().Changed("restart") {
 				spec.RestartPolicy = restart
+			}
+			if cmd.Flags().Changed("prefer-host") {
+				spec.PreferredHosts = preferHosts
+			}
+			if cmd.Flags().Changed("placement") {
+				spec.Placement = placement
+			}
+			if cmd.Flags().Changed("anti-affinity") {
+				spec.AntiAffinityGroup = antiAffinity
 			}
 			if image != "" || diskMiB > 0 {
 				spec.Disks = append(spec.Disks, v1.Disk{Image: image, SizeMiB: diskMiB})
@@ -187,6 +204,14 @@ errors, reported with their line.`,
 	f.StringVar(&bridge, "bridge", "", "attach a NIC to this bridge (tap)")
 	f.StringVar(&restart, "restart", "on-failure", "restart policy: always, on-failure or never")
 	f.BoolVar(&start, "start", false, "start the VM once created")
+	f.StringArrayVar(&preferHosts, "prefer-host", nil, "place on this host if it can take the VM (repeatable; the freest listed host wins)")
+	f.StringVar(&placement, "placement", "", "auto, preferred or manual (only the --prefer-host hosts); default preferred with --prefer-host, else auto")
+	f.StringVar(&antiAffinity, "anti-affinity", "", "anti-affinity GROUP: never on a host with another VM of the group")
+	hosts := complete(g, g.hostNames)
+	_ = cmd.RegisterFlagCompletionFunc("prefer-host", func(cmd *cobra.Command, _ []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		return hosts(cmd, nil, toComplete)
+	})
+	_ = cmd.RegisterFlagCompletionFunc("placement", cobra.FixedCompletions([]string{v1.PlacementAuto, v1.PlacementPreferred, v1.PlacementManual}, cobra.ShellCompDirectiveNoFileComp))
 	f.StringVar(&iso, "iso", "", "attach this ISO on a cdrom (boots from it when the disk is new and empty)")
 	f.StringVar(&cloudInit, "cloud-init", "", "user-data file served to cloud-init on a NoCloud seed cdrom")
 	f.BoolVar(&wait, "wait", true, "wait until the operation is done")

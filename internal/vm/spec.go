@@ -21,6 +21,8 @@ const (
 	MaxNICs      = 8
 	MaxDiskMiB   = 64 << 20 // 64 TiB
 	MaxDiskName  = 20
+	// MaxPreferredHosts bounds VMSpec.PreferredHosts.
+	MaxPreferredHosts = 32
 )
 
 // FieldError is a validation failure of one field.
@@ -86,6 +88,12 @@ func Defaults(s *v1.VMSpec, accel string) {
 	}
 	if s.Power == "" {
 		s.Power = v1.PowerStopped
+	}
+	if s.Placement == "" {
+		s.Placement = v1.PlacementAuto
+		if len(s.PreferredHosts) > 0 {
+			s.Placement = v1.PlacementPreferred
+		}
 	}
 	if s.CloudInit != nil {
 		has := false
@@ -259,6 +267,45 @@ func Validate(s v1.VMSpec, hostMemoryMiB int) error {
 	for i, b := range s.Boot {
 		if !bootDevices[b] {
 			return invalid(fmt.Sprintf("boot[%d]", i), "must be disk, cdrom or network, got %q", b)
+		}
+	}
+	return validatePlacement(s)
+}
+
+// validatePlacement checks placement, preferredHosts and
+// antiAffinityGroup. An empty placement (a record from before these
+// fields) means auto, or preferred when hosts are listed.
+func validatePlacement(s v1.VMSpec) error {
+	if len(s.PreferredHosts) > MaxPreferredHosts {
+		return invalid("preferredHosts", "at most %d hosts, got %d", MaxPreferredHosts, len(s.PreferredHosts))
+	}
+	seen := make(map[string]bool, len(s.PreferredHosts))
+	for i, h := range s.PreferredHosts {
+		f := fmt.Sprintf("preferredHosts[%d]", i)
+		if err := ValidateName(f, h); err != nil {
+			return err
+		}
+		if seen[h] {
+			return invalid(f, "host %q is listed twice", h)
+		}
+		seen[h] = true
+	}
+	switch s.Placement {
+	case "":
+	case v1.PlacementAuto:
+		if len(s.PreferredHosts) > 0 {
+			return invalid("placement", "auto takes no preferredHosts (use preferred, or manual to allow only them)")
+		}
+	case v1.PlacementPreferred, v1.PlacementManual:
+		if len(s.PreferredHosts) == 0 {
+			return invalid("preferredHosts", "placement %s needs at least one host", s.Placement)
+		}
+	default:
+		return invalid("placement", "must be auto, preferred or manual, got %q", s.Placement)
+	}
+	if s.AntiAffinityGroup != "" {
+		if err := ValidateName("antiAffinityGroup", s.AntiAffinityGroup); err != nil {
+			return err
 		}
 	}
 	return nil

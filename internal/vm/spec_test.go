@@ -2,6 +2,7 @@ package vm
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -76,6 +77,21 @@ func TestValidateNamesTheField(t *testing.T) {
 			s.NICs[0].Forwards = append(s.NICs[0].Forwards, v1.Forward{HostPort: 8080, GuestPort: 81, Protocol: "tcp"})
 		}},
 		{"boot[0]", func(s *v1.VMSpec) { s.Boot = []string{"usb"} }},
+		{"placement", func(s *v1.VMSpec) { s.Placement = "best" }},
+		{"placement", func(s *v1.VMSpec) { s.Placement, s.PreferredHosts = "auto", []string{"h1"} }},
+		{"preferredHosts", func(s *v1.VMSpec) { s.Placement = "manual" }},
+		{"preferredHosts", func(s *v1.VMSpec) { s.Placement = "preferred" }},
+		{"preferredHosts", func(s *v1.VMSpec) {
+			s.Placement = "preferred"
+			for i := range MaxPreferredHosts + 1 {
+				s.PreferredHosts = append(s.PreferredHosts, fmt.Sprintf("h%d", i))
+			}
+		}},
+		{"preferredHosts[1]", func(s *v1.VMSpec) { s.Placement, s.PreferredHosts = "preferred", []string{"h1", "H2"} }},
+		{"preferredHosts[0]", func(s *v1.VMSpec) { s.Placement, s.PreferredHosts = "manual", []string{""} }},
+		{"preferredHosts[2]", func(s *v1.VMSpec) { s.Placement, s.PreferredHosts = "preferred", []string{"h1", "h2", "h1"} }},
+		{"antiAffinityGroup", func(s *v1.VMSpec) { s.AntiAffinityGroup = "db/../x" }},
+		{"antiAffinityGroup", func(s *v1.VMSpec) { s.AntiAffinityGroup = strings.Repeat("g", 64) }},
 	}
 	for _, c := range cases {
 		s := base()
@@ -84,6 +100,39 @@ func TestValidateNamesTheField(t *testing.T) {
 		var fe *FieldError
 		if !errors.As(err, &fe) || fe.Field != c.field || !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: got %v, want a FieldError on %s", c.field, err, c.field)
+		}
+	}
+}
+
+func TestPlacementFields(t *testing.T) {
+	s := base()
+	if s.Placement != v1.PlacementAuto {
+		t.Fatalf("default placement %q, want auto", s.Placement)
+	}
+	p := v1.VMSpec{Name: "web", MemoryMiB: 256, PreferredHosts: []string{"h2", "h1"}}
+	Defaults(&p, "tcg")
+	if p.Placement != v1.PlacementPreferred {
+		t.Fatalf("default placement with preferred hosts %q, want preferred", p.Placement)
+	}
+	ok := []func(*v1.VMSpec){
+		func(s *v1.VMSpec) { s.Placement, s.PreferredHosts = "preferred", []string{"h2", "h1"} },
+		func(s *v1.VMSpec) { s.Placement, s.PreferredHosts = "manual", []string{"h2"} },
+		func(s *v1.VMSpec) { s.Placement, s.PreferredHosts = "manual", []string{"h2", "h3"} },
+		func(s *v1.VMSpec) { s.Placement, s.PreferredHosts = "", []string{"h2"} }, // a record from before the field: preferred
+		func(s *v1.VMSpec) { s.Placement = "" },
+		func(s *v1.VMSpec) { s.AntiAffinityGroup = "db" },
+		func(s *v1.VMSpec) {
+			s.Placement = "preferred"
+			for i := range MaxPreferredHosts {
+				s.PreferredHosts = append(s.PreferredHosts, fmt.Sprintf("h%d", i))
+			}
+		},
+	}
+	for i, mut := range ok {
+		s := base()
+		mut(&s)
+		if err := Validate(s, 1024); err != nil {
+			t.Errorf("case %d (%+v %v %q): %v", i, s.Placement, s.PreferredHosts, s.AntiAffinityGroup, err)
 		}
 	}
 }

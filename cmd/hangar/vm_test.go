@@ -1,0 +1,77 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	v1 "hangar/api/v1"
+)
+
+// TestCreatePlacementFlags: --prefer-host, --placement and --anti-affinity
+// reach the spec the CLI posts, over what -f gave.
+func TestCreatePlacementFlags(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got v1.VMSpec
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != "POST" || r.URL.Path != "/api/v1/vms" {
+			http.Error(w, "unexpected "+r.Method+" "+r.URL.Path, 404)
+			return
+		}
+		if err := json.NewDecoder(r.Body).Decode(&got); err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(202)
+		_ = json.NewEncoder(w).Encode(v1.Operation{ID: "op1", Kind: "create", Target: got.Name, State: v1.OpPending})
+	}))
+	srv.Listener = ln
+	srv.Start()
+	defer srv.Close()
+
+	spec := filepath.Join(t.TempDir(), "db.yaml")
+	writeFile(t, spec, "name: db1\nmemoryMiB: 64\npreferredHosts: [h9]\nantiAffinityGroup: old\n")
+	for _, c := range []struct {
+		args      []string
+		placement string
+		hosts     []string
+		group     string
+	}{
+		{[]string{"vm", "create", "db1", "--memory", "64", "--prefer-host", "h2", "--prefer-host", "h3", "--anti-affinity", "db"}, "", []string{"h2", "h3"}, "db"},
+		{[]string{"vm", "create", "db1", "--memory", "64", "--placement", "manual", "--prefer-host", "h3"}, "manual", []string{"h3"}, ""},
+		{[]string{"vm", "create", "-f", spec}, "", []string{"h9"}, "old"},
+		{[]string{"vm", "create", "-f", spec, "--prefer-host", "h1", "--anti-affinity", "web", "--placement", "preferred"}, "preferred", []string{"h1"}, "web"},
+	} {
+		got = v1.VMSpec{}
+		root := newRoot()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetErr(&out)
+		root.SetArgs(append([]string{"--socket", sock}, append(c.args, "--wait=false")...))
+		if err := root.Execute(); err != nil {
+			t.Fatalf("%v: %v\n%s", c.args, err, out.String())
+		}
+		if got.Placement != c.placement || !slices.Equal(got.PreferredHosts, c.hosts) || got.AntiAffinityGroup != c.group {
+			t.Errorf("%v: posted placement %q, preferredHosts %v, antiAffinityGroup %q; want %q %v %q",
+				c.args, got.Placement, got.PreferredHosts, got.AntiAffinityGroup, c.placement, c.hosts, c.group)
+		}
+	}
+}
+
+func writeFile(t *testing.T, path, s string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -210,6 +210,14 @@ func (c *Client) Hosts(ctx context.Context) ([]v1.Host, error) {
 	return hs, err
 }
 
+// Capacity returns the pool's capacity overview: every host and the pool's
+// sums.
+func (c *Client) Capacity(ctx context.Context) (v1.Capacity, error) {
+	var capa v1.Capacity
+	_, err := c.do(ctx, "GET", "/capacity", nil, nil, &capa)
+	return capa, err
+}
+
 // Version returns the server's build and each host's QEMU.
 func (c *Client) Version(ctx context.Context) (v1.Version, error) {
 	var v v1.Version

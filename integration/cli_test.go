@@ -193,6 +193,28 @@ func TestCLIOutputFormats(t *testing.T) {
 	if r := s.ok("op", "list", "--no-headers"); strings.Contains(r.stdout, "KIND") || !strings.Contains(r.stdout, id) {
 		t.Fatalf("op list --no-headers: %q", r.stdout)
 	}
+	// host list: the capacity overview, hosts then the pool's lines; -o
+	// json the whole object; --no-headers the host rows alone.
+	var capa v1.Capacity
+	if r := s.ok("host", "list", "-o", "json"); json.Unmarshal([]byte(r.stdout), &capa) != nil || len(capa.Hosts) != 1 ||
+		capa.Hosts[0].Name != "testhost" || capa.Hosts[0].State != v1.HostAlive || capa.Pool.Hosts != 1 || capa.Pool.CPUModel == "" ||
+		capa.Pool.CPUOvercommit != 4 || len(capa.Pool.Storage) == 0 || capa.Pool.Storage[0].TotalBytes <= 0 {
+		t.Fatalf("host list -o json: %q", r.stdout)
+	}
+	if r := s.ok("host", "list"); !strings.Contains(r.stdout, "STATE") || !strings.Contains(r.stdout, "testhost  alive") ||
+		!strings.Contains(r.stdout, "CPU model:  "+capa.Pool.CPUModel) || !strings.Contains(r.stdout, "Pool:") {
+		t.Fatalf("host list: %q", r.stdout)
+	}
+	if r := s.ok("host", "list", "--no-headers"); len(strings.Split(strings.TrimSpace(r.stdout), "\n")) != 1 || !strings.HasPrefix(r.stdout, "testhost ") {
+		t.Fatalf("host list --no-headers: %q", r.stdout)
+	}
+	if r := s.ok("host", "list", "-o", "wide"); !strings.Contains(r.stdout, "STORAGE") || !strings.Contains(r.stdout, "default ") {
+		t.Fatalf("host list -o wide: %q", r.stdout)
+	}
+	// fmt1 names no CPU model: it gets the pool's.
+	if v, err := s.c.VM(context.Background(), "fmt1"); err != nil || v.Spec.CPUModel != capa.Pool.CPUModel {
+		t.Fatalf("fmt1 cpu model %q (%v), want the pool's %q", v.Spec.CPUModel, err, capa.Pool.CPUModel)
+	}
 	var vms []v1.VM
 	if r := s.ok("vm", "list", "-o", "json"); json.Unmarshal([]byte(r.stdout), &vms) != nil || len(vms) != 1 {
 		t.Fatalf("vm list -o json: %q", r.stdout)

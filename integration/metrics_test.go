@@ -105,6 +105,28 @@ func TestVMMetrics(t *testing.T) {
 	if got, ok := sample(fams, "hangar_host_vms", map[string]string{"host": "testhost"}); !ok || got != 1 {
 		t.Errorf("hangar_host_vms = %v (present %v), want 1", got, ok)
 	}
+	// The capacity overview: the running guest's vCPUs and memory are booked
+	// on its host and on the pool; the host's storage is reported.
+	v, err := s.c.VM(ctx, "meter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostL := map[string]string{"host": "testhost"}
+	if got, ok := sample(fams, "hangar_host_vcpus_allocated", hostL); !ok || got != float64(v.Spec.CPUs) {
+		t.Errorf("hangar_host_vcpus_allocated = %v (present %v), want %d", got, ok, v.Spec.CPUs)
+	}
+	if got, ok := sample(fams, "hangar_pool_memory_allocated_bytes", nil); !ok || got != float64(v.Spec.MemoryMiB)*(1<<20) {
+		t.Errorf("hangar_pool_memory_allocated_bytes = %v (present %v), want %d MiB", got, ok, v.Spec.MemoryMiB)
+	}
+	if got, ok := sample(fams, "hangar_host_state", map[string]string{"host": "testhost", "state": v1.HostAlive}); !ok || got != 1 {
+		t.Errorf("hangar_host_state{alive} = %v (present %v), want 1", got, ok)
+	}
+	if got, ok := sample(fams, "hangar_host_vms_in_state", map[string]string{"host": "testhost", "state": v1.StateRunning}); !ok || got != 1 {
+		t.Errorf("hangar_host_vms_in_state{running} = %v (present %v), want 1", got, ok)
+	}
+	if got, ok := sample(fams, "hangar_storage_pool_free_bytes", map[string]string{"pool": "default"}); !ok || got <= 0 {
+		t.Errorf("hangar_storage_pool_free_bytes{default} = %v (present %v), want > 0", got, ok)
+	}
 	rx0, ok1 := sample(fams, "hangar_vm_network_receive_bytes_total", nic)
 	tx0, ok2 := sample(fams, "hangar_vm_network_transmit_bytes_total", nic)
 	if !ok1 || !ok2 {

@@ -147,6 +147,7 @@ func TestAPIMatchesOpenAPI(t *testing.T) {
 
 	s.getSpec(t, "GET", "/api/v1/hosts", nil, 200)
 	s.getSpec(t, "GET", "/api/v1/hosts/testhost", nil, 200)
+	s.getSpec(t, "GET", "/api/v1/capacity", nil, 200)
 	s.getSpec(t, "GET", "/api/v1/version", nil, 200)
 	// Errors are documented answers too.
 	s.getSpec(t, "GET", "/api/v1/vms/ghost", nil, 404)

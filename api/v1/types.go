@@ -203,6 +203,85 @@ type Host struct {
 	Role string `json:"role,omitempty"`
 	// Maintenance: the host takes no new VMs (evacuated or being evacuated).
 	Maintenance bool `json:"maintenance,omitempty"`
+
+	// Capacity, computed by the API when it answers (the agent publishes
+	// the facts above, Storage and UsableCPUModels; the rest is counted
+	// from the records at that moment).
+
+	// State is alive, down (no lease) or maintenance.
+	State string `json:"state,omitempty"`
+	// AllocatedCPUs are the vCPUs booked on the host (the pool master's
+	// allocation records; before it writes any, the VMs placed there that
+	// are not stopped), like AllocatedMemoryMiB.
+	AllocatedCPUs int `json:"allocatedCPUs"`
+	// CPUOvercommit and MemoryOvercommit are the admission ratios: the host
+	// takes vCPUs up to CPUs×CPUOvercommit and memory up to
+	// MemoryMiB×MemoryOvercommit.
+	CPUOvercommit    float64 `json:"cpuOvercommit,omitempty"`
+	MemoryOvercommit float64 `json:"memoryOvercommit,omitempty"`
+	// FreeCPUs and FreeMemoryMiB are what is left under those ratios (0
+	// when booked past them).
+	FreeCPUs      int `json:"freeCPUs"`
+	FreeMemoryMiB int `json:"freeMemoryMiB"`
+	// VMStates counts the VMs placed on the host by observed state.
+	VMStates map[string]int `json:"vmStates,omitempty"`
+	// Storage is each storage pool's file system as the host sees it.
+	Storage []StorageUsage `json:"storage,omitempty"`
+	// UsableCPUModels are the named QEMU CPU models this host runs with its
+	// accelerator (QMP query-cpu-definitions, no unavailable features);
+	// probed under KVM only (TCG hosts use a fixed model).
+	UsableCPUModels []string `json:"usableCPUModels,omitempty"`
+}
+
+// Host states (Host.State).
+const (
+	HostAlive       = "alive"
+	HostDown        = "down"
+	HostMaintenance = "maintenance"
+)
+
+// StorageUsage is the file system of a storage pool's directory (statfs):
+// size, used and free (available to unprivileged writers) bytes.
+type StorageUsage struct {
+	Pool       string `json:"pool"`
+	Type       string `json:"type"`
+	TotalBytes int64  `json:"totalBytes"`
+	UsedBytes  int64  `json:"usedBytes"`
+	FreeBytes  int64  `json:"freeBytes"`
+}
+
+// Capacity is the pool's capacity overview (GET /api/v1/capacity,
+// `hangar host list -o json`): every host and the pool's totals.
+type Capacity struct {
+	Pool  PoolCapacity `json:"pool"`
+	Hosts []Host       `json:"hosts"`
+}
+
+// PoolCapacity sums the pool's hosts. CPUs, MemoryMiB and the allocated
+// figures count every host; the free figures count only the hosts that
+// take new VMs (alive, not in maintenance).
+type PoolCapacity struct {
+	Hosts            int `json:"hosts"`
+	HostsAlive       int `json:"hostsAlive"`
+	HostsDown        int `json:"hostsDown"`
+	HostsMaintenance int `json:"hostsMaintenance"`
+
+	CPUs               int     `json:"cpus"`
+	AllocatedCPUs      int     `json:"allocatedCPUs"`
+	FreeCPUs           int     `json:"freeCPUs"`
+	MemoryMiB          int     `json:"memoryMiB"`
+	AllocatedMemoryMiB int     `json:"allocatedMemoryMiB"`
+	FreeMemoryMiB      int     `json:"freeMemoryMiB"`
+	CPUOvercommit      float64 `json:"cpuOvercommit"`
+	MemoryOvercommit   float64 `json:"memoryOvercommit"`
+	// CPUModel is the pool's CPU model: the default of a VM that names
+	// none, one every host runs, so any VM starts and migrates anywhere.
+	CPUModel string `json:"cpuModel"`
+	// VMStates counts every VM by observed state.
+	VMStates map[string]int `json:"vmStates"`
+	// Storage per storage pool: a shared pool once (as its hosts see it),
+	// a host-local (dir) pool summed over the hosts that have it.
+	Storage []StorageUsage `json:"storage"`
 }
 
 // Version is the server's build (GET /api/v1/version) and the QEMU of

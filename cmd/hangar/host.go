@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -47,43 +49,112 @@ accelerator (kvm or tcg), kernel and VM count. The first line names the server a
 			return g.print(cmd, hosts, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "Server:\t%s\n\n", g.serverName())
 				for _, h := range hosts {
-					fmt.Fprintf(w, "Host:\t%s (alive: %t)\nCPU:\t%d x %s (%s)\nMemory:\t%d MiB (%d MiB allocated)\nQEMU:\t%s\nAccelerator:\t%s\nKernel:\t%s\nVMs:\t%d\n\n",
-						h.Name, h.Alive, h.CPUs, h.CPUModel, h.Arch, h.MemoryMiB, h.AllocatedMemoryMiB, h.QEMUVersion, h.Accelerator, h.Kernel, h.VMs)
+					fmt.Fprintf(w, "Host:\t%s (%s, alive: %t)\nRole:\t%s\nAddress:\t%s\nCPU:\t%d x %s (%s)\nvCPUs:\t%s booked/admitted (overcommit %.1f)\nMemory:\t%d MiB (%d MiB allocated, %d MiB free)\nStorage:\t%s\nQEMU:\t%s\nAccelerator:\t%s\nKernel:\t%s\nVMs:\t%d (%s)\n\n",
+						h.Name, h.State, h.Alive, dash(h.Role), dash(h.Address), h.CPUs, h.CPUModel, h.Arch, vcpus(h.AllocatedCPUs, h.CPUs, h.CPUOvercommit), h.CPUOvercommit,
+						h.MemoryMiB, h.AllocatedMemoryMiB, h.FreeMemoryMiB, storageLine(h.Storage), h.QEMUVersion, h.Accelerator, h.Kernel, h.VMs, vmStates(h.VMStates))
 				}
 			})
 		},
 	}
 	addOutput(info, g, false)
 	list := &cobra.Command{
-		Use: "list", Aliases: []string{"ls"}, Short: "List the pool's hosts", Args: cobra.NoArgs,
-		Long: "List the pool's hosts, one a line (-o wide adds CPU model, QEMU and kernel).", Example: "  hangar host ls -o wide",
+		Use: "list", Aliases: []string{"ls"}, Short: "List the pool's hosts and its capacity", Args: cobra.NoArgs,
+		Long: `List the pool's hosts, one a line, with the pool's capacity below them: state (alive, down,
+maintenance), role, CPUs, vCPUs booked/admitted (CPUs × the CPU overcommit ratio), memory booked and
+free (under the memory overcommit ratio), and VMs (total and running). -o wide adds the VM counts by
+state, storage per pool, accelerator, CPU model, QEMU, address and kernel. The pool's lines (after a
+blank line; not with --no-headers) sum the hosts: free figures count only hosts that take new VMs,
+a shared storage pool is counted once, a dir pool summed over its hosts; and name the pool's CPU
+model, the default of a VM that names none.
+-o json|yaml prints the whole overview (GET /api/v1/capacity): {"pool": {...}, "hosts": [...]}.`,
+		Example: "  hangar host ls\n  hangar host ls -o wide\n  hangar host ls -o json | jq .pool.freeMemoryMiB",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := g.checkOutput(cmd); err != nil {
 				return err
 			}
-			hosts, err := g.client().Hosts(cmd.Context())
+			capa, err := g.client().Capacity(cmd.Context())
 			if err != nil {
 				return err
 			}
-			header := []string{"NAME", "ALIVE", "CPUS", "MEMORY", "ALLOCATED", "ACCEL", "VMS"}
+			header := []string{"NAME", "STATE", "ROLE", "CPUS", "VCPUS", "MEMORY", "ALLOCATED", "FREE", "VMS"}
 			if g.wide() {
-				header = append(header, "CPU MODEL", "QEMU", "KERNEL")
+				header = append(header, "VM STATES", "STORAGE", "ACCEL", "CPU MODEL", "QEMU", "ADDRESS", "KERNEL")
 			}
 			var rows [][]string
-			for _, h := range hosts {
-				r := []string{h.Name, strconv.FormatBool(h.Alive), strconv.Itoa(h.CPUs), fmt.Sprintf("%d MiB", h.MemoryMiB),
-					fmt.Sprintf("%d MiB", h.AllocatedMemoryMiB), h.Accelerator, strconv.Itoa(h.VMs)}
+			for _, h := range capa.Hosts {
+				r := []string{h.Name, h.State, dash(h.Role), strconv.Itoa(h.CPUs), vcpus(h.AllocatedCPUs, h.CPUs, h.CPUOvercommit),
+					fmt.Sprintf("%d MiB", h.MemoryMiB), fmt.Sprintf("%d MiB", h.AllocatedMemoryMiB), fmt.Sprintf("%d MiB", h.FreeMemoryMiB),
+					fmt.Sprintf("%d (%d running)", h.VMs, h.VMStates[v1.StateRunning])}
 				if g.wide() {
-					r = append(r, h.CPUModel, h.QEMUVersion, h.Kernel)
+					r = append(r, vmStates(h.VMStates), storageLine(h.Storage), h.Accelerator, h.CPUModel, h.QEMUVersion, dash(h.Address), h.Kernel)
 				}
 				rows = append(rows, r)
 			}
-			return g.printList(cmd, hosts, header, rows)
+			return g.print(cmd, capa, func(w *tabwriter.Writer) {
+				if !g.noHeaders {
+					fmt.Fprintln(w, strings.Join(header, "\t"))
+				}
+				for _, r := range rows {
+					fmt.Fprintln(w, strings.Join(r, "\t"))
+				}
+				if g.noHeaders {
+					return
+				}
+				_ = w.Flush()
+				p := capa.Pool
+				fmt.Fprintf(w, "\nPool:\t%d hosts (%d alive, %d down, %d in maintenance)\n", p.Hosts, p.HostsAlive, p.HostsDown, p.HostsMaintenance)
+				fmt.Fprintf(w, "CPU model:\t%s\n", p.CPUModel)
+				fmt.Fprintf(w, "vCPUs:\t%d booked, %d free (%d CPUs, overcommit %.1f)\n", p.AllocatedCPUs, p.FreeCPUs, p.CPUs, p.CPUOvercommit)
+				fmt.Fprintf(w, "Memory:\t%d MiB booked, %d MiB free (%d MiB, overcommit %.1f)\n", p.AllocatedMemoryMiB, p.FreeMemoryMiB, p.MemoryMiB, p.MemoryOvercommit)
+				fmt.Fprintf(w, "Storage:\t%s\n", storageLine(p.Storage))
+				fmt.Fprintf(w, "VMs:\t%s\n", vmStates(p.VMStates))
+			})
 		},
 	}
 	addOutput(list, g, true)
 	cmd.AddCommand(info, list)
 	return cmd
+}
+
+// vcpus is "booked/admitted": vCPUs booked on a host and how many its CPUs
+// take under the overcommit ratio.
+func vcpus(booked, cpus int, ratio float64) string {
+	return fmt.Sprintf("%d/%d", booked, int(float64(cpus)*ratio))
+}
+
+// vmStates is "2 running, 1 stopped" ("-" for none), states by name.
+func vmStates(m map[string]int) string {
+	var parts []string
+	for st, n := range m {
+		if n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, st))
+		}
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	sort.Slice(parts, func(i, j int) bool { return strings.SplitN(parts[i], " ", 2)[1] < strings.SplitN(parts[j], " ", 2)[1] })
+	return strings.Join(parts, ", ")
+}
+
+// storageLine is "default 1.2/9.8 GiB free, …": each pool's free and
+// total space.
+func storageLine(us []v1.StorageUsage) string {
+	if len(us) == 0 {
+		return "-"
+	}
+	parts := make([]string, len(us))
+	for i, u := range us {
+		parts[i] = fmt.Sprintf("%s %.1f/%.1f GiB free", u.Pool, float64(u.FreeBytes)/(1<<30), float64(u.TotalBytes)/(1<<30))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func newOp(g *globals) *cobra.Command {

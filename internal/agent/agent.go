@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	v1 "hangar/api/v1"
+	"hangar/internal/capacity"
 	"hangar/internal/errdefs"
 	"hangar/internal/inventory"
 	"hangar/internal/qemu"
@@ -139,6 +140,15 @@ func (a *Agent) Ready() <-chan struct{} { return a.ready }
 func (a *Agent) Run(ctx context.Context) error {
 	a.ctx = ctx
 	log := a.cfg.Log
+	if a.cfg.Caps.Accel == "kvm" {
+		// The named CPU models this host runs: the pool's CPU model is the
+		// newest one every host runs (qemu.PoolCPUModel).
+		models, err := qemu.UsableCPUModels(ctx, a.cfg.Caps.Binary, "kvm")
+		if err != nil {
+			log.Warn("probe usable cpu models", "err", err)
+		}
+		a.facts.UsableCPUModels = models
+	}
 	if err := a.publishFacts(ctx); err != nil {
 		return err
 	}
@@ -244,10 +254,16 @@ func (a *Agent) publishFacts(ctx context.Context) error {
 	for _, s := range specs {
 		if s.Host == a.cfg.Host {
 			h.VMs++
-			if s.Power != v1.PowerStopped {
-				h.AllocatedMemoryMiB += s.MemoryMiB
-			}
 		}
+	}
+	allocs, err := a.inv.AllocsByHost(ctx)
+	if err != nil {
+		return err
+	}
+	booked := capacity.Allocated(specs, allocs)[a.cfg.Host]
+	h.AllocatedCPUs, h.AllocatedMemoryMiB = booked.CPUs, booked.MemoryMiB
+	if pools, err := a.allPools(ctx); err == nil {
+		h.Storage = storageUsage(pools)
 	}
 	h.Alive = true
 	h.UpdatedAt = time.Now().UTC()

@@ -12,6 +12,7 @@ import (
 
 	v1 "hangar/api/v1"
 	"hangar/internal/qemu"
+	"hangar/internal/storage"
 )
 
 // HostFacts reads what this host offers.
@@ -120,4 +121,20 @@ func bootTime() (time.Time, error) {
 		}
 	}
 	return time.Time{}, fmt.Errorf("/proc/stat: no btime")
+}
+
+// storageUsage is each pool's file system as this host sees it (statfs of
+// the pool's directory); a pool whose directory cannot be read is left out.
+func storageUsage(pools []*storage.Pool) []v1.StorageUsage {
+	out := make([]v1.StorageUsage, 0, len(pools))
+	for _, p := range pools {
+		var fs syscall.Statfs_t
+		if err := syscall.Statfs(p.Path, &fs); err != nil {
+			continue
+		}
+		bs := int64(fs.Bsize)
+		out = append(out, v1.StorageUsage{Pool: p.Name, Type: p.Type, TotalBytes: int64(fs.Blocks) * bs,
+			UsedBytes: int64(fs.Blocks-fs.Bfree) * bs, FreeBytes: int64(fs.Bavail) * bs})
+	}
+	return out
 }

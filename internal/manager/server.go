@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	v1 "hangar/api/v1"
+	"hangar/internal/capacity"
 	"hangar/internal/errdefs"
 	"hangar/internal/imports"
 	"hangar/internal/inventory"
@@ -69,6 +70,8 @@ type Config struct {
 	Metrics prometheus.Collector
 	// MaxWait bounds ?wait= (default 10 min).
 	MaxWait time.Duration
+	// Overcommit ratios of the capacity overview (zero: capacity.DefaultPolicy).
+	Overcommit capacity.Policy
 }
 
 // Server is the API server.
@@ -95,7 +98,7 @@ func New(cfg Config) *Server {
 	}
 	s := &Server{cfg: cfg, inv: inventory.Inventory{S: cfg.Store}, mux: http.NewServeMux(), csrf: http.NewCrossOriginProtection()}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(&collector{inv: s.inv}, prometheus.NewGoCollector())
+	reg.MustRegister(&collector{inv: s.inv, capacity: s.capacity}, prometheus.NewGoCollector())
 	if cfg.Metrics != nil {
 		reg.MustRegister(cfg.Metrics)
 	}
@@ -113,6 +116,7 @@ func New(cfg Config) *Server {
 	s.route("DELETE /api/v1/operations/{id}", s.cancelOp)
 	s.route("GET /api/v1/hosts", s.listHosts)
 	s.route("GET /api/v1/hosts/{name}", s.getHost)
+	s.route("GET /api/v1/capacity", s.getCapacity)
 	s.route("GET /api/v1/version", s.getVersion)
 	s.storageRoutes()
 	s.volumeRoutes()
@@ -229,19 +233,13 @@ func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, redactVM(v))
 }
 
+// hosts are the pool's hosts with their capacity at this moment.
 func (s *Server) hosts(ctx context.Context) ([]v1.Host, error) {
-	hosts, err := s.inv.HostInfos(ctx)
+	c, err := s.capacity(ctx)
 	if err != nil {
 		return nil, err
 	}
-	for i := range hosts {
-		alive, err := s.inv.HostAlive(ctx, hosts[i].Name)
-		if err != nil {
-			return nil, err
-		}
-		hosts[i].Alive = alive
-	}
-	return hosts, nil
+	return c.Hosts, nil
 }
 
 func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
@@ -300,16 +298,13 @@ func (s *Server) createWarned(ctx context.Context, spec v1.VMSpec, start bool, h
 	if err != nil {
 		return v1.Operation{}, err
 	}
-	accel := "tcg"
-	for _, h := range hosts {
-		if h.Alive && h.Accelerator == "kvm" {
-			accel = "kvm"
-		}
+	if spec.CPUModel == "" {
+		spec.CPUModel = poolCPUModel(hosts)
 	}
 	if start {
 		spec.Power = v1.PowerRunning
 	}
-	vm.Defaults(&spec, accel)
+	vm.Defaults(&spec, "tcg") // the CPU model is set: the accelerator chooses nothing more
 	if spec.Power == v1.PowerPaused {
 		return v1.Operation{}, &v1.Error{Code: v1.CodeInvalidArgument, Field: "power", Message: "power: a new vm is running or stopped"}
 	}

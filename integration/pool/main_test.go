@@ -90,6 +90,7 @@ func run(m *testing.M) int {
 			t := time.AfterFunc(d-margin, func() {
 				fmt.Fprintf(os.Stderr, "pool: -timeout %s nearly reached: removing the test pool first\n%s", d, dumpPool())
 				closePool()
+				os.RemoveAll(tmp) // the binary's panic skips run's defers
 			})
 			defer t.Stop()
 		}

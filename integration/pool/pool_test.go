@@ -281,7 +281,9 @@ func (p *Pool) SharedGuests(t testing.TB) []Guest {
 	t.Helper()
 	p.guestsOnce.Do(func() {
 		for _, h := range p.Hosts {
-			if p.guestsErr = p.createGuest(h, GuestSpec("g-"+h.Name)); p.guestsErr != nil {
+			spec := GuestSpec("g-" + h.Name)
+			OnHost(h.Name)(&spec)
+			if p.guestsErr = p.createGuest(h, spec); p.guestsErr != nil {
 				return
 			}
 		}
@@ -306,8 +308,15 @@ func GuestSpec(name string) v1.VMSpec {
 		NICs: []v1.NIC{{Mode: v1.NICBridge, Bridge: netlab.Bridge}}}
 }
 
-// BootGuest creates and starts VM name through host's API with one NIC on
-// br0, waits for its ready marker (the boot id it prints) and its DHCP
+// OnHost places a VM on host and nowhere else (placement manual).
+func OnHost(host string) func(*v1.VMSpec) {
+	return func(s *v1.VMSpec) {
+		s.Placement, s.PreferredHosts = v1.PlacementManual, []string{host}
+	}
+}
+
+// BootGuest creates and starts VM name on host (OnHost), through host's
+// API, with one NIC on br0, waits for its ready marker (the boot id it prints) and its DHCP
 // lease, and deletes it when the test ends. mutate may change the spec.
 func (p *Pool) BootGuest(t testing.TB, host, name string, mutate func(*v1.VMSpec)) Guest {
 	t.Helper()
@@ -315,12 +324,13 @@ func (p *Pool) BootGuest(t testing.TB, host, name string, mutate func(*v1.VMSpec
 	return p.WaitGuest(t, host, name)
 }
 
-// CreateGuest creates and starts VM name (GuestSpec, then mutate) through
-// host's API without waiting for its boot; the VM is deleted when the
+// CreateGuest creates and starts VM name (GuestSpec, OnHost(host), then
+// mutate) through host's API without waiting for its boot; the VM is deleted when the
 // test ends. Create several, then WaitGuest each: they boot together.
 func (p *Pool) CreateGuest(t testing.TB, host, name string, mutate func(*v1.VMSpec)) {
 	t.Helper()
 	spec := GuestSpec(name)
+	OnHost(host)(&spec)
 	if mutate != nil {
 		mutate(&spec)
 	}

@@ -10,26 +10,18 @@ import (
 
 	v1 "hangar/api/v1"
 	"hangar/internal/inventory"
+	"hangar/internal/scheduler"
 )
 
-// Policy holds the overcommit ratios admission control uses: a host takes
-// vCPUs up to CPUs×CPUOvercommit and memory up to MemoryMiB×MemoryOvercommit.
-// (The same fields and defaults as scheduler.Policy.)
-type Policy struct {
-	CPUOvercommit    float64
-	MemoryOvercommit float64
-}
-
-// DefaultPolicy: 4 vCPUs per logical CPU, no memory overcommit.
-var DefaultPolicy = Policy{CPUOvercommit: 4.0, MemoryOvercommit: 1.0}
-
-// OrDefault returns p with unset (zero or negative) ratios defaulted.
-func (p Policy) OrDefault() Policy {
+// withDefaults returns p with unset (zero, negative or NaN) ratios set to
+// the scheduler's defaults: the overview uses the ratios admission
+// control uses.
+func withDefaults(p scheduler.Policy) scheduler.Policy {
 	if !(p.CPUOvercommit > 0) {
-		p.CPUOvercommit = DefaultPolicy.CPUOvercommit
+		p.CPUOvercommit = scheduler.DefaultCPUOvercommit
 	}
 	if !(p.MemoryOvercommit > 0) {
-		p.MemoryOvercommit = DefaultPolicy.MemoryOvercommit
+		p.MemoryOvercommit = scheduler.DefaultMemoryOvercommit
 	}
 	return p
 }
@@ -67,8 +59,8 @@ func Allocated(specs []v1.VMSpec, allocs map[string]map[string]inventory.Alloc) 
 // Overview fills each host's capacity fields and sums the pool. hosts carry
 // their facts with Alive and Maintenance set; vms are every VM with its
 // status; alloc is Allocated's answer; cpuModel is the pool's CPU model.
-func Overview(hosts []v1.Host, vms []v1.VM, alloc map[string]inventory.Alloc, p Policy, cpuModel string) v1.Capacity {
-	p = p.OrDefault()
+func Overview(hosts []v1.Host, vms []v1.VM, alloc map[string]inventory.Alloc, p scheduler.Policy, cpuModel string) v1.Capacity {
+	p = withDefaults(p)
 	out := v1.Capacity{Hosts: make([]v1.Host, 0, len(hosts)), Pool: v1.PoolCapacity{
 		CPUOvercommit: p.CPUOvercommit, MemoryOvercommit: p.MemoryOvercommit, CPUModel: cpuModel,
 		VMStates: map[string]int{}, Storage: []v1.StorageUsage{}}}

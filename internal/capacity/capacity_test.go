@@ -6,6 +6,7 @@ import (
 
 	v1 "hangar/api/v1"
 	"hangar/internal/inventory"
+	"hangar/internal/scheduler"
 )
 
 func spec(name, host, power string, cpus, mem int) v1.VMSpec {
@@ -52,7 +53,7 @@ func TestOverview(t *testing.T) {
 		{Spec: spec("d", "", v1.PowerStopped, 1, 256), Status: v1.VMStatus{State: v1.StateCreating}},
 	}
 	alloc := map[string]inventory.Alloc{"h1": {CPUs: 17, MemoryMiB: 1024}, "h3": {CPUs: 1, MemoryMiB: 9000}}
-	got := Overview(hosts, vms, alloc, Policy{}, "Westmere")
+	got := Overview(hosts, vms, alloc, scheduler.Policy{}, "Westmere")
 
 	if names := []string{got.Hosts[0].Name, got.Hosts[1].Name, got.Hosts[2].Name}; !reflect.DeepEqual(names, []string{"h1", "h2", "h3"}) {
 		t.Fatalf("hosts not sorted by name: %v", names)
@@ -92,12 +93,12 @@ func TestOverview(t *testing.T) {
 	}
 
 	// The ratios come from the policy.
-	got = Overview(hosts[1:2], nil, nil, Policy{CPUOvercommit: 1.5, MemoryOvercommit: 1.25}, "qemu64")
+	got = Overview(hosts[1:2], nil, nil, scheduler.Policy{CPUOvercommit: 1.5, MemoryOvercommit: 1.25}, "qemu64")
 	if h := got.Hosts[0]; h.Name != "h1" || h.FreeCPUs != 6 || h.FreeMemoryMiB != 5120 || got.Pool.CPUOvercommit != 1.5 {
 		t.Fatalf("policy ratios: %+v %+v", h, got.Pool)
 	}
 	// An empty pool is zeros, with empty (not null) lists.
-	got = Overview(nil, nil, nil, DefaultPolicy, "Westmere")
+	got = Overview(nil, nil, nil, scheduler.Policy{}, "Westmere")
 	if got.Hosts == nil || got.Pool.Storage == nil || got.Pool.VMStates == nil || got.Pool.Hosts != 0 {
 		t.Fatalf("empty pool %+v", got)
 	}

@@ -24,7 +24,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	v1 "hangar/api/v1"
-	"hangar/internal/capacity"
 	"hangar/internal/errdefs"
 	"hangar/internal/imports"
 	"hangar/internal/inventory"
@@ -70,8 +69,9 @@ type Config struct {
 	Metrics prometheus.Collector
 	// MaxWait bounds ?wait= (default 10 min).
 	MaxWait time.Duration
-	// Overcommit ratios of the capacity overview (zero: capacity.DefaultPolicy).
-	Overcommit capacity.Policy
+	// Overcommit ratios of the capacity overview (zero: the scheduler's
+	// defaults).
+	Overcommit scheduler.Policy
 }
 
 // Server is the API server.

@@ -1,0 +1,472 @@
+package migration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"time"
+
+	"hangar/internal/qemu/qmp"
+)
+
+// Disk is one local disk to mirror to the target.
+type Disk struct {
+	// Node is the source's current top format node of the disk.
+	Node string
+	// Export is the target's NBD export name (its node name).
+	Export string
+}
+
+// Source describes the sending side of a migration.
+type Source struct {
+	// TargetHost is the target host's name: TLS checks the target's
+	// certificate against it (tls-hostname).
+	TargetHost string
+	// IP, Port and NBDPort are where the target listens (Target).
+	IP      string
+	Port    int
+	NBDPort int
+	// Disks are the local disks; none for a VM on shared storage.
+	Disks []Disk
+	// TLS nil means plaintext, only when asked explicitly.
+	TLS *TLS
+	// MaxBandwidth caps the migration stream, bytes/s (0: QEMU's default).
+	MaxBandwidth int64
+	// DowntimeLimit is the longest switch-over pause allowed (0: QEMU's
+	// default, 300 ms).
+	DowntimeLimit time.Duration
+	// AutoConverge throttles the guest's vCPUs while it dirties RAM
+	// faster than the stream sends it.
+	AutoConverge bool
+	// Multifd, MultifdChannels: as in Target (both ends must agree).
+	Multifd         bool
+	MultifdChannels int
+	// Watchdog aborts a migration that makes no progress or takes too
+	// long.
+	Watchdog Watchdog
+	// Progress, if set, gets a snapshot about every poll.
+	Progress func(Progress)
+}
+
+// Result is what a completed migration measured (QEMU's own figures).
+type Result struct {
+	// Downtime is the pause QEMU measured on the source, from stopping
+	// the vCPUs to the last byte of state sent.
+	Downtime time.Duration
+	// Total is the RAM phase (QEMU's total-time); Elapsed the whole
+	// migration including the disk mirror.
+	Total, Setup, Elapsed time.Duration
+	RAMTransferred        int64
+	DiskTransferred       int64
+	// Stopped is when the source's vCPUs stopped (STOP event, the
+	// source host's clock).
+	Stopped time.Time
+}
+
+func (s Source) validate() error {
+	if ip := net.ParseIP(s.IP); ip == nil || ip.IsUnspecified() {
+		return fmt.Errorf("target ip %q", s.IP)
+	}
+	if s.Port <= 0 || s.Port > 65535 {
+		return fmt.Errorf("target port %d", s.Port)
+	}
+	if len(s.Disks) > 0 && (s.NBDPort <= 0 || s.NBDPort > 65535) {
+		return fmt.Errorf("nbd port %d", s.NBDPort)
+	}
+	if s.TLS != nil && s.TargetHost == "" {
+		return errors.New("tls without a target host name to verify")
+	}
+	if s.MaxBandwidth < 0 || s.DowntimeLimit < 0 {
+		return errors.New("negative bandwidth or downtime limit")
+	}
+	if s.Multifd && (s.MultifdChannels < 1 || s.MultifdChannels > 16) {
+		return fmt.Errorf("multifd channels %d: want 1..16", s.MultifdChannels)
+	}
+	return nil
+}
+
+// nbdNode is the source's NBD client node of disk i; jobID its mirror job.
+func nbdNode(i int) string { return "mig-nbd" + strconv.Itoa(i) }
+func jobID(i int) string   { return "mig-mirror" + strconv.Itoa(i) }
+
+// Migrate sends the running VM to the target prepared by PrepareTarget:
+// with local disks it first mirrors each to the target's export
+// (blockdev-mirror, sync full, write-blocking so that the copy converges
+// whatever the guest writes) until every job is READY, then migrates RAM
+// and device state with the limits of s and waits until it completed. Then
+// the source is paused (run state postmigrate); the mirrors are completed
+// with block-job-cancel (a READY mirror ends without pivot, the target
+// consistent: libvirt's order for non-shared storage) and the NBD client
+// nodes removed. The target stays paused until Resume.
+//
+// On any error, including the watchdog's (ErrAborted) and ctx ending,
+// Migrate cancels the migration and the mirrors, removes the NBD nodes and
+// resumes the source if it had been paused: the source keeps running
+// untouched; the caller kills the target and removes its volumes.
+func Migrate(ctx context.Context, mon *qmp.Client, s Source) (res Result, err error) {
+	if err := s.validate(); err != nil {
+		return res, fmt.Errorf("migrate: %w", err)
+	}
+	st, err := mon.QueryStatus(ctx)
+	if err != nil {
+		return res, fmt.Errorf("migrate: %w", err)
+	}
+	if st.Status != "running" && st.Status != "paused" {
+		return res, fmt.Errorf("migrate: vm is %s", st.Status)
+	}
+	wasRunning := st.Running
+	start := time.Now()
+	s.Watchdog.Start(start)
+	ev, stopEv := mon.Subscribe()
+	defer stopEv()
+	var jobs []string
+	added := 0
+	defer func() {
+		if err == nil {
+			return
+		}
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		rollBack(cctx, mon, jobs, added, wasRunning)
+	}()
+
+	creds := ""
+	if s.TLS != nil {
+		if err := InstallCreds(ctx, mon, s.TLS.Dir, s.TLS.CA, s.TLS.Cert, s.TLS.Key, s.TLS.UID, s.TLS.GID, Client); err != nil {
+			return res, fmt.Errorf("migrate: %w", err)
+		}
+		creds = CredsID
+	}
+	for i, d := range s.Disks {
+		node := map[string]any{"driver": "nbd", "node-name": nbdNode(i), "server": inet(s.IP, s.NBDPort),
+			"export": d.Export}
+		if creds != "" {
+			node["tls-creds"], node["tls-hostname"] = creds, s.TargetHost
+		}
+		if err := mon.Execute(ctx, "blockdev-add", node, nil); err != nil {
+			return res, fmt.Errorf("migrate: connect nbd export %s: %w", d.Export, err)
+		}
+		added = i + 1
+	}
+	for i, d := range s.Disks {
+		args := map[string]any{"job-id": jobID(i), "device": d.Node, "target": nbdNode(i), "sync": "full",
+			"copy-mode": "write-blocking", "auto-dismiss": false}
+		if err := mon.Execute(ctx, "blockdev-mirror", args, nil); err != nil {
+			return res, fmt.Errorf("migrate: mirror %s: %w", d.Node, err)
+		}
+		jobs = append(jobs, jobID(i))
+	}
+	if len(jobs) > 0 {
+		if res.DiskTransferred, err = waitMirrorsReady(ctx, mon, ev, jobs, &s, start); err != nil {
+			return res, fmt.Errorf("migrate: %w", err)
+		}
+	}
+
+	if err := setCapabilities(ctx, mon, map[string]bool{"events": true, "auto-converge": s.AutoConverge, "multifd": s.Multifd}); err != nil {
+		return res, fmt.Errorf("migrate: %w", err)
+	}
+	params := map[string]any{"tls-creds": creds, "tls-hostname": ""}
+	if creds != "" {
+		params["tls-hostname"] = s.TargetHost
+	}
+	if s.MaxBandwidth > 0 {
+		params["max-bandwidth"] = s.MaxBandwidth
+	}
+	if s.DowntimeLimit > 0 {
+		params["downtime-limit"] = max(s.DowntimeLimit.Milliseconds(), 1)
+	}
+	if s.Multifd {
+		params["multifd-channels"] = s.MultifdChannels
+	}
+	if err := mon.Execute(ctx, "migrate-set-parameters", params, nil); err != nil {
+		return res, fmt.Errorf("migrate: set parameters: %w", err)
+	}
+	if err := mon.Execute(ctx, "migrate", map[string]string{"uri": uri(s.IP, s.Port)}, nil); err != nil {
+		return res, fmt.Errorf("migrate: %w", err)
+	}
+	mi, err := waitMigrated(ctx, mon, ev, jobs, &s, start, &res)
+	if err != nil {
+		return res, fmt.Errorf("migrate: %w", err)
+	}
+	res.Downtime = time.Duration(mi.Downtime) * time.Millisecond
+	res.Total = time.Duration(mi.TotalTime) * time.Millisecond
+	res.Setup = time.Duration(mi.SetupTime) * time.Millisecond
+	if mi.RAM != nil {
+		res.RAMTransferred = mi.RAM.Transferred
+	}
+	// The source is paused now: complete the mirrors (no more writes can
+	// come), then drop the NBD connections.
+	if err := finishMirrors(ctx, mon, ev, jobs); err != nil {
+		return res, fmt.Errorf("migrate: complete disk mirrors: %w", err)
+	}
+	for i := added - 1; i >= 0; i-- {
+		if err := mon.Execute(ctx, "blockdev-del", map[string]string{"node-name": nbdNode(i)}, nil); err != nil {
+			return res, fmt.Errorf("migrate: disconnect nbd export: %w", err)
+		}
+		added = i
+	}
+	jobs = nil
+	res.Elapsed = time.Since(start)
+	if s.Progress != nil {
+		p := Progress{Phase: PhaseDone, Status: "completed", Elapsed: res.Elapsed}
+		mi.fill(&p)
+		p.DiskTransferred, p.DiskTotal = res.DiskTransferred, res.DiskTransferred
+		s.Progress(p)
+	}
+	return res, nil
+}
+
+// waitMirrorsReady polls the mirror jobs until all are READY.
+func waitMirrorsReady(ctx context.Context, mon *qmp.Client, ev <-chan qmp.Event, ids []string, s *Source, start time.Time) (int64, error) {
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		jobs, err := ourJobs(ctx, mon, ids)
+		if err != nil {
+			return 0, err
+		}
+		p := Progress{Phase: PhaseMirror, Elapsed: time.Since(start)}
+		ready := 0
+		for _, id := range ids {
+			j, ok := jobs[id]
+			if !ok {
+				return 0, fmt.Errorf("mirror job %s is gone", id)
+			}
+			if j.Error != "" || j.Status == "concluded" || j.Status == "aborting" {
+				return 0, fmt.Errorf("mirror job %s %s: %s", id, j.Status, j.Error)
+			}
+			p.DiskTransferred += j.CurrentProgress
+			p.DiskTotal += j.TotalProgress
+			if j.Status == "ready" {
+				ready++
+			}
+		}
+		if s.Progress != nil {
+			s.Progress(p)
+		}
+		if ready == len(ids) {
+			return p.DiskTransferred, nil
+		}
+		if err := s.Watchdog.Observe(time.Now(), p); err != nil {
+			return 0, err
+		}
+		select {
+		case <-ev:
+		case <-tick.C:
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%w: %v", ErrAborted, ctx.Err())
+		}
+	}
+}
+
+// waitMigrated polls the outgoing migration until it completed, checking
+// that the mirrors stay READY meanwhile.
+func waitMigrated(ctx context.Context, mon *qmp.Client, ev <-chan qmp.Event, jobIDs []string, s *Source, start time.Time, res *Result) (migrationInfo, error) {
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	var disk int64
+	for {
+		mi, err := queryMigrate(ctx, mon)
+		if err != nil {
+			return mi, err
+		}
+		switch mi.Status {
+		case "completed":
+			for res.Stopped.IsZero() { // the STOP event came before; it may still be queued
+				select {
+				case e := <-ev:
+					if e.Name == "STOP" {
+						res.Stopped = e.Timestamp
+					}
+					continue
+				default:
+				}
+				break
+			}
+			return mi, nil
+		case "failed", "cancelled", "cancelling":
+			return mi, fmt.Errorf("migration %s: %s", mi.Status, mi.ErrorDesc)
+		}
+		if len(jobIDs) > 0 {
+			jobs, err := ourJobs(ctx, mon, jobIDs)
+			if err != nil {
+				return mi, err
+			}
+			disk = 0
+			for _, id := range jobIDs {
+				j, ok := jobs[id]
+				if !ok || j.Error != "" || (j.Status != "ready" && j.Status != "standby" && j.Status != "running") {
+					return mi, fmt.Errorf("mirror job %s failed during the migration: %s %s", id, j.Status, j.Error)
+				}
+				disk += j.CurrentProgress
+			}
+		}
+		p := Progress{Phase: PhaseRAM, Elapsed: time.Since(start), DiskTransferred: disk, DiskTotal: disk}
+		mi.fill(&p)
+		if s.Progress != nil {
+			s.Progress(p)
+		}
+		if err := s.Watchdog.Observe(time.Now(), p); err != nil {
+			return mi, err
+		}
+		select {
+		case e := <-ev:
+			if e.Name == "STOP" {
+				res.Stopped = e.Timestamp
+			}
+		case <-tick.C:
+		case <-ctx.Done():
+			return mi, fmt.Errorf("%w: %v", ErrAborted, ctx.Err())
+		}
+	}
+}
+
+// finishMirrors completes READY mirrors of a paused source: block-job-cancel
+// without force ends a READY mirror without pivot once source and target
+// are equal; each must conclude without error.
+func finishMirrors(ctx context.Context, mon *qmp.Client, ev <-chan qmp.Event, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	for _, id := range ids {
+		if err := mon.Execute(ctx, "block-job-cancel", map[string]any{"device": id, "force": false}, nil); err != nil {
+			return fmt.Errorf("job %s: %w", id, err)
+		}
+	}
+	jobs, err := waitConcluded(ctx, mon, ev, ids)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if e := jobs[id].Error; e != "" {
+			return fmt.Errorf("job %s: %s", id, e)
+		}
+		if err := mon.JobDismiss(ctx, id); err != nil {
+			return fmt.Errorf("dismiss job %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+func waitConcluded(ctx context.Context, mon *qmp.Client, ev <-chan qmp.Event, ids []string) (map[string]qmp.Job, error) {
+	tick := time.NewTicker(pollInterval / 5)
+	defer tick.Stop()
+	for {
+		jobs, err := ourJobs(ctx, mon, ids)
+		if err != nil {
+			return nil, err
+		}
+		done := true
+		for _, id := range ids {
+			if j, ok := jobs[id]; ok && j.Status != "concluded" && j.Status != "null" {
+				done = false
+			}
+		}
+		if done {
+			return jobs, nil
+		}
+		select {
+		case <-ev:
+		case <-tick.C:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func ourJobs(ctx context.Context, mon *qmp.Client, ids []string) (map[string]qmp.Job, error) {
+	all, err := mon.QueryJobs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	jobs := make(map[string]qmp.Job, len(ids))
+	for _, j := range all {
+		if slices.Contains(ids, j.ID) {
+			jobs[j.ID] = j
+		}
+	}
+	return jobs, nil
+}
+
+// rollBack undoes a failed outgoing migration: cancel the migration (wait
+// until it ended), force-cancel the mirrors, remove the NBD nodes, resume
+// the source if the migration paused it. Every step is tried; failures
+// are logged.
+func rollBack(ctx context.Context, mon *qmp.Client, jobs []string, nbdNodes int, wasRunning bool) {
+	log := slog.With("step", "migration rollback")
+	if mi, err := queryMigrate(ctx, mon); err == nil && (mi.Status == "active" || mi.Status == "setup" || mi.Status == "device" ||
+		mi.Status == "pre-switchover" || mi.Status == "wait-unplug" || mi.Status == "cancelling") {
+		if err := mon.Execute(ctx, "migrate_cancel", nil, nil); err != nil {
+			log.Warn("cannot cancel migration", "err", err)
+		}
+		for ctx.Err() == nil {
+			mi, err := queryMigrate(ctx, mon)
+			if err != nil || (mi.Status != "active" && mi.Status != "setup" && mi.Status != "device" && mi.Status != "cancelling" && mi.Status != "pre-switchover") {
+				break
+			}
+			time.Sleep(pollInterval / 5)
+		}
+	}
+	if len(jobs) > 0 {
+		live, err := ourJobs(ctx, mon, jobs)
+		if err != nil {
+			log.Warn("cannot list mirror jobs", "err", err)
+		}
+		for id, j := range live {
+			if j.Status != "concluded" && j.Status != "null" {
+				if err := mon.Execute(ctx, "block-job-cancel", map[string]any{"device": id, "force": true}, nil); err != nil {
+					log.Warn("cannot cancel mirror job", "job", id, "err", err)
+				}
+			}
+		}
+		var ids []string
+		for id := range live {
+			ids = append(ids, id)
+		}
+		ev, stop := mon.Subscribe()
+		if _, err := waitConcluded(ctx, mon, ev, ids); err != nil {
+			log.Warn("mirror jobs did not end", "err", err)
+		}
+		stop()
+		for _, id := range ids {
+			_ = mon.JobDismiss(ctx, id)
+		}
+	}
+	for i := nbdNodes - 1; i >= 0; i-- {
+		if err := mon.Execute(ctx, "blockdev-del", map[string]string{"node-name": nbdNode(i)}, nil); err != nil {
+			log.Warn("cannot remove nbd node", "node", nbdNode(i), "err", err)
+		}
+	}
+	if err := mon.Execute(ctx, "migrate-set-parameters", map[string]any{"tls-creds": "", "tls-hostname": ""}, nil); err != nil {
+		log.Warn("cannot reset migration tls parameters", "err", err)
+	}
+	_ = DelCreds(ctx, mon)
+	if st, err := mon.QueryStatus(ctx); err == nil && !st.Running && wasRunning {
+		if err := mon.Cont(ctx); err != nil {
+			log.Warn("cannot resume the source", "status", st.Status, "err", err)
+		}
+	}
+}
+
+// ResumeSource resumes a source that Migrate left paused after a
+// completed migration, when the switch-over is rolled back (the owner
+// record could not be moved to the target): the images are activated
+// again and the guest goes on where it stopped. The caller kills the
+// target first, which never ran the guest.
+func ResumeSource(ctx context.Context, mon *qmp.Client) error {
+	st, err := mon.QueryStatus(ctx)
+	if err != nil {
+		return fmt.Errorf("resume migration source: %w", err)
+	}
+	if st.Running {
+		return nil
+	}
+	if err := mon.Cont(ctx); err != nil {
+		return fmt.Errorf("resume migration source: %w", err)
+	}
+	return nil
+}

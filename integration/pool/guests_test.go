@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "hangar/api/v1"
 	"hangar/internal/netlab"
 )
 
@@ -29,6 +30,12 @@ func TestBridgedGuests(t *testing.T) {
 			t.Errorf("guests %s and %s share %s", other, g.Name, g.IP)
 		}
 		seen[g.IP.String()] = g.Name
+		for _, h := range p.Hosts { // its QEMU runs in its host's namespace, and only there
+			if pid := p.QEMUOf(t, h.Name, g.Name); (pid != 0) != (h.Name == g.Host) {
+				t.Errorf("QEMU of %s in %s: pid %d (the guest runs on %s)", g.Name, h.NS, pid, g.Host)
+			}
+		}
+		p.WaitVM(t, g.Host, g.Name, g.Host, 10*time.Second, v1.StateRunning)
 		st := p.GuestStatus(t, g)
 		if st.Hostname != g.Name || st.BootID != g.BootID {
 			t.Fatalf("guest at %s answered hostname=%s boot_id=%s, want %s %s (from its serial console)", g.IP, st.Hostname, st.BootID, g.Name, g.BootID)

@@ -531,3 +531,59 @@ func fileTail(path string, n int) string {
 	}
 	return string(b)
 }
+
+// QEMUs are the QEMU processes running in host's namespace (pid →
+// command line), for leftover checks: a VM's QEMU has "guest=<name>," in
+// its -name argument.
+func (p *Pool) QEMUs(t testing.TB, host string) map[int]string {
+	t.Helper()
+	procs, err := p.Host(t, host).Processes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int]string{}
+	for pid, cmd := range procs {
+		if strings.Contains(cmd, "qemu-system") {
+			out[pid] = cmd
+		}
+	}
+	return out
+}
+
+// QEMUOf is the pid of VM name's QEMU in host's namespace, 0 if none.
+func (p *Pool) QEMUOf(t testing.TB, host, name string) int {
+	t.Helper()
+	for pid, cmd := range p.QEMUs(t, host) {
+		if strings.Contains(cmd, "guest="+name+",") {
+			return pid
+		}
+	}
+	return 0
+}
+
+// WaitVM polls host's API until VM name's observed state is one of states
+// (and, when on != "", it runs on host on) and returns it.
+func (p *Pool) WaitVM(t testing.TB, host, name, on string, d time.Duration, states ...string) v1.VM {
+	t.Helper()
+	c := p.API(t, host)
+	deadline := time.Now().Add(d)
+	var last v1.VM
+	var lastErr error
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		v, err := c.VM(ctx, name)
+		cancel()
+		last, lastErr = v, err
+		if err == nil && (on == "" || v.Status.Host == on) {
+			for _, st := range states {
+				if v.Status.State == st {
+					return v
+				}
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("vm %s (asked %s): state %q on %q after %s, want one of %v on %q (reason %q, err %v)",
+		name, host, last.Status.State, last.Status.Host, d, states, on, last.Status.Reason, lastErr)
+	return last
+}

@@ -143,7 +143,8 @@ type ServeConfig struct {
 
 // Serve starts `hangar serve` in the host's namespace with the host's
 // data, run dir and socket, --host <name>, debug logs appended to
-// ServeLog, and waits until its API answers on the socket. After a
+// ServeLog, and waits until its API answers on the socket and lists the
+// host alive (its agent has reported). After a
 // PowerLoss or StopServe it starts again on the same state.
 func (h *Host) Serve(ctx context.Context, cfg ServeConfig) (*Proc, error) {
 	if cfg.Bin == "" || cfg.UIDRange == "" {
@@ -174,10 +175,15 @@ func (h *Host) Serve(ctx context.Context, cfg ServeConfig) (*Proc, error) {
 	c := h.Client()
 	for {
 		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := c.Hosts(actx)
+		hosts, err := c.Hosts(actx)
 		acancel()
 		if err == nil {
-			return p, nil
+			for _, x := range hosts {
+				if x.Name == h.Name && x.Alive {
+					return p, nil
+				}
+			}
+			err = fmt.Errorf("the API answers but does not list %s alive yet", h.Name)
 		}
 		select {
 		case <-p.Done():
@@ -220,6 +226,23 @@ func (h *Host) PowerLoss() (int, error) {
 	}
 	h.lab.log.Info("power loss", "host", h.Name, "killed", n)
 	return n, err
+}
+
+// Processes are the live processes in the host's namespace: pid → command
+// line (arguments joined by spaces). Tests use it to look for leftovers
+// (a QEMU that should be gone).
+func (h *Host) Processes() (map[int]string, error) {
+	pids, err := nsPids(h.NS)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[int]string, len(pids))
+	for _, pid := range pids {
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
+			out[pid] = strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+	return out, nil
 }
 
 // PowerLoss is h.PowerLoss.

@@ -219,6 +219,10 @@ func TestLab(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+		procs, err := h1.Processes()
+		if err != nil || len(procs) != 3 || procs[p1.Pid()] != "sh -c sleep 600 & sleep 600 & wait" {
+			t.Fatalf("processes of h1: %v %v", procs, err)
+		}
 		n, err := h1.PowerLoss()
 		if err != nil || n != 3 {
 			t.Fatalf("power loss killed %d (%v), want 3", n, err)

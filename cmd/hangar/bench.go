@@ -19,7 +19,7 @@ func newBench(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "bench", Annotations: map[string]string{serverAnnotation: "true"}, Short: "Benchmarks: Hangar side by side with raw QEMU",
 		Long: `Benchmarks that run Hangar and raw QEMU side by side in the same run, on this machine, with
 their own throw-away server and directories (nothing of a running hangar serve is touched).`,
-		Example: "  hangar bench boot --runs 5\n  hangar bench start --runs 5\n  make bench"}
+		Example: "  hangar bench boot --runs 5\n  hangar bench start --runs 5\n  hangar bench place --hosts 2500 --vms 50000\n  make bench"}
 	var boot benchFlags
 	bootCmd := &cobra.Command{
 		Use:   "boot",
@@ -46,7 +46,7 @@ the same argv Hangar would use, then VMs created and started through the API, al
 		},
 	}
 	boot.register(bootCmd, "guest image with the ready marker")
-	cmd.AddCommand(bootCmd, newBenchStart())
+	cmd.AddCommand(bootCmd, newBenchStart(), newBenchPlace())
 	return cmd
 }
 
@@ -76,6 +76,36 @@ creation time; prints per-phase medians, and last the line "start ratio Hangar/r
 		},
 	}
 	start.register(cmd, "image the benchmark VM's disk is created from")
+	return cmd
+}
+
+func newBenchPlace() *cobra.Command {
+	var hosts, vms, runs int
+	var seed uint64
+	cmd := &cobra.Command{
+		Use:   "place",
+		Short: "Placements per second of the scheduler over a simulated pool (pure, no I/O)",
+		Long: `Run the scheduler's Plan over a simulated, seeded pool of --hosts hosts (mixed sizes, some
+in maintenance or down, shared, SAN and local storage pools, a quarter of the load already
+booked) for --vms requests (anti-affinity groups, preferred and manual hosts, storage
+constraints), --runs times (the median counts), then over a pool 10× smaller (hosts and
+VMs), so the growth of the cost per placement with the pool is visible. Each plan is
+checked against the rules. The last line reads
+"placements/s N (H hosts), cost per placement ×G for 10× hosts".`,
+		Example: "  hangar bench place --hosts 2500 --vms 50000",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := firstErr(atLeast(cmd, "hosts", int64(hosts), 10), atLeast(cmd, "vms", int64(vms), 10), atLeast(cmd, "runs", int64(runs), 1)); err != nil {
+				return err
+			}
+			_, _, err := bench.Place(bench.PlaceConfig{Hosts: hosts, VMs: vms, Runs: runs, Seed: seed, Out: cmd.OutOrStdout()})
+			return err
+		},
+	}
+	cmd.Flags().IntVar(&hosts, "hosts", 2500, "hosts in the simulated pool")
+	cmd.Flags().IntVar(&vms, "vms", 50000, "VMs to place")
+	cmd.Flags().IntVar(&runs, "runs", 5, "plans per pool (the median counts)")
+	cmd.Flags().Uint64Var(&seed, "seed", 1, "seed of the simulated pool")
 	return cmd
 }
 

@@ -103,8 +103,10 @@ type Placement struct {
 // a request that fits nowhere gets its own Err.
 //
 // The choice is deterministic: among the eligible hosts the one with the
-// highest score (free memory fraction + free CPU fraction, after
-// overcommit), ties broken by name.
+// most free memory and CPUs, scored by the scarcer of the two: free
+// memory and free CPUs (after overcommit) are each divided by the largest
+// host's (memory, CPUs) capacity, and the smaller of the two is the score.
+// Ties go to the larger sum of the two, then to the first name.
 func Plan(s Snapshot, reqs []Request) ([]Placement, error) {
 	p, err := newPlanner(s)
 	if err != nil {
@@ -132,17 +134,24 @@ type hostState struct {
 	cpuUsed, memUsed int
 	alive, maint     bool
 	pools            map[string]struct{}
-	score            float64
+	// score is the smaller of the normalised free memory and CPUs, sum
+	// their sum (see rescore).
+	score, sum float64
+	// in lists the heaps holding the host and its index in each.
+	in []heapPos
 }
 
-func (h *hostState) rescore() {
-	h.score = 0
-	if h.memCap > 0 {
-		h.score += float64(h.memCap-h.memUsed) / float64(h.memCap)
-	}
-	if h.cpuCap > 0 {
-		h.score += float64(h.cpuCap-h.cpuUsed) / float64(h.cpuCap)
-	}
+type heapPos struct{ heap, pos int32 }
+
+// rescore sets the host's score: free memory over the pool's largest
+// memory capacity and free CPUs over its largest CPU capacity, the
+// smaller of the two, and their sum for ties. A host full on either
+// resource sinks, so the best hosts have room on both.
+func (p *planner) rescore(i int32) {
+	h := &p.hosts[i]
+	fm := float64(h.memCap-h.memUsed) / float64(p.memRef)
+	fc := float64(h.cpuCap-h.cpuUsed) / float64(p.cpuRef)
+	h.score, h.sum = min(fm, fc), fm+fc
 }
 
 // ownAlloc is an existing allocation of a VM: it does not repel its own
@@ -157,10 +166,11 @@ type planner struct {
 	policy Policy
 	hosts  []hostState
 	byName map[string]int32
-	// heap holds the usable hosts (alive, not in maintenance), best first:
-	// a binary max-heap by better; pos[i] is host i's index in it or -1.
-	heap []int32
-	pos  []int32
+	// heaps[0] holds the usable hosts (alive, not in maintenance), best
+	// first; poolHeap[pool] the usable hosts reaching a pool, for pools
+	// more than linearCutoff hosts reach.
+	heaps    []*hostHeap
+	poolHeap map[string]*hostHeap
 	// poolHosts lists the usable hosts reaching each pool.
 	poolHosts map[string][]int32
 	// groups counts, per anti-affinity group, its VMs on each host.
@@ -170,6 +180,9 @@ type planner struct {
 	stamp    []uint32
 	cur      uint32
 	frontier []int32
+	// memRef, cpuRef: the largest capacities of the usable hosts (≥ 1),
+	// the units of a score.
+	memRef, cpuRef int
 }
 
 // linearCutoff is how many hosts a best-first walk of the heap may reject
@@ -186,7 +199,6 @@ func newPlanner(s Snapshot) (*planner, error) {
 		policy:    pol,
 		hosts:     make([]hostState, len(s.Hosts)),
 		byName:    make(map[string]int32, len(s.Hosts)),
-		pos:       make([]int32, len(s.Hosts)),
 		stamp:     make([]uint32, len(s.Hosts)),
 		poolHosts: map[string][]int32{},
 		groups:    map[string]map[int32]int{},
@@ -234,16 +246,39 @@ func newPlanner(s Snapshot) (*planner, error) {
 			p.own[a.VM] = append(p.own[a.VM], ownAlloc{host: i, group: a.AntiAffinity})
 		}
 	}
+	p.memRef, p.cpuRef = 1, 1
 	for i := range p.hosts {
-		p.hosts[i].rescore()
-		p.pos[i] = -1
-		if p.hosts[i].usable() {
-			p.pos[i] = int32(len(p.heap))
-			p.heap = append(p.heap, int32(i))
+		if h := &p.hosts[i]; h.usable() {
+			p.memRef, p.cpuRef = max(p.memRef, h.memCap), max(p.cpuRef, h.cpuCap)
 		}
 	}
-	for i := len(p.heap)/2 - 1; i >= 0; i-- {
-		p.down(i)
+	all := p.newHeap()
+	for i := range p.hosts {
+		p.rescore(int32(i))
+		if p.hosts[i].usable() {
+			p.add(all, int32(i))
+		}
+	}
+	p.poolHeap = map[string]*hostHeap{}
+	for pl, hs := range p.poolHosts {
+		if len(hs) == len(all.items) {
+			p.poolHeap[pl] = all // every usable host reaches it
+		} else if len(hs) > linearCutoff {
+			h := p.newHeap()
+			for _, i := range hs {
+				p.add(h, i)
+			}
+			p.poolHeap[pl] = h
+		}
+	}
+	for _, h := range p.heaps {
+		for j := len(h.items)/2 - 1; j >= 0; j-- {
+			p.down(h, j)
+		}
+		h.most = make([]free, len(h.items))
+		for j := len(h.items) - 1; j >= 0; j-- {
+			p.total(h, j)
+		}
 	}
 	return p, nil
 }
@@ -286,37 +321,111 @@ func (p *planner) book(i int32, cpus, mem int, group string) {
 	}
 }
 
-// better orders hosts: higher score first, then name.
+// better orders hosts: higher score, then higher sum, then name.
 func (p *planner) better(a, b int32) bool {
 	ha, hb := &p.hosts[a], &p.hosts[b]
 	if ha.score != hb.score {
 		return ha.score > hb.score
 	}
+	if ha.sum != hb.sum {
+		return ha.sum > hb.sum
+	}
 	return ha.name < hb.name
 }
 
-func (p *planner) down(j int) {
-	n := len(p.heap)
+// hostHeap is a binary max-heap of hosts by better. Each position also
+// holds the most free memory and the most free CPUs of any host in its
+// subtree, so a walk skips subtrees where no host is big enough.
+type hostHeap struct {
+	id    int32
+	items []int32
+	most  []free
+}
+
+type free struct{ mem, cpus int }
+
+func (p *planner) freeOf(i int32) free {
+	h := &p.hosts[i]
+	return free{mem: h.memCap - h.memUsed, cpus: h.cpuCap - h.cpuUsed}
+}
+
+// total recomputes position j's subtree maxima from its children's.
+func (p *planner) total(h *hostHeap, j int) {
+	f := p.freeOf(h.items[j])
+	for _, c := range [2]int{2*j + 1, 2*j + 2} {
+		if c < len(h.items) {
+			f.mem = max(f.mem, h.most[c].mem)
+			f.cpus = max(f.cpus, h.most[c].cpus)
+		}
+	}
+	h.most[j] = f
+}
+
+// roomy says whether position j's subtree may hold a host big enough.
+func (h *hostHeap) roomy(j int, r *req) bool {
+	return h.most[j].mem >= r.MemoryMiB && h.most[j].cpus >= r.CPUs
+}
+
+func (p *planner) newHeap() *hostHeap {
+	h := &hostHeap{id: int32(len(p.heaps))}
+	p.heaps = append(p.heaps, h)
+	return h
+}
+
+// add appends host i; the caller heapifies.
+func (p *planner) add(h *hostHeap, i int32) {
+	p.hosts[i].in = append(p.hosts[i].in, heapPos{heap: h.id, pos: int32(len(h.items))})
+	h.items = append(h.items, i)
+}
+
+// sink restores every heap holding host i after its free resources went
+// down: the host sinks from j to k, and the maxima change
+// only on k's path to the root.
+func (p *planner) sink(i int32) {
+	for _, hp := range p.hosts[i].in {
+		h := p.heaps[hp.heap]
+		for k := p.down(h, int(hp.pos)); ; k = (k - 1) / 2 {
+			p.total(h, k)
+			if k == 0 {
+				break
+			}
+		}
+	}
+}
+
+// down sifts position j down and returns where its host ends.
+func (p *planner) down(h *hostHeap, j int) int {
+	n := len(h.items)
 	for {
 		best, l, r := j, 2*j+1, 2*j+2
-		if l < n && p.better(p.heap[l], p.heap[best]) {
+		if l < n && p.better(h.items[l], h.items[best]) {
 			best = l
 		}
-		if r < n && p.better(p.heap[r], p.heap[best]) {
+		if r < n && p.better(h.items[r], h.items[best]) {
 			best = r
 		}
 		if best == j {
-			return
+			return j
 		}
-		p.swap(j, best)
+		p.swap(h, j, best)
 		j = best
 	}
 }
 
-func (p *planner) swap(a, b int) {
-	p.heap[a], p.heap[b] = p.heap[b], p.heap[a]
-	p.pos[p.heap[a]] = int32(a)
-	p.pos[p.heap[b]] = int32(b)
+func (p *planner) swap(h *hostHeap, a, b int) {
+	h.items[a], h.items[b] = h.items[b], h.items[a]
+	p.setPos(h, h.items[a], a)
+	p.setPos(h, h.items[b], b)
+}
+
+func (p *planner) setPos(h *hostHeap, i int32, pos int) {
+	in := p.hosts[i].in
+	for k := range in {
+		if in[k].heap == h.id {
+			in[k].pos = int32(pos)
+			return
+		}
+	}
 }
 
 // req is a validated request with its lookups done once.
@@ -432,11 +541,8 @@ func (p *planner) place(r Request) (string, error) {
 		return "", p.explain(rq)
 	}
 	p.book(best, r.CPUs, r.MemoryMiB, r.AntiAffinity)
-	p.hosts[best].rescore()
-	if j := p.pos[best]; j >= 0 {
-		// booking only lowers a score: the host can only sink
-		p.down(int(j))
-	}
+	p.rescore(best)
+	p.sink(best) // booking only lowers a score: the host can only sink
 	return p.hosts[best].name, nil
 }
 
@@ -462,54 +568,51 @@ func (p *planner) bestOf(cands []int32, r *req) int32 {
 	return best
 }
 
-// bestAll is the best usable host that fits r, or -1. A request bound to
-// a pool few hosts reach scans those hosts; otherwise it walks the heap
-// best-first and stops at the first host that fits, which is the best;
-// after linearCutoff rejections it scans instead.
+// bestAll is the best usable host that fits r, or -1. It looks among the
+// hosts of the request's rarest pool (all usable hosts without pools): if
+// few, it scans them; otherwise it walks their heap best-first, skipping
+// subtrees without a host big enough, and stops at the first host that
+// fits, which is the best; after linearCutoff rejections (a crowded
+// anti-affinity group) it scans the heap instead.
 func (p *planner) bestAll(r *req) int32 {
-	if len(r.Pools) > 0 {
-		var fewest []int32
-		for k, pl := range r.Pools {
-			hs := p.poolHosts[pl]
-			if k == 0 || len(hs) < len(fewest) {
-				fewest = hs
+	h := p.heaps[0]
+	for k, pl := range r.Pools {
+		hs := p.poolHosts[pl]
+		if k == 0 || len(hs) < len(h.items) {
+			if len(hs) <= linearCutoff {
+				return p.bestOf(hs, r)
 			}
-		}
-		if len(fewest) <= linearCutoff {
-			return p.bestOf(fewest, r)
+			h = p.poolHeap[pl]
 		}
 	}
-	if len(p.heap) == 0 {
+	if len(h.items) == 0 || !h.roomy(0, r) {
 		return -1
 	}
 	f := append(p.frontier[:0], 0)
+	defer func() { p.frontier = f[:0] }()
 	for rejected := 0; len(f) > 0; rejected++ {
 		// pop the best heap position of the frontier
 		bi := 0
 		for k := 1; k < len(f); k++ {
-			if p.better(p.heap[f[k]], p.heap[f[bi]]) {
+			if p.better(h.items[f[k]], h.items[f[bi]]) {
 				bi = k
 			}
 		}
 		j := f[bi]
 		f[bi] = f[len(f)-1]
 		f = f[:len(f)-1]
-		i := p.heap[j]
+		i := h.items[j]
 		if p.check(i, r) == fits {
-			p.frontier = f
 			return i
 		}
 		if rejected >= linearCutoff {
-			p.frontier = f
-			return p.bestOf(p.heap, r)
+			return p.bestOf(h.items, r)
 		}
-		if l := 2*j + 1; int(l) < len(p.heap) {
-			f = append(f, l)
-		}
-		if rr := 2*j + 2; int(rr) < len(p.heap) {
-			f = append(f, rr)
+		for _, c := range [2]int32{2*j + 1, 2*j + 2} {
+			if int(c) < len(h.items) && h.roomy(int(c), r) {
+				f = append(f, c)
+			}
 		}
 	}
-	p.frontier = f
 	return -1
 }

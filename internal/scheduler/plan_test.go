@@ -23,18 +23,32 @@ func TestPlanTable(t *testing.T) {
 		errHas []string // substrings of the refusal errors, in order
 	}{
 		{
-			name: "freest by memory and cpu fraction",
+			name: "most free memory wins",
 			snap: Snapshot{Hosts: []Host{host("a", 8, 8192), host("b", 8, 8192)},
 				Allocs: []Alloc{{Host: "a", VM: "x", CPUs: 1, MemoryMiB: 4096}}},
 			reqs: []Request{vm("v", 1, 512)},
 			want: []string{"b"},
 		},
 		{
-			name: "fraction, not absolute: the small empty host beats the big half-full one",
+			name: "absolute, not a fraction: the big half-full host beats the small empty one",
 			snap: Snapshot{Hosts: []Host{host("big", 64, 262144), host("small", 4, 4096)},
 				Allocs: []Alloc{{Host: "big", VM: "x", CPUs: 128, MemoryMiB: 131072}}},
 			reqs: []Request{vm("v", 1, 1024)},
-			want: []string{"small"},
+			want: []string{"big"},
+		},
+		{
+			name: "equal free memory: the most free CPUs wins",
+			snap: Snapshot{Hosts: []Host{host("a", 4, 8192), host("b", 8, 8192), host("c", 16, 8192)},
+				Allocs: []Alloc{{Host: "c", VM: "x", CPUs: 40, MemoryMiB: 0}}},
+			reqs: []Request{vm("v", 1, 1024)},
+			want: []string{"b"},
+		},
+		{
+			name: "the scarcer resource decides: memory to spare but one CPU slot left loses",
+			snap: Snapshot{Hosts: []Host{host("a", 1, 65536), host("b", 16, 8192)},
+				Allocs: []Alloc{{Host: "a", VM: "x", CPUs: 3, MemoryMiB: 0}}},
+			reqs: []Request{vm("v", 1, 1024)},
+			want: []string{"b"},
 		},
 		{
 			name: "tie broken by name, whatever the order of the hosts",

@@ -81,16 +81,51 @@ func NewTLS(rawURL string, o TLSOptions) (*Client, error) {
 	return &Client{hc: &http.Client{Transport: rt}, root: root, base: root + "/api/v1", endpoint: root, dial: dial, token: o.Token}, nil
 }
 
-// FromEnv returns a client of $HANGAR_URL over TLS when it is set (with
-// $HANGAR_CA, $HANGAR_CERT, $HANGAR_KEY and $HANGAR_TOKEN), else of the
-// unix socket $HANGAR_SOCKET (default /run/hangar/hangar.sock).
+// FromEnv returns a client of $HANGAR_URL (or its alias $HANGAR_SERVER)
+// over TLS when it is set, with the credentials bundle $HANGAR_CREDENTIALS
+// (hangar pool credentials) or $HANGAR_CA, $HANGAR_CERT, $HANGAR_KEY, and
+// $HANGAR_TOKEN; else of the unix socket $HANGAR_SOCKET (default
+// /run/hangar/hangar.sock).
 func FromEnv() (*Client, error) {
-	u := os.Getenv("HANGAR_URL")
+	u := ServerFromEnv()
 	if u == "" {
 		return New(SocketFromEnv()), nil
 	}
-	return NewTLS(u, TLSOptions{CAFile: os.Getenv("HANGAR_CA"), CertFile: os.Getenv("HANGAR_CERT"),
-		KeyFile: os.Getenv("HANGAR_KEY"), Token: os.Getenv("HANGAR_TOKEN")})
+	o, err := OptionsFromEnv(os.Getenv("HANGAR_CREDENTIALS"))
+	if err != nil {
+		return nil, err
+	}
+	return NewTLS(u, o)
+}
+
+// ServerFromEnv is $HANGAR_URL, else $HANGAR_SERVER.
+func ServerFromEnv() string {
+	if u := os.Getenv("HANGAR_URL"); u != "" {
+		return u
+	}
+	return os.Getenv("HANGAR_SERVER")
+}
+
+// OptionsFromEnv are the TLS options of a credentials bundle dir (if not
+// "") with $HANGAR_CA, $HANGAR_CERT, $HANGAR_KEY (each overriding the
+// bundle's file when set) and $HANGAR_TOKEN.
+func OptionsFromEnv(credentials string) (TLSOptions, error) {
+	var o TLSOptions
+	if credentials != "" {
+		var err error
+		if o, err = CredentialsOptions(credentials); err != nil {
+			return TLSOptions{}, err
+		}
+	}
+	for _, e := range []struct {
+		env string
+		to  *string
+	}{{"HANGAR_CA", &o.CAFile}, {"HANGAR_CERT", &o.CertFile}, {"HANGAR_KEY", &o.KeyFile}, {"HANGAR_TOKEN", &o.Token}} {
+		if v := os.Getenv(e.env); v != "" {
+			*e.to = v
+		}
+	}
+	return o, nil
 }
 
 // bearer adds the Authorization header to every request.

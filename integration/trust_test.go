@@ -362,21 +362,26 @@ func newAPITLS(t *testing.T) apiTLS {
 // TestTCPAPIAuth: `hangar serve --listen` answers only clients with a
 // certificate of --client-ca or a token of --tokens-file; anonymous and
 // bad-token requests get 401 JSON, a certificate of another CA fails the
-// handshake. --listen without a way to authenticate, or with a tokens
-// file others can read, does not start.
+// handshake. --tls-cert without --tls-key, or a tokens file others can
+// read, does not start. (--listen alone serves the pool CA's host
+// certificate: TestListenerFromPoolCA in internal/daemon.)
 func TestTCPAPIAuth(t *testing.T) {
 	needQEMU(t)
 	tf := newAPITLS(t)
-	for name, args := range map[string][]string{
-		"no client auth":       {"--listen", tf.addr, "--tls-cert", tf.serverCert, "--tls-key", tf.serverKey},
-		"readable tokens file": {"--listen", tf.addr, "--tls-cert", tf.serverCert, "--tls-key", tf.serverKey, "--tokens-file", loosened(t, tf.tokens)},
+	for name, c := range map[string]struct {
+		args []string
+		want string
+	}{
+		"half a key pair":      {[]string{"--listen", tf.addr, "--tls-cert", tf.serverCert}, "--tls-key go together"},
+		"readable tokens file": {[]string{"--listen", tf.addr, "--tls-cert", tf.serverCert, "--tls-key", tf.serverKey, "--tokens-file", loosened(t, tf.tokens)}, "--tokens-file"},
 	} {
+		args := c.args
 		run := t.TempDir()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		out, err := exec.CommandContext(ctx, hangarBin, append([]string{"serve", "--data-dir", filepath.Join(run, "d"),
 			"--run-dir", filepath.Join(run, "r"), "--socket", filepath.Join(run, "s.sock"), "--accel", "tcg"}, args...)...).CombinedOutput()
 		cancel()
-		if err == nil || !strings.Contains(string(out), "--tokens-file") {
+		if err == nil || !strings.Contains(string(out), c.want) {
 			t.Errorf("%s: serve started or said nothing useful: %v\n%s", name, err, out)
 		}
 	}

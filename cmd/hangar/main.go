@@ -69,11 +69,13 @@ func isUsageError(err error) bool {
 }
 
 type globals struct {
-	socket    string
-	url       string
-	output    string
-	noHeaders bool
-	c         *client.Client
+	socket string
+	url    string
+	// credentials is a bundle dir of hangar pool credentials.
+	credentials string
+	output      string
+	noHeaders   bool
+	c           *client.Client
 }
 
 func newRoot() *cobra.Command {
@@ -100,15 +102,24 @@ Lists and shows take -o table|json|yaml (and wide where there is more to show).`
 	root.SuggestionsMinimumDistance = 2
 	root.SetVersionTemplate("hangar {{.Version}}\n")
 	root.PersistentFlags().StringVar(&g.socket, "socket", client.SocketFromEnv(), "API unix socket (env HANGAR_SOCKET)")
-	root.PersistentFlags().StringVar(&g.url, "url", os.Getenv("HANGAR_URL"),
-		"API over TCP, https://host:port, instead of the socket (env HANGAR_URL; credentials from HANGAR_CA, HANGAR_CERT, HANGAR_KEY, HANGAR_TOKEN)")
+	root.PersistentFlags().StringVar(&g.url, "url", client.ServerFromEnv(),
+		"API over TCP, https://host:port, instead of the socket (env HANGAR_URL or HANGAR_SERVER; credentials from --credentials or HANGAR_CA, HANGAR_CERT, HANGAR_KEY, HANGAR_TOKEN)")
+	root.PersistentFlags().StringVar(&g.url, "server", client.ServerFromEnv(), "alias of --url: a pool host's API, https://h1:8443 (env HANGAR_SERVER)")
+	root.PersistentFlags().StringVar(&g.credentials, "credentials", os.Getenv("HANGAR_CREDENTIALS"),
+		"directory of a client certificate bundle from 'hangar pool credentials' (ca.crt, client.crt, client.key; env HANGAR_CREDENTIALS)")
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
-		if g.url == "" || runsServer(cmd) {
+		if runsServer(cmd) {
+			return nil
+		}
+		if g.url == "" {
+			if cmd.Flags().Changed("credentials") {
+				return errors.New("--credentials is for a server over TCP: give --server https://HOST:PORT too")
+			}
 			return nil
 		}
 		c, err := g.newClient()
 		if err != nil {
-			return fmt.Errorf("--url: %w", err)
+			return fmt.Errorf("--server: %w", err)
 		}
 		g.c = c
 		return nil
@@ -176,8 +187,11 @@ func (g *globals) newClient() (*client.Client, error) {
 	if g.url == "" {
 		return client.New(g.socket), nil
 	}
-	return client.NewTLS(g.url, client.TLSOptions{CAFile: os.Getenv("HANGAR_CA"), CertFile: os.Getenv("HANGAR_CERT"),
-		KeyFile: os.Getenv("HANGAR_KEY"), Token: os.Getenv("HANGAR_TOKEN")})
+	o, err := client.OptionsFromEnv(g.credentials)
+	if err != nil {
+		return nil, err
+	}
+	return client.NewTLS(g.url, o)
 }
 
 // serverName says which server the CLI talks to.

@@ -21,8 +21,24 @@ func newServe(g *globals) *cobra.Command {
 		Short:       "Run the host agent, the manager and the embedded etcd member",
 		Long: `Run this host's agent, the API manager and the embedded etcd member in one process.
 The API is served on a unix socket (--socket, default <run-dir>/hangar.sock) and, with
---listen, over TCP with TLS. VMs run in their own sessions: stopping serve leaves them
-running, and the next start re-adopts them.
+--listen IP:PORT, over TCP with TLS. VMs run in their own sessions: stopping serve leaves
+them running, and the next start re-adopts them.
+
+Pools of hosts: the first host creates the pool and its CA (<data-dir>/pki). With --listen
+it serves the API with its host certificate from that CA and accepts clients with a
+certificate of the pool CA (other hosts, and remote CLIs with hangar pool credentials),
+of --client-ca, or a bearer token of --tokens-file. Its etcd member serves peers on
+https://<listen IP>:2380 and other hosts' clients on https://<listen IP>:2379, both mutual
+TLS with pool CA certificates (a loopback --listen keeps etcd off TCP unless
+--etcd-peer-url/--etcd-client-url say otherwise).
+
+Another host joins with --join HOST:PORT of a pool host and --token from
+'hangar pool join-token' there: it checks the pool's CA against the token's fingerprint,
+sends a certificate request (its key stays here) and gets its host certificate, the CA
+and the secrets key. The first three hosts become etcd members (and hold the CA key:
+they are the manager hosts), later ones reach the members' etcd as clients. The data dir
+then holds pool.json, and a restart with the same flags does not join again.
+--etcd-endpoints uses an external etcd cluster instead of embedded members.
 
 Settings come from flags and from a YAML config file (--config, default
 ` + defaultConfig + ` when it exists) whose keys are the flag names:
@@ -35,7 +51,16 @@ Flags given on the command line override the file. Unknown keys are errors that 
 the file and line.`,
 		Example: `  hangar serve
   hangar serve --config /etc/hangar/hangar.yaml --log-format json
-  hangar serve --data-dir /srv/hangar --run-dir /run/hangar --stop-timeout 2m`,
+  hangar serve --data-dir /srv/hangar --run-dir /run/hangar --stop-timeout 2m
+
+  # a pool: the first host, then a token for the next one, then the join
+  h1$ hangar serve --host-name h1 --listen 10.99.0.1:8443
+  h1$ hangar pool join-token --ttl 10m
+  h2$ hangar serve --host-name h2 --listen 10.99.0.2:8443 --join 10.99.0.1:8443 --token hgjoin1.…
+
+  # an external etcd cluster instead of embedded members
+  hangar serve --listen 10.0.0.5:8443 --etcd-endpoints https://10.0.0.10:2379 \
+      --etcd-ca etcd-ca.crt --etcd-cert client.crt --etcd-key client.key`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := loadConfig(cmd, configFile, cmd.Flags().Changed("config")); err != nil {
@@ -69,14 +94,21 @@ the file and line.`,
 	f := cmd.Flags()
 	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/hangar", "state: etcd data, storage pool, logs")
 	f.StringVar(&cfg.RunDir, "run-dir", "/run/hangar", "runtime sockets (QMP, consoles)")
-	f.StringVar(&cfg.Host, "host", "", "this host's name (default: hostname)")
-	f.StringVar(&cfg.Listen, "listen", "", "also serve the API on this TCP address (TLS only; needs --client-ca or --tokens-file)")
-	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate for --listen")
-	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS key for --listen")
-	f.StringVar(&cfg.ClientCA, "client-ca", "", "PEM file of CAs whose client certificates --listen accepts")
+	f.StringVar(&cfg.Host, "host-name", "", "this host's name in the pool, a DNS label (default: hostname)")
+	f.StringVar(&cfg.Host, "host", "", "alias of --host-name")
+	f.StringVar(&cfg.Listen, "listen", "", "also serve the API on this IP:PORT with TLS (host certificate of the pool CA; clients: pool CA certificates, --client-ca, --tokens-file)")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate for --listen instead of the host certificate of the pool CA")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS key for --tls-cert")
+	f.StringVar(&cfg.ClientCA, "client-ca", "", "PEM file of further CAs whose client certificates --listen accepts (the pool CA's always are)")
+	f.StringVar(&cfg.Join, "join", "", "join the pool of the host serving --listen at HOST:PORT (first start only; needs --token and --listen)")
+	f.StringVar(&cfg.Token, "token", "", "join token from 'hangar pool join-token' (with --join)")
+	f.StringSliceVar(&cfg.EtcdEndpoints, "etcd-endpoints", nil, "use this external etcd cluster (client URLs, comma-separated) instead of an embedded member")
+	f.StringVar(&cfg.EtcdCA, "etcd-ca", "", "CA of the external etcd cluster's server certificates (with --etcd-endpoints)")
+	f.StringVar(&cfg.EtcdCert, "etcd-cert", "", "client certificate for the external etcd cluster (with --etcd-endpoints)")
+	f.StringVar(&cfg.EtcdKey, "etcd-key", "", "client key for --etcd-cert")
 	f.StringVar(&cfg.TokensFile, "tokens-file", "", "bearer tokens --listen accepts: one per line or name:token, file not readable by others")
-	f.StringVar(&cfg.EtcdClientURL, "etcd-client-url", "", "also serve etcd clients of other hosts on this https URL (pool CA client certificates required); local clients use <run-dir>/etcd/client.sock")
-	f.StringVar(&cfg.EtcdPeerURL, "etcd-peer-url", "", "embedded etcd peer URL, https only (mutual TLS with pool CA certificates; default: a free loopback port)")
+	f.StringVar(&cfg.EtcdClientURL, "etcd-client-url", "", "also serve etcd clients of other hosts on this https URL (pool CA client certificates required; default https://<listen IP>:2379); local clients use <run-dir>/etcd/client.sock")
+	f.StringVar(&cfg.EtcdPeerURL, "etcd-peer-url", "", "embedded etcd peer URL, https only (mutual TLS with pool CA certificates; default https://<listen IP>:2380, without --listen a free loopback port)")
 	f.DurationVar(&cfg.StopTimeout, "stop-timeout", 60*time.Second, "how long a graceful stop waits for the guest")
 	f.StringVar(&cfg.Accel, "accel", envOr("HANGAR_ACCEL", "auto"), "accelerator: auto (KVM when /dev/kvm works), kvm or tcg (env HANGAR_ACCEL)")
 	f.StringArrayVar(&cfg.ImportDirs, "import-dir", nil, "a directory (or block device) requests may take images, ISOs and imports from outside the pools; repeatable")

@@ -42,9 +42,13 @@ func backingRef(v v1.Volume) string {
 }
 
 func newPool(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "pool", Short: "Manage storage pools",
-		Long:    "List and add storage pools: directories that hold volumes (disk images). A shared pool is mounted at the same path on every host.",
-		Example: "  hangar pool ls\n  hangar pool add nfs1 /mnt/nfs1 --type shared"}
+	cmd := &cobra.Command{Use: "pool", Short: "Manage storage pools and the pool of hosts",
+		Long: `List and add storage pools: directories that hold volumes (disk images). A shared pool is
+mounted at the same path on every host.
+
+Grow the pool of hosts: join-token makes a token for a new host, credentials a client
+certificate for a remote CLI, show prints the pool's CA fingerprint and etcd members.`,
+		Example: "  hangar pool ls\n  hangar pool add nfs1 /mnt/nfs1 --type shared\n  hangar pool join-token --ttl 10m\n  hangar pool show"}
 	list := &cobra.Command{Use: "list", Aliases: []string{"ls"}, Short: "List storage pools", Args: cobra.NoArgs,
 		Long: "List storage pools with their type and path.", Example: "  hangar pool list -o yaml",
 		RunE: func(cmd *cobra.Command, a []string) error {
@@ -72,6 +76,7 @@ func newPool(g *globals) *cobra.Command {
 	add.Flags().StringVar(&typ, "type", "dir", "dir or shared")
 	_ = add.RegisterFlagCompletionFunc("type", cobra.FixedCompletions([]string{"dir", "shared"}, cobra.ShellCompDirectiveNoFileComp))
 	cmd.AddCommand(list, add)
+	cmd.AddCommand(poolMembership(g)...)
 	return cmd
 }
 

@@ -56,6 +56,12 @@ type Config struct {
 	// VMIDs is the range QEMU uids and file groups come from (default
 	// inventory.DefaultIDRange).
 	VMIDs inventory.IDRange
+	// Address is where other hosts reach this host's TLS API (serve
+	// --listen), published in the host facts ("" without one).
+	Address string
+	// Role is this host's part in the manager (v1.RoleMember, …),
+	// published in the host facts.
+	Role string
 }
 
 // Agent is one host's agent.
@@ -266,6 +272,7 @@ func (a *Agent) publishFacts(ctx context.Context) error {
 		h.Storage = storageUsage(pools)
 	}
 	h.Alive = true
+	h.Address, h.Role = a.cfg.Address, a.cfg.Role
 	h.UpdatedAt = time.Now().UTC()
 	if _, err := a.cfg.Store.Put(ctx, inventory.HostInfoKey(a.cfg.Host), inventory.Marshal(h), store.AnyRevision); err != nil {
 		return fmt.Errorf("publish host %s: %w", a.cfg.Host, err)

@@ -1,5 +1,6 @@
-// Package daemon wires one `hangar serve` process: embedded etcd member,
-// state store, host agent and API server.
+// Package daemon wires one `hangar serve` process: embedded etcd member (or
+// a client of the pool's members, or of an external cluster), state store,
+// host agent and API server.
 package daemon
 
 import (
@@ -11,18 +12,20 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"time"
 
+	v1 "hangar/api/v1"
 	"hangar/internal/agent"
 	"hangar/internal/authn"
 	"hangar/internal/etcdembed"
 	"hangar/internal/inventory"
+	"hangar/internal/join"
 	"hangar/internal/manager"
 	"hangar/internal/pki"
 	"hangar/internal/qemu"
+	"hangar/internal/revert"
 	"hangar/internal/secrets"
 	"hangar/internal/storage"
 	"hangar/internal/store"
@@ -34,25 +37,37 @@ type Config struct {
 	RunDir  string // default /run/hangar
 	Socket  string // default RunDir/hangar.sock
 	Host    string // default the machine's hostname
-	// Listen is an optional TCP address; it needs TLSCert and TLSKey, and
-	// ClientCA or TokensFile (or both) to authenticate its clients.
+	// Listen is an optional TCP address (IP:PORT) of the TLS API. Without
+	// TLSCert/TLSKey it is served with the host certificate of the pool CA
+	// (<data-dir>/pki). Clients authenticate with a certificate of the
+	// pool CA, of ClientCA, or a bearer token of TokensFile.
 	Listen          string
 	TLSCert, TLSKey string
-	// ClientCA is a PEM file of CAs whose client certificates the TCP
-	// listener accepts.
+	// ClientCA is a PEM file of further CAs whose client certificates the
+	// TCP listener accepts.
 	ClientCA string
 	// TokensFile lists bearer tokens the TCP listener accepts (see
 	// authn.LoadTokens).
 	TokensFile string
-	// EtcdClientURL is an optional https URL on which the embedded etcd
-	// member also serves clients of other hosts; they must present a
-	// certificate of the pool CA. Local clients always use the unix socket
-	// RunDir/etcd/client.sock (directory 0700).
+	// Join is the --listen address of a host of the pool to join, with
+	// Token (hangar pool join-token). Used only while the data dir holds no
+	// pool.json: a restart does not join again.
+	Join, Token string
+	// EtcdClientURL is an https URL on which the embedded etcd member also
+	// serves clients of other hosts (pool CA client certificates). Default
+	// with a --listen IP that is not loopback: https://<IP>:2379. Local
+	// clients always use the unix socket RunDir/etcd/client.sock.
 	EtcdClientURL string
-	// EtcdPeerURL is the member's https peer URL; default a free 127.0.0.1
+	// EtcdPeerURL is the member's https peer URL. Default with a --listen
+	// IP that is not loopback: https://<IP>:2380, else a free 127.0.0.1
 	// port. Peers authenticate each other with pool CA certificates.
 	EtcdPeerURL string
-	StopTimeout time.Duration
+	// EtcdEndpoints are the client URLs of an external etcd cluster to use
+	// instead of an embedded member (role external), with EtcdCA (its
+	// server CA) and EtcdCert/EtcdKey (a client certificate it accepts).
+	EtcdEndpoints             []string
+	EtcdCA, EtcdCert, EtcdKey string
+	StopTimeout               time.Duration
 	// Accel is auto (default), kvm or tcg.
 	Accel string
 	// ImportDirs are the host directories (or block devices) from which
@@ -70,7 +85,9 @@ type Daemon struct {
 	Agent  *agent.Agent
 	Store  store.Store
 	Socket string
-	member *etcdembed.Member
+	// Role is this host's part in the manager (v1.RoleMember, …).
+	Role   string
+	member *etcdembed.Member // nil unless Role is member
 	srv    *http.Server
 	tcp    *http.Server // nil without --listen
 	// TCPAddr is the address of the TCP listener ("" without one).
@@ -78,10 +95,14 @@ type Daemon struct {
 	errc    chan error
 	cancel  context.CancelFunc
 	done    chan struct{}
+	// closeStore closes the embedded member or the etcd client.
+	closeStore func() error
 }
 
 // Start brings everything up and returns once the API is served and the
-// agent has recovered its VMs.
+// agent has recovered its VMs. A first start with Join joins the pool
+// first; if anything fails after the pool admitted the host, what the join
+// wrote is removed again (files, etcd learner, host record).
 func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
@@ -102,25 +123,46 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		}
 		cfg.Host = h
 	}
-	if cfg.Listen != "" && (cfg.TLSCert == "" || cfg.TLSKey == "") {
-		return nil, errors.New("--listen needs --tls-cert and --tls-key: the API is served over TCP only with TLS")
+	listenIP, err := checkFlags(&cfg)
+	if err != nil {
+		return nil, err
 	}
-	if cfg.Listen != "" && cfg.ClientCA == "" && cfg.TokensFile == "" {
-		return nil, errors.New("--listen needs --client-ca or --tokens-file (or both): TCP clients must authenticate with a client certificate or a bearer token")
+	// Files named by flags are read before anything starts, so that a bad
+	// one fails fast.
+	extra, err := listenerExtras(cfg)
+	if err != nil {
+		return nil, err
 	}
-	if cfg.Listen == "" && (cfg.ClientCA != "" || cfg.TokensFile != "") {
-		return nil, errors.New("--client-ca and --tokens-file authenticate clients of --listen: give --listen too")
+	state, err := join.LoadState(cfg.DataDir)
+	if err != nil {
+		return nil, err
 	}
-	// Read the TLS material before anything starts, so that a bad file
-	// fails fast.
-	var tcpTLS *tls.Config
-	var tcpAuth authn.AnyOf
-	if cfg.Listen != "" {
-		var err error
-		if tcpTLS, tcpAuth, err = listenerAuth(cfg); err != nil {
+	external := len(cfg.EtcdEndpoints) > 0
+	switch {
+	case state != nil && state.Role == v1.RoleExternal && !external:
+		return nil, fmt.Errorf("this host uses an external etcd cluster (%s): give --etcd-endpoints", filepath.Join(cfg.DataDir, join.StateFile))
+	case state != nil && state.Role != v1.RoleExternal && external:
+		return nil, fmt.Errorf("this host is a %s of a pool with its own etcd (%s): --etcd-endpoints does not apply", state.Role, filepath.Join(cfg.DataDir, join.StateFile))
+	case state != nil && cfg.Join != "":
+		cfg.Log.Info("already in a pool: --join and --token are not used again", "pool", state.Pool, "role", state.Role, "joinedVia", state.JoinedVia)
+	}
+
+	rev := revert.New()
+	defer rev.Fail()
+	first := false
+	if state == nil && cfg.Join != "" {
+		if state, err = joinPool(ctx, cfg, listenIP, external, rev); err != nil {
 			return nil, err
 		}
 	}
+	if state == nil {
+		first = true
+		state = &join.State{Role: v1.RoleMember, Joined: time.Now().UTC()}
+		if external {
+			state.Role = v1.RoleExternal
+		}
+	}
+
 	for _, d := range []string{cfg.DataDir, cfg.RunDir, filepath.Join(cfg.RunDir, "vms")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("create %s: %w", d, err)
@@ -136,32 +178,60 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 			return nil, fmt.Errorf("--vm-uid-range: %w", err)
 		}
 	}
-	etcdTLS, err := hostTLS(cfg)
+	ca, hostFiles, err := hostIdentity(cfg, listenIP, first)
 	if err != nil {
 		return nil, err
 	}
-	ecfg := etcdembed.Config{Name: cfg.Host, DataDir: filepath.Join(cfg.DataDir, "etcd"), Logger: cfg.Log,
-		ClientSocket: EtcdSocket(cfg.RunDir), TLS: etcdTLS}
-	if cfg.EtcdClientURL != "" {
-		ecfg.ClientURLs = []string{cfg.EtcdClientURL}
-	}
-	if cfg.EtcdPeerURL != "" {
-		ecfg.PeerURLs = []string{cfg.EtcdPeerURL}
-	}
-	etcdStart := time.Now()
-	member, err := etcdembed.Start(ctx, ecfg)
+	hostKP, err := pki.LoadKeyPair(hostFiles.CertFile, hostFiles.KeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("start etcd: %w", err)
+		return nil, err
 	}
-	cfg.Log.Debug("etcd ready", "socket", member.ClientSocket(), "dur", time.Since(etcdStart))
-	ok := false
-	defer func() {
-		if !ok {
-			_ = member.Close()
+	d := &Daemon{Socket: cfg.Socket, Role: state.Role, errc: make(chan error, 3), done: make(chan struct{})}
+	var cluster join.Cluster
+	var closeStore func() error
+	switch state.Role {
+	case v1.RoleMember:
+		m, err := startMember(ctx, cfg, state, hostFiles, hostKP, ca)
+		if err != nil {
+			return nil, err
 		}
-	}()
-	st := store.NewEtcd(member.Client())
-	pool, err := storage.OpenDirPool("default", filepath.Join(cfg.DataDir, "pools", "default"))
+		rev.Add(func() { _ = m.Close() })
+		d.member, closeStore = m, m.Close
+		d.Store = store.NewEtcd(m.Client())
+		cluster = join.EtcdCluster{C: m.Client()}
+	case v1.RoleClient:
+		es, err := store.OpenEtcdTLS(ctx, state.Endpoints, hostClientTLS(hostKP, ca))
+		if err != nil {
+			return nil, fmt.Errorf("connect to the pool's etcd members %v: %w", state.Endpoints, err)
+		}
+		rev.Add(func() { _ = es.Close() })
+		d.Store, closeStore = es, es.Close
+		cluster = join.EtcdCluster{C: es.Client()}
+	case v1.RoleExternal:
+		tc, err := externalTLS(cfg)
+		if err != nil {
+			return nil, err
+		}
+		es, err := store.OpenEtcdTLS(ctx, cfg.EtcdEndpoints, tc)
+		if err != nil {
+			return nil, fmt.Errorf("--etcd-endpoints: %w", err)
+		}
+		rev.Add(func() { _ = es.Close() })
+		d.Store, closeStore = es, es.Close
+	}
+	st := d.Store
+	pool, err := join.EnsurePool(ctx, st, ca, cfg.Host)
+	if err != nil {
+		return nil, err
+	}
+	if first {
+		state.Pool = pool.Name
+		if err := join.WriteState(cfg.DataDir, *state); err != nil {
+			return nil, err
+		}
+	}
+
+	storagePool, err := storage.OpenDirPool("default", filepath.Join(cfg.DataDir, "pools", "default"))
 	if err != nil {
 		return nil, err
 	}
@@ -169,18 +239,45 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--import-dir: %w", err)
 	}
-	// The key that seals cloud-init user-data in etcd; it stays on the host.
-	box, err := secrets.LoadOrCreate(filepath.Join(cfg.DataDir, "secrets.key"))
+	// The key that seals cloud-init user-data in etcd: every host of the
+	// pool has the same one (handed over with the join); it never goes
+	// into etcd.
+	keyFile := join.SecretsKeyFile(cfg.DataDir)
+	box, err := secrets.LoadOrCreate(keyFile)
 	if err != nil {
 		return nil, err
 	}
+	secretsKey, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("secrets key: %w", err)
+	}
+
+	// The TCP listener before the agent, so that the address it publishes
+	// is the one bound (also for port 0).
+	var tln net.Listener
+	if cfg.Listen != "" {
+		tc, auth, err := listenerTLS(cfg, ca, hostKP, extra)
+		if err != nil {
+			return nil, err
+		}
+		if tln, err = tls.Listen("tcp", cfg.Listen, tc); err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		}
+		rev.Add(func() { _ = tln.Close() })
+		d.TCPAddr = tln.Addr().String()
+		extra.auth = auth
+	}
+
 	ag, err := agent.New(agent.Config{Host: cfg.Host, DataDir: cfg.DataDir, RunDir: cfg.RunDir, Store: st, Caps: caps,
-		Pool: pool, HostPaths: hostPaths, Log: cfg.Log, StopTimeout: cfg.StopTimeout, Secrets: box, VMIDs: ids})
+		Pool: storagePool, HostPaths: hostPaths, Log: cfg.Log, StopTimeout: cfg.StopTimeout, Secrets: box, VMIDs: ids,
+		Address: d.TCPAddr, Role: state.Role})
 	if err != nil {
 		return nil, err
 	}
+	d.Agent = ag
 	rctx, cancel := context.WithCancel(context.Background())
-	d := &Daemon{Agent: ag, Store: st, Socket: cfg.Socket, member: member, errc: make(chan error, 3), cancel: cancel, done: make(chan struct{})}
+	d.cancel = cancel
+	rev.Add(cancel)
 	go func() {
 		defer close(d.done)
 		if err := ag.Run(rctx); err != nil {
@@ -190,22 +287,20 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	select {
 	case <-ag.Ready():
 	case err := <-d.errc:
-		cancel()
 		return nil, err
 	case <-ctx.Done():
-		cancel()
 		return nil, ctx.Err()
 	}
-	api := manager.New(manager.Config{Store: st, Metrics: ag, Consoles: ag, Volumes: ag, Pools: ag, Secrets: box, Log: cfg.Log})
+	admin := &join.Server{Store: st, CA: ca, SecretsKey: secretsKey, Cluster: cluster, External: cfg.EtcdEndpoints, Host: cfg.Host, Log: cfg.Log}
+	api := manager.New(manager.Config{Store: st, Metrics: ag, Consoles: ag, Volumes: ag, Pools: ag, Secrets: box, Log: cfg.Log, PoolAdmin: admin})
 	d.srv = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	_ = os.Remove(cfg.Socket)
 	ln, err := net.Listen("unix", cfg.Socket)
 	if err != nil {
-		cancel()
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Socket, err)
 	}
 	if err := os.Chmod(cfg.Socket, 0o660); err != nil {
-		cancel()
+		ln.Close()
 		return nil, fmt.Errorf("chmod %s: %w", cfg.Socket, err)
 	}
 	go func() {
@@ -213,58 +308,113 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 			d.errc <- fmt.Errorf("api on %s: %w", cfg.Socket, err)
 		}
 	}()
-	if cfg.Listen != "" {
-		tln, err := tls.Listen("tcp", cfg.Listen, tcpTLS)
-		if err != nil {
-			cancel()
-			return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
-		}
-		// A server of its own: only TCP requests go through authentication;
-		// the unix socket stays trusted.
-		d.tcp = &http.Server{Handler: api.Logged(func(h http.Handler) http.Handler { return authn.Require(tcpAuth, h) }), ReadHeaderTimeout: 10 * time.Second,
+	if tln != nil {
+		// A server of its own: TCP requests go through authentication (but
+		// for the join, which its token authenticates); the unix socket
+		// stays trusted.
+		auth := extra.auth
+		d.tcp = &http.Server{Handler: api.Logged(func(h http.Handler) http.Handler { return requireExceptJoin(auth, h) }), ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog: slog.NewLogLogger(cfg.Log.With("listener", cfg.Listen).Handler(), slog.LevelInfo)}
-		d.TCPAddr = tln.Addr().String()
 		go func() {
 			if err := d.tcp.Serve(tln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				d.errc <- fmt.Errorf("api on %s: %w", cfg.Listen, err)
 			}
 		}()
 	}
-	ok = true
-	cfg.Log.Info("hangar serving", "socket", cfg.Socket, "host", cfg.Host, "data", cfg.DataDir, "accel", caps.Accel)
+	d.closeStore = closeStore
+	rev.Success()
+	cfg.Log.Info("hangar serving", "socket", cfg.Socket, "host", cfg.Host, "data", cfg.DataDir, "accel", caps.Accel,
+		"pool", pool.Name, "role", state.Role, "listen", d.TCPAddr)
 	return d, nil
 }
 
-// listenerAuth builds the TCP listener's TLS configuration and the ways
-// its clients may authenticate: a client certificate of ClientCA (asked
-// for, verified in the handshake and checked again per request) or a
-// bearer token of TokensFile.
-func listenerAuth(cfg Config) (*tls.Config, authn.AnyOf, error) {
-	cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
-	if err != nil {
-		return nil, nil, fmt.Errorf("load TLS key pair: %w", err)
-	}
-	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	var auth authn.AnyOf
+// requireExceptJoin authenticates every request but the join (the join
+// token in its body authenticates it).
+func requireExceptJoin(a authn.Authenticator, next http.Handler) http.Handler {
+	auth := authn.Require(a, next)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Path == "/api/v1/pool/join" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		auth.ServeHTTP(w, r)
+	})
+}
+
+// extras are the listener's credentials from flags: further client CAs and
+// bearer tokens.
+type extras struct {
+	clientCAs []*x509.Certificate
+	tokens    *authn.Tokens
+	auth      authn.AnyOf
+}
+
+func listenerExtras(cfg Config) (extras, error) {
+	var e extras
 	if cfg.ClientCA != "" {
 		b, err := os.ReadFile(cfg.ClientCA)
 		if err != nil {
-			return nil, nil, fmt.Errorf("--client-ca: %w", err)
+			return e, fmt.Errorf("--client-ca: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(b) {
-			return nil, nil, fmt.Errorf("--client-ca %s: no PEM certificates", cfg.ClientCA)
+			return e, fmt.Errorf("--client-ca %s: no PEM certificates", cfg.ClientCA)
 		}
-		tc.ClientCAs = pool
-		tc.ClientAuth = tls.VerifyClientCertIfGiven
-		auth = append(auth, authn.ClientCert{Roots: pool})
+		for rest := b; ; {
+			c, r, err := nextCert(rest)
+			if err != nil {
+				return e, fmt.Errorf("--client-ca %s: %w", cfg.ClientCA, err)
+			}
+			if c == nil {
+				break
+			}
+			e.clientCAs = append(e.clientCAs, c)
+			rest = r
+		}
 	}
 	if cfg.TokensFile != "" {
 		toks, err := authn.LoadTokens(cfg.TokensFile)
 		if err != nil {
-			return nil, nil, fmt.Errorf("--tokens-file: %w", err)
+			return e, fmt.Errorf("--tokens-file: %w", err)
 		}
-		auth = append(auth, toks)
+		e.tokens = toks
+	}
+	if cfg.TLSCert != "" {
+		if _, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey); err != nil {
+			return e, fmt.Errorf("load TLS key pair: %w", err)
+		}
+	}
+	return e, nil
+}
+
+// listenerTLS builds the TCP listener's TLS configuration and the ways its
+// clients may authenticate: a client certificate of the pool CA or of
+// --client-ca (asked for, verified in the handshake and checked again per
+// request) or a bearer token of --tokens-file. Its certificate is the
+// host's, with the CA certificate in the chain (a joiner pins the CA by its
+// fingerprint), unless --tls-cert names another.
+func listenerTLS(cfg Config, ca *pki.CA, host *pki.KeyPair, e extras) (*tls.Config, authn.AnyOf, error) {
+	var cert tls.Certificate
+	var err error
+	if cfg.TLSCert != "" {
+		cert, err = tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+	} else {
+		cert, err = host.TLSCertificate()
+		if err == nil {
+			cert.Certificate = append(cert.Certificate, ca.Cert().Raw)
+		}
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("load TLS key pair: %w", err)
+	}
+	roots := ca.Pool()
+	for _, c := range e.clientCAs {
+		roots.AddCert(c)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, ClientCAs: roots, ClientAuth: tls.VerifyClientCertIfGiven}
+	auth := authn.AnyOf{authn.ClientCert{Roots: roots}}
+	if e.tokens != nil {
+		auth = append(auth, e.tokens)
 	}
 	return tc, auth, nil
 }
@@ -272,40 +422,6 @@ func listenerAuth(cfg Config) (*tls.Config, authn.AnyOf, error) {
 // EtcdSocket is the unix socket on which the embedded etcd member serves
 // this host's own clients.
 func EtcdSocket(runDir string) string { return filepath.Join(runDir, "etcd", "client.sock") }
-
-// hostTLS loads (or creates) the pool CA in DataDir/pki and makes sure this
-// host has a certificate from it covering loopback and the hosts of the
-// etcd URLs.
-func hostTLS(cfg Config) (etcdembed.TLSFiles, error) {
-	dir := filepath.Join(cfg.DataDir, "pki")
-	ca, err := pki.LoadOrCreateCA(dir)
-	if err != nil {
-		return etcdembed.TLSFiles{}, err
-	}
-	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
-	dns := []string{"localhost"}
-	for _, raw := range []string{cfg.EtcdPeerURL, cfg.EtcdClientURL} {
-		if raw == "" {
-			continue
-		}
-		u, err := url.Parse(raw)
-		if err != nil {
-			return etcdembed.TLSFiles{}, fmt.Errorf("etcd url %q: %w", raw, err)
-		}
-		if ip := net.ParseIP(u.Hostname()); ip != nil {
-			if !ip.IsUnspecified() {
-				ips = append(ips, ip)
-			}
-		} else if u.Hostname() != "" {
-			dns = append(dns, u.Hostname())
-		}
-	}
-	f := etcdembed.TLSFiles{CertFile: filepath.Join(dir, "host.crt"), KeyFile: filepath.Join(dir, "host.key"), CAFile: ca.CertFile()}
-	if _, err := ca.EnsureHost(f.CertFile, f.KeyFile, cfg.Host, ips, dns); err != nil {
-		return etcdembed.TLSFiles{}, err
-	}
-	return f, nil
-}
 
 // Err reports a fatal error of a component.
 func (d *Daemon) Err() <-chan error { return d.errc }
@@ -321,5 +437,5 @@ func (d *Daemon) Close() error {
 	d.cancel()
 	<-d.done
 	_ = os.Remove(d.Socket)
-	return d.member.Close()
+	return d.closeStore()
 }

@@ -64,8 +64,8 @@ func newTLSFixture(t *testing.T) tlsFixture {
 	return f
 }
 
-// TestTCPOnlyWithTLS: --listen without a key pair, or without a way to
-// authenticate clients, is refused; with both the API answers over TLS
+// TestTCPOnlyWithTLS: a half key pair is refused; with --tls-cert and
+// --tls-key the API answers over TLS
 // (not over plain HTTP) only to clients with a certificate of the client
 // CA or a listed bearer token: everything else gets 401 with a JSON error.
 // The unix socket is 0660 and needs no credentials.
@@ -75,12 +75,9 @@ func TestTCPOnlyWithTLS(t *testing.T) {
 	}
 	ctx := context.Background()
 	f := newTLSFixture(t)
-	if _, err := Start(ctx, Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"}); err == nil {
-		t.Fatal("TCP listening without TLS was accepted")
-	}
-	_, err := Start(ctx, Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", TLSCert: f.serverCert, TLSKey: f.serverKey})
-	if err == nil || !strings.Contains(err.Error(), "--client-ca or --tokens-file") {
-		t.Fatalf("TCP listening without client authentication: err = %v", err)
+	_, err := Start(ctx, Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", TLSCert: f.serverCert})
+	if err == nil || !strings.Contains(err.Error(), "go together") {
+		t.Fatalf("--tls-cert without --tls-key: err = %v", err)
 	}
 	loose := filepath.Join(t.TempDir(), "tokens")
 	_ = os.WriteFile(loose, []byte(f.token+"\n"), 0o644)
@@ -179,5 +176,97 @@ func TestTCPOnlyWithTLS(t *testing.T) {
 	}
 	if err == nil {
 		resp.Body.Close()
+	}
+}
+
+// TestListenerFromPoolCA: --listen alone serves the host certificate of the
+// pool CA (its chain holds the CA; its SANs the listen IP), accepts client
+// certificates of the pool CA and nothing else (no certificate: 401; a
+// certificate of another CA: refused in the handshake), and the host facts
+// publish the address and the etcd role.
+func TestListenerFromPoolCA(t *testing.T) {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86): hangar serve cannot start")
+	}
+	ctx := context.Background()
+	f := newTLSFixture(t)
+	dir := t.TempDir()
+	run, err := os.MkdirTemp("", "hgd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(run)
+	data := filepath.Join(dir, "data")
+	d, err := Start(ctx, Config{DataDir: data, RunDir: run, Host: "h1", Listen: "127.0.0.1:0", Accel: "tcg", VMUIDRange: "1879100000-1879100999"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ca, err := pki.OpenCA(filepath.Join(data, "pki"))
+	if err != nil || !ca.HasKey() {
+		t.Fatalf("pool CA: %v", err)
+	}
+	url := "https://" + d.TCPAddr
+
+	// The chain: leaf for 127.0.0.1 issued by the pool CA, then the CA.
+	conn, err := tls.Dial("tcp", d.TCPAddr, &tls.Config{RootCAs: ca.Pool()})
+	if err != nil {
+		t.Fatalf("TLS with the pool CA as root: %v", err)
+	}
+	chain := conn.ConnectionState().PeerCertificates
+	conn.Close()
+	if len(chain) != 2 || chain[1].Subject.CommonName != ca.Cert().Subject.CommonName || ca.FingerprintHex() == "" ||
+		!chain[0].IPAddresses[0].Equal(net.ParseIP("127.0.0.1")) {
+		t.Fatalf("chain %d certificates: %v", len(chain), chain)
+	}
+
+	// No client certificate: 401; another CA's: refused.
+	anon, _ := client.NewTLS(url, client.TLSOptions{CAFile: ca.CertFile()})
+	if _, err := anon.Hosts(ctx); err == nil || !strings.Contains(err.Error(), "authentication required") {
+		t.Errorf("without a pool certificate: %v", err)
+	}
+	bad, _ := client.NewTLS(url, client.TLSOptions{CAFile: ca.CertFile(), CertFile: f.badCert, KeyFile: f.badKey})
+	if _, err := bad.Hosts(ctx); err == nil {
+		t.Error("a client certificate of another CA was accepted")
+	}
+	// A client certificate of the pool CA (hangar pool credentials).
+	cred, err := client.New(d.Socket).Credentials(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cdir := filepath.Join(dir, "alice")
+	if err := client.WriteCredentials(cdir, cred); err != nil {
+		t.Fatal(err)
+	}
+	o, err := client.CredentialsOptions(cdir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := client.NewTLS(url, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hosts []v1.Host
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		hosts, err = good.Hosts(ctx)
+		if err == nil && len(hosts) == 1 && hosts[0].Address != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hosts over TLS with pool credentials: %+v %v", hosts, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if hosts[0].Address != d.TCPAddr || hosts[0].Role != v1.RoleMember {
+		t.Errorf("host facts address %q role %q, want %q member", hosts[0].Address, hosts[0].Role, d.TCPAddr)
+	}
+	p, err := good.PoolInfo(ctx)
+	if err != nil || p.CAFingerprint != ca.FingerprintHex() || len(p.Members) != 1 || p.Members[0].Name != "h1" {
+		t.Errorf("pool info %+v %v", p, err)
+	}
+	// The join route is open without a certificate, and refuses a bad token.
+	code, body, err := anon.Raw(ctx, "POST", "/api/v1/pool/join", []byte(`{"token":"hgjoin1.nope","host":"h2","csr":"x","address":"127.0.0.2:8443"}`))
+	if err != nil || code != 401 || !strings.Contains(string(body), "malformed") {
+		t.Errorf("join with a bad token: %d %s %v", code, body, err)
 	}
 }

@@ -54,6 +54,7 @@ var noBody = map[string]bool{
 	"DELETE /api/v1/operations/{id}":                  true,
 	"DELETE /api/v1/pools/{pool}/volumes/{vol}":       true,
 	"POST /api/v1/pools/{pool}/volumes/{vol}/flatten": true,
+	"DELETE /api/v1/hosts/{name}":                     true,
 }
 
 // takesNoBody reports whether the request's route takes no body.

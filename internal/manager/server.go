@@ -72,6 +72,9 @@ type Config struct {
 	// Overcommit ratios of the capacity overview (zero: the scheduler's
 	// defaults).
 	Overcommit scheduler.Policy
+	// PoolAdmin serves join tokens, joins, credentials and host removal
+	// (nil: those routes answer 412).
+	PoolAdmin PoolAdmin
 }
 
 // Server is the API server.
@@ -119,6 +122,7 @@ func New(cfg Config) *Server {
 	s.route("GET /api/v1/capacity", s.getCapacity)
 	s.route("GET /api/v1/version", s.getVersion)
 	s.storageRoutes()
+	s.poolRoutes()
 	s.volumeRoutes()
 	s.route("GET /api/v1/openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/yaml")

@@ -222,13 +222,29 @@ func (ca *CA) issue(name string, ips []net.IP, dns []string, usage []x509.ExtKey
 	if err != nil {
 		return nil, fmt.Errorf("pki: generate key for %q: %w", name, err)
 	}
-	serial, err := newSerial()
+	cert, certPEM, err := ca.sign(&key.PublicKey, name, ips, dns, usage)
 	if err != nil {
 		return nil, err
 	}
-	ski, err := keyID(&key.PublicKey)
+	keyPEM, err := encodeKey(key)
 	if err != nil {
 		return nil, err
+	}
+	return &KeyPair{Cert: cert, CertPEM: certPEM, KeyPEM: keyPEM}, nil
+}
+
+// sign issues a certificate for pub.
+func (ca *CA) sign(pub crypto.PublicKey, name string, ips []net.IP, dns []string, usage []x509.ExtKeyUsage) (*x509.Certificate, []byte, error) {
+	if ca.key == nil {
+		return nil, nil, fmt.Errorf("pki: issue certificate for %q: %w", name, ErrNoCAKey)
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, nil, err
+	}
+	ski, err := keyID(pub)
+	if err != nil {
+		return nil, nil, err
 	}
 	var names []string
 	if slices.Contains(usage, x509.ExtKeyUsageServerAuth) {
@@ -256,19 +272,15 @@ func (ca *CA) issue(name string, ips []net.IP, dns []string, usage []x509.ExtKey
 		SubjectKeyId:   ski,
 		AuthorityKeyId: ca.cert.SubjectKeyId,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
 	if err != nil {
-		return nil, fmt.Errorf("pki: issue certificate for %q: %w", name, err)
+		return nil, nil, fmt.Errorf("pki: issue certificate for %q: %w", name, err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("pki: parse certificate of %q: %w", name, err)
+		return nil, nil, fmt.Errorf("pki: parse certificate of %q: %w", name, err)
 	}
-	keyPEM, err := encodeKey(key)
-	if err != nil {
-		return nil, err
-	}
-	return &KeyPair{Cert: cert, CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), KeyPEM: keyPEM}, nil
+	return cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
 }
 
 // Verify checks that cert was issued by this CA for usage (e.g.
@@ -288,6 +300,20 @@ func (ca *CA) EnsureHost(certFile, keyFile, name string, ips []net.IP, dns []str
 	if kp, err := ca.loadHost(certFile, keyFile); err == nil && kp.covers(name, ips, dns) &&
 		time.Until(kp.Cert.NotAfter) > renewBefore && ca.Verify(kp.Cert, x509.ExtKeyUsageServerAuth) == nil &&
 		ca.Verify(kp.Cert, x509.ExtKeyUsageClientAuth) == nil {
+		return kp, nil
+	}
+	if ca.key == nil {
+		kp, err := ca.loadHost(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("pki: host certificate %s: %w (and this host holds no CA key to issue another)", certFile, err)
+		}
+		if err := ca.Verify(kp.Cert, x509.ExtKeyUsageServerAuth); err != nil {
+			return nil, err
+		}
+		if !kp.covers(name, ips, dns) {
+			return nil, fmt.Errorf("pki: host certificate %s was issued for %q %v %v, not for %q %v %v, and this host holds no CA key to issue another: use the addresses it joined with",
+				certFile, kp.Cert.Subject.CommonName, kp.Cert.DNSNames, kp.Cert.IPAddresses, name, dns, ips)
+		}
 		return kp, nil
 	}
 	kp, err := ca.IssueHost(name, ips, dns)

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math"
@@ -45,6 +46,17 @@ func NewEtcd(c *clientv3.Client) *Etcd {
 // OpenEtcd connects to the etcd cluster at endpoints and returns a Store that
 // owns the connection: Close closes it.
 func OpenEtcd(ctx context.Context, endpoints []string) (*Etcd, error) {
+	return OpenEtcdTLS(ctx, endpoints, nil)
+}
+
+// autoSyncInterval: a store opened on several endpoints refreshes them
+// from the cluster's member list this often, so members that joined later
+// are used too.
+const autoSyncInterval = 30 * time.Second
+
+// OpenEtcdTLS is OpenEtcd with a TLS configuration for https endpoints
+// (nil: none); the endpoints are refreshed from the member list.
+func OpenEtcdTLS(ctx context.Context, endpoints []string, tc *tls.Config) (*Etcd, error) {
 	if len(endpoints) == 0 {
 		return nil, errors.New("etcd open: no endpoints")
 	}
@@ -52,6 +64,10 @@ func OpenEtcd(ctx context.Context, endpoints []string) (*Etcd, error) {
 		Endpoints:   endpoints,
 		DialTimeout: openDialTimeout,
 		Context:     context.WithoutCancel(ctx),
+		TLS:         tc,
+	}
+	if tc != nil {
+		cfg.AutoSyncInterval = autoSyncInterval
 	}
 	// clientv3 logs retries at warn level as JSON on stderr; keep errors only
 	// unless etcd's own ETCD_CLIENT_DEBUG asks for more.

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"hangar/client"
+)
+
+// poolMembership are the subcommands of `hangar pool` about the pool of
+// hosts (the others are about storage pools).
+func poolMembership(g *globals) []*cobra.Command {
+
+	var ttl time.Duration
+	token := &cobra.Command{
+		Use:   "join-token",
+		Short: "Make a single-use token for a host to join the pool",
+		Long: `Make a join token: a new host joins with
+  hangar serve --host-name NAME --listen IP:PORT --join THIS-HOST:PORT --token TOKEN
+The token carries the pool CA's fingerprint (the joiner checks the pool it reaches) and
+a random secret; the pool keeps only a digest of it. It works once, until --ttl passes.
+The token is the last line printed.`,
+		Example: "  hangar pool join-token\n  tok=$(hangar pool join-token --ttl 30m | tail -n1)",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if ttl < time.Second || ttl > 24*time.Hour {
+				return fmt.Errorf("--ttl %s: must be between 1s and 24h", ttl)
+			}
+			t, err := g.client().JoinToken(cmd.Context(), ttl)
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "join token %s, single-use, valid until %s (%s)\n", t.ID, t.Expires.Local().Format(time.DateTime), ttl)
+			fmt.Fprintf(w, "join a host with: hangar serve --host-name NAME --listen IP:8443 --join <this host's --listen> --token TOKEN\n")
+			fmt.Fprintln(w, t.Token)
+			return nil
+		},
+	}
+	token.Flags().DurationVar(&ttl, "ttl", 10*time.Minute, "how long the token stays valid (1s to 24h)")
+
+	var name, out string
+	creds := &cobra.Command{
+		Use:   "credentials",
+		Short: "Issue a client certificate for a remote CLI",
+		Long: `Issue a client certificate of the pool CA for a remote CLI (asked of a manager host, one
+that holds the CA key) and write ca.crt, client.crt and client.key (0600) into --out.
+Use it with: hangar --server https://HOST:8443 --credentials DIR …  (or HANGAR_SERVER and
+HANGAR_CREDENTIALS). The name is what the API logs as the client.`,
+		Example: "  hangar pool credentials --name alice --out ~/.config/hangar/alice\n  hangar --server https://h1:8443 --credentials ~/.config/hangar/alice host list",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if name == "" || out == "" {
+				return fmt.Errorf("--name and --out are required")
+			}
+			c, err := g.client().Credentials(cmd.Context(), name)
+			if err != nil {
+				return err
+			}
+			if err := client.WriteCredentials(out, c); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s/{%s,%s,%s} for %q\n", out, client.CredentialsCA, client.CredentialsCert, client.CredentialsKey, name)
+			return nil
+		},
+	}
+	creds.Flags().StringVar(&name, "name", "", "the client's name (a DNS label), the certificate's common name")
+	creds.Flags().StringVar(&out, "out", "", "directory to write ca.crt, client.crt and client.key into (created 0700)")
+
+	show := &cobra.Command{
+		Use:     "show",
+		Short:   "Show the pool: name, CA fingerprint, etcd members",
+		Long:    "Show the pool's name, the SHA-256 fingerprint of its CA and its etcd members with their roles and URLs.",
+		Example: "  hangar pool show\n  hangar pool show -o json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.checkOutput(cmd); err != nil {
+				return err
+			}
+			p, err := g.client().PoolInfo(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.print(cmd, p, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Pool:\t%s\nCA fingerprint:\tsha256:%s\n", p.Name, p.CAFingerprint)
+				if len(p.External) > 0 {
+					fmt.Fprintf(w, "etcd:\texternal %s\n", strings.Join(p.External, ","))
+				}
+				if len(p.Members) > 0 {
+					fmt.Fprintf(w, "\nMEMBER\tROLE\tPEER URLS\tCLIENT URLS\n")
+					for _, m := range p.Members {
+						fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", m.Name, m.Role, strings.Join(m.PeerURLs, ","), strings.Join(m.ClientURLs, ","))
+					}
+				}
+			})
+		},
+	}
+	addOutput(show, g, false)
+	return []*cobra.Command{token, creds, show}
+}
+
+func newHostRemove(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "remove HOST",
+		Short: "Take a host out of the pool",
+		Long: `Take a host out of the pool: its etcd membership (if it is a member) and its records.
+It is refused while VMs are placed on the host (evacuate it first), for the host that
+answers the request (ask another), and for the pool's only etcd member. The removed
+host's hangar serve stops working; start it again only with a fresh data dir and a new
+join token.`,
+		Example:           "  hangar host remove h3\n  hangar --server https://h2:8443 --credentials ./alice host remove h1",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: complete(g, g.hostNames),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.client().RemoveHost(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "host %s removed from the pool\n", args[0])
+			return nil
+		},
+	}
+}

@@ -1,0 +1,123 @@
+package join
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/errdefs"
+	"hangar/internal/inventory"
+	"hangar/internal/store"
+	"hangar/internal/vm"
+)
+
+// PoolInfo describes the pool: its record and its etcd members.
+func (s *Server) PoolInfo(ctx context.Context) (v1.PoolInfo, error) {
+	p, err := ReadPool(ctx, s.Store)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return v1.PoolInfo{}, err
+	}
+	info := v1.PoolInfo{Name: p.Name, CAFingerprint: s.CA.FingerprintHex(), Created: p.Created, External: s.External, Members: []v1.PoolMember{}}
+	if s.Cluster == nil {
+		return info, nil
+	}
+	ms, err := s.Cluster.Members(ctx)
+	if err != nil {
+		return v1.PoolInfo{}, err
+	}
+	for _, m := range ms {
+		role := v1.RoleMember
+		if m.Learner {
+			role = v1.RoleLearner
+		}
+		info.Members = append(info.Members, v1.PoolMember{Name: m.Name, ID: strconv.FormatUint(m.ID, 16), Role: role,
+			PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs})
+	}
+	return info, nil
+}
+
+// EvacuateBeforeRemove is called by RemoveHost before a host leaves the
+// pool. For now it refuses while VMs are placed on the host; the pool
+// master's evacuation (migrate every VM away, or park it) replaces it.
+func EvacuateBeforeRemove(ctx context.Context, st store.Store, host string) error {
+	specs, _, _, err := inventory.Inventory{S: st}.Specs(ctx)
+	if err != nil {
+		return fmt.Errorf("remove host %s: list VMs: %w", host, err)
+	}
+	var on []string
+	for _, sp := range specs {
+		if sp.Host == host {
+			on = append(on, sp.Name)
+		}
+	}
+	if len(on) > 0 {
+		slices.Sort(on)
+		return errdefs.Precondition("host %q has %d VM(s) placed on it (%s): move or delete them first (hangar host evacuate %s when it exists)",
+			host, len(on), strings.Join(on, ", "), host)
+	}
+	return nil
+}
+
+// RemoveHost takes a host out of the pool: evacuation first
+// (EvacuateBeforeRemove), then its etcd membership, then its records. The
+// host answering cannot remove itself (it would cut its own etcd).
+func (s *Server) RemoveHost(ctx context.Context, host string) error {
+	if err := vm.ValidateName("name", host); err != nil {
+		return err
+	}
+	if host == s.Host {
+		return errdefs.Precondition("host %q answers this request and cannot remove itself: ask another host of the pool (hangar --server https://OTHER:8443 host remove %s)", host, host)
+	}
+	known := false
+	for _, k := range []string{inventory.HostInfoKey(host), inventory.HostKey(host)} {
+		if _, err := s.Store.Get(ctx, k); err == nil {
+			known = true
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+	}
+	var member *Member
+	if s.Cluster != nil {
+		ms, err := s.Cluster.Members(ctx)
+		if err != nil {
+			return err
+		}
+		voting := 0
+		for i, m := range ms {
+			if !m.Learner {
+				voting++
+			}
+			if m.Name == host {
+				member = &ms[i]
+			}
+		}
+		if member != nil {
+			known = true
+			if !member.Learner && voting <= 1 {
+				return errdefs.Precondition("host %q is the pool's only etcd member", host)
+			}
+		}
+	}
+	if !known {
+		return fmt.Errorf("host %q: %w", host, errdefs.ErrNotFound)
+	}
+	if err := EvacuateBeforeRemove(ctx, s.Store, host); err != nil {
+		return err
+	}
+	if member != nil {
+		if err := s.Cluster.Remove(ctx, member.ID); err != nil {
+			return err
+		}
+		s.log().Info("etcd member removed", "host", host, "member", strconv.FormatUint(member.ID, 16))
+	}
+	if _, err := s.Store.Txn(ctx, nil, store.DeleteOp(inventory.HostInfoKey(host), store.AnyRevision),
+		store.DeleteOp(inventory.HostKey(host), store.AnyRevision), store.DeleteOp(inventory.MaintenanceKey(host), store.AnyRevision)); err != nil {
+		return fmt.Errorf("remove host %s: records: %w", host, err)
+	}
+	s.log().Info("host removed", "host", host)
+	return nil
+}

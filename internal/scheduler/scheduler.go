@@ -56,3 +56,18 @@ func LargestHostMemory(hosts []v1.Host) int {
 	}
 	return m
 }
+
+// FromSpec is the Request for placing spec, whose storage lives in pools
+// (the caller knows which pools its disks use). Exclude is left to the
+// caller (e.g. a migration's source).
+func FromSpec(spec v1.VMSpec, pools []string) Request {
+	return Request{
+		VM:             spec.Name,
+		CPUs:           spec.CPUs,
+		MemoryMiB:      spec.MemoryMiB,
+		Pools:          pools,
+		PreferredHosts: spec.PreferredHosts,
+		Placement:      spec.Placement,
+		AntiAffinity:   spec.AntiAffinityGroup,
+	}
+}

@@ -53,3 +53,18 @@ func TestLargestHostMemory(t *testing.T) {
 		t.Fatalf("LargestHostMemory(nil) = %d", got)
 	}
 }
+
+func TestFromSpec(t *testing.T) {
+	if PlacementAuto != v1.PlacementAuto || PlacementPreferred != v1.PlacementPreferred || PlacementManual != v1.PlacementManual {
+		t.Fatal("the scheduler's placement modes differ from the API's")
+	}
+	spec := v1.VMSpec{Name: "db1", CPUs: 2, MemoryMiB: 2048, Placement: v1.PlacementManual, PreferredHosts: []string{"h2"}, AntiAffinityGroup: "db"}
+	r := FromSpec(spec, []string{"shared"})
+	got, err := Plan(Snapshot{Hosts: []Host{host("h1", 8, 8192, "shared"), host("h2", 8, 4096, "shared")}}, []Request{r})
+	if err != nil || got[0].Host != "h2" {
+		t.Fatalf("manual placement from a spec: %+v, %v (request %+v)", got, err, r)
+	}
+	if r.AntiAffinity != "db" || r.CPUs != 2 || r.MemoryMiB != 2048 || r.VM != "db1" || r.Pools[0] != "shared" {
+		t.Fatalf("FromSpec = %+v", r)
+	}
+}

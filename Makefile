@@ -30,6 +30,7 @@ test: deps guest
 
 bench: deps build guest
 	./bin/hangar bench boot --image $(GUEST_DIR)/hangar-guest.qcow2 --runs 5
+	./bin/hangar bench place --hosts 2500 --vms 50000
 
 clean:
 	rm -rf bin

@@ -20,6 +20,7 @@ import (
 	"hangar/internal/agent"
 	"hangar/internal/authn"
 	"hangar/internal/etcdembed"
+	"hangar/internal/hostapi"
 	"hangar/internal/inventory"
 	"hangar/internal/join"
 	"hangar/internal/manager"
@@ -292,7 +293,17 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, ctx.Err()
 	}
 	admin := &join.Server{Store: st, CA: ca, SecretsKey: secretsKey, Cluster: cluster, External: cfg.EtcdEndpoints, Host: cfg.Host, Log: cfg.Log}
-	api := manager.New(manager.Config{Store: st, Metrics: ag, Consoles: ag, Volumes: ag, Pools: ag, Secrets: box, Log: cfg.Log, PoolAdmin: admin})
+	// Host-local requests about other hosts go to them with this host's
+	// certificate (internal/hostapi); without one, everything is served here.
+	fwd, err := hostapi.Load(filepath.Join(cfg.DataDir, "pki"), cfg.Host, hostapi.StoreResolver(st), cfg.Log)
+	if errors.Is(err, os.ErrNotExist) {
+		cfg.Log.Info("no host certificate: host-local requests are served on this host only", "err", err)
+		fwd, err = nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	api := manager.New(manager.Config{Store: st, Metrics: ag, Consoles: ag, Volumes: ag, Pools: ag, Secrets: box, Log: cfg.Log, PoolAdmin: admin, Forward: fwd})
 	d.srv = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	_ = os.Remove(cfg.Socket)
 	ln, err := net.Listen("unix", cfg.Socket)

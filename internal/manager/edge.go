@@ -176,6 +176,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) string {
 			Message: fmt.Sprintf("path: %q is not a clean path (no //, . or .. elements)", truncate(ep, 200))})
 		return ""
 	}
+	if err := s.checkForwarded(r); err != nil {
+		writeErr(w, err)
+		return ""
+	}
 	h, pattern := s.mux.Handler(r)
 	if pattern == "" {
 		s.noRoute(w, r, h)

@@ -25,6 +25,7 @@ import (
 
 	v1 "hangar/api/v1"
 	"hangar/internal/errdefs"
+	"hangar/internal/hostapi"
 	"hangar/internal/imports"
 	"hangar/internal/inventory"
 	"hangar/internal/scheduler"
@@ -69,6 +70,10 @@ type Config struct {
 	Metrics prometheus.Collector
 	// MaxWait bounds ?wait= (default 10 min).
 	MaxWait time.Duration
+	// Forward sends host-local requests about another host (a VM's console
+	// and serial log, a host's own volumes) to that host's API (nil: one
+	// host, everything is served here).
+	Forward *hostapi.Forwarder
 	// Overcommit ratios of the capacity overview (zero: the scheduler's
 	// defaults).
 	Overcommit scheduler.Policy
@@ -789,8 +794,12 @@ func (s *Server) consoleLog(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	if _, _, err := s.inv.Spec(r.Context(), name); err != nil {
+	host, err := s.vmHost(r.Context(), name)
+	if err != nil {
 		writeErr(w, err)
+		return
+	}
+	if !s.servedHere(w, r, host) {
 		return
 	}
 	f, err := os.Open(s.cfg.Consoles.SerialLogPath(name))
@@ -819,8 +828,12 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, &v1.Error{Code: v1.CodeInvalidArgument, Field: "Upgrade", Message: "Upgrade: the console needs the header Upgrade: hangar-console"})
 		return
 	}
-	if _, _, err := s.inv.Spec(r.Context(), name); err != nil {
+	host, err := s.vmHost(r.Context(), name)
+	if err != nil {
 		writeErr(w, err)
+		return
+	}
+	if !s.servedHere(w, r, host) {
 		return
 	}
 	cons, err := s.cfg.Consoles.OpenConsole(r.Context(), name)

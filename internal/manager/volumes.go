@@ -88,6 +88,13 @@ func poolAndVolume(r *http.Request) (string, string, error) {
 
 func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request) {
 	pool, _, err := poolAndVolume(r)
+	var host string
+	if err == nil {
+		host, err = s.hostParam(r.Context(), r)
+	}
+	if err == nil && !s.servedHere(w, r, host) {
+		return
+	}
 	if err == nil {
 		var vols []v1.Volume
 		if vols, err = s.cfg.Pools.ListVolumes(r.Context(), pool); err == nil {
@@ -103,6 +110,13 @@ func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
 	pool, vol, err := poolAndVolume(r)
+	var host string
+	if err == nil {
+		host, err = s.hostParam(r.Context(), r)
+	}
+	if err == nil && !s.servedHere(w, r, host) {
+		return
+	}
 	if err == nil {
 		var v v1.Volume
 		if v, err = s.cfg.Volumes.VolumeInfo(r.Context(), pool+"/"+vol); err == nil {
@@ -205,6 +219,17 @@ func (s *Server) resizeVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) resizeDisk(w http.ResponseWriter, r *http.Request) {
+	// The disk's size is read from its file: on the VM's host.
+	if name := r.PathValue("name"); vm.ValidateName("name", name) == nil {
+		host, err := s.vmHost(r.Context(), name)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		if !s.servedHere(w, r, host) {
+			return
+		}
+	}
 	var a v1.ResizeArgs
 	if err := decode(r, &a); err != nil {
 		writeErr(w, err)

@@ -1,0 +1,240 @@
+package manager
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/authn"
+	"hangar/internal/etcdembed/etcdtest"
+	"hangar/internal/hostapi"
+	"hangar/internal/inventory"
+	"hangar/internal/pki"
+	"hangar/internal/store"
+)
+
+// hostConsoles is one host's consoles: serial logs in its own directory
+// and a console that answers "<host>:<what it read>".
+type hostConsoles struct{ host, dir string }
+
+func (c hostConsoles) SerialLogPath(name string) string { return filepath.Join(c.dir, name+".log") }
+func (c hostConsoles) OpenConsole(ctx context.Context, name string) (net.Conn, error) {
+	a, b := net.Pipe()
+	go func() {
+		defer b.Close()
+		br := bufio.NewReader(b)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if _, err := fmt.Fprintf(b, "%s:%s", c.host, line); err != nil {
+				return
+			}
+		}
+	}()
+	return a, nil
+}
+
+// hostPools is one host's storage: ListVolumes names the host.
+type hostPools struct {
+	poolsAPI // nil: only ListVolumes is called
+	host     string
+}
+
+type poolsAPI = Pools
+
+func (p hostPools) ListVolumes(ctx context.Context, pool string) ([]v1.Volume, error) {
+	return []v1.Volume{{Pool: pool, Name: "on-" + p.host, Format: "qcow2"}}, nil
+}
+
+type poolHost struct {
+	name string
+	url  string
+	dir  string
+}
+
+// TestForwardToTheVMsHost: two hosts' API servers on one store, each on
+// its TLS listener with its host certificate from the pool CA. A VM placed
+// on h2: its serial log and console asked from h1 are h2's (forwarded over
+// mutual TLS), a host's volumes with ?host=; a request forged with the
+// forwarding marker but without a pool host certificate is refused, and
+// so is a host certificate naming another host.
+func TestForwardToTheVMsHost(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	st := store.NewEtcd(etcdtest.Start(t).Client())
+	ca, err := pki.LoadOrCreateCA(filepath.Join(t.TempDir(), "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := ca.Pool()
+	loopback := []net.IP{net.ParseIP("127.0.0.1")}
+	hosts := map[string]*poolHost{}
+	certs := map[string]tls.Certificate{}
+	for _, name := range []string{"h1", "h2"} {
+		kp, err := ca.IssueHost(name, loopback, []string{"localhost"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, err := kp.TLSCertificate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		certs[name] = cert
+		h := &poolHost{name: name, dir: t.TempDir()}
+		api := New(Config{Store: st, Log: slog.New(slog.DiscardHandler), Consoles: hostConsoles{host: name, dir: h.dir},
+			Pools: hostPools{host: name}, Forward: hostapi.New(name, roots, cert, hostapi.StoreResolver(st), slog.New(slog.DiscardHandler))})
+		srv := httptest.NewUnstartedServer(api.Logged(func(next http.Handler) http.Handler {
+			return authn.Require(authn.ClientCert{Roots: roots}, next)
+		}))
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: roots}
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		h.url = srv.URL
+		hosts[name] = h
+		addr := strings.TrimPrefix(srv.URL, "https://")
+		if _, err := st.Put(ctx, inventory.HostInfoKey(name), inventory.Marshal(v1.Host{Name: name, CPUs: 2, MemoryMiB: 1024, Address: addr}), store.AnyRevision); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Put(ctx, inventory.HostKey(name), []byte("{}"), store.AnyRevision); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(h.dir, "web.log"), []byte("serial of web on "+name+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := st.Put(ctx, inventory.VMKey("web"), inventory.Marshal(v1.VMSpec{Name: "web", Host: "h2", CPUs: 1, MemoryMiB: 64}), store.MustNotExist); err != nil {
+		t.Fatal(err)
+	}
+
+	alice, err := ca.IssueClient("alice") // a user's certificate (pool credentials): client only
+	if err != nil {
+		t.Fatal(err)
+	}
+	aliceCert, err := alice.TLSCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := func(cert tls.Certificate) *http.Client {
+		return &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+			Certificates: []tls.Certificate{cert}, RootCAs: roots, ServerName: "localhost"}}}
+	}
+	get := func(c *http.Client, url string, hdr ...string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Add(hdr[i], hdr[i+1])
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	user := client(aliceCert)
+
+	// The serial log of a VM on h2, asked from h1 and from h2: h2's file.
+	for _, via := range []string{"h1", "h2"} {
+		if code, body := get(user, hosts[via].url+"/api/v1/vms/web/console/log"); code != 200 || body != "serial of web on h2\n" {
+			t.Fatalf("console log via %s: %d %q", via, code, body)
+		}
+	}
+	// The owner record, when there is one, says where the VM runs.
+	if _, err := st.Put(ctx, inventory.OwnerKey("web"), inventory.Marshal(inventory.Owner{Host: "h1", Epoch: 2}), store.AnyRevision); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get(user, hosts["h2"].url+"/api/v1/vms/web/console/log"); code != 200 || body != "serial of web on h1\n" {
+		t.Fatalf("console log of a vm owned by h1, via h2: %d %q", code, body)
+	}
+	if err := st.Delete(ctx, inventory.OwnerKey("web"), store.AnyRevision); err != nil {
+		t.Fatal(err)
+	}
+
+	// The console stream (an HTTP upgrade) of the VM on h2, via h1.
+	conn, err := tls.Dial("tcp", strings.TrimPrefix(hosts["h1"].url, "https://"), &tls.Config{
+		Certificates: []tls.Certificate{aliceCert}, RootCAs: roots, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	fmt.Fprintf(conn, "GET /api/v1/vms/web/console HTTP/1.1\r\nHost: hangar\r\nConnection: Upgrade\r\nUpgrade: hangar-console\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("console via h1: %v %v", resp, err)
+	}
+	fmt.Fprintf(conn, "ping\n")
+	if line, err := br.ReadString('\n'); err != nil || line != "h2:ping\n" {
+		t.Fatalf("console via h1 answered %q (%v), want h2's console", line, err)
+	}
+
+	// A host's own volumes: ?host= names it.
+	if code, body := get(user, hosts["h1"].url+"/api/v1/pools/default/volumes?host=h2"); code != 200 || !strings.Contains(body, `"on-h2"`) {
+		t.Fatalf("volumes of h2 via h1: %d %s", code, body)
+	}
+	if code, body := get(user, hosts["h1"].url+"/api/v1/pools/default/volumes"); code != 200 || !strings.Contains(body, `"on-h1"`) {
+		t.Fatalf("volumes of h1: %d %s", code, body)
+	}
+	if code, body := get(user, hosts["h1"].url+"/api/v1/pools/default/volumes?host=ghost"); code != 404 {
+		t.Fatalf("volumes of an unknown host: %d %s", code, body)
+	}
+
+	// Forged: the marker with a user's certificate, on either host (on h1
+	// it would otherwise read h1's own file); the marker with a host
+	// certificate that is another host's; two markers.
+	for _, c := range []struct {
+		name   string
+		client *http.Client
+		via    string
+		hdr    []string
+	}{
+		{"user cert claiming h2", user, "h1", []string{hostapi.Header, "h2"}},
+		{"user cert claiming h1", user, "h2", []string{hostapi.Header, "h1"}},
+		{"h1's cert claiming h2", client(certs["h1"]), "h2", []string{hostapi.Header, "h2"}},
+		{"two markers", client(certs["h1"]), "h2", []string{hostapi.Header, "h1", hostapi.Header, "h1"}},
+	} {
+		code, body := get(c.client, hosts[c.via].url+"/api/v1/vms/web/console/log", c.hdr...)
+		var er v1.ErrorResponse
+		if code != 401 || json.Unmarshal([]byte(body), &er) != nil || er.Error == nil || strings.Contains(body, "serial of") {
+			t.Errorf("%s: %d %s, want 401 and no log", c.name, code, body)
+		}
+	}
+	// A genuine forward (h1's certificate, marked h1) is served where it
+	// lands, never forwarded again: h1's own file even though web is h2's.
+	if code, body := get(client(certs["h1"]), hosts["h1"].url+"/api/v1/vms/web/console/log", hostapi.Header, "h1"); code != 200 || body != "serial of web on h1\n" {
+		t.Fatalf("forwarded request served locally: %d %q", code, body)
+	}
+	// Over the unix socket (no TLS) the marker is refused too.
+	ts := &testServer{t: t, s: New(Config{Store: st, Log: slog.New(slog.DiscardHandler), Consoles: hostConsoles{host: "h1", dir: hosts["h1"].dir}}), st: st}
+	if code, _, body := ts.do("GET", "/api/v1/vms/web/console/log", "", "", hostapi.Header, "h2"); code != 401 {
+		t.Fatalf("marker without tls: %d %s", code, body)
+	}
+
+	// A host that cannot be reached: 503 naming it, not this host's file.
+	if _, err := st.Put(ctx, inventory.HostInfoKey("h2"), inventory.Marshal(v1.Host{Name: "h2", Address: "127.0.0.1:1"}), store.AnyRevision); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get(user, hosts["h1"].url+"/api/v1/vms/web/console/log"); code != 503 || !strings.Contains(body, "h2") {
+		t.Fatalf("unreachable host: %d %s", code, body)
+	}
+}

@@ -42,7 +42,8 @@ type Pool struct {
 
 // startPool makes the lab and starts n hosts.
 func startPool(ctx context.Context, n int) (_ *Pool, err error) {
-	lab, err := netlab.New(ctx, netlab.Config{})
+	// HANGAR_POOL_DIR keeps the hosts' data and logs there after the run.
+	lab, err := netlab.New(ctx, netlab.Config{Dir: os.Getenv("HANGAR_POOL_DIR")})
 	if err != nil {
 		return nil, err
 	}
@@ -86,12 +87,23 @@ func startPool(ctx context.Context, n int) (_ *Pool, err error) {
 		return nil, err
 	}
 	for _, h := range p.Hosts[1:] {
-		token, err := p.JoinToken(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if err := p.startHost(ctx, h, p.serveConfig(h, uids, "--listen", listenAddr(h), "--join", listenAddr(h1), "--token", token)); err != nil {
-			return nil, err
+		for attempt := 1; ; attempt++ {
+			token, err := p.JoinToken(ctx)
+			if err != nil {
+				return nil, err
+			}
+			err = p.startHost(ctx, h, p.serveConfig(h, uids, "--listen", listenAddr(h), "--join", listenAddr(h1), "--token", token))
+			if err == nil {
+				break
+			}
+			// etcd refuses a member change until every member has been
+			// connected for a while ("unhealthy cluster") just after the
+			// previous join; a refused join leaves nothing behind.
+			if attempt == 5 || !strings.Contains(err.Error(), "unhealthy cluster") {
+				return nil, err
+			}
+			fmt.Fprintf(os.Stderr, "pool: join of %s refused (attempt %d): etcd cluster not healthy yet; retrying\n", h.Name, attempt)
+			time.Sleep(2 * time.Second)
 		}
 	}
 	return p, nil

@@ -228,6 +228,20 @@ func (h *Host) PowerLoss() (int, error) {
 	return n, err
 }
 
+// AddTap makes tap device name on the host's br0 (for a QEMU the caller
+// runs in the namespace itself, e.g. the raw-QEMU side of a benchmark:
+// -netdev tap,ifname=NAME,script=no,downscript=no). It goes with the
+// namespace at Close.
+func (h *Host) AddTap(ctx context.Context, name string) error {
+	if !nameRE.MatchString(name) || len(name) > 15 {
+		return fmt.Errorf("netlab: tap name %q: want [a-z0-9-], at most 15 characters", name)
+	}
+	if err := h.lab.ip(ctx, "-n", h.NS, "tuntap", "add", "dev", name, "mode", "tap"); err != nil {
+		return err
+	}
+	return h.lab.ip(ctx, "-n", h.NS, "link", "set", name, "master", Bridge, "up")
+}
+
 // Processes are the live processes in the host's namespace: pid → command
 // line (arguments joined by spaces). Tests use it to look for leftovers
 // (a QEMU that should be gone).

@@ -117,6 +117,12 @@ func TestLab(t *testing.T) {
 	if out, err := h1.Exec(ctx, "ip", "-o", "-4", "addr", "show", "br0"); err != nil || !strings.Contains(string(out), h1.IP.String()+"/24") {
 		t.Fatalf("br0 of h1 does not carry %s: %v %s", h1.IP, err, out)
 	}
+	if err := h2.AddTap(ctx, "tap-x"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h2.Exec(ctx, "ip", "-o", "link", "show", "tap-x"); err != nil || !strings.Contains(string(out), "master br0") {
+		t.Fatalf("tap-x is not on h2's br0: %v %s", err, out)
+	}
 	// L2 between hosts and the client through the switch.
 	if out, err := h1.Exec(ctx, "busybox", "ping", "-c", "1", "-W", "5", h2.IP.String()); err != nil {
 		t.Fatalf("h1 cannot reach h2: %v %s", err, out)

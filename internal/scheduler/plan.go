@@ -616,3 +616,26 @@ func (p *planner) bestAll(r *req) int32 {
 	}
 	return -1
 }
+
+// PlaceIO picks the host for an I/O job (copy, convert, import, flatten)
+// on storage in pools: the usable host reaching all of them with the
+// most free memory and CPUs (the score of Plan). A job books nothing, so
+// there is no admission control.
+func PlaceIO(s Snapshot, pools []string) (string, error) {
+	p, err := newPlanner(s)
+	if err != nil {
+		return "", err
+	}
+	r := &req{Request: Request{VM: "i/o job", Pools: pools}}
+	p.cur++
+	best := int32(-1)
+	for _, i := range p.heaps[0].items {
+		if w := p.check(i, r); (w == fits || w == whyMemory || w == whyCPU) && (best < 0 || p.better(i, best)) {
+			best = i
+		}
+	}
+	if best < 0 {
+		return "", fmt.Errorf("%w: no live host out of maintenance reaches pools %v", ErrNoHost, pools)
+	}
+	return p.hosts[best].name, nil
+}

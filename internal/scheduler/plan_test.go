@@ -243,3 +243,20 @@ func TestPlanInvalid(t *testing.T) {
 		t.Errorf("a vm twice in one batch: %+v, %v", got, err)
 	}
 }
+
+func TestPlaceIO(t *testing.T) {
+	s := Snapshot{
+		Hosts: []Host{host("a", 8, 8192, "shared"), host("b", 8, 8192, "shared", "fast"), host("c", 64, 65536, "fast"),
+			{Name: "d", CPUs: 64, MemoryMiB: 65536, Pools: []string{"shared", "fast"}}}, // down
+		Allocs: []Alloc{{Host: "b", VM: "x", CPUs: 32, MemoryMiB: 8192}}, // b is full: an I/O job still goes there
+	}
+	for _, c := range []struct {
+		pools []string
+		want  string
+	}{{[]string{"shared"}, "a"}, {[]string{"fast"}, "c"}, {[]string{"shared", "fast"}, "b"}, {nil, "c"}, {[]string{"nowhere"}, ""}} {
+		got, err := PlaceIO(s, c.pools)
+		if got != c.want || (c.want == "") != errors.Is(err, ErrNoHost) {
+			t.Errorf("PlaceIO(%v) = %q, %v; want %q", c.pools, got, err, c.want)
+		}
+	}
+}

@@ -195,3 +195,9 @@ func (c *Client) VolumeInfo(ctx context.Context, pool, name string) (v1.Volume, 
 	_, err := c.do(ctx, "GET", volPath(pool, name), nil, nil, &v)
 	return v, err
 }
+
+// Migrate live-migrates a running VM to another host (POST
+// /vms/{name}/migrate).
+func (c *Client) Migrate(ctx context.Context, vm string, args v1.MigrateArgs, wait time.Duration) (v1.Operation, error) {
+	return c.vmPost(ctx, vm, "migrate", args, wait)
+}

@@ -353,6 +353,29 @@ type Progress struct {
 	// (volume copy and flatten, template); 0 where not known.
 	Bytes      int64 `json:"bytes,omitempty"`
 	TotalBytes int64 `json:"totalBytes,omitempty"`
+	// Migration is the live figures of a migrate operation.
+	Migration *MigrationProgress `json:"migration,omitempty"`
+}
+
+// MigrationProgress is where a live migration is: the local disks copied
+// to the target first, then RAM, resent while the guest dirties it.
+type MigrationProgress struct {
+	DiskTransferred int64 `json:"diskTransferred"`
+	DiskTotal       int64 `json:"diskTotal"`
+	RAMTransferred  int64 `json:"ramTransferred"`
+	RAMRemaining    int64 `json:"ramRemaining"`
+	RAMTotal        int64 `json:"ramTotal"`
+	// DirtyRate is how fast the guest dirties RAM, bytes/s.
+	DirtyRate int64 `json:"dirtyRate"`
+	// ExpectedDowntimeMs is QEMU's estimate of the switch-over pause.
+	ExpectedDowntimeMs int64 `json:"expectedDowntimeMs"`
+	// Iterations: passes over dirty RAM so far.
+	Iterations int64 `json:"iterations"`
+	// CPUThrottlePercent: auto-converge's current vCPU throttle.
+	CPUThrottlePercent int `json:"cpuThrottlePercent"`
+	// DowntimeMs and TotalMs: measured, once the migration completed.
+	DowntimeMs int64 `json:"downtimeMs,omitempty"`
+	TotalMs    int64 `json:"totalMs,omitempty"`
 }
 
 // Error codes.
@@ -396,6 +419,22 @@ type ErrorResponse struct {
 type StopArgs struct {
 	Force          bool `json:"force,omitempty"`
 	TimeoutSeconds int  `json:"timeoutSeconds,omitempty"`
+}
+
+// MigrateArgs are the arguments of a migrate operation (POST
+// /api/v1/vms/{name}/migrate): live migration of a running VM to host To,
+// encrypted (TLS from the pool CA) unless Insecure.
+type MigrateArgs struct {
+	To       string `json:"to"`
+	Insecure bool   `json:"insecure,omitempty"`
+	// MaxBandwidth caps the migration stream, bytes/s (0: Hangar's default).
+	MaxBandwidth int64 `json:"maxBandwidth,omitempty"`
+	// DowntimeLimitMs is the longest pause allowed at switch-over (0: 300).
+	DowntimeLimitMs int64 `json:"downtimeLimitMs,omitempty"`
+	// ProgressTimeoutSec aborts a migration whose remaining data reaches no
+	// new low for that long (0: Hangar's default, 150 s); the VM keeps
+	// running on the source.
+	ProgressTimeoutSec int64 `json:"progressTimeoutSec,omitempty"`
 }
 
 // DeleteArgs are the arguments of a delete operation.

@@ -67,3 +67,16 @@ func TestShippedConfig(t *testing.T) {
 		}
 	}
 }
+
+func TestParseRate(t *testing.T) {
+	for in, want := range map[string]int64{"": 0, "100MiB": 100 << 20, "1GiB/s": 1 << 30, "1.5M": 3 << 19, "500KB": 500000, "4096": 4096} {
+		if got, err := parseRate(in); err != nil || got != want {
+			t.Errorf("parseRate(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"-1MiB", "fast", "0", "1PiB"} {
+		if _, err := parseRate(in); err == nil {
+			t.Errorf("parseRate(%q) accepted", in)
+		}
+	}
+}

@@ -126,7 +126,10 @@ func follow(cmd *cobra.Command, c *client.Client, op v1.Operation, err error, wa
 func opPhase(o v1.Operation) string {
 	ph := o.Progress.Phase
 	if ph == "" || (ph == "queued" && o.State != v1.OpPending) {
-		return o.State
+		ph = o.State
+	}
+	if m := o.Progress.Migration; m != nil {
+		ph += migrationLine(*m)
 	}
 	return ph
 }

@@ -61,6 +61,7 @@ func storageCommands(g *globals, vmCmd *cobra.Command) []*cobra.Command {
 			}),
 		newSnapshot(g),
 		newDeploy(g),
+		newMigrate(g),
 	)
 
 	tmpl := &cobra.Command{Use: "template", Short: "Manage templates",

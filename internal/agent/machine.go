@@ -282,6 +282,7 @@ func opHandlers() map[string]opHandler {
 		"resize": withArgs(func(m *machine, ctx context.Context, _ v1.Operation, args v1.ResizeArgs, _ progressFunc) error {
 			return m.resize(ctx, args)
 		}),
+		"migrate":        withArgs(migrateOp),
 		"volume-copy":    withArgs(volumeOp),
 		"volume-flatten": withArgs(volumeOp),
 		"template": withArgs(func(m *machine, ctx context.Context, _ v1.Operation, args v1.TemplateArgs, progress progressFunc) error {

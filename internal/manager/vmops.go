@@ -29,6 +29,7 @@ func (s *Server) storageRoutes() {
 	s.route("POST /api/v1/vms/{name}/clone", s.cloneVM)
 	s.route("POST /api/v1/vms/{name}/suspend", s.suspendVM)
 	s.route("POST /api/v1/vms/{name}/media", s.changeMedia)
+	s.route("POST /api/v1/vms/{name}/migrate", s.migrateVM)
 	s.route("GET /api/v1/vms/{name}/snapshots", s.listSnapshots)
 	s.route("POST /api/v1/vms/{name}/snapshots", s.createSnapshot)
 	s.route("POST /api/v1/vms/{name}/snapshots/{snap}/revert", s.revertSnapshot)

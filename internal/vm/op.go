@@ -41,6 +41,7 @@ var opKinds = map[string]struct {
 	"template":         {TargetVM, func() any { return new(v1.TemplateArgs) }},
 	"clone":            {TargetVM, func() any { return new(v1.CloneArgs) }},
 	"delete":           {TargetVM, func() any { return new(v1.DeleteArgs) }},
+	"migrate":          {TargetVM, func() any { return new(v1.MigrateArgs) }},
 	"volume-copy":      {TargetVolume, func() any { return new(v1.VolumeCopyArgs) }},
 	"volume-flatten":   {TargetVolume, func() any { return new(v1.VolumeCopyArgs) }},
 }
@@ -142,6 +143,8 @@ func validateArgs(op v1.Operation, args any) error {
 				return err
 			}
 		}
+	case *v1.MigrateArgs:
+		return ValidateMigrateArgs(*a)
 	case *v1.VolumeCopyArgs:
 		if a.Pool+"/"+a.Source != op.Target {
 			return invalid("args.source", "%s/%s is not the operation's target %q", a.Pool, a.Source, op.Target)
@@ -151,6 +154,30 @@ func validateArgs(op v1.Operation, args any) error {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+// Limits of the migrate arguments.
+const (
+	MaxDowntimeLimitMs    = 60_000
+	MaxProgressTimeoutSec = 24 * 3600
+)
+
+// ValidateMigrateArgs checks the arguments of a migrate operation; errors
+// name the field as the API reports it.
+func ValidateMigrateArgs(a v1.MigrateArgs) error {
+	if err := ValidateName("args.to", a.To); err != nil {
+		return err
+	}
+	if a.MaxBandwidth < 0 {
+		return invalid("args.maxBandwidth", "must not be negative, got %d", a.MaxBandwidth)
+	}
+	if a.DowntimeLimitMs < 0 || a.DowntimeLimitMs > MaxDowntimeLimitMs {
+		return invalid("args.downtimeLimitMs", "must be 0-%d, got %d", MaxDowntimeLimitMs, a.DowntimeLimitMs)
+	}
+	if a.ProgressTimeoutSec < 0 || a.ProgressTimeoutSec > MaxProgressTimeoutSec {
+		return invalid("args.progressTimeoutSec", "must be 0-%d, got %d", MaxProgressTimeoutSec, a.ProgressTimeoutSec)
 	}
 	return nil
 }

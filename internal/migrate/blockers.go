@@ -1,0 +1,129 @@
+package migrate
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/vm"
+)
+
+// Blocker is a reason a VM cannot be migrated, found before anything
+// starts.
+type Blocker struct {
+	Field  string // the spec field at fault, e.g. "disks[1].image"
+	Reason string
+}
+
+func (b Blocker) String() string { return b.Field + ": " + b.Reason }
+
+// CheckInput is what the blocker checks look at.
+type CheckInput struct {
+	Spec   v1.VMSpec
+	Status v1.VMStatus
+	// Pools are the storage pools of the source host (by name); a disk or
+	// ISO under a pool of type "shared" is reachable from the target.
+	Pools []v1.StoragePool
+	// Source is the host the owner record names; Target where to go.
+	Source, Target string
+	// TargetFreeMiB is the memory the target can still book (after its
+	// overcommit policy); TargetAlive its liveness; TargetMaintenance
+	// whether it is in maintenance.
+	TargetFreeMiB     int64
+	TargetAlive       bool
+	TargetMaintenance bool
+}
+
+// Blockers lists everything that keeps in.Spec from migrating to
+// in.Target. It is pure; the master calls it before the first step, so a
+// blocked migration touches nothing.
+func Blockers(in CheckInput) []Blocker {
+	var bs []Blocker
+	add := func(f, format string, a ...any) { bs = append(bs, Blocker{f, fmt.Sprintf(format, a...)}) }
+	if in.Target == in.Source {
+		add("to", "the vm already runs on %s", in.Target)
+	}
+	if !in.TargetAlive {
+		add("to", "host %s is not alive", in.Target)
+	}
+	if in.TargetMaintenance {
+		add("to", "host %s is in maintenance", in.Target)
+	}
+	if in.Status.State != v1.StateRunning && in.Status.State != v1.StatePaused {
+		add("status.state", "only a running or paused vm migrates live (it is %s)", in.Status.State)
+	}
+	if int64(in.Spec.MemoryMiB) > in.TargetFreeMiB {
+		add("memoryMiB", "host %s has %d MiB free, the vm needs %d MiB", in.Target, in.TargetFreeMiB, in.Spec.MemoryMiB)
+	}
+	if in.Spec.CPUModel == "host" {
+		add("cpuModel", "cpu model host cannot migrate between hosts; use the pool's named model")
+	}
+	for i, d := range in.Spec.Disks {
+		f := fmt.Sprintf("disks[%d]", i)
+		if d.Media == "cdrom" {
+			if d.Name == vm.CloudInitDisk || d.Image == "" {
+				continue // the target writes the seed again from the spec; an empty drive has nothing
+			}
+			if !onShared(in.Pools, d.Image) {
+				add(f+".image", "cdrom %s holds %s, a file of host %s only (eject it or put it on a shared pool)", d.Name, d.Image, in.Source)
+			}
+			continue
+		}
+		ds := diskStatus(in.Status, d.Name)
+		if ds == nil {
+			add(f, "disk %s has no volume yet", d.Name)
+			continue
+		}
+		shared := onShared(in.Pools, ds.Path)
+		if d.Shareable && !shared {
+			add(f+".shareable", "disk %s is shared with other vms on a local pool: it cannot be copied while they write it", d.Name)
+		}
+		if !shared && ds.Top != "" && ds.Top != ds.Path {
+			add(f, "disk %s has snapshot overlays on a local pool: commit or discard its snapshots first", d.Name)
+		}
+	}
+	return bs
+}
+
+func diskStatus(st v1.VMStatus, name string) *v1.DiskStatus {
+	for i := range st.Disks {
+		if st.Disks[i].Name == name {
+			return &st.Disks[i]
+		}
+	}
+	return nil
+}
+
+// onShared says whether path lies inside a pool of type shared.
+func onShared(pools []v1.StoragePool, path string) bool {
+	if !filepath.IsAbs(path) {
+		return false
+	}
+	p := filepath.Clean(path)
+	for _, pl := range pools {
+		if pl.Type != "shared" || pl.Path == "" {
+			continue
+		}
+		root := filepath.Clean(pl.Path)
+		if strings.HasPrefix(p, root+string(filepath.Separator)) {
+			return true
+		}
+	}
+	return false
+}
+
+// LocalDisks lists the disks of a VM that must be mirrored to the target
+// (on a pool of the source host only), in spec order.
+func LocalDisks(spec v1.VMSpec, st v1.VMStatus, pools []v1.StoragePool) []v1.DiskStatus {
+	var out []v1.DiskStatus
+	for _, d := range spec.Disks {
+		if d.Media == "cdrom" {
+			continue
+		}
+		if ds := diskStatus(st, d.Name); ds != nil && !onShared(pools, ds.Path) {
+			out = append(out, *ds)
+		}
+	}
+	return out
+}

@@ -1,0 +1,198 @@
+package migrate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/etcdembed/etcdtest"
+	"hangar/internal/inventory"
+	"hangar/internal/store"
+)
+
+// leader is a fake fenced commit: every txn is conditioned on the leader
+// key's revision, as master.Session.Commit conditions on its election key.
+type leader struct {
+	s   store.Store
+	rev int64
+}
+
+func (l *leader) Commit(ctx context.Context, conds []store.Cond, ops ...store.Op) (int64, error) {
+	return l.s.Txn(ctx, append(conds, store.Cond{Key: "/test/leader", ExpectRev: l.rev}), ops...)
+}
+
+func putJSON(t *testing.T, s store.Store, key string, v any) {
+	t.Helper()
+	b, _ := json.Marshal(v)
+	if _, err := s.Put(context.Background(), key, b, store.AnyRevision); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func getJSON(t *testing.T, s store.Store, key string, v any) bool {
+	t.Helper()
+	kv, err := s.Get(context.Background(), key)
+	if errors.Is(err, store.ErrNotFound) {
+		return false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(kv.Value, v); err != nil {
+		t.Fatal(err)
+	}
+	return true
+}
+
+// fakeAgents plays both agents from the records (SourceStep/TargetStep),
+// writing only their parts, until ctx ends.
+func fakeAgents(ctx context.Context, t *testing.T, s store.Store, vmName string, sourceFails bool) {
+	for ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+		var rec Record
+		if !getJSON(t, s, inventory.MigrationKey(vmName), &rec) {
+			continue
+		}
+		var sp *SourcePart
+		var tp *TargetPart
+		var spv SourcePart
+		var tpv TargetPart
+		if getJSON(t, s, inventory.MigrationPartKey(vmName, "source"), &spv) {
+			sp = &spv
+		}
+		if getJSON(t, s, inventory.MigrationPartKey(vmName, "target"), &tpv) {
+			tp = &tpv
+		}
+		var owner inventory.Owner
+		getJSON(t, s, inventory.OwnerKey(vmName), &owner)
+		switch TargetStep(rec, tp, owner.Host) {
+		case TargetPrepare:
+			putJSON(t, s, inventory.MigrationPartKey(vmName, "target"), TargetPart{State: TgtListening, IP: "10.99.0.2", Port: 49152})
+		case TargetResume:
+			putJSON(t, s, inventory.MigrationPartKey(vmName, "target"), TargetPart{State: TgtRunning})
+		case TargetRemove:
+			putJSON(t, s, inventory.MigrationPartKey(vmName, "target"), TargetPart{State: TgtCleaned})
+		}
+		switch SourceStep(rec, sp, true) {
+		case SourceMigrate:
+			if sourceFails {
+				putJSON(t, s, inventory.MigrationPartKey(vmName, "source"), SourcePart{State: SrcFailed, Error: "connection reset"})
+				continue
+			}
+			putJSON(t, s, inventory.MigrationPartKey(vmName, "source"), SourcePart{State: SrcMigrating,
+				Progress: v1.Progress{Fraction: 0.5, Phase: "ram"}})
+			time.Sleep(50 * time.Millisecond)
+			putJSON(t, s, inventory.MigrationPartKey(vmName, "source"), SourcePart{State: SrcPaused, DowntimeMs: 20})
+		case SourceRollBack:
+			putJSON(t, s, inventory.MigrationPartKey(vmName, "source"), SourcePart{State: SrcRolledBack})
+		case SourceCleanup:
+			putJSON(t, s, inventory.MigrationPartKey(vmName, "source"), SourcePart{State: SrcCleaned})
+		}
+	}
+}
+
+func TestDrive(t *testing.T) {
+	m := etcdtest.Start(t)
+	s := store.NewEtcd(m.Client())
+	for _, tc := range []struct {
+		name        string
+		sourceFails bool
+		blockers    []Blocker
+		wantOwner   inventory.Owner
+		wantState   string
+	}{
+		{"completes", false, nil, inventory.Owner{Host: "h2", Epoch: 4}, v1.OpSucceeded},
+		{"source fails", true, nil, inventory.Owner{Host: "h1", Epoch: 3}, v1.OpFailed},
+		{"blocked", false, []Blocker{{"disks[1].image", "local iso"}}, inventory.Owner{Host: "h1", Epoch: 3}, v1.OpFailed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			vmName := map[string]string{"completes": "web", "source fails": "db", "blocked": "app"}[tc.name]
+			lrev, err := s.Put(ctx, "/test/leader", []byte("me"), store.AnyRevision)
+			if err != nil {
+				t.Fatal(err)
+			}
+			putJSON(t, s, inventory.OwnerKey(vmName), inventory.Owner{Host: "h1", Epoch: 3})
+			op := v1.Operation{ID: "0f8fad5b-d9cb-469f-a165-70867728950e", Kind: "migrate", Target: vmName, State: v1.OpPending}
+			putJSON(t, s, inventory.OpKey(op.ID), op)
+			rec, err := NewRecord(op, v1.MigrateArgs{To: "h2"}, "h1", 3, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ops, _ := RecordOps(rec)
+			if _, err := s.Txn(ctx, nil, ops...); err != nil {
+				t.Fatal(err)
+			}
+			actx, acancel := context.WithCancel(ctx)
+			defer acancel()
+			go fakeAgents(actx, t, s, vmName, tc.sourceFails)
+			deps := Deps{Store: s, Fenced: &leader{s: s, rev: lrev}, Poll: 50 * time.Millisecond,
+				Check:     func(context.Context, Record) ([]Blocker, error) { return tc.blockers, nil },
+				HostAlive: func(context.Context, string) (bool, error) { return true, nil }}
+			if err := Drive(ctx, deps, vmName); err != nil {
+				t.Fatal(err)
+			}
+			var owner inventory.Owner
+			getJSON(t, s, inventory.OwnerKey(vmName), &owner)
+			if owner != tc.wantOwner {
+				t.Errorf("owner %+v, want %+v", owner, tc.wantOwner)
+			}
+			var got v1.Operation
+			getJSON(t, s, inventory.OpKey(op.ID), &got)
+			if got.State != tc.wantState {
+				t.Errorf("operation %s (%+v), want %s", got.State, got.Error, tc.wantState)
+			}
+			for _, k := range []string{inventory.MigrationKey(vmName), inventory.MigrationPartKey(vmName, "source"), inventory.MigrationPartKey(vmName, "target")} {
+				if _, err := s.Get(ctx, k); !errors.Is(err, store.ErrNotFound) {
+					t.Errorf("%s left: %v", k, err)
+				}
+			}
+		})
+	}
+}
+
+// TestDriveDeposedMaster: a master whose leadership key changed writes
+// nothing (its fenced commits fail); a new master finishes the migration.
+func TestDriveDeposedMaster(t *testing.T) {
+	m := etcdtest.Start(t)
+	s := store.NewEtcd(m.Client())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	old, _ := s.Put(ctx, "/test/leader", []byte("old"), store.AnyRevision)
+	putJSON(t, s, inventory.OwnerKey("web"), inventory.Owner{Host: "h1", Epoch: 3})
+	op := v1.Operation{ID: "0f8fad5b-d9cb-469f-a165-70867728950e", Kind: "migrate", Target: "web", State: v1.OpPending}
+	putJSON(t, s, inventory.OpKey(op.ID), op)
+	rec, _ := NewRecord(op, v1.MigrateArgs{To: "h2"}, "h1", 3, time.Now())
+	ops, _ := RecordOps(rec)
+	s.Txn(ctx, nil, ops...)
+	now, _ := s.Put(ctx, "/test/leader", []byte("new"), store.AnyRevision)
+	deps := Deps{Store: s, Fenced: &leader{s: s, rev: old}, Poll: 20 * time.Millisecond,
+		Check:     func(context.Context, Record) ([]Blocker, error) { return nil, nil },
+		HostAlive: func(context.Context, string) (bool, error) { return true, nil }}
+	dctx, dcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer dcancel()
+	if err := Drive(dctx, deps, "web"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("deposed master's Drive: %v", err)
+	}
+	var r Record
+	getJSON(t, s, inventory.MigrationKey("web"), &r)
+	if r.Phase != Pending {
+		t.Fatalf("a deposed master moved the phase to %s", r.Phase)
+	}
+	actx, acancel := context.WithCancel(ctx)
+	defer acancel()
+	go fakeAgents(actx, t, s, "web", false)
+	deps.Fenced = &leader{s: s, rev: now}
+	if err := Drive(ctx, deps, "web"); err != nil {
+		t.Fatal(err)
+	}
+	var owner inventory.Owner
+	getJSON(t, s, inventory.OwnerKey("web"), &owner)
+	if owner != (inventory.Owner{Host: "h2", Epoch: 4}) {
+		t.Errorf("owner %+v", owner)
+	}
+}

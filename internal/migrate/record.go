@@ -1,0 +1,262 @@
+// Package migrate is a live migration as one recorded state machine: the
+// pool master writes the phase (/hangar/migrations/<vm>), the source and
+// the target agent each write only their own part (.../<vm>/source,
+// .../<vm>/target), and every decision is a pure function of those records
+// (Next for the master, SourceStep and TargetStep for the agents), so a
+// master or agent that restarts resumes from etcd with the same decision.
+//
+// The one moment that decides where the VM runs is the switch-over: one
+// fenced transaction moves the owner record to the target (epoch + 1) and
+// the phase to switched-over, and only after it may the target resume the
+// guest. Before it, any failure aborts and the source, which never stopped
+// running (or is resumed from its post-migration pause), keeps the VM.
+package migrate
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"time"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/vm"
+)
+
+// Phase is where a migration is, as the master records it.
+type Phase string
+
+// The phases, in order; Aborting and RolledBack are the failure path.
+const (
+	Pending        Phase = "pending"         // recorded with its Operation; nothing checked yet
+	Checked        Phase = "checked"         // no blocker; the target may prepare
+	TargetPrepared Phase = "target-prepared" // target QEMU listening (-incoming), NBD exports up; the source may start
+	Mirroring      Phase = "mirroring"       // source copies local disks to the exports
+	MirrorReady    Phase = "mirror-ready"    // every mirror READY (writes go to both)
+	Migrating      Phase = "migrating"       // RAM and device state moving
+	SwitchedOver   Phase = "switched-over"   // owner moved to the target (epoch+1), in the same txn as this phase
+	Cleaning       Phase = "cleaning"        // target runs the guest; the source removes its QEMU and local files
+	Done           Phase = "done"            // nothing left anywhere; records are deleted
+	Aborting       Phase = "aborting"        // before switch-over: source resumes/keeps running, target is removed
+	RolledBack     Phase = "rolled-back"     // abort finished; records are deleted
+)
+
+var phaseOrder = []Phase{Pending, Checked, TargetPrepared, Mirroring, MirrorReady, Migrating, SwitchedOver, Cleaning, Done}
+
+// rank orders the forward phases; the failure phases rank after Migrating
+// and before SwitchedOver would not make sense, so they get -1.
+func rank(p Phase) int { return slices.Index(phaseOrder, p) }
+
+// BeforeSwitchOver says whether an abort is still possible (the source
+// owns the VM).
+func (p Phase) BeforeSwitchOver() bool { r := rank(p); return r >= 0 && r < rank(SwitchedOver) }
+
+func (p Phase) valid() bool { return rank(p) >= 0 || p == Aborting || p == RolledBack }
+
+// Record is the master's record of one migration (/hangar/migrations/<vm>).
+type Record struct {
+	VM     string `json:"vm"`
+	OpID   string `json:"opID"`
+	Source string `json:"source"`
+	Target string `json:"target"`
+	Phase  Phase  `json:"phase"`
+	// Epoch is the owner record's epoch when the migration started (the
+	// source's): the switch-over is conditioned on it and writes Epoch+1.
+	Epoch int64          `json:"epoch"`
+	Args  v1.MigrateArgs `json:"args"`
+	// Error says why the migration is aborting.
+	Error   string    `json:"error,omitempty"`
+	Created time.Time `json:"created"`
+	Updated time.Time `json:"updated"`
+}
+
+// Source part states, written by the source agent.
+const (
+	SrcStarting    = "starting"     // claimed (conditioned on the target-prepared record)
+	SrcMirroring   = "mirroring"    // local disks copying
+	SrcMirrorReady = "mirror-ready" // all mirrors READY
+	SrcMigrating   = "migrating"    // RAM moving
+	SrcPaused      = "paused"       // migration completed: source paused, disks in sync, NBD nodes gone
+	SrcFailed      = "failed"       // the migration failed and was rolled back: the source runs
+	SrcRolledBack  = "rolled-back"  // aborted by the master: the source runs
+	SrcCleaned     = "cleaned"      // after switch-over: source QEMU gone, local disk files removed
+)
+
+// SourcePart is the source agent's part (/hangar/migrations/<vm>/source).
+type SourcePart struct {
+	State    string      `json:"state"`
+	Progress v1.Progress `json:"progress"`
+	// DowntimeMs and TotalMs are QEMU's figures of a completed migration.
+	DowntimeMs int64     `json:"downtimeMs,omitempty"`
+	TotalMs    int64     `json:"totalMs,omitempty"`
+	Error      string    `json:"error,omitempty"`
+	Updated    time.Time `json:"updated"`
+}
+
+// Target part states, written by the target agent.
+const (
+	TgtPreparing = "preparing" // claimed (conditioned on the checked record): volumes and QEMU being made
+	TgtListening = "listening" // QEMU -incoming on IP:Port, NBD exports on IP:NBDPort
+	TgtRunning   = "running"   // after switch-over: guest resumed on the target
+	TgtFailed    = "failed"    // preparing failed; its QEMU and volumes are already removed
+	TgtCleaned   = "cleaned"   // aborted: QEMU killed, partial volumes removed
+)
+
+// TargetDisk is one volume the target made for a local disk.
+type TargetDisk struct {
+	Name   string `json:"name"`   // spec disk name
+	Volume string `json:"volume"` // "pool/name" on the target
+	Export string `json:"export"` // NBD export name (its node name)
+}
+
+// TargetPart is the target agent's part (/hangar/migrations/<vm>/target).
+type TargetPart struct {
+	State   string       `json:"state"`
+	IP      string       `json:"ip,omitempty"`
+	Port    int          `json:"port,omitempty"`
+	NBDPort int          `json:"nbdPort,omitempty"`
+	Disks   []TargetDisk `json:"disks,omitempty"`
+	// Multifd: the target's QEMU took multifd (the source uses it only then).
+	Multifd bool      `json:"multifd,omitempty"`
+	Error   string    `json:"error,omitempty"`
+	Updated time.Time `json:"updated"`
+}
+
+// ErrInvalidRecord is wrapped by the errors of a record that fails its
+// checks: state is input, a bad record is never acted on.
+var ErrInvalidRecord = errors.New("invalid migration record")
+
+func invalid(what, format string, a ...any) error {
+	return fmt.Errorf("%w: %s: %s", ErrInvalidRecord, what, fmt.Sprintf(format, a...))
+}
+
+// decodeStrict decodes one JSON value into v, refusing unknown fields and
+// trailing data.
+func decodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data")
+	}
+	return nil
+}
+
+// DecodeRecord decodes and validates the master's record of vm.
+func DecodeRecord(vmName string, b []byte) (Record, error) {
+	var r Record
+	if err := decodeStrict(b, &r); err != nil {
+		return r, invalid("migration of "+vmName, "%v", err)
+	}
+	return r, r.Validate(vmName)
+}
+
+// Validate checks a record read for vm.
+func (r Record) Validate(vmName string) error {
+	what := "migration of " + vmName
+	if r.VM != vmName {
+		return invalid(what, "record names vm %q", r.VM)
+	}
+	if err := vm.ValidateName("vm", r.VM); err != nil {
+		return invalid(what, "%v", err)
+	}
+	if err := vm.ValidateOpID("opID", r.OpID); err != nil {
+		return invalid(what, "%v", err)
+	}
+	for f, h := range map[string]string{"source": r.Source, "target": r.Target} {
+		if err := vm.ValidateName(f, h); err != nil {
+			return invalid(what, "%v", err)
+		}
+	}
+	if r.Source == r.Target {
+		return invalid(what, "source and target are both %q", r.Source)
+	}
+	if !r.Phase.valid() {
+		return invalid(what, "unknown phase %q", r.Phase)
+	}
+	if r.Epoch < 0 {
+		return invalid(what, "epoch %d", r.Epoch)
+	}
+	if err := ValidateArgs(r.Args); err != nil {
+		return invalid(what, "%v", err)
+	}
+	if len(r.Error) > 4096 {
+		return invalid(what, "error of %d bytes", len(r.Error))
+	}
+	return nil
+}
+
+// ValidateArgs checks the arguments of a migrate operation (vm owns the
+// rules, so that the API and ValidateOp use the same).
+func ValidateArgs(a v1.MigrateArgs) error { return vm.ValidateMigrateArgs(a) }
+
+// DecodeSource decodes and validates the source agent's part.
+func DecodeSource(b []byte) (SourcePart, error) {
+	var p SourcePart
+	if err := decodeStrict(b, &p); err != nil {
+		return p, invalid("source part", "%v", err)
+	}
+	if !slices.Contains([]string{SrcStarting, SrcMirroring, SrcMirrorReady, SrcMigrating, SrcPaused, SrcFailed, SrcRolledBack, SrcCleaned}, p.State) {
+		return p, invalid("source part", "unknown state %q", p.State)
+	}
+	if p.DowntimeMs < 0 || p.TotalMs < 0 || len(p.Error) > 4096 {
+		return p, invalid("source part", "bad figures or error")
+	}
+	return p, nil
+}
+
+// DecodeTarget decodes and validates the target agent's part; the address
+// and export names are what the source builds QMP commands from.
+func DecodeTarget(b []byte) (TargetPart, error) {
+	var p TargetPart
+	if err := decodeStrict(b, &p); err != nil {
+		return p, invalid("target part", "%v", err)
+	}
+	if !slices.Contains([]string{TgtPreparing, TgtListening, TgtRunning, TgtFailed, TgtCleaned}, p.State) {
+		return p, invalid("target part", "unknown state %q", p.State)
+	}
+	if p.State == TgtListening {
+		if ip := net.ParseIP(p.IP); ip == nil || ip.IsUnspecified() {
+			return p, invalid("target part", "ip %q", p.IP)
+		}
+		if p.Port < 1 || p.Port > 65535 || p.NBDPort < 0 || p.NBDPort > 65535 || (len(p.Disks) > 0 && p.NBDPort == 0) {
+			return p, invalid("target part", "ports %d, %d", p.Port, p.NBDPort)
+		}
+	}
+	for i, d := range p.Disks {
+		if err := vm.ValidateName(fmt.Sprintf("disks[%d].name", i), d.Name); err != nil {
+			return p, invalid("target part", "%v", err)
+		}
+		if err := vm.ValidateVolumeRef(fmt.Sprintf("disks[%d].volume", i), d.Volume); err != nil {
+			return p, invalid("target part", "%v", err)
+		}
+		if !validNodeName(d.Export) {
+			return p, invalid("target part", "disks[%d].export %q", i, d.Export)
+		}
+	}
+	if len(p.Error) > 4096 {
+		return p, invalid("target part", "error of %d bytes", len(p.Error))
+	}
+	return p, nil
+}
+
+// validNodeName: QEMU node names (≤31 bytes, letter first, then letters,
+// digits, '-', '_', '.').
+func validNodeName(s string) bool {
+	if len(s) == 0 || len(s) > 31 {
+		return false
+	}
+	for i, c := range s {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z':
+		case i > 0 && (c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'):
+		default:
+			return false
+		}
+	}
+	return true
+}

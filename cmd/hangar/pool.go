@@ -107,11 +107,11 @@ func newHostRemove(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "remove HOST",
 		Short: "Take a host out of the pool",
-		Long: `Take a host out of the pool: its etcd membership (if it is a member) and its records.
-It is refused while VMs are placed on the host (evacuate it first), for the host that
-answers the request (ask another), and for the pool's only etcd member. The removed
-host's hangar serve stops working; start it again only with a fresh data dir and a new
-join token.`,
+		Long: `Take a stopped host out of the pool: its etcd membership (if it is a member) and its
+records. It is refused while the host is alive (stop hangar serve there first), while VMs
+are placed on it (evacuate it first), for the host that answers the request (ask
+another), and for the pool's only etcd member. To bring the machine back, start it with a
+fresh data dir and a new join token.`,
 		Example:           "  hangar host remove h3\n  hangar --server https://h2:8443 --credentials ./alice host remove h1",
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: complete(g, g.hostNames),

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"os"
@@ -16,6 +17,8 @@ import (
 
 	v1 "hangar/api/v1"
 	"hangar/client"
+	"hangar/internal/etcdembed"
+	"hangar/internal/etcdembed/etcdtest"
 	"hangar/internal/pki"
 )
 
@@ -268,5 +271,118 @@ func TestListenerFromPoolCA(t *testing.T) {
 	code, body, err := anon.Raw(ctx, "POST", "/api/v1/pool/join", []byte(`{"token":"hgjoin1.nope","host":"h2","csr":"x","address":"127.0.0.2:8443"}`))
 	if err != nil || code != 401 || !strings.Contains(string(body), "malformed") {
 		t.Errorf("join with a bad token: %d %s %v", code, body, err)
+	}
+}
+
+// TestExternalEtcd: --etcd-endpoints runs no embedded member (role
+// external) on an etcd cluster the test started (TLS client URL, client
+// certificate of its own CA); a second host joins it through the first
+// with --etcd-endpoints too, gets the pool's CA and secrets key but not the
+// CA key, and both see each other.
+func TestExternalEtcd(t *testing.T) {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86): hangar serve cannot start")
+	}
+	ctx := context.Background()
+	ecfg := etcdtest.Config(t, "ext")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoint := "https://" + l.Addr().String()
+	l.Close()
+	ecfg.ClientURLs = []string{endpoint}
+	m, err := etcdembed.Start(ctx, ecfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	etcdCA, err := pki.OpenCA(filepath.Dir(ecfg.TLS.CAFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, err := etcdCA.IssueHost("hangar", []net.IP{net.ParseIP("127.0.0.1")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "etcd.crt"), filepath.Join(dir, "etcd.key")
+	if err := kp.WriteFiles(cert, key); err != nil {
+		t.Fatal(err)
+	}
+	freePort := func(ip string) string {
+		l, err := net.Listen("tcp", ip+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}
+	ext := func(c Config) Config {
+		c.EtcdEndpoints, c.EtcdCA, c.EtcdCert, c.EtcdKey, c.Accel = []string{endpoint}, ecfg.TLS.CAFile, cert, key, "tcg"
+		return c
+	}
+	runDir := func() string {
+		r, err := os.MkdirTemp("", "hgd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(r) })
+		return r
+	}
+	d1, err := Start(ctx, ext(Config{DataDir: filepath.Join(dir, "h1"), RunDir: runDir(), Host: "h1", Listen: "127.0.0.1:0", VMUIDRange: "1879101000-1879101999"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d1.Close()
+	if d1.Role != v1.RoleExternal || d1.member != nil {
+		t.Fatalf("role %s, member %v", d1.Role, d1.member)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "h1", "etcd")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("an embedded member's data dir with --etcd-endpoints: %v", err)
+	}
+	c1 := client.New(d1.Socket)
+	tok, err := c1.JoinToken(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Joining without --etcd-endpoints is refused before anything is written.
+	if _, err := Start(ctx, Config{DataDir: filepath.Join(dir, "bad"), RunDir: runDir(), Host: "h2", Listen: freePort("127.0.0.2"),
+		Join: d1.TCPAddr, Token: tok.Token, EtcdPeerURL: "https://127.0.0.2:1", EtcdClientURL: "https://127.0.0.2:2", Accel: "tcg"}); err == nil ||
+		!strings.Contains(err.Error(), "external etcd") {
+		t.Fatalf("join of an external pool without --etcd-endpoints: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bad", "pool.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused join left pool.json: %v", err)
+	}
+	d2, err := Start(ctx, ext(Config{DataDir: filepath.Join(dir, "h2"), RunDir: runDir(), Host: "h2", Listen: freePort("127.0.0.2"),
+		Join: d1.TCPAddr, Token: tok.Token, VMUIDRange: "1879102000-1879102999"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	if d2.Role != v1.RoleExternal {
+		t.Errorf("joined role %s", d2.Role)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "h2", "pki", "ca.key")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the joiner of an external pool got the CA key: %v", err)
+	}
+	k1, _ := os.ReadFile(filepath.Join(dir, "h1", "secrets.key"))
+	k2, _ := os.ReadFile(filepath.Join(dir, "h2", "secrets.key"))
+	if len(k1) != 32 || string(k1) != string(k2) {
+		t.Errorf("secrets keys differ")
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		hs, err := client.New(d2.Socket).Hosts(ctx)
+		if err == nil && len(hs) == 2 && hs[0].Role == v1.RoleExternal && hs[1].Role == v1.RoleExternal {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hosts seen by h2: %+v %v", hs, err)
+		}
+	}
+	p, err := c1.PoolInfo(ctx)
+	if err != nil || len(p.External) != 1 || p.External[0] != endpoint || len(p.Members) != 0 {
+		t.Errorf("pool info %+v %v", p, err)
 	}
 }

@@ -85,8 +85,8 @@ func checkFlags(cfg *Config) (net.IP, error) {
 	} else if cfg.EtcdCA != "" || cfg.EtcdCert != "" || cfg.EtcdKey != "" {
 		return nil, errors.New("--etcd-ca, --etcd-cert and --etcd-key are for --etcd-endpoints")
 	}
-	if cfg.Join != "" && ip == nil {
-		return nil, errors.New("--join needs --listen IP:PORT with this host's IP address: the pool reaches the host there and its certificate names it")
+	if cfg.Join != "" && (ip == nil || strings.HasSuffix(cfg.Listen, ":0")) {
+		return nil, errors.New("--join needs --listen IP:PORT with this host's IP address and a port: the pool reaches the host there and its certificate names it")
 	}
 	if !external && ip != nil && !ip.IsLoopback() {
 		if cfg.EtcdPeerURL == "" {
@@ -312,7 +312,11 @@ func startMember(ctx context.Context, cfg Config, state *join.State, files etcde
 			endpoints = stillLearner(ctx, m.Client(), state.MemberID)
 		}
 		if len(endpoints) > 0 {
-			if err := promote(ctx, cfg, state.MemberID, endpoints, host, ca); err != nil {
+			err := promote(ctx, cfg, state.MemberID, endpoints, host, ca)
+			if err == nil {
+				err = votingLocally(ctx, m.Client(), state.MemberID)
+			}
+			if err != nil {
 				_ = m.Close()
 				return nil, err
 			}
@@ -353,6 +357,25 @@ func promote(ctx context.Context, cfg Config, memberID string, endpoints []strin
 		case <-ctx.Done():
 			return fmt.Errorf("etcd member %s did not catch up with the leader within %s: %w", memberID, promoteTimeout, err)
 		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// votingLocally waits until this member has applied its own promotion
+// (until then it refuses reads and writes as a learner).
+func votingLocally(ctx context.Context, c *clientv3.Client, memberID string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		if stillLearner(ctx, c, memberID) == nil {
+			if _, err := c.Get(ctx, inventory.PoolRecord); err == nil {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("etcd member %s: promoted, but still a learner locally: %w", memberID, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }

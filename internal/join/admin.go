@@ -62,9 +62,10 @@ func EvacuateBeforeRemove(ctx context.Context, st store.Store, host string) erro
 	return nil
 }
 
-// RemoveHost takes a host out of the pool: evacuation first
+// RemoveHost takes a stopped host out of the pool: evacuation first
 // (EvacuateBeforeRemove), then its etcd membership, then its records. The
-// host answering cannot remove itself (it would cut its own etcd).
+// host answering cannot remove itself (it would cut its own etcd), nor can
+// a host that is alive be removed.
 func (s *Server) RemoveHost(ctx context.Context, host string) error {
 	if err := vm.ValidateName("name", host); err != nil {
 		return err
@@ -73,12 +74,17 @@ func (s *Server) RemoveHost(ctx context.Context, host string) error {
 		return errdefs.Precondition("host %q answers this request and cannot remove itself: ask another host of the pool (hangar --server https://OTHER:8443 host remove %s)", host, host)
 	}
 	known := false
-	for _, k := range []string{inventory.HostInfoKey(host), inventory.HostKey(host)} {
-		if _, err := s.Store.Get(ctx, k); err == nil {
-			known = true
-		} else if !errors.Is(err, store.ErrNotFound) {
-			return err
-		}
+	if _, err := s.Store.Get(ctx, inventory.HostInfoKey(host)); err == nil {
+		known = true
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	// A live host would publish its facts again (and a live member keep
+	// serving): it must be stopped first.
+	if _, err := s.Store.Get(ctx, inventory.HostKey(host)); err == nil {
+		return errdefs.Precondition("host %q is alive: stop hangar serve on it first (its liveness lease ends within seconds)", host)
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return err
 	}
 	var member *Member
 	if s.Cluster != nil {

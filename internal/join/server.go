@@ -297,7 +297,7 @@ func (s *Server) Join(ctx context.Context, req v1.JoinRequest) (v1.JoinAnswer, e
 		}
 	})
 	if ans.Role == v1.RoleMember {
-		id, after, err := s.Cluster.AddLearner(ctx, peerURL)
+		id, after, err := s.addLearner(ctx, peerURL)
 		if err != nil {
 			return v1.JoinAnswer{}, errdefs.Precondition("join %s: add etcd learner: %v", req.Host, err)
 		}
@@ -308,6 +308,30 @@ func (s *Server) Join(ctx context.Context, req v1.JoinRequest) (v1.JoinAnswer, e
 	rev.Success()
 	s.log().Info("host joined", "host", req.Host, "role", ans.Role, "address", req.Address, "serial", cert.SerialNumber.Text(16))
 	return ans, nil
+}
+
+// unhealthyWait bounds how long a join waits for etcd to admit a new
+// member: etcd refuses a member change ("unhealthy cluster") until every
+// voting member has been connected for 5 s, e.g. right after the previous
+// joiner was promoted, and admits one learner at a time ("too many
+// learner members": another joiner is catching up).
+const unhealthyWait = 30 * time.Second
+
+func (s *Server) addLearner(ctx context.Context, peerURL string) (uint64, []Member, error) {
+	deadline := time.Now().Add(unhealthyWait)
+	for {
+		id, after, err := s.Cluster.AddLearner(ctx, peerURL)
+		retry := err != nil && (strings.Contains(err.Error(), "unhealthy cluster") || strings.Contains(err.Error(), "too many learner"))
+		if !retry || time.Now().After(deadline) {
+			return id, after, err
+		}
+		s.log().Debug("etcd not ready for another member yet", "peer", peerURL, "err", err)
+		select {
+		case <-ctx.Done():
+			return 0, nil, err
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // nameFree refuses a host name already in the pool.

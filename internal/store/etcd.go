@@ -190,6 +190,13 @@ func (s *Etcd) Txn(ctx context.Context, conds []Cond, ops ...Op) (int64, error) 
 		if c.ExpectRev == AnyRevision {
 			continue
 		}
+		if c.Prefix {
+			if c.ExpectRev <= 0 {
+				return 0, fmt.Errorf("etcd txn: prefix cond %q: invalid revision %d", c.Key, c.ExpectRev)
+			}
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(c.Key).WithPrefix(), "<", c.ExpectRev+1))
+			continue
+		}
 		cmp, err := revCompare(c.Key, c.ExpectRev)
 		if err != nil {
 			return 0, fmt.Errorf("etcd txn: cond %q: %w", c.Key, err)

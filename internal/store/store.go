@@ -70,7 +70,15 @@ type Op struct {
 type Cond struct {
 	Key       string
 	ExpectRev int64 // MustNotExist or an exact modification revision
+	// Prefix makes the condition "no key under the prefix Key was written
+	// after revision ExpectRev" (a plan read at ExpectRev is still true of
+	// the keys it read; a deleted key is not seen). ExpectRev must be > 0.
+	Prefix bool
 }
+
+// Unchanged is the condition that nothing under prefix was written after
+// revision rev.
+func Unchanged(prefix string, rev int64) Cond { return Cond{Key: prefix, ExpectRev: rev, Prefix: true} }
 
 // PutOp writes value at key if the key's revision is expectRev.
 func PutOp(key string, value []byte, expectRev int64) Op {

@@ -44,6 +44,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"TxnAllOrNothing", testTxnAllOrNothing},
 		{"TxnApplies", testTxnApplies},
 		{"TxnCondFencing", testTxnCondFencing},
+		{"TxnCondUnchanged", testTxnCondUnchanged},
 		{"WatchFromRevision", testWatchFromRevision},
 		{"WatchAfterList", testWatchAfterList},
 		{"WatchFromNow", testWatchFromNow},
@@ -417,6 +418,36 @@ func testTxnCondFencing(t *testing.T, s store.Store, p string) {
 	}
 	_, err = s.Txn(ctx, []store.Cond{{Key: fence, ExpectRev: term1}})
 	wantErr(t, "txn with failing cond and no ops", err, store.ErrConflict)
+}
+
+// testTxnCondUnchanged: a plan read at revision R commits only while no key
+// under the prefix it read was written after R.
+func testTxnCondUnchanged(t *testing.T, s store.Store, p string) {
+	ctx := ctxT(t)
+	pre := p + "alloc/h1/"
+	// An empty prefix is unchanged at any revision.
+	r0 := mustPut(t, s, p+"elsewhere", "x", store.MustNotExist)
+	if _, err := s.Txn(ctx, []store.Cond{store.Unchanged(pre, r0)}, store.PutOp(pre+"a", []byte("1"), store.MustNotExist)); err != nil {
+		t.Fatalf("txn on an empty prefix: %v", err)
+	}
+	read := mustGet(t, s, pre+"a").Revision
+	// A write outside the prefix does not matter.
+	mustPut(t, s, p+"elsewhere", "y", store.AnyRevision)
+	if _, err := s.Txn(ctx, []store.Cond{store.Unchanged(pre, read)}, store.PutOp(pre+"b", []byte("1"), store.MustNotExist)); err != nil {
+		t.Fatalf("txn with an unchanged prefix: %v", err)
+	}
+	// A write under the prefix after the plan's revision fails it.
+	_, err := s.Txn(ctx, []store.Cond{store.Unchanged(pre, read)}, store.PutOp(pre+"c", []byte("1"), store.MustNotExist))
+	wantErr(t, "txn on a prefix written after the plan", err, store.ErrConflict)
+	wantNotFound(t, s, pre+"c")
+	// A key that merely shares the prefix's first bytes is under it too
+	// (prefixes end in "/" for that reason): "alloc/h1/" does not cover
+	// "alloc/h10/".
+	latest := mustGet(t, s, pre+"b").Revision
+	mustPut(t, s, p+"alloc/h10/x", "1", store.MustNotExist)
+	if _, err := s.Txn(ctx, []store.Cond{store.Unchanged(pre, latest)}); err != nil {
+		t.Fatalf("a sibling prefix changed the condition: %v", err)
+	}
 }
 
 // nextEvent receives one event or fails.

@@ -324,6 +324,10 @@ type Operation struct {
 	Created  time.Time       `json:"created"`
 	Updated  time.Time       `json:"updated"`
 	Attempts int             `json:"attempts,omitempty"`
+	// HandOff: the host's part is done and the pool master finishes the
+	// operation (it alone removes a VM's records: delete, template, a
+	// failed create or clone).
+	HandOff bool `json:"handOff,omitempty"`
 	// Warnings say what the operation left out or changed (an import's
 	// unmapped networks, unattached disks…).
 	Warnings []string `json:"warnings,omitempty"`
@@ -445,6 +449,9 @@ type DeleteArgs struct {
 // CreateArgs are the arguments of a create operation.
 type CreateArgs struct {
 	Start bool `json:"start,omitempty"`
+	// Host pins the placement: a deploy of a linked clone must land where
+	// its template's volumes are. "" lets the pool master place the VM.
+	Host string `json:"host,omitempty"`
 }
 
 // VMPatch changes settings of an existing VM (PATCH /api/v1/vms/{name});

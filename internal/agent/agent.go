@@ -183,7 +183,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer prune.Stop()
 	for {
 		wctx, cancel := context.WithCancel(ctx)
-		events := a.cfg.Store.Watch(wctx, inventory.Ops, rev+1)
+		// Only this host's tasks: each names an operation for this agent
+		// (the pool master or the API writes it with the operation).
+		events := a.cfg.Store.Watch(wctx, inventory.TaskPrefix(a.cfg.Host), rev+1)
 	watch:
 		for {
 			select {
@@ -193,7 +195,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				}
 				rev = ev.KV.Revision
 				if ev.Type == store.EventPut {
-					a.queueOp(ev.KV)
+					a.queueTask(ctx, ev.KV)
 				}
 			case <-tick.C:
 				if err := a.publishFacts(ctx); err != nil && ctx.Err() == nil {
@@ -296,7 +298,8 @@ func (a *Agent) pruneOps(ctx context.Context) error {
 			continue // refused when it was queued; not ours to clean up
 		}
 		if op.Host == a.cfg.Host && op.Done() && op.Updated.Before(cut) {
-			if err := a.cfg.Store.Delete(ctx, inventory.OpKey(op.ID), revs[i]); err != nil && !errors.Is(err, store.ErrConflict) {
+			if _, err := a.cfg.Store.Txn(ctx, nil, store.DeleteOp(inventory.OpKey(op.ID), revs[i]),
+				store.DeleteOp(inventory.TaskKey(a.cfg.Host, op.ID), store.AnyRevision)); err != nil && !errors.Is(err, store.ErrConflict) {
 				return err
 			}
 		}
@@ -314,6 +317,25 @@ func (a *Agent) queueOps(ctx context.Context) (int64, error) {
 		a.queueOp(kv)
 	}
 	return rev, nil
+}
+
+// queueTask queues the operation a task of this host names.
+func (a *Agent) queueTask(ctx context.Context, task store.KV) {
+	// The operation is read by the id the task names and checked by
+	// queueOp like any other (a bad one is refused and marked failed).
+	id := string(task.Value)
+	if task.Key != inventory.TaskKey(a.cfg.Host, id) {
+		a.cfg.Log.Warn("ignoring a task record that does not name its own operation", "key", task.Key)
+		return
+	}
+	kv, err := a.cfg.Store.Get(ctx, inventory.OpKey(id))
+	if err != nil {
+		if !errors.Is(err, store.ErrNotFound) && ctx.Err() == nil {
+			a.cfg.Log.Warn("read the operation of a task", "op", id, "err", err)
+		}
+		return
+	}
+	a.queueOp(kv)
 }
 
 func (a *Agent) queueOp(kv store.KV) {

@@ -59,6 +59,10 @@ type machine struct {
 	accel     string
 	// timings of the operation being run (see v1.Operation.Timings).
 	timings []v1.Timing
+	// handOff: the operation being run ends with records only the pool
+	// master removes (a VM's spec, owner, booking): it is handed to the
+	// master instead of being finished here (v1.Operation.HandOff).
+	handOff bool
 }
 
 // mark records that the running operation finished phase now.
@@ -157,6 +161,7 @@ func (m *machine) runOp(ctx context.Context, id string) {
 		}
 	}
 	m.log.Info("operation started", "op", id, "kind", op.Kind)
+	m.handOff = false
 	err = m.execute(ctx, op, progress)
 	if ctx.Err() != nil {
 		m.log.Info("operation interrupted, resumes at restart", "op", id)
@@ -165,11 +170,23 @@ func (m *machine) runOp(ctx context.Context, id string) {
 	op.Updated = time.Now().UTC()
 	op.Timings = m.timings
 	m.timings = nil
-	if err != nil {
+	switch {
+	case m.handOff:
+		// The master finishes it: removes the VM's records and records
+		// the result (with the error, if any) in one fenced transaction.
+		op.HandOff = true
+		op.Progress = v1.Progress{Fraction: 0.99, Phase: "handed to the pool master"}
+		if err != nil {
+			op.Error = errdefs.ToAPI(err)
+			m.log.Warn("operation failed; the pool master removes the vm's records", "op", id, "kind", op.Kind, "err", err)
+		} else {
+			m.log.Info("operation done on this host; the pool master finishes it", "op", id, "kind", op.Kind)
+		}
+	case err != nil:
 		op.State = v1.OpFailed
 		op.Error = errdefs.ToAPI(err)
 		m.log.Warn("operation failed", "op", id, "kind", op.Kind, "err", err)
-	} else {
+	default:
 		op.State = v1.OpSucceeded
 		// A copy that counted its bytes moved them all.
 		total := op.Progress.TotalBytes
@@ -340,11 +357,14 @@ func (m *machine) setStatus(ctx context.Context, f func(*v1.VMStatus)) error {
 		if rec.Spec != nil && rec.Spec.Host != m.a.cfg.Host {
 			return fmt.Errorf("status of vm %q: it is placed on host %q, not on %q: %w", m.name, rec.Spec.Host, m.a.cfg.Host, errdefs.ErrPrecondition)
 		}
+		if rec.Owner != nil && rec.Owner.Host != m.a.cfg.Host {
+			return fmt.Errorf("status of vm %q: host %q owns it (epoch %d), not %q: %w", m.name, rec.Owner.Host, rec.Owner.Epoch, m.a.cfg.Host, errdefs.ErrPrecondition)
+		}
 		st := rec.VMStatus
 		f(&st)
 		st.Host = m.a.cfg.Host
 		st.UpdatedAt = time.Now().UTC()
-		_, err = m.a.inv.UpdateStatus(ctx, m.name, st, rec.Rev, rec.SpecRev)
+		_, err = m.a.inv.UpdateStatus(ctx, m.name, st, rec.Rev, rec.SpecRev, rec.OwnerRev)
 		if errors.Is(err, store.ErrConflict) && attempt < 10 {
 			m.log.Debug("status changed meanwhile, applying the update again", "attempt", attempt)
 			continue
@@ -373,8 +393,8 @@ func (m *machine) create(ctx context.Context, args v1.CreateArgs, progress progr
 	rev.Add(func() {
 		// A failed create leaves nothing behind: no volumes, no records.
 		bg := context.Background()
-		_, _ = m.a.cfg.Store.Txn(bg, nil, append(m.releaseUID(bg), store.DeleteOp(inventory.StatusKey(m.name), store.AnyRevision),
-			store.DeleteOp(inventory.VMKey(m.name), store.AnyRevision))...)
+		_, _ = m.a.cfg.Store.Txn(bg, nil, append(m.releaseUID(bg), store.DeleteOp(inventory.StatusKey(m.name), store.AnyRevision))...)
+		m.handOff = true // the master removes the spec, owner and booking
 		_ = os.RemoveAll(logDir)
 		if err := m.a.cfg.Pool.DeleteVM(m.name, nil); err != nil {
 			m.log.Warn("roll back volume directory", "err", err)
@@ -675,10 +695,10 @@ func (m *machine) delete(ctx context.Context, args v1.DeleteArgs) error {
 	}
 	_ = os.RemoveAll(runDir)
 	_ = os.RemoveAll(logDir)
-	if _, err := m.a.cfg.Store.Txn(ctx, nil, append(m.releaseUID(ctx), store.DeleteOp(inventory.StatusKey(m.name), store.AnyRevision),
-		store.DeleteOp(inventory.VMKey(m.name), store.AnyRevision))...); err != nil {
+	if _, err := m.a.cfg.Store.Txn(ctx, nil, append(m.releaseUID(ctx), store.DeleteOp(inventory.StatusKey(m.name), store.AnyRevision))...); err != nil {
 		return fmt.Errorf("delete %s: %w", m.name, err)
 	}
+	m.handOff = true // the master removes the spec, owner and booking
 	m.gone = true
 	m.log.Info("vm deleted")
 	return nil

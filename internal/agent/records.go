@@ -120,6 +120,10 @@ type statusRecord struct {
 	Rev     int64
 	Spec    *v1.VMSpec
 	SpecRev int64
+	// Owner is the VM's owner record (nil: none yet) and OwnerRev its
+	// revision (0: none).
+	Owner    *inventory.Owner
+	OwnerRev int64
 }
 
 // statusForUpdate returns a VM's checked status with its revisions.
@@ -134,6 +138,11 @@ func (r records) statusForUpdate(ctx context.Context, name string) (statusRecord
 	out := statusRecord{VMStatus: st, Rev: rev, SpecRev: store.MustNotExist}
 	if s, srev, err := r.Spec(ctx, name); err == nil {
 		out.Spec, out.SpecRev = &s, srev
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return statusRecord{}, err
+	}
+	if o, orev, err := r.OwnerOf(ctx, name); err == nil {
+		out.Owner, out.OwnerRev = &o, orev
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return statusRecord{}, err
 	}

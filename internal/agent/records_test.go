@@ -16,6 +16,7 @@ import (
 	v1 "hangar/api/v1"
 	"hangar/internal/etcdembed/etcdtest"
 	"hangar/internal/inventory"
+	"hangar/internal/master"
 	"hangar/internal/qemu"
 	"hangar/internal/storage"
 	"hangar/internal/store"
@@ -59,8 +60,14 @@ func startAgent(t *testing.T, opts ...func(*Agent)) *testAgent {
 	runCtx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(runCtx) }()
+	// The pool master finishes handed-off operations (deletes, failed
+	// creates), as in hangar serve.
+	m := master.New(master.Config{Client: st.Client(), Store: st, Host: "testhost", Log: a.cfg.Log})
+	mdone := make(chan struct{})
+	go func() { defer close(mdone); _ = m.Run(runCtx) }()
 	t.Cleanup(func() {
 		stop()
+		<-mdone
 		select {
 		case <-done:
 		case <-time.After(30 * time.Second):
@@ -91,6 +98,14 @@ func (ta *testAgent) put(t *testing.T, key string, v any) {
 	}
 }
 
+// putOp writes an operation and its host's task, as the API does.
+func (ta *testAgent) putOp(t *testing.T, op v1.Operation) {
+	t.Helper()
+	if _, err := ta.s.Txn(t.Context(), nil, inventory.NewOpWrites(op)...); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // plantOp writes an operation record as a local attacker with etcd access
 // would, and waits until the agent finished it.
 func (ta *testAgent) plantOp(t *testing.T, op v1.Operation) v1.Operation {
@@ -102,7 +117,7 @@ func (ta *testAgent) plantOp(t *testing.T, op v1.Operation) v1.Operation {
 		op.Host = "testhost"
 	}
 	op.State, op.Created, op.Updated = v1.OpPending, time.Now().UTC(), time.Now().UTC()
-	ta.put(t, inventory.OpKey(op.ID), op)
+	ta.putOp(t, op)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		var got v1.Operation
@@ -356,7 +371,7 @@ func TestOpResultDoesNotOverwriteTakeover(t *testing.T) {
 	ta.put(t, inventory.VMKey("taken"), validSpec("taken"))
 	ta.put(t, inventory.StatusKey("taken"), v1.VMStatus{State: v1.StateStopped, Host: "testhost"})
 	id := uuid.Must(uuid.NewV7()).String()
-	ta.put(t, inventory.OpKey(id), v1.Operation{ID: id, Kind: "stop", Target: "taken", Host: "testhost", State: v1.OpPending})
+	ta.putOp(t, v1.Operation{ID: id, Kind: "stop", Target: "taken", Host: "testhost", State: v1.OpPending})
 	wait := func(c chan struct{}, what string) {
 		select {
 		case <-c:

@@ -458,11 +458,11 @@ func (m *machine) toTemplate(ctx context.Context, tname string, progress progres
 	}
 	if _, err := m.a.cfg.Store.Txn(ctx, nil, append(m.releaseUID(ctx),
 		store.PutOp(inventory.TemplateKey(tname), inventory.Marshal(t), store.MustNotExist),
-		store.DeleteOp(inventory.VMKey(m.name), store.AnyRevision),
 		store.DeleteOp(inventory.StatusKey(m.name), store.AnyRevision))...); err != nil {
 		return fmt.Errorf("record template %s: %w", tname, err)
 	}
 	rev.Success()
+	m.handOff = true // the master removes the vm's spec, owner and booking
 	if err := pool.DeleteVM(m.name, ownedFiles(st)); err != nil {
 		m.log.Warn("remove the converted vm's volumes", "err", err)
 	}
@@ -492,8 +492,8 @@ func (m *machine) clone(ctx context.Context, a v1.CloneArgs, progress progressFu
 	defer rev.Fail()
 	rev.Add(func() {
 		bg := context.Background()
-		_, _ = m.a.cfg.Store.Txn(bg, nil, store.DeleteOp(inventory.StatusKey(a.Name), store.AnyRevision),
-			store.DeleteOp(inventory.VMKey(a.Name), store.AnyRevision))
+		_, _ = m.a.cfg.Store.Txn(bg, nil, store.DeleteOp(inventory.StatusKey(a.Name), store.AnyRevision))
+		m.handOff = true // the master removes the clone's spec
 		_ = m.a.cfg.Pool.DeleteVM(a.Name, nil)
 	})
 	targets := map[string]string{}

@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	v1 "hangar/api/v1"
 	"hangar/internal/agent"
 	"hangar/internal/authn"
@@ -24,6 +26,7 @@ import (
 	"hangar/internal/inventory"
 	"hangar/internal/join"
 	"hangar/internal/manager"
+	"hangar/internal/master"
 	"hangar/internal/pki"
 	"hangar/internal/qemu"
 	"hangar/internal/revert"
@@ -83,9 +86,12 @@ type Config struct {
 
 // Daemon is a running hangar serve.
 type Daemon struct {
-	Agent  *agent.Agent
-	Store  store.Store
-	Socket string
+	Agent *agent.Agent
+	// Master is this host's candidacy for pool master.
+	Master     *master.Master
+	masterDone chan struct{}
+	Store      store.Store
+	Socket     string
 	// Role is this host's part in the manager (v1.RoleMember, …).
 	Role   string
 	member *etcdembed.Member // nil unless Role is member
@@ -285,6 +291,17 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 			d.errc <- fmt.Errorf("agent: %w", err)
 		}
 	}()
+	// Every host is a candidate for pool master; one is elected.
+	ecli, ok := st.(interface{ Client() *clientv3.Client })
+	if !ok {
+		return nil, errors.New("the pool master needs an etcd store")
+	}
+	d.Master = master.New(master.Config{Client: ecli.Client(), Store: st, Host: cfg.Host, Log: cfg.Log})
+	d.masterDone = make(chan struct{})
+	go func() {
+		defer close(d.masterDone)
+		_ = d.Master.Run(rctx)
+	}()
 	select {
 	case <-ag.Ready():
 	case err := <-d.errc:
@@ -447,6 +464,7 @@ func (d *Daemon) Close() error {
 	}
 	d.cancel()
 	<-d.done
+	<-d.masterDone
 	_ = os.Remove(d.Socket)
 	return d.closeStore()
 }

@@ -58,12 +58,51 @@ func MigrationKey(vm string) string           { return Migrations + vm }
 func MigrationPartKey(vm, part string) string { return Migrations + vm + "/" + part }
 func MaintenanceKey(host string) string       { return Maintenance + host }
 
+// NewOpWrites are the writes that record a new operation: the operation
+// itself (must not exist) and, for one placed on a host, that host's task,
+// which is what the host's agent watches.
+func NewOpWrites(op v1.Operation) []store.Op {
+	ops := []store.Op{store.PutOp(OpKey(op.ID), Marshal(op), store.MustNotExist)}
+	if op.Host != "" {
+		ops = append(ops, store.PutOp(TaskKey(op.Host, op.ID), []byte(op.ID), store.MustNotExist))
+	}
+	return ops
+}
+
 // Owner says which host runs a VM. Only the pool master writes it; the
 // epoch grows at every change of host (migration switch-over, HA restart),
 // so a write conditioned on an older owner record fails.
 type Owner struct {
 	Host  string `json:"host"`
 	Epoch int64  `json:"epoch"`
+}
+
+// OwnerOf returns a VM's owner record and its revision (0 and
+// store.ErrNotFound when there is none). The record is checked: a host
+// that is not a DNS label or an epoch below 1 is ErrInvalidRecord.
+func (i Inventory) OwnerOf(ctx context.Context, name string) (Owner, int64, error) {
+	o, rev, err := get[Owner](ctx, i.S, OwnerKey(name))
+	if err != nil {
+		return Owner{}, 0, err
+	}
+	if o.Epoch < 1 || !validLabel(o.Host) {
+		return Owner{}, rev, fmt.Errorf("owner record of vm %q (host %q, epoch %d): %w", name, o.Host, o.Epoch, ErrInvalidRecord)
+	}
+	return o, rev, nil
+}
+
+// validLabel reports whether s is a DNS label (a host name as Hangar
+// names hosts).
+func validLabel(s string) bool {
+	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // Alloc is what the master booked for a VM on a host.
@@ -189,9 +228,17 @@ func (i Inventory) StatusRev(ctx context.Context, name string) (v1.VMStatus, int
 // host that owns the VM — still having revision specRev (store.MustNotExist:
 // there is no spec). A changed record is store.ErrConflict: read both
 // again and re-apply the change.
-func (i Inventory) UpdateStatus(ctx context.Context, name string, st v1.VMStatus, rev, specRev int64) (int64, error) {
-	r, err := i.S.Txn(ctx, []store.Cond{{Key: VMKey(name), ExpectRev: specRev}},
-		store.PutOp(StatusKey(name), Marshal(st), rev))
+//
+// ownerRev, when not 0, is the revision of the VM's owner record the writer
+// read (and found naming itself): the write is conditioned on it too, so a
+// host the master moved the VM away from (a migration's switch-over, an HA
+// restart elsewhere) fails its late writes.
+func (i Inventory) UpdateStatus(ctx context.Context, name string, st v1.VMStatus, rev, specRev, ownerRev int64) (int64, error) {
+	conds := []store.Cond{{Key: VMKey(name), ExpectRev: specRev}}
+	if ownerRev != 0 {
+		conds = append(conds, store.Cond{Key: OwnerKey(name), ExpectRev: ownerRev})
+	}
+	r, err := i.S.Txn(ctx, conds, store.PutOp(StatusKey(name), Marshal(st), rev))
 	if err != nil {
 		return 0, fmt.Errorf("write status of vm %q: %w", name, err)
 	}

@@ -324,22 +324,18 @@ func (s *Server) createWarned(ctx context.Context, spec v1.VMSpec, start bool, h
 	if err := s.checkSources(ctx, spec); err != nil {
 		return v1.Operation{}, err
 	}
-	if host == "" {
-		if host, err = scheduler.Place(hosts, spec); err != nil {
-			return v1.Operation{}, fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
-		}
-	}
-	spec.Host = host
-	spec.UUID = uuid.NewString()
-	if err := s.checkPorts(ctx, spec); err != nil {
+	// A dry run of the placement answers at once when no host could take
+	// the VM; the pool master places it for real (it alone books hosts).
+	if err := s.couldPlace(ctx, hosts, spec, host); err != nil {
 		return v1.Operation{}, err
 	}
+	spec.Host = ""
+	spec.UUID = uuid.NewString()
 	s.sealCloudInit(&spec)
-	op := s.newOp("create", spec.Name, host, v1.CreateArgs{Start: start})
+	op := s.newOp("create", spec.Name, "", v1.CreateArgs{Start: start, Host: host})
 	op.Warnings = warnings
-	_, err = s.cfg.Store.Txn(ctx, nil,
-		store.PutOp(inventory.VMKey(spec.Name), inventory.Marshal(spec), store.MustNotExist),
-		store.PutOp(inventory.OpKey(op.ID), inventory.Marshal(op), store.MustNotExist))
+	_, err = s.cfg.Store.Txn(ctx, nil, append(inventory.NewOpWrites(op),
+		store.PutOp(inventory.VMKey(spec.Name), inventory.Marshal(spec), store.MustNotExist))...)
 	if errors.Is(err, store.ErrConflict) {
 		return v1.Operation{}, &v1.Error{Code: v1.CodeConflict, Field: "name", Message: fmt.Sprintf("name: vm %q already exists", spec.Name)}
 	}
@@ -439,6 +435,44 @@ func (s *Server) checkSources(ctx context.Context, spec v1.VMSpec) error {
 }
 
 // checkPorts refuses host ports another VM on the same host forwards.
+// couldPlace checks that some live host (pin, when given) could take the
+// VM: memory as its agent last reported, host ports its user-mode NICs
+// forward free there.
+func (s *Server) couldPlace(ctx context.Context, hosts []v1.Host, spec v1.VMSpec, pin string) error {
+	if pin != "" {
+		var only []v1.Host
+		for _, h := range hosts {
+			if h.Name == pin {
+				only = append(only, h)
+			}
+		}
+		hosts = only
+	}
+	var portErr error
+	var free []v1.Host
+	for _, h := range hosts {
+		if !h.Alive {
+			continue
+		}
+		probe := spec
+		probe.Host = h.Name
+		if err := s.checkPorts(ctx, probe); err != nil {
+			if portErr == nil {
+				portErr = err
+			}
+			continue
+		}
+		free = append(free, h)
+	}
+	if len(free) == 0 && portErr != nil {
+		return portErr
+	}
+	if _, err := scheduler.Place(free, spec); err != nil {
+		return fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
+	}
+	return nil
+}
+
 func (s *Server) checkPorts(ctx context.Context, spec v1.VMSpec) error {
 	mine := vm.HostPorts(spec)
 	if len(mine) == 0 {
@@ -652,8 +686,7 @@ func (s *Server) submitSpec(w http.ResponseWriter, r *http.Request, name, kind s
 		if mutate != nil {
 			mutate(&spec)
 		}
-		ops := []store.Op{store.PutOp(inventory.OpKey(op.ID), inventory.Marshal(op), store.MustNotExist),
-			store.PutOp(inventory.VMKey(name), inventory.Marshal(spec), v.Revision)}
+		ops := append(inventory.NewOpWrites(op), store.PutOp(inventory.VMKey(name), inventory.Marshal(spec), v.Revision))
 		_, err = s.cfg.Store.Txn(ctx, nil, ops...)
 		if errors.Is(err, store.ErrConflict) && attempt < 5 {
 			continue

@@ -273,10 +273,9 @@ func (s *Server) cloneVM(w http.ResponseWriter, r *http.Request) {
 	}
 	spec.UUID = uuid.NewString()
 	op := s.newOp("clone", src.Spec.Name, src.Spec.Host, args)
-	_, err = s.cfg.Store.Txn(ctx, nil,
+	_, err = s.cfg.Store.Txn(ctx, nil, append(inventory.NewOpWrites(op),
 		store.PutOp(inventory.VMKey(spec.Name), inventory.Marshal(spec), store.MustNotExist),
-		store.PutOp(inventory.StatusKey(spec.Name), inventory.Marshal(v1.VMStatus{State: v1.StateCreating, Host: spec.Host, UpdatedAt: time.Now().UTC()}), store.MustNotExist),
-		store.PutOp(inventory.OpKey(op.ID), inventory.Marshal(op), store.MustNotExist))
+		store.PutOp(inventory.StatusKey(spec.Name), inventory.Marshal(v1.VMStatus{State: v1.StateCreating, Host: spec.Host, UpdatedAt: time.Now().UTC()}), store.MustNotExist))...)
 	if errors.Is(err, store.ErrConflict) {
 		writeErr(w, &v1.Error{Code: v1.CodeConflict, Field: "name", Message: fmt.Sprintf("name: vm %q already exists", spec.Name)})
 		return

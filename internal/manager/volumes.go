@@ -11,8 +11,8 @@ import (
 
 	v1 "hangar/api/v1"
 	"hangar/internal/errdefs"
+	"hangar/internal/inventory"
 	"hangar/internal/storage"
-	"hangar/internal/store"
 	"hangar/internal/vm"
 )
 
@@ -385,7 +385,7 @@ func (s *Server) volumeOp(w http.ResponseWriter, r *http.Request, kind string, a
 		return
 	}
 	op := s.newOp(kind, args.Pool+"/"+args.Source, host, args)
-	if _, err := s.inv.PutOp(r.Context(), op, store.MustNotExist); err != nil {
+	if _, err := s.cfg.Store.Txn(r.Context(), nil, inventory.NewOpWrites(op)...); err != nil {
 		writeErr(w, err)
 		return
 	}

@@ -1,0 +1,230 @@
+package master
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/etcdembed/etcdtest"
+	"hangar/internal/inventory"
+	"hangar/internal/store"
+	"hangar/internal/vm"
+)
+
+func testLog(t *testing.T) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// addHost registers a live host as its agent would: facts, and a liveness
+// key under a lease kept alive for the test.
+func addHost(t *testing.T, s *store.Etcd, name string, cpus, memMiB int) {
+	t.Helper()
+	ctx := t.Context()
+	if _, err := s.Put(ctx, inventory.HostInfoKey(name), inventory.Marshal(v1.Host{Name: name, CPUs: cpus, MemoryMiB: memMiB, Alive: true}), store.AnyRevision); err != nil {
+		t.Fatal(err)
+	}
+	id, err := s.Grant(ctx, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutWithLease(ctx, inventory.HostKey(name), []byte("alive"), id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.KeepAlive(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// submitCreate records a new VM and its create operation as the API does.
+func submitCreate(ctx context.Context, s store.Store, name string, memMiB int) (string, error) {
+	spec := v1.VMSpec{Name: name, CPUs: 1, MemoryMiB: memMiB, Power: v1.PowerStopped}
+	vm.Defaults(&spec, "tcg")
+	if err := vm.Validate(spec, 0); err != nil {
+		return "", err
+	}
+	now := time.Now().UTC()
+	op := v1.Operation{ID: uuid.Must(uuid.NewV7()).String(), Kind: "create", Target: name, State: v1.OpPending,
+		Created: now, Updated: now, Args: inventory.Marshal(v1.CreateArgs{})}
+	_, err := s.Txn(ctx, nil, append(inventory.NewOpWrites(op), store.PutOp(inventory.VMKey(name), inventory.Marshal(spec), store.MustNotExist))...)
+	return op.ID, err
+}
+
+func startMaster(t *testing.T, c *clientv3.Client, s store.Store, host string) (*Master, context.CancelFunc, <-chan struct{}) {
+	m := New(Config{Client: c, Store: s, Host: host, Log: testLog(t), SessionTTL: 2 * time.Second, Resync: time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = m.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return m, cancel, done
+}
+
+func waitOp(t *testing.T, s store.Store, id string, within time.Duration) v1.Operation {
+	t.Helper()
+	inv := inventory.Inventory{S: s}
+	deadline := time.Now().Add(within)
+	for {
+		op, _, err := inv.Op(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if op.Done() || op.Host != "" {
+			return op
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("operation %s (%s %s) still %s without a host", id, op.Kind, op.Target, op.State)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Fifty creates submitted at once to a pool with room for exactly twelve
+// VMs, with two master candidates: twelve are placed, no host is booked
+// past its memory, every other create fails as unavailable and leaves no
+// VM record behind.
+func TestConcurrentCreatesNeverOvercommit(t *testing.T) {
+	c := etcdtest.Start(t).Client()
+	s := store.NewEtcd(c)
+	addHost(t, s, "h1", 4, 2048) // 8 × 256 MiB
+	addHost(t, s, "h2", 4, 1024) // 4 × 256 MiB
+	startMaster(t, c, s, "h1")
+	startMaster(t, c, s, "h2")
+
+	const n = 50
+	ids := make([]string, n)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id, err := submitCreate(t.Context(), s, fmt.Sprintf("vm%02d", i), 256)
+			ids[i] = id
+			if err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	placed := map[string]int{}
+	failed := 0
+	for i, id := range ids {
+		op := waitOp(t, s, id, 60*time.Second)
+		name := fmt.Sprintf("vm%02d", i)
+		switch {
+		case op.Host != "":
+			placed[op.Host]++
+			spec, _, err := inventory.Inventory{S: s}.Spec(t.Context(), name)
+			if err != nil || spec.Host != op.Host {
+				t.Fatalf("%s: operation placed on %q, spec on %q (%v)", name, op.Host, spec.Host, err)
+			}
+			o, _, err := inventory.Inventory{S: s}.OwnerOf(t.Context(), name)
+			if err != nil || o.Host != op.Host || o.Epoch != 1 {
+				t.Fatalf("%s: owner %+v (%v), want host %s epoch 1", name, o, err, op.Host)
+			}
+			if _, err := s.Get(t.Context(), inventory.TaskKey(op.Host, id)); err != nil {
+				t.Fatalf("%s: no task for %s: %v", name, op.Host, err)
+			}
+		case op.State == v1.OpFailed:
+			failed++
+			if op.Error == nil || op.Error.Code != v1.CodeUnavailable {
+				t.Fatalf("%s: failed with %+v, want unavailable", name, op.Error)
+			}
+			if _, err := s.Get(t.Context(), inventory.VMKey(name)); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("%s: record of an unplaced vm left behind (%v)", name, err)
+			}
+		default:
+			t.Fatalf("%s: operation %s %+v", name, op.State, op)
+		}
+	}
+	if placed["h1"] != 8 || placed["h2"] != 4 || failed != n-12 {
+		t.Fatalf("placed %v, failed %d; want h1:8 h2:4, %d failed", placed, failed, n-12)
+	}
+	allocs, _, err := store.ListJSON[inventory.Alloc](t.Context(), s, inventory.Allocs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	booked := map[string]int{}
+	for _, a := range allocs {
+		h, _, _ := allocKeyParts(a.Key)
+		booked[h] += a.Value.MemoryMiB
+	}
+	if booked["h1"] != 2048 || booked["h2"] != 1024 {
+		t.Fatalf("booked %v MiB, want h1:2048 h2:1024", booked)
+	}
+}
+
+// A master whose lease ended is deposed: another candidate is elected and
+// takes over the open work, and the old term's writes fail.
+func TestDeposedMasterWritesFail(t *testing.T) {
+	member := etcdtest.Start(t)
+	s := store.NewEtcd(member.Client())
+	addHost(t, s, "h1", 4, 4096)
+
+	// Candidate a has its own client: closing it is a dead process.
+	ca, err := clientv3.New(clientv3.Config{Endpoints: member.Client().Endpoints(), DialTimeout: 5 * time.Second,
+		TLS: nil})
+	if err != nil {
+		t.Skipf("second client: %v", err)
+	}
+	sa := store.NewEtcd(ca)
+	ma, _, _ := startMaster(t, ca, sa, "a")
+	waitLeading(t, ma)
+	mb, _, _ := startMaster(t, member.Client(), s, "b")
+
+	// a's term, as its leader struct holds it.
+	leaderName, err := Leader(t.Context(), member.Client())
+	if err != nil || leaderName != "a" {
+		t.Fatalf("leader %q (%v), want a", leaderName, err)
+	}
+	resp, err := member.Client().Get(t.Context(), inventory.Election+"/", clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := &leader{cfg: Config{Store: s}, fence: store.Cond{Key: string(resp.Kvs[0].Key), ExpectRev: resp.Kvs[0].CreateRevision}, log: testLog(t)}
+	if _, err := old.Commit(t.Context(), nil, store.PutOp("/hangar/test/probe", []byte("1"), store.AnyRevision)); err != nil {
+		t.Fatalf("commit while leading: %v", err)
+	}
+
+	_ = ca.Close() // a dies; its lease runs out
+	start := time.Now()
+	waitLeading(t, mb)
+	t.Logf("b elected %v after a died", time.Since(start).Round(time.Millisecond))
+	if _, err := old.Commit(t.Context(), nil, store.PutOp("/hangar/test/probe", []byte("late"), store.AnyRevision)); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("late commit of the deposed master: %v, want a conflict", err)
+	}
+	// The new master places what was submitted while it took over.
+	id, err := submitCreate(t.Context(), s, "after", 256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if op := waitOp(t, s, id, 30*time.Second); op.Host != "h1" {
+		t.Fatalf("after takeover: %+v", op)
+	}
+}
+
+func waitLeading(t *testing.T, m *Master) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !m.Leading() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not elected", m.cfg.Host)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

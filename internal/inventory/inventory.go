@@ -109,6 +109,8 @@ func validLabel(s string) bool {
 type Alloc struct {
 	CPUs      int `json:"cpus"`
 	MemoryMiB int `json:"memoryMiB"`
+	// AntiAffinityGroup of the VM (its spec's), for the scheduler.
+	AntiAffinityGroup string `json:"antiAffinityGroup,omitempty"`
 }
 
 func PoolKey(name string) string     { return Pools + name }

@@ -467,7 +467,28 @@ func (s *Server) couldPlace(ctx context.Context, hosts []v1.Host, spec v1.VMSpec
 	if len(free) == 0 && portErr != nil {
 		return portErr
 	}
-	if _, err := scheduler.Place(free, spec); err != nil {
+	// The hosts' own counts of what they run stand in for the bookings.
+	var snap scheduler.Snapshot
+	for _, h := range free {
+		snap.Hosts = append(snap.Hosts, scheduler.Host{Name: h.Name, CPUs: h.CPUs, MemoryMiB: h.MemoryMiB, Alive: true, Maintenance: h.Maintenance})
+		snap.Allocs = append(snap.Allocs, scheduler.Alloc{Host: h.Name, VM: "booked-on-" + h.Name, MemoryMiB: h.AllocatedMemoryMiB})
+	}
+	req := scheduler.Request{VM: spec.Name, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, Placement: spec.Placement, PreferredHosts: spec.PreferredHosts}
+	if pin != "" {
+		req.Placement, req.PreferredHosts = scheduler.PlacementManual, []string{pin}
+	}
+	if len(free) == 0 {
+		_, err := scheduler.Place(nil, spec) // says there is no live host
+		return fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
+	}
+	plan, err := scheduler.Plan(snap, []scheduler.Request{req})
+	if err != nil {
+		return err
+	}
+	if err := plan[0].Err; err != nil {
+		if errors.Is(err, scheduler.ErrInvalid) {
+			return fmt.Errorf("%w: %w", err, errdefs.ErrInvalid)
+		}
 		return fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
 	}
 	return nil

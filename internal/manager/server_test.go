@@ -18,6 +18,7 @@ import (
 	"hangar/internal/buildinfo"
 	"hangar/internal/etcdembed/etcdtest"
 	"hangar/internal/inventory"
+	"hangar/internal/master"
 	"hangar/internal/secrets"
 	"hangar/internal/store"
 )
@@ -46,6 +47,12 @@ func newTestServer(t *testing.T) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The pool master places what the API records.
+	m := master.New(master.Config{Client: st.Client(), Store: st, Host: "h1", Log: slog.New(slog.DiscardHandler)})
+	mctx, mstop := context.WithCancel(context.Background())
+	mdone := make(chan struct{})
+	go func() { defer close(mdone); _ = m.Run(mctx) }()
+	t.Cleanup(func() { mstop(); <-mdone })
 	return &testServer{t: t, s: New(Config{Store: st, Secrets: box, Log: slog.New(slog.DiscardHandler)}), st: st}
 }
 
@@ -77,8 +84,28 @@ func (ts *testServer) setState(name, state string) {
 
 func (ts *testServer) createVM(body string) {
 	ts.t.Helper()
-	if code, _, b := ts.do("POST", "/api/v1/vms", "application/json", body); code != 202 {
+	code, _, b := ts.do("POST", "/api/v1/vms", "application/json", body)
+	if code != 202 {
 		ts.t.Fatalf("create: %d %s", code, b)
+	}
+	// Wait until the master placed it.
+	var op v1.Operation
+	if err := json.Unmarshal(b, &op); err != nil {
+		ts.t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, _, err := ts.s.inv.Op(ts.t.Context(), op.ID)
+		if err != nil {
+			ts.t.Fatal(err)
+		}
+		if got.Host != "" || got.Done() {
+			return
+		}
+		if time.Now().After(deadline) {
+			ts.t.Fatalf("create %s not placed", op.Target)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -145,19 +145,37 @@ func allocKeyParts(key string) (host, name string, ok bool) {
 	return "", "", false
 }
 
-// eligible lists the hosts a VM may be placed on: live, not in
-// maintenance, and without another VM forwarding the same host ports.
-func (s snapshot) eligible(spec v1.VMSpec) []v1.Host {
+// request is the scheduler's request for a new VM: its spec's sizes and
+// placement settings, a pin (the host its source volumes are on), and the
+// hosts where another VM forwards one of its host ports excluded.
+func (s snapshot) request(spec v1.VMSpec, pin string) scheduler.Request {
+	r := scheduler.Request{VM: spec.Name, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, Placement: spec.Placement,
+		PreferredHosts: spec.PreferredHosts, AntiAffinity: spec.AntiAffinityGroup}
+	if pin != "" {
+		r.Placement, r.PreferredHosts = scheduler.PlacementManual, []string{pin}
+	}
 	mine := map[string]bool{}
 	for _, p := range vm.HostPorts(spec) {
 		mine[p] = true
 	}
-	var out []v1.Host
 	for _, h := range s.hosts {
-		if !h.Alive || h.Maintenance || !s.portsFree(h.Name, spec.Name, mine) {
-			continue
+		if !s.portsFree(h.Name, spec.Name, mine) {
+			r.Exclude = append(r.Exclude, h.Name)
 		}
-		out = append(out, h)
+	}
+	return r
+}
+
+// plan is the scheduler's snapshot of the pool.
+func (s snapshot) plan() scheduler.Snapshot {
+	var out scheduler.Snapshot
+	for _, h := range s.hosts {
+		out.Hosts = append(out.Hosts, scheduler.Host{Name: h.Name, CPUs: h.CPUs, MemoryMiB: h.MemoryMiB, Alive: h.Alive, Maintenance: h.Maintenance})
+	}
+	for host, vms := range s.allocs {
+		for name, a := range vms {
+			out.Allocs = append(out.Allocs, scheduler.Alloc{Host: host, VM: name, CPUs: a.CPUs, MemoryMiB: a.MemoryMiB, AntiAffinity: a.AntiAffinityGroup})
+		}
 	}
 	return out
 }
@@ -214,16 +232,21 @@ func (l *leader) place(ctx context.Context, id string) error {
 		if err != nil {
 			return err
 		}
-		cands := snap.eligible(spec)
-		if args.Host != "" {
-			cands = pinned(cands, args.Host)
+		plan, err := scheduler.Plan(snap.plan(), []scheduler.Request{snap.request(spec, args.Host)})
+		if err != nil {
+			return fmt.Errorf("plan: %w", err)
 		}
-		host, perr := scheduler.Place(cands, spec)
+		host, perr := plan[0].Host, plan[0].Err
 		if perr != nil {
-			if args.Host != "" && len(cands) == 0 {
-				perr = fmt.Errorf("host %q (where its source volumes are) is not live or is in maintenance: %w", args.Host, perr)
+			if args.Host != "" {
+				perr = fmt.Errorf("on host %q, where its source volumes are: %w", args.Host, perr)
 			}
-			return l.fail(ctx, op, oprev, fmt.Errorf("%w: %w", perr, errdefs.ErrUnavailable), []store.Op{store.DeleteOp(inventory.VMKey(spec.Name), specRev)})
+			if errors.Is(perr, scheduler.ErrInvalid) {
+				perr = fmt.Errorf("%w: %w", perr, errdefs.ErrInvalid)
+			} else {
+				perr = fmt.Errorf("%w: %w", perr, errdefs.ErrUnavailable)
+			}
+			return l.fail(ctx, op, oprev, perr, []store.Op{store.DeleteOp(inventory.VMKey(spec.Name), specRev)})
 		}
 		spec.Host = host
 		op.Host = host
@@ -249,17 +272,8 @@ func (l *leader) place(ctx context.Context, id string) error {
 	}
 }
 
-func pinned(hosts []v1.Host, name string) []v1.Host {
-	for _, h := range hosts {
-		if h.Name == name {
-			return []v1.Host{h}
-		}
-	}
-	return nil
-}
-
 func allocOf(spec v1.VMSpec) inventory.Alloc {
-	return inventory.Alloc{CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB}
+	return inventory.Alloc{CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, AntiAffinityGroup: spec.AntiAffinityGroup}
 }
 
 // fail ends an operation the master cannot carry out, with extra writes

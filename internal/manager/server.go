@@ -473,7 +473,7 @@ func (s *Server) couldPlace(ctx context.Context, hosts []v1.Host, spec v1.VMSpec
 		snap.Hosts = append(snap.Hosts, scheduler.Host{Name: h.Name, CPUs: h.CPUs, MemoryMiB: h.MemoryMiB, Alive: true, Maintenance: h.Maintenance})
 		snap.Allocs = append(snap.Allocs, scheduler.Alloc{Host: h.Name, VM: "booked-on-" + h.Name, MemoryMiB: h.AllocatedMemoryMiB})
 	}
-	req := scheduler.Request{VM: spec.Name, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, Placement: spec.Placement, PreferredHosts: spec.PreferredHosts}
+	req := scheduler.FromSpec(spec, nil)
 	if pin != "" {
 		req.Placement, req.PreferredHosts = scheduler.PlacementManual, []string{pin}
 	}

@@ -149,8 +149,7 @@ func allocKeyParts(key string) (host, name string, ok bool) {
 // placement settings, a pin (the host its source volumes are on), and the
 // hosts where another VM forwards one of its host ports excluded.
 func (s snapshot) request(spec v1.VMSpec, pin string) scheduler.Request {
-	r := scheduler.Request{VM: spec.Name, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, Placement: spec.Placement,
-		PreferredHosts: spec.PreferredHosts, AntiAffinity: spec.AntiAffinityGroup}
+	r := scheduler.FromSpec(spec, nil)
 	if pin != "" {
 		r.Placement, r.PreferredHosts = scheduler.PlacementManual, []string{pin}
 	}

@@ -2,12 +2,14 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	v1 "hangar/api/v1"
 	"hangar/client"
 )
 
@@ -36,7 +38,22 @@ The token is the last line printed.`,
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "join token %s, single-use, valid until %s (%s)\n", t.ID, t.Expires.Local().Format(time.DateTime), ttl)
-			fmt.Fprintf(w, "join a host with: hangar serve --host-name NAME --listen IP:8443 --join <this host's --listen> --token TOKEN\n")
+			// Joins are answered by manager hosts (they hold the CA key).
+			via := "MANAGER:8443"
+			if hosts, err := g.client().Hosts(cmd.Context()); err == nil {
+				var managers []string
+				for _, h := range hosts {
+					if h.Role == v1.RoleMember && h.Address != "" {
+						managers = append(managers, h.Address)
+					}
+				}
+				if len(managers) > 0 {
+					slices.Sort(managers)
+					via = managers[0]
+					fmt.Fprintf(w, "manager hosts that admit joins: %s\n", strings.Join(managers, ", "))
+				}
+			}
+			fmt.Fprintf(w, "join a host with: hangar serve --host-name NAME --listen IP:8443 --join %s --token TOKEN\n", via)
 			fmt.Fprintln(w, t.Token)
 			return nil
 		},

@@ -165,6 +165,31 @@ func TestJoin(t *testing.T) {
 		t.Logf("%s: API %d, etcd %v", c.name, status, err)
 	}
 
+	// A remote CLI in the client namespace with credentials from a manager
+	// host: --server/--credentials, and HANGAR_SERVER/HANGAR_CREDENTIALS.
+	creds := filepath.Join(t.TempDir(), "alice")
+	if out := p.CLI(t, "h2", "pool", "credentials", "--name", "alice", "--out", creds); !strings.Contains(out, "alice") {
+		t.Errorf("pool credentials: %s", out)
+	}
+	for _, f := range []string{"ca.crt", "client.crt", "client.key"} {
+		if fi, err := os.Stat(filepath.Join(creds, f)); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("credentials %s: %v %v", f, fi, err)
+		}
+	}
+	server := "https://" + listenAddr(p.Host(t, "h3"))
+	for _, argv := range [][]string{
+		{hangarBin, "--server", server, "--credentials", creds, "host", "list", "-o", "json"},
+		{"env", "HANGAR_SERVER=" + server, "HANGAR_CREDENTIALS=" + creds, hangarBin, "host", "list", "-o", "json"},
+	} {
+		out, err := p.Client.Exec(ctx, argv...)
+		if err != nil || !strings.Contains(string(out), `"h4"`) {
+			t.Errorf("remote CLI %v: %v\n%s", argv[1:], err, out)
+		}
+	}
+	if out, err := p.Client.Exec(ctx, "env", "HANGAR_CA="+filepath.Join(creds, "ca.crt"), hangarBin, "--server", server, "host", "list"); err == nil || !strings.Contains(string(out), "authentication required") {
+		t.Errorf("remote CLI without credentials: %v\n%s", err, out)
+	}
+
 	// One of three members lost: reads and writes go on.
 	p.PowerLoss(t, "h3")
 	c := h1.Client()

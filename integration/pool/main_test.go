@@ -2,7 +2,23 @@
 // each in its own network namespace (internal/netlab), booting real test
 // guests under QEMU on bridges that share one L2, read from a client
 // namespace. The hosts are started once per `go test` process and shared
-// by the tests (sharedPool).
+// by the tests. A test starts with
+//
+//	p := sharedPool(t)                       // h1 h2 h3 (joined when serve has --join) + client c1
+//	g := p.BootGuest(t, "h2", "web", nil)    // on h2 (OnHost), br0 NIC; ready marker + DHCP lease; deleted at the end
+//	poller := p.Poll(t, g)                   // GET g.URL every 20 ms from c1
+//	... p.CLI(t, "h1", "vm", "migrate", "web", "--to", "h3") ...
+//	r := poller.Stop()                       // r.BootIDs, r.Decreases, r.LongestGap, r.Failures
+//
+// and has p.API(t, host) (client.Client on the host's socket), p.CLI /
+// p.CLIErr, p.WaitReady (serial marker on a host), p.GuestIP (lease),
+// p.GuestStatus, p.WaitVM (state on a host), p.QEMUs / p.QEMUOf (QEMU
+// processes in a host's namespace, for leftover checks), p.PowerLoss and
+// p.Restart (kill -9 everything of a host; start it again on its data),
+// p.JoinToken, p.SharedGuests (one guest per host, booted once, for tests
+// that only read). Tests that change a host (power loss) must leave it
+// running again for the next test. On failure the hosts' serve logs and
+// the guests' serial logs are printed; HANGAR_POOL_DIR keeps them.
 package pool_test
 
 import (

@@ -702,7 +702,11 @@ func (s *Server) submitSpec(w http.ResponseWriter, r *http.Request, name, kind s
 			writeErr(w, err)
 			return
 		}
-		op := s.newOp(kind, name, v.Spec.Host, args)
+		host := v.Spec.Host
+		if vm.DrivenByMaster(kind) {
+			host = "" // the master drives it: no agent's task
+		}
+		op := s.newOp(kind, name, host, args)
 		spec := v.Spec
 		if mutate != nil {
 			mutate(&spec)

@@ -147,6 +147,10 @@ type leader struct {
 	cfg   Config
 	fence store.Cond
 	log   *slog.Logger
+
+	mu      sync.Mutex
+	driving map[string]bool // VMs whose migration a goroutine drives
+	wg      sync.WaitGroup  // those goroutines
 }
 
 // Commit writes ops in one transaction conditioned on this term's
@@ -168,6 +172,9 @@ func (l *leader) stillLeading(ctx context.Context) bool {
 // lead watches operations and reconciles until ctx ends or leadership is
 // lost.
 func (l *leader) lead(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer l.wg.Wait()
+	defer cancel() // ends the migrations this term drives
 	rev, err := l.reconcile(ctx)
 	if err != nil {
 		return err
@@ -223,6 +230,9 @@ func (l *leader) reconcile(ctx context.Context) (int64, error) {
 		l.opChanged(ctx, kv)
 	}
 	if err := l.adoptPlaced(ctx); err != nil {
+		return 0, err
+	}
+	if err := l.resumeMigrations(ctx); err != nil {
 		return 0, err
 	}
 	return rev, nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -226,5 +227,126 @@ func waitLeading(t *testing.T, m *Master) {
 			t.Fatalf("%s not elected", m.cfg.Host)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// submitOp records an operation on a placed VM as the API does (a kind
+// the master drives gets no host and no task).
+func submitOp(t *testing.T, s store.Store, kind, target string, args any) string {
+	t.Helper()
+	now := time.Now().UTC()
+	op := v1.Operation{ID: uuid.Must(uuid.NewV7()).String(), Kind: kind, Target: target, State: v1.OpPending,
+		Created: now, Updated: now, Args: inventory.Marshal(args)}
+	if _, err := s.Txn(t.Context(), nil, inventory.NewOpWrites(op)...); err != nil {
+		t.Fatal(err)
+	}
+	return op.ID
+}
+
+// A migrate operation becomes a migration record that the master drives:
+// one to a host that is down is refused by the blocker check and leaves no
+// record and no booking on the target; one to a live host books the target
+// and waits, across a change of master, for the target's agent.
+func TestMigrationStartAndResume(t *testing.T) {
+	c := etcdtest.Start(t).Client()
+	s := store.NewEtcd(c)
+	addHost(t, s, "h1", 4, 2048)
+	addHost(t, s, "h2", 4, 2048)
+	if _, err := s.Put(t.Context(), inventory.HostInfoKey("h3"), inventory.Marshal(v1.Host{Name: "h3", CPUs: 4, MemoryMiB: 2048}), store.AnyRevision); err != nil {
+		t.Fatal(err) // h3: known, but no liveness key
+	}
+	_, stop1, done1 := startMaster(t, c, s, "m1")
+	id, err := submitCreate(t.Context(), s, "web", 256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	placed := waitOp(t, s, id, 30*time.Second)
+	src := placed.Host
+	if src == "" {
+		t.Fatalf("create not placed: %+v", placed)
+	}
+	// Its agent reports it running (only a running VM migrates live).
+	if _, err := s.Put(t.Context(), inventory.StatusKey("web"), inventory.Marshal(v1.VMStatus{State: v1.StateRunning, Host: src}), store.AnyRevision); err != nil {
+		t.Fatal(err)
+	}
+	dst := "h1"
+	if src == "h1" {
+		dst = "h2"
+	}
+	inv := inventory.Inventory{S: s}
+	waitDone := func(id string) v1.Operation {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			op, _, err := inv.Op(t.Context(), id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if op.Done() {
+				return op
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("operation %s still %s (%s)", id, op.State, op.Progress.Phase)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	down := submitOp(t, s, "migrate", "web", v1.MigrateArgs{To: "h3"})
+	op := waitDone(down)
+	if op.State != v1.OpFailed || op.Error == nil || !strings.Contains(op.Error.Message, "h3") {
+		t.Fatalf("migration to a down host: %+v", op)
+	}
+	waitGone(t, s, inventory.MigrationKey("web"))
+	waitGone(t, s, inventory.AllocKey("h3", "web"))
+
+	live := submitOp(t, s, "migrate", "web", v1.MigrateArgs{To: dst})
+	waitPhase(t, s, "web", "checked")
+	if _, err := s.Get(t.Context(), inventory.AllocKey(dst, "web")); err != nil {
+		t.Fatalf("target not booked: %v", err)
+	}
+	// The master dies; the next one picks the migration up from its record.
+	stop1()
+	<-done1
+	startMaster(t, c, s, "m2")
+	time.Sleep(3 * time.Second)
+	op, _, err = inv.Op(t.Context(), live)
+	if err != nil || op.State != v1.OpRunning {
+		t.Fatalf("migration after a change of master: %+v (%v)", op, err)
+	}
+	waitPhase(t, s, "web", "checked")
+	if o, _, err := inv.OwnerOf(t.Context(), "web"); err != nil || o.Host != src || o.Epoch != 1 {
+		t.Fatalf("owner before any switch-over: %+v (%v)", o, err)
+	}
+}
+
+func waitGone(t *testing.T, s store.Store, key string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := s.Get(t.Context(), key); errors.Is(err, store.ErrNotFound) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still there", key)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func waitPhase(t *testing.T, s store.Store, name, phase string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var rec struct {
+			Phase string `json:"phase"`
+		}
+		if _, err := store.GetJSON(t.Context(), s, inventory.MigrationKey(name), &rec); err == nil && rec.Phase == phase {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("migration of %s not in phase %s (%+v)", name, phase, rec)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -33,6 +33,8 @@ func (l *leader) opChanged(ctx context.Context, kv store.KV) {
 	switch {
 	case op.Kind == "create" && op.Host == "" && op.State == v1.OpPending:
 		err = l.place(ctx, op.ID)
+	case op.Kind == "migrate" && op.Host == "" && op.State == v1.OpPending:
+		err = l.startMigration(ctx, op.ID)
 	case op.HandOff:
 		err = l.finish(ctx, op.ID)
 	default:

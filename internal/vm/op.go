@@ -51,6 +51,11 @@ func OpKinds() []string {
 	return slices.Sorted(maps.Keys(opKinds))
 }
 
+// DrivenByMaster reports whether the pool master, not a host's agent,
+// runs operations of kind: they span hosts (a migration), so the API
+// records them without a host and no agent's task names them.
+func DrivenByMaster(kind string) bool { return kind == "migrate" }
+
 // OpTarget returns what an operation kind's target names (TargetVM or
 // TargetVolume), or "" for a kind Hangar does not know.
 func OpTarget(kind string) string { return opKinds[kind].target }

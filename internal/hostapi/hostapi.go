@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -215,6 +216,29 @@ func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, host string)
 		},
 	}
 	rp.ServeHTTP(w, r)
+}
+
+// Do sends one request to host's API (path under it, body JSON or nil),
+// marked as forwarded by this host, and returns the answer: the caller
+// reads and closes its body.
+func (f *Forwarder) Do(ctx context.Context, host, method, path string, body io.Reader) (*http.Response, error) {
+	addr, err := f.resolve(ctx, host)
+	if err != nil {
+		return nil, fmt.Errorf("host %s: %w: %w", host, err, errdefs.ErrUnavailable)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, (&url.URL{Scheme: "https", Host: addr, Path: path}).String(), body)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set(Header, f.self)
+	resp, err := (&http.Client{Transport: f.transport(host)}).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("host %s (%s): %w: %w", host, addr, err, errdefs.ErrUnavailable)
+	}
+	return resp, nil
 }
 
 // transport to host: this host's certificate, the pool CA as the only

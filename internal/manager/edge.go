@@ -32,7 +32,8 @@ const defaultBodyLimit = 64 << 10
 
 // bodyLimits by route pattern; -1 is no limit (streamed uploads).
 var bodyLimits = map[string]int64{
-	"POST /api/v1/vms": 1 << 20, // cloud-init seeds up to 64 KiB, JSON-escaped
+	"POST /api/v1/vms":                            1 << 20, // cloud-init seeds up to 64 KiB, JSON-escaped
+	"POST /api/v1/hosts/{name}/check-sources":     1 << 20, // a VM spec, like a create
 	"PUT /api/v1/pools/{pool}/volumes/{vol}/data": -1,
 }
 

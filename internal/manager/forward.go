@@ -1,15 +1,19 @@
 package manager
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 
 	v1 "hangar/api/v1"
 	"hangar/internal/errdefs"
 	"hangar/internal/hostapi"
 	"hangar/internal/inventory"
+	"hangar/internal/qemu"
 	"hangar/internal/store"
 	"hangar/internal/vm"
 )
@@ -81,4 +85,89 @@ func (s *Server) hostParam(ctx context.Context, r *http.Request) (string, error)
 		return "", errdefs.Field("host", inventory.NotFound(err, "host", h))
 	}
 	return h, nil
+}
+
+// forwardToVMHost forwards a request about VM name to the host that has it
+// (vmHost) and reports whether it did (the answer is written). A request
+// with a bad name is left to its handler.
+func (s *Server) forwardToVMHost(w http.ResponseWriter, r *http.Request, name string) bool {
+	if s.cfg.Forward == nil || vm.ValidateName("name", name) != nil {
+		return false
+	}
+	host, err := s.vmHost(r.Context(), name)
+	if err != nil {
+		writeErr(w, err)
+		return true
+	}
+	return !s.servedHere(w, r, host)
+}
+
+// knownHost is the host a new VM will run on when a create already says:
+// pinned (host), or placed manually on one host; "" when the master picks.
+func knownHost(spec v1.VMSpec, host string) string {
+	if host == "" && spec.Placement == v1.PlacementManual && len(spec.PreferredHosts) == 1 {
+		return spec.PreferredHosts[0]
+	}
+	return host
+}
+
+// checkSourcesOn checks a new VM's disk sources (checkSources) on host,
+// the host the VM will run on: here, or through host's API
+// (POST /api/v1/hosts/{host}/check-sources), whose error, field and code
+// included, is returned as it is.
+func (s *Server) checkSourcesOn(ctx context.Context, host string, spec v1.VMSpec) error {
+	if s.cfg.Forward == nil || host == "" || host == s.cfg.Forward.Self() {
+		return s.checkSources(ctx, spec)
+	}
+	spec.CloudInit = nil // the seed plays no part in the check: it stays on this host
+	resp, err := s.cfg.Forward.Do(ctx, host, "POST", "/api/v1/hosts/"+host+"/check-sources", bytes.NewReader(inventory.Marshal(spec)))
+	if err != nil {
+		return fmt.Errorf("check the disks' sources on host %s: %w", host, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode == http.StatusNoContent {
+		return nil
+	}
+	var er v1.ErrorResponse
+	if json.Unmarshal(b, &er) == nil && er.Error != nil && er.Error.Code != "" {
+		return er.Error
+	}
+	return fmt.Errorf("check the disks' sources on host %s: %s: %w", host, resp.Status, errdefs.ErrUnavailable)
+}
+
+// checkSourcesHere answers POST /api/v1/hosts/{name}/check-sources: would
+// the disks of this VM spec be accepted on host name (204), or which field
+// is refused. Asked of another host, the request goes to host name.
+func (s *Server) checkSourcesHere(w http.ResponseWriter, r *http.Request) {
+	host := r.PathValue("name")
+	if err := vm.ValidateName("name", host); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if _, err := store.GetJSON(r.Context(), s.cfg.Store, inventory.HostInfoKey(host), &v1.Host{}); err != nil {
+		writeErr(w, inventory.NotFound(err, "host", host))
+		return
+	}
+	if !s.servedHere(w, r, host) {
+		return
+	}
+	var spec v1.VMSpec
+	if err := decode(r, &spec); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if spec.CPUModel == "" {
+		spec.CPUModel = qemu.TCGCPUModel // the model plays no part in the check
+	}
+	vm.Defaults(&spec, "tcg")
+	if err := vm.Validate(spec, 0); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if err := s.checkSources(r.Context(), spec); err != nil {
+		writeErr(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }

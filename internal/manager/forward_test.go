@@ -19,10 +19,12 @@ import (
 
 	v1 "hangar/api/v1"
 	"hangar/internal/authn"
+	"hangar/internal/errdefs"
 	"hangar/internal/etcdembed/etcdtest"
 	"hangar/internal/hostapi"
 	"hangar/internal/inventory"
 	"hangar/internal/pki"
+	"hangar/internal/storage"
 	"hangar/internal/store"
 )
 
@@ -61,6 +63,21 @@ func (p hostPools) ListVolumes(ctx context.Context, pool string) ([]v1.Volume, e
 	return []v1.Volume{{Pool: pool, Name: "on-" + p.host, Format: "qcow2"}}, nil
 }
 
+// hostVolumes is one host's files: only /isos/<host>.iso exists there.
+type hostVolumes struct {
+	volumesAPI // nil: only CheckSource is called
+	host       string
+}
+
+type volumesAPI = Volumes
+
+func (v hostVolumes) CheckSource(ctx context.Context, kind storage.SourceKind, path string) (storage.HostFile, error) {
+	if path != "/isos/"+v.host+".iso" {
+		return storage.HostFile{}, fmt.Errorf("%s: no such file on host %s: %w", path, v.host, errdefs.ErrNotFound)
+	}
+	return storage.HostFile{Path: path}, nil
+}
+
 type poolHost struct {
 	name string
 	url  string
@@ -97,7 +114,7 @@ func TestForwardToTheVMsHost(t *testing.T) {
 		certs[name] = cert
 		h := &poolHost{name: name, dir: t.TempDir()}
 		api := New(Config{Store: st, Log: slog.New(slog.DiscardHandler), Consoles: hostConsoles{host: name, dir: h.dir},
-			Pools: hostPools{host: name}, Forward: hostapi.New(name, roots, cert, hostapi.StoreResolver(st), slog.New(slog.DiscardHandler))})
+			Pools: hostPools{host: name}, Volumes: hostVolumes{host: name}, Forward: hostapi.New(name, roots, cert, hostapi.StoreResolver(st), slog.New(slog.DiscardHandler))})
 		srv := httptest.NewUnstartedServer(api.Logged(func(next http.Handler) http.Handler {
 			return authn.Require(authn.ClientCert{Roots: roots}, next)
 		}))
@@ -107,7 +124,8 @@ func TestForwardToTheVMsHost(t *testing.T) {
 		h.url = srv.URL
 		hosts[name] = h
 		addr := strings.TrimPrefix(srv.URL, "https://")
-		if _, err := st.Put(ctx, inventory.HostInfoKey(name), inventory.Marshal(v1.Host{Name: name, CPUs: 2, MemoryMiB: 1024, Address: addr}), store.AnyRevision); err != nil {
+		mem := 1024
+		if _, err := st.Put(ctx, inventory.HostInfoKey(name), inventory.Marshal(v1.Host{Name: name, CPUs: 2, MemoryMiB: mem, Accelerator: "tcg", Address: addr}), store.AnyRevision); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := st.Put(ctx, inventory.HostKey(name), []byte("{}"), store.AnyRevision); err != nil {
@@ -197,6 +215,53 @@ func TestForwardToTheVMsHost(t *testing.T) {
 	}
 	if code, body := get(user, hosts["h1"].url+"/api/v1/pools/default/volumes?host=ghost"); code != 404 {
 		t.Fatalf("volumes of an unknown host: %d %s", code, body)
+	}
+
+	// A create through h1 of a VM placed on h2: its cdrom's file is checked
+	// on h2 (where it exists; h1 has no such file), an error keeps its field.
+	post := func(c *http.Client, url, body string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, "POST", url, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := post(user, hosts["h1"].url+"/api/v1/vms", `{"name":"cd1","memoryMiB":64,"placement":"manual","preferredHosts":["h2"],"disks":[{"media":"cdrom","image":"/isos/h2.iso"}]}`); code != 202 {
+		t.Fatalf("create with h2's iso via h1: %d %s", code, body)
+	}
+	code, body := post(user, hosts["h1"].url+"/api/v1/vms", `{"name":"cd2","memoryMiB":64,"placement":"manual","preferredHosts":["h2"],"disks":[{"media":"cdrom","image":"/isos/h1.iso"}]}`)
+	var er v1.ErrorResponse
+	if code != 404 || json.Unmarshal([]byte(body), &er) != nil || er.Error == nil || er.Error.Field != "disks[0].image" || !strings.Contains(er.Error.Message, "host h2") {
+		t.Fatalf("create with a file h2 does not have, via h1: %d %s", code, body)
+	}
+	// The host API answers for a host asked directly too.
+	if code, body := post(user, hosts["h1"].url+"/api/v1/hosts/h2/check-sources", `{"name":"x","memoryMiB":64,"disks":[{"media":"cdrom","image":"/isos/h2.iso"}]}`); code != 204 {
+		t.Fatalf("check-sources of h2 via h1: %d %s", code, body)
+	}
+	if code, body := post(user, hosts["h2"].url+"/api/v1/hosts/h1/check-sources", `{"name":"x","memoryMiB":64,"disks":[{"media":"cdrom","image":"/isos/h2.iso"}]}`); code != 404 {
+		t.Fatalf("check-sources of h1 via h2 (h1 lacks the file): %d %s", code, body)
+	}
+	// A media change of cd1 (placed on h2, as the master would) through h1
+	// is checked on h2.
+	inv := inventory.Inventory{S: st}
+	sp, rev, err := inv.Spec(ctx, "cd1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp.Host = "h2"
+	if _, err := st.Put(ctx, inventory.VMKey("cd1"), inventory.Marshal(sp), rev); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := post(user, hosts["h1"].url+"/api/v1/vms/cd1/media", `{"disk":"disk0","image":"/isos/h1.iso"}`); code != 404 || !strings.Contains(body, "host h2") {
+		t.Fatalf("media change with a file h2 lacks, via h1: %d %s", code, body)
 	}
 
 	// Forged: the marker with a user's certificate, on either host (on h1

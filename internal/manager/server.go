@@ -125,6 +125,7 @@ func New(cfg Config) *Server {
 	s.route("GET /api/v1/hosts", s.listHosts)
 	s.route("GET /api/v1/hosts/{name}", s.getHost)
 	s.route("GET /api/v1/capacity", s.getCapacity)
+	s.route("POST /api/v1/hosts/{name}/check-sources", s.checkSourcesHere)
 	s.route("GET /api/v1/version", s.getVersion)
 	s.storageRoutes()
 	s.poolRoutes()
@@ -321,7 +322,9 @@ func (s *Server) createWarned(ctx context.Context, spec v1.VMSpec, start bool, h
 	if err := vm.Validate(spec, scheduler.LargestHostMemory(hosts)); err != nil {
 		return v1.Operation{}, err
 	}
-	if err := s.checkSources(ctx, spec); err != nil {
+	// The disks' files are checked where the VM will run when that is known
+	// now (a pinned create, manual placement on one host), else here.
+	if err := s.checkSourcesOn(ctx, knownHost(spec, host), spec); err != nil {
 		return v1.Operation{}, err
 	}
 	// A dry run of the placement answers at once when no host could take

@@ -96,6 +96,9 @@ func (s *Server) suspendVM(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) changeMedia(w http.ResponseWriter, r *http.Request) {
+	if s.forwardToVMHost(w, r, r.PathValue("name")) {
+		return // the medium is a file on the VM's host: checked there
+	}
 	submitArgs(s, w, r, "media", func(a *v1.MediaArgs, v v1.VM) error {
 		for _, d := range v.Spec.Disks {
 			if d.Name == a.Disk {

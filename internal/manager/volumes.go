@@ -219,16 +219,8 @@ func (s *Server) resizeVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) resizeDisk(w http.ResponseWriter, r *http.Request) {
-	// The disk's size is read from its file: on the VM's host.
-	if name := r.PathValue("name"); vm.ValidateName("name", name) == nil {
-		host, err := s.vmHost(r.Context(), name)
-		if err != nil {
-			writeErr(w, err)
-			return
-		}
-		if !s.servedHere(w, r, host) {
-			return
-		}
+	if s.forwardToVMHost(w, r, r.PathValue("name")) {
+		return // the disk's size is read from its file: on the VM's host
 	}
 	var a v1.ResizeArgs
 	if err := decode(r, &a); err != nil {

@@ -149,6 +149,11 @@ func TestAPIMatchesOpenAPI(t *testing.T) {
 	s.getSpec(t, "GET", "/api/v1/hosts/testhost", nil, 200)
 	s.getSpec(t, "GET", "/api/v1/capacity", nil, 200)
 	s.getSpec(t, "GET", "/api/v1/version", nil, 200)
+	s.getSpec(t, "GET", "/api/v1/pool", nil, 200)
+	s.getSpec(t, "POST", "/api/v1/pool/join-tokens", v1.JoinTokenRequest{TTLSeconds: 60}, 201)
+	s.getSpec(t, "POST", "/api/v1/pool/credentials", v1.CredentialsRequest{Name: "alice"}, 201)
+	s.getSpec(t, "POST", "/api/v1/pool/join", v1.JoinRequest{Token: "hgjoin1.bad", Host: "h2", CSR: "x", Address: "10.0.0.2:8443"}, 401)
+	s.getSpec(t, "DELETE", "/api/v1/hosts/ghost", nil, 404)
 	// Errors are documented answers too.
 	s.getSpec(t, "GET", "/api/v1/vms/ghost", nil, 404)
 	s.getSpec(t, "GET", "/api/v1/templates/ghost", nil, 404)

@@ -2,8 +2,11 @@ package join
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -74,8 +77,13 @@ func (s *Server) RemoveHost(ctx context.Context, host string) error {
 		return errdefs.Precondition("host %q answers this request and cannot remove itself: ask another host of the pool (hangar --server https://OTHER:8443 host remove %s)", host, host)
 	}
 	known := false
-	if _, err := s.Store.Get(ctx, inventory.HostInfoKey(host)); err == nil {
+	var addrIP string // of a host whose learner never started (no name in etcd yet)
+	if kv, err := s.Store.Get(ctx, inventory.HostInfoKey(host)); err == nil {
 		known = true
+		var h v1.Host
+		if json.Unmarshal(kv.Value, &h) == nil {
+			addrIP, _, _ = net.SplitHostPort(h.Address)
+		}
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
@@ -97,7 +105,7 @@ func (s *Server) RemoveHost(ctx context.Context, host string) error {
 			if !m.Learner {
 				voting++
 			}
-			if m.Name == host {
+			if m.Name == host || (m.Name == "" && addrIP != "" && peerHost(m) == addrIP) {
 				member = &ms[i]
 			}
 		}
@@ -126,4 +134,16 @@ func (s *Server) RemoveHost(ctx context.Context, host string) error {
 	}
 	s.log().Info("host removed", "host", host)
 	return nil
+}
+
+// peerHost is the host of a member's first peer URL.
+func peerHost(m Member) string {
+	if len(m.PeerURLs) == 0 {
+		return ""
+	}
+	u, err := url.Parse(m.PeerURLs[0])
+	if err != nil {
+		return ""
+	}
+	return u.Hostname()
 }

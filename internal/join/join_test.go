@@ -426,3 +426,54 @@ func TestInstallAndFresh(t *testing.T) {
 		t.Errorf("undo left %s: %v", dir, err)
 	}
 }
+
+// TestRemoveHost: refused for the answering host, a live host, a host with
+// VMs placed on it and the only member; a host whose join died before its
+// learner started (no name in etcd) goes with its learner, found by the
+// address of its record.
+func TestRemoveHost(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	req, _ := request(t, "h2", "10.0.0.2")
+	req.Token = f.token(t, time.Minute)
+	if _, err := f.srv.Join(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if ms, _ := f.cluster.Members(ctx); len(ms) != 2 || ms[1].Name != "" || !ms[1].Learner {
+		t.Fatalf("members after the join %+v", ms)
+	}
+	prec := func(err error, want string) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("err = %v, want %q", err, want)
+		}
+	}
+	prec(f.srv.RemoveHost(ctx, "h1"), "cannot remove itself")
+	if _, err := f.st.Put(ctx, inventory.HostKey("h2"), []byte("{}"), store.MustNotExist); err != nil {
+		t.Fatal(err)
+	}
+	prec(f.srv.RemoveHost(ctx, "h2"), "is alive")
+	_ = f.st.Delete(ctx, inventory.HostKey("h2"), store.AnyRevision)
+	spec := v1.VMSpec{Name: "web", MemoryMiB: 64, Host: "h2"}
+	if _, err := f.st.Put(ctx, inventory.VMKey("web"), inventory.Marshal(spec), store.MustNotExist); err != nil {
+		t.Fatal(err)
+	}
+	prec(f.srv.RemoveHost(ctx, "h2"), "web")
+	_ = f.st.Delete(ctx, inventory.VMKey("web"), store.AnyRevision)
+	if err := f.srv.RemoveHost(ctx, "h2"); err != nil {
+		t.Fatal(err)
+	}
+	if ms, _ := f.cluster.Members(ctx); len(ms) != 1 {
+		t.Errorf("the learner of the removed host is still a member: %+v", ms)
+	}
+	f.nothingBehind(t, "h2", 1)
+	var nf error = f.srv.RemoveHost(ctx, "h2")
+	prec(nf, "not found")
+	// The only voting member, asked through another host.
+	other := *f.srv
+	other.Host = "h9"
+	if _, err := f.st.Put(ctx, inventory.HostInfoKey("h1"), []byte(`{"name":"h1"}`), store.AnyRevision); err != nil {
+		t.Fatal(err)
+	}
+	prec(other.RemoveHost(ctx, "h1"), "only etcd member")
+}

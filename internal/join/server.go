@@ -298,6 +298,9 @@ func (s *Server) Join(ctx context.Context, req v1.JoinRequest) (v1.JoinAnswer, e
 	})
 	if ans.Role == v1.RoleMember {
 		id, after, err := s.addLearner(ctx, peerURL)
+		if err != nil && strings.Contains(err.Error(), "too many learner") {
+			return v1.JoinAnswer{}, errdefs.Precondition("join %s: another host is still catching up as an etcd learner (or its join died half-way: hangar pool show lists it, hangar host remove takes it out); try again", req.Host)
+		}
 		if err != nil {
 			return v1.JoinAnswer{}, errdefs.Precondition("join %s: add etcd learner: %v", req.Host, err)
 		}

@@ -115,9 +115,23 @@ func (c *Client) AddPool(ctx context.Context, p v1.StoragePool) error {
 
 // Volumes lists a pool's volumes.
 func (c *Client) Volumes(ctx context.Context, pool string) ([]v1.Volume, error) {
+	return c.VolumesOn(ctx, pool, "")
+}
+
+// VolumesOn lists the volumes of host's own pool ("": the server's host);
+// the server forwards the request to that host.
+func (c *Client) VolumesOn(ctx context.Context, pool, host string) ([]v1.Volume, error) {
 	var vs []v1.Volume
-	_, err := c.do(ctx, "GET", "/pools/"+url.PathEscape(pool)+"/volumes", nil, nil, &vs)
+	_, err := c.do(ctx, "GET", "/pools/"+url.PathEscape(pool)+"/volumes", hostQuery(host), nil, &vs)
 	return vs, err
+}
+
+// hostQuery is ?host=H, or none for "".
+func hostQuery(host string) url.Values {
+	if host == "" {
+		return nil
+	}
+	return url.Values{"host": {host}}
 }
 
 // CreateVolume makes an empty volume.
@@ -191,8 +205,13 @@ func (c *Client) FlattenVolume(ctx context.Context, pool, name string, wait time
 
 // VolumeInfo shows one volume.
 func (c *Client) VolumeInfo(ctx context.Context, pool, name string) (v1.Volume, error) {
+	return c.VolumeInfoOn(ctx, pool, name, "")
+}
+
+// VolumeInfoOn shows one volume of host's own pool ("": the server's host).
+func (c *Client) VolumeInfoOn(ctx context.Context, pool, name, host string) (v1.Volume, error) {
 	var v v1.Volume
-	_, err := c.do(ctx, "GET", volPath(pool, name), nil, nil, &v)
+	_, err := c.do(ctx, "GET", volPath(pool, name), hostQuery(host), nil, &v)
 	return v, err
 }
 

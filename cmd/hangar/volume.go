@@ -85,6 +85,7 @@ func newVolume(g *globals) *cobra.Command {
 		Long: `Manage volumes, the disk images in storage pools. A volume is named POOL/VOLUME
 everywhere: hangar volume list prints that form and every verb takes it back.`,
 		Example: "  hangar volume ls\n  hangar volume upload disk.qcow2 default/images/disk.qcow2\n  hangar volume copy default/images/disk.qcow2 default/images/copy.raw"}
+	var onHost string
 	list := &cobra.Command{Use: "list [POOL]", Aliases: []string{"ls"}, Short: "List volumes with real and virtual size", Args: cobra.MaximumNArgs(1),
 		Long:              "List the volumes of every pool (or of POOL) as POOL/VOLUME with format, virtual and real size, backing file and users (-o wide adds the chain depth).",
 		Example:           "  hangar volume list\n  hangar volume list default -o wide\n  hangar volume list --no-headers | awk '{print $1}'",
@@ -108,7 +109,7 @@ everywhere: hangar volume list prints that form and every verb takes it back.`,
 			}
 			vs := []v1.Volume{}
 			for _, p := range pools {
-				pv, err := c.Volumes(cmd.Context(), p)
+				pv, err := c.VolumesOn(cmd.Context(), p, onHost)
 				if err != nil {
 					return err
 				}
@@ -144,7 +145,7 @@ everywhere: hangar volume list prints that form and every verb takes it back.`,
 			if err != nil {
 				return err
 			}
-			v, err := g.client().VolumeInfo(cmd.Context(), p, n)
+			v, err := g.client().VolumeInfoOn(cmd.Context(), p, n, onHost)
 			if err != nil {
 				return err
 			}
@@ -154,6 +155,11 @@ everywhere: hangar volume list prints that form and every verb takes it back.`,
 			})
 		}}
 	addOutput(show, g, false)
+	for _, c := range []*cobra.Command{list, show} {
+		c.Flags().StringVar(&onHost, "host", "", "the host whose own pool is meant (default: the server's host); the server forwards the request there")
+	}
+	list.Example += "\n  hangar volume list default --host h2"
+	show.Example += "\n  hangar volume show default/images/disk.qcow2 --host h2"
 	var format string
 	var size int64
 	create := &cobra.Command{Use: "create POOL/VOLUME", Short: "Create an empty volume", Args: cobra.ExactArgs(1),

@@ -17,7 +17,7 @@ import (
 // the other hosts. The serial log of each shared guest, asked from every
 // host, is that guest's (its boot id, its hostname); the console of the
 // guest on h2, attached through h1, is that guest's shell (it prints the
-// guest's own boot id). The capacity overview on h1 counts every host's
+// guest's own boot id); h2's own pool listed through h1 holds h2's guest disk. The capacity overview on h1 counts every host's
 // running guest and names the pool's fixed TCG CPU model, which the
 // guests were given.
 func TestHostLocalWorkForwarded(t *testing.T) {
@@ -69,6 +69,20 @@ func TestHostLocalWorkForwarded(t *testing.T) {
 		if err != nil {
 			t.Fatalf("console of %s via h1: no %q: %v", remote.Name, want, err)
 		}
+	}
+
+	// A host's own pool, listed through h1: that host's guest disk, not h1's.
+	var vols []v1.Volume
+	if out := p.CLI(t, "h1", "volume", "list", "default", "--host", remote.Host, "-o", "json"); json.Unmarshal([]byte(out), &vols) != nil {
+		t.Fatalf("volume list --host %s: %s", remote.Host, out)
+	}
+	var names []string
+	for _, v := range vols {
+		names = append(names, v.Name)
+	}
+	all := strings.Join(names, " ")
+	if !strings.Contains(all, "vms/"+remote.Name+"/") || strings.Contains(all, "vms/g-h1/") {
+		t.Fatalf("volume list default --host %s via h1: %v, want %s's disk and not g-h1's", remote.Host, names, remote.Name)
 	}
 
 	out := p.CLI(t, "h1", "host", "list", "-o", "json")

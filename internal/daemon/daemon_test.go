@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -385,4 +386,91 @@ func TestExternalEtcd(t *testing.T) {
 	if err != nil || len(p.External) != 1 || p.External[0] != endpoint || len(p.Members) != 0 {
 		t.Errorf("pool info %+v %v", p, err)
 	}
+}
+
+// TestJoinRevertsAfterMemberAdd: a joiner whose etcd member cannot start
+// (its peer port is taken) after the pool added it as a learner undoes the
+// join: the learner and its host record are gone from the pool, nothing is
+// left in its data dir, and a new token then joins it as a member.
+func TestJoinRevertsAfterMemberAdd(t *testing.T) {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86): hangar serve cannot start")
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	free := func(ip string) (string, net.Listener) {
+		l, err := net.Listen("tcp", ip+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.Addr().String(), l
+	}
+	port := func(ip string) string {
+		a, l := free(ip)
+		l.Close()
+		return a
+	}
+	runDir := func() string {
+		r, err := os.MkdirTemp("", "hgd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(r) })
+		return r
+	}
+	d1, err := Start(ctx, Config{DataDir: filepath.Join(dir, "h1"), RunDir: runDir(), Host: "h1", Listen: port("127.0.0.1"),
+		EtcdPeerURL: "https://" + port("127.0.0.1"), EtcdClientURL: "https://" + port("127.0.0.1"), Accel: "tcg", VMUIDRange: "1879103000-1879103999"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d1.Close()
+	c1 := client.New(d1.Socket)
+	taken, hold := free("127.0.0.2")
+	defer hold.Close()
+	h2 := Config{DataDir: filepath.Join(dir, "h2"), RunDir: runDir(), Host: "h2", Listen: port("127.0.0.2"),
+		EtcdPeerURL: "https://" + taken, EtcdClientURL: "https://" + port("127.0.0.2"), Accel: "tcg", VMUIDRange: "1879104000-1879104999"}
+	tok, err := c1.JoinToken(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2.Join, h2.Token = d1.TCPAddr, tok.Token
+	if _, err := Start(ctx, h2); err == nil {
+		t.Fatal("a joiner whose etcd peer port is taken started")
+	} else {
+		t.Logf("join failed as it should: %v", err)
+	}
+	entries, _ := os.ReadDir(h2.DataDir)
+	for _, e := range entries {
+		t.Errorf("left in the joiner's data dir: %s", e.Name())
+	}
+	p, err := c1.PoolInfo(ctx)
+	if err != nil || len(p.Members) != 1 {
+		t.Fatalf("members after the failed join: %+v %v", p.Members, err)
+	}
+	if hs, err := c1.Hosts(ctx); err != nil || len(hs) != 1 {
+		t.Fatalf("hosts after the failed join: %+v %v", hs, err)
+	}
+	hold.Close()
+	tok, err = c1.JoinToken(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2.Token = tok.Token
+	d2, err := Start(ctx, h2)
+	if err != nil {
+		t.Fatalf("join after the failed one: %v", err)
+	}
+	defer d2.Close()
+	if p, err = c1.PoolInfo(ctx); err != nil || len(memberRoles(p)) != 2 || memberRoles(p)[1] != "h2=member" {
+		t.Fatalf("members after the join: %+v %v", p.Members, err)
+	}
+}
+
+func memberRoles(p v1.PoolInfo) []string {
+	var out []string
+	for _, m := range p.Members {
+		out = append(out, m.Name+"="+m.Role)
+	}
+	slices.Sort(out)
+	return out
 }

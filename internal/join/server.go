@@ -324,7 +324,12 @@ func (s *Server) addLearner(ctx context.Context, peerURL string) (uint64, []Memb
 	deadline := time.Now().Add(unhealthyWait)
 	for {
 		id, after, err := s.Cluster.AddLearner(ctx, peerURL)
-		retry := err != nil && (strings.Contains(err.Error(), "unhealthy cluster") || strings.Contains(err.Error(), "too many learner"))
+		// etcd derives a new member's id from its peer URLs and the time in
+		// seconds: the same peer URL added again within the second after its
+		// removal (a join retried right after a failed one) gets the removed
+		// id, which etcd refuses as "member not found".
+		retry := err != nil && (strings.Contains(err.Error(), "unhealthy cluster") || strings.Contains(err.Error(), "too many learner") ||
+			strings.Contains(err.Error(), "member not found"))
 		if !retry || time.Now().After(deadline) {
 			return id, after, err
 		}

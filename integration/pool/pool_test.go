@@ -33,8 +33,9 @@ type Pool struct {
 	// created it).
 	Joined bool
 
-	mu    sync.Mutex
-	serve map[string]netlab.ServeConfig // how each host was started (Restart uses it again)
+	mu     sync.Mutex
+	serve  map[string]netlab.ServeConfig // how each host was started (Restart uses it again)
+	pinned map[string]string             // VM → the one host its spec allows (placement manual)
 
 	guestsMu sync.Mutex
 	guests   []Guest         // SharedGuests, once booted
@@ -48,7 +49,7 @@ func startPool(ctx context.Context, n int) (_ *Pool, err error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Pool{Lab: lab, serve: map[string]netlab.ServeConfig{}}
+	p := &Pool{Lab: lab, serve: map[string]netlab.ServeConfig{}, pinned: map[string]string{}}
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("%w\n%s", err, p.dump(3000))
@@ -293,12 +294,6 @@ func (p *Pool) Restart(t testing.TB, name string) {
 	}
 }
 
-// strictPlacement: BootGuest and SharedGuests fail when a guest does not
-// run on the host they asked for. SEAM: false until the pool master
-// places by the spec (placement manual, preferredHosts); meanwhile
-// Guest.Host says where the guest really runs.
-const strictPlacement = false
-
 // Guest is a booted test guest on a bridge.
 type Guest struct {
 	Name   string
@@ -361,9 +356,11 @@ func OnHost(host string) func(*v1.VMSpec) {
 	}
 }
 
-// BootGuest creates and starts VM name on host (OnHost; see
-// strictPlacement), through host's API, with one NIC on br0, waits for its ready marker (the boot id it prints) and its DHCP
-// lease, and deletes it when the test ends. mutate may change the spec.
+// BootGuest creates and starts VM name on host (OnHost), through host's
+// API, with one NIC on br0, waits for its ready marker (the boot id it
+// prints) and its DHCP lease, and deletes it when the test ends. mutate
+// may change the spec; while it leaves placement manual on host, a guest
+// that runs elsewhere fails the test.
 func (p *Pool) BootGuest(t testing.TB, host, name string, mutate func(*v1.VMSpec)) Guest {
 	t.Helper()
 	p.CreateGuest(t, host, name, mutate)
@@ -398,6 +395,12 @@ func (p *Pool) WaitGuest(t testing.TB, host, name string) Guest {
 }
 
 func (p *Pool) createGuest(h *netlab.Host, spec v1.VMSpec) error {
+	p.mu.Lock()
+	delete(p.pinned, spec.Name)
+	if spec.Placement == v1.PlacementManual && len(spec.PreferredHosts) == 1 {
+		p.pinned[spec.Name] = spec.PreferredHosts[0]
+	}
+	p.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c := h.Client()
@@ -426,8 +429,11 @@ func (p *Pool) waitGuest(h *netlab.Host, name string) (Guest, error) {
 	if m[2] != name {
 		return Guest{}, fmt.Errorf("guest %s reports hostname %q", name, m[2])
 	}
-	if strictPlacement && on != h {
-		return Guest{}, fmt.Errorf("guest %s asked for %s (placement manual) runs on %s", name, h.Name, on.Name)
+	p.mu.Lock()
+	pinned := p.pinned[name]
+	p.mu.Unlock()
+	if pinned != "" && on.Name != pinned {
+		return Guest{}, fmt.Errorf("guest %s, placement manual on %s, runs on %s", name, pinned, on.Name)
 	}
 	g := Guest{Name: name, Host: on.Name, BootID: m[1]}
 	lctx, lcancel := context.WithTimeout(ctx, 90*time.Second)

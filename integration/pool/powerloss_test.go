@@ -6,8 +6,7 @@ import (
 	"time"
 )
 
-// TestPowerLoss: a power loss of a guest's host (h3 when placement is
-// honoured) kills its serve and the guest's QEMU (the guest stops
+// TestPowerLoss: a power loss of a guest's host (h3) kills its serve and the guest's QEMU (the guest stops
 // answering the client), touches nothing of the other hosts, and the host
 // comes back on its own data and is listed alive again.
 func TestPowerLoss(t *testing.T) {

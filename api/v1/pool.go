@@ -45,6 +45,9 @@ type JoinRequest struct {
 	ClientURL string `json:"clientURL"`
 	// External: the joiner uses an external etcd cluster (--etcd-endpoints).
 	External bool `json:"external,omitempty"`
+	// ClientOnly: the joiner is not manager-capable (serve --manager=false):
+	// it becomes an etcd client even while the cluster has room for members.
+	ClientOnly bool `json:"clientOnly,omitempty"`
 }
 
 // JoinAnswer is the pool's answer to a join.

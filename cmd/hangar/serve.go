@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -36,7 +37,8 @@ Another host joins with --join HOST:PORT of a pool host and --token from
 'hangar pool join-token' there: it checks the pool's CA against the token's fingerprint,
 sends a certificate request (its key stays here) and gets its host certificate, the CA
 and the secrets key. The first three hosts become etcd members (and hold the CA key:
-they are the manager hosts), later ones reach the members' etcd as clients. The data dir
+they are the manager hosts), later ones — and any started with --manager=false — reach the
+members' etcd as clients. The data dir
 then holds pool.json, and a restart with the same flags does not join again.
 --etcd-endpoints uses an external etcd cluster instead of embedded members.
 
@@ -102,6 +104,8 @@ the file and line.`,
 	f.StringVar(&cfg.ClientCA, "client-ca", "", "PEM file of further CAs whose client certificates --listen accepts (the pool CA's always are)")
 	f.StringVar(&cfg.Join, "join", "", "join the pool of the host serving --listen at HOST:PORT (first start only; needs --token and --listen)")
 	f.StringVar(&cfg.Token, "token", "", "join token from 'hangar pool join-token' (with --join)")
+	f.Var(notFlag{&cfg.NotManager}, "manager", "manager-capable: may run an etcd member and hold the CA key when it joins (--manager=false: always an etcd client)")
+	f.Lookup("manager").NoOptDefVal = "true"
 	f.StringSliceVar(&cfg.EtcdEndpoints, "etcd-endpoints", nil, "use this external etcd cluster (client URLs, comma-separated) instead of an embedded member")
 	f.StringVar(&cfg.EtcdCA, "etcd-ca", "", "CA of the external etcd cluster's server certificates (with --etcd-endpoints)")
 	f.StringVar(&cfg.EtcdCert, "etcd-cert", "", "client certificate for the external etcd cluster (with --etcd-endpoints)")
@@ -140,3 +144,25 @@ func envOr(key, def string) string {
 	}
 	return def
 }
+
+// notFlag is a boolean flag that sets *v to its negation (--manager=false
+// sets NotManager).
+type notFlag struct{ v *bool }
+
+func (f notFlag) String() string {
+	if f.v == nil {
+		return "true"
+	}
+	return strconv.FormatBool(!*f.v)
+}
+
+func (f notFlag) Set(s string) error {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	*f.v = !b
+	return nil
+}
+
+func (f notFlag) Type() string { return "bool" }

@@ -66,6 +66,10 @@ type Config struct {
 	// IP that is not loopback: https://<IP>:2380, else a free 127.0.0.1
 	// port. Peers authenticate each other with pool CA certificates.
 	EtcdPeerURL string
+	// NotManager: this host is not manager-capable: when it joins it becomes
+	// an etcd client (never a member, never holding the CA key) even while
+	// the pool has fewer than three members.
+	NotManager bool
 	// EtcdEndpoints are the client URLs of an external etcd cluster to use
 	// instead of an embedded member (role external), with EtcdCA (its
 	// server CA) and EtcdCert/EtcdKey (a client certificate it accepts).
@@ -161,6 +165,9 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		if state, err = joinPool(ctx, cfg, listenIP, external, rev); err != nil {
 			return nil, err
 		}
+	}
+	if state == nil && cfg.NotManager {
+		return nil, errors.New("--manager=false is for a host that joins a pool (--join): the first host of a pool is a manager host")
 	}
 	if state == nil {
 		first = true

@@ -96,7 +96,7 @@ func checkFlags(cfg *Config) (net.IP, error) {
 			cfg.EtcdClientURL = "https://" + net.JoinHostPort(ip.String(), strconv.Itoa(etcdClientPort))
 		}
 	}
-	if cfg.Join != "" && !external && (cfg.EtcdPeerURL == "" || cfg.EtcdClientURL == "") {
+	if cfg.Join != "" && !external && !cfg.NotManager && (cfg.EtcdPeerURL == "" || cfg.EtcdClientURL == "") {
 		return nil, errors.New("--join with a loopback --listen needs --etcd-peer-url and --etcd-client-url (the pool may make this host an etcd member)")
 	}
 	return ip, nil
@@ -218,7 +218,7 @@ func joinPool(ctx context.Context, cfg Config, listenIP net.IP, external bool, r
 		return nil, err
 	}
 	req := v1.JoinRequest{Host: cfg.Host, CSR: string(csrPEM), Address: cfg.Listen, PeerURL: cfg.EtcdPeerURL,
-		ClientURL: cfg.EtcdClientURL, External: external}
+		ClientURL: cfg.EtcdClientURL, External: external, ClientOnly: cfg.NotManager}
 	if req.PeerURL != "" {
 		u, _ := url.Parse(req.PeerURL)
 		req.PeerURL = u.String()

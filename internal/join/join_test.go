@@ -42,7 +42,7 @@ func (f *fakeCluster) AddLearner(_ context.Context, peer string) (uint64, []Memb
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.failAdd {
-		return 0, nil, errors.New("too many learner members in cluster")
+		return 0, nil, errors.New("etcdserver: Peer URLs already exists")
 	}
 	f.nextID++
 	f.members = append(f.members, Member{ID: f.nextID, PeerURLs: []string{peer}, Learner: true})
@@ -476,4 +476,27 @@ func TestRemoveHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	prec(other.RemoveHost(ctx, "h1"), "only etcd member")
+}
+
+// TestJoinClientOnly: a host that is not manager-capable becomes an etcd
+// client (without the CA key) even while the cluster has room.
+func TestJoinClientOnly(t *testing.T) {
+	f := newFixture(t)
+	req, key := request(t, "h2", "10.0.0.2")
+	req.ClientOnly, req.PeerURL, req.ClientURL = true, "", ""
+	tok, _ := Parse(f.token(t, time.Minute))
+	req.Token = tok.String()
+	ans, err := f.srv.Join(t.Context(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ans.Role != v1.RoleClient || ans.CAKey != "" || ans.MemberID != "" {
+		t.Fatalf("answer role %s key %t member %q", ans.Role, ans.CAKey != "", ans.MemberID)
+	}
+	if err := CheckAnswer(ans, tok, req, key); err != nil {
+		t.Fatal(err)
+	}
+	if ms, _ := f.cluster.Members(t.Context()); len(ms) != 1 {
+		t.Errorf("members %+v", ms)
+	}
 }

@@ -237,7 +237,7 @@ func (s *Server) Join(ctx context.Context, req v1.JoinRequest) (v1.JoinAnswer, e
 			}
 		}
 		ans.Endpoints = votingClientURLs(ms)
-		if len(ms) < MaxMembers {
+		if len(ms) < MaxMembers && !req.ClientOnly {
 			ans.Role = v1.RoleMember
 			if peerURL, err = parseHTTPSURL("peerURL", req.PeerURL, ips); err != nil {
 				return v1.JoinAnswer{}, err

@@ -78,6 +78,11 @@ type VMSpec struct {
 	PreferredHosts []string `json:"preferredHosts,omitempty"`
 	// AntiAffinityGroup: no two VMs of one group are placed on one host.
 	AntiAffinityGroup string `json:"antiAffinityGroup,omitempty"`
+	// Parked is set by the pool master: the VM was shut down because no
+	// host could take it when its host was evacuated; it starts by itself
+	// when a host can (its own host leaving maintenance, or — when all its
+	// disks are on shared pools — any host).
+	Parked bool `json:"parked,omitempty"`
 	// UUID is the VM's SMBIOS UUID; set by the manager on create.
 	UUID string `json:"uuid,omitempty"`
 	// CloudInit, when set, is served to the guest as a NoCloud seed ISO on
@@ -439,6 +444,21 @@ type MigrateArgs struct {
 	// new low for that long (0: Hangar's default, 150 s); the VM keeps
 	// running on the source.
 	ProgressTimeoutSec int64 `json:"progressTimeoutSec,omitempty"`
+}
+
+// EvacuateArgs are the arguments of an evacuation (POST
+// /api/v1/hosts/{name}/evacuate): the host goes into maintenance and every
+// running VM is live-migrated to the best other host; one that no host can
+// take (or every one, with Shutdown) is shut down and parked.
+type EvacuateArgs struct {
+	// Shutdown parks every running VM instead of migrating it.
+	Shutdown bool `json:"shutdown,omitempty"`
+}
+
+// MaintenanceArgs switch a host's maintenance mode (POST
+// /api/v1/hosts/{name}/maintenance). Leaving it starts the VMs parked there.
+type MaintenanceArgs struct {
+	On bool `json:"on"`
 }
 
 // DeleteArgs are the arguments of a delete operation.

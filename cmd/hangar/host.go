@@ -112,7 +112,7 @@ model, the default of a VM that names none.
 		},
 	}
 	addOutput(list, g, true)
-	cmd.AddCommand(info, list, newHostRemove(g))
+	cmd.AddCommand(info, list, newHostRemove(g), newHostEvacuate(g), newHostMaintenance(g))
 	return cmd
 }
 

@@ -299,7 +299,10 @@ func opHandlers() map[string]opHandler {
 		"resize": withArgs(func(m *machine, ctx context.Context, _ v1.Operation, args v1.ResizeArgs, _ progressFunc) error {
 			return m.resize(ctx, args)
 		}),
-		"migrate":        withArgs(migrateOp),
+		"migrate": withArgs(migrateOp),
+		"evacuate": func(m *machine, _ context.Context, op v1.Operation, _ progressFunc) error {
+			return errdefs.Precondition("evacuate %s: evacuations are driven by the pool master, not by an agent", op.Target)
+		},
 		"volume-copy":    withArgs(volumeOp),
 		"volume-flatten": withArgs(volumeOp),
 		"template": withArgs(func(m *machine, ctx context.Context, _ v1.Operation, args v1.TemplateArgs, progress progressFunc) error {

@@ -130,6 +130,7 @@ func New(cfg Config) *Server {
 	s.storageRoutes()
 	s.poolRoutes()
 	s.volumeRoutes()
+	s.maintenanceRoutes()
 	s.route("GET /api/v1/openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(v1.OpenAPI)
@@ -274,6 +275,10 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 			f = "uuid"
 		}
 		writeErr(w, &v1.Error{Code: v1.CodeInvalidArgument, Field: f, Message: f + ": set by hangar, not by the request"})
+		return
+	}
+	if spec.Parked {
+		writeErr(w, invalidArg("parked", "set by the pool master, not by the request"))
 		return
 	}
 	if spec.CloudInit != nil && spec.CloudInit.UserDataSHA256 != "" {

@@ -235,5 +235,8 @@ func (l *leader) reconcile(ctx context.Context) (int64, error) {
 	if err := l.resumeMigrations(ctx); err != nil {
 		return 0, err
 	}
+	if err := l.unpark(ctx); err != nil {
+		return 0, err
+	}
 	return rev, nil
 }

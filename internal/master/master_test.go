@@ -350,3 +350,140 @@ func waitPhase(t *testing.T, s store.Store, name, phase string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// fakeAgent finishes the operations tasked to host as its agent would,
+// with the status they leave (only stop and start are expected here).
+func fakeAgent(t *testing.T, s store.Store, host string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() {
+		inv := inventory.Inventory{S: s}
+		for ctx.Err() == nil {
+			kvs, _, err := s.List(ctx, inventory.TaskPrefix(host))
+			if err == nil {
+				for _, kv := range kvs {
+					op, rev, err := inv.Op(ctx, string(kv.Value))
+					if err != nil || op.Done() || (op.Kind != "stop" && op.Kind != "start") {
+						continue
+					}
+					state := v1.StateStopped
+					if op.Kind == "start" {
+						state = v1.StateRunning
+					}
+					_, _ = s.Put(ctx, inventory.StatusKey(op.Target), inventory.Marshal(v1.VMStatus{State: state, Host: host}), store.AnyRevision)
+					op.State = v1.OpSucceeded
+					_, _ = inv.PutOp(ctx, op, rev)
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+}
+
+// Evacuating a host with shutdown parks its running VM (a clean stop on
+// its host); a parked VM whose disks need no host (here: none) starts at
+// once on another host, its owner's epoch moved on and its booking moved
+// with it. Taking the host out of maintenance starts a VM parked there.
+func TestEvacuateParksAndUnparks(t *testing.T) {
+	c := etcdtest.Start(t).Client()
+	s := store.NewEtcd(c)
+	addHost(t, s, "h1", 4, 2048)
+	fakeAgent(t, s, "h1")
+	startMaster(t, c, s, "m1")
+	inv := inventory.Inventory{S: s}
+	id, err := submitCreate(t.Context(), s, "web", 256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if op := waitOp(t, s, id, 30*time.Second); op.Host != "h1" {
+		t.Fatalf("create: %+v", op)
+	}
+	if _, err := s.Put(t.Context(), inventory.StatusKey("web"), inventory.Marshal(v1.VMStatus{State: v1.StateRunning, Host: "h1"}), store.AnyRevision); err != nil {
+		t.Fatal(err)
+	}
+	ev := submitOp(t, s, "evacuate", "h1", v1.EvacuateArgs{Shutdown: true})
+	op := waitDoneOp(t, s, ev)
+	if op.State != v1.OpSucceeded || len(op.Warnings) != 1 || !strings.Contains(op.Warnings[0], "parked") {
+		t.Fatalf("evacuation: %+v", op)
+	}
+	if _, err := s.Get(t.Context(), inventory.MaintenanceKey("h1")); err != nil {
+		t.Fatalf("h1 not in maintenance: %v", err)
+	}
+	spec, _, err := inv.Spec(t.Context(), "web")
+	if err != nil || !spec.Parked || spec.Power != v1.PowerStopped || spec.Host != "h1" {
+		t.Fatalf("after evacuation: %+v (%v)", spec, err)
+	}
+
+	// Out of maintenance: the VM starts on its host again.
+	if err := s.Delete(t.Context(), inventory.MaintenanceKey("h1"), store.AnyRevision); err != nil {
+		t.Fatal(err)
+	}
+	waitSpec(t, s, "web", func(sp v1.VMSpec) bool { return !sp.Parked && sp.Power == v1.PowerRunning && sp.Host == "h1" })
+
+	// Evacuated again with a second host in the pool: parked, then started
+	// on h2 at once (nothing of it stays on h1).
+	addHost(t, s, "h2", 4, 2048)
+	fakeAgent(t, s, "h2")
+	waitStatus(t, s, "web", v1.StateRunning)
+	ev = submitOp(t, s, "evacuate", "h1", v1.EvacuateArgs{Shutdown: true})
+	if op := waitDoneOp(t, s, ev); op.State != v1.OpSucceeded {
+		t.Fatalf("second evacuation: %+v", op)
+	}
+	waitSpec(t, s, "web", func(sp v1.VMSpec) bool { return !sp.Parked && sp.Host == "h2" })
+	if o, _, err := inv.OwnerOf(t.Context(), "web"); err != nil || o.Host != "h2" || o.Epoch != 2 {
+		t.Fatalf("owner after the move: %+v (%v)", o, err)
+	}
+	waitGone(t, s, inventory.AllocKey("h1", "web"))
+	if _, err := s.Get(t.Context(), inventory.AllocKey("h2", "web")); err != nil {
+		t.Fatalf("no booking on h2: %v", err)
+	}
+	waitStatus(t, s, "web", v1.StateRunning)
+}
+
+func waitDoneOp(t *testing.T, s store.Store, id string) v1.Operation {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		op, _, err := inventory.Inventory{S: s}.Op(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if op.Done() {
+			return op
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("operation %s still %s (%s)", id, op.State, op.Progress.Phase)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func waitSpec(t *testing.T, s store.Store, name string, ok func(v1.VMSpec) bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		sp, _, err := inventory.Inventory{S: s}.Spec(t.Context(), name)
+		if err == nil && ok(sp) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("spec of %s: %+v (%v)", name, sp, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func waitStatus(t *testing.T, s store.Store, name, state string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st, err := inventory.Inventory{S: s}.Status(t.Context(), name)
+		if err == nil && st.State == state {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status of %s: %+v (%v), want %s", name, st, err, state)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -84,28 +84,7 @@ func (l *leader) startMigration(ctx context.Context, id string) error {
 
 // drive runs migrate.Drive for a VM's migration unless it runs already.
 func (l *leader) drive(ctx context.Context, name string) {
-	l.mu.Lock()
-	if l.driving == nil {
-		l.driving = map[string]bool{}
-	}
-	if l.driving[name] {
-		l.mu.Unlock()
-		return
-	}
-	l.driving[name] = true
-	l.mu.Unlock()
-	l.wg.Add(1)
-	go func() {
-		defer l.wg.Done()
-		defer func() {
-			l.mu.Lock()
-			delete(l.driving, name)
-			l.mu.Unlock()
-		}()
-		if err := migrate.Drive(ctx, l.migrateDeps(), name); err != nil && ctx.Err() == nil {
-			l.log.Warn("migration", "vm", name, "err", err)
-		}
-	}()
+	l.background(ctx, "migrate/"+name, func(ctx context.Context) error { return migrate.Drive(ctx, l.migrateDeps(), name) })
 }
 
 // resumeMigrations drives every migration recorded (after an election:

@@ -35,6 +35,8 @@ func (l *leader) opChanged(ctx context.Context, kv store.KV) {
 		err = l.place(ctx, op.ID)
 	case op.Kind == "migrate" && op.Host == "" && op.State == v1.OpPending:
 		err = l.startMigration(ctx, op.ID)
+	case op.Kind == "evacuate" && op.Host == "":
+		err = l.startEvacuation(ctx, op.ID)
 	case op.HandOff:
 		err = l.finish(ctx, op.ID)
 	default:

@@ -17,6 +17,7 @@ import (
 const (
 	TargetVM     = "vm"     // the target is a VM name
 	TargetVolume = "volume" // the target is a volume reference "pool/name"
+	TargetHost   = "host"   // the target is a host name
 )
 
 // opKinds maps each operation kind the API creates to what its target
@@ -42,6 +43,7 @@ var opKinds = map[string]struct {
 	"clone":            {TargetVM, func() any { return new(v1.CloneArgs) }},
 	"delete":           {TargetVM, func() any { return new(v1.DeleteArgs) }},
 	"migrate":          {TargetVM, func() any { return new(v1.MigrateArgs) }},
+	"evacuate":         {TargetHost, func() any { return new(v1.EvacuateArgs) }},
 	"volume-copy":      {TargetVolume, func() any { return new(v1.VolumeCopyArgs) }},
 	"volume-flatten":   {TargetVolume, func() any { return new(v1.VolumeCopyArgs) }},
 }
@@ -54,7 +56,7 @@ func OpKinds() []string {
 // DrivenByMaster reports whether the pool master, not a host's agent,
 // runs operations of kind: they span hosts (a migration), so the API
 // records them without a host and no agent's task names them.
-func DrivenByMaster(kind string) bool { return kind == "migrate" }
+func DrivenByMaster(kind string) bool { return kind == "migrate" || kind == "evacuate" }
 
 // OpTarget returns what an operation kind's target names (TargetVM or
 // TargetVolume), or "" for a kind Hangar does not know.
@@ -90,6 +92,10 @@ func ValidateOp(op v1.Operation) error {
 		}
 	case TargetVolume:
 		if err := ValidateVolumeRef("target", op.Target); err != nil {
+			return err
+		}
+	case TargetHost:
+		if err := ValidateName("target", op.Target); err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,112 @@
+package manager
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/errdefs"
+	"hangar/internal/inventory"
+	"hangar/internal/store"
+	"hangar/internal/vm"
+)
+
+func (s *Server) maintenanceRoutes() {
+	s.route("POST /api/v1/hosts/{name}/evacuate", s.evacuateHost)
+	s.route("POST /api/v1/hosts/{name}/maintenance", s.hostMaintenance)
+}
+
+// knownHost checks the path's host name and that the pool knows the host.
+func (s *Server) knownHost(r *http.Request) (string, error) {
+	name := r.PathValue("name")
+	if err := vm.ValidateName("name", name); err != nil {
+		return "", err
+	}
+	if _, err := s.inv.S.Get(r.Context(), inventory.HostInfoKey(name)); errors.Is(err, store.ErrNotFound) {
+		return "", inventory.NotFound(err, "host", name)
+	} else if err != nil {
+		return "", err
+	}
+	return name, nil
+}
+
+// evacuateHost records an evacuation (POST /api/v1/hosts/{name}/evacuate,
+// v1.EvacuateArgs): the pool master puts the host in maintenance and
+// migrates (or parks) every running VM.
+func (s *Server) evacuateHost(w http.ResponseWriter, r *http.Request) {
+	var args v1.EvacuateArgs
+	if err := decode(r, &args); err != nil {
+		writeErr(w, err)
+		return
+	}
+	wait, err := s.waitParam(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	name, err := s.knownHost(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	ops, _, _, err := s.inv.Ops(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	for _, o := range ops {
+		if o.Kind == "evacuate" && o.Target == name && !o.Done() {
+			writeErr(w, &v1.Error{Code: v1.CodeConflict, Field: "name", Message: fmt.Sprintf("name: host %q is being evacuated already (operation %s)", name, o.ID)})
+			return
+		}
+	}
+	op := s.newOp("evacuate", name, "", args)
+	if _, err := s.cfg.Store.Txn(r.Context(), nil, inventory.NewOpWrites(op)...); err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.cfg.Log.Info("host evacuation accepted", "host", name, "op", op.ID)
+	s.answerOp(w, r, op, wait)
+}
+
+// hostMaintenance puts a host in maintenance or takes it out (POST
+// /api/v1/hosts/{name}/maintenance, v1.MaintenanceArgs). In maintenance
+// the scheduler places nothing there; out of it, the VMs parked there
+// start again (the pool master's next round).
+func (s *Server) hostMaintenance(w http.ResponseWriter, r *http.Request) {
+	var args v1.MaintenanceArgs
+	if err := decode(r, &args); err != nil {
+		writeErr(w, err)
+		return
+	}
+	name, err := s.knownHost(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if args.On {
+		_, err = s.cfg.Store.Put(r.Context(), inventory.MaintenanceKey(name), []byte("api"), store.AnyRevision)
+	} else {
+		ops, _, _, lerr := s.inv.Ops(r.Context())
+		if lerr != nil {
+			writeErr(w, lerr)
+			return
+		}
+		for _, o := range ops {
+			if o.Kind == "evacuate" && o.Target == name && !o.Done() {
+				writeErr(w, errdefs.Precondition("host %q is being evacuated (operation %s): wait for it to end", name, o.ID))
+				return
+			}
+		}
+		err = s.cfg.Store.Delete(r.Context(), inventory.MaintenanceKey(name), store.AnyRevision)
+		if errors.Is(err, store.ErrNotFound) {
+			err = nil
+		}
+	}
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.getHost(w, r)
+}

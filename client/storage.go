@@ -91,8 +91,18 @@ func (c *Client) CommitSnapshot(ctx context.Context, vm, snap string, wait time.
 
 // Import creates a VM from a foreign disk or appliance.
 func (c *Client) Import(ctx context.Context, args v1.ImportArgs, wait time.Duration) (v1.Operation, error) {
+	return c.ImportOn(ctx, args, "", wait)
+}
+
+// ImportOn creates a VM from a file on host ("": the server's host); the
+// server forwards the request there and the VM is created on that host.
+func (c *Client) ImportOn(ctx context.Context, args v1.ImportArgs, host string, wait time.Duration) (v1.Operation, error) {
 	var op v1.Operation
-	_, err := c.do(ctx, "POST", "/imports", waitQuery(wait), args, &op)
+	q := waitQuery(wait)
+	if host != "" {
+		q.Set("host", host)
+	}
+	_, err := c.do(ctx, "POST", "/imports", q, args, &op)
 	return op, err
 }
 

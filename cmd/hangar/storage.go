@@ -130,7 +130,7 @@ func newImport(g *globals) *cobra.Command {
 	var cpus, memory int
 	var start bool
 	var forwards, networks []string
-	var option, vmName string
+	var option, vmName, onHost string
 	imp := opCmd(g, &cobra.Command{Use: "import FILE", Short: "Create a VM from an OVA/OVF, VMDK, VHD, VHDX, qcow2 or raw image, or a block device (P2V)",
 		Long: `Create a VM from a foreign disk or appliance: an OVA or OVF (CPUs, memory and disks
 from its descriptor), a VMDK, VHD, VHDX, qcow2 or raw image, or a block device such as
@@ -139,7 +139,8 @@ An appliance's NICs keep their order and MACs; --network maps each OVF network t
 bridge (or "user"), and NICs of unmapped networks become user-mode NICs, with a warning.
 --deployment-option picks an OVF DeploymentOptionSection configuration (default: the
 appliance's default); an unknown one is refused with the list the appliance offers.
---vm imports one VirtualSystem of a multi-VM vApp (the refusal without it lists them).`,
+--vm imports one VirtualSystem of a multi-VM vApp (the refusal without it lists them).
+FILE is read on the host asked (--host: another host of the pool), and the VM is created there.`,
 		Example: "  hangar import appliance.ova --start\n  hangar import appliance.ova --network \"VM Network=br0\" --deployment-option small\n  hangar import disk.vmdk --name legacy --memory 1024 --forward 2222:22",
 		Args:    cobra.ExactArgs(1)},
 		func(cmd *cobra.Command, a []string) (v1.Operation, error) {
@@ -159,7 +160,7 @@ appliance's default); an unknown one is refused with the list the appliance offe
 				}
 				args.Forwards = append(args.Forwards, fw)
 			}
-			op, err := g.client().Import(cmd.Context(), args, 0)
+			op, err := g.client().ImportOn(cmd.Context(), args, onHost, 0)
 			for _, w := range op.Warnings {
 				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
 			}
@@ -173,6 +174,7 @@ appliance's default); an unknown one is refused with the list the appliance offe
 	imp.Flags().StringArrayVar(&networks, "network", nil, `OVFNETWORK=BRIDGE: put the NICs of an OVF network on a host bridge ("user": user-mode NICs)`)
 	imp.Flags().StringVar(&option, "deployment-option", "", "OVF deployment option (configuration id) to import (default: the appliance's default)")
 	imp.Flags().StringVar(&vmName, "vm", "", "the VirtualSystem (ovf:id or Name) of a multi-VM vApp to import")
+	imp.Flags().StringVar(&onHost, "host", "", "the host that has FILE (default: the server's host): the server forwards the import there and the VM is created on it")
 	return imp
 }
 

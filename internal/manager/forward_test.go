@@ -66,16 +66,19 @@ func (p hostPools) ListVolumes(ctx context.Context, pool string) ([]v1.Volume, e
 // hostVolumes is one host's files: only /isos/<host>.iso exists there.
 type hostVolumes struct {
 	volumesAPI // nil: only CheckSource is called
-	host       string
+	host, dir  string
 }
 
 type volumesAPI = Volumes
 
 func (v hostVolumes) CheckSource(ctx context.Context, kind storage.SourceKind, path string) (storage.HostFile, error) {
-	if path != "/isos/"+v.host+".iso" {
-		return storage.HostFile{}, fmt.Errorf("%s: no such file on host %s: %w", path, v.host, errdefs.ErrNotFound)
+	switch path {
+	case "/isos/" + v.host + ".iso":
+		return storage.HostFile{Path: path}, nil
+	case "/imports/" + v.host + ".raw", filepath.Join(v.dir, v.host+".raw"): // a real file in the host's directory
+		return storage.HostFile{Path: filepath.Join(v.dir, v.host+".raw")}, nil
 	}
-	return storage.HostFile{Path: path}, nil
+	return storage.HostFile{}, fmt.Errorf("%s: no such file on host %s: %w", path, v.host, errdefs.ErrNotFound)
 }
 
 type poolHost struct {
@@ -114,7 +117,7 @@ func TestForwardToTheVMsHost(t *testing.T) {
 		certs[name] = cert
 		h := &poolHost{name: name, dir: t.TempDir()}
 		api := New(Config{Store: st, Log: slog.New(slog.DiscardHandler), Consoles: hostConsoles{host: name, dir: h.dir},
-			Pools: hostPools{host: name}, Volumes: hostVolumes{host: name}, Forward: hostapi.New(name, roots, cert, hostapi.StoreResolver(st), slog.New(slog.DiscardHandler))})
+			Pools: hostPools{host: name}, Volumes: hostVolumes{host: name, dir: h.dir}, Forward: hostapi.New(name, roots, cert, hostapi.StoreResolver(st), slog.New(slog.DiscardHandler))})
 		srv := httptest.NewUnstartedServer(api.Logged(func(next http.Handler) http.Handler {
 			return authn.Require(authn.ClientCert{Roots: roots}, next)
 		}))
@@ -132,6 +135,9 @@ func TestForwardToTheVMsHost(t *testing.T) {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(filepath.Join(h.dir, "web.log"), []byte("serial of web on "+name+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(h.dir, name+".raw"), make([]byte, 1<<20), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -262,6 +268,21 @@ func TestForwardToTheVMsHost(t *testing.T) {
 	}
 	if code, body := post(user, hosts["h1"].url+"/api/v1/vms/cd1/media", `{"disk":"disk0","image":"/isos/h1.iso"}`); code != 404 || !strings.Contains(body, "host h2") {
 		t.Fatalf("media change with a file h2 lacks, via h1: %d %s", code, body)
+	}
+
+	// An import of a file on h2, asked of h1 with ?host=h2: read on h2, and
+	// the VM is created there (its create is pinned to h2).
+	if code, body := post(user, hosts["h1"].url+"/api/v1/imports?host=h2", `{"path":"/imports/h2.raw","name":"imp1"}`); code != 202 {
+		t.Fatalf("import of h2's file via h1: %d %s", code, body)
+	} else {
+		var op v1.Operation
+		var args v1.CreateArgs
+		if json.Unmarshal([]byte(body), &op) != nil || json.Unmarshal(op.Args, &args) != nil || args.Host != "h2" {
+			t.Fatalf("import of h2's file: op %s, want its create pinned to h2", body)
+		}
+	}
+	if code, body := post(user, hosts["h1"].url+"/api/v1/imports", `{"path":"/imports/h2.raw","name":"imp2"}`); code != 404 || !strings.Contains(body, "host h1") {
+		t.Fatalf("import of h2's file without ?host, via h1: %d %s, want h1's refusal", code, body)
 	}
 
 	// Forged: the marker with a user's certificate, on either host (on h1

@@ -374,6 +374,21 @@ func (s *Server) deployTemplate(w http.ResponseWriter, r *http.Request) {
 // VHD, VHDX, qcow2, raw file or block device).
 func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
+	// The source is a file on one host (?host=, default this one): it is
+	// read there, and the VM is created there (its disks are converted
+	// from that file).
+	host, err := s.hostParam(ctx, r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if !s.servedHere(w, r, host) {
+		return
+	}
+	pin := ""
+	if s.cfg.Forward != nil {
+		pin = s.cfg.Forward.Self()
+	}
 	args, wait, ok := decodeOp[v1.ImportArgs](s, w, r)
 	if !ok {
 		return
@@ -461,7 +476,7 @@ func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 	for _, msg := range warnings {
 		s.cfg.Log.Warn("import: the VM leaves out or changes part of the source", "vm", spec.Name, "path", hf.Path, "warning", msg)
 	}
-	op, err := s.createWarned(ctx, spec, args.Start, "", warnings)
+	op, err := s.createWarned(ctx, spec, args.Start, pin, warnings)
 	if err != nil {
 		writeErr(w, err)
 		return

@@ -46,7 +46,7 @@ the same argv Hangar would use, then VMs created and started through the API, al
 		},
 	}
 	boot.register(bootCmd, "guest image with the ready marker")
-	cmd.AddCommand(bootCmd, newBenchStart(), newBenchPlace())
+	cmd.AddCommand(bootCmd, newBenchStart(), newBenchPlace(), newBenchMigrate())
 	return cmd
 }
 
@@ -76,6 +76,49 @@ creation time; prints per-phase medians, and last the line "start ratio Hangar/r
 		},
 	}
 	start.register(cmd, "image the benchmark VM's disk is created from")
+	return cmd
+}
+
+func newBenchMigrate() *cobra.Command {
+	var image, accel string
+	var runs, memory int
+	cmd := &cobra.Command{
+		Use:   "migrate",
+		Short: "Live-migration downtime: Hangar's data plane (TLS) vs raw QEMU between two namespaced hosts",
+		Long: `Boot the test guest (idle, its disk on storage both hosts open) in host h1 of a lab of two
+network-namespace hosts joined by a switch (internal/netlab), then migrate it back and forth,
+alternately as Hangar does (TLS from a pool CA, -incoming defer, capabilities, cont and
+announce-self on the target) and as raw QEMU does by default (plain TCP, the target resumes
+by itself), --runs times each. Downtime is what the guest sees: from the source's STOP event
+to the target's RESUME event. Needs root. The last line reads
+"downtime ratio Hangar/raw X.XX".`,
+		Example: "  hangar bench migrate --runs 3",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := atLeast(cmd, "runs", int64(runs), 1); err != nil {
+				return err
+			}
+			caps, err := qemu.Detect(cmd.Context(), accel)
+			if err != nil {
+				return err
+			}
+			work, err := os.MkdirTemp("", "hgbm")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(work)
+			res, err := bench.Migrate(cmd.Context(), bench.MigrateConfig{Image: image, MemoryMiB: memory, Runs: runs, WorkDir: work, Caps: caps, Out: cmd.OutOrStdout()})
+			if err != nil {
+				return err
+			}
+			res.Report(cmd.OutOrStdout())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&image, "image", "/var/cache/hangar/guest/hangar-guest.qcow2", "the test guest image")
+	cmd.Flags().IntVar(&runs, "runs", 3, "migrations of each kind")
+	cmd.Flags().IntVar(&memory, "memory", 256, "guest memory in MiB")
+	cmd.Flags().StringVar(&accel, "accel", "auto", "accelerator: auto, kvm or tcg")
 	return cmd
 }
 

@@ -196,3 +196,55 @@ func TestDriveDeposedMaster(t *testing.T) {
 		t.Errorf("owner %+v", owner)
 	}
 }
+
+// TestClaim: an agent's claim fails once the master has moved the record
+// on (here: to aborting), and a part is claimed once only.
+func TestClaim(t *testing.T) {
+	m := etcdtest.Start(t)
+	s := store.NewEtcd(m.Client())
+	ctx := context.Background()
+	op := v1.Operation{ID: "0f8fad5b-d9cb-469f-a165-70867728950e", Kind: "migrate", Target: "web"}
+	rec, _ := NewRecord(op, v1.MigrateArgs{To: "h2"}, "h1", 1, time.Now())
+	rec.Phase = Checked
+	ops, _ := RecordOps(rec)
+	if _, err := s.Txn(ctx, nil, ops...); err != nil {
+		t.Fatal(err)
+	}
+	st, err := Load(ctx, s, "web")
+	if err != nil || st.Rec.Phase != Checked || st.Target != nil {
+		t.Fatalf("load: %+v %v", st, err)
+	}
+	// The master aborts before the target claims.
+	rec.Phase = Aborting
+	b, _ := json.Marshal(rec)
+	if _, err := s.Put(ctx, inventory.MigrationKey("web"), b, st.RecRev); err != nil {
+		t.Fatal(err)
+	}
+	if err := Claim(ctx, s, "web", PartTarget, st.RecRev, TargetPart{State: TgtPreparing}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("claim after the abort: %v, want a conflict", err)
+	}
+	st2, _ := Load(ctx, s, "web")
+	if err := Claim(ctx, s, "web", PartSource, st2.RecRev, SourcePart{State: SrcStarting}); err != nil {
+		t.Fatal(err)
+	}
+	if err := Claim(ctx, s, "web", PartSource, st2.RecRev, SourcePart{State: SrcStarting}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("second claim: %v", err)
+	}
+	if err := WritePart(ctx, s, "web", PartSource, &SourcePart{State: SrcRolledBack}); err != nil {
+		t.Fatal(err)
+	}
+	if st3, _ := Load(ctx, s, "web"); st3.Source == nil || st3.Source.State != SrcRolledBack {
+		t.Fatalf("part after write: %+v", st3.Source)
+	}
+	// No record, no part.
+	s.Delete(ctx, inventory.MigrationKey("web"), store.AnyRevision)
+	if err := WritePart(ctx, s, "web", PartTarget, &TargetPart{State: TgtCleaned}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("write without a record: %v", err)
+	}
+	// A bad part is refused when read.
+	s.Txn(ctx, nil, ops...)
+	s.Put(ctx, inventory.MigrationPartKey("web", PartTarget), []byte(`{"state":"listening","ip":"0.0.0.0","port":1}`), store.AnyRevision)
+	if _, err := Load(ctx, s, "web"); !errors.Is(err, ErrInvalidRecord) {
+		t.Fatalf("load with a bad target part: %v", err)
+	}
+}

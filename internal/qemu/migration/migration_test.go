@@ -300,6 +300,27 @@ func TestMigrateShared(t *testing.T) {
 			if got := tgt.status(ctx)["boot_id"]; got != bootID {
 				t.Errorf("boot id after %q, before %q", got, bootID)
 			}
+			// A second hop: the VM that arrived by migration leaves again
+			// (QEMU 7.2's query-migrate then says "completed" from the
+			// incoming side; Migrate must not believe it).
+			src.inst.Kill(ctx)
+			tgt2, tt2 := newTarget(ctx, t, tgt, h, true, tc.insecure, tc.multifd)
+			s2 := sourceFor(tgt, tt2, h)
+			if _, err := Migrate(ctx, tgt.inst.Mon, s2); err != nil {
+				t.Fatal(err)
+			}
+			if st, err := tgt.inst.Mon.QueryStatus(ctx); err != nil || st.Status != "postmigrate" {
+				t.Fatalf("second hop: Migrate returned with the source %+v %v, want postmigrate", st, err)
+			}
+			if err := WaitIncoming(ctx, tgt2.inst.Mon); err != nil {
+				t.Fatal(err)
+			}
+			if err := Resume(ctx, tgt2.inst.Mon); err != nil {
+				t.Fatal(err)
+			}
+			if got := tgt2.status(ctx)["boot_id"]; got != bootID {
+				t.Errorf("boot id after the second hop %q, before %q", got, bootID)
+			}
 		})
 	}
 }

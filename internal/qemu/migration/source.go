@@ -2,6 +2,7 @@ package migration
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -89,6 +90,67 @@ func (s Source) validate() error {
 	return nil
 }
 
+// outgoing follows the state of this QEMU's outgoing migration from
+// MIGRATION events. query-migrate cannot tell it on QEMU 7.2 once the VM
+// arrived by migration itself: the finished incoming state ("completed")
+// overrides the status of every later outgoing one.
+type outgoing struct {
+	ev      <-chan qmp.Event
+	status  string    // last MIGRATION status seen since migrate was sent
+	stopped time.Time // STOP event
+	started bool      // migrate was sent
+}
+
+// take notes one event.
+func (o *outgoing) take(e qmp.Event) {
+	switch e.Name {
+	case "STOP":
+		o.stopped = e.Timestamp
+	case "MIGRATION":
+		if !o.started {
+			return
+		}
+		var d struct {
+			Status string `json:"status"`
+		}
+		if json.Unmarshal(e.Data, &d) == nil && d.Status != "" {
+			o.status = d.Status
+		}
+	}
+}
+
+// drain takes every queued event.
+func (o *outgoing) drain() {
+	for {
+		select {
+		case e, ok := <-o.ev:
+			if !ok {
+				return
+			}
+			o.take(e)
+		default:
+			return
+		}
+	}
+}
+
+// state is the outgoing migration's state: the event's, or "completed"
+// when the run state says so (an event may have been dropped).
+func (o *outgoing) state(ctx context.Context, mon *qmp.Client) (string, error) {
+	o.drain()
+	if o.status == "completed" || o.status == "failed" || o.status == "cancelled" {
+		return o.status, nil
+	}
+	st, err := mon.QueryStatus(ctx)
+	if err != nil {
+		return "", err
+	}
+	if st.Status == "postmigrate" {
+		return "completed", nil
+	}
+	return o.status, nil
+}
+
 // nbdNode is the source's NBD client node of disk i; jobID its mirror job.
 func nbdNode(i int) string { return "mig-nbd" + strconv.Itoa(i) }
 func jobID(i int) string   { return "mig-mirror" + strconv.Itoa(i) }
@@ -123,6 +185,7 @@ func Migrate(ctx context.Context, mon *qmp.Client, s Source) (res Result, err er
 	s.Watchdog.Start(start)
 	ev, stopEv := mon.Subscribe()
 	defer stopEv()
+	out := &outgoing{ev: ev}
 	var jobs []string
 	added := 0
 	defer func() {
@@ -131,7 +194,7 @@ func Migrate(ctx context.Context, mon *qmp.Client, s Source) (res Result, err er
 		}
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer cancel()
-		rollBack(cctx, mon, jobs, added, wasRunning)
+		rollBack(cctx, mon, out, jobs, added, wasRunning)
 	}()
 
 	creds := ""
@@ -161,7 +224,7 @@ func Migrate(ctx context.Context, mon *qmp.Client, s Source) (res Result, err er
 		jobs = append(jobs, jobID(i))
 	}
 	if len(jobs) > 0 {
-		if res.DiskTransferred, err = waitMirrorsReady(ctx, mon, ev, jobs, &s, start); err != nil {
+		if res.DiskTransferred, err = waitMirrorsReady(ctx, mon, out, jobs, &s, start); err != nil {
 			return res, fmt.Errorf("migrate: %w", err)
 		}
 	}
@@ -185,13 +248,16 @@ func Migrate(ctx context.Context, mon *qmp.Client, s Source) (res Result, err er
 	if err := mon.Execute(ctx, "migrate-set-parameters", params, nil); err != nil {
 		return res, fmt.Errorf("migrate: set parameters: %w", err)
 	}
+	out.drain()
+	out.started = true
 	if err := mon.Execute(ctx, "migrate", map[string]string{"uri": uri(s.IP, s.Port)}, nil); err != nil {
 		return res, fmt.Errorf("migrate: %w", err)
 	}
-	mi, err := waitMigrated(ctx, mon, ev, jobs, &s, start, &res)
+	mi, err := waitMigrated(ctx, mon, out, jobs, &s, start)
 	if err != nil {
 		return res, fmt.Errorf("migrate: %w", err)
 	}
+	res.Stopped = out.stopped
 	res.Downtime = time.Duration(mi.Downtime) * time.Millisecond
 	res.Total = time.Duration(mi.TotalTime) * time.Millisecond
 	res.Setup = time.Duration(mi.SetupTime) * time.Millisecond
@@ -200,7 +266,7 @@ func Migrate(ctx context.Context, mon *qmp.Client, s Source) (res Result, err er
 	}
 	// The source is paused now: complete the mirrors (no more writes can
 	// come), then drop the NBD connections.
-	if err := finishMirrors(ctx, mon, ev, jobs); err != nil {
+	if err := finishMirrors(ctx, mon, out, jobs); err != nil {
 		return res, fmt.Errorf("migrate: complete disk mirrors: %w", err)
 	}
 	for i := added - 1; i >= 0; i-- {
@@ -221,7 +287,7 @@ func Migrate(ctx context.Context, mon *qmp.Client, s Source) (res Result, err er
 }
 
 // waitMirrorsReady polls the mirror jobs until all are READY.
-func waitMirrorsReady(ctx context.Context, mon *qmp.Client, ev <-chan qmp.Event, ids []string, s *Source, start time.Time) (int64, error) {
+func waitMirrorsReady(ctx context.Context, mon *qmp.Client, out *outgoing, ids []string, s *Source, start time.Time) (int64, error) {
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	for {
@@ -255,7 +321,8 @@ func waitMirrorsReady(ctx context.Context, mon *qmp.Client, ev <-chan qmp.Event,
 			return 0, err
 		}
 		select {
-		case <-ev:
+		case e := <-out.ev:
+			out.take(e)
 		case <-tick.C:
 		case <-ctx.Done():
 			return 0, fmt.Errorf("%w: %v", ErrAborted, ctx.Err())
@@ -263,34 +330,28 @@ func waitMirrorsReady(ctx context.Context, mon *qmp.Client, ev <-chan qmp.Event,
 	}
 }
 
-// waitMigrated polls the outgoing migration until it completed, checking
-// that the mirrors stay READY meanwhile.
-func waitMigrated(ctx context.Context, mon *qmp.Client, ev <-chan qmp.Event, jobIDs []string, s *Source, start time.Time, res *Result) (migrationInfo, error) {
+// waitMigrated waits until the outgoing migration completed, reporting
+// progress and checking that the mirrors stay READY meanwhile.
+func waitMigrated(ctx context.Context, mon *qmp.Client, out *outgoing, jobIDs []string, s *Source, start time.Time) (migrationInfo, error) {
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	var disk int64
 	for {
+		state, err := out.state(ctx, mon)
+		if err != nil {
+			return migrationInfo{}, err
+		}
 		mi, err := queryMigrate(ctx, mon)
 		if err != nil {
 			return mi, err
 		}
-		switch mi.Status {
+		switch state {
 		case "completed":
-			for res.Stopped.IsZero() { // the STOP event came before; it may still be queued
-				select {
-				case e := <-ev:
-					if e.Name == "STOP" {
-						res.Stopped = e.Timestamp
-					}
-					continue
-				default:
-				}
-				break
-			}
 			return mi, nil
 		case "failed", "cancelled", "cancelling":
-			return mi, fmt.Errorf("migration %s: %s", mi.Status, mi.ErrorDesc)
+			return mi, fmt.Errorf("migration %s: %s", state, mi.ErrorDesc)
 		}
+		mi.Status = state
 		if len(jobIDs) > 0 {
 			jobs, err := ourJobs(ctx, mon, jobIDs)
 			if err != nil {
@@ -314,10 +375,8 @@ func waitMigrated(ctx context.Context, mon *qmp.Client, ev <-chan qmp.Event, job
 			return mi, err
 		}
 		select {
-		case e := <-ev:
-			if e.Name == "STOP" {
-				res.Stopped = e.Timestamp
-			}
+		case e := <-out.ev:
+			out.take(e)
 		case <-tick.C:
 		case <-ctx.Done():
 			return mi, fmt.Errorf("%w: %v", ErrAborted, ctx.Err())
@@ -328,7 +387,7 @@ func waitMigrated(ctx context.Context, mon *qmp.Client, ev <-chan qmp.Event, job
 // finishMirrors completes READY mirrors of a paused source: block-job-cancel
 // without force ends a READY mirror without pivot once source and target
 // are equal; each must conclude without error.
-func finishMirrors(ctx context.Context, mon *qmp.Client, ev <-chan qmp.Event, ids []string) error {
+func finishMirrors(ctx context.Context, mon *qmp.Client, out *outgoing, ids []string) error {
 	if len(ids) == 0 {
 		return nil
 	}
@@ -337,7 +396,7 @@ func finishMirrors(ctx context.Context, mon *qmp.Client, ev <-chan qmp.Event, id
 			return fmt.Errorf("job %s: %w", id, err)
 		}
 	}
-	jobs, err := waitConcluded(ctx, mon, ev, ids)
+	jobs, err := waitConcluded(ctx, mon, out, ids)
 	if err != nil {
 		return err
 	}
@@ -352,7 +411,7 @@ func finishMirrors(ctx context.Context, mon *qmp.Client, ev <-chan qmp.Event, id
 	return nil
 }
 
-func waitConcluded(ctx context.Context, mon *qmp.Client, ev <-chan qmp.Event, ids []string) (map[string]qmp.Job, error) {
+func waitConcluded(ctx context.Context, mon *qmp.Client, out *outgoing, ids []string) (map[string]qmp.Job, error) {
 	tick := time.NewTicker(pollInterval / 5)
 	defer tick.Stop()
 	for {
@@ -370,7 +429,8 @@ func waitConcluded(ctx context.Context, mon *qmp.Client, ev <-chan qmp.Event, id
 			return jobs, nil
 		}
 		select {
-		case <-ev:
+		case e := <-out.ev:
+			out.take(e)
 		case <-tick.C:
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -396,16 +456,18 @@ func ourJobs(ctx context.Context, mon *qmp.Client, ids []string) (map[string]qmp
 // until it ended), force-cancel the mirrors, remove the NBD nodes, resume
 // the source if the migration paused it. Every step is tried; failures
 // are logged.
-func rollBack(ctx context.Context, mon *qmp.Client, jobs []string, nbdNodes int, wasRunning bool) {
+func rollBack(ctx context.Context, mon *qmp.Client, out *outgoing, jobs []string, nbdNodes int, wasRunning bool) {
 	log := slog.With("step", "migration rollback")
-	if mi, err := queryMigrate(ctx, mon); err == nil && (mi.Status == "active" || mi.Status == "setup" || mi.Status == "device" ||
-		mi.Status == "pre-switchover" || mi.Status == "wait-unplug" || mi.Status == "cancelling") {
+	if out.started {
 		if err := mon.Execute(ctx, "migrate_cancel", nil, nil); err != nil {
 			log.Warn("cannot cancel migration", "err", err)
 		}
-		for ctx.Err() == nil {
-			mi, err := queryMigrate(ctx, mon)
-			if err != nil || (mi.Status != "active" && mi.Status != "setup" && mi.Status != "device" && mi.Status != "cancelling" && mi.Status != "pre-switchover") {
+		// Wait until it ended (cancelled, failed, or completed after all).
+		cancelled := time.Now()
+		for ctx.Err() == nil && time.Since(cancelled) < 15*time.Second {
+			state, err := out.state(ctx, mon)
+			if err != nil || state == "cancelled" || state == "failed" || state == "completed" ||
+				(state == "" && time.Since(cancelled) > time.Second) { // it never began
 				break
 			}
 			time.Sleep(pollInterval / 5)
@@ -427,11 +489,9 @@ func rollBack(ctx context.Context, mon *qmp.Client, jobs []string, nbdNodes int,
 		for id := range live {
 			ids = append(ids, id)
 		}
-		ev, stop := mon.Subscribe()
-		if _, err := waitConcluded(ctx, mon, ev, ids); err != nil {
+		if _, err := waitConcluded(ctx, mon, out, ids); err != nil {
 			log.Warn("mirror jobs did not end", "err", err)
 		}
-		stop()
 		for _, id := range ids {
 			_ = mon.JobDismiss(ctx, id)
 		}

@@ -230,6 +230,9 @@ func Resume(ctx context.Context, mon *qmp.Client) error {
 	if err := Announce(ctx, mon); err != nil {
 		return fmt.Errorf("resume migrated vm: %w", err)
 	}
+	// The VM may migrate on later, as a source: no stale server creds.
+	_ = mon.Execute(ctx, "migrate-set-parameters", map[string]any{"tls-creds": "", "tls-hostname": ""}, nil)
+	_ = DelCreds(ctx, mon)
 	return nil
 }
 

@@ -1,0 +1,57 @@
+package migrate
+
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	v1 "hangar/api/v1"
+)
+
+func TestDecodeRecord(t *testing.T) {
+	good := Record{VM: "web", OpID: "0f8fad5b-d9cb-469f-a165-70867728950e", Source: "h1", Target: "h2", Phase: Migrating, Epoch: 2,
+		Args: v1.MigrateArgs{To: "h2"}, Created: time.Now()}
+	b, _ := json.Marshal(good)
+	if _, err := DecodeRecord("web", b); err != nil {
+		t.Fatal(err)
+	}
+	for name, edit := range map[string]func(*Record){
+		"other vm":      func(r *Record) { r.VM = "db" },
+		"bad op id":     func(r *Record) { r.OpID = "x" },
+		"bad host":      func(r *Record) { r.Target = "../h2" },
+		"same hosts":    func(r *Record) { r.Target = "h1" },
+		"unknown phase": func(r *Record) { r.Phase = "teleporting" },
+		"neg epoch":     func(r *Record) { r.Epoch = -1 },
+		"bad args":      func(r *Record) { r.Args.DowntimeLimitMs = -3 },
+	} {
+		r := good
+		edit(&r)
+		b, _ := json.Marshal(r)
+		if _, err := DecodeRecord("web", b); !errors.Is(err, ErrInvalidRecord) {
+			t.Errorf("%s: %v, want ErrInvalidRecord", name, err)
+		}
+	}
+	if _, err := DecodeRecord("web", []byte(`{"vm":"web","extra":1}`)); !errors.Is(err, ErrInvalidRecord) {
+		t.Errorf("unknown field: %v", err)
+	}
+	for name, raw := range map[string]string{
+		"unknown state": `{"state":"flying"}`,
+		"wildcard ip":   `{"state":"listening","ip":"0.0.0.0","port":4000}`,
+		"no port":       `{"state":"listening","ip":"10.0.0.2"}`,
+		"disks no nbd":  `{"state":"listening","ip":"10.0.0.2","port":4000,"disks":[{"name":"disk0","volume":"p/v","export":"drive-disk0"}]}`,
+		"bad export":    `{"state":"preparing","disks":[{"name":"disk0","volume":"p/v","export":"x;quit"}]}`,
+		"bad volume":    `{"state":"preparing","disks":[{"name":"disk0","volume":"../../etc","export":"drive-disk0"}]}`,
+		"trailing data": `{"state":"preparing"} {}`,
+	} {
+		if _, err := DecodeTarget([]byte(raw)); !errors.Is(err, ErrInvalidRecord) {
+			t.Errorf("target part %s: %v, want ErrInvalidRecord", name, err)
+		}
+	}
+	if _, err := DecodeTarget([]byte(`{"state":"listening","ip":"10.0.0.2","port":4000,"nbdPort":4001,"disks":[{"name":"disk0","volume":"h2-local/web-disk0.qcow2","export":"drive-disk0"}]}`)); err != nil {
+		t.Errorf("good target part: %v", err)
+	}
+	if _, err := DecodeSource([]byte(`{"state":"paused","downtimeMs":-1}`)); !errors.Is(err, ErrInvalidRecord) {
+		t.Errorf("negative downtime: %v", err)
+	}
+}

@@ -48,48 +48,57 @@ func getJSON(t *testing.T, s store.Store, key string, v any) bool {
 }
 
 // fakeAgents plays both agents from the records (SourceStep/TargetStep),
-// writing only their parts, until ctx ends.
-func fakeAgents(ctx context.Context, t *testing.T, s store.Store, vmName string, sourceFails bool) {
+// writing only their parts, until ctx ends; it closes done when it
+// returns. Store errors (the test is ending) end it quietly.
+func fakeAgents(ctx context.Context, s store.Store, vmName string, sourceFails bool, done chan<- struct{}) {
+	defer close(done)
+	get := func(key string, v any) bool {
+		kv, err := s.Get(ctx, key)
+		return err == nil && json.Unmarshal(kv.Value, v) == nil
+	}
+	put := func(key string, v any) {
+		b, _ := json.Marshal(v)
+		_, _ = s.Put(ctx, key, b, store.AnyRevision)
+	}
 	for ctx.Err() == nil {
 		time.Sleep(10 * time.Millisecond)
 		var rec Record
-		if !getJSON(t, s, inventory.MigrationKey(vmName), &rec) {
+		if !get(inventory.MigrationKey(vmName), &rec) {
 			continue
 		}
 		var sp *SourcePart
 		var tp *TargetPart
 		var spv SourcePart
 		var tpv TargetPart
-		if getJSON(t, s, inventory.MigrationPartKey(vmName, "source"), &spv) {
+		if get(inventory.MigrationPartKey(vmName, "source"), &spv) {
 			sp = &spv
 		}
-		if getJSON(t, s, inventory.MigrationPartKey(vmName, "target"), &tpv) {
+		if get(inventory.MigrationPartKey(vmName, "target"), &tpv) {
 			tp = &tpv
 		}
 		var owner inventory.Owner
-		getJSON(t, s, inventory.OwnerKey(vmName), &owner)
+		get(inventory.OwnerKey(vmName), &owner)
 		switch TargetStep(rec, tp, owner.Host) {
 		case TargetPrepare:
-			putJSON(t, s, inventory.MigrationPartKey(vmName, "target"), TargetPart{State: TgtListening, IP: "10.99.0.2", Port: 49152})
+			put(inventory.MigrationPartKey(vmName, "target"), TargetPart{State: TgtListening, IP: "10.99.0.2", Port: 49152})
 		case TargetResume:
-			putJSON(t, s, inventory.MigrationPartKey(vmName, "target"), TargetPart{State: TgtRunning})
+			put(inventory.MigrationPartKey(vmName, "target"), TargetPart{State: TgtRunning})
 		case TargetRemove:
-			putJSON(t, s, inventory.MigrationPartKey(vmName, "target"), TargetPart{State: TgtCleaned})
+			put(inventory.MigrationPartKey(vmName, "target"), TargetPart{State: TgtCleaned})
 		}
 		switch SourceStep(rec, sp, true) {
 		case SourceMigrate:
 			if sourceFails {
-				putJSON(t, s, inventory.MigrationPartKey(vmName, "source"), SourcePart{State: SrcFailed, Error: "connection reset"})
+				put(inventory.MigrationPartKey(vmName, "source"), SourcePart{State: SrcFailed, Error: "connection reset"})
 				continue
 			}
-			putJSON(t, s, inventory.MigrationPartKey(vmName, "source"), SourcePart{State: SrcMigrating,
-				Progress: v1.Progress{Fraction: 0.5, Phase: "ram"}})
+			put(inventory.MigrationPartKey(vmName, "source"), SourcePart{State: SrcMigrating, Progress: v1.Progress{Fraction: 0.5, Phase: "ram"}})
 			time.Sleep(50 * time.Millisecond)
-			putJSON(t, s, inventory.MigrationPartKey(vmName, "source"), SourcePart{State: SrcPaused, DowntimeMs: 20})
+			put(inventory.MigrationPartKey(vmName, "source"), SourcePart{State: SrcPaused, DowntimeMs: 20})
 		case SourceRollBack:
-			putJSON(t, s, inventory.MigrationPartKey(vmName, "source"), SourcePart{State: SrcRolledBack})
+			put(inventory.MigrationPartKey(vmName, "source"), SourcePart{State: SrcRolledBack})
 		case SourceCleanup:
-			putJSON(t, s, inventory.MigrationPartKey(vmName, "source"), SourcePart{State: SrcCleaned})
+			put(inventory.MigrationPartKey(vmName, "source"), SourcePart{State: SrcCleaned})
 		}
 	}
 }
@@ -128,8 +137,9 @@ func TestDrive(t *testing.T) {
 				t.Fatal(err)
 			}
 			actx, acancel := context.WithCancel(ctx)
-			defer acancel()
-			go fakeAgents(actx, t, s, vmName, tc.sourceFails)
+			agentsDone := make(chan struct{})
+			defer func() { acancel(); <-agentsDone }()
+			go fakeAgents(actx, s, vmName, tc.sourceFails, agentsDone)
 			deps := Deps{Store: s, Fenced: &leader{s: s, rev: lrev}, Poll: 50 * time.Millisecond,
 				Check:     func(context.Context, Record) ([]Blocker, error) { return tc.blockers, nil },
 				HostAlive: func(context.Context, string) (bool, error) { return true, nil }}
@@ -184,8 +194,9 @@ func TestDriveDeposedMaster(t *testing.T) {
 		t.Fatalf("a deposed master moved the phase to %s", r.Phase)
 	}
 	actx, acancel := context.WithCancel(ctx)
-	defer acancel()
-	go fakeAgents(actx, t, s, "web", false)
+	agentsDone := make(chan struct{})
+	defer func() { acancel(); <-agentsDone }()
+	go fakeAgents(actx, s, "web", false, agentsDone)
 	deps.Fenced = &leader{s: s, rev: now}
 	if err := Drive(ctx, deps, "web"); err != nil {
 		t.Fatal(err)

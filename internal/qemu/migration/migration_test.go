@@ -202,7 +202,7 @@ func TestMigrateAbortThenAutoConverge(t *testing.T) {
 	h := newHostTLS(t)
 	src.mark(ctx, "kept")
 	// Dirty memory: rewrite 12 MiB of random data in tmpfs, forever.
-	src.shell(ctx, "(while :; do dd if=/dev/urandom of=/tmp/dirty bs=64k count=192 2>/dev/null; done) & echo DIRTY$((6*7))", "DIRTY42")
+	src.shell(ctx, "(while [ ! -e /tmp/stopdirty ]; do dd if=/dev/urandom of=/tmp/dirty bs=64k count=192 2>/dev/null; done) & echo DIRTY$((6*7))", "DIRTY42")
 	before := src.status(ctx)
 
 	tgt, tt := newTarget(ctx, t, src, h, false, false, false)
@@ -262,6 +262,8 @@ func TestMigrateAbortThenAutoConverge(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("auto-converge: downtime %v, ram phase %v, max throttle %d%%", res.Downtime, res.Total, pl2.maxThrottle())
+	// The guest stops dirtying memory, so that it answers promptly under TCG.
+	tgt2.shell(ctx, "touch /tmp/stopdirty; echo STOPPED$((1+1))", "STOPPED2")
 	if pl2.maxThrottle() == 0 {
 		t.Errorf("auto-converge never throttled the guest dirtying memory at 8 MiB/s")
 	}
@@ -322,5 +324,107 @@ func TestMigrateShared(t *testing.T) {
 				t.Errorf("boot id after the second hop %q, before %q", got, bootID)
 			}
 		})
+	}
+}
+
+// TestRecover: the agent driving a migration dies (here: its Migrate call
+// hangs in the progress callback) while QEMU goes on. Recover, run by the
+// restarted agent, finishes a migration that completed meanwhile (mirrors
+// completed, NBD nodes gone, the target gets a consistent disk) and rolls
+// back one that did not (the source runs on, nothing left).
+func TestRecover(t *testing.T) {
+	ctx := testCtx(t, 5*time.Minute)
+	src, bootID := bootSource(ctx, t)
+	h := newHostTLS(t)
+	src.mark(ctx, "before-recover")
+
+	// 1. Not completed: a throttled stream, the driver dies in the RAM phase.
+	tgt, tt := newTarget(ctx, t, src, h, false, false, false)
+	s := sourceFor(src, tt, h)
+	s.MaxBandwidth = 1 << 20
+	dead := make(chan struct{})
+	inRAM := make(chan struct{})
+	var once sync.Once
+	s.Progress = func(p Progress) {
+		if p.Phase == PhaseRAM && p.RAMTransferred > 0 {
+			once.Do(func() { close(inRAM) })
+			<-dead // the agent is gone: this call never returns
+		}
+	}
+	go Migrate(ctx, src.inst.Mon, s)
+	select {
+	case <-inRAM:
+	case <-ctx.Done():
+		t.Fatal("migration did not reach the RAM phase")
+	}
+	done, err := Recover(ctx, src.inst.Mon)
+	if err != nil || done {
+		t.Fatalf("recover an active migration: completed %v, %v; want rolled back", done, err)
+	}
+	assertClean(ctx, t, src, "running")
+	if st := src.status(ctx); st["boot_id"] != bootID || st["marker"] != "before-recover" {
+		t.Fatalf("source after the roll-back: %v", st)
+	}
+	tgt.inst.Kill(ctx)
+
+	// 2. Completed while the driver was gone.
+	tgt2, tt2 := newTarget(ctx, t, src, h, false, false, false)
+	s2 := sourceFor(src, tt2, h)
+	migrated := make(chan struct{})
+	s2.Progress = func(p Progress) {
+		if p.Phase == PhaseRAM {
+			// Gone before the end; wait until QEMU completed on its own.
+			for {
+				if st, err := src.inst.Mon.QueryStatus(ctx); err != nil || st.Status == "postmigrate" {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			close(migrated)
+			<-dead
+		}
+	}
+	go Migrate(ctx, src.inst.Mon, s2)
+	select {
+	case <-migrated:
+	case <-ctx.Done():
+		t.Fatal("migration did not complete")
+	}
+	done, err = Recover(ctx, src.inst.Mon)
+	if err != nil || !done {
+		t.Fatalf("recover a completed migration: completed %v, %v", done, err)
+	}
+	assertClean(ctx, t, src, "postmigrate")
+	if err := WaitIncoming(ctx, tgt2.inst.Mon); err != nil {
+		t.Fatal(err)
+	}
+	if err := Resume(ctx, tgt2.inst.Mon); err != nil {
+		t.Fatal(err)
+	}
+	if st := tgt2.status(ctx); st["boot_id"] != bootID || st["marker"] != "before-recover" {
+		t.Fatalf("target after the recovered migration: %v", st)
+	}
+}
+
+// assertClean: no mirror job, no NBD node, and the run state wanted.
+func assertClean(ctx context.Context, t *testing.T, v *testVM, runState string) {
+	t.Helper()
+	if st, err := v.inst.Mon.QueryStatus(ctx); err != nil || st.Status != runState {
+		t.Fatalf("source %+v %v, want %s", st, err, runState)
+	}
+	if jobs, err := v.inst.Mon.QueryJobs(ctx); err != nil || len(jobs) != 0 {
+		t.Errorf("jobs left: %+v %v", jobs, err)
+	}
+	var nodes []struct {
+		NodeName string `json:"node-name"`
+		Drv      string `json:"drv"`
+	}
+	if err := v.inst.Mon.Execute(ctx, "query-named-block-nodes", nil, &nodes); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if n.Drv == "nbd" {
+			t.Errorf("nbd node %s left", n.NodeName)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"hangar/internal/qemu/qmp"
@@ -35,10 +36,11 @@ type Source struct {
 	Disks []Disk
 	// TLS nil means plaintext, only when asked explicitly.
 	TLS *TLS
-	// MaxBandwidth caps the migration stream, bytes/s (0: QEMU's default).
+	// MaxBandwidth caps the migration stream, bytes/s (0:
+	// DefaultMaxBandwidth).
 	MaxBandwidth int64
-	// DowntimeLimit is the longest switch-over pause allowed (0: QEMU's
-	// default, 300 ms).
+	// DowntimeLimit is the longest switch-over pause allowed (0:
+	// DefaultDowntimeLimit).
 	DowntimeLimit time.Duration
 	// AutoConverge throttles the guest's vCPUs while it dirties RAM
 	// faster than the stream sends it.
@@ -52,6 +54,12 @@ type Source struct {
 	// Progress, if set, gets a snapshot about every poll.
 	Progress func(Progress)
 }
+
+// Defaults of Source's limits: QEMU 7.2's own defaults, set explicitly.
+const (
+	DefaultMaxBandwidth  = 128 << 20 // bytes/s
+	DefaultDowntimeLimit = 300 * time.Millisecond
+)
 
 // Result is what a completed migration measured (QEMU's own figures).
 type Result struct {
@@ -236,12 +244,17 @@ func Migrate(ctx context.Context, mon *qmp.Client, s Source) (res Result, err er
 	if creds != "" {
 		params["tls-hostname"] = s.TargetHost
 	}
-	if s.MaxBandwidth > 0 {
-		params["max-bandwidth"] = s.MaxBandwidth
+	// Always set: parameters outlive a migration in QEMU, and an earlier
+	// one's limits must not leak into this one.
+	bw, dl := s.MaxBandwidth, s.DowntimeLimit
+	if bw == 0 {
+		bw = DefaultMaxBandwidth
 	}
-	if s.DowntimeLimit > 0 {
-		params["downtime-limit"] = max(s.DowntimeLimit.Milliseconds(), 1)
+	if dl == 0 {
+		dl = DefaultDowntimeLimit
 	}
+	params["max-bandwidth"] = bw
+	params["downtime-limit"] = max(dl.Milliseconds(), 1)
 	if s.Multifd {
 		params["multifd-channels"] = s.MultifdChannels
 	}
@@ -529,4 +542,69 @@ func ResumeSource(ctx context.Context, mon *qmp.Client) error {
 		return fmt.Errorf("resume migration source: %w", err)
 	}
 	return nil
+}
+
+// Recover takes over an outgoing migration whose driver died (the agent
+// restarted while QEMU went on): when it completed meanwhile (the source
+// is postmigrate), the mirrors are finished and the NBD nodes removed as
+// Migrate would have, and Recover reports true: the source is paused and
+// in sync, ready for the switch-over. Otherwise the migration is
+// cancelled, the mirrors and NBD nodes removed and the source resumed
+// (false): the source keeps the VM.
+func Recover(ctx context.Context, mon *qmp.Client) (bool, error) {
+	ev, stop := mon.Subscribe()
+	defer stop()
+	out := &outgoing{ev: ev, started: true}
+	st, err := mon.QueryStatus(ctx)
+	if err != nil {
+		return false, fmt.Errorf("recover migration: %w", err)
+	}
+	all, err := mon.QueryJobs(ctx)
+	if err != nil {
+		return false, fmt.Errorf("recover migration: %w", err)
+	}
+	var jobs []string
+	for _, j := range all {
+		if strings.HasPrefix(j.ID, "mig-mirror") {
+			jobs = append(jobs, j.ID)
+		}
+	}
+	var nodes []struct {
+		NodeName string `json:"node-name"`
+	}
+	if err := mon.Execute(ctx, "query-named-block-nodes", nil, &nodes); err != nil {
+		return false, fmt.Errorf("recover migration: %w", err)
+	}
+	nbd := 0
+	for _, n := range nodes {
+		if i, ok := strings.CutPrefix(n.NodeName, "mig-nbd"); ok {
+			if k, err := strconv.Atoi(i); err == nil && k < 64 {
+				nbd = max(nbd, k+1)
+			}
+		}
+	}
+	if st.Status == "postmigrate" {
+		if err := finishMirrors(ctx, mon, out, jobs); err != nil {
+			return false, fmt.Errorf("recover migration: complete disk mirrors: %w", err)
+		}
+		for i := nbd - 1; i >= 0; i-- {
+			if err := mon.Execute(ctx, "blockdev-del", map[string]string{"node-name": nbdNode(i)}, nil); err != nil {
+				var qe *qmp.Error
+				if !errors.As(err, &qe) {
+					return false, fmt.Errorf("recover migration: %w", err)
+				}
+			}
+		}
+		return true, nil
+	}
+	wasRunning := st.Running || st.Status == "finish-migrate"
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	rollBack(cctx, mon, out, jobs, nbd, wasRunning)
+	if st, err := mon.QueryStatus(ctx); err != nil {
+		return false, fmt.Errorf("recover migration: %w", err)
+	} else if wasRunning && !st.Running {
+		return false, fmt.Errorf("recover migration: the source is %s after the roll-back", st.Status)
+	}
+	return false, nil
 }

@@ -54,21 +54,38 @@ func assertGone(t *testing.T, l *Lab) {
 }
 
 // fakeGuest serves a test guest's /cgi-bin/status whose answers the test
-// steers: counter, boot id, and a pause.
+// steers: counter (read when a request arrives), boot id, a pause (every
+// request waits until it is over, as with a paused VM) and jitter (each
+// answer is delayed by up to that much after its counter is read, so
+// answers of overlapping requests arrive out of order).
 type fakeGuest struct {
-	mu      sync.Mutex
-	counter int
-	bootID  string
-	pause   time.Duration
+	mu         sync.Mutex
+	counter    int
+	bootID     string
+	pauseUntil time.Time
+	jitter     time.Duration
+	zeroOnce   bool // the next answer says counter=0
+	n          int
 }
 
 func (g *fakeGuest) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	g.mu.Lock()
-	g.counter++
-	c, b, p := g.counter, g.bootID, g.pause
-	g.pause = 0
+	wait := time.Until(g.pauseUntil)
 	g.mu.Unlock()
-	time.Sleep(p)
+	time.Sleep(wait)
+	g.mu.Lock()
+	g.counter++
+	g.n++
+	c, b := g.counter, g.bootID
+	if g.zeroOnce {
+		c, g.zeroOnce = 0, false
+	}
+	var delay time.Duration
+	if g.jitter > 0 {
+		delay = time.Duration(g.n*7919%97) * g.jitter / 97
+	}
+	g.mu.Unlock()
+	time.Sleep(delay)
 	fmt.Fprintf(w, "hostname=fake\nboot_id=%s\ncounter=%d\ndisk_counter=1\nmarker=\n", b, c)
 }
 
@@ -161,20 +178,38 @@ func TestLab(t *testing.T) {
 		if err != nil || st.BootID != "boot-a" || st.Hostname != "fake" {
 			t.Fatalf("fetch from the client: %+v %v", st, err)
 		}
+		// Answers out of order (overlapping requests): no false decrease.
+		g.set(func(g *fakeGuest) { g.jitter = 80 * time.Millisecond })
 		p := Poll(ctx, c1.Dialer(), url, 20*time.Millisecond)
-		if err := p.WaitOK(ctx, 5); err != nil {
+		if err := p.WaitOK(ctx, 30); err != nil {
 			t.Fatal(err)
 		}
-		g.set(func(g *fakeGuest) { g.pause = 400 * time.Millisecond })
+		if r := p.Result(); len(r.Decreases) != 0 || r.Failures != 0 {
+			t.Fatalf("jittered answers: %s: decreases %+v", r, r.Decreases)
+		}
+		// A torn read of the guest's counter file (counter=0, same boot):
+		// counted apart, no decrease.
+		g.set(func(g *fakeGuest) { g.zeroOnce = true })
+		if err := p.WaitOK(ctx, p.Result().OK+3); err != nil {
+			t.Fatal(err)
+		}
+		if r := p.Result(); r.TornReads != 1 || len(r.Decreases) != 0 {
+			t.Fatalf("torn read: %s: %d torn, decreases %+v", r, r.TornReads, r.Decreases)
+		}
+		// A 400 ms pause: the longest gap is the pause (give or take a tick).
+		g.set(func(g *fakeGuest) { g.jitter = 0 })
+		time.Sleep(150 * time.Millisecond) // the jittered answers are in
+		g.set(func(g *fakeGuest) { g.pauseUntil = time.Now().Add(400 * time.Millisecond) })
 		time.Sleep(600 * time.Millisecond)
+		// A step back of the counter, and another boot.
 		g.set(func(g *fakeGuest) { g.counter = 0; g.bootID = "boot-b" })
 		if err := p.WaitOK(ctx, p.Result().OK+5); err != nil {
 			t.Fatal(err)
 		}
 		r := p.Stop()
 		t.Log(r)
-		if r.LongestGap < 400*time.Millisecond || r.LongestGap > 2*time.Second {
-			t.Errorf("longest gap %s, want ≥ the 400 ms pause", r.LongestGap)
+		if r.LongestGap < 380*time.Millisecond || r.LongestGap > 700*time.Millisecond {
+			t.Errorf("longest gap %s, want about the 400 ms pause", r.LongestGap)
 		}
 		if r.LongestGapStart.Before(r.Started) || r.LongestGapStart.After(r.Ended) {
 			t.Errorf("gap start %s outside the poll", r.LongestGapStart)

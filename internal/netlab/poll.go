@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -67,11 +68,16 @@ func parseStatus(kv map[string]string) (GuestStatus, error) {
 
 // PollOptions tune a Poller.
 type PollOptions struct {
-	Every   time.Duration // time between the starts of requests; default 20 ms
-	Timeout time.Duration // of each request; default 1 s
+	Every       time.Duration // between the starts of requests; default 20 ms
+	Timeout     time.Duration // of each request; default 1 s
+	DialTimeout time.Duration // of each connect; default 250 ms
+	// MaxInFlight bounds the requests at once; default 2 (more flood a
+	// guest under TCG: its httpd forks a CGI for each).
+	MaxInFlight int
 }
 
-// Decrease is a counter value lower than the one before it.
+// Decrease is a counter value lower than one answered before the request
+// started (after it, the counter is compared with the lower value).
 type Decrease struct {
 	At       time.Time
 	From, To int
@@ -79,15 +85,21 @@ type Decrease struct {
 
 // PollResult is what a Poller saw.
 type PollResult struct {
-	URL             string
-	Started, Ended  time.Time
-	Requests        int
-	OK              int
-	Failures        int
+	URL            string
+	Started, Ended time.Time
+	Requests       int // completed (a request cut by Stop is not counted)
+	OK             int
+	Failures       int
+	Skipped        int // ticks with MaxInFlight requests already waiting
+	// TornReads are answers of counter=0 in the same boot after higher
+	// values: the guest caught its counter file empty while it was
+	// rewritten (guest/build.sh writes it in place). Not a Decrease; the
+	// answer counts for the gaps, not in OK.
+	TornReads       int
 	FirstErr        string
 	LastErr         string
-	BootIDs         []string // in the order seen, one entry per change
-	Hostnames       []string // distinct, in the order seen
+	BootIDs         []string // in the order answered, one entry per change
+	Hostnames       []string // distinct, in the order answered
 	FirstCounter    int
 	LastCounter     int
 	Decreases       []Decrease
@@ -100,23 +112,40 @@ type PollResult struct {
 }
 
 func (r PollResult) String() string {
-	return fmt.Sprintf("%s: %d requests, %d ok, %d failed (last: %s), boot ids %v, counter %d→%d, %d decreases, longest gap %s at %s",
-		r.URL, r.Requests, r.OK, r.Failures, r.LastErr, r.BootIDs, r.FirstCounter, r.LastCounter, len(r.Decreases),
+	return fmt.Sprintf("%s: %d requests, %d ok, %d failed (last: %s), %d torn reads, boot ids %v, counter %d→%d, %d decreases, longest gap %s at %s",
+		r.URL, r.Requests, r.OK, r.Failures, r.LastErr, r.TornReads, r.BootIDs, r.FirstCounter, r.LastCounter, len(r.Decreases),
 		r.LongestGap.Round(time.Millisecond), r.LongestGapStart.UTC().Format("15:04:05.000"))
 }
 
 // Poller reads a guest's status over and over until stopped.
+//
+// A request starts every Every, without waiting for the one before (up to
+// MaxInFlight at once), and a connect gives up after DialTimeout, so a
+// connection attempt lost while the guest is paused (TCP retries a SYN
+// only after 1 s) hides at most DialTimeout of the moment the guest
+// answers again. A
+// counter is compared only with answers that completed before its own
+// request started (answers of overlapping requests may arrive in any
+// order), so a Decrease is always a real step back of the guest.
 type Poller struct {
 	mu      sync.Mutex
 	res     PollResult
-	failing bool // the last request failed
+	failing bool     // the last completed request failed
+	marks   []okMark // answers of the last 2×Timeout, by completion
+	floor   int      // the highest counter of older answers (-1: none)
+	keep    time.Duration
 	cancel  context.CancelFunc
 	done    chan struct{}
 }
 
+type okMark struct {
+	end     time.Time
+	counter int
+}
+
 // Poll starts reading url (http://IP/cgi-bin/status of a test guest)
 // through d every `every` (20 ms in the migration tests) until ctx ends or
-// Stop. Requests are sequential: a slow answer delays the next one.
+// Stop.
 func Poll(ctx context.Context, d *Dialer, url string, every time.Duration) *Poller {
 	return PollWith(ctx, d, url, PollOptions{Every: every})
 }
@@ -129,26 +158,53 @@ func PollWith(ctx context.Context, d *Dialer, url string, o PollOptions) *Poller
 	if o.Timeout <= 0 {
 		o.Timeout = time.Second
 	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 250 * time.Millisecond
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 2
+	}
 	ctx, cancel := context.WithCancel(ctx)
-	p := &Poller{cancel: cancel, done: make(chan struct{}), res: PollResult{URL: url, Started: time.Now()}}
-	hc := d.HTTPClient(o.Timeout)
+	p := &Poller{cancel: cancel, done: make(chan struct{}), floor: -1, keep: 2 * o.Timeout,
+		res: PollResult{URL: url, Started: time.Now()}}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(ctx, o.DialTimeout)
+		defer cancel()
+		return d.DialContext(ctx, network, addr)
+	}
+	hc := &http.Client{Timeout: o.Timeout, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
 	go func() {
+		var wg sync.WaitGroup
 		defer close(p.done)
 		defer func() {
+			wg.Wait()
 			p.mu.Lock()
 			p.res.Ended = time.Now()
 			p.mu.Unlock()
 		}()
+		slots := make(chan struct{}, o.MaxInFlight)
 		t := time.NewTicker(o.Every)
 		defer t.Stop()
 		for {
-			rctx, rcancel := context.WithTimeout(ctx, o.Timeout)
-			st, err := FetchStatus(rctx, hc, url)
-			rcancel()
-			if ctx.Err() != nil {
-				return // a request cut by Stop is not a failure
+			select {
+			case slots <- struct{}{}:
+				wg.Add(1)
+				go func(start time.Time) {
+					defer wg.Done()
+					defer func() { <-slots }()
+					rctx, rcancel := context.WithTimeout(ctx, o.Timeout)
+					st, err := FetchStatus(rctx, hc, url)
+					rcancel()
+					if ctx.Err() != nil {
+						return // a request cut by Stop is not a failure
+					}
+					p.record(start, time.Now(), st, err)
+				}(time.Now())
+			default:
+				p.mu.Lock()
+				p.res.Skipped++
+				p.mu.Unlock()
 			}
-			p.record(time.Now(), st, err)
 			select {
 			case <-ctx.Done():
 				return
@@ -159,7 +215,7 @@ func PollWith(ctx context.Context, d *Dialer, url string, o PollOptions) *Poller
 	return p
 }
 
-func (p *Poller) record(now time.Time, st GuestStatus, err error) {
+func (p *Poller) record(start, end time.Time, st GuestStatus, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	r := &p.res
@@ -174,17 +230,42 @@ func (p *Poller) record(now time.Time, st GuestStatus, err error) {
 		return
 	}
 	if r.OK == 0 {
-		r.FirstOK, r.FirstCounter = now, st.Counter
-	} else {
-		if gap := now.Sub(r.LastOK); gap > r.LongestGap {
-			r.LongestGap, r.LongestGapStart = gap, r.LastOK
-		}
-		if st.Counter < r.LastCounter {
-			r.Decreases = append(r.Decreases, Decrease{At: now, From: r.LastCounter, To: st.Counter})
+		r.FirstOK, r.FirstCounter, r.LastOK = end, st.Counter, end
+	}
+	if gap := end.Sub(r.LastOK); gap > r.LongestGap {
+		r.LongestGap, r.LongestGapStart = gap, r.LastOK
+	}
+	// The highest counter answered before this request started.
+	for len(p.marks) > 0 && p.marks[0].end.Before(end.Add(-p.keep)) {
+		p.floor = max(p.floor, p.marks[0].counter)
+		p.marks = p.marks[1:]
+	}
+	floor := p.floor
+	for _, m := range p.marks {
+		if m.end.Before(start) {
+			floor = max(floor, m.counter)
 		}
 	}
+	if st.Counter == 0 && floor > 0 && len(r.BootIDs) > 0 && st.BootID == r.BootIDs[len(r.BootIDs)-1] {
+		// The guest rewrites its counter file in place; a read that
+		// catches it empty (after its retries) answers counter=0.
+		r.TornReads++
+		if end.After(r.LastOK) {
+			r.LastOK = end
+		}
+		return
+	}
+	if floor >= 0 && st.Counter < floor {
+		r.Decreases = append(r.Decreases, Decrease{At: end, From: floor, To: st.Counter})
+		// One step back is one Decrease: later answers compare with it.
+		p.marks, p.floor = p.marks[:0], st.Counter
+	}
+	p.marks = append(p.marks, okMark{end: end, counter: st.Counter})
 	r.OK++
-	r.LastOK, r.LastCounter = now, st.Counter
+	if end.After(r.LastOK) {
+		r.LastOK = end
+	}
+	r.LastCounter = st.Counter
 	if len(r.BootIDs) == 0 || r.BootIDs[len(r.BootIDs)-1] != st.BootID {
 		r.BootIDs = append(r.BootIDs, st.BootID) // every change (also back to an earlier one)
 	}

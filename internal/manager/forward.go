@@ -71,6 +71,18 @@ func (s *Server) vmHost(ctx context.Context, name string) (string, error) {
 	return o.Host, nil
 }
 
+// forwardToHostParam forwards a request about a host's own storage to the
+// host its ?host= names and reports whether the request was answered
+// (forwarded, or a bad ?host=).
+func (s *Server) forwardToHostParam(w http.ResponseWriter, r *http.Request) bool {
+	host, err := s.hostParam(r.Context(), r)
+	if err != nil {
+		writeErr(w, err)
+		return true
+	}
+	return !s.servedHere(w, r, host)
+}
+
 // hostParam is the ?host= of a request about a host's own storage ("":
 // this host), a host of the pool.
 func (s *Server) hostParam(ctx context.Context, r *http.Request) (string, error) {

@@ -63,6 +63,10 @@ func (p hostPools) ListVolumes(ctx context.Context, pool string) ([]v1.Volume, e
 	return []v1.Volume{{Pool: pool, Name: "on-" + p.host, Format: "qcow2"}}, nil
 }
 
+func (p hostPools) CreateVolume(ctx context.Context, pool, name, format string, size int64) (v1.Volume, error) {
+	return v1.Volume{Pool: pool, Name: name + "-made-on-" + p.host, Format: "qcow2", VirtualSize: size}, nil
+}
+
 // hostVolumes is one host's files: only /isos/<host>.iso exists there.
 type hostVolumes struct {
 	volumesAPI // nil: only CheckSource is called
@@ -285,6 +289,14 @@ func TestForwardToTheVMsHost(t *testing.T) {
 		t.Fatalf("import of h2's file without ?host, via h1: %d %s, want h1's refusal", code, body)
 	}
 
+	// A volume written in a host's own pool: made there.
+	if code, body := post(user, hosts["h1"].url+"/api/v1/pools/default/volumes?host=h2", `{"name":"images/a.qcow2","sizeMiB":8}`); code != 201 || !strings.Contains(body, "made-on-h2") {
+		t.Fatalf("create a volume in h2's pool via h1: %d %s", code, body)
+	}
+	if code, body := post(user, hosts["h1"].url+"/api/v1/pools/default/volumes", `{"name":"images/a.qcow2","sizeMiB":8}`); code != 201 || !strings.Contains(body, "made-on-h1") {
+		t.Fatalf("create a volume in h1's pool: %d %s", code, body)
+	}
+
 	// Forged: the marker with a user's certificate, on either host (on h1
 	// it would otherwise read h1's own file); the marker with a host
 	// certificate that is another host's; two markers.
@@ -322,5 +334,42 @@ func TestForwardToTheVMsHost(t *testing.T) {
 	}
 	if code, body := get(user, hosts["h1"].url+"/api/v1/vms/web/console/log"); code != 503 || !strings.Contains(body, "h2") {
 		t.Fatalf("unreachable host: %d %s", code, body)
+	}
+}
+
+// listedPools answers Pools with a dir and a shared pool.
+type listedPools struct{ poolsAPI }
+
+func (listedPools) Pools(ctx context.Context) ([]v1.StoragePool, error) {
+	return []v1.StoragePool{{Name: "default", Type: "dir"}, {Name: "nfs", Type: "shared"}}, nil
+}
+
+// TestIOHost: a volume job on a shared pool runs on the freest live host
+// that reaches it (its facts report the pool's storage), not on the last
+// host of a list; on a host's own pool, on the host asked.
+func TestIOHost(t *testing.T) {
+	ts := newTestServer(t) // h1: 4096 MiB, no storage facts (assumed to reach every pool)
+	ts.s.cfg.Pools = listedPools{}
+	ctx := t.Context()
+	for _, h := range []v1.Host{
+		{Name: "h2", CPUs: 4, MemoryMiB: 8192, Storage: []v1.StorageUsage{{Pool: "default", Type: "dir"}, {Pool: "nfs", Type: "shared"}}},
+		{Name: "h3", CPUs: 4, MemoryMiB: 16384, Storage: []v1.StorageUsage{{Pool: "default", Type: "dir"}}}, // no nfs mounted
+		{Name: "h4", CPUs: 4, MemoryMiB: 32768, Storage: []v1.StorageUsage{{Pool: "nfs", Type: "shared"}}},  // down
+	} {
+		if _, err := ts.st.Put(ctx, inventory.HostInfoKey(h.Name), inventory.Marshal(h), store.AnyRevision); err != nil {
+			t.Fatal(err)
+		}
+		if h.Name != "h4" {
+			if _, err := ts.st.Put(ctx, inventory.HostKey(h.Name), []byte("{}"), store.AnyRevision); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got, err := ts.s.ioHost(ctx, "nfs"); err != nil || got != "h2" {
+		t.Fatalf("io host of the shared pool = %q, %v; want h2 (h3 does not reach it, h4 is down)", got, err)
+	}
+	ts.s.cfg.Forward = hostapi.New("h1", nil, tls.Certificate{}, nil, nil)
+	if got, err := ts.s.ioHost(ctx, "default"); err != nil || got != "h1" {
+		t.Fatalf("io host of a host's own pool = %q, %v; want the host asked", got, err)
 	}
 }

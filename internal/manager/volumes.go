@@ -12,6 +12,7 @@ import (
 	v1 "hangar/api/v1"
 	"hangar/internal/errdefs"
 	"hangar/internal/inventory"
+	"hangar/internal/scheduler"
 	"hangar/internal/storage"
 	"hangar/internal/vm"
 )
@@ -141,6 +142,9 @@ func (s *Server) checkMedium(ctx context.Context, field, image string) error {
 }
 
 func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
+	if s.forwardToHostParam(w, r) {
+		return
+	}
 	pool, _, err := poolAndVolume(r)
 	if err != nil {
 		writeErr(w, err)
@@ -168,6 +172,9 @@ func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {
+	if s.forwardToHostParam(w, r) {
+		return
+	}
 	pool, vol, err := poolAndVolume(r)
 	if err == nil {
 		if err = s.cfg.Pools.DeleteVolume(r.Context(), pool, vol); err == nil {
@@ -181,6 +188,9 @@ func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {
 // resizeVolume grows a volume; a VM's disk is grown through an operation
 // on the VM (live while it runs).
 func (s *Server) resizeVolume(w http.ResponseWriter, r *http.Request) {
+	if s.forwardToHostParam(w, r) {
+		return
+	}
 	pool, vol, err := poolAndVolume(r)
 	if err != nil {
 		writeErr(w, err)
@@ -273,6 +283,9 @@ func (s *Server) submitResize(w http.ResponseWriter, r *http.Request, name strin
 // uploadVolume streams a disk image into a new volume:
 // PUT .../data?format=qcow2&sha256=HEX with Content-Length.
 func (s *Server) uploadVolume(w http.ResponseWriter, r *http.Request) {
+	if s.forwardToHostParam(w, r) {
+		return
+	}
 	pool, vol, err := poolAndVolume(r)
 	if err != nil {
 		writeErr(w, err)
@@ -300,6 +313,9 @@ func (s *Server) uploadVolume(w http.ResponseWriter, r *http.Request) {
 // copyVolume starts an operation that copies a volume into a new
 // standalone one (full clone, or a conversion with format).
 func (s *Server) copyVolume(w http.ResponseWriter, r *http.Request) {
+	if s.forwardToHostParam(w, r) {
+		return
+	}
 	pool, vol, err := poolAndVolume(r)
 	if err != nil {
 		writeErr(w, err)
@@ -332,6 +348,9 @@ func (s *Server) copyVolume(w http.ResponseWriter, r *http.Request) {
 // flattenVolume starts an operation that makes a volume standalone (its
 // backing chain merged in); not for a VM's disk.
 func (s *Server) flattenVolume(w http.ResponseWriter, r *http.Request) {
+	if s.forwardToHostParam(w, r) {
+		return
+	}
 	pool, vol, err := poolAndVolume(r)
 	if err != nil {
 		writeErr(w, err)
@@ -359,21 +378,9 @@ func (s *Server) volumeOp(w http.ResponseWriter, r *http.Request, kind string, a
 		writeErr(w, errdefs.Field("vol", err))
 		return
 	}
-	hosts, err := s.hosts(r.Context())
+	host, err := s.ioHost(r.Context(), args.Pool)
 	if err != nil {
 		writeErr(w, err)
-		return
-	}
-	// The pool's host. With one host that is the only live one; a pool's
-	// I/O jobs will go to its least loaded host.
-	host := ""
-	for _, h := range hosts {
-		if h.Alive {
-			host = h.Name
-		}
-	}
-	if host == "" {
-		writeErr(w, fmt.Errorf("no live host for pool %s: %w", args.Pool, errdefs.ErrUnavailable))
 		return
 	}
 	op := s.newOp(kind, args.Pool+"/"+args.Source, host, args)
@@ -382,4 +389,47 @@ func (s *Server) volumeOp(w http.ResponseWriter, r *http.Request, kind string, a
 		return
 	}
 	s.answerOp(w, r, op, wait)
+}
+
+// ioHost is where a volume job on pool runs. A host's own (dir) pool: this
+// host, the one whose files the request was checked against (?host= sent
+// the request here). A shared pool: the freest live host that reaches it
+// (scheduler.PlaceIO; a host reaches the pools its facts report storage
+// for).
+func (s *Server) ioHost(ctx context.Context, pool string) (string, error) {
+	pools, err := s.cfg.Pools.Pools(ctx)
+	if err != nil {
+		return "", err
+	}
+	shared := false
+	for _, p := range pools {
+		if p.Name == pool {
+			shared = p.Type == storage.TypeShared
+		}
+	}
+	if !shared && s.cfg.Forward != nil {
+		return s.cfg.Forward.Self(), nil
+	}
+	hosts, err := s.hosts(ctx)
+	if err != nil {
+		return "", err
+	}
+	var snap scheduler.Snapshot
+	for _, h := range hosts {
+		sh := scheduler.Host{Name: h.Name, CPUs: h.CPUs, MemoryMiB: h.MemoryMiB, Alive: h.Alive, Maintenance: h.Maintenance}
+		for _, u := range h.Storage {
+			sh.Pools = append(sh.Pools, u.Pool)
+		}
+		if len(h.Storage) == 0 {
+			sh.Pools = []string{pool} // facts of an older agent: assume it reaches the pool
+		}
+		snap.Hosts = append(snap.Hosts, sh)
+		snap.Allocs = append(snap.Allocs, scheduler.Alloc{Host: h.Name, VM: "booked-on-" + h.Name, CPUs: h.AllocatedCPUs, MemoryMiB: h.AllocatedMemoryMiB})
+	}
+	snap.Policy = s.cfg.Overcommit
+	host, err := scheduler.PlaceIO(snap, []string{pool})
+	if err != nil {
+		return "", fmt.Errorf("volume job on pool %s: %w: %w", pool, err, errdefs.ErrUnavailable)
+	}
+	return host, nil
 }

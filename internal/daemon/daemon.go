@@ -221,6 +221,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		rev.Add(func() { _ = es.Close() })
 		d.Store, closeStore = es, es.Close
 		cluster = join.EtcdCluster{C: es.Client()}
+		refreshEndpoints(ctx, cfg, state, cluster)
 	case v1.RoleExternal:
 		tc, err := externalTLS(cfg)
 		if err != nil {

@@ -440,3 +440,33 @@ func nextCert(b []byte) (*x509.Certificate, []byte, error) {
 		b = rest
 	}
 }
+
+// refreshEndpoints keeps a client host's pool.json naming the voting
+// members it reaches now, so that a restart finds them even after the
+// members it joined through were replaced.
+func refreshEndpoints(ctx context.Context, cfg Config, state *join.State, c join.Cluster) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ms, err := c.Members(ctx)
+	if err != nil {
+		cfg.Log.Warn("etcd member list", "err", err)
+		return
+	}
+	var urls []string
+	for _, m := range ms {
+		if !m.Learner {
+			urls = append(urls, m.ClientURLs...)
+		}
+	}
+	slices.Sort(urls)
+	old := slices.Sorted(slices.Values(state.Endpoints))
+	if len(urls) == 0 || slices.Equal(urls, old) {
+		return
+	}
+	state.Endpoints = urls
+	if err := join.WriteState(cfg.DataDir, *state); err != nil {
+		cfg.Log.Warn("pool state: endpoints", "err", err)
+		return
+	}
+	cfg.Log.Info("etcd endpoints updated", "from", old, "to", urls)
+}

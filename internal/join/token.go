@@ -94,7 +94,9 @@ func Parse(s string) (Token, error) {
 	if !ok {
 		return Token{}, ErrMalformed
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(body)
+	// Strict: one encoding per token (no slack in the last character's
+	// unused bits).
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(body)
 	if err != nil || len(raw) != rawLen {
 		return Token{}, ErrMalformed
 	}

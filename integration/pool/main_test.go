@@ -29,6 +29,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -111,7 +112,30 @@ func run(m *testing.M) int {
 			defer t.Stop()
 		}
 	}
-	return m.Run()
+	code := m.Run()
+	closePool()
+	if left := leftNamespaces(); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: network namespaces of this test process left behind: %v\n", left)
+		return 1
+	}
+	return code
+}
+
+// leftNamespaces are the namespaces of this process's labs still present
+// (netlab names them hg<pid>-… and hg<pid>l<n>-…).
+func leftNamespaces() []string {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return []string{fmt.Sprintf("(ip netns list: %v)", err)}
+	}
+	re := regexp.MustCompile(fmt.Sprintf(`^hg%d(l[0-9]+)?-`, os.Getpid()))
+	var left []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && re.MatchString(f[0]) {
+			left = append(left, f[0])
+		}
+	}
+	return left
 }
 
 // closePool stops the shared pool, if it was started, exactly once.

@@ -95,6 +95,8 @@ type PoolInfo struct {
 	CAFingerprint string       `json:"caFingerprint"`
 	Created       time.Time    `json:"created"`
 	Members       []PoolMember `json:"members"`
+	// Master is the host elected pool master ("" during an election).
+	Master string `json:"master,omitempty"`
 	// Endpoints of an external etcd cluster (role external).
 	External []string `json:"external,omitempty"`
 }

@@ -90,7 +90,7 @@ HANGAR_CREDENTIALS). The name is what the API logs as the client.`,
 
 	show := &cobra.Command{
 		Use:     "show",
-		Short:   "Show the pool: name, CA fingerprint, etcd members",
+		Short:   "Show the pool: name, CA fingerprint, master, etcd members",
 		Long:    "Show the pool's name, the SHA-256 fingerprint of its CA and its etcd members with their roles and URLs.",
 		Example: "  hangar pool show\n  hangar pool show -o json",
 		Args:    cobra.NoArgs,
@@ -103,7 +103,7 @@ HANGAR_CREDENTIALS). The name is what the API logs as the client.`,
 				return err
 			}
 			return g.print(cmd, p, func(w *tabwriter.Writer) {
-				fmt.Fprintf(w, "Pool:\t%s\nCA fingerprint:\tsha256:%s\n", p.Name, p.CAFingerprint)
+				fmt.Fprintf(w, "Pool:\t%s\nCA fingerprint:\tsha256:%s\nMaster:\t%s\n", p.Name, p.CAFingerprint, dash(p.Master))
 				if len(p.External) > 0 {
 					fmt.Fprintf(w, "etcd:\texternal %s\n", strings.Join(p.External, ","))
 				}

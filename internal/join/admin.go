@@ -14,6 +14,7 @@ import (
 	v1 "hangar/api/v1"
 	"hangar/internal/errdefs"
 	"hangar/internal/inventory"
+	"hangar/internal/master"
 	"hangar/internal/store"
 	"hangar/internal/vm"
 )
@@ -25,6 +26,9 @@ func (s *Server) PoolInfo(ctx context.Context) (v1.PoolInfo, error) {
 		return v1.PoolInfo{}, err
 	}
 	info := v1.PoolInfo{Name: p.Name, CAFingerprint: s.CA.FingerprintHex(), Created: p.Created, External: s.External, Members: []v1.PoolMember{}}
+	if info.Master, err = master.LeaderOf(ctx, s.Store); err != nil {
+		return v1.PoolInfo{}, err
+	}
 	if s.Cluster == nil {
 		return info, nil
 	}

@@ -82,6 +82,23 @@ func Leader(ctx context.Context, c *clientv3.Client) (string, error) {
 	return string(resp.Kvs[0].Value), nil
 }
 
+// LeaderOf returns the name of the pool's master read through a store
+// ("" while there is none): the election key with the lowest revision (its
+// keys are written once, so that is their creation).
+func LeaderOf(ctx context.Context, s store.Store) (string, error) {
+	kvs, _, err := s.List(ctx, inventory.Election+"/")
+	if err != nil {
+		return "", fmt.Errorf("pool master: %w", err)
+	}
+	name, low := "", int64(0)
+	for _, kv := range kvs {
+		if low == 0 || kv.Revision < low {
+			name, low = string(kv.Value), kv.Revision
+		}
+	}
+	return name, nil
+}
+
 // Run campaigns until ctx ends; each time it wins it leads until its
 // session ends, then campaigns again.
 func (m *Master) Run(ctx context.Context) error {

@@ -487,3 +487,61 @@ func waitStatus(t *testing.T, s store.Store, name, state string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// A create placed on a host that dies before its agent claims it is taken
+// back and placed on a live host: its booking, owner record and task move.
+func TestCreateOnDeadHostPlacedAgain(t *testing.T) {
+	c := etcdtest.Start(t).Client()
+	s := store.NewEtcd(c)
+	addHost(t, s, "h1", 4, 1024)
+	// hd: the roomiest host, so the first placement goes there; its lease
+	// is the test's to end.
+	if _, err := s.Put(t.Context(), inventory.HostInfoKey("hd"), inventory.Marshal(v1.Host{Name: "hd", CPUs: 8, MemoryMiB: 8192}), store.AnyRevision); err != nil {
+		t.Fatal(err)
+	}
+	lease, err := s.Grant(t.Context(), 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutWithLease(t.Context(), inventory.HostKey("hd"), []byte("alive"), lease); err != nil {
+		t.Fatal(err)
+	}
+	startMaster(t, c, s, "m1")
+	id, err := submitCreate(t.Context(), s, "web", 256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if op := waitOp(t, s, id, 30*time.Second); op.Host != "hd" {
+		t.Fatalf("first placement: %+v", op)
+	}
+	if err := s.Revoke(t.Context(), lease); err != nil { // hd dies
+		t.Fatal(err)
+	}
+	inv := inventory.Inventory{S: s}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		op, _, err := inv.Op(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if op.Host == "h1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("create still on %q (%s)", op.Host, op.Progress.Phase)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	spec, _, err := inv.Spec(t.Context(), "web")
+	if err != nil || spec.Host != "h1" {
+		t.Fatalf("spec on %q (%v)", spec.Host, err)
+	}
+	if o, _, err := inv.OwnerOf(t.Context(), "web"); err != nil || o.Host != "h1" {
+		t.Fatalf("owner %+v (%v)", o, err)
+	}
+	waitGone(t, s, inventory.AllocKey("hd", "web"))
+	waitGone(t, s, inventory.TaskKey("hd", id))
+	if _, err := s.Get(t.Context(), inventory.TaskKey("h1", id)); err != nil {
+		t.Fatalf("no task on h1: %v", err)
+	}
+}

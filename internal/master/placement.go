@@ -33,6 +33,8 @@ func (l *leader) opChanged(ctx context.Context, kv store.KV) {
 	switch {
 	case op.Kind == "create" && op.Host == "" && op.State == v1.OpPending:
 		err = l.place(ctx, op.ID)
+	case op.Kind == "create" && op.Host != "" && op.State == v1.OpPending:
+		err = l.replaceIfDead(ctx, op.ID)
 	case op.Kind == "migrate" && op.Host == "" && op.State == v1.OpPending:
 		err = l.startMigration(ctx, op.ID)
 	case op.Kind == "evacuate" && op.Host == "":
@@ -273,6 +275,48 @@ func (l *leader) place(ctx context.Context, id string) error {
 		l.log.Info("vm placed", "vm", spec.Name, "host", host, "op", op.ID)
 		return nil
 	}
+}
+
+// replaceIfDead takes a create back from a host that died before its
+// agent claimed it (the operation is still pending, so nothing of the VM
+// exists there): the host's booking, owner record and task go, the VM
+// waits for a host again, and place puts it on a live one. The take-back
+// is conditioned on the operation and spec being unchanged, so an agent
+// that claims the operation meanwhile keeps it.
+func (l *leader) replaceIfDead(ctx context.Context, id string) error {
+	inv := inventory.Inventory{S: l.cfg.Store}
+	op, oprev, err := inv.Op(ctx, id)
+	if err != nil {
+		return err
+	}
+	if op.State != v1.OpPending || op.Host == "" || vm.ValidateName("host", op.Host) != nil {
+		return nil
+	}
+	alive, err := inv.HostAlive(ctx, op.Host)
+	if err != nil || alive {
+		return err
+	}
+	spec, specRev, err := inv.Spec(ctx, op.Target)
+	if err != nil {
+		return err
+	}
+	if spec.Name != op.Target || spec.Host != op.Host {
+		return nil
+	}
+	dead := op.Host
+	spec.Host, op.Host = "", ""
+	op.Updated = time.Now().UTC()
+	op.Progress = v1.Progress{Phase: "host " + dead + " died before it took the create: placing again"}
+	if _, err := l.Commit(ctx, nil,
+		store.PutOp(inventory.OpKey(op.ID), inventory.Marshal(op), oprev),
+		store.PutOp(inventory.VMKey(spec.Name), inventory.Marshal(spec), specRev),
+		store.DeleteOp(inventory.TaskKey(dead, op.ID), store.AnyRevision),
+		store.DeleteOp(inventory.AllocKey(dead, spec.Name), store.AnyRevision),
+		store.DeleteOp(inventory.OwnerKey(spec.Name), store.AnyRevision)); err != nil {
+		return err
+	}
+	l.log.Info("create taken back from a dead host", "vm", spec.Name, "host", dead, "op", op.ID)
+	return l.place(ctx, op.ID)
 }
 
 func allocOf(spec v1.VMSpec) inventory.Alloc {

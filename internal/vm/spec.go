@@ -68,7 +68,9 @@ var (
 )
 
 // Defaults fills the fields a user may leave out. accel is "kvm" or "tcg":
-// the default CPU model is "host" with KVM and "max" under TCG.
+// a CPU model still unset becomes "host" with KVM and "max" under TCG — for
+// one process on one host (the benchmarks); the API sets the pool's CPU
+// model first (qemu.PoolCPUModel), one every host runs, so a VM migrates.
 func Defaults(s *v1.VMSpec, accel string) {
 	if s.CPUs == 0 {
 		s.CPUs = 1

@@ -1,0 +1,120 @@
+package pool_test
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "hangar/api/v1"
+)
+
+// TestEvacuateParks: evacuating a host whose running VM no other host may
+// take (its anti-affinity group already has a VM on each of them) shuts
+// the VM down cleanly and parks it; when room comes back (the group's VM
+// on h1 is deleted) it starts by itself on h1 — its disk is on a shared
+// pool — and the guest boots there. The host stays in maintenance until
+// taken out of it.
+func TestEvacuateParks(t *testing.T) {
+	p := sharedPool(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	c := p.API(t, "h1")
+
+	// A shared pool (one directory every host sees) holding the VM's disk.
+	// It lives as long as the lab (pools are not removed).
+	dir := filepath.Join(p.Lab.Dir, "shared-evac")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddPool(ctx, v1.StoragePool{Name: "evac", Type: "shared", Path: dir}); err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, guestImage, filepath.Join(dir, "parked.qcow2"))
+	t.Cleanup(func() { _ = os.Remove(filepath.Join(dir, "parked.qcow2")) })
+
+	// One stopped member of the group on h1 and on h2 (bookings count,
+	// running or not), the running one on h3.
+	for _, h := range []string{"h1", "h2"} {
+		name := "evac-" + h
+		spec := v1.VMSpec{Name: name, CPUs: 1, MemoryMiB: 64, Disks: []v1.Disk{{SizeMiB: 16}}, AntiAffinityGroup: "evac",
+			Placement: v1.PlacementManual, PreferredHosts: []string{h}}
+		t.Cleanup(func() { p.DeleteVM(t, "h1", name) })
+		op, err := c.CreateVM(ctx, spec, false, time.Minute)
+		if err == nil {
+			op, err = c.Wait(ctx, op, nil)
+		}
+		if err != nil || op.State != v1.OpSucceeded {
+			t.Fatalf("create %s: %+v (%v)", name, op.Error, err)
+		}
+	}
+	g := p.BootGuest(t, "h3", "parked", func(s *v1.VMSpec) {
+		s.Disks = []v1.Disk{{Volume: "evac/parked.qcow2"}}
+		s.AntiAffinityGroup = "evac"
+		s.Placement, s.PreferredHosts = "", nil // may run anywhere
+	})
+	if g.Host != "h3" {
+		t.Fatalf("guest on %s", g.Host)
+	}
+	t.Cleanup(func() { _, _ = p.CLIErr(t, "h1", "host", "maintenance", "h3", "--off") })
+
+	op, err := c.Evacuate(ctx, "h3", v1.EvacuateArgs{}, 0)
+	if err == nil {
+		op, err = c.Wait(ctx, op, nil)
+	}
+	if err != nil || op.State != v1.OpSucceeded {
+		t.Fatalf("evacuate h3: %+v (%v)", op.Error, err)
+	}
+	if len(op.Warnings) != 1 || !strings.Contains(op.Warnings[0], "parked") {
+		t.Fatalf("evacuation warnings %q, want the VM parked", op.Warnings)
+	}
+	v, err := c.VM(ctx, "parked")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !v.Spec.Parked || v.Status.State != v1.StateStopped || v.Spec.Host != "h3" {
+		t.Fatalf("after evacuation: parked %v state %s host %s", v.Spec.Parked, v.Status.State, v.Spec.Host)
+	}
+	if pid := p.QEMUOf(t, "h3", "parked"); pid != 0 {
+		t.Fatalf("the parked VM's QEMU still runs on h3 (pid %d)", pid)
+	}
+	if out := p.CLI(t, "h1", "host", "list", "-o", "json"); !strings.Contains(out, `"maintenance": true`) {
+		t.Fatalf("h3 not in maintenance:\n%s", out)
+	}
+
+	// Room comes back on h1: the parked VM starts there by itself.
+	p.DeleteVM(t, "h1", "evac-h1")
+	v = p.WaitVM(t, "h1", "parked", "h1", 3*time.Minute, v1.StateRunning)
+	if v.Spec.Parked {
+		t.Fatalf("still parked while running on %s", v.Spec.Host)
+	}
+	bootID, _ := p.WaitReady(t, "h1", "parked", 0)
+	if bootID == "" || bootID == g.BootID {
+		t.Fatalf("boot id %q on h1 after a cold start (it was %q on h3)", bootID, g.BootID)
+	}
+	if pid := p.QEMUOf(t, "h3", "parked"); pid != 0 {
+		t.Fatalf("a QEMU of the parked VM is left on h3 (pid %d)", pid)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	in, err := os.Open(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(to, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -234,7 +234,7 @@ func migrateOnce(ctx context.Context, kind string, src, tgt *benchVM, dst *netla
 			return run, err
 		}
 		s := migration.Source{TargetHost: dst.Name, IP: t.IP, Port: port, DowntimeLimit: 300 * time.Millisecond,
-			TLS: &migration.TLS{Dir: filepath.Join(src.runDir, "tls"), CA: ca.CertPEM(), Cert: srcKey.CertPEM, Key: srcKey.KeyPEM, UID: os.Getuid(), GID: os.Getgid()},
+			TLS:      &migration.TLS{Dir: filepath.Join(src.runDir, "tls"), CA: ca.CertPEM(), Cert: srcKey.CertPEM, Key: srcKey.KeyPEM, UID: os.Getuid(), GID: os.Getgid()},
 			Watchdog: migration.Watchdog{Timeout: time.Minute, Max: 5 * time.Minute}}
 		began = time.Now()
 		r, err := migration.Migrate(ctx, src.inst.Mon, s)

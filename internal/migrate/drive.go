@@ -128,6 +128,7 @@ func load(ctx context.Context, d Deps, vmName string) (loaded, error) {
 	default:
 		return l, err
 	}
+	l.Now = time.Now()
 	if l.SourceAlive, err = d.HostAlive(ctx, rec.Source); err != nil {
 		return l, err
 	}

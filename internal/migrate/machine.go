@@ -1,5 +1,7 @@
 package migrate
 
+import "time"
+
 // View is everything the master's decision depends on: the records as
 // read from etcd (validated) and the liveness of both hosts.
 type View struct {
@@ -15,7 +17,19 @@ type View struct {
 	Cancel bool
 	// OpFinal: the operation already has its final state.
 	OpFinal bool
+	// Now is when the view was read (zero: no time-outs apply).
+	Now time.Time
 }
+
+// Time-outs of the phases the master waits in for an agent.
+const (
+	// ClaimTimeout: an agent that has not claimed its part this long after
+	// the phase asked it to (its host runs no migration handler, or is
+	// wedged) aborts the migration.
+	ClaimTimeout = 2 * time.Minute
+	// PrepareTimeout bounds the target's preparing (volumes, QEMU start).
+	PrepareTimeout = 10 * time.Minute
+)
 
 // ActionKind is one step the master takes.
 type ActionKind string
@@ -111,14 +125,26 @@ func Next(v View) []Action {
 		// does not need it.
 		return []Action{abort("source host " + r.Source + " is not alive")}
 	}
+	waited := func(since time.Time, d time.Duration) bool {
+		return !v.Now.IsZero() && !since.IsZero() && v.Now.Sub(since) > d
+	}
 	switch r.Phase {
 	case Pending:
 		return []Action{{Kind: ActCheck}}
 	case Checked:
-		if v.Target != nil && v.Target.State == TgtListening {
+		switch {
+		case v.Target != nil && v.Target.State == TgtListening:
 			return []Action{setPhase(TargetPrepared)}
+		case v.Target == nil && waited(r.Updated, ClaimTimeout):
+			return []Action{abort("target host " + r.Target + " did not take up the migration")}
+		case v.Target != nil && waited(v.Target.Updated, PrepareTimeout):
+			return []Action{abort("target host " + r.Target + " did not finish preparing")}
 		}
 		return nil
+	case TargetPrepared:
+		if v.Source == nil && waited(r.Updated, ClaimTimeout) {
+			return []Action{abort("source host " + r.Source + " did not take up the migration")}
+		}
 	}
 	// TargetPrepared, Mirroring, MirrorReady, Migrating follow the source.
 	if v.Target == nil || v.Target.State != TgtListening {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 )
 
 // world is a simulated pool: the records in etcd and what runs on the two
@@ -371,6 +372,34 @@ func TestNextTable(t *testing.T) {
 			v.OwnerHost, v.OwnerEpoch, v.Target = "h2", 4, &TargetPart{State: TgtRunning}
 			return v
 		}(), []Action{{Kind: ActFinishOp, Succeeded: true}, setPhase(Cleaning)}},
+		{"target never claims: abort after the claim time-out", func() View {
+			v := base(Checked)
+			v.Rec.Updated, v.Now = time.Unix(1000, 0), time.Unix(1000, 0).Add(ClaimTimeout+time.Second)
+			return v
+		}(), []Action{abort("target host h2 did not take up the migration")}},
+		{"target claimed recently: wait", func() View {
+			v := base(Checked)
+			v.Rec.Updated, v.Now = time.Unix(1000, 0), time.Unix(1000, 0).Add(ClaimTimeout+time.Second)
+			v.Target = &TargetPart{State: TgtPreparing, Updated: time.Unix(1000, 0).Add(ClaimTimeout)}
+			return v
+		}(), nil},
+		{"target preparing too long", func() View {
+			v := base(Checked)
+			v.Now = time.Unix(1000, 0).Add(PrepareTimeout + time.Second)
+			v.Target = &TargetPart{State: TgtPreparing, Updated: time.Unix(1000, 0)}
+			return v
+		}(), []Action{abort("target host h2 did not finish preparing")}},
+		{"source never claims", func() View {
+			v := base(TargetPrepared)
+			v.Target = listening
+			v.Rec.Updated, v.Now = time.Unix(1000, 0), time.Unix(1000, 0).Add(ClaimTimeout+time.Second)
+			return v
+		}(), []Action{abort("source host h1 did not take up the migration")}},
+		{"no clock, no time-out", func() View {
+			v := base(Checked)
+			v.Rec.Updated = time.Unix(1000, 0)
+			return v
+		}(), nil},
 		{"switched over: no abort even when cancelled", func() View {
 			v := base(SwitchedOver)
 			v.OwnerHost, v.OwnerEpoch, v.Cancel, v.Target = "h2", 4, true, listening

@@ -175,6 +175,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent start: %w", err)
 	}
+	go a.watchMigrations(ctx)
 	close(a.ready)
 	log.Info("agent ready", "host", a.cfg.Host, "accel", a.cfg.Caps.Accel, "qemu", a.cfg.Caps.Version)
 	tick := time.NewTicker(5 * time.Second)

@@ -39,6 +39,8 @@ type task struct {
 	recover bool           // re-adopt after an agent restart
 	exited  *qemu.Instance // this QEMU went away
 	restart bool           // restart by policy
+	// migration: take this host's next step of the VM's migration
+	migration bool
 }
 
 // machine serializes everything done to one VM. Its fields other than
@@ -63,6 +65,9 @@ type machine struct {
 	// master removes (a VM's spec, owner, booking): it is handed to the
 	// master instead of being finished here (v1.Operation.HandOff).
 	handOff bool
+	// incoming is the QEMU this host started as a migration's target,
+	// until the guest runs here (then it is inst).
+	incoming *qemu.Instance
 }
 
 // mark records that the running operation finished phase now.
@@ -108,6 +113,8 @@ func (m *machine) loop() {
 			m.onExit(ctx, t.exited, "")
 		case t.restart:
 			m.policyRestart(ctx)
+		case t.migration:
+			m.migrationStep(ctx)
 		}
 	}
 }
@@ -485,80 +492,22 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 		}
 		return m.setStatus(ctx, func(st *v1.VMStatus) { m.running(st, inst, v1.StateRunning); st.Reason = "" })
 	}
-	runDir, err := m.a.runDir(m.name)
-	if err != nil {
-		return err
-	}
-	logDir, err := m.a.logDir(m.name)
-	if err != nil {
-		return err
-	}
 	status, err := m.a.inv.Status(ctx, m.name)
 	if err != nil {
 		return err
 	}
-	files := make([]config.DiskFile, len(spec.Disks))
-	for i, d := range spec.Disks {
-		if d.Media == "cdrom" && d.Image != "" {
-			if files[i], err = m.isoFile(ctx, d.Image); err != nil {
-				return err
-			}
-			continue
-		}
-		var ds *v1.DiskStatus
-		for j := range status.Disks {
-			if status.Disks[j].Name == d.Name {
-				ds = &status.Disks[j]
-			}
-		}
-		if ds == nil {
-			created, err := m.provision(ctx, spec, i, d, nil)
-			if err != nil {
-				return err
-			}
-			status.Disks = append(status.Disks, created)
-			ds = &created
-		}
-		files[i] = config.DiskFile{Path: ds.Path, Format: ds.Format}
-		if d.Media == "cdrom" && d.Name != vm.CloudInitDisk {
-			files[i] = config.DiskFile{Format: "raw"} // no medium
-		}
-		if ds.Top != "" {
-			files[i] = config.DiskFile{Path: ds.Top, Format: "qcow2"}
-		}
-	}
 	rev := revert.New()
 	defer rev.Fail()
-	if err := ensureDir(logDir); err != nil {
-		return fmt.Errorf("start %s: %w", m.name, err)
-	}
-	sb, err := m.sandbox(ctx, spec, files, logDir)
-	if err != nil {
-		return err
-	}
-	defer closeAll(sb.Files)
-	m.mark("sandbox")
-	taps := make([]string, len(spec.NICs))
-	for i, n := range spec.NICs {
-		if n.Mode != v1.NICBridge {
-			continue
-		}
-		taps[i] = network.TapName(m.name, i)
-		if err := network.EnsureTapFor(taps[i], n.Bridge, sb.UID, sb.GID); err != nil {
-			return errdefs.Field(fmt.Sprintf("nics[%d].bridge", i), err)
-		}
-		tap := taps[i]
-		rev.Add(func() { _ = network.DeleteTap(tap) })
-	}
-	params := config.Params{Spec: spec, Accel: m.a.cfg.Caps.Accel, RunDir: runDir,
-		LogDir: logDir, Disks: files, Taps: taps}
+	incoming := ""
 	if stateFile != "" {
-		params.Incoming = "defer"
+		incoming = "defer"
 	}
-	argv, err := config.Argv(params)
+	l, err := m.prepareLaunch(ctx, spec, &status, rev, incoming, true)
 	if err != nil {
 		return err
 	}
+	defer closeAll(l.sb.Files)
+	argv, sb, runDir := l.argv, l.sb, l.runDir
 	for i := range status.Disks {
 		status.Disks[i].Node = config.NodeName(status.Disks[i].Name)
 	}
@@ -603,6 +552,90 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 	rev.Success()
 	m.log.Info("vm started", "pid", inst.PID, "accel", m.a.cfg.Caps.Accel)
 	return nil
+}
+
+// launch is what prepareLaunch makes ready for a QEMU start.
+type launch struct {
+	argv   []string
+	sb     *qemu.Sandbox
+	runDir string
+}
+
+// prepareLaunch makes everything a QEMU start of the VM needs: its disk
+// files (provisioned when provision and missing from st, which gets
+// them), the sandbox (uid, owners, descriptors; the caller closes
+// sb.Files), taps on their bridges (removed by rev on failure) and the
+// argv (incoming: QEMU's -incoming, "" for none).
+func (m *machine) prepareLaunch(ctx context.Context, spec v1.VMSpec, st *v1.VMStatus, rev *revert.Reverter, incoming string, provision bool) (launch, error) {
+	runDir, err := m.a.runDir(m.name)
+	if err != nil {
+		return launch{}, err
+	}
+	logDir, err := m.a.logDir(m.name)
+	if err != nil {
+		return launch{}, err
+	}
+	files := make([]config.DiskFile, len(spec.Disks))
+	for i, d := range spec.Disks {
+		if d.Media == "cdrom" && d.Image != "" {
+			if files[i], err = m.isoFile(ctx, d.Image); err != nil {
+				return launch{}, err
+			}
+			continue
+		}
+		var ds *v1.DiskStatus
+		for j := range st.Disks {
+			if st.Disks[j].Name == d.Name {
+				ds = &st.Disks[j]
+			}
+		}
+		if ds == nil && !provision {
+			return launch{}, fmt.Errorf("start %s: disk %s has no file on record", m.name, d.Name)
+		}
+		if ds == nil {
+			created, err := m.provision(ctx, spec, i, d, nil)
+			if err != nil {
+				return launch{}, err
+			}
+			st.Disks = append(st.Disks, created)
+			ds = &created
+		}
+		files[i] = config.DiskFile{Path: ds.Path, Format: ds.Format}
+		if d.Media == "cdrom" && d.Name != vm.CloudInitDisk {
+			files[i] = config.DiskFile{Format: "raw"} // no medium
+		}
+		if ds.Top != "" {
+			files[i] = config.DiskFile{Path: ds.Top, Format: "qcow2"}
+		}
+	}
+	if err := ensureDir(logDir); err != nil {
+		return launch{}, fmt.Errorf("start %s: %w", m.name, err)
+	}
+	sb, err := m.sandbox(ctx, spec, files, logDir)
+	if err != nil {
+		return launch{}, err
+	}
+	m.mark("sandbox")
+	taps := make([]string, len(spec.NICs))
+	for i, n := range spec.NICs {
+		if n.Mode != v1.NICBridge {
+			continue
+		}
+		taps[i] = network.TapName(m.name, i)
+		if err := network.EnsureTapFor(taps[i], n.Bridge, sb.UID, sb.GID); err != nil {
+			return launch{}, errdefs.Field(fmt.Sprintf("nics[%d].bridge", i), err)
+		}
+		tap := taps[i]
+		rev.Add(func() { _ = network.DeleteTap(tap) })
+	}
+	params := config.Params{Spec: spec, Accel: m.a.cfg.Caps.Accel, RunDir: runDir,
+		LogDir: logDir, Disks: files, Taps: taps}
+	params.Incoming = incoming
+	argv, err := config.Argv(params)
+	if err != nil {
+		return launch{}, err
+	}
+	return launch{argv: argv, sb: sb, runDir: runDir}, nil
 }
 
 // watch hands the instance's exit to the worker.

@@ -2,9 +2,23 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
 
 	v1 "hangar/api/v1"
 	"hangar/internal/errdefs"
+	"hangar/internal/inventory"
+	"hangar/internal/migrate"
+	"hangar/internal/qemu"
+	"hangar/internal/qemu/migration"
+	"hangar/internal/revert"
+	"hangar/internal/store"
+	"hangar/internal/vm"
 )
 
 // migrateOp is the handler of a migrate operation when an agent claims
@@ -14,4 +28,394 @@ import (
 // operation.
 func migrateOp(m *machine, _ context.Context, _ v1.Operation, args v1.MigrateArgs, _ progressFunc) error {
 	return errdefs.Precondition("migrate %s to %s: live migration is driven by the pool master, and none drives this operation", m.name, args.To)
+}
+
+// migrationPoll is how often the agent looks at the migration records
+// besides its watch (a part it waits for, a lost event).
+const migrationPoll = time.Second
+
+// watchMigrations hands every migration record that names this host (as
+// source or target) to that VM's worker, which takes the step
+// migrate.SourceStep / TargetStep says.
+func (a *Agent) watchMigrations(ctx context.Context) {
+	tick := time.NewTicker(migrationPoll)
+	defer tick.Stop()
+	for {
+		kvs, rev, err := a.cfg.Store.List(ctx, inventory.Migrations)
+		if err == nil {
+			for _, kv := range kvs {
+				a.migrationChanged(kv)
+			}
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		events := a.cfg.Store.Watch(wctx, inventory.Migrations, rev+1)
+	watch:
+		for {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					break watch
+				}
+				if ev.Type == store.EventPut {
+					a.migrationChanged(ev.KV)
+				}
+			case <-tick.C:
+				break watch
+			case <-ctx.Done():
+				cancel()
+				return
+			}
+		}
+		cancel()
+	}
+}
+
+// migrationChanged queues a migration step for the VM whose record (or
+// part) kv is, when the record names this host.
+func (a *Agent) migrationChanged(kv store.KV) {
+	name, _, _ := strings.Cut(strings.TrimPrefix(kv.Key, inventory.Migrations), "/")
+	if vm.ValidateName("name", name) != nil {
+		return
+	}
+	rkv, err := a.cfg.Store.Get(a.ctx, inventory.MigrationKey(name))
+	if err != nil {
+		return
+	}
+	rec, err := migrate.DecodeRecord(name, rkv.Value)
+	if err != nil {
+		return
+	}
+	if rec.Source == a.cfg.Host || rec.Target == a.cfg.Host {
+		a.enqueue(name, task{migration: true})
+	}
+}
+
+// migrationStep takes this host's next step of the VM's migration.
+func (m *machine) migrationStep(ctx context.Context) {
+	st, err := migrate.Load(ctx, m.a.cfg.Store, m.name)
+	if errors.Is(err, migrate.ErrNoMigration) {
+		return
+	}
+	if err != nil {
+		m.log.Warn("read migration", "err", err)
+		return
+	}
+	me := m.a.cfg.Host
+	switch {
+	case st.Rec.Target == me:
+		owner := ""
+		if o, _, err := m.a.inv.OwnerOf(ctx, m.name); err == nil {
+			owner = o.Host
+		}
+		switch migrate.TargetStep(st.Rec, st.Target, owner) {
+		case migrate.TargetPrepare:
+			m.migrationTarget(ctx, st)
+		case migrate.TargetResume:
+			m.migrationResume(ctx, st)
+		case migrate.TargetRemove:
+			m.migrationRemoveTarget(ctx, st)
+		}
+	case st.Rec.Source == me:
+		switch migrate.SourceStep(st.Rec, st.Source, false) {
+		case migrate.SourceMigrate:
+			m.migrationSource(ctx, st)
+		case migrate.SourceRollBack:
+			m.migrationRollBack(ctx, st)
+		case migrate.SourceRecover:
+			m.migrationRecover(ctx, st)
+		case migrate.SourceCleanup:
+			m.migrationCleanup(ctx, st)
+		}
+	}
+}
+
+// hostIP is this host's address for migration streams: the host of its
+// TLS API address (serve --listen).
+func (a *Agent) hostIP() (string, error) {
+	host, _, err := net.SplitHostPort(a.cfg.Address)
+	if err != nil || net.ParseIP(host) == nil {
+		return "", fmt.Errorf("host %s has no IP address to migrate over (serve --listen IP:PORT): %q", a.cfg.Host, a.cfg.Address)
+	}
+	return host, nil
+}
+
+// migrationTLS is the pool CA and this host's certificate for QEMU, to be
+// written into the VM's run directory for its uid; nil when the migration
+// was asked to be insecure.
+func (m *machine) migrationTLS(rec migrate.Record, uid int) (*migration.TLS, error) {
+	if rec.Args.Insecure {
+		return nil, nil
+	}
+	pki := filepath.Join(m.a.cfg.DataDir, "pki")
+	var t migration.TLS
+	var err error
+	if t.CA, err = os.ReadFile(filepath.Join(pki, "ca.crt")); err != nil {
+		return nil, fmt.Errorf("migration tls: %w", err)
+	}
+	if t.Cert, err = os.ReadFile(filepath.Join(pki, "host.crt")); err != nil {
+		return nil, fmt.Errorf("migration tls: %w", err)
+	}
+	if t.Key, err = os.ReadFile(filepath.Join(pki, "host.key")); err != nil {
+		return nil, fmt.Errorf("migration tls: %w", err)
+	}
+	dir, err := m.a.runDir(m.name)
+	if err != nil {
+		return nil, err
+	}
+	t.Dir, t.UID, t.GID = filepath.Join(dir, "tls"), uid, uid
+	return &t, nil
+}
+
+// freePort picks a free TCP port on ip for QEMU to listen on.
+func freePort(ip string) (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// migrationTarget starts the VM's QEMU here waiting for the incoming
+// migration (-incoming defer) and listening on this host's IP, and
+// reports where. Disks are the source's files (a shared pool): local disks
+// are refused by the master's blocker check until they are mirrored.
+func (m *machine) migrationTarget(ctx context.Context, st migrate.State) {
+	part := &migrate.TargetPart{State: migrate.TgtPreparing}
+	if err := migrate.Claim(ctx, m.a.cfg.Store, m.name, migrate.PartTarget, st.RecRev, part); err != nil {
+		m.log.Info("migration target not claimed", "err", err)
+		return
+	}
+	fail := func(err error) {
+		m.log.Warn("migration target failed", "err", err)
+		part.State, part.Error = migrate.TgtFailed, err.Error()
+		if werr := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartTarget, part); werr != nil {
+			m.log.Warn("report migration target", "err", werr)
+		}
+	}
+	ip, err := m.a.hostIP()
+	if err != nil {
+		fail(err)
+		return
+	}
+	spec, _, err := m.a.inv.Spec(ctx, m.name)
+	if err != nil {
+		fail(err)
+		return
+	}
+	status, err := m.a.inv.Status(ctx, m.name)
+	if err != nil {
+		fail(err)
+		return
+	}
+	rev := revert.New()
+	defer rev.Fail()
+	l, err := m.prepareLaunch(ctx, spec, &status, rev, "defer", false)
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer closeAll(l.sb.Files)
+	inst, err := qemu.StartAs(ctx, m.a.cfg.Caps, m.name, l.runDir, l.argv, l.sb, m.log)
+	if err != nil {
+		fail(err)
+		return
+	}
+	rev.Add(func() { _ = inst.Kill(context.Background()) })
+	tls, err := m.migrationTLS(st.Rec, l.sb.UID)
+	if err != nil {
+		fail(err)
+		return
+	}
+	port, err := freePort(ip)
+	if err != nil {
+		fail(err)
+		return
+	}
+	if err := migration.PrepareTarget(ctx, inst.Mon, migration.Target{IP: ip, Port: port, TLS: tls}); err != nil {
+		fail(err)
+		return
+	}
+	rev.Success()
+	m.incoming = inst
+	m.startedAt, m.accel = time.Now().UTC(), m.a.cfg.Caps.Accel
+	part.State, part.IP, part.Port = migrate.TgtListening, ip, port
+	if err := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartTarget, part); err != nil {
+		m.log.Warn("report migration target", "err", err)
+		return
+	}
+	m.log.Info("migration target listening", "ip", ip, "port", port, "tls", tls != nil)
+}
+
+// migrationResume runs the guest here after the switch-over (the owner
+// record names this host now) and records it as running.
+func (m *machine) migrationResume(ctx context.Context, st migrate.State) {
+	inst := m.incoming
+	if inst == nil {
+		// The agent restarted after it prepared the target: the QEMU it
+		// started may still wait; adopt it.
+		m.recover(ctx)
+		inst = m.inst
+	}
+	if inst == nil {
+		m.log.Warn("migration target: no QEMU to resume")
+		return
+	}
+	if err := migration.Resume(ctx, inst.Mon); err != nil {
+		m.log.Warn("resume migrated vm", "err", err)
+		return
+	}
+	m.incoming = nil
+	if m.inst != inst {
+		m.watch(inst)
+	}
+	if err := m.setStatus(ctx, func(s *v1.VMStatus) { m.running(s, inst, v1.StateRunning); s.Reason = "" }); err != nil {
+		m.log.Warn("status after migration", "err", err)
+	}
+	part := *st.Target
+	part.State = migrate.TgtRunning
+	if err := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartTarget, &part); err != nil {
+		m.log.Warn("report migration target", "err", err)
+	}
+	m.log.Info("migrated vm runs here", "from", st.Rec.Source, "pid", inst.PID)
+}
+
+// migrationRemoveTarget ends the target QEMU of an aborted migration.
+func (m *machine) migrationRemoveTarget(ctx context.Context, st migrate.State) {
+	if inst := m.incoming; inst != nil {
+		_ = inst.Kill(ctx)
+		m.incoming = nil
+	}
+	m.deleteTaps(ctx)
+	part := *st.Target
+	part.State = migrate.TgtCleaned
+	if err := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartTarget, &part); err != nil {
+		m.log.Warn("report migration target", "err", err)
+	}
+	m.log.Info("aborted migration: target removed")
+}
+
+// migrationSource migrates the running VM to the target that listens,
+// and reports the result: paused (the target has it all) or failed (the
+// source runs on, untouched).
+func (m *machine) migrationSource(ctx context.Context, st migrate.State) {
+	part := &migrate.SourcePart{State: migrate.SrcStarting}
+	if err := migrate.Claim(ctx, m.a.cfg.Store, m.name, migrate.PartSource, st.RecRev, part); err != nil {
+		m.log.Info("migration source not claimed", "err", err)
+		return
+	}
+	report := func() {
+		if err := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartSource, part); err != nil {
+			m.log.Warn("report migration source", "err", err)
+		}
+	}
+	inst := m.inst
+	status, err := m.a.inv.Status(ctx, m.name)
+	var tls *migration.TLS
+	if err == nil && inst == nil {
+		err = errdefs.Precondition("vm %s does not run here", m.name)
+	}
+	if err == nil {
+		tls, err = m.migrationTLS(st.Rec, status.UID)
+	}
+	if err != nil {
+		part.State, part.Error = migrate.SrcFailed, err.Error()
+		report()
+		return
+	}
+	t := st.Target
+	src := migration.Source{TargetHost: st.Rec.Target, IP: t.IP, Port: t.Port, TLS: tls,
+		MaxBandwidth: st.Rec.Args.MaxBandwidth, DowntimeLimit: time.Duration(st.Rec.Args.DowntimeLimitMs) * time.Millisecond,
+		AutoConverge: true}
+	if s := st.Rec.Args.ProgressTimeoutSec; s > 0 {
+		src.Watchdog.Timeout = time.Duration(s) * time.Second
+	} else {
+		src.Watchdog.Timeout = 150 * time.Second
+	}
+	last := time.Time{}
+	src.Progress = func(p migration.Progress) {
+		if time.Since(last) < time.Second {
+			return
+		}
+		last = time.Now()
+		part.State = migrate.SrcMigrating
+		frac := 0.0
+		if total := p.DiskTotal + p.RAMTotal; total > 0 {
+			frac = min(0.99, float64(p.DiskTransferred+p.RAMTransferred)/float64(total))
+		}
+		part.Progress = v1.Progress{Fraction: frac, Phase: "migrating " + p.Phase, Migration: &v1.MigrationProgress{
+			DiskTransferred: p.DiskTransferred, DiskTotal: p.DiskTotal, RAMTransferred: p.RAMTransferred,
+			RAMRemaining: p.RAMRemaining, RAMTotal: p.RAMTotal, DirtyRate: p.DirtyRate,
+			ExpectedDowntimeMs: p.ExpectedDowntime.Milliseconds(), Iterations: p.Iterations, CPUThrottlePercent: p.CPUThrottle}}
+		report()
+	}
+	part.State = migrate.SrcMigrating
+	report()
+	res, err := migration.Migrate(ctx, inst.Mon, src)
+	if err != nil {
+		m.log.Warn("migration failed; the vm runs on here", "to", st.Rec.Target, "err", err)
+		part.State, part.Error = migrate.SrcFailed, err.Error()
+		report()
+		return
+	}
+	part.State = migrate.SrcPaused
+	part.DowntimeMs, part.TotalMs = res.Downtime.Milliseconds(), res.Total.Milliseconds()
+	report()
+	m.log.Info("migration completed; source paused", "to", st.Rec.Target, "downtime", res.Downtime, "total", res.Elapsed)
+}
+
+// migrationRollBack resumes the source of an aborted migration.
+func (m *machine) migrationRollBack(ctx context.Context, st migrate.State) {
+	if m.inst != nil {
+		if err := migration.ResumeSource(ctx, m.inst.Mon); err != nil {
+			m.log.Warn("resume migration source", "err", err)
+			return
+		}
+	}
+	part := *st.Source
+	part.State = migrate.SrcRolledBack
+	if err := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartSource, &part); err != nil {
+		m.log.Warn("report migration source", "err", err)
+	}
+}
+
+// migrationRecover takes over a migration this agent started before a
+// restart: a completed one leaves the source paused, else it is rolled
+// back.
+func (m *machine) migrationRecover(ctx context.Context, st migrate.State) {
+	if m.inst == nil {
+		return
+	}
+	done, err := migration.Recover(ctx, m.inst.Mon)
+	if err != nil {
+		m.log.Warn("recover migration", "err", err)
+		return
+	}
+	part := *st.Source
+	if done {
+		part.State = migrate.SrcPaused
+	} else {
+		part.State, part.Error = migrate.SrcFailed, "the agent restarted during the migration: rolled back"
+	}
+	if err := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartSource, &part); err != nil {
+		m.log.Warn("report migration source", "err", err)
+	}
+}
+
+// migrationCleanup quits the paused source QEMU once the target runs the
+// guest. Its disks are shared: nothing else is left here.
+func (m *machine) migrationCleanup(ctx context.Context, st migrate.State) {
+	if inst := m.inst; inst != nil {
+		m.inst = nil // its exit is ours, not a crash
+		if err := inst.Kill(ctx); err != nil {
+			m.log.Warn("end migration source qemu", "err", err)
+		}
+	}
+	m.deleteTaps(ctx)
+	part := *st.Source
+	part.State = migrate.SrcCleaned
+	if err := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartSource, &part); err != nil {
+		m.log.Warn("report migration source", "err", err)
+	}
+	m.log.Info("migration source cleaned up", "to", st.Rec.Target)
 }

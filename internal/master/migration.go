@@ -171,5 +171,16 @@ func (l *leader) migrationBlockers(ctx context.Context, rec migrate.Record) ([]m
 		}
 		in.TargetFreeMiB = int64(float64(h.MemoryMiB)*scheduler.DefaultMemoryOvercommit) - int64(booked)
 	}
-	return migrate.Blockers(in), nil
+	bs := migrate.Blockers(in)
+	// The agents move shared disks only so far: mirroring local disks over
+	// NBD is in the data plane (internal/qemu/migration) but not wired
+	// into the agents yet.
+	if local := migrate.LocalDisks(spec, st, ps); len(local) > 0 {
+		names := make([]string, len(local))
+		for i, d := range local {
+			names[i] = d.Name
+		}
+		bs = append(bs, migrate.Blocker{Field: "disks", Reason: fmt.Sprintf("disk(s) %s on a local pool of %s: live migration moves VMs whose disks are on shared pools (local disks are not copied yet)", strings.Join(names, ", "), rec.Source)})
+	}
+	return bs, nil
 }

@@ -118,3 +118,48 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+// TestEvacuateMigrates: evacuating a host live-migrates its running VM
+// (disk on a shared pool) to another host: the guest keeps its boot id and
+// nothing of it runs on the evacuated host, which is in maintenance until
+// taken out of it.
+func TestEvacuateMigrates(t *testing.T) {
+	p := sharedPool(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	c := p.API(t, "h1")
+	dir := filepath.Join(p.Lab.Dir, "shared-evm")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddPool(ctx, v1.StoragePool{Name: "evm", Type: "shared", Path: dir}); err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, guestImage, filepath.Join(dir, "ev.qcow2"))
+	t.Cleanup(func() { _ = os.Remove(filepath.Join(dir, "ev.qcow2")) })
+	g := p.BootGuest(t, "h2", "ev", func(s *v1.VMSpec) {
+		s.Disks = []v1.Disk{{Volume: "evm/ev.qcow2"}} // placed on h2 (manual); evacuation may move it anywhere
+	})
+	if g.Host != "h2" {
+		t.Fatalf("guest on %s", g.Host)
+	}
+	t.Cleanup(func() { _, _ = p.CLIErr(t, "h1", "host", "maintenance", "h2", "--off") })
+	out := p.CLI(t, "h1", "host", "evacuate", "h2")
+	t.Logf("evacuate: %s", strings.TrimSpace(out))
+	v, err := c.VM(ctx, "ev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Spec.Host == "h2" || v.Status.State != v1.StateRunning || v.Spec.Parked {
+		t.Fatalf("after evacuating h2: host %s state %s parked %v", v.Spec.Host, v.Status.State, v.Spec.Parked)
+	}
+	if pid := p.QEMUOf(t, "h2", "ev"); pid != 0 {
+		t.Fatalf("QEMU of ev still on h2 (pid %d)", pid)
+	}
+	if st := p.GuestStatus(t, g); st.BootID != g.BootID {
+		t.Fatalf("boot id %s after the evacuation, was %s", st.BootID, g.BootID)
+	}
+	if out := p.CLI(t, "h1", "host", "list", "-o", "json"); !strings.Contains(out, `"maintenance": true`) {
+		t.Fatalf("h2 not in maintenance:\n%s", out)
+	}
+}

@@ -24,17 +24,8 @@ func TestEvacuateParks(t *testing.T) {
 	defer cancel()
 	c := p.API(t, "h1")
 
-	// A shared pool (one directory every host sees) holding the VM's disk.
-	// It lives as long as the lab (pools are not removed).
-	dir := filepath.Join(p.Lab.Dir, "shared-evac")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.AddPool(ctx, v1.StoragePool{Name: "evac", Type: "shared", Path: dir}); err != nil {
-		t.Fatal(err)
-	}
-	copyFile(t, guestImage, filepath.Join(dir, "parked.qcow2"))
-	t.Cleanup(func() { _ = os.Remove(filepath.Join(dir, "parked.qcow2")) })
+	// The VM's disk is on a shared pool (one directory every host sees).
+	vol := sharedVolume(ctx, t, p, "evac", "parked.qcow2")
 
 	// One stopped member of the group on h1 and on h2 (bookings count,
 	// running or not), the running one on h3.
@@ -52,7 +43,7 @@ func TestEvacuateParks(t *testing.T) {
 		}
 	}
 	g := p.BootGuest(t, "h3", "parked", func(s *v1.VMSpec) {
-		s.Disks = []v1.Disk{{Volume: "evac/parked.qcow2"}}
+		s.Disks = []v1.Disk{{Volume: vol}}
 		s.AntiAffinityGroup = "evac"
 		s.Placement, s.PreferredHosts = "", nil // may run anywhere
 	})
@@ -100,6 +91,24 @@ func TestEvacuateParks(t *testing.T) {
 	}
 }
 
+// sharedVolume makes a shared storage pool named pool (a directory of the
+// lab every host sees, kept as long as the lab: pools are not removed)
+// holding a copy of the test guest's image as file, and returns the
+// volume's name for a spec ("pool/file").
+func sharedVolume(ctx context.Context, t *testing.T, p *Pool, pool, file string) string {
+	t.Helper()
+	dir := filepath.Join(p.Lab.Dir, "shared-"+pool)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.API(t, "h1").AddPool(ctx, v1.StoragePool{Name: pool, Type: "shared", Path: dir}); err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, guestImage, filepath.Join(dir, file))
+	t.Cleanup(func() { _ = os.Remove(filepath.Join(dir, file)) })
+	return pool + "/" + file
+}
+
 func copyFile(t *testing.T, from, to string) {
 	t.Helper()
 	in, err := os.Open(from)
@@ -128,17 +137,9 @@ func TestEvacuateMigrates(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
 	c := p.API(t, "h1")
-	dir := filepath.Join(p.Lab.Dir, "shared-evm")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.AddPool(ctx, v1.StoragePool{Name: "evm", Type: "shared", Path: dir}); err != nil {
-		t.Fatal(err)
-	}
-	copyFile(t, guestImage, filepath.Join(dir, "ev.qcow2"))
-	t.Cleanup(func() { _ = os.Remove(filepath.Join(dir, "ev.qcow2")) })
+	vol := sharedVolume(ctx, t, p, "evm", "ev.qcow2")
 	g := p.BootGuest(t, "h2", "ev", func(s *v1.VMSpec) {
-		s.Disks = []v1.Disk{{Volume: "evm/ev.qcow2"}} // placed on h2 (manual); evacuation may move it anywhere
+		s.Disks = []v1.Disk{{Volume: vol}} // placed on h2 (manual); evacuation may move it anywhere
 	})
 	if g.Host != "h2" {
 		t.Fatalf("guest on %s", g.Host)

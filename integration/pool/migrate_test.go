@@ -2,8 +2,6 @@ package pool_test
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,18 +20,8 @@ func TestLiveMigrationShared(t *testing.T) {
 	p := sharedPool(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
-	c := p.API(t, "h1")
-	dir := filepath.Join(p.Lab.Dir, "shared-mig")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.AddPool(ctx, v1.StoragePool{Name: "mig", Type: "shared", Path: dir}); err != nil {
-		t.Fatal(err)
-	}
-	copyFile(t, guestImage, filepath.Join(dir, "mg.qcow2"))
-	t.Cleanup(func() { _ = os.Remove(filepath.Join(dir, "mg.qcow2")) })
-
-	g := p.BootGuest(t, "h1", "mg", func(s *v1.VMSpec) { s.Disks = []v1.Disk{{Volume: "mig/mg.qcow2"}} })
+	vol := sharedVolume(ctx, t, p, "mig", "mg.qcow2")
+	g := p.BootGuest(t, "h1", "mg", func(s *v1.VMSpec) { s.Disks = []v1.Disk{{Volume: vol}} })
 	poll := p.Poll(t, g)
 	time.Sleep(time.Second)
 	for _, to := range []string{"h2", "h1"} {

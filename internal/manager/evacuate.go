@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -31,6 +32,20 @@ func (s *Server) knownHost(r *http.Request) (string, error) {
 	return name, nil
 }
 
+// evacuation is the id of the host's unfinished evacuation ("" for none).
+func (s *Server) evacuation(ctx context.Context, host string) (string, error) {
+	ops, _, _, err := s.inv.Ops(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, o := range ops {
+		if o.Kind == "evacuate" && o.Target == host && !o.Done() {
+			return o.ID, nil
+		}
+	}
+	return "", nil
+}
+
 // evacuateHost records an evacuation (POST /api/v1/hosts/{name}/evacuate,
 // v1.EvacuateArgs): the pool master puts the host in maintenance and
 // migrates (or parks) every running VM.
@@ -50,16 +65,12 @@ func (s *Server) evacuateHost(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	ops, _, _, err := s.inv.Ops(r.Context())
-	if err != nil {
+	if id, err := s.evacuation(r.Context(), name); err != nil || id != "" {
+		if err == nil {
+			err = &v1.Error{Code: v1.CodeConflict, Field: "name", Message: fmt.Sprintf("name: host %q is being evacuated already (operation %s)", name, id)}
+		}
 		writeErr(w, err)
 		return
-	}
-	for _, o := range ops {
-		if o.Kind == "evacuate" && o.Target == name && !o.Done() {
-			writeErr(w, &v1.Error{Code: v1.CodeConflict, Field: "name", Message: fmt.Sprintf("name: host %q is being evacuated already (operation %s)", name, o.ID)})
-			return
-		}
 	}
 	op := s.newOp("evacuate", name, "", args)
 	if _, err := s.cfg.Store.Txn(r.Context(), nil, inventory.NewOpWrites(op)...); err != nil {
@@ -88,16 +99,12 @@ func (s *Server) hostMaintenance(w http.ResponseWriter, r *http.Request) {
 	if args.On {
 		_, err = s.cfg.Store.Put(r.Context(), inventory.MaintenanceKey(name), []byte("api"), store.AnyRevision)
 	} else {
-		ops, _, _, lerr := s.inv.Ops(r.Context())
-		if lerr != nil {
-			writeErr(w, lerr)
-			return
-		}
-		for _, o := range ops {
-			if o.Kind == "evacuate" && o.Target == name && !o.Done() {
-				writeErr(w, errdefs.Precondition("host %q is being evacuated (operation %s): wait for it to end", name, o.ID))
-				return
+		if id, err := s.evacuation(r.Context(), name); err != nil || id != "" {
+			if err == nil {
+				err = errdefs.Precondition("host %q is being evacuated (operation %s): wait for it to end", name, id)
 			}
+			writeErr(w, err)
+			return
 		}
 		err = s.cfg.Store.Delete(r.Context(), inventory.MaintenanceKey(name), store.AnyRevision)
 		if errors.Is(err, store.ErrNotFound) {

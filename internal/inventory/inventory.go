@@ -337,6 +337,30 @@ func (i Inventory) HostAlive(ctx context.Context, name string) (bool, error) {
 	return err == nil, err
 }
 
+// LiveHosts names the hosts whose lease key exists, in one read (rather
+// than HostAlive for each).
+func (i Inventory) LiveHosts(ctx context.Context) (map[string]bool, error) {
+	return i.names(ctx, Hosts, "live hosts")
+}
+
+// HostsInMaintenance names the hosts in maintenance.
+func (i Inventory) HostsInMaintenance(ctx context.Context) (map[string]bool, error) {
+	return i.names(ctx, Maintenance, "hosts in maintenance")
+}
+
+// names is the set of last key elements under prefix.
+func (i Inventory) names(ctx context.Context, prefix, what string) (map[string]bool, error) {
+	kvs, _, err := i.S.List(ctx, prefix)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", what, err)
+	}
+	out := make(map[string]bool, len(kvs))
+	for _, kv := range kvs {
+		out[NameFromKey(kv.Key)] = true
+	}
+	return out, nil
+}
+
 // Templates lists all templates.
 func (i Inventory) Templates(ctx context.Context) ([]v1.Template, error) {
 	ts, _, _, err := list[v1.Template](ctx, i.S, Templates)

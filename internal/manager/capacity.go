@@ -2,12 +2,10 @@ package manager
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 
 	v1 "hangar/api/v1"
 	"hangar/internal/capacity"
-	"hangar/internal/inventory"
 	"hangar/internal/qemu"
 )
 
@@ -20,23 +18,19 @@ func (s *Server) capacity(ctx context.Context) (v1.Capacity, error) {
 	if err != nil {
 		return v1.Capacity{}, err
 	}
-	maint, _, err := s.cfg.Store.List(ctx, inventory.Maintenance)
+	alive, err := s.inv.LiveHosts(ctx)
 	if err != nil {
-		return v1.Capacity{}, fmt.Errorf("list hosts in maintenance: %w", err)
+		return v1.Capacity{}, err
 	}
-	inMaint := map[string]bool{}
-	for _, kv := range maint {
-		inMaint[inventory.NameFromKey(kv.Key)] = true
+	inMaint, err := s.inv.HostsInMaintenance(ctx)
+	if err != nil {
+		return v1.Capacity{}, err
 	}
 	var live []v1.Host
 	for i := range hosts {
-		alive, err := s.inv.HostAlive(ctx, hosts[i].Name)
-		if err != nil {
-			return v1.Capacity{}, err
-		}
-		hosts[i].Alive = alive
+		hosts[i].Alive = alive[hosts[i].Name]
 		hosts[i].Maintenance = hosts[i].Maintenance || inMaint[hosts[i].Name]
-		if alive {
+		if hosts[i].Alive {
 			live = append(live, hosts[i])
 		}
 	}

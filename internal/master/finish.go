@@ -32,16 +32,18 @@ func (l *leader) finish(ctx context.Context, id string) error {
 		l.log.Warn("handed-off operation with bad arguments", "op", op.ID, "err", err)
 	}
 	var ops []store.Op
-	for _, name := range gone {
-		ops = append(ops, store.DeleteOp(inventory.VMKey(name), store.AnyRevision),
-			store.DeleteOp(inventory.OwnerKey(name), store.AnyRevision))
+	if len(gone) > 0 {
 		allocs, _, err := l.cfg.Store.List(ctx, inventory.Allocs)
 		if err != nil {
 			return fmt.Errorf("list allocations: %w", err)
 		}
-		for _, kv := range allocs {
-			if _, vmName, ok := allocKeyParts(kv.Key); ok && vmName == name {
-				ops = append(ops, store.DeleteOp(kv.Key, store.AnyRevision))
+		for _, name := range gone {
+			ops = append(ops, store.DeleteOp(inventory.VMKey(name), store.AnyRevision),
+				store.DeleteOp(inventory.OwnerKey(name), store.AnyRevision))
+			for _, kv := range allocs {
+				if _, vmName, ok := allocKeyParts(kv.Key); ok && vmName == name {
+					ops = append(ops, store.DeleteOp(kv.Key, store.AnyRevision))
+				}
 			}
 		}
 	}

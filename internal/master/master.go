@@ -70,18 +70,6 @@ func (m *Master) Leading() bool {
 	return m.leading
 }
 
-// Leader returns the name of the pool's master ("" while there is none).
-func Leader(ctx context.Context, c *clientv3.Client) (string, error) {
-	resp, err := c.Get(ctx, inventory.Election+"/", clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1))
-	if err != nil {
-		return "", fmt.Errorf("pool master: %w", err)
-	}
-	if len(resp.Kvs) == 0 {
-		return "", nil
-	}
-	return string(resp.Kvs[0].Value), nil
-}
-
 // LeaderOf returns the name of the pool's master read through a store
 // ("" while there is none): the election key with the lowest revision (its
 // keys are written once, so that is their creation).

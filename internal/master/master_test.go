@@ -189,7 +189,7 @@ func TestDeposedMasterWritesFail(t *testing.T) {
 	mb, _, _ := startMaster(t, member.Client(), s, "b")
 
 	// a's term, as its leader struct holds it.
-	leaderName, err := Leader(t.Context(), member.Client())
+	leaderName, err := LeaderOf(t.Context(), s)
 	if err != nil || leaderName != "a" {
 		t.Fatalf("leader %q (%v), want a", leaderName, err)
 	}

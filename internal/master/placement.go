@@ -82,23 +82,19 @@ func (l *leader) snapshot(ctx context.Context) (snapshot, error) {
 	if err != nil {
 		return s, err
 	}
-	maint, _, err := l.cfg.Store.List(ctx, inventory.Maintenance)
+	live, err := inv.LiveHosts(ctx)
 	if err != nil {
-		return s, fmt.Errorf("list maintenance: %w", err)
+		return s, err
 	}
-	inMaint := map[string]bool{}
-	for _, kv := range maint {
-		inMaint[inventory.NameFromKey(kv.Key)] = true
+	inMaint, err := inv.HostsInMaintenance(ctx)
+	if err != nil {
+		return s, err
 	}
 	for _, h := range hosts {
 		if vm.ValidateName("name", h.Name) != nil {
 			continue
 		}
-		alive, err := inv.HostAlive(ctx, h.Name)
-		if err != nil {
-			return s, err
-		}
-		h.Alive = alive
+		h.Alive = live[h.Name]
 		h.Maintenance = inMaint[h.Name]
 		h.AllocatedMemoryMiB = 0
 		for _, a := range s.allocs[h.Name] {

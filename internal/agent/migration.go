@@ -129,6 +129,15 @@ func (m *machine) migrationStep(ctx context.Context) {
 	}
 }
 
+// reportPart writes this host's part of the VM's migration; a failed
+// write is logged (the master looks again, and a part left unwritten
+// times out there).
+func (m *machine) reportPart(ctx context.Context, part string, v any) {
+	if err := migrate.WritePart(ctx, m.a.cfg.Store, m.name, part, v); err != nil {
+		m.log.Warn("report migration "+part, "err", err)
+	}
+}
+
 // hostIP is this host's address for migration streams: the host of its
 // TLS API address (serve --listen).
 func (a *Agent) hostIP() (string, error) {
@@ -189,9 +198,7 @@ func (m *machine) migrationTarget(ctx context.Context, st migrate.State) {
 	fail := func(err error) {
 		m.log.Warn("migration target failed", "err", err)
 		part.State, part.Error = migrate.TgtFailed, err.Error()
-		if werr := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartTarget, part); werr != nil {
-			m.log.Warn("report migration target", "err", werr)
-		}
+		m.reportPart(ctx, migrate.PartTarget, part)
 	}
 	ip, err := m.a.hostIP()
 	if err != nil {
@@ -274,9 +281,7 @@ func (m *machine) migrationResume(ctx context.Context, st migrate.State) {
 	}
 	part := *st.Target
 	part.State = migrate.TgtRunning
-	if err := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartTarget, &part); err != nil {
-		m.log.Warn("report migration target", "err", err)
-	}
+	m.reportPart(ctx, migrate.PartTarget, &part)
 	m.log.Info("migrated vm runs here", "from", st.Rec.Source, "pid", inst.PID)
 }
 
@@ -289,9 +294,7 @@ func (m *machine) migrationRemoveTarget(ctx context.Context, st migrate.State) {
 	m.deleteTaps(ctx)
 	part := *st.Target
 	part.State = migrate.TgtCleaned
-	if err := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartTarget, &part); err != nil {
-		m.log.Warn("report migration target", "err", err)
-	}
+	m.reportPart(ctx, migrate.PartTarget, &part)
 	m.log.Info("aborted migration: target removed")
 }
 
@@ -305,9 +308,7 @@ func (m *machine) migrationSource(ctx context.Context, st migrate.State) {
 		return
 	}
 	report := func() {
-		if err := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartSource, part); err != nil {
-			m.log.Warn("report migration source", "err", err)
-		}
+		m.reportPart(ctx, migrate.PartSource, part)
 	}
 	inst := m.inst
 	status, err := m.a.inv.Status(ctx, m.name)
@@ -374,9 +375,7 @@ func (m *machine) migrationRollBack(ctx context.Context, st migrate.State) {
 	}
 	part := *st.Source
 	part.State = migrate.SrcRolledBack
-	if err := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartSource, &part); err != nil {
-		m.log.Warn("report migration source", "err", err)
-	}
+	m.reportPart(ctx, migrate.PartSource, &part)
 }
 
 // migrationRecover takes over a migration this agent started before a
@@ -397,9 +396,7 @@ func (m *machine) migrationRecover(ctx context.Context, st migrate.State) {
 	} else {
 		part.State, part.Error = migrate.SrcFailed, "the agent restarted during the migration: rolled back"
 	}
-	if err := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartSource, &part); err != nil {
-		m.log.Warn("report migration source", "err", err)
-	}
+	m.reportPart(ctx, migrate.PartSource, &part)
 }
 
 // migrationCleanup quits the paused source QEMU once the target runs the
@@ -414,8 +411,6 @@ func (m *machine) migrationCleanup(ctx context.Context, st migrate.State) {
 	m.deleteTaps(ctx)
 	part := *st.Source
 	part.State = migrate.SrcCleaned
-	if err := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartSource, &part); err != nil {
-		m.log.Warn("report migration source", "err", err)
-	}
+	m.reportPart(ctx, migrate.PartSource, &part)
 	m.log.Info("migration source cleaned up", "to", st.Rec.Target)
 }

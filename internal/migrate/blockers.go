@@ -56,8 +56,10 @@ func Blockers(in CheckInput) []Blocker {
 	if int64(in.Spec.MemoryMiB) > in.TargetFreeMiB {
 		add("memoryMiB", "host %s has %d MiB free, the vm needs %d MiB", in.Target, in.TargetFreeMiB, in.Spec.MemoryMiB)
 	}
-	if in.Spec.CPUModel == "host" {
-		add("cpuModel", "cpu model host cannot migrate between hosts; use the pool's named model")
+	if in.Spec.CPUModel == "host" || in.Spec.CPUModel == "max" {
+		// max is whatever this host's QEMU and accelerator offer: not a
+		// stable model, so not one the two ends can be held to.
+		add("cpuModel", "cpu model %s cannot migrate between hosts; use the pool's named model", in.Spec.CPUModel)
 	}
 	for i, d := range in.Spec.Disks {
 		f := fmt.Sprintf("disks[%d]", i)

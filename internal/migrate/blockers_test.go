@@ -35,6 +35,7 @@ func TestBlockers(t *testing.T) {
 		{"target in maintenance", func(c *CheckInput) { c.TargetMaintenance = true }, "to"},
 		{"same host", func(c *CheckInput) { c.Target = "h1" }, "to"},
 		{"cpu host", func(c *CheckInput) { c.Spec.CPUModel = "host" }, "cpuModel"},
+		{"cpu max", func(c *CheckInput) { c.Spec.CPUModel = "max" }, "cpuModel"},
 		{"disk without volume", func(c *CheckInput) { c.Status.Disks = nil }, "disks[0]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

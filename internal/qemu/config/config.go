@@ -53,6 +53,25 @@ type Params struct {
 // mirrors and backups address disks by it.
 func NodeName(disk string) string { return "drive-" + disk }
 
+// TCGRAMPadKiB is what a guest under TCG gets on top of its memory: QEMU
+// before 9.0 (Debian 12 ships 7.2) loses dirty pages when it migrates a TCG
+// guest whose RAM block is a whole number of 64-page words: its fast path
+// clears the migration bitmap without re-arming the TLB's dirty tracking
+// (fixed upstream by 03bfc2188f, "physmem: Fix migration dirty bitmap
+// coherency with TCG memory access"), and the migrated guest's kernel
+// crashes on stale pages. Two pages more send QEMU down its per-page path,
+// which re-arms the TLB. Every TCG launch pads alike, so the two ends of a
+// migration (and a saved state and its restore) agree on the RAM size.
+const TCGRAMPadKiB = 8
+
+// memory is -m's value: MiB, padded under TCG (TCGRAMPadKiB).
+func memory(mib int, accel string) string {
+	if accel == "kvm" {
+		return fmt.Sprintf("%d", mib)
+	}
+	return fmt.Sprintf("%dk", mib*1024+TCGRAMPadKiB)
+}
+
 // Argv returns QEMU's arguments (without the binary). The guest starts
 // paused (-S); the caller resumes it with "cont" once it is set up.
 func Argv(p Params) ([]string, error) {
@@ -74,7 +93,7 @@ func Argv(p Params) ([]string, error) {
 		"-machine", s.Machine + ",accel=" + accel,
 		"-cpu", s.CPUModel,
 		"-smp", fmt.Sprintf("%d", s.CPUs),
-		"-m", fmt.Sprintf("%d", s.MemoryMiB),
+		"-m", memory(s.MemoryMiB, accel),
 	}
 	if s.UUID != "" {
 		a = append(a, "-uuid", s.UUID)

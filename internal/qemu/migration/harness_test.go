@@ -89,7 +89,7 @@ func newVM(t *testing.T, disk string) *testVM {
 	}
 	t.Cleanup(func() { os.RemoveAll(runDir) })
 	v := &testVM{t: t, disk: disk, runDir: runDir, logDir: t.TempDir(), port: freePort(t)}
-	v.spec = v1.VMSpec{Name: "mig", CPUs: 1, MemoryMiB: 256, Machine: "q35", CPUModel: "max",
+	v.spec = v1.VMSpec{Name: "mig", CPUs: 1, MemoryMiB: 256, Machine: "q35", CPUModel: qemu.TCGCPUModel,
 		Boot:  []string{"disk"},
 		Disks: []v1.Disk{{Name: "disk0", Bus: "virtio"}},
 		NICs: []v1.NIC{{Mode: v1.NICUser, MAC: "52:54:00:12:34:56",
@@ -124,6 +124,30 @@ func (v *testVM) start(ctx context.Context, incoming string) {
 			}
 		}
 	})
+}
+
+// diagnose logs what the guest says on its console when its HTTP server
+// does not answer: whether it runs at all, and its NIC's counters.
+func (v *testVM) diagnose() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if st, err := v.inst.Mon.QueryStatus(ctx); err == nil {
+		v.t.Logf("diagnose: QEMU status %+v", st)
+	}
+	off := serial.Size(v.serialLog())
+	var d net.Dialer
+	if c, err := d.DialContext(ctx, "unix", filepath.Join(v.runDir, config.ConsoleSocket)); err == nil {
+		fmt.Fprintf(c, "\ncat /proc/net/dev; ip addr; ip route; ps; cat /proc/interrupts | grep -i virt; echo DIAG$((40+2))\n")
+		_, _, err = serial.WaitFor(ctx, v.serialLog(), off, regexp.MustCompile("DIAG42"))
+		c.Close()
+		v.t.Logf("diagnose: console answer %v", err)
+	}
+	if b, err := os.ReadFile(v.serialLog()); err == nil {
+		if len(b) > 6000 {
+			b = b[len(b)-6000:]
+		}
+		v.t.Logf("diagnose: serial log tail:\n%s", b)
+	}
 }
 
 func (v *testVM) serialLog() string { return filepath.Join(v.logDir, config.SerialLog) }
@@ -161,6 +185,7 @@ func (v *testVM) get(ctx context.Context, path string) string {
 		last = err
 		select {
 		case <-ctx.Done():
+			v.diagnose()
 			v.t.Fatalf("GET %s: %v (last error: %v)", url, ctx.Err(), last)
 		case <-time.After(200 * time.Millisecond):
 		}

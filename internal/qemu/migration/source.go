@@ -347,6 +347,26 @@ func waitMirrorsReady(ctx context.Context, mon *qmp.Client, out *outgoing, ids [
 	}
 }
 
+// settled is query-migrate's answer once QEMU's own status says completed
+// too: the event (or the run state) can come first, and query-migrate's
+// figures (downtime, total time) are zero until then. An answer that never
+// settles is returned as it is: the migration did complete.
+func settled(ctx context.Context, mon *qmp.Client, mi migrationInfo) (migrationInfo, error) {
+	for i := 0; i < 20 && mi.Status != "completed"; i++ {
+		select {
+		case <-ctx.Done():
+			return mi, nil
+		case <-time.After(25 * time.Millisecond):
+		}
+		next, err := queryMigrate(ctx, mon)
+		if err != nil {
+			return mi, nil
+		}
+		mi = next
+	}
+	return mi, nil
+}
+
 // waitMigrated waits until the outgoing migration completed, reporting
 // progress and checking that the mirrors stay READY meanwhile.
 func waitMigrated(ctx context.Context, mon *qmp.Client, out *outgoing, jobIDs []string, s *Source, start time.Time) (migrationInfo, error) {
@@ -364,7 +384,7 @@ func waitMigrated(ctx context.Context, mon *qmp.Client, out *outgoing, jobIDs []
 		}
 		switch state {
 		case "completed":
-			return mi, nil
+			return settled(ctx, mon, mi)
 		case "failed", "cancelled", "cancelling":
 			return mi, fmt.Errorf("migration %s: %s", state, mi.ErrorDesc)
 		}

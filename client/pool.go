@@ -79,3 +79,17 @@ func WriteCredentials(dir string, c v1.Credentials) error {
 	}
 	return nil
 }
+
+// PoolSettings reads the pool's admission settings in force.
+func (c *Client) PoolSettings(ctx context.Context) (v1.PoolSettings, error) {
+	var p v1.PoolSettings
+	_, err := c.do(ctx, "GET", "/pool/settings", nil, nil, &p)
+	return p, err
+}
+
+// SetPoolSettings replaces them and returns what is in force after.
+func (c *Client) SetPoolSettings(ctx context.Context, ps v1.PoolSettings) (v1.PoolSettings, error) {
+	var p v1.PoolSettings
+	_, err := c.do(ctx, "PUT", "/pool/settings", nil, ps, &p)
+	return p, err
+}

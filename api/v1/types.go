@@ -483,3 +483,14 @@ type VMPatch struct {
 	MemoryMiB     *int    `json:"memoryMiB,omitempty"`
 	RestartPolicy *string `json:"restartPolicy,omitempty"`
 }
+
+// PoolSettings are the pool's admission settings (GET and PUT
+// /api/v1/pool/settings; `hangar pool settings`, `hangar pool set`). A host
+// admits vCPUs up to its CPUs × CPUOvercommit and memory up to its memory ×
+// MemoryOvercommit; placement, evacuation and migration refuse past them.
+// Zero means the default (4 and 1). A change applies to what is placed next:
+// VMs already booked past a lowered ratio stay where they are.
+type PoolSettings struct {
+	CPUOvercommit    float64 `json:"cpuOvercommit"`
+	MemoryOvercommit float64 `json:"memoryOvercommit"`
+}

@@ -77,6 +77,7 @@ certificate for a remote CLI, show prints the pool's CA fingerprint and etcd mem
 	_ = add.RegisterFlagCompletionFunc("type", cobra.FixedCompletions([]string{"dir", "shared"}, cobra.ShellCompDirectiveNoFileComp))
 	cmd.AddCommand(list, add)
 	cmd.AddCommand(poolMembership(g)...)
+	cmd.AddCommand(poolSettings(g)...)
 	return cmd
 }
 

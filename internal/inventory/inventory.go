@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	v1 "hangar/api/v1"
+	"hangar/internal/scheduler"
 	"hangar/internal/store"
 )
 
@@ -47,6 +48,9 @@ const (
 	// Maintenance: /hangar/maintenance/<host>, present while a host is in
 	// maintenance (the scheduler places nothing there).
 	Maintenance = Root + "maintenance/"
+	// Settings: the pool's admission settings (v1.PoolSettings), written
+	// by the API; absent until set (the defaults).
+	Settings = Root + "settings"
 )
 
 func OwnerKey(vm string) string               { return Owners + vm }
@@ -393,4 +397,27 @@ func (i Inventory) AllocsByHost(ctx context.Context) (map[string]map[string]Allo
 		out[host][vm] = it.Value
 	}
 	return out, nil
+}
+
+// Admission is the pool's admission policy: the settings record checked
+// as strictly as an API request (a ratio out of range is ErrInvalidRecord,
+// not a silent default), with the defaults filled in; the defaults when no
+// settings were written.
+func (i Inventory) Admission(ctx context.Context) (scheduler.Policy, error) {
+	var ps v1.PoolSettings
+	kv, err := i.S.Get(ctx, Settings)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return scheduler.Policy{}, fmt.Errorf("read pool settings: %w", err)
+	default:
+		if err := json.Unmarshal(kv.Value, &ps); err != nil {
+			return scheduler.Policy{}, fmt.Errorf("pool settings: %w: %w", err, ErrInvalidRecord)
+		}
+	}
+	pol, err := scheduler.NormPolicy(scheduler.Policy{CPUOvercommit: ps.CPUOvercommit, MemoryOvercommit: ps.MemoryOvercommit})
+	if err != nil {
+		return pol, fmt.Errorf("pool settings: %w: %w", err, ErrInvalidRecord)
+	}
+	return pol, nil
 }

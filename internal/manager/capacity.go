@@ -46,7 +46,11 @@ func (s *Server) capacity(ctx context.Context) (v1.Capacity, error) {
 	for i, v := range vms {
 		specs[i] = v.Spec
 	}
-	return capacity.Overview(hosts, vms, capacity.Allocated(specs, allocs), s.cfg.Overcommit, qemu.PoolCPUModel(live)), nil
+	pol, err := s.inv.Admission(ctx)
+	if err != nil {
+		return v1.Capacity{}, err
+	}
+	return capacity.Overview(hosts, vms, capacity.Allocated(specs, allocs), pol, qemu.PoolCPUModel(live)), nil
 }
 
 // poolCPUModel is the CPU model of a VM that names none: one every live

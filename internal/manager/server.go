@@ -74,9 +74,6 @@ type Config struct {
 	// and serial log, a host's own volumes) to that host's API (nil: one
 	// host, everything is served here).
 	Forward *hostapi.Forwarder
-	// Overcommit ratios of the capacity overview (zero: the scheduler's
-	// defaults).
-	Overcommit scheduler.Policy
 	// PoolAdmin serves join tokens, joins, credentials and host removal
 	// (nil: those routes answer 412).
 	PoolAdmin PoolAdmin
@@ -131,6 +128,7 @@ func New(cfg Config) *Server {
 	s.poolRoutes()
 	s.volumeRoutes()
 	s.maintenanceRoutes()
+	s.settingsRoutes()
 	s.route("GET /api/v1/openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(v1.OpenAPI)
@@ -476,7 +474,11 @@ func (s *Server) couldPlace(ctx context.Context, hosts []v1.Host, spec v1.VMSpec
 		return portErr
 	}
 	// The hosts' own counts of what they run stand in for the bookings.
-	var snap scheduler.Snapshot
+	pol, err := s.inv.Admission(ctx)
+	if err != nil {
+		return err
+	}
+	snap := scheduler.Snapshot{Policy: pol}
 	for _, h := range free {
 		snap.Hosts = append(snap.Hosts, scheduler.Host{Name: h.Name, CPUs: h.CPUs, MemoryMiB: h.MemoryMiB, Alive: true, Maintenance: h.Maintenance})
 		snap.Allocs = append(snap.Allocs, scheduler.Alloc{Host: h.Name, VM: "booked-on-" + h.Name, MemoryMiB: h.AllocatedMemoryMiB})

@@ -426,7 +426,9 @@ func (s *Server) ioHost(ctx context.Context, pool string) (string, error) {
 		snap.Hosts = append(snap.Hosts, sh)
 		snap.Allocs = append(snap.Allocs, scheduler.Alloc{Host: h.Name, VM: "booked-on-" + h.Name, CPUs: h.AllocatedCPUs, MemoryMiB: h.AllocatedMemoryMiB})
 	}
-	snap.Policy = s.cfg.Overcommit
+	if snap.Policy, err = s.inv.Admission(ctx); err != nil {
+		return "", err
+	}
 	host, err := scheduler.PlaceIO(snap, []string{pool})
 	if err != nil {
 		return "", fmt.Errorf("volume job on pool %s: %w: %w", pool, err, errdefs.ErrUnavailable)

@@ -17,6 +17,7 @@ import (
 	v1 "hangar/api/v1"
 	"hangar/internal/etcdembed/etcdtest"
 	"hangar/internal/inventory"
+	"hangar/internal/qemu"
 	"hangar/internal/store"
 	"hangar/internal/vm"
 )
@@ -50,7 +51,8 @@ func addHost(t *testing.T, s *store.Etcd, name string, cpus, memMiB int) {
 
 // submitCreate records a new VM and its create operation as the API does.
 func submitCreate(ctx context.Context, s store.Store, name string, memMiB int) (string, error) {
-	spec := v1.VMSpec{Name: name, CPUs: 1, MemoryMiB: memMiB, Power: v1.PowerStopped}
+	// The API gives a VM that names no model the pool's (max cannot migrate).
+	spec := v1.VMSpec{Name: name, CPUs: 1, MemoryMiB: memMiB, Power: v1.PowerStopped, CPUModel: qemu.TCGCPUModel}
 	vm.Defaults(&spec, "tcg")
 	if err := vm.Validate(spec, 0); err != nil {
 		return "", err

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -13,7 +14,6 @@ import (
 	"hangar/internal/errdefs"
 	"hangar/internal/inventory"
 	"hangar/internal/migrate"
-	"hangar/internal/scheduler"
 	"hangar/internal/store"
 	"hangar/internal/vm"
 )
@@ -169,7 +169,7 @@ func (l *leader) migrationBlockers(ctx context.Context, rec migrate.Record) ([]m
 				booked += a.MemoryMiB
 			}
 		}
-		in.TargetFreeMiB = int64(float64(h.MemoryMiB)*scheduler.DefaultMemoryOvercommit) - int64(booked)
+		in.TargetFreeMiB = int64(math.Floor(float64(h.MemoryMiB)*snap.policy.MemoryOvercommit)) - int64(booked)
 	}
 	bs := migrate.Blockers(in)
 	// The agents move shared disks only so far: mirroring local disks over

@@ -55,6 +55,7 @@ type snapshot struct {
 	hosts  []v1.Host
 	allocs map[string]map[string]inventory.Alloc // host → vm → booking
 	specs  map[string]v1.VMSpec
+	policy scheduler.Policy // the pool's admission settings
 }
 
 func (l *leader) snapshot(ctx context.Context) (snapshot, error) {
@@ -78,6 +79,9 @@ func (l *leader) snapshot(ctx context.Context) (snapshot, error) {
 		s.allocs[host][name] = a.Value
 	}
 	inv := inventory.Inventory{S: l.cfg.Store}
+	if s.policy, err = inv.Admission(ctx); err != nil {
+		return s, err
+	}
 	hosts, err := inv.HostInfos(ctx)
 	if err != nil {
 		return s, err
@@ -169,7 +173,7 @@ func (s snapshot) request(spec v1.VMSpec, pin string) scheduler.Request {
 
 // plan is the scheduler's snapshot of the pool.
 func (s snapshot) plan() scheduler.Snapshot {
-	var out scheduler.Snapshot
+	out := scheduler.Snapshot{Policy: s.policy}
 	for _, h := range s.hosts {
 		out.Hosts = append(out.Hosts, scheduler.Host{Name: h.Name, CPUs: h.CPUs, MemoryMiB: h.MemoryMiB, Alive: h.Alive, Maintenance: h.Maintenance})
 	}

@@ -285,6 +285,10 @@ func newPlanner(s Snapshot) (*planner, error) {
 
 func (h *hostState) usable() bool { return h.alive && !h.maint }
 
+// NormPolicy checks the ratios of pol and fills the defaults in for the
+// zero ones.
+func NormPolicy(pol Policy) (Policy, error) { return normPolicy(pol) }
+
 func normPolicy(pol Policy) (Policy, error) {
 	norm := func(name string, v, def float64) (float64, error) {
 		if v == 0 {

@@ -272,7 +272,17 @@ func hostImageFormat(path string) (string, error) {
 
 // imageInfo runs qemu-img info -f format on one file (never its backing
 // chain); shared adds -U so that an image a QEMU has open can be read.
+// With shared (-U: no lock taken, so a file in use can be read) the answer
+// for an unchanged file is remembered (infos); without it every call runs
+// qemu-img, whose lock check is part of the answer.
 func imageInfo(ctx context.Context, path, format string, shared bool) (ImageInfo, error) {
+	if shared {
+		return infos.do(path, format, func() (ImageInfo, error) { return runImageInfo(ctx, path, format, true) })
+	}
+	return runImageInfo(ctx, path, format, false)
+}
+
+func runImageInfo(ctx context.Context, path, format string, shared bool) (ImageInfo, error) {
 	args := []string{"info"}
 	if shared {
 		args = append(args, "-U")

@@ -78,6 +78,10 @@ type VMSpec struct {
 	PreferredHosts []string `json:"preferredHosts,omitempty"`
 	// AntiAffinityGroup: no two VMs of one group are placed on one host.
 	AntiAffinityGroup string `json:"antiAffinityGroup,omitempty"`
+	// HA: restart the VM on another host when its host dies (nil: off).
+	// An HA restart places the VM like a create: Placement and
+	// PreferredHosts apply.
+	HA *HA `json:"ha,omitempty"`
 	// Parked is set by the pool master: the VM was shut down because no
 	// host could take it when its host was evacuated; it starts by itself
 	// when a host can (its own host leaving maintenance, or — when all its
@@ -88,6 +92,25 @@ type VMSpec struct {
 	// CloudInit, when set, is served to the guest as a NoCloud seed ISO on
 	// a cdrom named "cidata".
 	CloudInit *CloudInit `json:"cloudInit,omitempty"`
+}
+
+// HA is a VM's high-availability settings. When its host is declared dead
+// (its lease expired, its storage heartbeat stopped and its self-fencing
+// timer has surely fired), an enabled VM that was meant to run is
+// restarted on another host, higher Priority first and, within a
+// priority, lower RestartOrder first; at most MaxRestarts times within
+// RestartWindow, after which it stays down (a VM that kills every host it
+// lands on must not walk the pool).
+type HA struct {
+	Enabled bool `json:"enabled"`
+	// Priority: higher restarts first (-1000…1000, default 0).
+	Priority int `json:"priority,omitempty"`
+	// RestartOrder: lower restarts first within one priority (0…1000).
+	RestartOrder int `json:"restartOrder,omitempty"`
+	// MaxRestarts within RestartWindow (1…100, default 3).
+	MaxRestarts int `json:"maxRestarts,omitempty"`
+	// RestartWindow is a Go duration ("1h"; 1m…168h, default 1h).
+	RestartWindow string `json:"restartWindow,omitempty"`
 }
 
 // CloudInit is NoCloud seed data for guests that run cloud-init.
@@ -477,11 +500,23 @@ type CreateArgs struct {
 // VMPatch changes settings of an existing VM (PATCH /api/v1/vms/{name});
 // a field left out (or null) stays as it is. CPUs and memory change only
 // while the VM is stopped (they apply at its next start); the restart
-// policy changes at any time.
+// policy and the HA settings change at any time.
 type VMPatch struct {
-	CPUs          *int    `json:"cpus,omitempty"`
-	MemoryMiB     *int    `json:"memoryMiB,omitempty"`
-	RestartPolicy *string `json:"restartPolicy,omitempty"`
+	CPUs          *int     `json:"cpus,omitempty"`
+	MemoryMiB     *int     `json:"memoryMiB,omitempty"`
+	RestartPolicy *string  `json:"restartPolicy,omitempty"`
+	HA            *HAPatch `json:"ha,omitempty"`
+}
+
+// HAPatch changes a VM's HA settings field by field (a merge patch): a
+// field left out stays as it is; on a VM without HA settings the others
+// take their defaults.
+type HAPatch struct {
+	Enabled       *bool   `json:"enabled,omitempty"`
+	Priority      *int    `json:"priority,omitempty"`
+	RestartOrder  *int    `json:"restartOrder,omitempty"`
+	MaxRestarts   *int    `json:"maxRestarts,omitempty"`
+	RestartWindow *string `json:"restartWindow,omitempty"`
 }
 
 // PoolSettings are the pool's admission settings (GET and PUT

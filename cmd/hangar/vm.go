@@ -31,7 +31,7 @@ consoles, snapshots, clones, templates, suspend, media.`,
 	} {
 		cmd.AddCommand(newVMAction(g, a.verb, a.short, a.long))
 	}
-	cmd.AddCommand(newVMStop(g), newVMSet(g))
+	cmd.AddCommand(newVMStop(g), newVMSet(g), newVMHA(g))
 	return cmd
 }
 
@@ -294,6 +294,7 @@ func newVMShow(g *globals) *cobra.Command {
 				}
 				fmt.Fprintf(w, "CPUs:\t%d (%s)\nMemory:\t%d MiB\nMachine:\t%s\nRestart policy:\t%s\nRestarts:\t%d\n",
 					s.CPUs, s.CPUModel, s.MemoryMiB, s.Machine, s.RestartPolicy, st.Restarts)
+				fmt.Fprintf(w, "HA:\t%s\n", haSummary(s.HA))
 				if st.Reason != "" {
 					fmt.Fprintf(w, "Reason:\t%s\n", st.Reason)
 				}

@@ -33,7 +33,40 @@ func applyPatch(spec *v1.VMSpec, p v1.VMPatch) []string {
 		spec.RestartPolicy = *p.RestartPolicy
 		changed = append(changed, "restartPolicy")
 	}
+	if p.HA != nil && applyHAPatch(spec, *p.HA) {
+		changed = append(changed, "ha")
+	}
 	return changed
+}
+
+// applyHAPatch merges p into spec's HA settings (created with their
+// defaults on a VM without any) and reports whether they changed.
+func applyHAPatch(spec *v1.VMSpec, p v1.HAPatch) bool {
+	var h v1.HA
+	if spec.HA != nil {
+		h = *spec.HA
+	} else {
+		vm.HADefaults(&h)
+	}
+	set := func(dst *int, src *int) {
+		if src != nil {
+			*dst = *src
+		}
+	}
+	if p.Enabled != nil {
+		h.Enabled = *p.Enabled
+	}
+	set(&h.Priority, p.Priority)
+	set(&h.RestartOrder, p.RestartOrder)
+	set(&h.MaxRestarts, p.MaxRestarts)
+	if p.RestartWindow != nil {
+		h.RestartWindow = *p.RestartWindow
+	}
+	if spec.HA != nil && h == *spec.HA {
+		return false
+	}
+	spec.HA = &h
+	return true
 }
 
 // checkOffline refuses changes of the machine itself (CPUs, memory) unless

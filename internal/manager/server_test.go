@@ -170,6 +170,41 @@ func TestPatchVM(t *testing.T) {
 		t.Fatalf("stored spec after policy change: %+v", spec)
 	}
 
+	// HA settings: at any time, merged field by field, defaults for the rest.
+	code, _, b = ts.do("PATCH", "/api/v1/vms/web1", "application/merge-patch+json", `{"ha":{"enabled":true,"priority":7}}`)
+	if code != 200 || json.Unmarshal(b, &v) != nil || v.Spec.HA == nil ||
+		*v.Spec.HA != (v1.HA{Enabled: true, Priority: 7, MaxRestarts: 3, RestartWindow: "1h"}) {
+		t.Fatalf("enable ha: %d %s", code, b)
+	}
+	code, _, b = ts.do("PATCH", "/api/v1/vms/web1", "application/json", `{"ha":{"restartOrder":2,"maxRestarts":5,"restartWindow":"30m"}}`)
+	if code != 200 || json.Unmarshal(b, &v) != nil ||
+		*v.Spec.HA != (v1.HA{Enabled: true, Priority: 7, RestartOrder: 2, MaxRestarts: 5, RestartWindow: "30m"}) {
+		t.Fatalf("change ha: %d %s", code, b)
+	}
+	code, _, b = ts.do("PATCH", "/api/v1/vms/web1", "application/json", `{"ha":{"enabled":false}}`)
+	if spec, _, _ := ts.s.inv.Spec(t.Context(), "web1"); code != 200 || spec.HA == nil ||
+		*spec.HA != (v1.HA{Priority: 7, RestartOrder: 2, MaxRestarts: 5, RestartWindow: "30m"}) {
+		t.Fatalf("disable ha: %d %s; stored %+v", code, b, spec.HA)
+	}
+	for body, field := range map[string]string{
+		`{"ha":{"maxRestarts":0}}`:        "ha.maxRestarts",
+		`{"ha":{"priority":5000}}`:        "ha.priority",
+		`{"ha":{"restartOrder":-1}}`:      "ha.restartOrder",
+		`{"ha":{"restartWindow":"soon"}}`: "ha.restartWindow",
+		`{"ha":{"restartWindow":""}}`:     "ha.restartWindow",
+		`{"ha":{"priority":"high"}}`:      "ha.priority",
+		`{"ha":{"preferredHosts":[]}}`:    "ha.preferredHosts",
+	} {
+		code, _, b := ts.do("PATCH", "/api/v1/vms/web1", "application/json", body)
+		if e := apiErr(t, code, b); code != 400 || e.Field != field {
+			t.Errorf("%s: %d %+v, want 400 field %s", body, code, e, field)
+		}
+	}
+	code, _, b = ts.do("GET", "/api/v1/vms/web1", "", "")
+	if code != 200 || json.Unmarshal(b, &v) != nil {
+		t.Fatalf("get: %d %s", code, b)
+	}
+
 	// CAS on the revision the caller saw.
 	code, _, b = ts.do("PATCH", "/api/v1/vms/web1", "application/json", `{"restartPolicy":"always"}`, "If-Match", `"1"`)
 	if e := apiErr(t, code, b); code != 412 || e.Field != "If-Match" {

@@ -97,6 +97,7 @@ func Defaults(s *v1.VMSpec, accel string) {
 			s.Placement = v1.PlacementPreferred
 		}
 	}
+	HADefaults(s.HA)
 	if s.CloudInit != nil {
 		has := false
 		for _, d := range s.Disks {
@@ -271,7 +272,10 @@ func Validate(s v1.VMSpec, hostMemoryMiB int) error {
 			return invalid(fmt.Sprintf("boot[%d]", i), "must be disk, cdrom or network, got %q", b)
 		}
 	}
-	return validatePlacement(s)
+	if err := validatePlacement(s); err != nil {
+		return err
+	}
+	return ValidateHA(s.HA)
 }
 
 // validatePlacement checks placement, preferredHosts and

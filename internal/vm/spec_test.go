@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "hangar/api/v1"
 )
@@ -133,6 +134,63 @@ func TestPlacementFields(t *testing.T) {
 		mut(&s)
 		if err := Validate(s, 1024); err != nil {
 			t.Errorf("case %d (%+v %v %q): %v", i, s.Placement, s.PreferredHosts, s.AntiAffinityGroup, err)
+		}
+	}
+}
+
+func TestHASettings(t *testing.T) {
+	s := base()
+	if s.HA != nil {
+		t.Fatalf("ha without asking: %+v", s.HA)
+	}
+	h := v1.VMSpec{Name: "db", MemoryMiB: 256, HA: &v1.HA{Enabled: true, Priority: 5}}
+	Defaults(&h, "tcg")
+	if *h.HA != (v1.HA{Enabled: true, Priority: 5, MaxRestarts: DefaultHAMaxRestarts, RestartWindow: "1h"}) {
+		t.Fatalf("ha defaults: %+v", *h.HA)
+	}
+	if err := Validate(h, 1024); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := HAWindow(h.HA); err != nil || d != time.Hour {
+		t.Fatalf("window %v %v", d, err)
+	}
+	for _, c := range []struct {
+		field string
+		ha    v1.HA
+	}{
+		{"ha.priority", v1.HA{Priority: 1001}},
+		{"ha.priority", v1.HA{Priority: -1001}},
+		{"ha.restartOrder", v1.HA{RestartOrder: -1}},
+		{"ha.restartOrder", v1.HA{RestartOrder: 1001}},
+		{"ha.maxRestarts", v1.HA{MaxRestarts: -1}},
+		{"ha.maxRestarts", v1.HA{MaxRestarts: 101}},
+		{"ha.restartWindow", v1.HA{RestartWindow: "an hour"}},
+		{"ha.restartWindow", v1.HA{RestartWindow: "1"}},
+		{"ha.restartWindow", v1.HA{RestartWindow: "59s"}},
+		{"ha.restartWindow", v1.HA{RestartWindow: "169h"}},
+		{"ha.restartWindow", v1.HA{RestartWindow: "-1h"}},
+	} {
+		for _, enabled := range []bool{true, false} { // kept settings are checked too
+			s := base()
+			c.ha.Enabled = enabled
+			s.HA = &c.ha
+			HADefaults(s.HA)
+			err := Validate(s, 1024)
+			var fe *FieldError
+			if !errors.As(err, &fe) || fe.Field != c.field || !errors.Is(err, ErrInvalid) {
+				t.Errorf("%+v: got %v, want a FieldError on %s", c.ha, err, c.field)
+			}
+		}
+	}
+	for _, ok := range []v1.HA{
+		{Enabled: true, Priority: -1000, RestartOrder: 1000, MaxRestarts: 100, RestartWindow: "168h"},
+		{Enabled: true, Priority: 1000, MaxRestarts: 1, RestartWindow: "1m"},
+		{Enabled: false, MaxRestarts: 3, RestartWindow: "90m"},
+	} {
+		s := base()
+		s.HA = &ok
+		if err := Validate(s, 1024); err != nil {
+			t.Errorf("%+v: %v", ok, err)
 		}
 	}
 }

@@ -34,3 +34,12 @@ func firstErr(errs ...error) error {
 	}
 	return nil
 }
+
+// ifGiven is v when flag was given, else nil: the field of a patch that
+// changes only what the flags name.
+func ifGiven[T any](cmd *cobra.Command, flag string, v *T) *T {
+	if cmd.Flags().Changed(flag) {
+		return v
+	}
+	return nil
+}

@@ -56,22 +56,10 @@ times within --window stays down. Non-HA VMs of a dead host are marked lost.`,
 // haPatch is the change the flags of `vm ha` ask for; the server checks
 // the values (and names the field when one is out of range).
 func haPatch(cmd *cobra.Command, enable, disable bool, priority, order, maxRestarts int, window string) (*v1.HAPatch, error) {
-	var p v1.HAPatch
-	f := cmd.Flags()
+	p := v1.HAPatch{Priority: ifGiven(cmd, "priority", &priority), RestartOrder: ifGiven(cmd, "restart-order", &order),
+		MaxRestarts: ifGiven(cmd, "max-restarts", &maxRestarts), RestartWindow: ifGiven(cmd, "window", &window)}
 	if enable || disable {
 		p.Enabled = &enable
-	}
-	if f.Changed("priority") {
-		p.Priority = &priority
-	}
-	if f.Changed("restart-order") {
-		p.RestartOrder = &order
-	}
-	if f.Changed("max-restarts") {
-		p.MaxRestarts = &maxRestarts
-	}
-	if f.Changed("window") {
-		p.RestartWindow = &window
 	}
 	if p == (v1.HAPatch{}) {
 		return nil, fmt.Errorf("nothing to change: give --enable, --disable, --priority, --restart-order, --max-restarts or --window")

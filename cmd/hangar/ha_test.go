@@ -3,10 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"net"
 	"net/http"
-	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -17,14 +14,9 @@ import (
 // through PATCH /vms/{name}, and refuses flags that ask for nothing or for
 // both --enable and --disable before sending anything.
 func TestVMHAFlags(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "api.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var got map[string]any
 	calls := 0
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	sock := fakeAPI(t, func(w http.ResponseWriter, r *http.Request) {
 		calls++
 		if r.Method != "PATCH" || r.URL.Path != "/api/v1/vms/db1" {
 			http.Error(w, "unexpected "+r.Method+" "+r.URL.Path, 404)
@@ -46,10 +38,7 @@ func TestVMHAFlags(t *testing.T) {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(v1.VM{Spec: v1.VMSpec{Name: "db1", HA: &h}})
-	}))
-	srv.Listener = ln
-	srv.Start()
-	defer srv.Close()
+	})
 
 	for _, c := range []struct {
 		args []string
@@ -95,14 +84,4 @@ func TestVMHAFlags(t *testing.T) {
 	if calls != 0 {
 		t.Errorf("refused flags still sent %d requests", calls)
 	}
-}
-
-func runCLI(sock string, args ...string) (string, error) {
-	root := newRoot()
-	var out bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&out)
-	root.SetArgs(append([]string{"--socket", sock}, args...))
-	err := root.Execute()
-	return out.String(), err
 }

@@ -52,17 +52,8 @@ policy changes at any time.`,
 			if err := firstErr(atLeast(cmd, "cpus", int64(cpus), 1), atLeast(cmd, "memory", int64(memory), 1)); err != nil {
 				return err
 			}
-			var p v1.VMPatch
-			f := cmd.Flags()
-			if f.Changed("cpus") {
-				p.CPUs = &cpus
-			}
-			if f.Changed("memory") {
-				p.MemoryMiB = &memory
-			}
-			if f.Changed("restart") {
-				p.RestartPolicy = &restart
-			}
+			p := v1.VMPatch{CPUs: ifGiven(cmd, "cpus", &cpus), MemoryMiB: ifGiven(cmd, "memory", &memory),
+				RestartPolicy: ifGiven(cmd, "restart", &restart)}
 			if p.CPUs == nil && p.MemoryMiB == nil && p.RestartPolicy == nil {
 				return fmt.Errorf("nothing to change: give --cpus, --memory or --restart")
 			}

@@ -17,13 +17,8 @@ import (
 // TestCreatePlacementFlags: --prefer-host, --placement and --anti-affinity
 // reach the spec the CLI posts, over what -f gave.
 func TestCreatePlacementFlags(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "api.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var got v1.VMSpec
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	sock := fakeAPI(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != "POST" || r.URL.Path != "/api/v1/vms" {
 			http.Error(w, "unexpected "+r.Method+" "+r.URL.Path, 404)
 			return
@@ -35,10 +30,7 @@ func TestCreatePlacementFlags(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(202)
 		_ = json.NewEncoder(w).Encode(v1.Operation{ID: "op1", Kind: "create", Target: got.Name, State: v1.OpPending})
-	}))
-	srv.Listener = ln
-	srv.Start()
-	defer srv.Close()
+	})
 
 	spec := filepath.Join(t.TempDir(), "db.yaml")
 	writeFile(t, spec, "name: db1\nmemoryMiB: 64\npreferredHosts: [h9]\nantiAffinityGroup: old\n")
@@ -54,13 +46,8 @@ func TestCreatePlacementFlags(t *testing.T) {
 		{[]string{"vm", "create", "-f", spec, "--prefer-host", "h1", "--anti-affinity", "web", "--placement", "preferred"}, "preferred", []string{"h1"}, "web"},
 	} {
 		got = v1.VMSpec{}
-		root := newRoot()
-		var out bytes.Buffer
-		root.SetOut(&out)
-		root.SetErr(&out)
-		root.SetArgs(append([]string{"--socket", sock}, append(c.args, "--wait=false")...))
-		if err := root.Execute(); err != nil {
-			t.Fatalf("%v: %v\n%s", c.args, err, out.String())
+		if out, err := runCLI(sock, append(c.args, "--wait=false")...); err != nil {
+			t.Fatalf("%v: %v\n%s", c.args, err, out)
 		}
 		if got.Placement != c.placement || !slices.Equal(got.PreferredHosts, c.hosts) || got.AntiAffinityGroup != c.group {
 			t.Errorf("%v: posted placement %q, preferredHosts %v, antiAffinityGroup %q; want %q %v %q",
@@ -74,4 +61,32 @@ func writeFile(t *testing.T, path, s string) {
 	if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// fakeAPI serves h on a unix socket for the CLI to talk to; it is closed
+// with the test.
+func fakeAPI(t *testing.T, h http.HandlerFunc) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(h)
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return sock
+}
+
+// runCLI runs the hangar command line against the API at sock and
+// returns what it printed.
+func runCLI(sock string, args ...string) (string, error) {
+	root := newRoot()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(append([]string{"--socket", sock}, args...))
+	err := root.Execute()
+	return out.String(), err
 }

@@ -20,6 +20,8 @@ func TestDecodeYAMLStrict(t *testing.T) {
 		{"name: a\nname: b\n", `s.yaml:2: field "name" given twice`},
 		{"name: a\n---\nname: b\n", `s.yaml:2: a second YAML document`},
 		{"name: [\n", `s.yaml: `},
+		{"name: a\nha:\n  enabled: true\n  prio: 5\n", `s.yaml:4: unknown field "ha.prio" (did you mean "priority"?)`},
+		{"name: a\nha:\n  restartWindow: 1\n", `s.yaml:3: ha.restartWindow: want a string`},
 	} {
 		var s v1.VMSpec
 		err := decodeYAMLStrict("s.yaml", []byte(c.in), &s)
@@ -28,12 +30,13 @@ func TestDecodeYAMLStrict(t *testing.T) {
 		}
 	}
 	var s v1.VMSpec
-	in := "name: db1\ncpus: 2\nmemoryMiB: 1024\ndisks:\n  - image: /x.qcow2\n  - name: data\n    sizeMiB: 4096\nnics:\n  - mode: user\n    forwards: [{hostPort: 8080, guestPort: 80}]\ncloudInit:\n  userData: |\n    #cloud-config\n"
+	in := "name: db1\ncpus: 2\nmemoryMiB: 1024\ndisks:\n  - image: /x.qcow2\n  - name: data\n    sizeMiB: 4096\nnics:\n  - mode: user\n    forwards: [{hostPort: 8080, guestPort: 80}]\ncloudInit:\n  userData: |\n    #cloud-config\nha: {enabled: true, priority: 5, restartWindow: 30m}\n"
 	if err := decodeYAMLStrict("s.yaml", []byte(in), &s); err != nil {
 		t.Fatal(err)
 	}
 	if s.Name != "db1" || s.CPUs != 2 || s.MemoryMiB != 1024 || len(s.Disks) != 2 || s.Disks[1].SizeMiB != 4096 ||
-		s.NICs[0].Forwards[0].GuestPort != 80 || s.CloudInit.UserData != "#cloud-config\n" {
+		s.NICs[0].Forwards[0].GuestPort != 80 || s.CloudInit.UserData != "#cloud-config\n" ||
+		s.HA == nil || !s.HA.Enabled || s.HA.Priority != 5 || s.HA.RestartWindow != "30m" {
 		t.Fatalf("decoded %+v", s)
 	}
 }

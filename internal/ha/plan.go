@@ -121,7 +121,7 @@ func PlanRestarts(in Input) (Plan, error) {
 	if err := vm.ValidateName("host", in.Host); err != nil {
 		return Plan{}, fmt.Errorf("%w: dead host: %w", ErrInvalid, err)
 	}
-	p := Plan{Version: PlanVersion, Host: in.Host, Made: in.Now,
+	p := Plan{Version: PlanVersion, Host: in.Host, Made: in.Now.UTC().Round(0),
 		Restarts: []Restart{}, Parked: []Held{}, Skipped: []Held{}, Lost: []Held{}, Stopped: []string{}}
 	seen := map[string]bool{}
 	var cands []candidate

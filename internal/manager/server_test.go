@@ -170,7 +170,17 @@ func TestPatchVM(t *testing.T) {
 		t.Fatalf("stored spec after policy change: %+v", spec)
 	}
 
-	// HA settings: at any time, merged field by field, defaults for the rest.
+	// HA settings: in a create (with their defaults, checked like the
+	// rest), and at any time by a patch, merged field by field.
+	ts.createVM(`{"name":"db1","memoryMiB":128,"ha":{"enabled":true,"restartOrder":4}}`)
+	if spec, _, _ := ts.s.inv.Spec(t.Context(), "db1"); spec.HA == nil ||
+		*spec.HA != (v1.HA{Enabled: true, RestartOrder: 4, MaxRestarts: 3, RestartWindow: "1h"}) {
+		t.Fatalf("created with ha: %+v", spec.HA)
+	}
+	code, _, b = ts.do("POST", "/api/v1/vms", "application/json", `{"name":"db2","memoryMiB":128,"ha":{"enabled":true,"maxRestarts":500}}`)
+	if e := apiErr(t, code, b); code != 400 || e.Field != "ha.maxRestarts" {
+		t.Fatalf("create with ha.maxRestarts 500: %d %+v", code, e)
+	}
 	code, _, b = ts.do("PATCH", "/api/v1/vms/web1", "application/merge-patch+json", `{"ha":{"enabled":true,"priority":7}}`)
 	if code != 200 || json.Unmarshal(b, &v) != nil || v.Spec.HA == nil ||
 		*v.Spec.HA != (v1.HA{Enabled: true, Priority: 7, MaxRestarts: 3, RestartWindow: "1h"}) {

@@ -20,8 +20,8 @@ var ErrNoFailoverRoom = errors.New("not enough spare capacity for HA")
 
 // Admit reports whether the HA VMs of the failures largest live hosts
 // (by the memory of their HA VMs, then by their own memory, then by name)
-// could all restart on the
-// other hosts of s, in restart order, as PlanRestarts would place them.
+// could all restart on the other hosts of s, in restart order, as
+// PlanRestarts would place them.
 // vms are the pool's VMs (Spec.Host says where each runs); those that
 // would restart count — HA enabled, meant to run, no local disks —,
 // restart limits aside. A caller asks with the change applied (the VM
@@ -64,6 +64,9 @@ func Admit(s scheduler.Snapshot, vms []VM, failures int) error {
 		return err
 	}
 	for _, pl := range placed {
+		if errors.Is(pl.Err, scheduler.ErrInvalid) {
+			return fmt.Errorf("%w: %w", ErrInvalid, pl.Err)
+		}
 		if pl.Err != nil {
 			total := 0
 			for _, h := range down {

@@ -153,9 +153,12 @@ func PlanRestarts(in Input) (Plan, error) {
 	}
 	for i, c := range cands {
 		h := c.vm.Spec.HA
-		if pl := placed[i]; pl.Err != nil {
+		switch pl := placed[i]; {
+		case errors.Is(pl.Err, scheduler.ErrInvalid): // waiting for capacity would not help
+			p.Lost = append(p.Lost, Held{VM: pl.VM, Reason: "cannot be placed: " + pl.Err.Error()})
+		case pl.Err != nil:
 			p.Parked = append(p.Parked, Held{VM: pl.VM, Reason: pl.Err.Error()})
-		} else {
+		default:
 			p.Restarts = append(p.Restarts, Restart{VM: pl.VM, Host: pl.Host, Priority: h.Priority,
 				RestartOrder: h.RestartOrder, Attempt: c.attempt, State: RestartPending})
 		}

@@ -59,6 +59,7 @@ func TestPlanRestarts(t *testing.T) {
 		with(haVM("batch", 90, 0, 1, 256), func(m *VM) { m.Spec.HA = nil }),
 		with(haVM("off", 90, 0, 1, 256), func(m *VM) { m.Spec.HA.Enabled = false }),
 		with(haVM("cold", 0, 0, 1, 256), func(m *VM) { m.Spec.HA = nil; m.Spec.Power = v1.PowerStopped }),
+		with(haVM("broken", 0, 0, 1, 256), func(m *VM) { m.Spec.Placement = "manual" }), // no hosts: invalid
 	}
 	p, err := PlanRestarts(Input{Host: "h1", Now: now, VMs: vms, Pool: pool3()})
 	if err != nil {
@@ -109,7 +110,7 @@ func TestPlanRestarts(t *testing.T) {
 		t.Errorf("skipped %v", s)
 	}
 	lost := held(p.Lost)
-	if len(lost) != 4 || lost["batch"] != "not highly available: its host h1 is down" || lost["off"] == "" ||
+	if len(lost) != 5 || !strings.HasPrefix(lost["broken"], "cannot be placed: invalid placement input") || lost["batch"] != "not highly available: its host h1 is down" || lost["off"] == "" ||
 		!strings.Contains(lost["local"], "disk0") || !strings.Contains(lost["nap"], "paused") {
 		t.Errorf("lost %v", lost)
 	}
@@ -159,6 +160,7 @@ func TestPlanJSON(t *testing.T) {
 	}
 	for name, mut := range map[string]func(*Plan){
 		"version":         func(p *Plan) { p.Version = 2 },
+		"made":            func(p *Plan) { p.Made = time.Time{} },
 		"host":            func(p *Plan) { p.Host = "../h1" },
 		"vm name":         func(p *Plan) { p.Restarts[0].VM = "DB" },
 		"target":          func(p *Plan) { p.Restarts[0].Host = "" },

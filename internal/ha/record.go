@@ -27,6 +27,9 @@ func (p Plan) Validate() error {
 	if err := vm.ValidateName("host", p.Host); err != nil {
 		return bad("%v", err)
 	}
+	if p.Made.IsZero() {
+		return bad("no time made")
+	}
 	if n := len(p.Restarts) + len(p.Parked) + len(p.Skipped) + len(p.Lost) + len(p.Stopped); n > maxPlanVMs {
 		return bad("%d vms, at most %d", n, maxPlanVMs)
 	}

@@ -23,7 +23,10 @@ given change (a VM that had none gets the defaults for the rest: priority 0, res
 order 0, at most 3 restarts per 1h). When the VM's host is declared dead, an HA VM that
 was meant to run is restarted on another host: higher --priority first, then lower
 --restart-order; its placement and preferred hosts apply. A VM restarted --max-restarts
-times within --window stays down. Non-HA VMs of a dead host are marked lost.`,
+times within --window stays down. Non-HA VMs of a dead host are marked lost.
+
+This build records the settings and checks them; the failover itself (detection,
+fencing, restarts) is not wired yet.`,
 		Example: `  hangar vm ha db1 --enable --priority 100
   hangar vm ha web1 --enable --restart-order 2 --max-restarts 5 --window 30m
   hangar vm ha test1 --disable`,

@@ -73,11 +73,15 @@ func (c Config) norm() Config {
 	return c
 }
 
-// Validate refuses timings that leave the agent no time to fence.
-func (c Config) Validate() error {
+// Validate refuses timings that leave an agent with lease TTL ttl no
+// time to fence.
+func (c Config) Validate(ttl time.Duration) error {
 	c = c.norm()
 	if c.StaleAfter <= c.FenceLead {
 		return fmt.Errorf("ha config: staleAfter %v must be longer than fenceLead %v", c.StaleAfter, c.FenceLead)
+	}
+	if ttl <= c.FenceLead {
+		return fmt.Errorf("ha config: lease TTL %v must be longer than fenceLead %v", ttl, c.FenceLead)
 	}
 	return nil
 }
@@ -177,7 +181,7 @@ func Judge(now time.Time, f Facts, c Config) Judgement {
 	}
 	if now.Before(fenced) {
 		return Judgement{State: Suspect, Recheck: fenced,
-			Why: fmt.Sprintf("lease expired, storage heartbeat stopped; self-fencing is certain in %v", fenced.Sub(now).Round(time.Millisecond))}
+			Why: fmt.Sprintf("lease expired, no storage heartbeat moving; self-fencing is certain in %v", fenced.Sub(now).Round(time.Millisecond))}
 	}
 	why := "lease expired, no storage heartbeat, self-fencing deadline passed"
 	if !beat.ChangedAt.IsZero() {

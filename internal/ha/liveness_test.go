@@ -86,10 +86,13 @@ func TestFenceAt(t *testing.T) {
 	if got := FenceAt(at(10), at(0), DefaultLeaseTTL, Config{}); got != at(14) {
 		t.Errorf("renewed at 10: %v", got.Sub(t0))
 	}
-	if err := (Config{StaleAfter: time.Second, FenceLead: time.Second}).Validate(); err == nil {
+	if err := (Config{StaleAfter: time.Second, FenceLead: time.Second}).Validate(DefaultLeaseTTL); err == nil {
 		t.Error("staleAfter = fenceLead accepted")
 	}
-	if err := (Config{}).Validate(); err != nil {
+	if err := (Config{}).Validate(time.Second); err == nil {
+		t.Error("ttl = fenceLead accepted")
+	}
+	if err := (Config{}).Validate(DefaultLeaseTTL); err != nil {
 		t.Error(err)
 	}
 }

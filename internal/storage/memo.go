@@ -83,6 +83,21 @@ func (c *memo[V]) do(path, format string, f func() (V, error)) (V, error) {
 	return val, nil
 }
 
+// remember keeps val for path's current version: what the caller itself
+// just wrote there.
+func (c *memo[V]) remember(path, format string, val V) {
+	v, ok := versionOf(path)
+	if !ok {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= memoLimit {
+		c.m = map[memoKey]V{}
+	}
+	c.m[memoKey{path, format, v}] = val
+}
+
 var (
 	// infos: qemu-img info -U of a file opened as a format.
 	infos memo[ImageInfo]

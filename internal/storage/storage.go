@@ -29,6 +29,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	v1 "hangar/api/v1"
@@ -381,14 +382,10 @@ func (p *Pool) createDisk(ctx context.Context, vmName string, d v1.Disk) (v1.Dis
 		return st, nil
 	}
 	tmp := path + ".part"
-	args := []string{"create", "-q", "-f", "qcow2"}
-	size := ""
-	if d.SizeMiB > 0 {
-		size = fmt.Sprintf("%dM", d.SizeMiB)
-	}
+	size := int64(d.SizeMiB) << 20
+	backing, format := "", ""
 	if d.Image != "" {
-		format, err := p.diskImageFormat(d.Image)
-		if err != nil {
+		if format, err = p.diskImageFormat(d.Image); err != nil {
 			return st, fmt.Errorf("create disk %s: %w", d.Name, err)
 		}
 		if _, err := os.Stat(d.Image); err != nil {
@@ -410,20 +407,21 @@ func (p *Pool) createDisk(ctx context.Context, vmName string, d v1.Disk) (v1.Dis
 		if d.SizeMiB > 0 && d.SizeMiB<<20 < info.VirtualSize {
 			return st, fmt.Errorf("create disk %s: size %d MiB is smaller than image %s (%d MiB)", d.Name, d.SizeMiB, d.Image, info.VirtualSize>>20)
 		}
-		backing, err := filepath.Rel(dir, d.Image)
-		if err != nil {
+		if size == 0 {
+			size = info.VirtualSize
+		}
+		if backing, err = filepath.Rel(dir, d.Image); err != nil {
 			return st, fmt.Errorf("create disk %s: %w", d.Name, err)
 		}
-		args = append(args, "-b", backing, "-F", format)
 	}
 	if err := mkdirAll(dir); err != nil {
 		return st, fmt.Errorf("create disk %s: %w", d.Name, err)
 	}
-	args = append(args, tmp)
-	if size != "" {
-		args = append(args, size)
+	// A .part is what a crash left in the middle of this: start over.
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return st, fmt.Errorf("create disk %s: %w", d.Name, err)
 	}
-	if _, err := qemuImg(ctx, args...); err != nil {
+	if err := newQcow2(tmp, size, backing, format); err != nil {
 		_ = os.Remove(tmp)
 		return st, fmt.Errorf("create disk %s: %w", d.Name, err)
 	}
@@ -431,6 +429,18 @@ func (p *Pool) createDisk(ctx context.Context, vmName string, d v1.Disk) (v1.Dis
 		_ = os.Remove(tmp)
 		return st, fmt.Errorf("create disk %s: %w", d.Name, err)
 	}
+	// What qemu-img info would say of the file just written (the start
+	// that follows walks its chain).
+	info := ImageInfo{Format: "qcow2", VirtualSize: size, ClusterSize: newClusterSize, BackingFilename: backing, BackingFormat: format}
+	if backing != "" {
+		info.FullBacking = filepath.Join(dir, backing)
+	}
+	if fi, err := os.Stat(path); err == nil {
+		if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+			info.ActualSize = sys.Blocks * 512
+		}
+	}
+	infos.remember(path, "qcow2", info)
 	return st, nil
 }
 

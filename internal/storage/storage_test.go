@@ -107,6 +107,14 @@ func TestCreateDiskEmptyAndOverlay(t *testing.T) {
 	if err != nil || info.BackingFilename != "disk0.qcow2" || info.FullBacking != st.Path || info.BackingFormat != "qcow2" || info.VirtualSize != 64<<20 {
 		t.Fatalf("overlay info %+v, %v", info, err)
 	}
+	// What CreateDisk remembers of the files it wrote is what qemu-img says.
+	for _, d := range []v1.DiskStatus{st, ov} {
+		mine, ok := infos.get(d.Path, "qcow2")
+		theirs, err := runImageInfo(ctx, d.Path, "qcow2", true)
+		if !ok || err != nil || mine != theirs {
+			t.Fatalf("%s: remembered %+v (%v), qemu-img says %+v (%v)", d.Name, mine, ok, theirs, err)
+		}
+	}
 	// An image outside the pool is brought in once; overlays stay inside.
 	outside := filepath.Join(t.TempDir(), "base image.qcow2")
 	if _, err := qemuImg(ctx, "create", "-q", "-f", "qcow2", outside, "32M"); err != nil {

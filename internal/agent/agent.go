@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -46,6 +47,11 @@ type Config struct {
 	StopTimeout time.Duration
 	// LeaseTTL of the host's liveness key (default 10 s).
 	LeaseTTL time.Duration
+	// SelfFence lets the agent kill its HA VMs when its lease and storage
+	// heartbeat may both have lapsed (fence.go). Off until the pool master
+	// restarts a dead host's HA VMs elsewhere: fencing without that would
+	// only take them down. The heartbeats are written either way.
+	SelfFence bool
 	// RestartLimit restarts within RestartWindow, then the VM stays crashed.
 	RestartLimit  int
 	RestartWindow time.Duration
@@ -79,6 +85,8 @@ type Agent struct {
 	workers  sync.WaitGroup
 	ready    chan struct{}
 	live     liveSet                  // running QEMUs, for VMStats (stats.go)
+	lease    atomic.Int64             // the host's lease (store.LeaseID)
+	fence    *fencer                  // HA: heartbeats and self-fencing (fence.go)
 	opDur    *prometheus.HistogramVec // durations of finished operations
 
 	// crashAt names a point of create+start at which the agent kills its
@@ -118,6 +126,7 @@ func New(cfg Config) (*Agent, error) {
 		vms: map[string]*machine{}, queued: map[string]bool{}, handlers: opHandlers(), ready: make(chan struct{}), opDur: newOpHistogram(),
 		crashAt: os.Getenv("HANGAR_TEST_CRASH_AT")}
 	a.inv = records{Inventory: inventory.Inventory{S: cfg.Store}, a: a}
+	a.fence = a.newFencer(func() store.LeaseID { return store.LeaseID(a.lease.Load()) })
 	return a, nil
 }
 
@@ -162,6 +171,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	go a.fence.run(ctx)
 	specs, _, _, err := a.inv.Specs(ctx)
 	if err != nil {
 		return fmt.Errorf("agent start: %w", err)
@@ -240,10 +250,13 @@ func retryAfter(d time.Duration) <-chan struct{} {
 
 // holdLease writes the host's liveness key with a lease and keeps it alive.
 func (a *Agent) holdLease(ctx context.Context) (<-chan struct{}, error) {
+	sent := time.Now()
 	id, err := a.cfg.Store.Grant(ctx, a.cfg.LeaseTTL)
 	if err != nil {
 		return nil, fmt.Errorf("register host %s: %w", a.cfg.Host, err)
 	}
+	a.lease.Store(int64(id))
+	a.fence.granted(sent)
 	if _, err := a.cfg.Store.PutWithLease(ctx, inventory.HostKey(a.cfg.Host), []byte(time.Now().UTC().Format(time.RFC3339)), id); err != nil {
 		return nil, fmt.Errorf("register host %s: %w", a.cfg.Host, err)
 	}

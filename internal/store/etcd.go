@@ -319,6 +319,20 @@ func (s *Etcd) KeepAlive(ctx context.Context, id LeaseID) (<-chan struct{}, erro
 	return out, nil
 }
 
+func (s *Etcd) TimeToLive(ctx context.Context, id LeaseID) (time.Duration, error) {
+	resp, err := s.c.TimeToLive(ctx, clientv3.LeaseID(id))
+	if err != nil {
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			err = fmt.Errorf("%w: %w", ErrNotFound, err)
+		}
+		return 0, fmt.Errorf("etcd lease %x time to live: %w", id, err)
+	}
+	if resp.TTL <= 0 {
+		return 0, fmt.Errorf("etcd lease %x: expired: %w", id, ErrNotFound)
+	}
+	return time.Duration(resp.TTL) * time.Second, nil
+}
+
 func (s *Etcd) Revoke(ctx context.Context, id LeaseID) error {
 	_, err := s.c.Revoke(ctx, clientv3.LeaseID(id))
 	if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) {

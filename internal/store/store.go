@@ -115,6 +115,10 @@ type Store interface {
 	// KeepAlive renews the lease until ctx ends; the channel closes when the
 	// lease is lost (expired or revoked) or ctx ends.
 	KeepAlive(ctx context.Context, id LeaseID) (<-chan struct{}, error)
+	// TimeToLive is the lease's remaining time as the store answers it
+	// (whole seconds, rounded down: it holds at least that long from when
+	// the question was sent); ErrNotFound once it expired or was revoked.
+	TimeToLive(ctx context.Context, id LeaseID) (time.Duration, error)
 	// Revoke ends the lease and deletes the keys attached to it.
 	Revoke(ctx context.Context, id LeaseID) error
 	// PutWithLease writes key attached to a lease (unconditionally).

@@ -52,6 +52,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"LeaseRevoke", testLeaseRevoke},
 		{"LeaseExpiry", testLeaseExpiry},
 		{"LeaseKeepAlive", testLeaseKeepAlive},
+		{"LeaseTimeToLive", testLeaseTimeToLive},
 		{"KeepAliveRevoked", testKeepAliveRevoked},
 		{"ConcurrentCAS", testConcurrentCAS},
 		{"JSON", testJSON},
@@ -713,6 +714,26 @@ func testLeaseKeepAlive(t *testing.T, s store.Store, p string) {
 	wantClosed(t, "keepalive after cancel", ka)
 	took := waitGone(t, s, p+"eph", 5*leaseTTL)
 	t.Logf("key gone %v after keepalive stopped", took)
+}
+
+// testLeaseTimeToLive: a lease's remaining time is within its TTL and
+// whole seconds; a revoked lease has none (ErrNotFound).
+func testLeaseTimeToLive(t *testing.T, s store.Store, p string) {
+	ctx := ctxT(t)
+	id, err := s.Grant(ctx, 5*time.Second)
+	if err != nil {
+		t.Fatalf("grant: %v", err)
+	}
+	left, err := s.TimeToLive(ctx, id)
+	if err != nil || left <= 0 || left > 5*time.Second || left%time.Second != 0 {
+		t.Fatalf("time to live of a 5 s lease: %v %v", left, err)
+	}
+	if err := s.Revoke(ctx, id); err != nil {
+		t.Fatalf("revoke: %v", err)
+	}
+	if left, err := s.TimeToLive(ctx, id); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("time to live of a revoked lease: %v %v, want ErrNotFound", left, err)
+	}
 }
 
 func testKeepAliveRevoked(t *testing.T, s store.Store, p string) {

@@ -1,0 +1,209 @@
+package agent
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"hangar/internal/ha"
+	"hangar/internal/heartbeat"
+	"hangar/internal/qemu"
+	"hangar/internal/storage"
+	"hangar/internal/store"
+)
+
+// fencer is the agent's half of HA's liveness (docs/architecture.md "High
+// availability"): it writes this host's storage heartbeat into every
+// shared pool, learns from etcd until when its lease surely holds, and
+// kills the HA VMs it runs once both could have lapsed (ha.FenceAt), so
+// that the pool master, which restarts them elsewhere only later, never
+// has two copies running. It keeps its own monotonic clock and the last
+// VM and pool lists etcd gave it: a host cut off from etcd still fences.
+type fencer struct {
+	cfg   ha.Config
+	ttl   time.Duration
+	now   func() time.Time
+	probe func(ctx context.Context) (time.Duration, error) // the lease's time to live
+	// ha lists this host's VMs with HA enabled and the shared pools'
+	// roots; nil error only when etcd answered.
+	state func(ctx context.Context) (haVMs map[string]bool, pools []string, err error)
+	live  func() map[string]*qemu.Instance
+	kill  func(name string, inst *qemu.Instance) // nil: fencing is off (Config.SelfFence)
+	log   interface{ Error(string, ...any) }
+
+	mu        sync.Mutex
+	leaseAt   time.Time // as if the lease was last renewed then: it holds until leaseAt + ttl
+	beatAt    time.Time // the start of the last heartbeat write that succeeded
+	haVMs     map[string]bool
+	pools     []string
+	writers   map[string]*heartbeat.Writer
+	fenced    map[*qemu.Instance]bool
+	openPool  func(root string) (*heartbeat.Writer, error)
+	writeBeat func(w *heartbeat.Writer, ctx context.Context) error // nil: w.Beat
+}
+
+// granted notes a lease just granted (at sent): it holds a full TTL.
+func (f *fencer) granted(sent time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if sent.After(f.leaseAt) {
+		f.leaseAt = sent
+	}
+}
+
+// tick asks etcd about the lease (a probe answered "d left", sent at t,
+// means the lease holds until at least t + d), refreshes the lists, and
+// writes the heartbeats; each step bounded by the heartbeat interval.
+func (f *fencer) tick(ctx context.Context) {
+	step := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, ha.HeartbeatInterval) }
+	sent := f.now()
+	c, cancel := step()
+	left, err := f.probe(c)
+	cancel()
+	if err == nil {
+		f.granted(sent.Add(left - f.ttl))
+	}
+	c, cancel = step()
+	vms, pools, err := f.state(c)
+	cancel()
+	f.mu.Lock()
+	if err == nil {
+		f.haVMs, f.pools = vms, pools
+	}
+	pools = f.pools
+	f.mu.Unlock()
+	for _, root := range pools {
+		w := f.writers[root]
+		if w == nil {
+			if w, err = f.openPool(root); err != nil {
+				continue
+			}
+			if f.writers == nil {
+				f.writers = map[string]*heartbeat.Writer{}
+			}
+			f.writers[root] = w
+		}
+		start := f.now()
+		c, cancel := step()
+		beat := f.writeBeat
+		if beat == nil {
+			beat = (*heartbeat.Writer).Beat
+		}
+		err := beat(w, c)
+		cancel()
+		if err == nil {
+			f.mu.Lock()
+			if start.After(f.beatAt) {
+				f.beatAt = start
+			}
+			f.mu.Unlock()
+		}
+	}
+}
+
+// check kills the running HA VMs once the fence deadline passed. It
+// returns the deadline (zero: nothing to fence).
+func (f *fencer) check() time.Time {
+	f.mu.Lock()
+	armed := !f.leaseAt.IsZero()
+	at := ha.FenceAt(f.leaseAt, f.beatAt, f.ttl, f.cfg)
+	haVMs := f.haVMs
+	f.mu.Unlock()
+	if !armed || f.kill == nil {
+		return time.Time{}
+	}
+	var deadline time.Time
+	for name, inst := range f.live() {
+		if !haVMs[name] || f.fenced[inst] {
+			continue
+		}
+		deadline = at
+		if f.now().Before(at) {
+			continue
+		}
+		f.log.Error("fencing: lease and storage heartbeat may have lapsed, killing an HA VM before it can run elsewhere",
+			"vm", name, "pid", inst.PID, "deadline", at)
+		if f.fenced == nil {
+			f.fenced = map[*qemu.Instance]bool{}
+		}
+		f.fenced[inst] = true
+		f.kill(name, inst)
+	}
+	return deadline
+}
+
+// run ticks every heartbeat interval and checks often enough to kill
+// within a tenth of the fence lead of the deadline.
+func (f *fencer) run(ctx context.Context) {
+	tick := time.NewTicker(ha.HeartbeatInterval)
+	defer tick.Stop()
+	check := time.NewTicker(ha.DefaultFenceLead / 10)
+	defer check.Stop()
+	go func() {
+		f.tick(ctx)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				f.tick(ctx)
+			}
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-check.C:
+			f.check()
+		}
+	}
+}
+
+// newFencer wires a fencer to the agent.
+func (a *Agent) newFencer(lease func() store.LeaseID) *fencer {
+	f := &fencer{
+		ttl: a.cfg.LeaseTTL,
+		now: time.Now,
+		probe: func(ctx context.Context) (time.Duration, error) {
+			return a.cfg.Store.TimeToLive(ctx, lease())
+		},
+		state: func(ctx context.Context) (map[string]bool, []string, error) {
+			specs, _, _, err := a.inv.Specs(ctx)
+			if err != nil {
+				return nil, nil, err
+			}
+			vms := map[string]bool{}
+			for _, s := range specs {
+				if s.Host == a.cfg.Host && s.HA != nil && s.HA.Enabled {
+					vms[s.Name] = true
+				}
+			}
+			pools, err := a.allPools(ctx)
+			if err != nil {
+				return nil, nil, err
+			}
+			var roots []string
+			for _, p := range pools {
+				if p.Type == storage.TypeShared {
+					roots = append(roots, p.Path)
+				}
+			}
+			return vms, roots, nil
+		},
+		live: a.live.all,
+		kill: func(name string, inst *qemu.Instance) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := inst.Kill(ctx); err != nil {
+				a.cfg.Log.Error("fencing: kill", "vm", name, "err", err)
+			}
+		},
+		log:      a.cfg.Log,
+		openPool: func(root string) (*heartbeat.Writer, error) { return heartbeat.Open(root, a.cfg.Host) },
+	}
+	if !a.cfg.SelfFence {
+		f.kill = nil
+	}
+	return f
+}

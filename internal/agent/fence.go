@@ -38,9 +38,13 @@ type fencer struct {
 	pools     []string
 	writers   map[string]*heartbeat.Writer
 	fenced    map[*qemu.Instance]bool
+	listed    time.Time // when the lists were last read (tick's goroutine only)
 	openPool  func(root string) (*heartbeat.Writer, error)
 	writeBeat func(w *heartbeat.Writer, ctx context.Context) error // nil: w.Beat
 }
+
+// stateEvery is how often the fencer reads the HA VMs and shared pools.
+const stateEvery = 5 * time.Second
 
 // granted notes a lease just granted (at sent): it holds a full TTL.
 func (f *fencer) granted(sent time.Time) {
@@ -63,14 +67,21 @@ func (f *fencer) tick(ctx context.Context) {
 	if err == nil {
 		f.granted(sent.Add(left - f.ttl))
 	}
-	c, cancel = step()
-	vms, pools, err := f.state(c)
-	cancel()
-	f.mu.Lock()
-	if err == nil {
-		f.haVMs, f.pools = vms, pools
+	// The lists change seldom; reading them (every spec, every pool) each
+	// second on every host would be the pool's heaviest load.
+	if f.listed.IsZero() || sent.Sub(f.listed) >= stateEvery {
+		c, cancel = step()
+		vms, pools, err := f.state(c)
+		cancel()
+		if err == nil {
+			f.mu.Lock()
+			f.haVMs, f.pools = vms, pools
+			f.mu.Unlock()
+			f.listed = sent
+		}
 	}
-	pools = f.pools
+	f.mu.Lock()
+	pools := f.pools
 	f.mu.Unlock()
 	for _, root := range pools {
 		w := f.writers[root]

@@ -95,7 +95,7 @@ func TestEvacuateParks(t *testing.T) {
 // lab every host sees, kept as long as the lab: pools are not removed)
 // holding a copy of the test guest's image as file, and returns the
 // volume's name for a spec ("pool/file").
-func sharedVolume(ctx context.Context, t *testing.T, p *Pool, pool, file string) string {
+func sharedVolume(ctx context.Context, t testing.TB, p *Pool, pool, file string) string {
 	t.Helper()
 	dir := filepath.Join(p.Lab.Dir, "shared-"+pool)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -109,7 +109,7 @@ func sharedVolume(ctx context.Context, t *testing.T, p *Pool, pool, file string)
 	return pool + "/" + file
 }
 
-func copyFile(t *testing.T, from, to string) {
+func copyFile(t testing.TB, from, to string) {
 	t.Helper()
 	in, err := os.Open(from)
 	if err != nil {

@@ -169,7 +169,7 @@ func dumpPool() string {
 // QEMU, no namespaces) or failed (it did not start). It registers a
 // cleanup that dumps the hosts' logs and guests' serial logs when the
 // test fails.
-func sharedPool(t *testing.T) *Pool {
+func sharedPool(t testing.TB) *Pool {
 	t.Helper()
 	if skipReason != "" {
 		t.Skip(skipReason)

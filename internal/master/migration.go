@@ -172,15 +172,8 @@ func (l *leader) migrationBlockers(ctx context.Context, rec migrate.Record) ([]m
 		in.TargetFreeMiB = int64(math.Floor(float64(h.MemoryMiB)*snap.policy.MemoryOvercommit)) - int64(booked)
 	}
 	bs := migrate.Blockers(in)
-	// The agents move shared disks only so far: mirroring local disks over
-	// NBD is in the data plane (internal/qemu/migration) but not wired
-	// into the agents yet.
-	if local := migrate.LocalDisks(spec, st, ps); len(local) > 0 {
-		names := make([]string, len(local))
-		for i, d := range local {
-			names[i] = d.Name
-		}
-		bs = append(bs, migrate.Blocker{Field: "disks", Reason: fmt.Sprintf("disk(s) %s on a local pool of %s: live migration moves VMs whose disks are on shared pools (local disks are not copied yet)", strings.Join(names, ", "), rec.Source)})
-	}
+	// Local disks are mirrored into volumes the target makes from the
+	// source's report: it must name exactly the disks on local pools.
+	bs = append(bs, migrate.ReportBlockers(migrate.LocalDisks(spec, st, ps), rec.Disks)...)
 	return bs, nil
 }

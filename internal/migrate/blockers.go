@@ -129,3 +129,27 @@ func LocalDisks(spec v1.VMSpec, st v1.VMStatus, pools []v1.StoragePool) []v1.Dis
 	}
 	return out
 }
+
+// ReportBlockers compares the source agent's report of local disks with
+// the disks the VM's records put on local pools: the target makes volumes
+// from the report, so it must name each of them once and nothing else.
+func ReportBlockers(local []v1.DiskStatus, reported []Disk) []Blocker {
+	var bs []Blocker
+	want := map[string]bool{}
+	for _, d := range local {
+		want[d.Name] = true
+	}
+	got := map[string]bool{}
+	for _, d := range reported {
+		got[d.Name] = true
+		if !want[d.Name] {
+			bs = append(bs, Blocker{"disks", fmt.Sprintf("the source reports disk %s on a local pool, the vm's status does not", d.Name)})
+		}
+	}
+	for _, d := range local {
+		if !got[d.Name] {
+			bs = append(bs, Blocker{"disks", fmt.Sprintf("disk %s is on a local pool, the source did not report it", d.Name)})
+		}
+	}
+	return bs
+}

@@ -66,3 +66,25 @@ func TestBlockers(t *testing.T) {
 		t.Errorf("LocalDisks of a shared disk = %v", got)
 	}
 }
+
+func TestReportBlockers(t *testing.T) {
+	local := []v1.DiskStatus{{Name: "disk0"}, {Name: "disk1"}}
+	d := func(name string) Disk { return Disk{Name: name} }
+	for _, tc := range []struct {
+		name     string
+		reported []Disk
+		want     int
+	}{
+		{"exactly the local disks", []Disk{d("disk1"), d("disk0")}, 0},
+		{"one missing", []Disk{d("disk0")}, 1},
+		{"one too many", []Disk{d("disk0"), d("disk1"), d("disk2")}, 1},
+		{"nothing reported", nil, 2},
+	} {
+		if bs := ReportBlockers(local, tc.reported); len(bs) != tc.want {
+			t.Errorf("%s: %v, want %d blockers", tc.name, bs, tc.want)
+		}
+	}
+	if bs := ReportBlockers(nil, nil); len(bs) != 0 {
+		t.Errorf("shared-only vm: %v", bs)
+	}
+}

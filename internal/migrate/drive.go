@@ -28,8 +28,9 @@ type Deps struct {
 	Store  store.Store // reads and watches (any client of the pool's etcd)
 	Fenced Fenced
 	// Check returns the blockers of rec's migration (Blockers over what
-	// the master knows of the VM and the target); an error is a failure
-	// to find out, retried.
+	// the master knows of the VM and the target; rec.Disks is the
+	// source's report of its local disks, to be checked against the VM's
+	// records); an error is a failure to find out, retried.
 	Check func(ctx context.Context, rec Record) ([]Blocker, error)
 	// HostAlive says whether a host's liveness lease exists.
 	HostAlive func(ctx context.Context, host string) (bool, error)
@@ -87,22 +88,7 @@ func load(ctx context.Context, d Deps, vmName string) (loaded, error) {
 		return l, err
 	}
 	l.exists, l.Rec, l.recRev = true, rec, kv.Revision
-	if kv, err := d.Store.Get(ctx, inventory.MigrationPartKey(vmName, "source")); err == nil {
-		p, err := DecodeSource(kv.Value)
-		if err != nil {
-			return l, err
-		}
-		l.Source = &p
-	} else if !errors.Is(err, store.ErrNotFound) {
-		return l, err
-	}
-	if kv, err := d.Store.Get(ctx, inventory.MigrationPartKey(vmName, "target")); err == nil {
-		p, err := DecodeTarget(kv.Value)
-		if err != nil {
-			return l, err
-		}
-		l.Target = &p
-	} else if !errors.Is(err, store.ErrNotFound) {
+	if l.Source, l.Target, l.Disks, err = loadParts(ctx, d.Store, vmName); err != nil {
 		return l, err
 	}
 	if kv, err := d.Store.Get(ctx, inventory.OwnerKey(vmName)); err == nil {
@@ -205,11 +191,14 @@ func step(ctx context.Context, d Deps, l loaded, log *slog.Logger) error {
 		log.Info("migration step", "phase", rec.Phase, "action", a.Kind, "to", a.Phase, "error", a.Error)
 		switch a.Kind {
 		case ActCheck:
-			bs, err := d.Check(ctx, rec)
+			next := rec
+			if l.Disks != nil {
+				next.Disks = l.Disks.Disks
+			}
+			bs, err := d.Check(ctx, next)
 			if err != nil {
 				return fmt.Errorf("check: %w", err)
 			}
-			next := rec
 			next.Phase = Checked
 			if len(bs) > 0 {
 				msgs := make([]string, len(bs))
@@ -280,8 +269,9 @@ func step(ctx context.Context, d Deps, l loaded, log *slog.Logger) error {
 			}
 		case ActDelete:
 			ops := []store.Op{store.DeleteOp(inventory.MigrationKey(rec.VM), recRev),
-				store.DeleteOp(inventory.MigrationPartKey(rec.VM, "source"), store.AnyRevision),
-				store.DeleteOp(inventory.MigrationPartKey(rec.VM, "target"), store.AnyRevision)}
+				store.DeleteOp(inventory.MigrationPartKey(rec.VM, PartSource), store.AnyRevision),
+				store.DeleteOp(inventory.MigrationPartKey(rec.VM, PartTarget), store.AnyRevision),
+				store.DeleteOp(inventory.MigrationPartKey(rec.VM, PartDisks), store.AnyRevision)}
 			if d.EndOps != nil {
 				more, err := d.EndOps(ctx, rec, rec.Phase == Done)
 				if err != nil {

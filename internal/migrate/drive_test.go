@@ -78,6 +78,10 @@ func fakeAgents(ctx context.Context, s store.Store, vmName string, sourceFails b
 		}
 		var owner inventory.Owner
 		get(inventory.OwnerKey(vmName), &owner)
+		var dp DisksPart
+		if !get(inventory.MigrationPartKey(vmName, PartDisks), &dp) && SourceReports(rec, nil) {
+			put(inventory.MigrationPartKey(vmName, PartDisks), DisksPart{})
+		}
 		switch TargetStep(rec, tp, owner.Host) {
 		case TargetPrepare:
 			put(inventory.MigrationPartKey(vmName, "target"), TargetPart{State: TgtListening, IP: "10.99.0.2", Port: 49152})
@@ -156,7 +160,7 @@ func TestDrive(t *testing.T) {
 			if got.State != tc.wantState {
 				t.Errorf("operation %s (%+v), want %s", got.State, got.Error, tc.wantState)
 			}
-			for _, k := range []string{inventory.MigrationKey(vmName), inventory.MigrationPartKey(vmName, "source"), inventory.MigrationPartKey(vmName, "target")} {
+			for _, k := range []string{inventory.MigrationKey(vmName), inventory.MigrationPartKey(vmName, PartSource), inventory.MigrationPartKey(vmName, PartTarget), inventory.MigrationPartKey(vmName, PartDisks)} {
 				if _, err := s.Get(ctx, k); !errors.Is(err, store.ErrNotFound) {
 					t.Errorf("%s left: %v", k, err)
 				}

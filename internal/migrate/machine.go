@@ -8,6 +8,7 @@ type View struct {
 	Rec    Record
 	Source *SourcePart // nil: the source agent has not claimed its part
 	Target *TargetPart // nil: the target agent has not claimed its part
+	Disks  *DisksPart  // nil: the source agent has not reported the vm's local disks
 	// OwnerHost and OwnerEpoch are the VM's owner record.
 	OwnerHost  string
 	OwnerEpoch int64
@@ -35,8 +36,10 @@ const (
 type ActionKind string
 
 const (
-	// ActCheck runs the blocker checks (Blockers) and then sets the phase
-	// to Checked, or to Aborting with the blocker as the error.
+	// ActCheck runs the blocker checks (Blockers, and the source's report
+	// of local disks against the records) and then sets the phase to
+	// Checked with the reported disks in the record, or to Aborting with
+	// the blocker as the error.
 	ActCheck ActionKind = "check"
 	// ActSetPhase writes the record with Phase (and Error), conditioned on
 	// the record's revision and the master's leadership.
@@ -130,6 +133,14 @@ func Next(v View) []Action {
 	}
 	switch r.Phase {
 	case Pending:
+		switch {
+		case v.Disks == nil && waited(r.Updated, ClaimTimeout):
+			return []Action{abort("source host " + r.Source + " did not report the vm's disks")}
+		case v.Disks == nil:
+			return nil
+		case v.Disks.Error != "":
+			return []Action{abort("source: " + v.Disks.Error)}
+		}
 		return []Action{{Kind: ActCheck}}
 	case Checked:
 		switch {
@@ -230,6 +241,10 @@ func TargetStep(r Record, p *TargetPart, ownerHost string) AgentAction {
 	}
 	return AgentNothing
 }
+
+// SourceReports says whether the source agent still has to report the
+// vm's local disks (once, while the record is pending).
+func SourceReports(r Record, d *DisksPart) bool { return r.Phase == Pending && d == nil }
 
 // SourceStep is the source agent's decision. migrating says whether this
 // agent has a Migrate call running for the VM now (false after a

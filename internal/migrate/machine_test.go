@@ -14,6 +14,7 @@ type world struct {
 	rec   *Record
 	src   *SourcePart
 	tgt   *TargetPart
+	disks *DisksPart
 	owner struct {
 		host  string
 		epoch int64
@@ -51,6 +52,10 @@ func (w *world) view() View {
 	if w.tgt != nil {
 		c := *w.tgt
 		v.Target = &c
+	}
+	if w.disks != nil {
+		c := *w.disks
+		v.Disks = &c
 	}
 	return v
 }
@@ -97,7 +102,7 @@ func (w *world) master(limit int) {
 				w.opFinal, w.opOK = true, a.Succeeded
 			}
 		case ActDelete:
-			w.rec, w.src, w.tgt = nil, nil, nil
+			w.rec, w.src, w.tgt, w.disks = nil, nil, nil, nil
 			return
 		}
 	}
@@ -149,6 +154,10 @@ func (w *world) targetAgent() {
 
 func (w *world) sourceAgent() {
 	if w.rec == nil || !w.srcAlive {
+		return
+	}
+	if SourceReports(*w.rec, w.disks) {
+		w.disks = &DisksPart{Disks: []Disk{{Name: "disk0", Pool: "default", Volume: "vms/web/disk0.qcow2", Format: "qcow2", SizeBytes: 1 << 30}}}
 		return
 	}
 	if w.srcMig > 0 && SourceStep(*w.rec, w.src, true) != SourceRollBack {
@@ -331,7 +340,18 @@ func TestNextTable(t *testing.T) {
 		v    View
 		want []Action
 	}{
-		{"pending checks", base(Pending), []Action{{Kind: ActCheck}}},
+		{"pending waits for the source's disks", base(Pending), nil},
+		{"pending, disks reported: check", func() View { v := base(Pending); v.Disks = &DisksPart{}; return v }(), []Action{{Kind: ActCheck}}},
+		{"pending, source cannot read its disks", func() View {
+			v := base(Pending)
+			v.Disks = &DisksPart{Error: "disk0: no such file"}
+			return v
+		}(), []Action{abort("source: disk0: no such file")}},
+		{"pending, source never reports", func() View {
+			v := base(Pending)
+			v.Rec.Updated, v.Now = time.Unix(1000, 0), time.Unix(1000, 0).Add(ClaimTimeout+time.Second)
+			return v
+		}(), []Action{abort("source host h1 did not report the vm's disks")}},
 		{"checked waits for the target", base(Checked), nil},
 		{"checked, target listening", func() View { v := base(Checked); v.Target = listening; return v }(), []Action{setPhase(TargetPrepared)}},
 		{"source paused: switch over", func() View {

@@ -15,6 +15,7 @@ import (
 const (
 	PartSource = "source"
 	PartTarget = "target"
+	PartDisks  = "disks" // the source agent's report of the local disks (DisksPart)
 )
 
 // State is one migration as an agent reads it: the master's record (with
@@ -24,6 +25,7 @@ type State struct {
 	RecRev int64
 	Source *SourcePart
 	Target *TargetPart
+	Disks  *DisksPart
 }
 
 // ErrNoMigration: the VM has no migration record.
@@ -43,25 +45,38 @@ func Load(ctx context.Context, s store.Store, vmName string) (State, error) {
 		return st, err
 	}
 	st.RecRev = kv.Revision
-	if kv, err := s.Get(ctx, inventory.MigrationPartKey(vmName, PartSource)); err == nil {
-		p, err := DecodeSource(kv.Value)
-		if err != nil {
-			return st, err
-		}
-		st.Source = &p
-	} else if !errors.Is(err, store.ErrNotFound) {
-		return st, err
-	}
-	if kv, err := s.Get(ctx, inventory.MigrationPartKey(vmName, PartTarget)); err == nil {
-		p, err := DecodeTarget(kv.Value)
-		if err != nil {
-			return st, err
-		}
-		st.Target = &p
-	} else if !errors.Is(err, store.ErrNotFound) {
+	if st.Source, st.Target, st.Disks, err = loadParts(ctx, s, vmName); err != nil {
 		return st, err
 	}
 	return st, nil
+}
+
+// loadParts reads and validates the agents' parts of a VM's migration
+// (nil: not written).
+func loadParts(ctx context.Context, s store.Store, vmName string) (src *SourcePart, tgt *TargetPart, disks *DisksPart, err error) {
+	if src, err = loadPart(ctx, s, vmName, PartSource, DecodeSource); err != nil {
+		return
+	}
+	if tgt, err = loadPart(ctx, s, vmName, PartTarget, DecodeTarget); err != nil {
+		return
+	}
+	disks, err = loadPart(ctx, s, vmName, PartDisks, DecodeDisks)
+	return
+}
+
+func loadPart[T any](ctx context.Context, s store.Store, vmName, part string, decode func([]byte) (T, error)) (*T, error) {
+	kv, err := s.Get(ctx, inventory.MigrationPartKey(vmName, part))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	p, err := decode(kv.Value)
+	if err != nil {
+		return nil, err
+	}
+	return &p, nil
 }
 
 // Claim writes an agent's first part (SrcStarting or TgtPreparing) in a
@@ -70,7 +85,7 @@ func Load(ctx context.Context, s store.Store, vmName string) (State, error) {
 // master has already left (an abort written meanwhile wins), and never
 // twice. store.ErrConflict means: do nothing, read again.
 func Claim(ctx context.Context, s store.Store, vmName, part string, recRev int64, value any) error {
-	if part != PartSource && part != PartTarget {
+	if part != PartSource && part != PartTarget && part != PartDisks {
 		return fmt.Errorf("claim migration part %q", part)
 	}
 	b, err := json.Marshal(value)
@@ -96,6 +111,8 @@ func WritePart(ctx context.Context, s store.Store, vmName, part string, value an
 	case *SourcePart:
 		p.Updated = time.Now().UTC()
 	case *TargetPart:
+		p.Updated = time.Now().UTC()
+	case *DisksPart:
 		p.Updated = time.Now().UTC()
 	}
 	b, err := json.Marshal(value)

@@ -66,6 +66,10 @@ type Record struct {
 	// source's): the switch-over is conditioned on it and writes Epoch+1.
 	Epoch int64          `json:"epoch"`
 	Args  v1.MigrateArgs `json:"args"`
+	// Disks are the VM's disks on local pools of the source, as the
+	// source reported them (DisksPart) and the check accepted them: the
+	// target makes an empty volume of each, the source mirrors into it.
+	Disks []Disk `json:"disks,omitempty"`
 	// Error says why the migration is aborting.
 	Error   string    `json:"error,omitempty"`
 	Created time.Time `json:"created"`
@@ -187,7 +191,83 @@ func (r Record) Validate(vmName string) error {
 	if len(r.Error) > 4096 {
 		return invalid(what, "error of %d bytes", len(r.Error))
 	}
+	if err := ValidateDisks(r.Disks); err != nil {
+		return invalid(what, "%v", err)
+	}
 	return nil
+}
+
+// Disk is one disk of the VM on a local pool of the source host. The
+// target makes its copy under the same pool name and volume name in its
+// own pool of that name (a flat volume: the mirror copies the whole
+// chain), of the same format and virtual size.
+type Disk struct {
+	Name      string `json:"name"`      // the spec's disk name
+	Pool      string `json:"pool"`      // the pool holding the volume on the source
+	Volume    string `json:"volume"`    // the volume's name in that pool, e.g. vms/web/disk0.qcow2
+	Format    string `json:"format"`    // qcow2 or raw
+	SizeBytes int64  `json:"sizeBytes"` // virtual size
+}
+
+// Ref is the disk's volume as "pool/volume".
+func (d Disk) Ref() string { return d.Pool + "/" + d.Volume }
+
+// ValidateDisks checks the local disks of a record or a source's report:
+// names, pool and volume names that stay in their pool, a known format, a
+// size QEMU and the pool accept, no disk twice.
+func ValidateDisks(ds []Disk) error {
+	if len(ds) > vm.MaxDisks {
+		return fmt.Errorf("disks: %d, at most %d", len(ds), vm.MaxDisks)
+	}
+	seen := map[string]bool{}
+	for i, d := range ds {
+		f := fmt.Sprintf("disks[%d]", i)
+		if err := vm.ValidateName(f+".name", d.Name); err != nil {
+			return err
+		}
+		if seen[d.Name] || seen[d.Ref()] {
+			return fmt.Errorf("%s: disk %s or volume %s twice", f, d.Name, d.Ref())
+		}
+		seen[d.Name], seen[d.Ref()] = true, true
+		if err := vm.ValidateName(f+".pool", d.Pool); err != nil {
+			return err
+		}
+		if err := vm.ValidateVolumeRef(f+".volume", d.Ref()); err != nil {
+			return err
+		}
+		if d.Format != "qcow2" && d.Format != "raw" {
+			return fmt.Errorf("%s.format: %q is not qcow2 or raw", f, d.Format)
+		}
+		if d.SizeBytes <= 0 || d.SizeBytes%512 != 0 || d.SizeBytes > int64(vm.MaxDiskMiB)<<20 {
+			return fmt.Errorf("%s.sizeBytes: %d is not a positive multiple of 512 up to %d MiB", f, d.SizeBytes, vm.MaxDiskMiB)
+		}
+	}
+	return nil
+}
+
+// DisksPart is the source agent's report of the VM's local disks
+// (/hangar/migrations/<vm>/disks), written while the record is pending:
+// the master checks it and copies it into the record.
+type DisksPart struct {
+	Disks []Disk `json:"disks,omitempty"`
+	// Error says why the source could not report them.
+	Error   string    `json:"error,omitempty"`
+	Updated time.Time `json:"updated"`
+}
+
+// DecodeDisks decodes and validates the source agent's report of disks.
+func DecodeDisks(b []byte) (DisksPart, error) {
+	var p DisksPart
+	if err := decodeStrict(b, &p); err != nil {
+		return p, invalid("disks part", "%v", err)
+	}
+	if err := ValidateDisks(p.Disks); err != nil {
+		return p, invalid("disks part", "%v", err)
+	}
+	if len(p.Error) > 4096 {
+		return p, invalid("disks part", "error of %d bytes", len(p.Error))
+	}
+	return p, nil
 }
 
 // ValidateArgs checks the arguments of a migrate operation (vm owns the

@@ -3,6 +3,7 @@ package migrate
 import (
 	"encoding/json"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -10,8 +11,9 @@ import (
 )
 
 func TestDecodeRecord(t *testing.T) {
+	disk := Disk{Name: "disk0", Pool: "default", Volume: "vms/web/disk0.qcow2", Format: "qcow2", SizeBytes: 2 << 30}
 	good := Record{VM: "web", OpID: "0f8fad5b-d9cb-469f-a165-70867728950e", Source: "h1", Target: "h2", Phase: Migrating, Epoch: 2,
-		Args: v1.MigrateArgs{To: "h2"}, Created: time.Now()}
+		Args: v1.MigrateArgs{To: "h2"}, Disks: []Disk{disk}, Created: time.Now()}
 	b, _ := json.Marshal(good)
 	if _, err := DecodeRecord("web", b); err != nil {
 		t.Fatal(err)
@@ -24,8 +26,24 @@ func TestDecodeRecord(t *testing.T) {
 		"unknown phase": func(r *Record) { r.Phase = "teleporting" },
 		"neg epoch":     func(r *Record) { r.Epoch = -1 },
 		"bad args":      func(r *Record) { r.Args.DowntimeLimitMs = -3 },
+		// The target makes volumes from these: state is input.
+		"disk escapes its pool": func(r *Record) { r.Disks[0].Volume = "../../etc/shadow" },
+		"disk hidden volume":    func(r *Record) { r.Disks[0].Volume = "vms/web/.disk0.qcow2" },
+		"disk absolute volume":  func(r *Record) { r.Disks[0].Volume = "/etc/passwd" },
+		"disk bad pool":         func(r *Record) { r.Disks[0].Pool = "Default/x" },
+		"disk empty pool":       func(r *Record) { r.Disks[0].Pool = "" },
+		"disk bad name":         func(r *Record) { r.Disks[0].Name = "disk 0" },
+		"disk unknown format":   func(r *Record) { r.Disks[0].Format = "vmdk" },
+		"disk zero size":        func(r *Record) { r.Disks[0].SizeBytes = 0 },
+		"disk negative size":    func(r *Record) { r.Disks[0].SizeBytes = -512 },
+		"disk unaligned size":   func(r *Record) { r.Disks[0].SizeBytes = 1000 },
+		"disk too big":          func(r *Record) { r.Disks[0].SizeBytes = 1 << 62 },
+		"disk twice":            func(r *Record) { r.Disks = append(r.Disks, disk) },
+		"two disks one volume":  func(r *Record) { d := disk; d.Name = "disk1"; r.Disks = append(r.Disks, d) },
+		"too many disks":        func(r *Record) { r.Disks = make([]Disk, 17) },
 	} {
 		r := good
+		r.Disks = slices.Clone(good.Disks)
 		edit(&r)
 		b, _ := json.Marshal(r)
 		if _, err := DecodeRecord("web", b); !errors.Is(err, ErrInvalidRecord) {
@@ -50,6 +68,18 @@ func TestDecodeRecord(t *testing.T) {
 	}
 	if _, err := DecodeTarget([]byte(`{"state":"listening","ip":"10.0.0.2","port":4000,"nbdPort":4001,"disks":[{"name":"disk0","volume":"h2-local/web-disk0.qcow2","export":"drive-disk0"}]}`)); err != nil {
 		t.Errorf("good target part: %v", err)
+	}
+	for name, raw := range map[string]string{
+		"unknown field":  `{"disks":[],"extra":1}`,
+		"escaping disk":  `{"disks":[{"name":"disk0","pool":"default","volume":"../x.qcow2","format":"qcow2","sizeBytes":512}]}`,
+		"size as string": `{"disks":[{"name":"disk0","pool":"default","volume":"vms/web/d.qcow2","format":"qcow2","sizeBytes":"1G"}]}`,
+	} {
+		if _, err := DecodeDisks([]byte(raw)); !errors.Is(err, ErrInvalidRecord) {
+			t.Errorf("disks part %s: %v, want ErrInvalidRecord", name, err)
+		}
+	}
+	if p, err := DecodeDisks([]byte(`{"disks":[{"name":"disk0","pool":"default","volume":"vms/web/disk0.qcow2","format":"raw","sizeBytes":1048576}]}`)); err != nil || len(p.Disks) != 1 {
+		t.Errorf("good disks part: %+v %v", p, err)
 	}
 	if _, err := DecodeSource([]byte(`{"state":"paused","downtimeMs":-1}`)); !errors.Is(err, ErrInvalidRecord) {
 		t.Errorf("negative downtime: %v", err)

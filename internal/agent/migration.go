@@ -15,6 +15,7 @@ import (
 	"hangar/internal/inventory"
 	"hangar/internal/migrate"
 	"hangar/internal/qemu"
+	"hangar/internal/qemu/config"
 	"hangar/internal/qemu/migration"
 	"hangar/internal/revert"
 	"hangar/internal/store"
@@ -116,6 +117,10 @@ func (m *machine) migrationStep(ctx context.Context) {
 			m.migrationRemoveTarget(ctx, st)
 		}
 	case st.Rec.Source == me:
+		if migrate.SourceReports(st.Rec, st.Disks) {
+			m.migrationReport(ctx, st)
+			return
+		}
 		switch migrate.SourceStep(st.Rec, st.Source, false) {
 		case migrate.SourceMigrate:
 			m.migrationSource(ctx, st)
@@ -187,16 +192,21 @@ func freePort(ip string) (int, error) {
 
 // migrationTarget starts the VM's QEMU here waiting for the incoming
 // migration (-incoming defer) and listening on this host's IP, and
-// reports where. Disks are the source's files (a shared pool): local disks
-// are refused by the master's blocker check until they are mirrored.
+// reports where. Shared disks are the source's files; for each local disk
+// it makes an empty volume of the source's size (listed in its part before
+// it is made, so an abort deletes it) and exports it over NBD (TLS) for
+// the source's mirror.
 func (m *machine) migrationTarget(ctx context.Context, st migrate.State) {
 	part := &migrate.TargetPart{State: migrate.TgtPreparing}
 	if err := migrate.Claim(ctx, m.a.cfg.Store, m.name, migrate.PartTarget, st.RecRev, part); err != nil {
 		m.log.Info("migration target not claimed", "err", err)
 		return
 	}
+	rev := revert.New()
+	defer rev.Fail()
 	fail := func(err error) {
 		m.log.Warn("migration target failed", "err", err)
+		rev.Fail() // its QEMU and volumes go before the part says failed
 		part.State, part.Error = migrate.TgtFailed, err.Error()
 		m.reportPart(ctx, migrate.PartTarget, part)
 	}
@@ -210,14 +220,41 @@ func (m *machine) migrationTarget(ctx context.Context, st migrate.State) {
 		fail(err)
 		return
 	}
-	status, err := m.a.inv.Status(ctx, m.name)
+	// The source's status names its own files: this host's are made from
+	// the record, and the result is checked like any status it reads.
+	status, _, err := m.a.inv.StatusRev(ctx, m.name)
 	if err != nil {
 		fail(err)
 		return
 	}
-	rev := revert.New()
-	defer rev.Fail()
-	l, err := m.prepareLaunch(ctx, spec, &status, rev, "defer", false)
+	if status.Disks, err = m.migratedDisks(ctx, st.Rec, spec, status.Disks, false); err != nil {
+		fail(err)
+		return
+	}
+	if err := m.a.checkStatus(ctx, m.name, status, &spec); err != nil {
+		fail(err)
+		return
+	}
+	rev.Add(m.removeVMDir) // the seed prepareLaunch writes
+	if len(st.Rec.Disks) > 0 {
+		// Listed before they exist: a crash from here on leaves a part an
+		// abort reads (TargetRemove deletes what it lists).
+		part.Disks = targetDisksOf(st.Rec)
+		if err := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartTarget, part); err != nil {
+			fail(err)
+			return
+		}
+		rev.Add(func() {
+			if err := m.removeTargetVolumes(context.Background(), part.Disks); err != nil {
+				m.log.Warn("remove migration target volumes", "err", err)
+			}
+		})
+		if err := m.createTargetVolumes(ctx, st.Rec); err != nil {
+			fail(err)
+			return
+		}
+	}
+	l, err := m.prepareLaunch(ctx, spec, &status, rev, "defer", true)
 	if err != nil {
 		fail(err)
 		return
@@ -234,24 +271,36 @@ func (m *machine) migrationTarget(ctx context.Context, st migrate.State) {
 		fail(err)
 		return
 	}
-	port, err := freePort(ip)
-	if err != nil {
+	t := migration.Target{IP: ip, TLS: tls}
+	if t.Port, err = freePort(ip); err != nil {
 		fail(err)
 		return
 	}
-	if err := migration.PrepareTarget(ctx, inst.Mon, migration.Target{IP: ip, Port: port, TLS: tls}); err != nil {
+	for _, d := range part.Disks {
+		t.Exports = append(t.Exports, d.Export)
+	}
+	if len(t.Exports) > 0 {
+		if t.NBDPort, err = freePort(ip); err == nil && t.NBDPort == t.Port {
+			t.NBDPort, err = freePort(ip)
+		}
+		if err != nil {
+			fail(err)
+			return
+		}
+	}
+	if err := migration.PrepareTarget(ctx, inst.Mon, t); err != nil {
 		fail(err)
 		return
 	}
 	rev.Success()
 	m.incoming = inst
 	m.startedAt, m.accel = time.Now().UTC(), m.a.cfg.Caps.Accel
-	part.State, part.IP, part.Port = migrate.TgtListening, ip, port
+	part.State, part.IP, part.Port, part.NBDPort = migrate.TgtListening, ip, t.Port, t.NBDPort
 	if err := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartTarget, part); err != nil {
 		m.log.Warn("report migration target", "err", err)
 		return
 	}
-	m.log.Info("migration target listening", "ip", ip, "port", port, "tls", tls != nil)
+	m.log.Info("migration target listening", "ip", ip, "port", t.Port, "nbdPort", t.NBDPort, "volumes", len(part.Disks), "tls", tls != nil)
 }
 
 // migrationResume runs the guest here after the switch-over (the owner
@@ -276,7 +325,7 @@ func (m *machine) migrationResume(ctx context.Context, st migrate.State) {
 	if m.inst != inst {
 		m.watch(inst)
 	}
-	if err := m.setStatus(ctx, func(s *v1.VMStatus) { m.running(s, inst, v1.StateRunning); s.Reason = "" }); err != nil {
+	if err := m.statusAfterMigration(ctx, st.Rec, inst); err != nil {
 		m.log.Warn("status after migration", "err", err)
 	}
 	part := *st.Target
@@ -287,11 +336,24 @@ func (m *machine) migrationResume(ctx context.Context, st migrate.State) {
 
 // migrationRemoveTarget ends the target QEMU of an aborted migration.
 func (m *machine) migrationRemoveTarget(ctx context.Context, st migrate.State) {
+	if o, _, err := m.a.inv.OwnerOf(ctx, m.name); err != nil || o.Host == m.a.cfg.Host {
+		m.log.Warn("aborted migration: this host owns the vm, nothing removed", "err", err)
+		return
+	}
 	if inst := m.incoming; inst != nil {
 		_ = inst.Kill(ctx)
 		m.incoming = nil
+	} else if inst := m.inst; inst != nil {
+		// The agent restarted while preparing and re-adopted the QEMU it
+		// had started -incoming: not a VM of this host.
+		m.inst = nil
+		_ = inst.Kill(ctx)
 	}
 	m.deleteTaps(ctx)
+	if err := m.removeTargetVolumes(ctx, st.Target.Disks); err != nil {
+		m.log.Warn("aborted migration: remove target volumes", "err", err)
+		return // looked at again: the part still says what to remove
+	}
 	part := *st.Target
 	part.State = migrate.TgtCleaned
 	m.reportPart(ctx, migrate.PartTarget, &part)
@@ -325,9 +387,14 @@ func (m *machine) migrationSource(ctx context.Context, st migrate.State) {
 		return
 	}
 	t := st.Target
-	src := migration.Source{TargetHost: st.Rec.Target, IP: t.IP, Port: t.Port, TLS: tls,
+	src := migration.Source{TargetHost: st.Rec.Target, IP: t.IP, Port: t.Port, NBDPort: t.NBDPort, TLS: tls,
 		MaxBandwidth: st.Rec.Args.MaxBandwidth, DowntimeLimit: time.Duration(st.Rec.Args.DowntimeLimitMs) * time.Millisecond,
 		AutoConverge: true}
+	if src.Disks, err = mirrors(st.Rec, t, status); err != nil {
+		part.State, part.Error = migrate.SrcFailed, err.Error()
+		report()
+		return
+	}
 	if s := st.Rec.Args.ProgressTimeoutSec; s > 0 {
 		src.Watchdog.Timeout = time.Duration(s) * time.Second
 	} else {
@@ -340,6 +407,9 @@ func (m *machine) migrationSource(ctx context.Context, st migrate.State) {
 		}
 		last = time.Now()
 		part.State = migrate.SrcMigrating
+		if p.Phase == migration.PhaseMirror {
+			part.State = migrate.SrcMirroring
+		}
 		frac := 0.0
 		if total := p.DiskTotal + p.RAMTotal; total > 0 {
 			frac = min(0.99, float64(p.DiskTransferred+p.RAMTransferred)/float64(total))
@@ -351,6 +421,9 @@ func (m *machine) migrationSource(ctx context.Context, st migrate.State) {
 		report()
 	}
 	part.State = migrate.SrcMigrating
+	if len(src.Disks) > 0 {
+		part.State = migrate.SrcMirroring
+	}
 	report()
 	res, err := migration.Migrate(ctx, inst.Mon, src)
 	if err != nil {
@@ -400,8 +473,13 @@ func (m *machine) migrationRecover(ctx context.Context, st migrate.State) {
 }
 
 // migrationCleanup quits the paused source QEMU once the target runs the
-// guest. Its disks are shared: nothing else is left here.
+// guest and deletes the VM's local disk files here (the target's copies
+// are the VM's now); shared disks stay.
 func (m *machine) migrationCleanup(ctx context.Context, st migrate.State) {
+	if o, _, err := m.a.inv.OwnerOf(ctx, m.name); err != nil || o.Host != st.Rec.Target {
+		m.log.Warn("migration cleanup: the owner record does not name the target; nothing removed", "err", err)
+		return
+	}
 	if inst := m.inst; inst != nil {
 		m.inst = nil // its exit is ours, not a crash
 		if err := inst.Kill(ctx); err != nil {
@@ -409,8 +487,77 @@ func (m *machine) migrationCleanup(ctx context.Context, st migrate.State) {
 		}
 	}
 	m.deleteTaps(ctx)
+	if err := m.removeSourceVolumes(ctx, st.Rec); err != nil {
+		m.log.Warn("migration cleanup: remove local disks", "err", err)
+		return // looked at again
+	}
 	part := *st.Source
 	part.State = migrate.SrcCleaned
 	m.reportPart(ctx, migrate.PartSource, &part)
 	m.log.Info("migration source cleaned up", "to", st.Rec.Target)
+}
+
+// mirrors are the source's local disks with the target's export of each.
+func mirrors(rec migrate.Record, t *migrate.TargetPart, st v1.VMStatus) ([]migration.Disk, error) {
+	var out []migration.Disk
+	for _, d := range rec.Disks {
+		export := ""
+		for _, td := range t.Disks {
+			if td.Name == d.Name {
+				export = td.Export
+			}
+		}
+		if export == "" {
+			return nil, fmt.Errorf("migrate disk %s: the target exports no volume for it", d.Name)
+		}
+		node := config.NodeName(d.Name)
+		for _, ds := range st.Disks {
+			if ds.Name == d.Name && ds.Node != "" {
+				node = ds.Node
+			}
+		}
+		out = append(out, migration.Disk{Node: node, Export: export})
+	}
+	return out, nil
+}
+
+// statusAfterMigration writes the VM's status as its new owner once the
+// guest runs here: running with this QEMU, and the disks this host holds
+// (the volumes it made for the local disks, its own seed). The status the
+// source wrote names the source's files, so it is not checked as read;
+// the status written is, and the write is conditioned on the status, spec
+// and owner record (naming this host) as read.
+func (m *machine) statusAfterMigration(ctx context.Context, rec migrate.Record, inst *qemu.Instance) error {
+	for attempt := 1; ; attempt++ {
+		st, rev, err := m.a.inv.StatusRev(ctx, m.name)
+		if err != nil {
+			return err
+		}
+		spec, specRev, err := m.a.inv.Spec(ctx, m.name)
+		if err != nil {
+			return err
+		}
+		owner, ownerRev, err := m.a.inv.OwnerOf(ctx, m.name)
+		if err != nil {
+			return err
+		}
+		if owner.Host != m.a.cfg.Host || spec.Host != m.a.cfg.Host {
+			return fmt.Errorf("status of vm %q: owned by %q, placed on %q, not this host: %w", m.name, owner.Host, spec.Host, errdefs.ErrPrecondition)
+		}
+		if st.Host != m.a.cfg.Host { // not yet rewritten since the switch-over
+			if st.Disks, err = m.migratedDisks(ctx, rec, spec, st.Disks, true); err != nil {
+				return err
+			}
+		}
+		m.running(&st, inst, v1.StateRunning)
+		st.Reason, st.Host, st.UpdatedAt = "", m.a.cfg.Host, time.Now().UTC()
+		if err := m.a.checkStatus(ctx, m.name, st, &spec); err != nil {
+			return err
+		}
+		_, err = m.a.inv.UpdateStatus(ctx, m.name, st, rev, specRev, ownerRev)
+		if errors.Is(err, store.ErrConflict) && attempt < 10 {
+			continue
+		}
+		return err
+	}
 }

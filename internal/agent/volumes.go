@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 	"strings"
 
 	v1 "hangar/api/v1"
@@ -243,20 +242,15 @@ func (a *Agent) CheckSource(ctx context.Context, kind storage.SourceKind, path s
 // DiskInfo describes the volume at path (a VM disk's file, as its status
 // records it); the path must name a volume of one of this host's pools.
 func (a *Agent) DiskInfo(ctx context.Context, path string) (v1.Volume, error) {
-	pools, err := a.allPools(ctx)
+	p, name, err := a.volumeAt(ctx, path)
 	if err != nil {
 		return v1.Volume{}, err
 	}
-	for _, p := range pools {
-		if rel, err := filepath.Rel(p.Path, path); err == nil && filepath.IsLocal(rel) {
-			v, err := p.Volume(ctx, filepath.ToSlash(rel))
-			if err != nil {
-				return v1.Volume{}, err
-			}
-			return toAPIVolume(v), nil
-		}
+	v, err := p.Volume(ctx, name)
+	if err != nil {
+		return v1.Volume{}, err
 	}
-	return v1.Volume{}, fmt.Errorf("disk file %s: %w", path, storage.ErrOutsidePool)
+	return toAPIVolume(v), nil
 }
 
 // Dependents lists the volumes of its pool built on a volume ("pool/name").

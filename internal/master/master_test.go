@@ -303,6 +303,11 @@ func TestMigrationStartAndResume(t *testing.T) {
 	waitGone(t, s, inventory.AllocKey("h3", "web"))
 
 	live := submitOp(t, s, "migrate", "web", v1.MigrateArgs{To: dst})
+	waitPhase(t, s, "web", "pending")
+	// The source agent's report: no disk on a local pool.
+	if _, err := s.Put(t.Context(), inventory.MigrationPartKey("web", "disks"), []byte(`{"updated":"2026-01-01T00:00:00Z"}`), store.MustNotExist); err != nil {
+		t.Fatal(err)
+	}
 	waitPhase(t, s, "web", "checked")
 	if _, err := s.Get(t.Context(), inventory.AllocKey(dst, "web")); err != nil {
 		t.Fatalf("target not booked: %v", err)

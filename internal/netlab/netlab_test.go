@@ -351,3 +351,37 @@ func TestParseStatus(t *testing.T) {
 		}
 	}
 }
+
+// TestPollerCounters: both counters are compared only with answers that
+// completed before a request started; a step back is one decrease, a disk
+// counter of 0 (none read) is not compared.
+func TestPollerCounters(t *testing.T) {
+	p := &Poller{floor: -1, dfloor: -1, keep: 2 * time.Second}
+	t0 := time.Unix(1000, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	for _, a := range []struct {
+		start, end    int
+		counter, disk int
+	}{
+		{0, 10, 5, 2},
+		{20, 30, 6, 3},
+		{25, 40, 5, 2}, // started before the answer of 6/3 completed: no decrease
+		{50, 60, 7, 0}, // no disk counter read
+		{70, 80, 8, 1}, // the disk counter went back
+		{90, 100, 9, 2},
+		{110, 120, 4, 3}, // the counter went back
+		{130, 140, 5, 4},
+	} {
+		p.record(at(a.start), at(a.end), GuestStatus{BootID: "b", Counter: a.counter, DiskCounter: a.disk}, nil)
+	}
+	r := p.Result()
+	if len(r.Decreases) != 1 || r.Decreases[0].From != 9 || r.Decreases[0].To != 4 {
+		t.Errorf("counter decreases %+v, want one 9→4", r.Decreases)
+	}
+	if len(r.DiskDecreases) != 1 || r.DiskDecreases[0].From != 3 || r.DiskDecreases[0].To != 1 {
+		t.Errorf("disk counter decreases %+v, want one 3→1", r.DiskDecreases)
+	}
+	if r.FirstDiskCounter != 2 || r.LastDiskCounter != 4 {
+		t.Errorf("disk counter %d→%d, want 2→4", r.FirstDiskCounter, r.LastDiskCounter)
+	}
+}

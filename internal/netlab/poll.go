@@ -103,6 +103,12 @@ type PollResult struct {
 	FirstCounter    int
 	LastCounter     int
 	Decreases       []Decrease
+	// The disk counter (disk_counter: a file on the guest's root disk,
+	// +1 a second), compared like the counter; a guest without one, or a
+	// read that found none, answers 0 and is not compared.
+	FirstDiskCounter int
+	LastDiskCounter  int
+	DiskDecreases    []Decrease
 	FirstOK, LastOK time.Time
 	// LongestGap is the longest time between two successful answers
 	// (also from the last one to the end, when the poller ended on
@@ -112,8 +118,9 @@ type PollResult struct {
 }
 
 func (r PollResult) String() string {
-	return fmt.Sprintf("%s: %d requests, %d ok, %d failed (last: %s), %d torn reads, boot ids %v, counter %d→%d, %d decreases, longest gap %s at %s",
+	return fmt.Sprintf("%s: %d requests, %d ok, %d failed (last: %s), %d torn reads, boot ids %v, counter %d→%d, %d decreases, disk counter %d→%d, %d decreases, longest gap %s at %s",
 		r.URL, r.Requests, r.OK, r.Failures, r.LastErr, r.TornReads, r.BootIDs, r.FirstCounter, r.LastCounter, len(r.Decreases),
+		r.FirstDiskCounter, r.LastDiskCounter, len(r.DiskDecreases),
 		r.LongestGap.Round(time.Millisecond), r.LongestGapStart.UTC().Format("15:04:05.000"))
 }
 
@@ -133,14 +140,15 @@ type Poller struct {
 	failing bool     // the last completed request failed
 	marks   []okMark // answers of the last 2×Timeout, by completion
 	floor   int      // the highest counter of older answers (-1: none)
+	dfloor  int      // the same for the disk counter
 	keep    time.Duration
 	cancel  context.CancelFunc
 	done    chan struct{}
 }
 
 type okMark struct {
-	end     time.Time
-	counter int
+	end           time.Time
+	counter, disk int
 }
 
 // Poll starts reading url (http://IP/cgi-bin/status of a test guest)
@@ -165,7 +173,7 @@ func PollWith(ctx context.Context, d *Dialer, url string, o PollOptions) *Poller
 		o.MaxInFlight = 2
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	p := &Poller{cancel: cancel, done: make(chan struct{}), floor: -1, keep: 2 * o.Timeout,
+	p := &Poller{cancel: cancel, done: make(chan struct{}), floor: -1, dfloor: -1, keep: 2 * o.Timeout,
 		res: PollResult{URL: url, Started: time.Now()}}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		ctx, cancel := context.WithTimeout(ctx, o.DialTimeout)
@@ -238,12 +246,13 @@ func (p *Poller) record(start, end time.Time, st GuestStatus, err error) {
 	// The highest counter answered before this request started.
 	for len(p.marks) > 0 && p.marks[0].end.Before(end.Add(-p.keep)) {
 		p.floor = max(p.floor, p.marks[0].counter)
+		p.dfloor = max(p.dfloor, p.marks[0].disk)
 		p.marks = p.marks[1:]
 	}
-	floor := p.floor
+	floor, dfloor := p.floor, p.dfloor
 	for _, m := range p.marks {
 		if m.end.Before(start) {
-			floor = max(floor, m.counter)
+			floor, dfloor = max(floor, m.counter), max(dfloor, m.disk)
 		}
 	}
 	if st.Counter == 0 && floor > 0 && len(r.BootIDs) > 0 && st.BootID == r.BootIDs[len(r.BootIDs)-1] {
@@ -258,9 +267,25 @@ func (p *Poller) record(start, end time.Time, st GuestStatus, err error) {
 	if floor >= 0 && st.Counter < floor {
 		r.Decreases = append(r.Decreases, Decrease{At: end, From: floor, To: st.Counter})
 		// One step back is one Decrease: later answers compare with it.
-		p.marks, p.floor = p.marks[:0], st.Counter
+		for i := range p.marks {
+			p.marks[i].counter = min(p.marks[i].counter, st.Counter)
+		}
+		p.floor = st.Counter
 	}
-	p.marks = append(p.marks, okMark{end: end, counter: st.Counter})
+	if st.DiskCounter > 0 {
+		if dfloor >= 0 && st.DiskCounter < dfloor {
+			r.DiskDecreases = append(r.DiskDecreases, Decrease{At: end, From: dfloor, To: st.DiskCounter})
+			for i := range p.marks {
+				p.marks[i].disk = min(p.marks[i].disk, st.DiskCounter)
+			}
+			p.dfloor = st.DiskCounter
+		}
+		if r.FirstDiskCounter == 0 {
+			r.FirstDiskCounter = st.DiskCounter
+		}
+		r.LastDiskCounter = st.DiskCounter
+	}
+	p.marks = append(p.marks, okMark{end: end, counter: st.Counter, disk: st.DiskCounter})
 	r.OK++
 	if end.After(r.LastOK) {
 		r.LastOK = end
@@ -291,6 +316,7 @@ func (p *Poller) Result() PollResult {
 	r.BootIDs = append([]string(nil), r.BootIDs...)
 	r.Hostnames = append([]string(nil), r.Hostnames...)
 	r.Decreases = append([]Decrease(nil), r.Decreases...)
+	r.DiskDecreases = append([]Decrease(nil), r.DiskDecreases...)
 	if r.Ended.IsZero() {
 		r.Ended = time.Now()
 	}

@@ -1,0 +1,129 @@
+package pool_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "hangar/api/v1"
+)
+
+// TestLiveMigrationLocal: a guest whose disk is on h1's own (local) pool
+// serves HTTP on its bridged IP while it is live-migrated (TLS) h1→h2→h1:
+// the target makes an empty volume of the disk's size in its own pool and
+// exports it over NBD, the source mirrors the disk into it, then moves RAM.
+// A client in the client namespace reads the guest every 20 ms: one boot
+// id, neither the memory counter nor the disk counter (a file on the
+// migrated disk) ever goes backwards, and the disk counter goes on after
+// each move. After each migration the VM's status names a volume of the
+// new host, its QEMU runs there exactly once, none is left on the host it
+// left, and the disk file there is gone. The longest gap is logged. A VM
+// whose cdrom holds an ISO of its host only is still refused.
+func TestLiveMigrationLocal(t *testing.T) {
+	p := sharedPool(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
+	defer cancel()
+	g := p.BootGuest(t, "h1", "ml", nil) // its disk: an overlay on the guest image in h1's default pool
+	v := p.WaitVM(t, "h1", "ml", "h1", time.Minute, v1.StateRunning)
+	disk := v.Status.Disks[0].Path
+	if !strings.HasPrefix(disk, p.Host(t, "h1").DataDir+"/") {
+		t.Fatalf("disk of ml at %s, not in h1's data directory", disk)
+	}
+	poll := p.Poll(t, g)
+	if err := poll.WaitOK(ctx, 10); err != nil {
+		t.Fatal(err)
+	}
+	for _, to := range []string{"h2", "h1"} {
+		from := "h1"
+		if to == "h1" {
+			from = "h2"
+		}
+		before := poll.Result().LastDiskCounter
+		start := time.Now()
+		out := p.CLI(t, "h1", "vm", "migrate", "ml", "--to", to)
+		t.Logf("migrate to %s took %v: %s", to, time.Since(start).Round(time.Millisecond), strings.TrimSpace(out))
+		v := p.WaitVM(t, "h1", "ml", to, 2*time.Minute, v1.StateRunning)
+		if v.Spec.Host != to {
+			t.Fatalf("after migrating to %s the vm is placed on %s", to, v.Spec.Host)
+		}
+		moved := v.Status.Disks[0].Path
+		if !strings.HasPrefix(moved, p.Host(t, to).DataDir+"/") {
+			t.Fatalf("after migrating to %s the status names disk %s, not a file of %s", to, moved, to)
+		}
+		if _, err := os.Stat(moved); err != nil {
+			t.Fatalf("disk of ml on %s: %v", to, err)
+		}
+		if n := countQEMUs(t, p, to, "ml"); n != 1 {
+			t.Fatalf("%d QEMUs of ml on %s, want 1", n, to)
+		}
+		deadline := time.Now().Add(time.Minute)
+		for p.QEMUOf(t, from, "ml") != 0 || !gone(disk) || !gone(filepath.Dir(disk)) {
+			if time.Now().After(deadline) {
+				t.Fatalf("on %s after the migration: QEMU pid %d, disk file %s still there: %v, its directory: %v",
+					from, p.QEMUOf(t, from, "ml"), disk, !gone(disk), !gone(filepath.Dir(disk)))
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		// The guest goes on writing its (now migrated) disk.
+		deadline = time.Now().Add(2 * time.Minute)
+		for poll.Result().LastDiskCounter < before+3 {
+			if time.Now().After(deadline) {
+				t.Fatalf("the disk counter does not move on after the migration to %s: %s", to, poll.Result())
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		disk = moved
+	}
+	r := poll.Stop()
+	t.Logf("client saw %s", r)
+	t.Logf("longest gap %v at %v", r.LongestGap, r.LongestGapStart.UTC().Format("15:04:05.000"))
+	if len(r.BootIDs) != 1 || r.BootIDs[0] != g.BootID {
+		t.Fatalf("boot ids %v across the migrations, want only %s", r.BootIDs, g.BootID)
+	}
+	if len(r.Decreases) != 0 {
+		t.Fatalf("the guest's counter went backwards: %v", r.Decreases)
+	}
+	if len(r.DiskDecreases) != 0 {
+		t.Fatalf("the guest's disk counter went backwards: %v", r.DiskDecreases)
+	}
+
+	// A cdrom holding an ISO of h1's pool only: refused by the blocker
+	// check.
+	iso := filepath.Join(p.Host(t, "h1").DataDir, "pools", "default", "images", "ml-local.iso")
+	if err := os.MkdirAll(filepath.Dir(iso), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(iso, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.CreateGuest(t, "h1", "ml-iso", func(s *v1.VMSpec) {
+		s.Disks = append(s.Disks, v1.Disk{Name: "iso", Media: "cdrom", Image: iso})
+	})
+	p.WaitVM(t, "h1", "ml-iso", "h1", 2*time.Minute, v1.StateRunning)
+	if out, err := p.CLIErr(t, "h1", "vm", "migrate", "ml-iso", "--to", "h2"); err == nil || !strings.Contains(out, "cdrom iso holds") {
+		t.Fatalf("migrating a vm with a local iso: %v\n%s", err, out)
+	}
+	if pid := p.QEMUOf(t, "h2", "ml-iso"); pid != 0 {
+		t.Fatalf("a QEMU of ml-iso on h2 (pid %d) after a refused migration", pid)
+	}
+}
+
+// countQEMUs is how many QEMUs of VM name run in host's namespace.
+func countQEMUs(t *testing.T, p *Pool, host, name string) int {
+	n := 0
+	for _, cmd := range p.QEMUs(t, host) {
+		if strings.Contains(cmd, "guest="+name+",") {
+			n++
+		}
+	}
+	return n
+}
+
+func gone(path string) bool {
+	_, err := os.Stat(path)
+	return errors.Is(err, os.ErrNotExist)
+}

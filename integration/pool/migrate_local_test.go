@@ -127,3 +127,81 @@ func gone(path string) bool {
 	_, err := os.Stat(path)
 	return errors.Is(err, os.ErrNotExist)
 }
+
+// TestLocalMigrationTargetLost: the target (h3) loses power while a
+// guest's local disk is being copied to it. The migration fails, the guest
+// runs on on h1 untouched (one boot id, neither counter goes back, the disk
+// counter goes on, its disk file in place), and when h3 comes back — the
+// migration's records are gone by then: a dead target counts as settled —
+// its agent deletes the volume it had made (from its own journal) and runs
+// no QEMU of the guest.
+func TestLocalMigrationTargetLost(t *testing.T) {
+	p := sharedPool(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	t.Cleanup(func() {
+		if sp := p.Host(t, "h3").ServeProc(); sp == nil || sp.Exited() {
+			p.Restart(t, "h3")
+		}
+	})
+	g := p.BootGuest(t, "h1", "mx", nil)
+	v := p.WaitVM(t, "h1", "mx", "h1", time.Minute, v1.StateRunning)
+	disk := v.Status.Disks[0].Path
+	rel, err := filepath.Rel(p.Host(t, "h1").DataDir, disk)
+	if err != nil || !filepath.IsLocal(rel) {
+		t.Fatalf("disk of mx at %s, not in h1's data directory", disk)
+	}
+	onTarget := filepath.Join(p.Host(t, "h3").DataDir, rel) // the same volume name in h3's pool
+	poll := p.Poll(t, g)
+	if err := poll.WaitOK(ctx, 10); err != nil {
+		t.Fatal(err)
+	}
+	c := p.API(t, "h1")
+	op, err := c.Migrate(ctx, "mx", v1.MigrateArgs{To: "h3"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for gone(onTarget) {
+		if time.Now().After(deadline) {
+			t.Fatalf("h3 made no volume %s for the migration", onTarget)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.PowerLoss(t, "h3")
+	lost := poll.Result().LastDiskCounter
+	if op, err = c.Wait(ctx, op, nil); err == nil || op.State != v1.OpFailed {
+		t.Fatalf("migration to a host that lost power: %s %v (%+v)", op.State, err, op.Error)
+	}
+	t.Logf("migration failed: %s", op.Error.Message)
+	v = p.WaitVM(t, "h1", "mx", "h1", time.Minute, v1.StateRunning)
+	if v.Spec.Host != "h1" || v.Status.Disks[0].Path != disk || gone(disk) {
+		t.Fatalf("after the failed migration: placed on %s, disk %s (was %s), file gone %v", v.Spec.Host, v.Status.Disks[0].Path, disk, gone(disk))
+	}
+	deadline = time.Now().Add(2 * time.Minute)
+	for poll.Result().LastDiskCounter < lost+3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the disk counter does not move on on h1: %s", poll.Result())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if gone(onTarget) {
+		t.Fatalf("%s gone while h3 was down: who removed it?", onTarget)
+	}
+	p.Restart(t, "h3")
+	deadline = time.Now().Add(time.Minute)
+	for !gone(onTarget) || !gone(filepath.Dir(onTarget)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("h3 still holds %s (or its directory) a minute after its restart", onTarget)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if pid := p.QEMUOf(t, "h3", "mx"); pid != 0 {
+		t.Fatalf("a QEMU of mx on h3 (pid %d) after its restart", pid)
+	}
+	r := poll.Stop()
+	t.Logf("client saw %s", r)
+	if len(r.BootIDs) != 1 || r.BootIDs[0] != g.BootID || len(r.Decreases) != 0 || len(r.DiskDecreases) != 0 {
+		t.Fatalf("the guest on h1 across the failed migration: %s", r)
+	}
+}

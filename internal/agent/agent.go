@@ -185,6 +185,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent start: %w", err)
 	}
+	for _, name := range a.journaledVMs() {
+		a.enqueue(name, task{migration: true}) // an incoming migration this host took part in
+	}
 	go a.watchMigrations(ctx)
 	close(a.ready)
 	log.Info("agent ready", "host", a.cfg.Host, "accel", a.cfg.Caps.Accel, "qemu", a.cfg.Caps.Version)

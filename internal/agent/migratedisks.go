@@ -1,16 +1,22 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 
 	v1 "hangar/api/v1"
 	"hangar/internal/migrate"
+	"hangar/internal/qemu"
 	"hangar/internal/qemu/config"
 	"hangar/internal/storage"
+	"hangar/internal/store"
 	"hangar/internal/vm"
 )
 
@@ -248,4 +254,167 @@ func (m *machine) removeSourceVolumes(ctx context.Context, rec migrate.Record) e
 	}
 	m.removeVMDir()
 	return errors.Join(errs...)
+}
+
+// targetJournal is this host's own record of the volumes it made for an
+// incoming migration (<data-dir>/migrations/<vm>.json): written before the
+// first volume is made, removed once the guest runs here or the volumes
+// are deleted. A target that comes back after the migration's records are
+// gone (a dead target counts as settled: the master ends the migration
+// without it) still knows what to delete.
+type targetJournal struct {
+	OpID  string               `json:"opID"`
+	Disks []migrate.TargetDisk `json:"disks"`
+}
+
+// journalDir holds the target journals.
+func (a *Agent) journalDir() string { return filepath.Join(a.cfg.DataDir, "migrations") }
+
+func (m *machine) journalPath() (string, error) {
+	if err := vm.ValidateName("name", m.name); err != nil {
+		return "", fmt.Errorf("migration journal: %w", err)
+	}
+	return filepath.Join(m.a.journalDir(), m.name+".json"), nil
+}
+
+// writeJournal records j durably (a new file renamed into place, synced).
+func (m *machine) writeJournal(j targetJournal) error {
+	path, err := m.journalPath()
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("migration journal: %w", err)
+	}
+	tmp := path + ".part"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return fmt.Errorf("migration journal: %w", err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("migration journal: %w", err)
+	}
+	return nil
+}
+
+// readJournal returns this host's journal of the VM (nil: none), checked
+// like a record: the volumes it names are deleted.
+func (m *machine) readJournal() (*targetJournal, error) {
+	path, err := m.journalPath()
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("migration journal: %w", err)
+	}
+	var j targetJournal
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&j); err != nil {
+		return nil, fmt.Errorf("migration journal %s: %w", path, err)
+	}
+	if err := vm.ValidateOpID("opID", j.OpID); err != nil {
+		return nil, fmt.Errorf("migration journal %s: %w", path, err)
+	}
+	if err := migrate.ValidateTargetDisks(j.Disks); err != nil {
+		return nil, fmt.Errorf("migration journal %s: %w", path, err)
+	}
+	return &j, nil
+}
+
+func (m *machine) removeJournal() {
+	if path, err := m.journalPath(); err == nil {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			m.log.Warn("remove migration journal", "err", err)
+		}
+	}
+}
+
+// journaledVMs are the VMs this host has a target journal of (at start:
+// each gets a look at its migration, or at its leftovers).
+func (a *Agent) journaledVMs() []string {
+	entries, err := os.ReadDir(a.journalDir())
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if ok && e.Type().IsRegular() && vm.ValidateName("name", name) == nil {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// killIncoming ends the QEMU this host started as a migration's target:
+// the one it holds, or — after an agent restart — the one its run
+// directory names. Only for a VM another host owns.
+func (m *machine) killIncoming(ctx context.Context) {
+	inst := m.incoming
+	m.incoming = nil
+	if inst == nil && m.inst != nil {
+		inst, m.inst = m.inst, nil // re-adopted at a restart: not a VM of this host
+	}
+	if inst == nil {
+		if dir, err := m.a.runDir(m.name); err == nil {
+			inst, _ = qemu.Adopt(ctx, m.name, dir, m.log)
+		}
+	}
+	if inst != nil {
+		if err := inst.Kill(ctx); err != nil {
+			m.log.Warn("end migration target qemu", "err", err)
+		}
+	}
+	m.deleteTaps(ctx)
+}
+
+// migrationLeftovers removes what a migration that is over (no record, or
+// the record of another one) left here as its target: its QEMU and the
+// volumes the journal lists, unless the guest runs here (then they are the
+// VM's and only the journal goes).
+func (m *machine) migrationLeftovers(ctx context.Context, currentOp string) {
+	j, err := m.readJournal()
+	if err != nil {
+		m.log.Warn("migration leftovers", "err", err)
+		return
+	}
+	if j == nil || j.OpID == currentOp {
+		return
+	}
+	o, _, err := m.a.inv.OwnerOf(ctx, m.name)
+	switch {
+	case err == nil && o.Host == m.a.cfg.Host:
+		m.removeJournal()
+		return
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		m.log.Warn("migration leftovers: read owner", "err", err)
+		return
+	}
+	m.killIncoming(ctx)
+	if err := m.removeTargetVolumes(ctx, j.Disks); err != nil {
+		m.log.Warn("migration leftovers: remove volumes", "err", err)
+		return
+	}
+	m.removeJournal()
+	m.log.Info("removed what an ended migration left here", "op", j.OpID, "volumes", len(j.Disks))
 }

@@ -95,12 +95,14 @@ func (a *Agent) migrationChanged(kv store.KV) {
 func (m *machine) migrationStep(ctx context.Context) {
 	st, err := migrate.Load(ctx, m.a.cfg.Store, m.name)
 	if errors.Is(err, migrate.ErrNoMigration) {
+		m.migrationLeftovers(ctx, "")
 		return
 	}
 	if err != nil {
 		m.log.Warn("read migration", "err", err)
 		return
 	}
+	m.migrationLeftovers(ctx, st.Rec.OpID)
 	me := m.a.cfg.Host
 	switch {
 	case st.Rec.Target == me:
@@ -244,10 +246,16 @@ func (m *machine) migrationTarget(ctx context.Context, st migrate.State) {
 			fail(err)
 			return
 		}
+		if err := m.writeJournal(targetJournal{OpID: st.Rec.OpID, Disks: part.Disks}); err != nil {
+			fail(err)
+			return
+		}
 		rev.Add(func() {
 			if err := m.removeTargetVolumes(context.Background(), part.Disks); err != nil {
 				m.log.Warn("remove migration target volumes", "err", err)
+				return // the journal stays: removed at the next look
 			}
+			m.removeJournal()
 		})
 		if err := m.createTargetVolumes(ctx, st.Rec); err != nil {
 			fail(err)
@@ -327,6 +335,8 @@ func (m *machine) migrationResume(ctx context.Context, st migrate.State) {
 	}
 	if err := m.statusAfterMigration(ctx, st.Rec, inst); err != nil {
 		m.log.Warn("status after migration", "err", err)
+	} else {
+		m.removeJournal() // its volumes are the VM's now
 	}
 	part := *st.Target
 	part.State = migrate.TgtRunning
@@ -340,20 +350,12 @@ func (m *machine) migrationRemoveTarget(ctx context.Context, st migrate.State) {
 		m.log.Warn("aborted migration: this host owns the vm, nothing removed", "err", err)
 		return
 	}
-	if inst := m.incoming; inst != nil {
-		_ = inst.Kill(ctx)
-		m.incoming = nil
-	} else if inst := m.inst; inst != nil {
-		// The agent restarted while preparing and re-adopted the QEMU it
-		// had started -incoming: not a VM of this host.
-		m.inst = nil
-		_ = inst.Kill(ctx)
-	}
-	m.deleteTaps(ctx)
+	m.killIncoming(ctx)
 	if err := m.removeTargetVolumes(ctx, st.Target.Disks); err != nil {
 		m.log.Warn("aborted migration: remove target volumes", "err", err)
 		return // looked at again: the part still says what to remove
 	}
+	m.removeJournal()
 	part := *st.Target
 	part.State = migrate.TgtCleaned
 	m.reportPart(ctx, migrate.PartTarget, &part)

@@ -307,21 +307,33 @@ func DecodeTarget(b []byte) (TargetPart, error) {
 			return p, invalid("target part", "ports %d, %d", p.Port, p.NBDPort)
 		}
 	}
-	for i, d := range p.Disks {
-		if err := vm.ValidateName(fmt.Sprintf("disks[%d].name", i), d.Name); err != nil {
-			return p, invalid("target part", "%v", err)
-		}
-		if err := vm.ValidateVolumeRef(fmt.Sprintf("disks[%d].volume", i), d.Volume); err != nil {
-			return p, invalid("target part", "%v", err)
-		}
-		if !validNodeName(d.Export) {
-			return p, invalid("target part", "disks[%d].export %q", i, d.Export)
-		}
+	if err := ValidateTargetDisks(p.Disks); err != nil {
+		return p, invalid("target part", "%v", err)
 	}
 	if len(p.Error) > 4096 {
 		return p, invalid("target part", "error of %d bytes", len(p.Error))
 	}
 	return p, nil
+}
+
+// ValidateTargetDisks checks the volumes a target lists: disk names,
+// volume references that stay in their pool, export names QEMU takes.
+func ValidateTargetDisks(ds []TargetDisk) error {
+	if len(ds) > vm.MaxDisks {
+		return fmt.Errorf("disks: %d, at most %d", len(ds), vm.MaxDisks)
+	}
+	for i, d := range ds {
+		if err := vm.ValidateName(fmt.Sprintf("disks[%d].name", i), d.Name); err != nil {
+			return err
+		}
+		if err := vm.ValidateVolumeRef(fmt.Sprintf("disks[%d].volume", i), d.Volume); err != nil {
+			return err
+		}
+		if !validNodeName(d.Export) {
+			return fmt.Errorf("disks[%d].export %q", i, d.Export)
+		}
+	}
+	return nil
 }
 
 // validNodeName: QEMU node names (≤31 bytes, letter first, then letters,

@@ -95,21 +95,21 @@ type PollResult struct {
 	// values: the guest caught its counter file empty while it was
 	// rewritten (guest/build.sh writes it in place). Not a Decrease; the
 	// answer counts for the gaps, not in OK.
-	TornReads       int
-	FirstErr        string
-	LastErr         string
-	BootIDs         []string // in the order answered, one entry per change
-	Hostnames       []string // distinct, in the order answered
-	FirstCounter    int
-	LastCounter     int
-	Decreases       []Decrease
+	TornReads    int
+	FirstErr     string
+	LastErr      string
+	BootIDs      []string // in the order answered, one entry per change
+	Hostnames    []string // distinct, in the order answered
+	FirstCounter int
+	LastCounter  int
+	Decreases    []Decrease
 	// The disk counter (disk_counter: a file on the guest's root disk,
 	// +1 a second), compared like the counter; a guest without one, or a
 	// read that found none, answers 0 and is not compared.
 	FirstDiskCounter int
 	LastDiskCounter  int
 	DiskDecreases    []Decrease
-	FirstOK, LastOK time.Time
+	FirstOK, LastOK  time.Time
 	// LongestGap is the longest time between two successful answers
 	// (also from the last one to the end, when the poller ended on
 	// failures), starting at LongestGapStart (the answer before it).

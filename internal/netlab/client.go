@@ -156,7 +156,16 @@ func (c *Client) Leases(ctx context.Context) ([]Lease, error) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	out, err := execIn(ctx, c.NS, "busybox", "dumpleases", "-f", c.leases)
+	// udhcpd rewrites the file in place: a read in the middle of it fails
+	// ("dumpleases: short read"); read again.
+	var out []byte
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		if out, err = execIn(ctx, c.NS, "busybox", "dumpleases", "-f", c.leases); err == nil || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -366,14 +366,15 @@ func (a *Agent) journaledVMs() []string {
 	return out
 }
 
-// killIncoming ends the QEMU this host started as a migration's target:
-// the one it holds, or — after an agent restart — the one its run
-// directory names. Only for a VM another host owns.
-func (m *machine) killIncoming(ctx context.Context) {
+// endQEMU ends this host's QEMU of a VM another host owns: a migration's
+// incoming QEMU, or the paused source after the switch-over; the one the
+// worker holds, or — after an agent restart, which adopts only the VMs
+// placed here — the one its run directory names.
+func (m *machine) endQEMU(ctx context.Context) {
 	inst := m.incoming
 	m.incoming = nil
 	if inst == nil && m.inst != nil {
-		inst, m.inst = m.inst, nil // re-adopted at a restart: not a VM of this host
+		inst, m.inst = m.inst, nil
 	}
 	if inst == nil {
 		if dir, err := m.a.runDir(m.name); err == nil {
@@ -382,7 +383,7 @@ func (m *machine) killIncoming(ctx context.Context) {
 	}
 	if inst != nil {
 		if err := inst.Kill(ctx); err != nil {
-			m.log.Warn("end migration target qemu", "err", err)
+			m.log.Warn("end migration qemu", "err", err)
 		}
 	}
 	m.deleteTaps(ctx)
@@ -410,7 +411,7 @@ func (m *machine) migrationLeftovers(ctx context.Context, currentOp string) {
 		m.log.Warn("migration leftovers: read owner", "err", err)
 		return
 	}
-	m.killIncoming(ctx)
+	m.endQEMU(ctx)
 	if err := m.removeTargetVolumes(ctx, j.Disks); err != nil {
 		m.log.Warn("migration leftovers: remove volumes", "err", err)
 		return

@@ -350,7 +350,7 @@ func (m *machine) migrationRemoveTarget(ctx context.Context, st migrate.State) {
 		m.log.Warn("aborted migration: this host owns the vm, nothing removed", "err", err)
 		return
 	}
-	m.killIncoming(ctx)
+	m.endQEMU(ctx)
 	if err := m.removeTargetVolumes(ctx, st.Target.Disks); err != nil {
 		m.log.Warn("aborted migration: remove target volumes", "err", err)
 		return // looked at again: the part still says what to remove
@@ -482,13 +482,7 @@ func (m *machine) migrationCleanup(ctx context.Context, st migrate.State) {
 		m.log.Warn("migration cleanup: the owner record does not name the target; nothing removed", "err", err)
 		return
 	}
-	if inst := m.inst; inst != nil {
-		m.inst = nil // its exit is ours, not a crash
-		if err := inst.Kill(ctx); err != nil {
-			m.log.Warn("end migration source qemu", "err", err)
-		}
-	}
-	m.deleteTaps(ctx)
+	m.endQEMU(ctx) // its exit is ours, not a crash
 	if err := m.removeSourceVolumes(ctx, st.Rec); err != nil {
 		m.log.Warn("migration cleanup: remove local disks", "err", err)
 		return // looked at again

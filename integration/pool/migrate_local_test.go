@@ -21,13 +21,15 @@ import (
 // migrated disk) ever goes backwards, and the disk counter goes on after
 // each move. After each migration the VM's status names a volume of the
 // new host, its QEMU runs there exactly once, none is left on the host it
-// left, and the disk file there is gone. The longest gap is logged. A VM
+// left, and the disk file and seed there are gone. The longest gap is logged. A VM
 // whose cdrom holds an ISO of its host only is still refused.
 func TestLiveMigrationLocal(t *testing.T) {
 	p := sharedPool(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
 	defer cancel()
-	g := p.BootGuest(t, "h1", "ml", nil) // its disk: an overlay on the guest image in h1's default pool
+	// Its disk: an overlay on the guest image in h1's default pool; its
+	// cloud-init seed is a file of the host it runs on too.
+	g := p.BootGuest(t, "h1", "ml", func(s *v1.VMSpec) { s.CloudInit = &v1.CloudInit{UserData: "#cloud-config\n"} })
 	v := p.WaitVM(t, "h1", "ml", "h1", time.Minute, v1.StateRunning)
 	disk := v.Status.Disks[0].Path
 	if !strings.HasPrefix(disk, p.Host(t, "h1").DataDir+"/") {
@@ -56,6 +58,9 @@ func TestLiveMigrationLocal(t *testing.T) {
 		}
 		if _, err := os.Stat(moved); err != nil {
 			t.Fatalf("disk of ml on %s: %v", to, err)
+		}
+		if _, err := os.Stat(filepath.Join(filepath.Dir(moved), "cidata.iso")); err != nil {
+			t.Fatalf("cloud-init seed of ml on %s: %v", to, err)
 		}
 		if n := countQEMUs(t, p, to, "ml"); n != 1 {
 			t.Fatalf("%d QEMUs of ml on %s, want 1", n, to)

@@ -133,8 +133,10 @@ func gone(path string) bool {
 	return errors.Is(err, os.ErrNotExist)
 }
 
-// TestLocalMigrationTargetLost: the target (h3) loses power while a
-// guest's local disk is being copied to it. The migration fails, the guest
+// TestLocalMigrationTargetLost: a target holding a file under the disk's
+// volume name (h2) refuses the migration and leaves the file alone; then
+// the target (h3) loses power while a guest's local disk is being copied
+// to it. The migration fails, the guest
 // runs on on h1 untouched (one boot id, neither counter goes back, the disk
 // counter goes on, its disk file in place), and when h3 comes back — the
 // migration's records are gone by then: a dead target counts as settled —
@@ -162,7 +164,32 @@ func TestLocalMigrationTargetLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := p.API(t, "h1")
-	op, err := c.Migrate(ctx, "mx", v1.MigrateArgs{To: "h3"}, 0)
+
+	// A file of that name on h2 already: h2 refuses to prepare and leaves
+	// the file as it was.
+	planted := filepath.Join(p.Host(t, "h2").DataDir, rel)
+	if err := os.MkdirAll(filepath.Dir(planted), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(planted, []byte("not the migration's"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(filepath.Dir(planted)) })
+	op, err := c.Migrate(ctx, "mx", v1.MigrateArgs{To: "h2"}, 0)
+	if err == nil {
+		op, err = c.Wait(ctx, op, nil)
+	}
+	if err == nil || op.State != v1.OpFailed || !strings.Contains(op.Error.Message, "exists on this host already") {
+		t.Fatalf("migration onto a taken volume name: %s %v (%+v)", op.State, err, op.Error)
+	}
+	if b, err := os.ReadFile(planted); err != nil || string(b) != "not the migration's" {
+		t.Fatalf("the file on h2 after the refused migration: %q %v", b, err)
+	}
+	if pid := p.QEMUOf(t, "h2", "mx"); pid != 0 {
+		t.Fatalf("a QEMU of mx on h2 (pid %d) after the refused migration", pid)
+	}
+
+	op, err = c.Migrate(ctx, "mx", v1.MigrateArgs{To: "h3"}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -154,11 +154,11 @@ func (m *machine) migratedDisks(ctx context.Context, rec migrate.Record, spec v1
 	return out, nil
 }
 
-// createTargetVolumes makes the empty volumes of rec's local disks here.
-// Every name must be free first (a file already there is not this
-// migration's and is never touched); the caller lists the volumes in its
-// part before this runs, so an abort, even after a crash, deletes them.
-func (m *machine) createTargetVolumes(ctx context.Context, rec migrate.Record) error {
+// targetVolumesFree checks that no volume of rec's local disks exists
+// here: a file already there is not this migration's, and is never listed
+// for deletion nor touched. The caller checks before it lists the volumes
+// (its part, its journal), then makes them (createTargetVolumes).
+func (m *machine) targetVolumesFree(ctx context.Context, rec migrate.Record) error {
 	for _, d := range rec.Disks {
 		_, path, err := m.a.targetVolume(ctx, d)
 		if err != nil {
@@ -168,6 +168,12 @@ func (m *machine) createTargetVolumes(ctx context.Context, rec migrate.Record) e
 			return fmt.Errorf("disk %s: volume %s exists on this host already: %w", d.Name, d.Ref(), storage.ErrExists)
 		}
 	}
+	return nil
+}
+
+// createTargetVolumes makes the empty volumes of rec's local disks here
+// (a name taken meanwhile is refused by the pool).
+func (m *machine) createTargetVolumes(ctx context.Context, rec migrate.Record) error {
 	for _, d := range rec.Disks {
 		p, _, err := m.a.targetVolume(ctx, d)
 		if err != nil {

@@ -38,6 +38,9 @@ func TestMigrationTargetVolumes(t *testing.T) {
 	}
 	rec2 := rec
 	rec2.Disks = []migrate.Disk{{Name: "disk0", Pool: "default", Volume: "vms/mv2/disk0.qcow2", Format: "qcow2", SizeBytes: 64 << 20}}
+	if err := other.targetVolumesFree(ctx, rec2); err == nil {
+		t.Fatal("an existing file counts as a free volume name")
+	}
 	if err := other.createTargetVolumes(ctx, rec2); err == nil {
 		t.Fatal("a volume over an existing file was made")
 	}

@@ -239,8 +239,12 @@ func (m *machine) migrationTarget(ctx context.Context, st migrate.State) {
 	}
 	rev.Add(m.removeVMDir) // the seed prepareLaunch writes
 	if len(st.Rec.Disks) > 0 {
+		if err := m.targetVolumesFree(ctx, st.Rec); err != nil {
+			fail(err) // nothing listed: the file there is left alone
+			return
+		}
 		// Listed before they exist: a crash from here on leaves a part an
-		// abort reads (TargetRemove deletes what it lists).
+		// abort reads (TargetRemove deletes what it lists) and a journal.
 		part.Disks = targetDisksOf(st.Rec)
 		if err := migrate.WritePart(ctx, m.a.cfg.Store, m.name, migrate.PartTarget, part); err != nil {
 			fail(err)

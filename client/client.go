@@ -89,7 +89,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 		}
 		return resp.StatusCode, fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b)))
 	}
-	if out != nil {
+	if out != nil && resp.StatusCode != http.StatusNoContent {
 		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 			return resp.StatusCode, fmt.Errorf("%s %s: decode answer: %w", method, path, err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -33,10 +34,17 @@ func (c *Client) PoolInfo(ctx context.Context) (v1.PoolInfo, error) {
 	return p, err
 }
 
-// RemoveHost takes a host out of the pool.
-func (c *Client) RemoveHost(ctx context.Context, name string) error {
-	_, err := c.do(ctx, "DELETE", "/hosts/"+name, nil, nil, nil)
-	return err
+// RemoveHost takes a host out of the pool, evacuating it first: while the
+// host is alive and not evacuated it returns the evacuation the server
+// recorded (or the one under way) and removes nothing; follow it and ask
+// again. nil: the host was removed.
+func (c *Client) RemoveHost(ctx context.Context, name string) (*v1.Operation, error) {
+	var op v1.Operation
+	code, err := c.do(ctx, "DELETE", "/hosts/"+name, nil, nil, &op)
+	if err != nil || code == http.StatusNoContent {
+		return nil, err
+	}
+	return &op, nil
 }
 
 // Files of a credentials bundle (hangar pool credentials --out DIR).

@@ -123,20 +123,46 @@ HANGAR_CREDENTIALS). The name is what the API logs as the client.`,
 func newHostRemove(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "remove HOST",
-		Short: "Take a host out of the pool",
-		Long: `Take a stopped host out of the pool: its etcd membership (if it is a member) and its
-records. It is refused while the host is alive (stop hangar serve there first), while VMs
-are placed on it (evacuate it first), for the host that answers the request (ask
-another), and for the pool's only etcd member. To bring the machine back, start it with a
-fresh data dir and a new join token.`,
+		Short: "Take a host out of the pool (evacuating it first)",
+		Long: `Take a host out of the pool: while it is alive and not evacuated, it is evacuated first
+exactly as by 'hangar host evacuate' (maintenance, its running VMs live-migrated to other
+hosts, or shut down and parked when none can take them), with the same progress; a failed
+evacuation leaves it in maintenance and removes nothing. Then its etcd membership (if it
+is a member) and its records go. That last step is refused while the host is alive (stop
+hangar serve there, then run remove again), while VMs are still placed on it (stopped and
+parked VMs stay with their host), for the host that answers the request (ask another), and
+for the pool's only etcd member. To bring the machine back, start it with a fresh data dir
+and a new join token.`,
 		Example:           "  hangar host remove h3\n  hangar --server https://h2:8443 --credentials ./alice host remove h1",
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: complete(g, g.hostNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := g.client().RemoveHost(cmd.Context(), args[0]); err != nil {
-				return err
+			host := args[0]
+			// An evacuation that succeeded leaves nothing running there; a
+			// second one is asked for only if a VM started meanwhile.
+			for round := 1; ; round++ {
+				op, err := g.client().RemoveHost(cmd.Context(), host)
+				if err != nil {
+					if round > 1 {
+						return fmt.Errorf("host %s is evacuated and in maintenance, but not removed: %w", host, err)
+					}
+					return err
+				}
+				if op == nil {
+					break
+				}
+				if round > 3 {
+					return fmt.Errorf("host %s: VMs keep running there after %d evacuations; not removed", host, round-1)
+				}
+				done, err := follow(cmd, g.client(), *op, nil, true)
+				if err != nil {
+					return fmt.Errorf("evacuate %s before removing it: %w (the host stays in maintenance; nothing was removed)", host, err)
+				}
+				for _, w := range done.Warnings {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", w)
+				}
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "host %s removed from the pool\n", args[0])
+			fmt.Fprintf(cmd.OutOrStdout(), "host %s removed from the pool\n", host)
 			return nil
 		},
 	}

@@ -47,9 +47,12 @@ func (s *Server) PoolInfo(ctx context.Context) (v1.PoolInfo, error) {
 	return info, nil
 }
 
-// EvacuateBeforeRemove is called by RemoveHost before a host leaves the
-// pool. For now it refuses while VMs are placed on the host; the pool
-// master's evacuation (migrate every VM away, or park it) replaces it.
+// EvacuateBeforeRemove is the last check before a host leaves the pool:
+// no VM may be placed on it any more. The API evacuates a live host first
+// (DELETE /hosts/{name} records the evacuation and answers with it), so
+// what is left here are the VMs the evacuation does not move: stopped ones
+// (they stay with their disks) and parked ones waiting for their disks'
+// host.
 func EvacuateBeforeRemove(ctx context.Context, st store.Store, host string) error {
 	specs, _, _, err := inventory.Inventory{S: st}.Specs(ctx)
 	if err != nil {
@@ -63,22 +66,29 @@ func EvacuateBeforeRemove(ctx context.Context, st store.Store, host string) erro
 	}
 	if len(on) > 0 {
 		slices.Sort(on)
-		return errdefs.Precondition("host %q has %d VM(s) placed on it (%s): move or delete them first (hangar host evacuate %s when it exists)",
-			host, len(on), strings.Join(on, ", "), host)
+		return errdefs.Precondition("host %q still has %d VM(s) placed on it (%s): stopped and parked VMs stay with their host; delete them or move their disks, then remove the host again",
+			host, len(on), strings.Join(on, ", "))
 	}
 	return nil
 }
 
-// RemoveHost takes a stopped host out of the pool: evacuation first
-// (EvacuateBeforeRemove), then its etcd membership, then its records. The
-// host answering cannot remove itself (it would cut its own etcd), nor can
-// a host that is alive be removed.
-func (s *Server) RemoveHost(ctx context.Context, host string) error {
+// CheckRemove is what refuses a removal before anything is done (the API
+// checks it before it evacuates): a bad name, the host answering (it
+// cannot remove itself: it would cut its own etcd), a host the pool does
+// not know, and the pool's only etcd member.
+func (s *Server) CheckRemove(ctx context.Context, host string) error {
+	_, err := s.checkRemove(ctx, host)
+	return err
+}
+
+// checkRemove is CheckRemove; it returns the host's etcd member (nil for
+// none).
+func (s *Server) checkRemove(ctx context.Context, host string) (*Member, error) {
 	if err := vm.ValidateName("name", host); err != nil {
-		return err
+		return nil, err
 	}
 	if host == s.Host {
-		return errdefs.Precondition("host %q answers this request and cannot remove itself: ask another host of the pool (hangar --server https://OTHER:8443 host remove %s)", host, host)
+		return nil, errdefs.Precondition("host %q answers this request and cannot remove itself: ask another host of the pool (hangar --server https://OTHER:8443 host remove %s)", host, host)
 	}
 	known := false
 	var addrIP string // of a host whose learner never started (no name in etcd yet)
@@ -89,20 +99,13 @@ func (s *Server) RemoveHost(ctx context.Context, host string) error {
 			addrIP, _, _ = net.SplitHostPort(h.Address)
 		}
 	} else if !errors.Is(err, store.ErrNotFound) {
-		return err
-	}
-	// A live host would publish its facts again (and a live member keep
-	// serving): it must be stopped first.
-	if _, err := s.Store.Get(ctx, inventory.HostKey(host)); err == nil {
-		return errdefs.Precondition("host %q is alive: stop hangar serve on it first (its liveness lease ends within seconds)", host)
-	} else if !errors.Is(err, store.ErrNotFound) {
-		return err
+		return nil, err
 	}
 	var member *Member
 	if s.Cluster != nil {
 		ms, err := s.Cluster.Members(ctx)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		voting := 0
 		for i, m := range ms {
@@ -116,12 +119,33 @@ func (s *Server) RemoveHost(ctx context.Context, host string) error {
 		if member != nil {
 			known = true
 			if !member.Learner && voting <= 1 {
-				return errdefs.Precondition("host %q is the pool's only etcd member", host)
+				return nil, errdefs.Precondition("host %q is the pool's only etcd member", host)
 			}
 		}
 	}
 	if !known {
-		return fmt.Errorf("host %q: %w", host, errdefs.ErrNotFound)
+		return nil, fmt.Errorf("host %q: %w", host, errdefs.ErrNotFound)
+	}
+	return member, nil
+}
+
+// RemoveHost takes a stopped host out of the pool: CheckRemove, then no
+// VM may be placed on it (EvacuateBeforeRemove), then its etcd membership,
+// then its records. A host that is alive is refused: it would publish its
+// facts again (and a live member keep serving).
+func (s *Server) RemoveHost(ctx context.Context, host string) error {
+	member, err := s.checkRemove(ctx, host)
+	if err != nil {
+		return err
+	}
+	if _, err := s.Store.Get(ctx, inventory.HostKey(host)); err == nil {
+		hint := ""
+		if _, err := s.Store.Get(ctx, inventory.MaintenanceKey(host)); err == nil {
+			hint = " (it is in maintenance; once evacuated nothing runs there)"
+		}
+		return errdefs.Precondition("host %q is alive%s: stop hangar serve on it, then remove it again (its liveness lease ends within seconds)", host, hint)
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return err
 	}
 	if err := EvacuateBeforeRemove(ctx, s.Store, host); err != nil {
 		return err

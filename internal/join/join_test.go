@@ -453,6 +453,10 @@ func TestRemoveHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	prec(f.srv.RemoveHost(ctx, "h2"), "is alive")
+	if err := f.srv.CheckRemove(ctx, "h2"); err != nil { // evacuation may go first
+		t.Fatalf("check removal of live h2: %v", err)
+	}
+	prec(f.srv.CheckRemove(ctx, "h1"), "cannot remove itself")
 	_ = f.st.Delete(ctx, inventory.HostKey("h2"), store.AnyRevision)
 	spec := v1.VMSpec{Name: "web", MemoryMiB: 64, Host: "h2"}
 	if _, err := f.st.Put(ctx, inventory.VMKey("web"), inventory.Marshal(spec), store.MustNotExist); err != nil {

@@ -72,13 +72,22 @@ func (s *Server) evacuateHost(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	op := s.newOp("evacuate", name, "", args)
-	if _, err := s.cfg.Store.Txn(r.Context(), nil, inventory.NewOpWrites(op)...); err != nil {
+	op, err := s.recordEvacuation(r.Context(), name, args)
+	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	s.cfg.Log.Info("host evacuation accepted", "host", name, "op", op.ID)
 	s.answerOp(w, r, op, wait)
+}
+
+// recordEvacuation records a host's evacuation for the pool master.
+func (s *Server) recordEvacuation(ctx context.Context, host string, args v1.EvacuateArgs) (v1.Operation, error) {
+	op := s.newOp("evacuate", host, "", args)
+	if _, err := s.cfg.Store.Txn(ctx, nil, inventory.NewOpWrites(op)...); err != nil {
+		return op, err
+	}
+	s.cfg.Log.Info("host evacuation accepted", "host", host, "op", op.ID)
+	return op, nil
 }
 
 // hostMaintenance puts a host in maintenance or takes it out (POST

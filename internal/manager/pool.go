@@ -2,11 +2,14 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"time"
 
 	v1 "hangar/api/v1"
 	"hangar/internal/errdefs"
+	"hangar/internal/inventory"
+	"hangar/internal/store"
 	"hangar/internal/vm"
 )
 
@@ -18,6 +21,11 @@ type PoolAdmin interface {
 	Join(ctx context.Context, req v1.JoinRequest) (v1.JoinAnswer, error)
 	Credentials(name string) (v1.Credentials, error)
 	PoolInfo(ctx context.Context) (v1.PoolInfo, error)
+	// CheckRemove refuses a removal that cannot happen whatever runs on
+	// the host (the host answering, an unknown host, the only etcd
+	// member), before the API evacuates it; RemoveHost then takes a
+	// stopped host with no VM placed on it out of the pool.
+	CheckRemove(ctx context.Context, name string) error
 	RemoveHost(ctx context.Context, name string) error
 }
 
@@ -111,6 +119,14 @@ func (s *Server) poolInfo(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, info)
 }
 
+// removeHost takes a host out of the pool, evacuating it first (DELETE
+// /api/v1/hosts/{name}). While the host is alive and not yet evacuated
+// (out of maintenance, or a VM still running there) it records an
+// evacuation — or finds the one under way — and answers 202 with it: the
+// client follows it and asks again. A failed evacuation leaves the host in
+// maintenance and nothing removed. Else the host's records and etcd
+// membership go (204), refused while the host is alive (stop it first) or
+// VMs are still placed on it (stopped or parked ones).
 func (s *Server) removeHost(w http.ResponseWriter, r *http.Request) {
 	p := s.poolAdmin(w)
 	if p == nil {
@@ -121,9 +137,67 @@ func (s *Server) removeHost(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
+	if err := p.CheckRemove(r.Context(), name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	op, err := s.evacuateBeforeRemove(r.Context(), name)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if op != nil {
+		s.answerOp(w, r, *op, 0)
+		return
+	}
 	if err := p.RemoveHost(r.Context(), name); err != nil {
 		writeErr(w, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// evacuateBeforeRemove is the evacuation a host's removal waits for: the
+// one under way, or a new one while the host is alive and out of
+// maintenance or runs a VM; nil when there is nothing to evacuate (a
+// stopped host cannot migrate anything: what is placed there stays and
+// the removal refuses it).
+func (s *Server) evacuateBeforeRemove(ctx context.Context, host string) (*v1.Operation, error) {
+	if id, err := s.evacuation(ctx, host); err != nil {
+		return nil, err
+	} else if id != "" {
+		op, _, err := s.inv.Op(ctx, id)
+		return &op, err
+	}
+	if alive, err := s.inv.HostAlive(ctx, host); err != nil || !alive {
+		return nil, err
+	}
+	evacuate := false
+	if _, err := s.cfg.Store.Get(ctx, inventory.MaintenanceKey(host)); errors.Is(err, store.ErrNotFound) {
+		evacuate = true
+	} else if err != nil {
+		return nil, err
+	}
+	specs, _, _, err := s.inv.Specs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, sp := range specs {
+		if evacuate || sp.Host != host {
+			continue
+		}
+		st, err := s.inv.Status(ctx, sp.Name)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+		evacuate = st.State == v1.StateRunning || st.State == v1.StatePaused
+	}
+	if !evacuate {
+		return nil, nil
+	}
+	op, err := s.recordEvacuation(ctx, host, v1.EvacuateArgs{})
+	if err != nil {
+		return nil, err
+	}
+	return &op, nil
 }

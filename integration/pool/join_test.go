@@ -225,13 +225,31 @@ func TestJoin(t *testing.T) {
 		t.Errorf("members after h3's restart: %v", names)
 	}
 
-	// Removal: not of the answering host, not of a live host; a stopped
-	// one goes.
+	// Removal: not of the answering host; a live host is evacuated first
+	// (its running guest, disk on a shared pool, migrates away keeping its
+	// boot id), then refused as alive and left in maintenance; once
+	// stopped it goes.
 	if out, err := p.CLIErr(t, "h1", "host", "remove", "h1"); err == nil || !strings.Contains(out, "cannot remove itself") {
 		t.Errorf("h1 removing itself: %v %s", err, out)
 	}
-	if out, err := p.CLIErr(t, "h1", "host", "remove", "h4"); err == nil || !strings.Contains(out, "alive") {
-		t.Errorf("removing live h4: %v %s", err, out)
+	vol := sharedVolume(ctx, t, p, "rm", "rm.qcow2")
+	g := p.BootGuest(t, "h4", "rm", func(s *v1.VMSpec) { s.Disks = []v1.Disk{{Volume: vol}} })
+	out, err := p.CLIErr(t, "h1", "host", "remove", "h4")
+	t.Logf("remove live h4: %v\n%s", err, out)
+	if err == nil || !strings.Contains(out, "evacuate h4") || !strings.Contains(out, "alive") {
+		t.Fatalf("removing live h4: %v, want its evacuation and then a refusal (alive)\n%s", err, out)
+	}
+	if v, err := c.VM(ctx, "rm"); err != nil || v.Spec.Host == "h4" || v.Status.State != v1.StateRunning {
+		t.Fatalf("after removing h4 was asked: vm rm on %s, %s (%v)", v.Spec.Host, v.Status.State, err)
+	}
+	if pid := p.QEMUOf(t, "h4", "rm"); pid != 0 {
+		t.Fatalf("QEMU of rm still on h4 (pid %d)", pid)
+	}
+	if st := p.GuestStatus(t, g); st.BootID != g.BootID {
+		t.Fatalf("boot id %s after h4's evacuation, was %s", st.BootID, g.BootID)
+	}
+	if hs := waitHosts(t, p, "h1", func(hs []v1.Host) bool { return len(hs) == 4 }); !slices.ContainsFunc(hs, func(h v1.Host) bool { return h.Name == "h4" && h.Maintenance }) {
+		t.Fatalf("h4 not in maintenance after its evacuation: %+v", hs)
 	}
 	if err := h4.StopServe(20 * time.Second); err != nil {
 		t.Fatal(err)

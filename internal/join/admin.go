@@ -139,11 +139,7 @@ func (s *Server) RemoveHost(ctx context.Context, host string) error {
 		return err
 	}
 	if _, err := s.Store.Get(ctx, inventory.HostKey(host)); err == nil {
-		hint := ""
-		if _, err := s.Store.Get(ctx, inventory.MaintenanceKey(host)); err == nil {
-			hint = " (it is in maintenance; once evacuated nothing runs there)"
-		}
-		return errdefs.Precondition("host %q is alive%s: stop hangar serve on it, then remove it again (its liveness lease ends within seconds)", host, hint)
+		return errdefs.Precondition("host %q is alive: stop hangar serve on it, then remove it again (its liveness lease ends within seconds)", host)
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return err
 	}

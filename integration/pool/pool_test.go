@@ -549,6 +549,22 @@ func (p *Pool) Poll(t testing.TB, g Guest) *netlab.Poller {
 	return poller
 }
 
+// StopPollOnce stops poller (Poll of guest g) and fails the test unless
+// the client saw only g's boot id and its counter never went backwards
+// across what (a migration, say); the gaps are logged.
+func StopPollOnce(t testing.TB, poller *netlab.Poller, g Guest, what string) netlab.PollResult {
+	t.Helper()
+	r := poller.Stop()
+	t.Logf("client saw boot ids %v, %d failures, longest gap %v at %v", r.BootIDs, r.Failures, r.LongestGap, r.LongestGapStart)
+	if len(r.BootIDs) != 1 || r.BootIDs[0] != g.BootID {
+		t.Fatalf("boot ids %v across %s, want only %s", r.BootIDs, what, g.BootID)
+	}
+	if len(r.Decreases) != 0 {
+		t.Fatalf("the guest's counter went backwards across %s: %v", what, r.Decreases)
+	}
+	return r
+}
+
 // dump is every host's serve log tail and the tail of every guest serial
 // log found on it.
 func (p *Pool) dump(n int) string {

@@ -269,3 +269,102 @@ func countLogLines(t *testing.T, p *Pool, parts ...string) int {
 func migrationFigures(m v1.MigrationProgress) string {
 	return fmt.Sprintf(" ram %d MiB sent, %d MiB left of %d MiB", m.RAMTransferred>>20, m.RAMRemaining>>20, m.RAMTotal>>20)
 }
+
+// TestMasterSourceKilledDuringMigration: the pool master is the source of
+// the migration, and its serve (master and source agent at once) is killed
+// while RAM moves at full speed, so the source QEMU (which survives) may
+// finish its part while no agent watches it. Whatever the next master
+// decides (switch over from the records, or abort because the source host
+// is not alive), once the killed host is back the VM runs exactly once:
+// one QEMU, running, on the host its spec names, with the same boot id,
+// answering; the operation ended once and no QEMU listener is left.
+func TestMasterSourceKilledDuringMigration(t *testing.T) {
+	p := sharedPool(t)
+	if !p.Joined {
+		t.Skip("the hosts are not one pool (serve has no --join)")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 12*time.Minute)
+	defer cancel()
+	src := waitMaster(ctx, t, p, "h1", "")
+	dst := p.Hosts[0].Name
+	if dst == src {
+		dst = p.Hosts[1].Name
+	}
+	mkRuns++
+	name := fmt.Sprintf("mk%d", mkRuns)
+	t.Logf("master %s is the source; migrating %s to %s", src, name, dst)
+	vol := sharedVolume(ctx, t, p, "mkill", name+".qcow2")
+	g := p.BootGuest(t, src, name, func(s *v1.VMSpec) { s.Disks = []v1.Disk{{Volume: vol}} })
+	poll := p.Poll(t, g)
+	time.Sleep(time.Second)
+	c := p.API(t, dst)
+	op, err := c.Migrate(ctx, name, v1.MigrateArgs{To: dst}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if op, err = c.Operation(ctx, op.ID, 0); err != nil {
+			t.Fatal(err)
+		}
+		if m := op.Progress.Migration; (m != nil && m.RAMTransferred > 0) || op.Done() {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	sp := p.Host(t, src).ServeProc()
+	if err := sp.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-sp.Done()
+	restarted := false
+	t.Cleanup(func() {
+		if !restarted {
+			p.Restart(t, src)
+		}
+	})
+	next := waitMaster(ctx, t, p, dst, src)
+	t.Logf("%s elected pool master after %s was killed", next, src)
+	op, _ = c.Wait(ctx, op, nil)
+	t.Logf("migration ended %s %+v", op.State, op.Error)
+	p.Restart(t, src)
+	restarted = true
+	v := p.WaitVM(t, dst, name, "", 2*time.Minute, v1.StateRunning)
+	on := v.Spec.Host
+	want := dst
+	if op.State != v1.OpSucceeded {
+		want = src
+	}
+	if on != want || v.Status.Host != want {
+		t.Fatalf("operation %s, vm on %s (status %s), want %s", op.State, on, v.Status.Host, want)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		n := 0
+		for _, h := range p.Hosts {
+			if pid := p.QEMUOf(t, h.Name, name); pid != 0 {
+				n++
+				if h.Name != on {
+					if time.Now().After(deadline) {
+						t.Fatalf("QEMU %d of %s on %s, it runs on %s", pid, name, h.Name, on)
+					}
+				}
+			}
+		}
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d QEMUs of %s", n, name)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if st := p.GuestStatus(t, g); st.BootID != g.BootID {
+		t.Fatalf("boot id %s after the migration, was %s", st.BootID, g.BootID)
+	}
+	StopPollOnce(t, poll, g, "the migration")
+	for _, h := range []string{src, dst} {
+		if l := qemuListeners(ctx, t, p, h); l != "" {
+			t.Errorf("QEMU still listens on %s after the migration:\n%s", h, l)
+		}
+	}
+}

@@ -754,6 +754,13 @@ func (m *machine) recover(ctx context.Context) {
 	inst, err := qemu.Adopt(ctx, m.name, runDir, m.log)
 	if err == nil {
 		qs, err := inst.Mon.QueryStatus(ctx)
+		if err == nil && qs.Status == "postmigrate" {
+			if ok, rerr := m.resumeOrphanSource(ctx, inst.Mon); rerr != nil {
+				m.log.Warn("resume a migration source left paused", "err", rerr)
+			} else if ok {
+				qs.Running = true
+			}
+		}
 		state := v1.StateRunning
 		if err == nil && !qs.Running {
 			state = v1.StatePaused

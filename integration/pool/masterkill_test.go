@@ -27,10 +27,7 @@ import (
 // killed host restarts on its data with its own guests still running, and
 // the successor stays master: one election in all (no flapping).
 func TestMasterKilledDuringMigration(t *testing.T) {
-	p := sharedPool(t)
-	if !p.Joined {
-		t.Skip("the hosts are not one pool (serve has no --join)")
-	}
+	p := joinedPool(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 12*time.Minute)
 	defer cancel()
 	master := waitMaster(ctx, t, p, "h1", "")
@@ -201,7 +198,18 @@ func TestMasterKilledDuringMigration(t *testing.T) {
 	}
 }
 
-var mkRuns int // runs of TestMasterKilledDuringMigration in this process
+var mkRuns int // runs of the master-kill tests in this process
+
+// joinedPool is the shared pool when its hosts are one pool (else the
+// test is skipped).
+func joinedPool(t *testing.T) *Pool {
+	t.Helper()
+	p := sharedPool(t)
+	if !p.Joined {
+		t.Skip("the hosts are not one pool (serve has no --join)")
+	}
+	return p
+}
 
 // waitMaster waits until host ask's API names a pool master other than
 // not and returns it.
@@ -279,10 +287,7 @@ func migrationFigures(m v1.MigrationProgress) string {
 // one QEMU, running, on the host its spec names, with the same boot id,
 // answering; the operation ended once and no QEMU listener is left.
 func TestMasterSourceKilledDuringMigration(t *testing.T) {
-	p := sharedPool(t)
-	if !p.Joined {
-		t.Skip("the hosts are not one pool (serve has no --join)")
-	}
+	p := joinedPool(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 12*time.Minute)
 	defer cancel()
 	src := waitMaster(ctx, t, p, "h1", "")

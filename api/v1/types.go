@@ -161,6 +161,9 @@ type ImportSource struct {
 	Format string `json:"format"`
 	Offset int64  `json:"offset,omitempty"`
 	Size   int64  `json:"size,omitempty"`
+	// Base is the disk this one is a delta of (an OVF ovf:parentRef): the
+	// new volume holds the chain flattened.
+	Base *ImportSource `json:"base,omitempty"`
 }
 
 // NIC is one network interface.

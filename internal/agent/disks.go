@@ -168,11 +168,12 @@ func (m *machine) provision(ctx context.Context, spec v1.VMSpec, i int, d v1.Dis
 		if err := os.MkdirAll(dirOf(path), 0o700); err != nil {
 			return st, err
 		}
-		srcPath, err := m.a.hostFile(ctx, storage.SourceImport, d.Import.Path)
+		src, err := imports.FromAPI(d.Name, d.Import, func(p string) (string, error) {
+			return m.a.hostFile(ctx, storage.SourceImport, p)
+		})
 		if err != nil {
 			return st, errdefs.Field(field+".import.path", err)
 		}
-		src := imports.Source{Name: d.Name, Path: srcPath, Format: d.Import.Format, Offset: d.Import.Offset, Size: d.Import.Size}
 		if err := m.a.io.run(ctx, func() error { return imports.Convert(ctx, src, path, progress) }); err != nil {
 			return st, errdefs.Field(field+".import", err)
 		}

@@ -63,7 +63,7 @@ func planAppliance(ctx context.Context, a applianceFiles) (Plan, error) {
 	for i, d := range drives {
 		src := Source{VirtualSize: d.capacity}
 		if d.capacity == 0 {
-			if src, err = applianceDisk(ctx, env, d.disk, a.pkg); err != nil {
+			if src, err = applianceChain(ctx, env, d, a.pkg); err != nil {
 				return Plan{}, err
 			}
 		}
@@ -135,6 +135,32 @@ func verifyManifest(ctx context.Context, env *ovfEnvelope, a applianceFiles) err
 		return err
 	}
 	return m.verify(ctx, a.mfName, a.pkg.open)
+}
+
+// applianceChain checks a drive's disk and the disks it is a delta of, and
+// returns its Source (with its Base chain).
+func applianceChain(ctx context.Context, env *ovfEnvelope, d drive, pkg pkgFiles) (Source, error) {
+	src, err := applianceDisk(ctx, env, d.disk, pkg)
+	if err != nil {
+		return Source{}, err
+	}
+	at, child := &src, d.disk
+	for _, b := range d.bases {
+		if !deltaFormats[at.Format] {
+			return Source{}, malformed("OVF disk %q is a delta of disk %q (ovf:parentRef) but its file is %s, which holds no unallocated blocks (want VMDK or qcow2)", child.ID, b.ID, at.Format)
+		}
+		base, err := applianceDisk(ctx, env, b, pkg)
+		if err != nil {
+			return Source{}, err
+		}
+		if base.Path == "" { // a blank base: the delta's unallocated blocks are zeroes anyway
+			break
+		}
+		base.Name = b.ID
+		at.Base = &base
+		at, child = at.Base, b
+	}
+	return src, nil
 }
 
 // applianceDisk checks one OVF disk and returns its Source; a disk without

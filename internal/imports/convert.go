@@ -3,6 +3,7 @@ package imports
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -85,11 +86,40 @@ func createBlank(ctx context.Context, src Source, part string) error {
 	return err
 }
 
-// convertImage checks src and runs qemu-img convert into part.
+// convertImage checks src and runs qemu-img convert into part; a delta
+// disk's chain is flattened into it, base first.
 func convertImage(ctx context.Context, src Source, part string, progress func(float64)) error {
 	if err := checkSource(src); err != nil {
 		return err
 	}
+	chain := src.chain()
+	for i := len(chain) - 1; i >= 0; i-- {
+		// each disk of the chain gets an equal share of the progress
+		done, share := float64(len(chain)-1-i)/float64(len(chain)), 1/float64(len(chain))
+		step := func(v float64) { progress(done + v*share) }
+		var err error
+		if i == len(chain)-1 {
+			err = convertOne(ctx, chain[i], part, step)
+		} else {
+			err = applyDelta(ctx, chain[i], part, step)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// chain is src, its base, its base's base…
+func (src Source) chain() []Source {
+	var c []Source
+	for s := &src; s != nil; s = s.Base {
+		c = append(c, *s)
+	}
+	return c
+}
+
+func convertOne(ctx context.Context, src Source, part string, progress func(float64)) error {
 	spec, err := blockdevSpec(src)
 	if err != nil {
 		return err
@@ -98,9 +128,85 @@ func convertImage(ctx context.Context, src Source, part string, progress func(fl
 	return runConvert(ctx, append(args, spec, part), progress)
 }
 
+// applyDelta writes the blocks the delta disk src holds over part, which
+// holds its base flattened, and sizes part as src. The delta is read with a
+// backing of zeroes that qemu-img never reads (-B: blocks the delta does not
+// hold are left to the backing), so only its own blocks land in an overlay
+// of part, then committed into part; qemu never opens the foreign delta
+// with a real backing (whose VMDK CID it would check).
+func applyDelta(ctx context.Context, src Source, part string, progress func(float64)) (err error) {
+	size, err := virtualSize(ctx, src)
+	if err != nil {
+		return err
+	}
+	if err := resize(ctx, part, size); err != nil {
+		return err
+	}
+	spec, err := blockdevSpecBacking(src, map[string]any{"driver": "null-co", "size": size, "read-zeroes": true})
+	if err != nil {
+		return err
+	}
+	delta := part + ".delta"
+	if err := removeIfExists(delta); err != nil {
+		return err
+	}
+	defer func() {
+		if rerr := removeIfExists(delta); rerr != nil && err == nil {
+			err = rerr
+		}
+	}()
+	args := append([]string{"convert", "-p", "-f", src.Format, "-O", "qcow2", "-o", targetOptions, "-B", part, "-F", "qcow2"}, convertFlags...)
+	if err := runConvert(ctx, append(args, spec, delta), func(v float64) { progress(v * 0.9) }); err != nil {
+		return err
+	}
+	if _, err := runQemuImg(ctx, "commit", "-q", "-f", "qcow2", delta); err != nil {
+		return err
+	}
+	progress(0.99)
+	return nil
+}
+
+// resize makes the qcow2 at path size bytes long (a delta may be larger or
+// smaller than its base).
+func resize(ctx context.Context, path string, size int64) error {
+	out, err := runQemuImg(ctx, "info", "--output=json", "-f", "qcow2", path)
+	if err != nil {
+		return err
+	}
+	var info qemuInfo
+	if err := json.Unmarshal(out, &info); err != nil {
+		return fmt.Errorf("qemu-img info: %w", err)
+	}
+	if info.VirtualSize == size {
+		return nil
+	}
+	_, err = runQemuImg(ctx, "resize", "-q", "-f", "qcow2", "--shrink", path, strconv.FormatInt(size, 10))
+	return err
+}
+
 // checkSource repeats the header checks on what a Source names, so that a
 // Source not produced by Inspect is no more trusted than a file.
 func checkSource(src Source) error {
+	chain := src.chain()
+	if len(chain) > maxChain {
+		return malformed("a chain of %d delta disks, more than %d", len(chain), maxChain)
+	}
+	for i, s := range chain {
+		if i < len(chain)-1 && !deltaFormats[s.Format] {
+			return malformed("%s: a %s disk cannot be a delta (only VMDK and qcow2 hold unallocated blocks)", s.Name, s.Format)
+		}
+		if err := checkOneSource(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deltaFormats are the formats a delta disk may have: their unallocated
+// blocks are the base's.
+var deltaFormats = map[string]bool{"vmdk": true, "qcow2": true}
+
+func checkOneSource(src Source) error {
 	if !formats[src.Format] {
 		return malformed("unknown format %q", src.Format)
 	}

@@ -19,6 +19,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/vm"
 )
 
 // ErrMalformed is wrapped by every error caused by the input itself: a bad
@@ -35,6 +38,47 @@ type Source struct {
 	// in Path; 0,0 otherwise.
 	Offset, Size int64
 	VirtualSize  int64
+	// Base is the disk this one is a delta of (OVF ovf:parentRef): blocks
+	// the delta does not hold read from Base. Convert writes the flattened
+	// chain as one qcow2.
+	Base *Source
+}
+
+// maxChain is the longest delta chain (a disk and its bases) imported.
+const maxChain = vm.MaxImportChain
+
+// FromAPI is the Source of an API import source, each file of its chain
+// resolved with resolve (the host path policy).
+func FromAPI(name string, s *v1.ImportSource, resolve func(path string) (string, error)) (Source, error) {
+	src := Source{Name: name}
+	at := &src
+	for i := 0; s != nil; i, s = i+1, s.Base {
+		if i == maxChain {
+			return Source{}, malformed("a chain of more than %d delta disks", maxChain)
+		}
+		p, err := resolve(s.Path)
+		if err != nil {
+			return Source{}, err
+		}
+		if i > 0 {
+			at.Base = &Source{Name: fmt.Sprintf("%s-base%d", name, i)}
+			at = at.Base
+		}
+		at.Path, at.Format, at.Offset, at.Size = p, s.Format, s.Offset, s.Size
+	}
+	return src, nil
+}
+
+// API is the API import source of src (nil for a blank disk).
+func (src Source) API() *v1.ImportSource {
+	if src.Path == "" {
+		return nil
+	}
+	s := &v1.ImportSource{Path: src.Path, Format: src.Format, Offset: src.Offset, Size: src.Size}
+	if src.Base != nil {
+		s.Base = src.Base.API()
+	}
+	return s
 }
 
 // Plan is what an import will create.

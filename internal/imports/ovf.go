@@ -356,6 +356,7 @@ func (env *ovfEnvelope) disk(id string) (ovfDisk, bool) {
 // for a blank disk of capacity bytes).
 type drive struct {
 	disk     ovfDisk
+	bases    []ovfDisk // disk's parent (ovf:parentRef), its parent…
 	capacity int64
 	item     string
 }
@@ -396,6 +397,7 @@ func (env *ovfEnvelope) plan(name, fallback string) (Plan, []drive, error) {
 	}
 	var drives []drive
 	attached := map[string]string{} // disk id -> item
+	based := map[string]bool{}      // disks a drive's delta disk builds on
 	macs := map[string]bool{}
 	for _, it := range use {
 		rt, err := strconv.Atoi(strings.TrimSpace(it.ResourceType))
@@ -439,14 +441,18 @@ func (env *ovfEnvelope) plan(name, fallback string) (Plan, []drive, error) {
 				if !ok {
 					return p, nil, malformed("%s: OVF item %q: HostResource names disk %q, which the DiskSection does not hold", name, label, diskID)
 				}
-				if d.Parent != "" {
-					return p, nil, malformed("%s: OVF disk %q is a delta of disk %q (ovf:parentRef); delta disks are not supported", name, diskID, d.Parent)
+				bases, err := env.bases(name, d)
+				if err != nil {
+					return p, nil, err
 				}
 				if prev, dup := attached[diskID]; dup {
 					return p, nil, malformed("%s: OVF disk %q is attached by two drives (items %q and %q); a disk backs one drive only", name, diskID, prev, label)
 				}
 				attached[diskID] = label
-				drives = append(drives, drive{disk: d, item: label})
+				for _, b := range bases {
+					based[b.ID] = true
+				}
+				drives = append(drives, drive{disk: d, bases: bases, item: label})
 			case fileID != "":
 				if _, ok := env.file(fileID); !ok {
 					return p, nil, malformed("%s: OVF item %q: HostResource names file %q, which References does not hold", name, label, fileID)
@@ -471,7 +477,7 @@ func (env *ovfEnvelope) plan(name, fallback string) (Plan, []drive, error) {
 		}
 	}
 	for _, d := range env.Disks {
-		if _, ok := attached[d.ID]; !ok {
+		if _, ok := attached[d.ID]; !ok && !based[d.ID] {
 			w := fmt.Sprintf("OVF disk %q is attached to no drive", d.ID)
 			if env.option != "" {
 				w += fmt.Sprintf(" in deployment option %q", env.option)
@@ -480,6 +486,30 @@ func (env *ovfEnvelope) plan(name, fallback string) (Plan, []drive, error) {
 		}
 	}
 	return p, drives, nil
+}
+
+// bases returns the disks a delta disk builds on (ovf:parentRef), nearest
+// first, refusing a missing parent, a loop and a chain over maxChain.
+func (env *ovfEnvelope) bases(name string, d ovfDisk) ([]ovfDisk, error) {
+	var bases []ovfDisk
+	seen, top := map[string]bool{d.ID: true}, d.ID
+	for d.Parent != "" {
+		parent, ok := env.disk(d.Parent)
+		switch {
+		case !ok:
+			return nil, malformed("%s: OVF disk %q is a delta of disk %q (ovf:parentRef), which the DiskSection does not hold", name, d.ID, d.Parent)
+		case seen[parent.ID]:
+			return nil, malformed("%s: OVF disk %q: its ovf:parentRef chain loops", name, top)
+		case len(bases)+2 > maxChain:
+			return nil, malformed("%s: OVF disk %q: a chain of more than %d delta disks (ovf:parentRef)", name, top, maxChain)
+		case d.FileRef == "":
+			return nil, malformed("%s: OVF disk %q is a delta of disk %q (ovf:parentRef) but has no file", name, d.ID, d.Parent)
+		}
+		seen[parent.ID] = true
+		bases = append(bases, parent)
+		d = parent
+	}
+	return bases, nil
 }
 
 // hostResource returns the disk or file an item's HostResource names

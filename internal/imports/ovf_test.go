@@ -52,6 +52,27 @@ const (
 `
 )
 
+// refsDelta has c.vmdk as disk dc, a delta of da.
+const refsDelta = `  <References><File ovf:id="fa" ovf:href="a.vmdk" ovf:size="{A}"/><File ovf:id="fc" ovf:href="c.vmdk" ovf:size="{C}"/></References>
+  <DiskSection><Info>disks</Info>
+    <Disk ovf:diskId="da" ovf:fileRef="fa" ovf:capacity="8" ovf:capacityAllocationUnits="byte * 2^20"/>
+    <Disk ovf:diskId="dc" ovf:fileRef="fc" ovf:parentRef="da" ovf:capacity="8" ovf:capacityAllocationUnits="byte * 2^20"/>
+  </DiskSection>
+`
+
+const diskC = `<Item><rasd:ElementName>Hard disk 3</rasd:ElementName><rasd:HostResource>ovf:/disk/dc</rasd:HostResource><rasd:InstanceID>13</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+`
+
+// deltaFixture writes dir/top.qcow2, an overlay of dir/src.raw (the raw
+// fixture) that changed the 64 KiB at 1 MiB.
+func deltaFixture(t testing.TB, dir string) string {
+	t.Helper()
+	top := filepath.Join(dir, "top.qcow2")
+	run(t, qemuImg, "create", "-q", "-f", "qcow2", "-b", filepath.Join(dir, "src.raw"), "-F", "raw", top)
+	run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 64k", top)
+	return top
+}
+
 func nicItem(id int, network, mac string) string {
 	addr := ""
 	if mac != "" {
@@ -77,6 +98,7 @@ type wantDisk struct {
 	name  string
 	size  int64
 	blank bool
+	bases string // the names of its Base chain, "a>b"
 }
 
 func TestOVFPlans(t *testing.T) {
@@ -85,9 +107,14 @@ func TestOVFPlans(t *testing.T) {
 	a := qemuConvert(t, rawFixture(t, dir), "raw", filepath.Join(dir, "a.vmdk"), "vmdk", "subformat=streamOptimized")
 	b := filepath.Join(dir, "b.vmdk")
 	run(t, qemuImg, "create", "-q", "-f", "vmdk", "-o", "subformat=streamOptimized", b, "4M")
-	diskEntries := []tarEntry{fileEntry(t, "a.vmdk", a), fileEntry(t, "b.vmdk", b)}
-	da := wantDisk{"da", fixtureSize, false}
-	dbk := wantDisk{"db", 4 << 20, false}
+	// c.vmdk is a delta of a.vmdk: it holds only the 64 KiB at 1 MiB that
+	// an overlay of a changed.
+	top := deltaFixture(t, dir)
+	c := qemuConvert(t, `json:{"driver":"qcow2","file":{"driver":"file","filename":"`+top+`"},"backing":null}`, "qcow2",
+		filepath.Join(dir, "c.vmdk"), "vmdk", "subformat=streamOptimized")
+	diskEntries := []tarEntry{fileEntry(t, "a.vmdk", a), fileEntry(t, "b.vmdk", b), fileEntry(t, "c.vmdk", c)}
+	da := wantDisk{name: "da", size: fixtureSize}
+	dbk := wantDisk{name: "db", size: 4 << 20}
 
 	cases := []struct {
 		name     string
@@ -124,7 +151,7 @@ func TestOVFPlans(t *testing.T) {
 		{name: "drive without HostResource is a blank disk of its capacity", ovf: envOpen1 + refsA + vs("web", scsi, diskA,
 			`<Item><rasd:AllocationUnits>byte * 2^30</rasd:AllocationUnits><rasd:ElementName>Hard disk 2</rasd:ElementName><rasd:InstanceID>12</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType><rasd:VirtualQuantity>2</rasd:VirtualQuantity></Item>
 `) + "</Envelope>",
-			disks: []wantDisk{da, {"hard-disk-2", 2 << 30, true}}},
+			disks: []wantDisk{da, {name: "hard-disk-2", size: 2 << 30, blank: true}}},
 		{name: "drive without HostResource or capacity", ovf: envOpen1 + refsA + vs("web", scsi, diskA,
 			`<Item><rasd:ElementName>Hard disk 2</rasd:ElementName><rasd:InstanceID>12</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType></Item>
 `) + "</Envelope>",
@@ -138,9 +165,16 @@ func TestOVFPlans(t *testing.T) {
 <Item><rasd:ElementName>NVDIMM 1</rasd:ElementName><rasd:HostResource>ovf:/disk/db</rasd:HostResource><rasd:InstanceID>31</rasd:InstanceID><rasd:Parent>30</rasd:Parent><rasd:ResourceSubType>vmware.nvdimm</rasd:ResourceSubType><rasd:ResourceType>1</rasd:ResourceType></Item>
 `) + "</Envelope>",
 			err: `x.ovf: OVF disk "db" backs an NVDIMM (item "NVDIMM 1"); Hangar imports disks of disk drives only`},
-		{name: "delta disk refused", ovf: envOpen1 + strings.Replace(refsAB, `ovf:diskId="db" ovf:fileRef="fb"`, `ovf:diskId="db" ovf:fileRef="fb" ovf:parentRef="da"`, 1) +
-			vs("web", scsi, diskB) + "</Envelope>",
-			err: `x.ovf: OVF disk "db" is a delta of disk "da" (ovf:parentRef); delta disks are not supported`},
+		{name: "delta disk on its base", ovf: envOpen1 + refsDelta + vs("web", scsi, diskC) + "</Envelope>",
+			disks: []wantDisk{{name: "dc", size: fixtureSize, bases: "da"}}},
+		{name: "delta of a disk the DiskSection lacks", ovf: envOpen1 + strings.Replace(refsDelta, `ovf:parentRef="da"`, `ovf:parentRef="dx"`, 1) +
+			vs("web", scsi, diskC) + "</Envelope>",
+			err: `x.ovf: OVF disk "dc" is a delta of disk "dx" (ovf:parentRef), which the DiskSection does not hold`},
+		{name: "delta chain loops", ovf: envOpen1 + strings.Replace(refsDelta, `ovf:diskId="da" ovf:fileRef="fa"`, `ovf:diskId="da" ovf:fileRef="fa" ovf:parentRef="dc"`, 1) +
+			vs("web", scsi, diskC) + "</Envelope>",
+			err: `x.ovf: OVF disk "dc": its ovf:parentRef chain loops`},
+		{name: "base and delta on two drives", ovf: envOpen1 + refsDelta + vs("web", scsi, diskA, diskC) + "</Envelope>",
+			disks: []wantDisk{da, {name: "dc", size: fixtureSize, bases: "da"}}},
 		{name: "unknown required section", ovf: envOpen1 + refsA + strings.Replace(vs("web", diskA), "<Info>a vm</Info>",
 			`<Info>a vm</Info><vmw:StorageGroupSection ovf:required="false"><Info>optional</Info></vmw:StorageGroupSection><vmw:SecureBootSection ovf:required="true"><Info>must</Info></vmw:SecureBootSection>`, 1) + "</Envelope>",
 			err: `x.ovf: OVF section SecureBootSection (namespace "http://www.vmware.com/schema/ovf") is marked ovf:required="true" and Hangar does not support it`},
@@ -190,7 +224,8 @@ func TestOVFPlans(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			ovf := strings.NewReplacer("{A}", fmt.Sprint(len(diskEntries[0].data)), "{B}", fmt.Sprint(len(diskEntries[1].data))).Replace(c.ovf)
+			ovf := strings.NewReplacer("{A}", fmt.Sprint(len(diskEntries[0].data)), "{B}", fmt.Sprint(len(diskEntries[1].data)),
+				"{C}", fmt.Sprint(len(diskEntries[2].data))).Replace(c.ovf)
 			ova := filepath.Join(t.TempDir(), "x.ova")
 			writeTar(t, ova, append([]tarEntry{{name: "x.ovf", data: []byte(ovf)}}, diskEntries...))
 			plan, err := InspectWith(context.Background(), ova, Options{DeploymentOption: c.option, VM: c.vm})
@@ -213,7 +248,11 @@ func TestOVFPlans(t *testing.T) {
 			}
 			var disks []wantDisk
 			for _, d := range plan.Disks {
-				disks = append(disks, wantDisk{d.Name, d.VirtualSize, d.Path == ""})
+				var bases []string
+				for b := d.Base; b != nil; b = b.Base {
+					bases = append(bases, b.Name)
+				}
+				disks = append(disks, wantDisk{d.Name, d.VirtualSize, d.Path == "", strings.Join(bases, ">")})
 			}
 			if !slices.Equal(disks, c.disks) {
 				t.Errorf("disks %+v, want %+v", disks, c.disks)
@@ -236,8 +275,32 @@ func TestOVFPlans(t *testing.T) {
 		})
 	}
 
+	// A delta disk is converted flattened on its base: the overlay's data.
+	ova := filepath.Join(t.TempDir(), "delta.ova")
+	ovf := strings.NewReplacer("{A}", fmt.Sprint(len(diskEntries[0].data)), "{C}", fmt.Sprint(len(diskEntries[2].data))).
+		Replace(envOpen1 + refsDelta + vs("web", scsi, diskC) + "</Envelope>")
+	writeTar(t, ova, []tarEntry{{name: "x.ovf", data: []byte(ovf)}, diskEntries[0], diskEntries[2]})
+	plan, err := Inspect(context.Background(), ova)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// through the API, as the agent gets it
+	src, err := FromAPI("dc", plan.Disks[0].API(), func(p string) (string, error) { return p, nil })
+	if err != nil || src.Base == nil || src.Base.Offset != plan.Disks[0].Base.Offset || src.Base.Base != nil {
+		t.Fatalf("FromAPI: %+v, %v", src, err)
+	}
+	out := filepath.Join(t.TempDir(), "dc.qcow2")
+	convertChecked(t, src, out)
+	sameDisk(t, top, "qcow2", out)
+	if info := run(t, qemuImg, "info", "--output=json", out); strings.Contains(info, "backing") {
+		t.Fatalf("%s has a backing file:\n%s", out, info)
+	}
+	if _, err := os.Stat(out + ".part.delta"); !os.IsNotExist(err) {
+		t.Fatalf("delta overlay left behind: %v", err)
+	}
+
 	// A deployment option asked of a single disk is refused as such.
-	_, err := InspectWith(context.Background(), a, Options{DeploymentOption: "small"})
+	_, err = InspectWith(context.Background(), a, Options{DeploymentOption: "small"})
 	if !errors.Is(err, ErrDeploymentOption) || errors.Is(err, ErrMalformed) {
 		t.Fatalf("deployment option of a vmdk: %v", err)
 	}

@@ -37,12 +37,18 @@ type qemuInfo struct {
 // how it is read; "backing": null forbids a backing file even if one slipped
 // through; a disk inside an OVA is reached through a raw offset/size node.
 func blockdevSpec(src Source) (string, error) {
+	return blockdevSpecBacking(src, nil)
+}
+
+// blockdevSpecBacking is blockdevSpec with backing as the node's backing
+// (nil: none).
+func blockdevSpecBacking(src Source, backing map[string]any) (string, error) {
 	proto := "file"
 	if fi, err := os.Stat(src.Path); err == nil && fi.Mode()&fs.ModeDevice != 0 {
 		proto = "host_device"
 	}
 	file := map[string]any{"driver": proto, "filename": src.Path}
-	node := map[string]any{"driver": src.Format, "file": file, "backing": nil}
+	node := map[string]any{"driver": src.Format, "file": file, "backing": backing}
 	if src.Offset != 0 || src.Size != 0 {
 		if src.Format == "raw" {
 			node["offset"], node["size"] = src.Offset, src.Size

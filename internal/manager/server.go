@@ -394,11 +394,13 @@ func (s *Server) checkSources(ctx context.Context, spec v1.VMSpec) error {
 				return errdefs.Field(f+".sizeMiB", fmt.Errorf("%d MiB is smaller than the image (%d MiB): disks only grow: %w", d.SizeMiB, size>>20, errdefs.ErrInvalid))
 			}
 		case d.Import != nil:
-			hf, err := s.cfg.Volumes.CheckSource(ctx, storage.SourceImport, d.Import.Path)
+			src, err := imports.FromAPI(d.Name, d.Import, func(p string) (string, error) {
+				hf, err := s.cfg.Volumes.CheckSource(ctx, storage.SourceImport, p)
+				return hf.Path, err
+			})
 			if err != nil {
 				return errdefs.Field(f+".import.path", err)
 			}
-			src := imports.Source{Name: d.Name, Path: hf.Path, Format: d.Import.Format, Offset: d.Import.Offset, Size: d.Import.Size}
 			if err := imports.Check(src); err != nil {
 				return errdefs.Field(f+".import", err)
 			}

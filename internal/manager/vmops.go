@@ -452,7 +452,7 @@ func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 		if d.Path == "" { // a blank disk of the appliance
 			disk.SizeMiB = (d.VirtualSize + 1<<20 - 1) >> 20
 		} else {
-			disk.Import = &v1.ImportSource{Path: d.Path, Format: d.Format, Offset: d.Offset, Size: d.Size}
+			disk.Import = d.API()
 		}
 		spec.Disks = append(spec.Disks, disk)
 	}

@@ -377,19 +377,27 @@ func validateSource(f string, d v1.Disk) error {
 			return err
 		}
 	}
-	if d.Import != nil {
-		if !strings.HasPrefix(d.Import.Path, "/") || strings.ContainsRune(d.Import.Path, 0) {
-			return invalid(f+".import.path", "must be an absolute path, got %q", d.Import.Path)
+	fi := f + ".import"
+	for i, src := 0, d.Import; src != nil; i, src, fi = i+1, src.Base, fi+".base" {
+		if i == MaxImportChain {
+			return invalid(f+".import", "a chain of more than %d delta disks", MaxImportChain)
 		}
-		if !importFormats[d.Import.Format] {
-			return invalid(f+".import.format", "must be vmdk, vpc, vhdx, qcow2 or raw, got %q", d.Import.Format)
+		if !strings.HasPrefix(src.Path, "/") || strings.ContainsRune(src.Path, 0) {
+			return invalid(fi+".path", "must be an absolute path, got %q", src.Path)
 		}
-		if d.Import.Offset < 0 || d.Import.Size < 0 {
-			return invalid(f+".import", "offset and size must not be negative")
+		if !importFormats[src.Format] {
+			return invalid(fi+".format", "must be vmdk, vpc, vhdx, qcow2 or raw, got %q", src.Format)
+		}
+		if src.Offset < 0 || src.Size < 0 {
+			return invalid(fi, "offset and size must not be negative")
 		}
 	}
 	return nil
 }
+
+// MaxImportChain is the longest chain of an import (a delta disk and the
+// disks it builds on).
+const MaxImportChain = 8
 
 // ValidateVolumeRef checks "pool/relative/name.qcow2": a pool name, then a
 // relative path without "..", empty or hidden elements.

@@ -17,6 +17,8 @@ import (
 const (
 	ovfNS1  = "http://schemas.dmtf.org/ovf/envelope/1"
 	ovfNS2  = "http://schemas.dmtf.org/ovf/envelope/2"
+	// ovfNS09 is OVF 0.9, VMware's envelope before the DMTF standard.
+	ovfNS09 = "http://www.vmware.com/schema/ovf/1/envelope"
 	maxOVF  = 8 << 20
 	maxCPUs = 4096
 )
@@ -151,6 +153,9 @@ func parseOVF(name string, b []byte, opt Options) (*ovfEnvelope, error) {
 	d := xml.NewDecoder(bytes.NewReader(b))
 	if err := d.Decode(&env); err != nil {
 		return nil, malformed("%s: OVF: %v", name, err)
+	}
+	if env.XMLName.Local == "Envelope" && env.XMLName.Space == ovfNS09 {
+		return nil, malformed("%s: an OVF 0.9 envelope (VMware's pre-DMTF namespace %s) is not supported; ovftool converts it to OVF 1.0 (ovftool %s new.ova)", name, ovfNS09, name)
 	}
 	if env.XMLName.Local != "Envelope" || env.XMLName.Space != ovfNS1 && env.XMLName.Space != ovfNS2 {
 		return nil, malformed("%s: not an OVF envelope (root {%s}%s)", name, env.XMLName.Space, env.XMLName.Local)

@@ -214,6 +214,9 @@ func TestOVFPlans(t *testing.T) {
 			cpus: 4, mem: 14336, disks: []wantDisk{da, dbk}, option0: "large"},
 		{name: "unknown deployment option", option: "huge", ovf: envOpen1 + refsAB + deployOptions("") + deployVS + "</Envelope>",
 			err: `unknown deployment option "huge": x.ovf offers small, large`},
+		{name: "OVF 0.9 envelope", ovf: strings.ReplaceAll(envOpen1, "http://schemas.dmtf.org/ovf/envelope/1", "http://www.vmware.com/schema/ovf/1/envelope") +
+			refsA + `  <Content xsi:type="ovf:VirtualSystem_Type" ovf:id="old"><Info>a vm</Info></Content></Envelope>`,
+			err: `x.ovf: an OVF 0.9 envelope (VMware's pre-DMTF namespace http://www.vmware.com/schema/ovf/1/envelope) is not supported; ovftool converts it to OVF 1.0 (ovftool x.ovf new.ova)`},
 		{name: "OVF 2 EthernetPortItem and StorageItem", ovf: envOpen2 + refsA + `  <VirtualSystem ovf:id="v2"><Info>a vm</Info>
     <VirtualHardwareSection><Info>hw</Info>
       <Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>3</rasd:VirtualQuantity></Item>

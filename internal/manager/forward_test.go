@@ -288,6 +288,10 @@ func TestForwardToTheVMsHost(t *testing.T) {
 	if code, body := post(user, hosts["h1"].url+"/api/v1/imports", `{"path":"/imports/h2.raw","name":"imp2"}`); code != 404 || !strings.Contains(body, "host h1") {
 		t.Fatalf("import of h2's file without ?host, via h1: %d %s, want h1's refusal", code, body)
 	}
+	if code, body := post(user, hosts["h1"].url+"/api/v1/imports", `{"path":"https://example.com/a.ova"}`); code != 400 ||
+		!strings.Contains(body, `"field": "path"`) || !strings.Contains(body, "importing from a URL is out of scope") {
+		t.Fatalf("import of a URL: %d %s, want a 400 saying URLs are out of scope", code, body)
+	}
 
 	// A volume written in a host's own pool: made there.
 	if code, body := post(user, hosts["h1"].url+"/api/v1/pools/default/volumes?host=h2", `{"name":"images/a.qcow2","sizeMiB":8}`); code != 201 || !strings.Contains(body, "made-on-h2") {

@@ -409,6 +409,10 @@ func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if scheme, _, ok := strings.Cut(args.Path, "://"); ok && scheme != "" && !strings.Contains(scheme, "/") {
+		writeErr(w, invalidArg("path", "%q is a URL: importing from a URL is out of scope; download the file into an import directory (hangar serve --import-dir) and import it from there", args.Path))
+		return
+	}
 	if !strings.HasPrefix(args.Path, "/") {
 		writeErr(w, invalidArg("path", "must be an absolute path, got %q", args.Path))
 		return

@@ -191,6 +191,45 @@ func applianceDisk(ctx context.Context, env *ovfEnvelope, d ovfDisk, pkg pkgFile
 	return src, nil
 }
 
+// inspectDir plans the import of a plain OVF directory: the one .ovf at
+// its top and the files beside it.
+func inspectDir(ctx context.Context, dir string, opt Options) (Plan, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return Plan{}, err
+	}
+	var found []string
+	for _, e := range entries {
+		if strings.EqualFold(filepath.Ext(e.Name()), ".ovf") {
+			found = append(found, e.Name())
+		}
+	}
+	if len(found) != 1 {
+		return Plan{}, malformed("directory %s: %d .ovf files at its top, want one (an OVF directory holds one descriptor and its files)", filepath.Base(dir), len(found))
+	}
+	p, err := resolveInside(dir, found[0])
+	if err != nil {
+		return Plan{}, malformed("%s: %v", found[0], err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return Plan{}, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return Plan{}, err
+	}
+	if !fi.Mode().IsRegular() {
+		return Plan{}, malformed("%s: not a regular file", found[0])
+	}
+	im := image{r: f, size: fi.Size(), name: found[0]}
+	if kind, err := detectContainer(im); err != nil || kind != "ovf" {
+		return Plan{}, malformed("%s: not an OVF descriptor", found[0])
+	}
+	return inspectOVF(ctx, p, im, opt)
+}
+
 // inspectOVF plans the import of an .ovf and the files beside it.
 func inspectOVF(ctx context.Context, path string, im image, opt Options) (Plan, error) {
 	if im.size > maxOVF {

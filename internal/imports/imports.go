@@ -151,6 +151,8 @@ func inspect(ctx context.Context, path string, opt Options) (Plan, error) {
 			return Plan{}, err
 		}
 		return inspectBlock(ctx, abs)
+	case fi.IsDir():
+		return inspectDir(ctx, abs, opt)
 	case !fi.Mode().IsRegular():
 		return Plan{}, malformed("not a regular file or block device (%s)", fi.Mode().Type())
 	case fi.Size() == 0:

@@ -15,8 +15,8 @@ import (
 
 // OVF namespaces of the envelope (DSP0243 1.x and 2.x).
 const (
-	ovfNS1  = "http://schemas.dmtf.org/ovf/envelope/1"
-	ovfNS2  = "http://schemas.dmtf.org/ovf/envelope/2"
+	ovfNS1 = "http://schemas.dmtf.org/ovf/envelope/1"
+	ovfNS2 = "http://schemas.dmtf.org/ovf/envelope/2"
 	// ovfNS09 is OVF 0.9, VMware's envelope before the DMTF standard.
 	ovfNS09 = "http://www.vmware.com/schema/ovf/1/envelope"
 	maxOVF  = 8 << 20

@@ -302,6 +302,25 @@ func TestOVFPlans(t *testing.T) {
 		t.Fatalf("delta overlay left behind: %v", err)
 	}
 
+	// A plain OVF directory: its one descriptor and the files beside it.
+	ovfDir := t.TempDir()
+	ovf = strings.NewReplacer("{A}", fmt.Sprint(len(diskEntries[0].data))).Replace(envOpen1 + refsA + vs("web", cpu2, diskA, nicItem(1, "VM Network", "")) + "</Envelope>")
+	for name, data := range map[string][]byte{"web.ovf": []byte(ovf), "a.vmdk": diskEntries[0].data} {
+		if err := os.WriteFile(filepath.Join(ovfDir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plan, err = Inspect(context.Background(), ovfDir)
+	if err != nil || plan.Kind != "ovf" || plan.CPUs != 2 || len(plan.Disks) != 1 || plan.Disks[0].Path != filepath.Join(ovfDir, "a.vmdk") || len(plan.NICs) != 1 {
+		t.Fatalf("OVF directory: %+v, %v", plan, err)
+	}
+	if err := os.WriteFile(filepath.Join(ovfDir, "other.OVF"), []byte(ovf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err = Inspect(context.Background(), ovfDir); !errors.Is(err, ErrMalformed) || !strings.HasSuffix(err.Error(), ": 2 .ovf files at its top, want one (an OVF directory holds one descriptor and its files)") {
+		t.Fatalf("OVF directory with two descriptors: %v", err)
+	}
+
 	// A deployment option asked of a single disk is refused as such.
 	_, err = InspectWith(context.Background(), a, Options{DeploymentOption: "small"})
 	if !errors.Is(err, ErrDeploymentOption) || errors.Is(err, ErrMalformed) {

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -206,6 +207,8 @@ func (h *HostPaths) source(path string, kind SourceKind, pools []*Pool) (HostFil
 		return HostFile{Path: real, Device: true}, nil
 	case isBlock:
 		return HostFile{}, fmt.Errorf("%s is a block device: only an import reads devices: %w", real, ErrInvalid)
+	case mode.IsDir() && kind == SourceImport && !slices.Contains(h.importDirs, real) && !underAny(real, deviceTrees):
+		return HostFile{Path: real}, nil // a plain OVF directory below an import directory; its files are checked one by one
 	case !mode.IsRegular():
 		return HostFile{}, fmt.Errorf("%s is not a regular file (%s): %w", real, mode.Type(), ErrInvalid)
 	case underAny(real, deviceTrees):

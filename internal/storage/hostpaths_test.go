@@ -112,6 +112,8 @@ func TestHostPathsSource(t *testing.T) {
 		{"temporary pool file", filepath.Join(def.Path, "images/half.qcow2.part"), SourceImage, ErrInvalid, ""},
 		{"pool directory", filepath.Join(def.Path, "images"), SourceImage, ErrInvalid, ""},
 		{"import dir itself", f.imp, SourceImport, ErrInvalid, ""},
+		{"OVF directory in an import dir", filepath.Join(f.imp, "sub"), SourceImport, nil, filepath.Join(f.imp, "sub")},
+		{"directory as an image", filepath.Join(f.imp, "sub"), SourceImage, ErrInvalid, ""},
 		{"missing", filepath.Join(f.imp, "missing.qcow2"), SourceImage, ErrNoImage, ""},
 		{"under a file", "/etc/passwd/sub", SourceImage, ErrNoImage, ""},
 		{"relative", "disk.qcow2", SourceImage, ErrInvalid, ""},

@@ -128,6 +128,7 @@ func TestOVFPlans(t *testing.T) {
 		warnings []string // substrings, in order
 		option0  string   // planned deployment option
 		err      string   // exact message after "import PATH: "
+		extra    []tarEntry
 	}{
 		{name: "nics in order with their MACs", ovf: envOpen1 + refsA + vs("web", cpu2, mem1G, scsi, diskA,
 			nicItem(1, "VM Network", "00:50:56:AB:CD:01"), nicItem(2, "Storage", ""), nicItem(3, "VM Network", "00-50-56-ab-cd-03")) + "</Envelope>",
@@ -214,6 +215,19 @@ func TestOVFPlans(t *testing.T) {
 			cpus: 4, mem: 14336, disks: []wantDisk{da, dbk}, option0: "large"},
 		{name: "unknown deployment option", option: "huge", ovf: envOpen1 + refsAB + deployOptions("") + deployVS + "</Envelope>",
 			err: `unknown deployment option "huge": x.ovf offers small, large`},
+		{name: "limits of the default option only", ovf: envOpen1 + refsA + limitsOptions + vs("app", scsi, diskA, limitsItems()) + "</Envelope>",
+			cpus: 2, mem: 14 << 10, disks: append([]wantDisk{da}, blanks(12)...), option0: "std", warnings: []string{`"std" imported`}},
+		{name: "gzip-compressed file", ovf: envOpen1 + strings.Replace(refsA, `ovf:size="{A}"`, `ovf:size="{A}" ovf:compression="gzip"`, 1) + vs("web", diskA) + "</Envelope>",
+			err: `x.ovf: OVF file "a.vmdk": gzip compression is not supported`},
+		{name: "chunked file", ovf: envOpen1 + strings.Replace(refsA, `ovf:size="{A}"`, `ovf:size="{A}" ovf:chunkSize="4194304"`, 1) + vs("web", diskA) + "</Envelope>",
+			err: `x.ovf: OVF file "a.vmdk": chunked files are not supported`},
+		{name: "VMDK descriptor and extent in the OVA", ovf: envOpen1 + `  <References><File ovf:id="fd" ovf:href="d.vmdk"/><File ovf:id="fe" ovf:href="d-flat.vmdk"/></References>
+  <DiskSection><Info>disks</Info><Disk ovf:diskId="dd" ovf:fileRef="fd" ovf:capacity="1048576"/></DiskSection>
+` + vs("web", scsi, `<Item><rasd:HostResource>ovf:/disk/dd</rasd:HostResource><rasd:InstanceID>10</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType></Item>
+`) + "</Envelope>",
+			extra: []tarEntry{{name: "d.vmdk", data: []byte("# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"d-flat.vmdk\" 0\n")},
+				{name: "d-flat.vmdk", data: make([]byte, 1<<20)}},
+			err: `d.vmdk: a VMDK descriptor with separate extent files cannot be read from inside an archive`},
 		{name: "OVF 0.9 envelope", ovf: strings.ReplaceAll(envOpen1, "http://schemas.dmtf.org/ovf/envelope/1", "http://www.vmware.com/schema/ovf/1/envelope") +
 			refsA + `  <Content xsi:type="ovf:VirtualSystem_Type" ovf:id="old"><Info>a vm</Info></Content></Envelope>`,
 			err: `x.ovf: an OVF 0.9 envelope (VMware's pre-DMTF namespace http://www.vmware.com/schema/ovf/1/envelope) is not supported; ovftool converts it to OVF 1.0 (ovftool x.ovf new.ova)`},
@@ -230,7 +244,7 @@ func TestOVFPlans(t *testing.T) {
 			ovf := strings.NewReplacer("{A}", fmt.Sprint(len(diskEntries[0].data)), "{B}", fmt.Sprint(len(diskEntries[1].data)),
 				"{C}", fmt.Sprint(len(diskEntries[2].data))).Replace(c.ovf)
 			ova := filepath.Join(t.TempDir(), "x.ova")
-			writeTar(t, ova, append([]tarEntry{{name: "x.ovf", data: []byte(ovf)}}, diskEntries...))
+			writeTar(t, ova, append(append([]tarEntry{{name: "x.ovf", data: []byte(ovf)}}, diskEntries...), c.extra...))
 			plan, err := InspectWith(context.Background(), ova, Options{DeploymentOption: c.option, VM: c.vm})
 			if c.err != "" {
 				if err == nil || err.Error() != "import "+ova+": "+c.err {
@@ -330,6 +344,41 @@ func TestOVFPlans(t *testing.T) {
 		t.Fatalf("vm of a vmdk: %v", err)
 	}
 	os.Remove(a)
+}
+
+// limitsOptions and limitsItems: the default option "std" has 13 disks and
+// 14 GiB, "big" (its items last) 17 disks and 58 GiB.
+const limitsOptions = `  <DeploymentOptionSection><Info>sizes</Info>
+    <Configuration ovf:id="std" ovf:default="true"><Label>Standard</Label></Configuration>
+    <Configuration ovf:id="big"><Label>Big</Label></Configuration>
+  </DeploymentOptionSection>
+`
+
+func limitsItems() string {
+	var b strings.Builder
+	b.WriteString(`<Item ovf:configuration="std"><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>2</rasd:VirtualQuantity></Item>
+<Item ovf:configuration="std"><rasd:AllocationUnits>byte * 2^30</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>14</rasd:VirtualQuantity></Item>
+<Item ovf:configuration="big"><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>8</rasd:VirtualQuantity></Item>
+<Item ovf:configuration="big"><rasd:AllocationUnits>byte * 2^30</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>58</rasd:VirtualQuantity></Item>
+`)
+	for i := range 16 {
+		conf := ""
+		if i >= 12 {
+			conf = ` ovf:configuration="big"`
+		}
+		fmt.Fprintf(&b, `<Item%s><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:ElementName>data %d</rasd:ElementName><rasd:InstanceID>%d</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType><rasd:VirtualQuantity>1</rasd:VirtualQuantity></Item>
+`, conf, i+1, 100+i)
+	}
+	return b.String()
+}
+
+// blanks are the first n blank 1 MiB disks of limitsItems.
+func blanks(n int) []wantDisk {
+	var d []wantDisk
+	for i := range n {
+		d = append(d, wantDisk{name: fmt.Sprintf("data-%d", i+1), size: 1 << 20, blank: true})
+	}
+	return d
 }
 
 func deployOptions(def string) string {

@@ -124,8 +124,14 @@ func convertOne(ctx context.Context, src Source, part string, progress func(floa
 	if err != nil {
 		return err
 	}
-	args := append([]string{"convert", "-p", "-f", src.Format, "-O", "qcow2", "-o", targetOptions}, convertFlags...)
-	return runConvert(ctx, append(args, spec, part), progress)
+	return runConvert(ctx, convertArgs(src.Format, spec, part), progress)
+}
+
+// convertArgs is the qemu-img convert of spec (format) into the qcow2 out;
+// extra options go before the file names.
+func convertArgs(format, spec, out string, extra ...string) []string {
+	args := append([]string{"convert", "-p", "-f", format, "-O", "qcow2", "-o", targetOptions}, extra...)
+	return append(append(args, convertFlags...), spec, out)
 }
 
 // applyDelta writes the blocks the delta disk src holds over part, which
@@ -155,8 +161,7 @@ func applyDelta(ctx context.Context, src Source, part string, progress func(floa
 			err = rerr
 		}
 	}()
-	args := append([]string{"convert", "-p", "-f", src.Format, "-O", "qcow2", "-o", targetOptions, "-B", part, "-F", "qcow2"}, convertFlags...)
-	if err := runConvert(ctx, append(args, spec, delta), func(v float64) { progress(v * 0.9) }); err != nil {
+	if err := runConvert(ctx, convertArgs(src.Format, spec, delta, "-B", part, "-F", "qcow2"), func(v float64) { progress(v * 0.9) }); err != nil {
 		return err
 	}
 	if _, err := runQemuImg(ctx, "commit", "-q", "-f", "qcow2", delta); err != nil {

@@ -134,14 +134,15 @@ func newImport(g *globals) *cobra.Command {
 	imp := opCmd(g, &cobra.Command{Use: "import FILE", Short: "Create a VM from an OVA/OVF, VMDK, VHD, VHDX, qcow2 or raw image, or a block device (P2V)",
 		Long: `Create a VM from a foreign disk or appliance: an OVA, an OVF or a directory holding one
 (CPUs, memory, disks and NICs from its descriptor; delta disks are flattened), a VMDK,
-VHD, VHDX, qcow2 or raw image, or a block device such as
-/dev/sdb (P2V). The disks are converted into new qcow2 volumes; the source is not changed.
+VHD, VHDX, qcow2 or raw image, or a block device such as /dev/sdb (P2V). The disks are converted into new qcow2 volumes; the source is not changed.
 An appliance's NICs keep their order and MACs; --network maps each OVF network to a host
 bridge (or "user"), and NICs of unmapped networks become user-mode NICs, with a warning.
 --deployment-option picks an OVF DeploymentOptionSection configuration (default: the
 appliance's default); an unknown one is refused with the list the appliance offers.
---vm imports one VirtualSystem of a multi-VM vApp (the refusal without it lists them).
-FILE is read on the host asked (--host: another host of the pool), and the VM is created there.`,
+--vm imports one VirtualSystem of a multi-VM vApp, named VAPP-VM (the refusal without it
+lists them).
+FILE is a path on the host asked (--host: another host of the pool; a URL is refused: copy
+the file into an import directory first), and the VM is created there.`,
 		Example: "  hangar import appliance.ova --start\n  hangar import appliance.ova --network \"VM Network=br0\" --deployment-option small\n  hangar import disk.vmdk --name legacy --memory 1024 --forward 2222:22",
 		Args:    cobra.ExactArgs(1)},
 		func(cmd *cobra.Command, a []string) (v1.Operation, error) {

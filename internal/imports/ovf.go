@@ -47,6 +47,7 @@ type ovfEnvelope struct {
 	Sections []ovfSection `xml:",any"`
 
 	sys    *ovfNode // the one VirtualSystem
+	vapp   string   // the name of the multi-VM vApp sys was picked from, "" for none
 	option string   // the deployment option in force, "" without a DeploymentOptionSection
 	picked bool     // option was asked for
 }
@@ -187,6 +188,11 @@ func parseOVF(name string, b []byte, opt Options) (*ovfEnvelope, error) {
 			return nil, fmt.Errorf("%w %q: %s holds %s", ErrVirtualSystem, opt.VM, name, strings.Join(ids, ", "))
 		}
 		env.sys = systems[i]
+		if len(systems) > 1 {
+			for _, c := range env.Colls {
+				env.vapp = firstNonEmpty(c.Name, c.ID)
+			}
+		}
 	case len(systems) > 1:
 		return nil, malformed("%s: OVF with %d virtual systems (a multi-VM vApp: %s) is not supported; --vm NAME imports one of them",
 			name, len(systems), strings.Join(ids, ", "))
@@ -371,7 +377,11 @@ type drive struct {
 // drives in item order.
 func (env *ovfEnvelope) plan(name, fallback string) (Plan, []drive, error) {
 	sys := env.sys
-	p := Plan{Name: dnsLabel(firstNonEmpty(sys.Name, sys.ID, fallback)), DeploymentOption: env.option, DeploymentOptions: env.optionIDs()}
+	vmName := firstNonEmpty(sys.Name, sys.ID, fallback)
+	if env.vapp != "" {
+		vmName = env.vapp + "-" + vmName
+	}
+	p := Plan{Name: dnsLabel(vmName), DeploymentOption: env.option, DeploymentOptions: env.optionIDs()}
 	if len(p.DeploymentOptions) > 1 && !env.picked {
 		others := slices.DeleteFunc(slices.Clone(p.DeploymentOptions), func(id string) bool { return id == env.option })
 		p.Warnings = append(p.Warnings, fmt.Sprintf("OVF deployment option %q imported, the appliance's default; it also offers %s (--deployment-option)",

@@ -127,6 +127,7 @@ func TestOVFPlans(t *testing.T) {
 		nics     []wantNIC
 		warnings []string // substrings, in order
 		option0  string   // planned deployment option
+		vmName   string   // planned name, when the case checks it
 		err      string   // exact message after "import PATH: "
 		extra    []tarEntry
 	}{
@@ -182,7 +183,7 @@ func TestOVFPlans(t *testing.T) {
 		{name: "optional unknown sections import", ovf: envOpen1 + refsA + strings.Replace(vs("web", diskA), "<Info>a vm</Info>",
 			`<Info>a vm</Info><vmw:StorageGroupSection ovf:required="false"><Info>optional</Info></vmw:StorageGroupSection><ProductSection ovf:required="true"><Info>p</Info></ProductSection>`, 1) + "</Envelope>",
 			disks: []wantDisk{da}},
-		{name: "VirtualSystemCollection of one VM", ovf: envOpen1 + refsA + `<VirtualSystemCollection ovf:id="vapp"><Info>vApp</Info><Name>vapp</Name>
+		{name: "VirtualSystemCollection of one VM", vmName: "web", ovf: envOpen1 + refsA + `<VirtualSystemCollection ovf:id="vapp"><Info>vApp</Info><Name>vapp</Name>
 ` + vs("web", cpu2, diskA) + "</VirtualSystemCollection></Envelope>",
 			cpus: 2, disks: []wantDisk{da}},
 		{name: "VirtualSystemCollection of none", ovf: envOpen1 + refsA + `<VirtualSystemCollection ovf:id="vapp"><Info>vApp</Info></VirtualSystemCollection></Envelope>`,
@@ -190,7 +191,7 @@ func TestOVFPlans(t *testing.T) {
 		{name: "VirtualSystemCollection of two", ovf: envOpen1 + refsAB + `<VirtualSystemCollection ovf:id="vapp"><Info>vApp</Info>
 ` + vs("web", diskA) + vs("db", diskB) + "</VirtualSystemCollection></Envelope>",
 			err: `x.ovf: OVF with 2 virtual systems (a multi-VM vApp: "web", "db") is not supported; --vm NAME imports one of them`},
-		{name: "one VM of a vApp", vm: "db", ovf: envOpen1 + refsAB + `<VirtualSystemCollection ovf:id="vapp"><Info>vApp</Info>
+		{name: "one VM of a vApp", vm: "db", vmName: "vapp-db", ovf: envOpen1 + refsAB + `<VirtualSystemCollection ovf:id="vapp"><Info>vApp</Info>
 ` + vs("web", diskA) + vs("db", cpu2, diskB) + "</VirtualSystemCollection></Envelope>",
 			cpus: 2, disks: []wantDisk{dbk}, warnings: []string{`OVF disk "da" is attached to no drive: not imported`}},
 		{name: "VM the vApp lacks", vm: "cache", ovf: envOpen1 + refsAB + `<VirtualSystemCollection ovf:id="vapp"><Info>vApp</Info>
@@ -259,6 +260,9 @@ func TestOVFPlans(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatal(err)
+			}
+			if c.vmName != "" && plan.Name != c.vmName {
+				t.Errorf("name %q, want %q", plan.Name, c.vmName)
 			}
 			if plan.CPUs != c.cpus || plan.MemoryMiB != c.mem || plan.DeploymentOption != c.option0 {
 				t.Errorf("cpus %d memory %d option %q; want %d %d %q", plan.CPUs, plan.MemoryMiB, plan.DeploymentOption, c.cpus, c.mem, c.option0)

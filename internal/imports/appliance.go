@@ -140,16 +140,16 @@ func verifyManifest(ctx context.Context, env *ovfEnvelope, a applianceFiles) err
 // applianceChain checks a drive's disk and the disks it is a delta of, and
 // returns its Source (with its Base chain).
 func applianceChain(ctx context.Context, env *ovfEnvelope, d drive, pkg pkgFiles) (Source, error) {
-	src, err := applianceDisk(ctx, env, d.disk, pkg)
+	src, err := applianceDisk(ctx, env, d.disk, pkg, len(d.bases) > 0)
 	if err != nil {
 		return Source{}, err
 	}
 	at, child := &src, d.disk
-	for _, b := range d.bases {
+	for i, b := range d.bases {
 		if !deltaFormats[at.Format] {
 			return Source{}, malformed("OVF disk %q is a delta of disk %q (ovf:parentRef) but its file is %s, which holds no unallocated blocks (want VMDK or qcow2)", child.ID, b.ID, at.Format)
 		}
-		base, err := applianceDisk(ctx, env, b, pkg)
+		base, err := applianceDisk(ctx, env, b, pkg, i < len(d.bases)-1)
 		if err != nil {
 			return Source{}, err
 		}
@@ -165,7 +165,7 @@ func applianceChain(ctx context.Context, env *ovfEnvelope, d drive, pkg pkgFiles
 
 // applianceDisk checks one OVF disk and returns its Source; a disk without
 // a file is a blank disk of its capacity (Path and Format empty).
-func applianceDisk(ctx context.Context, env *ovfEnvelope, d ovfDisk, pkg pkgFiles) (Source, error) {
+func applianceDisk(ctx context.Context, env *ovfEnvelope, d ovfDisk, pkg pkgFiles, delta bool) (Source, error) {
 	capacity, capErr := quantityBytes(d.Capacity, d.Units, "byte")
 	if d.FileRef == "" {
 		if capErr != nil || capacity <= 0 || capacity%512 != 0 {
@@ -181,6 +181,7 @@ func applianceDisk(ctx context.Context, env *ovfEnvelope, d ovfDisk, pkg pkgFile
 	if err != nil {
 		return Source{}, err
 	}
+	im.delta = delta
 	if src, err = inspectDisk(ctx, im, src, dir, strings.ToLower(filepath.Ext(f.Href))); err != nil {
 		return Source{}, err
 	}

@@ -135,20 +135,22 @@ func convertArgs(format, spec, out string, extra ...string) []string {
 }
 
 // applyDelta writes the blocks the delta disk src holds over part, which
-// holds its base flattened, and sizes part as src. The delta is read with a
-// backing of zeroes that qemu-img never reads (-B: blocks the delta does not
-// hold are left to the backing), so only its own blocks land in an overlay
-// of part, then committed into part; qemu never opens the foreign delta
-// with a real backing (whose VMDK CID it would check).
+// holds its base flattened, and sizes part as src. The delta is read with
+// part as its backing, which qemu-img never reads through it (-B: blocks the
+// delta does not hold are left to the backing; a VMDK delta would check its
+// parentCID against a backing it reads), so only its own blocks land in an
+// overlay of part, then committed into part.
 func applyDelta(ctx context.Context, src Source, part string, progress func(float64)) (err error) {
-	size, err := virtualSize(ctx, src)
+	size, err := virtualSize(ctx, src, true)
 	if err != nil {
 		return err
 	}
 	if err := resize(ctx, part, size); err != nil {
 		return err
 	}
-	spec, err := blockdevSpecBacking(src, map[string]any{"driver": "null-co", "size": size, "read-zeroes": true})
+	// file.filename named: qemu takes this backing, never the file the
+	// delta names (parentFileNameHint)
+	spec, err := blockdevSpecBacking(src, map[string]any{"driver": "qcow2", "file": map[string]any{"driver": "file", "filename": part}})
 	if err != nil {
 		return err
 	}
@@ -236,13 +238,13 @@ func checkOneSource(src Source) error {
 	if !fi.Mode().IsRegular() {
 		return malformed("%s is not a regular file", src.Path)
 	}
-	im := image{r: f, size: fi.Size(), name: filepath.Base(src.Path)}
+	im := image{r: f, size: fi.Size(), name: filepath.Base(src.Path), delta: src.Base != nil}
 	dir := filepath.Dir(src.Path)
 	if src.Offset != 0 || src.Size != 0 {
 		if err := im.need(src.Offset, src.Size); err != nil {
 			return err
 		}
-		im, dir = image{r: io.NewSectionReader(f, src.Offset, src.Size), size: src.Size, name: im.name}, ""
+		im, dir = image{r: io.NewSectionReader(f, src.Offset, src.Size), size: src.Size, name: im.name, delta: im.delta}, ""
 	}
 	if im.size == 0 {
 		return malformed("%s: empty", im.name)

@@ -14,6 +14,10 @@ type image struct {
 	r    io.ReaderAt
 	size int64
 	name string // for messages
+	// delta: a delta disk (OVF ovf:parentRef) whose backing Hangar always
+	// gives qemu itself, so a parent it names (parentFileNameHint) is never
+	// opened and is allowed.
+	delta bool
 }
 
 // read returns the n bytes at off; bytes past the end make the image

@@ -209,7 +209,7 @@ func inspectDisk(ctx context.Context, im image, src Source, dir, ext string) (So
 		return Source{}, err
 	}
 	src.Format = format
-	if src.VirtualSize, err = virtualSize(ctx, src); err != nil {
+	if src.VirtualSize, err = virtualSize(ctx, src, im.delta); err != nil {
 		return Source{}, err
 	}
 	return src, nil

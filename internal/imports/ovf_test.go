@@ -320,6 +320,30 @@ func TestOVFPlans(t *testing.T) {
 		t.Fatalf("delta overlay left behind: %v", err)
 	}
 
+	// A VMware-style delta names its parent (parentFileNameHint, parentCID):
+	// never followed, the OVF's parentRef is the base.
+	e := filepath.Join(dir, "e.vmdk")
+	run(t, qemuImg, "create", "-q", "-f", "vmdk", "-b", "a.vmdk", "-F", "vmdk", e)
+	run(t, "qemu-io", "-f", "vmdk", "-c", "write -P 0x6b 2M 64k", e)
+	want := qemuConvert(t, e, "vmdk", filepath.Join(dir, "e-want.qcow2"), "qcow2")
+	hinted := fileEntry(t, "c.vmdk", e)
+	ova = filepath.Join(t.TempDir(), "hinted.ova")
+	ovf = strings.NewReplacer("{A}", fmt.Sprint(len(diskEntries[0].data)), "{C}", fmt.Sprint(len(hinted.data))).
+		Replace(envOpen1 + refsDelta + vs("web", scsi, diskC) + "</Envelope>")
+	writeTar(t, ova, []tarEntry{{name: "x.ovf", data: []byte(ovf)}, diskEntries[0], hinted})
+	if plan, err = Inspect(context.Background(), ova); err != nil {
+		t.Fatal(err)
+	}
+	out = filepath.Join(t.TempDir(), "dc.qcow2")
+	convertChecked(t, plan.Disks[0], out)
+	sameDisk(t, want, "qcow2", out)
+	// the same file as a disk of its own is refused: its parent would be opened
+	ovf = strings.NewReplacer("{A}", fmt.Sprint(len(hinted.data))).Replace(envOpen1 + refsA + vs("web", scsi, diskA) + "</Envelope>")
+	writeTar(t, ova, []tarEntry{{name: "x.ovf", data: []byte(ovf)}, {name: "a.vmdk", data: hinted.data}})
+	if _, err = Inspect(context.Background(), ova); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "parentFileNameHint") {
+		t.Fatalf("a disk naming a parent: %v", err)
+	}
+
 	// A plain OVF directory: its one descriptor and the files beside it.
 	ovfDir := t.TempDir()
 	ovf = strings.NewReplacer("{A}", fmt.Sprint(len(diskEntries[0].data))).Replace(envOpen1 + refsA + vs("web", cpu2, diskA, nicItem(1, "VM Network", "")) + "</Envelope>")

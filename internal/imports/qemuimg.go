@@ -64,9 +64,9 @@ func blockdevSpecBacking(src Source, backing map[string]any) (string, error) {
 }
 
 // virtualSize asks qemu-img for the virtual size of a disk whose headers
-// were already checked, and refuses a backing or external data file it
-// reports.
-func virtualSize(ctx context.Context, src Source) (int64, error) {
+// were already checked, and refuses a backing (but for a delta, which is
+// never opened with its own) or an external data file it reports.
+func virtualSize(ctx context.Context, src Source, delta bool) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, infoTimeout)
 	defer cancel()
 	spec, err := blockdevSpec(src)
@@ -87,7 +87,7 @@ func virtualSize(ctx context.Context, src Source) (int64, error) {
 		return 0, fmt.Errorf("qemu-img info: %w", err)
 	}
 	switch {
-	case info.BackingFilename != "":
+	case info.BackingFilename != "" && !delta:
 		return 0, malformed("%s has a backing file", src.Format)
 	case info.FormatSpecific.Data.DataFile != "":
 		return 0, malformed("%s has an external data file", src.Format)

@@ -196,7 +196,8 @@ func checkVMDKGrain(im image, h vmdkHeader, gte uint32) error {
 }
 
 // checkNoParent refuses an image whose descriptor names a parent: qemu would
-// open that file as the backing image, wherever it is.
+// open that file as the backing image, wherever it is (unless the image is
+// a delta, whose backing Hangar names).
 func checkNoParent(im image, off, n int64) error {
 	if off >= im.size {
 		return nil
@@ -208,7 +209,7 @@ func checkNoParent(im image, off, n int64) error {
 	if i := bytes.IndexByte(b, 0); i >= 0 {
 		b = b[:i]
 	}
-	if bytes.Contains(b, []byte("parentFileNameHint")) {
+	if bytes.Contains(b, []byte("parentFileNameHint")) && !im.delta {
 		return malformed("%s: VMDK has a parent disk (parentFileNameHint): snapshots and linked clones are not supported", im.name)
 	}
 	return nil

@@ -36,7 +36,7 @@ func checkVMDKDescriptor(im image, dir string) error {
 		b = b[:i] // qemu reads it as a C string
 	}
 	desc := string(b)
-	if strings.Contains(desc, "parentFileNameHint") {
+	if strings.Contains(desc, "parentFileNameHint") && !im.delta {
 		return malformed("%s: VMDK has a parent disk (parentFileNameHint): snapshots and linked clones are not supported", im.name)
 	}
 	ct, ok := descriptorValue(desc, "createType")

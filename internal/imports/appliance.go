@@ -38,19 +38,32 @@ type applianceFiles struct {
 
 // planAppliance checks an OVF package (references, sizes, manifest
 // checksums, every disk's headers) and returns its plan.
-func planAppliance(ctx context.Context, a applianceFiles) (Plan, error) {
+func planAppliance(ctx context.Context, a applianceFiles) ([]Plan, error) {
 	defer a.pkg.close()
 	env, err := parseOVF(a.ovfName, a.ovf, a.opt)
 	if err != nil {
-		return Plan{}, err
+		return nil, err
 	}
 	if err := checkSizes(env, a.pkg); err != nil {
-		return Plan{}, err
+		return nil, err
 	}
 	if err := verifyManifest(ctx, env, a); err != nil {
-		return Plan{}, err
+		return nil, err
 	}
-	p, drives, err := env.plan(a.ovfName, a.fallback)
+	var plans []Plan
+	for _, sys := range env.systems {
+		p, err := a.planVM(ctx, env, sys)
+		if err != nil {
+			return nil, err
+		}
+		plans = append(plans, p)
+	}
+	return plans, nil
+}
+
+// planVM plans one VirtualSystem of the package.
+func (a applianceFiles) planVM(ctx context.Context, env *ovfEnvelope, sys *ovfNode) (Plan, error) {
+	p, drives, err := env.plan(sys, a.ovfName, a.fallback)
 	if err != nil {
 		return Plan{}, err
 	}
@@ -194,10 +207,10 @@ func applianceDisk(ctx context.Context, env *ovfEnvelope, d ovfDisk, pkg pkgFile
 
 // inspectDir plans the import of a plain OVF directory: the one .ovf at
 // its top and the files beside it.
-func inspectDir(ctx context.Context, dir string, opt Options) (Plan, error) {
+func inspectDir(ctx context.Context, dir string, opt Options) ([]Plan, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return Plan{}, err
+		return nil, err
 	}
 	var found []string
 	for _, e := range entries {
@@ -206,39 +219,39 @@ func inspectDir(ctx context.Context, dir string, opt Options) (Plan, error) {
 		}
 	}
 	if len(found) != 1 {
-		return Plan{}, malformed("directory %s: %d .ovf files at its top, want one (an OVF directory holds one descriptor and its files)", filepath.Base(dir), len(found))
+		return nil, malformed("directory %s: %d .ovf files at its top, want one (an OVF directory holds one descriptor and its files)", filepath.Base(dir), len(found))
 	}
 	p, err := resolveInside(dir, found[0])
 	if err != nil {
-		return Plan{}, malformed("%s: %v", found[0], err)
+		return nil, malformed("%s: %v", found[0], err)
 	}
 	f, err := os.Open(p)
 	if err != nil {
-		return Plan{}, err
+		return nil, err
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return Plan{}, err
+		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return Plan{}, malformed("%s: not a regular file", found[0])
+		return nil, malformed("%s: not a regular file", found[0])
 	}
 	im := image{r: f, size: fi.Size(), name: found[0]}
 	if kind, err := detectContainer(im); err != nil || kind != "ovf" {
-		return Plan{}, malformed("%s: not an OVF descriptor", found[0])
+		return nil, malformed("%s: not an OVF descriptor", found[0])
 	}
 	return inspectOVF(ctx, p, im, opt)
 }
 
 // inspectOVF plans the import of an .ovf and the files beside it.
-func inspectOVF(ctx context.Context, path string, im image, opt Options) (Plan, error) {
+func inspectOVF(ctx context.Context, path string, im image, opt Options) ([]Plan, error) {
 	if im.size > maxOVF {
-		return Plan{}, malformed("%s: %d bytes, too large for an OVF", im.name, im.size)
+		return nil, malformed("%s: %d bytes, too large for an OVF", im.name, im.size)
 	}
 	desc, err := im.read(0, im.size)
 	if err != nil {
-		return Plan{}, err
+		return nil, err
 	}
 	dir := &ovfDir{dir: filepath.Dir(path)}
 	a := applianceFiles{kind: "ovf", fallback: nameFromFile(path), ovfName: im.name, ovf: desc, pkg: dir, opt: opt}
@@ -246,7 +259,7 @@ func inspectOVF(ctx context.Context, path string, im image, opt Options) (Plan, 
 	if _, err := os.Lstat(filepath.Join(dir.dir, mf)); err == nil {
 		a.mfName = mf
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return Plan{}, err
+		return nil, err
 	}
 	return planAppliance(ctx, a)
 }

@@ -95,6 +95,11 @@ type Plan struct {
 	DeploymentOptions []string
 	// Warnings say what of the source the plan leaves out or changes.
 	Warnings []string
+	// VApp is the multi-VM vApp the VM is one of ("" for none), and
+	// StartOrder its start group there (the StartupSection's ovf:order; -1
+	// when the vApp does not order it: after the others).
+	VApp       string
+	StartOrder int
 }
 
 // NIC is a network adapter of an appliance.
@@ -127,46 +132,60 @@ func Inspect(ctx context.Context, path string) (Plan, error) {
 	return InspectWith(ctx, path, Options{})
 }
 
-// InspectWith is Inspect with choices among what an appliance offers.
+// InspectWith is Inspect with choices among what an appliance offers; a
+// multi-VM vApp is refused unless opt.VM picks one of its VMs.
 func InspectWith(ctx context.Context, path string, opt Options) (Plan, error) {
-	p, err := inspect(ctx, path, opt)
+	plans, err := inspect(ctx, path, opt)
 	if err != nil {
 		return Plan{}, fmt.Errorf("import %s: %w", path, err)
 	}
-	return p, nil
+	return plans[0], nil
 }
 
-func inspect(ctx context.Context, path string, opt Options) (Plan, error) {
+// InspectAll is InspectWith planning every VM of a multi-VM vApp (unless
+// opt.VM picks one), in the vApp's startup order, each named after the
+// vApp and the VM; any other source gives one plan.
+func InspectAll(ctx context.Context, path string, opt Options) ([]Plan, error) {
+	opt.all = true
+	plans, err := inspect(ctx, path, opt)
+	if err != nil {
+		return nil, fmt.Errorf("import %s: %w", path, err)
+	}
+	return plans, nil
+}
+
+func inspect(ctx context.Context, path string, opt Options) ([]Plan, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
-		return Plan{}, err
+		return nil, err
 	}
 	fi, err := os.Stat(abs)
 	if err != nil {
-		return Plan{}, err
+		return nil, err
 	}
 	switch {
 	case fi.Mode()&fs.ModeDevice != 0 && fi.Mode()&fs.ModeCharDevice == 0:
 		if err := opt.checkSingle(); err != nil {
-			return Plan{}, err
+			return nil, err
 		}
-		return inspectBlock(ctx, abs)
+		p, err := inspectBlock(ctx, abs)
+		return []Plan{p}, err
 	case fi.IsDir():
 		return inspectDir(ctx, abs, opt)
 	case !fi.Mode().IsRegular():
-		return Plan{}, malformed("not a regular file or block device (%s)", fi.Mode().Type())
+		return nil, malformed("not a regular file or block device (%s)", fi.Mode().Type())
 	case fi.Size() == 0:
-		return Plan{}, malformed("empty file")
+		return nil, malformed("empty file")
 	}
 	f, err := os.Open(abs)
 	if err != nil {
-		return Plan{}, err
+		return nil, err
 	}
 	defer f.Close()
 	im := image{r: f, size: fi.Size(), name: filepath.Base(abs)}
 	kind, err := detectContainer(im)
 	if err != nil {
-		return Plan{}, err
+		return nil, err
 	}
 	switch kind {
 	case "ova":
@@ -175,14 +194,14 @@ func inspect(ctx context.Context, path string, opt Options) (Plan, error) {
 		return inspectOVF(ctx, abs, im, opt)
 	}
 	if err := opt.checkSingle(); err != nil {
-		return Plan{}, err
+		return nil, err
 	}
 	src, err := inspectDisk(ctx, im, Source{Path: abs}, filepath.Dir(abs), strings.ToLower(filepath.Ext(abs)))
 	if err != nil {
-		return Plan{}, err
+		return nil, err
 	}
 	src.Name = "disk0"
-	return Plan{Name: nameFromFile(abs), Kind: kinds[src.Format], Disks: []Source{src}}, nil
+	return []Plan{{Name: nameFromFile(abs), Kind: kinds[src.Format], Disks: []Source{src}}}, nil
 }
 
 // checkSingle refuses options only an appliance has for a single disk.

@@ -25,29 +25,29 @@ type ova struct {
 }
 
 // inspectOVA plans the import of an OVA without extracting it.
-func inspectOVA(ctx context.Context, path string, f *os.File, size int64, opt Options) (Plan, error) {
+func inspectOVA(ctx context.Context, path string, f *os.File, size int64, opt Options) ([]Plan, error) {
 	members, err := scanTar(f, size)
 	if err != nil {
-		return Plan{}, err
+		return nil, err
 	}
 	o := &ova{path: path, f: f, members: members}
 	ovfName, err := o.only(".ovf", "")
 	if errors.Is(err, errNone) {
-		return Plan{}, malformed("%v", err)
+		return nil, malformed("%v", err)
 	}
 	if err != nil {
-		return Plan{}, err
+		return nil, err
 	}
 	desc, err := o.readSmall(ovfName)
 	if err != nil {
-		return Plan{}, err
+		return nil, err
 	}
 	mfName, err := o.only(".mf", strings.TrimSuffix(ovfName, filepath.Ext(ovfName))+".mf")
 	if errors.Is(err, errNone) {
 		mfName, err = "", nil
 	}
 	if err != nil {
-		return Plan{}, err
+		return nil, err
 	}
 	return planAppliance(ctx, applianceFiles{
 		kind: "ova", fallback: nameFromFile(path), ovfName: ovfName, ovf: desc, mfName: mfName, pkg: o, opt: opt,

@@ -46,10 +46,14 @@ type ovfEnvelope struct {
 	Content  []ovfNode    `xml:"Content"`
 	Sections []ovfSection `xml:",any"`
 
-	sys    *ovfNode // the one VirtualSystem
-	vapp   string   // the name of the multi-VM vApp sys was picked from, "" for none
-	option string   // the deployment option in force, "" without a DeploymentOptionSection
-	picked bool     // option was asked for
+	// systems are the VirtualSystems planned: the one asked or the only
+	// one, or (Options.AllVMs) all of a vApp in its startup order.
+	systems []*ovfNode
+	order   map[*ovfNode]int    // a system's ovf:order in its vApp's StartupSection
+	users   map[string]*ovfNode // disk id -> the planned VM attaching it, with several VMs planned
+	vapp    string              // the name of the multi-VM vApp the systems are from, "" for none
+	option  string              // the deployment option in force, "" without a DeploymentOptionSection
+	picked  bool                // option was asked for
 }
 
 type ovfFile struct {
@@ -85,7 +89,14 @@ type ovfNode struct {
 	Systems  []ovfNode     `xml:"VirtualSystem"`
 	Colls    []ovfNode     `xml:"VirtualSystemCollection"`
 	Content  []ovfNode     `xml:"Content"`
+	Startup  []ovfStartup  `xml:"StartupSection>Item"`
 	Sections []ovfSection  `xml:",any"`
+}
+
+// ovfStartup is a StartupSection entry: when a vApp starts a VM.
+type ovfStartup struct {
+	ID    string `xml:"id,attr"`
+	Order string `xml:"order,attr"`
 }
 
 type ovfHardware struct {
@@ -137,6 +148,8 @@ type Options struct {
 	// VM is the ovf:id or Name of the VirtualSystem to import from a
 	// multi-VM vApp; "" when there is one.
 	VM string
+	// all plans every VirtualSystem of a multi-VM vApp (InspectAll).
+	all bool
 }
 
 // ErrDeploymentOption is wrapped by the error for a deployment option the
@@ -187,17 +200,20 @@ func parseOVF(name string, b []byte, opt Options) (*ovfEnvelope, error) {
 		if i < 0 {
 			return nil, fmt.Errorf("%w %q: %s holds %s", ErrVirtualSystem, opt.VM, name, strings.Join(ids, ", "))
 		}
-		env.sys = systems[i]
-		if len(systems) > 1 {
-			for _, c := range env.Colls {
-				env.vapp = firstNonEmpty(c.Name, c.ID)
-			}
-		}
-	case len(systems) > 1:
+		env.systems = systems[i : i+1]
+	case len(systems) > 1 && !opt.all:
 		return nil, malformed("%s: OVF with %d virtual systems (a multi-VM vApp: %s) is not supported; --vm NAME imports one of them",
 			name, len(systems), strings.Join(ids, ", "))
 	default:
-		env.sys = systems[0]
+		env.systems = systems
+	}
+	if len(systems) > 1 {
+		for _, c := range env.Colls {
+			env.vapp = firstNonEmpty(c.Name, c.ID)
+		}
+		if err := env.startupOrder(name, systems); err != nil {
+			return nil, err
+		}
 	}
 	for _, f := range env.Files {
 		if err := checkFile(name, f); err != nil {
@@ -207,7 +223,60 @@ func parseOVF(name string, b []byte, opt Options) (*ovfEnvelope, error) {
 	if err := env.chooseOption(name, opt.DeploymentOption); err != nil {
 		return nil, err
 	}
+	if len(env.systems) > 1 {
+		if err := env.checkShared(name); err != nil {
+			return nil, err
+		}
+	}
 	return &env, nil
+}
+
+// maxStartOrder bounds an ovf:order (a VM's start group in its vApp).
+const maxStartOrder = 1 << 16
+
+// startupOrder reads the StartupSections of the vApp's collections and
+// sorts env.systems by ovf:order, stably: VMs no StartupSection names come
+// last, in document order.
+func (env *ovfEnvelope) startupOrder(name string, systems []*ovfNode) error {
+	byID := map[string]*ovfNode{}
+	for _, s := range systems {
+		byID[strings.TrimSpace(s.ID)] = s
+	}
+	env.order = map[*ovfNode]int{}
+	var walk func(colls []ovfNode) error
+	walk = func(colls []ovfNode) error {
+		for _, c := range colls {
+			for _, it := range c.Startup {
+				sys, ok := byID[strings.TrimSpace(it.ID)]
+				if !ok {
+					continue // a nested collection's entry, or a stale one: no VM to order
+				}
+				n, err := strconv.Atoi(strings.TrimSpace(it.Order))
+				if err != nil || n < 0 || n > maxStartOrder {
+					return malformed("%s: OVF StartupSection entry %q: ovf:order %q is not a whole number from 0 to %d", name, it.ID, it.Order, maxStartOrder)
+				}
+				if _, dup := env.order[sys]; dup {
+					return malformed("%s: OVF StartupSection names VM %q twice", name, it.ID)
+				}
+				env.order[sys] = n
+			}
+			if err := walk(c.Colls); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := walk(env.Colls); err != nil {
+		return err
+	}
+	key := func(s *ovfNode) int {
+		if n, ok := env.order[s]; ok {
+			return n
+		}
+		return maxStartOrder + 1
+	}
+	slices.SortStableFunc(env.systems, func(a, b *ovfNode) int { return key(a) - key(b) })
+	return nil
 }
 
 // collect gathers the VirtualSystems under n, checking every level's
@@ -373,42 +442,33 @@ type drive struct {
 }
 
 // plan fills a Plan's name, virtual hardware and NICs from the
-// VirtualSystem, for the deployment option in force, and returns the disk
-// drives in item order.
-func (env *ovfEnvelope) plan(name, fallback string) (Plan, []drive, error) {
-	sys := env.sys
+// VirtualSystem sys, for the deployment option in force, and returns the
+// disk drives in item order.
+func (env *ovfEnvelope) plan(sys *ovfNode, name, fallback string) (Plan, []drive, error) {
 	vmName := firstNonEmpty(sys.Name, sys.ID, fallback)
 	if env.vapp != "" {
 		vmName = env.vapp + "-" + vmName
 	}
 	p := Plan{Name: dnsLabel(vmName), DeploymentOption: env.option, DeploymentOptions: env.optionIDs()}
+	if env.vapp != "" {
+		p.VApp = dnsLabel(env.vapp)
+		if n, ok := env.order[sys]; ok {
+			p.StartOrder = n
+		} else {
+			p.StartOrder = -1
+		}
+	}
 	if len(p.DeploymentOptions) > 1 && !env.picked {
 		others := slices.DeleteFunc(slices.Clone(p.DeploymentOptions), func(id string) bool { return id == env.option })
 		p.Warnings = append(p.Warnings, fmt.Sprintf("OVF deployment option %q imported, the appliance's default; it also offers %s (--deployment-option)",
 			env.option, strings.Join(others, ", ")))
 	}
-	var items []ovfItem
-	for _, hw := range sys.Hardware {
-		if !env.applies(hw.Configuration) {
-			continue
-		}
-		items = append(items, hw.Items...)
-		items = append(items, hw.Ports...)
-		items = append(items, hw.Storage...)
-	}
+	use := env.items(sys)
 	byID := map[string]ovfItem{}
-	var use []ovfItem
-	for _, it := range items {
-		if !env.applies(it.Configuration) {
-			continue
-		}
-		if b := strings.TrimSpace(it.Bound); b != "" && b != "normal" {
-			continue // min and max are limits, not the VM's size
-		}
+	for _, it := range use {
 		if id := strings.TrimSpace(it.InstanceID); id != "" {
 			byID[id] = it
 		}
-		use = append(use, it)
 	}
 	var drives []drive
 	attached := map[string]string{} // disk id -> item
@@ -492,7 +552,7 @@ func (env *ovfEnvelope) plan(name, fallback string) (Plan, []drive, error) {
 		}
 	}
 	for _, d := range env.Disks {
-		if _, ok := attached[d.ID]; !ok && !based[d.ID] {
+		if _, ok := attached[d.ID]; !ok && !based[d.ID] && env.users[d.ID] == nil {
 			w := fmt.Sprintf("OVF disk %q is attached to no drive", d.ID)
 			if env.option != "" {
 				w += fmt.Sprintf(" in deployment option %q", env.option)
@@ -525,6 +585,44 @@ func (env *ovfEnvelope) bases(name string, d ovfDisk) ([]ovfDisk, error) {
 		d = parent
 	}
 	return bases, nil
+}
+
+// items are the hardware items of sys in the deployment option in force,
+// without the min/max bounds (limits, not the VM's size).
+func (env *ovfEnvelope) items(sys *ovfNode) []ovfItem {
+	var use []ovfItem
+	for _, hw := range sys.Hardware {
+		if !env.applies(hw.Configuration) {
+			continue
+		}
+		for _, it := range slices.Concat(hw.Items, hw.Ports, hw.Storage) {
+			if b := strings.TrimSpace(it.Bound); env.applies(it.Configuration) && (b == "" || b == "normal") {
+				use = append(use, it)
+			}
+		}
+	}
+	return use
+}
+
+// checkShared records which planned VM attaches each disk (env.users, so
+// that a VM's plan does not call another's disks unattached) and refuses a
+// disk two VMs of the vApp attach.
+func (env *ovfEnvelope) checkShared(name string) error {
+	env.users = map[string]*ovfNode{}
+	for _, sys := range env.systems {
+		for _, it := range env.items(sys) {
+			id, _, err := hostResource(name, it)
+			if err != nil || id == "" {
+				continue // the VM's own plan reports a bad HostResource
+			}
+			if prev := env.users[id]; prev != nil && prev != sys {
+				return malformed("%s: OVF disk %q is attached by VMs %q and %q of the vApp; shared disks are not imported", name, id,
+					firstNonEmpty(prev.ID, prev.Name), firstNonEmpty(sys.ID, sys.Name))
+			}
+			env.users[id] = sys
+		}
+	}
+	return nil
 }
 
 // hostResource returns the disk or file an item's HostResource names

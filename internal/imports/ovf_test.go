@@ -426,3 +426,80 @@ var deployVS = vs("app", scsi, diskA,
 <Item ovf:configuration="large"><rasd:AllocationUnits>byte * 2^30</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>14</rasd:VirtualQuantity></Item>
 <Item ovf:configuration="large"><rasd:ElementName>Hard disk 2</rasd:ElementName><rasd:HostResource>ovf:/disk/db</rasd:HostResource><rasd:InstanceID>11</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
 `)
+
+// TestOVFVApp plans every VM of a multi-VM vApp: its startup order, each
+// VM's own disks and NICs, names after the vApp; a shared disk and a bad
+// order are refused.
+func TestOVFVApp(t *testing.T) {
+	needQemuImg(t)
+	dir := t.TempDir()
+	a := filepath.Join(dir, "a.vmdk")
+	b := filepath.Join(dir, "b.vmdk")
+	run(t, qemuImg, "create", "-q", "-f", "vmdk", "-o", "subformat=streamOptimized", a, "8M")
+	run(t, qemuImg, "create", "-q", "-f", "vmdk", "-o", "subformat=streamOptimized", b, "4M")
+	disks := []tarEntry{fileEntry(t, "a.vmdk", a), fileEntry(t, "b.vmdk", b)}
+	startup := `<StartupSection><Info>start order</Info><Item ovf:id="web" ovf:order="1" ovf:startAction="powerOn"/><Item ovf:id="db" ovf:order="0" ovf:startAction="powerOn"/></StartupSection>
+`
+	vapp := func(startup string, web, db []string) string {
+		return strings.NewReplacer("{A}", fmt.Sprint(len(disks[0].data)), "{B}", fmt.Sprint(len(disks[1].data))).Replace(
+			envOpen1 + refsAB + `<VirtualSystemCollection ovf:id="shop"><Info>vApp</Info><Name>Shop</Name>
+` + startup + vs("web", web...) + vs("db", db...) + "</VirtualSystemCollection></Envelope>")
+	}
+	inspect := func(ovf string, opt Options) ([]Plan, error) {
+		ova := filepath.Join(t.TempDir(), "x.ova")
+		writeTar(t, ova, append([]tarEntry{{name: "x.ovf", data: []byte(ovf)}}, disks...))
+		plans, err := InspectAll(context.Background(), ova, opt)
+		if err != nil {
+			err = errors.Unwrap(err) // drop "import PATH: "
+		}
+		return plans, err
+	}
+
+	plans, err := inspect(vapp(startup, []string{cpu2, scsi, diskA, nicItem(1, "VM Network", "00:50:56:00:00:01")}, []string{mem1G, scsi, diskB, nicItem(1, "Storage", "")}), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type vmPlan struct {
+		name  string
+		order int
+		cpus  int
+		mem   int
+		disk  int64
+		net   string
+		warns int
+	}
+	var got []vmPlan
+	for _, p := range plans {
+		if len(p.Disks) != 1 || len(p.NICs) != 1 || p.VApp != "shop" {
+			t.Fatalf("plan %+v", p)
+		}
+		got = append(got, vmPlan{p.Name, p.StartOrder, p.CPUs, p.MemoryMiB, p.Disks[0].VirtualSize, p.NICs[0].Network, len(p.Warnings)})
+	}
+	want := []vmPlan{{"shop-db", 0, 0, 1024, 4 << 20, "Storage", 0}, {"shop-web", 1, 2, 0, 8 << 20, "VM Network", 0}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("plans %+v\nwant %+v", got, want)
+	}
+
+	// Without a StartupSection: document order, unordered (-1).
+	if plans, err = inspect(vapp("", []string{diskA}, []string{diskB}), Options{}); err != nil || len(plans) != 2 ||
+		plans[0].Name != "shop-web" || plans[1].Name != "shop-db" || plans[0].StartOrder != -1 {
+		t.Fatalf("unordered vApp: %+v, %v", plans, err)
+	}
+	// --vm picks one, whose order is still recorded.
+	if plans, err = inspect(vapp(startup, []string{diskA}, []string{diskB}), Options{VM: "web"}); err != nil || len(plans) != 1 ||
+		plans[0].Name != "shop-web" || plans[0].StartOrder != 1 {
+		t.Fatalf("one VM of the vApp: %+v, %v", plans, err)
+	}
+	for _, c := range []struct{ name, ovf, err string }{
+		{"shared disk", vapp(startup, []string{diskA}, []string{diskA}),
+			`x.ovf: OVF disk "da" is attached by VMs "db" and "web" of the vApp; shared disks are not imported`},
+		{"bad order", vapp(strings.Replace(startup, `ovf:order="1"`, `ovf:order="first"`, 1), []string{diskA}, []string{diskB}),
+			`x.ovf: OVF StartupSection entry "web": ovf:order "first" is not a whole number from 0 to 65536`},
+		{"VM named twice", vapp(strings.Replace(startup, `ovf:id="db"`, `ovf:id="web"`, 1), []string{diskA}, []string{diskB}),
+			`x.ovf: OVF StartupSection names VM "web" twice`},
+	} {
+		if _, err := inspect(c.ovf, Options{}); err == nil || err.Error() != c.err || !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: %v\nwant %s", c.name, err, c.err)
+		}
+	}
+}

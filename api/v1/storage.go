@@ -96,8 +96,10 @@ type ImportArgs struct {
 	// DeploymentOption is the OVF DeploymentOptionSection configuration
 	// to import ("" for the appliance's default).
 	DeploymentOption string `json:"deploymentOption,omitempty"`
-	// VM is the VirtualSystem (ovf:id or Name) of a multi-VM vApp to
-	// import.
+	// VM is the one VirtualSystem (ovf:id or Name) of a multi-VM vApp to
+	// import; without it every VM of the vApp is created (one transaction),
+	// named VAPP-VM (Name, when given, in place of VAPP), and CPUs,
+	// MemoryMiB and Forwards, which belong to one VM, are refused.
 	VM string `json:"vm,omitempty"`
 }
 

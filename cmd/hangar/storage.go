@@ -139,8 +139,9 @@ An appliance's NICs keep their order and MACs; --network maps each OVF network t
 bridge (or "user"), and NICs of unmapped networks become user-mode NICs, with a warning.
 --deployment-option picks an OVF DeploymentOptionSection configuration (default: the
 appliance's default); an unknown one is refused with the list the appliance offers.
---vm imports one VirtualSystem of a multi-VM vApp, named VAPP-VM (the refusal without it
-lists them).
+A multi-VM vApp becomes one VM per VirtualSystem, named VAPP-VM (--name replaces VAPP),
+created together or not at all; the answer is the first in the vApp's start order, which
+every VM's operation records (not enforced at start). --vm imports only one of them.
 FILE is a path on the host asked (--host: another host of the pool; a URL is refused: copy
 the file into an import directory first), and the VM is created there.`,
 		Example: "  hangar import appliance.ova --start\n  hangar import appliance.ova --network \"VM Network=br0\" --deployment-option small\n  hangar import disk.vmdk --name legacy --memory 1024 --forward 2222:22",
@@ -175,7 +176,7 @@ the file into an import directory first), and the VM is created there.`,
 	imp.Flags().StringArrayVar(&forwards, "forward", nil, "HOSTPORT:GUESTPORT for the (first) user-mode NIC")
 	imp.Flags().StringArrayVar(&networks, "network", nil, `OVFNETWORK=BRIDGE: put the NICs of an OVF network on a host bridge ("user": user-mode NICs)`)
 	imp.Flags().StringVar(&option, "deployment-option", "", "OVF deployment option (configuration id) to import (default: the appliance's default)")
-	imp.Flags().StringVar(&vmName, "vm", "", "the VirtualSystem (ovf:id or Name) of a multi-VM vApp to import")
+	imp.Flags().StringVar(&vmName, "vm", "", "import only this VirtualSystem (ovf:id or Name) of a multi-VM vApp (default: all of them)")
 	imp.Flags().StringVar(&onHost, "host", "", "the host that has FILE (default: the server's host): the server forwards the import there and the VM is created on it")
 	return imp
 }

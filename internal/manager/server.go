@@ -302,54 +302,90 @@ func (s *Server) create(ctx context.Context, spec v1.VMSpec, start bool, host st
 	return s.createWarned(ctx, spec, start, host, nil)
 }
 
+// newVM is a VM to create: its spec, whether to start it, the host that
+// pins it ("" for the master's choice) and the warnings its operation
+// records.
+type newVM struct {
+	spec     v1.VMSpec
+	start    bool
+	host     string
+	warnings []string
+}
+
 // createWarned is create recording warnings in the operation.
 func (s *Server) createWarned(ctx context.Context, spec v1.VMSpec, start bool, host string, warnings []string) (v1.Operation, error) {
-	if err := vm.ValidateName("name", spec.Name); err != nil {
+	ops, err := s.createAll(ctx, []newVM{{spec: spec, start: start, host: host, warnings: warnings}})
+	if err != nil {
 		return v1.Operation{}, err
 	}
+	return ops[0], nil
+}
+
+// createAll is create for several VMs at once (a vApp's): every one is
+// validated and placed in a dry run first, then all are recorded with
+// their create operations in one transaction, so that either all exist or
+// none.
+func (s *Server) createAll(ctx context.Context, vms []newVM) ([]v1.Operation, error) {
 	hosts, err := s.hosts(ctx)
 	if err != nil {
-		return v1.Operation{}, err
+		return nil, err
 	}
-	if spec.CPUModel == "" {
-		spec.CPUModel = poolCPUModel(hosts)
+	var writes []store.Op
+	var ops []v1.Operation
+	var names []string
+	for _, n := range vms {
+		spec, start, host := n.spec, n.start, n.host
+		if err := vm.ValidateName("name", spec.Name); err != nil {
+			return nil, err
+		}
+		if spec.CPUModel == "" {
+			spec.CPUModel = poolCPUModel(hosts)
+		}
+		if start {
+			spec.Power = v1.PowerRunning
+		}
+		vm.Defaults(&spec, "tcg") // the CPU model is set: the accelerator chooses nothing more
+		if spec.Power == v1.PowerPaused {
+			return nil, &v1.Error{Code: v1.CodeInvalidArgument, Field: "power", Message: "power: a new vm is running or stopped"}
+		}
+		start = spec.Power == v1.PowerRunning
+		if err := vm.Validate(spec, scheduler.LargestHostMemory(hosts)); err != nil {
+			return nil, err
+		}
+		// The disks' files are checked where the VM will run when that is known
+		// now (a pinned create, manual placement on one host), else here.
+		if err := s.checkSourcesOn(ctx, knownHost(spec, host), spec); err != nil {
+			return nil, err
+		}
+		// A dry run of the placement answers at once when no host could take
+		// the VM; the pool master places it for real (it alone books hosts).
+		if err := s.couldPlace(ctx, hosts, spec, host); err != nil {
+			return nil, err
+		}
+		spec.Host = ""
+		spec.UUID = uuid.NewString()
+		s.sealCloudInit(&spec)
+		op := s.newOp("create", spec.Name, "", v1.CreateArgs{Start: start, Host: host})
+		op.Warnings = n.warnings
+		writes = append(append(writes, inventory.NewOpWrites(op)...),
+			store.PutOp(inventory.VMKey(spec.Name), inventory.Marshal(spec), store.MustNotExist))
+		ops = append(ops, op)
+		names = append(names, strconv.Quote(spec.Name))
 	}
-	if start {
-		spec.Power = v1.PowerRunning
-	}
-	vm.Defaults(&spec, "tcg") // the CPU model is set: the accelerator chooses nothing more
-	if spec.Power == v1.PowerPaused {
-		return v1.Operation{}, &v1.Error{Code: v1.CodeInvalidArgument, Field: "power", Message: "power: a new vm is running or stopped"}
-	}
-	start = spec.Power == v1.PowerRunning
-	if err := vm.Validate(spec, scheduler.LargestHostMemory(hosts)); err != nil {
-		return v1.Operation{}, err
-	}
-	// The disks' files are checked where the VM will run when that is known
-	// now (a pinned create, manual placement on one host), else here.
-	if err := s.checkSourcesOn(ctx, knownHost(spec, host), spec); err != nil {
-		return v1.Operation{}, err
-	}
-	// A dry run of the placement answers at once when no host could take
-	// the VM; the pool master places it for real (it alone books hosts).
-	if err := s.couldPlace(ctx, hosts, spec, host); err != nil {
-		return v1.Operation{}, err
-	}
-	spec.Host = ""
-	spec.UUID = uuid.NewString()
-	s.sealCloudInit(&spec)
-	op := s.newOp("create", spec.Name, "", v1.CreateArgs{Start: start, Host: host})
-	op.Warnings = warnings
-	_, err = s.cfg.Store.Txn(ctx, nil, append(inventory.NewOpWrites(op),
-		store.PutOp(inventory.VMKey(spec.Name), inventory.Marshal(spec), store.MustNotExist))...)
+	_, err = s.cfg.Store.Txn(ctx, nil, writes...)
 	if errors.Is(err, store.ErrConflict) {
-		return v1.Operation{}, &v1.Error{Code: v1.CodeConflict, Field: "name", Message: fmt.Sprintf("name: vm %q already exists", spec.Name)}
+		if len(names) == 1 {
+			return nil, &v1.Error{Code: v1.CodeConflict, Field: "name", Message: fmt.Sprintf("name: vm %s already exists", names[0])}
+		}
+		return nil, &v1.Error{Code: v1.CodeConflict, Field: "name", Message: fmt.Sprintf("name: one of vms %s already exists (none was created)", strings.Join(names, ", "))}
 	}
 	if err != nil {
-		return v1.Operation{}, err
+		return nil, err
 	}
-	s.cfg.Log.Info("vm create accepted", "vm", spec.Name, "host", host, "op", op.ID)
-	return op, nil
+	for i, op := range ops {
+		s.cfg.Log.Info("vm create accepted", "vm", vms[i].spec.Name, "host", vms[i].host, "op", op.ID)
+	}
+	return ops, nil
 }
 
 // checkSources checks what a new VM's disks come from, as far as it can be

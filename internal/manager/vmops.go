@@ -422,7 +422,7 @@ func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, errdefs.Field("path", err))
 		return
 	}
-	plan, err := imports.InspectWith(ctx, hf.Path, imports.Options{DeploymentOption: args.DeploymentOption, VM: args.VM})
+	plans, err := imports.InspectAll(ctx, hf.Path, imports.Options{DeploymentOption: args.DeploymentOption, VM: args.VM})
 	if err != nil {
 		if errors.Is(err, imports.ErrDeploymentOption) {
 			err = &v1.Error{Code: v1.CodeInvalidArgument, Field: "deploymentOption", Message: "deploymentOption: " + err.Error()}
@@ -434,10 +434,95 @@ func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	spec := v1.VMSpec{Name: plan.Name, CPUs: plan.CPUs, MemoryMiB: plan.MemoryMiB, CPUModel: "qemu64"}
+	if err := checkVAppArgs(plans, args); err != nil {
+		writeErr(w, err)
+		return
+	}
+	var vms []newVM
+	var names []string
+	for _, plan := range plans {
+		spec, warnings, err := importSpec(plan, args, len(plans) > 1)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		vms = append(vms, newVM{spec: spec, start: args.Start, host: pin, warnings: warnings})
+		names = append(names, spec.Name)
+	}
+	for i := range vms {
+		vms[i].warnings = append(vms[i].warnings, vappNote(plans, names, i)...)
+		for _, msg := range vms[i].warnings {
+			s.cfg.Log.Warn("import: the VM leaves out or changes part of the source", "vm", names[i], "path", hf.Path, "warning", msg)
+		}
+	}
+	ops, err := s.createAll(ctx, vms)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.answerOp(w, r, ops[0], wait)
+}
 
-	if args.Name != "" {
+// checkVAppArgs refuses, for a multi-VM vApp imported whole, what belongs
+// to one VM (sizes, port forwards) and networks none of its VMs has.
+func checkVAppArgs(plans []imports.Plan, args v1.ImportArgs) error {
+	if len(plans) < 2 {
+		return nil
+	}
+	switch {
+	case args.CPUs > 0:
+		return invalidArg("cpus", "the vApp's %d VMs keep their own sizes: import one of them (vm) to change it", len(plans))
+	case args.MemoryMiB > 0:
+		return invalidArg("memoryMiB", "the vApp's %d VMs keep their own sizes: import one of them (vm) to change it", len(plans))
+	case len(args.Forwards) > 0:
+		return invalidArg("forwards", "the vApp has %d VMs: import one of them (vm) to forward ports to it", len(plans))
+	}
+	all := imports.Plan{Kind: plans[0].Kind}
+	for _, p := range plans {
+		all.NICs = append(all.NICs, p.NICs...)
+	}
+	_, _, err := importNICs(all, v1.ImportArgs{Networks: args.Networks})
+	return err
+}
+
+// vappNote records where VM i of a multi-VM vApp (names: the VMs created)
+// stands in its start order (nothing for a VM of no vApp).
+func vappNote(plans []imports.Plan, names []string, i int) []string {
+	plan := plans[i]
+	if plan.VApp == "" {
+		return nil
+	}
+	var order []string
+	for j, p := range plans {
+		if p.StartOrder >= 0 {
+			order = append(order, fmt.Sprintf("%s (ovf:order %d)", names[j], p.StartOrder))
+		} else {
+			order = append(order, names[j]+" (unordered)")
+		}
+	}
+	if len(plans) == 1 {
+		if plan.StartOrder < 0 {
+			return []string{fmt.Sprintf("OVF vApp %q: VM %s is not in its StartupSection; its other VMs are not imported", plan.VApp, names[i])}
+		}
+		return []string{fmt.Sprintf("OVF vApp %q: VM %s starts in group ovf:order %d; its other VMs are not imported", plan.VApp, names[i], plan.StartOrder)}
+	}
+	return []string{fmt.Sprintf("OVF vApp %q: its %d VMs are created together; its start order (recorded, not enforced: each starts on its own): %s",
+		plan.VApp, len(plans), strings.Join(order, ", "))}
+}
+
+// importSpec is the spec of the VM an import plan creates, with the
+// warnings of its NIC mapping; of a vApp imported whole (several), args'
+// name replaces the vApp's part of each VM's name.
+func importSpec(plan imports.Plan, args v1.ImportArgs, several bool) (v1.VMSpec, []string, error) {
+	spec := v1.VMSpec{Name: plan.Name, CPUs: plan.CPUs, MemoryMiB: plan.MemoryMiB, CPUModel: "qemu64"}
+	switch {
+	case args.Name != "" && several && plan.VApp != "" && strings.HasPrefix(plan.Name, plan.VApp+"-"):
+		spec.Name = args.Name + strings.TrimPrefix(plan.Name, plan.VApp)
+	case args.Name != "":
 		spec.Name = args.Name
+	}
+	if err := vm.ValidateName("name", spec.Name); err != nil {
+		return spec, nil, err
 	}
 	if args.CPUs > 0 {
 		spec.CPUs = args.CPUs
@@ -465,27 +550,29 @@ func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 		if plan.DeploymentOption != "" {
 			opt = fmt.Sprintf(" in deployment option %q", plan.DeploymentOption)
 		}
-		writeErr(w, invalidArg("path", "the appliance has %d disks and %d NICs%s; a VM has at most %d disks and %d NICs",
-			len(plan.Disks), len(plan.NICs), opt, vm.MaxDisks, vm.MaxNICs))
-		return
+		what := "the appliance"
+		if several {
+			what = "VM " + spec.Name + " of the vApp"
+		}
+		return spec, nil, invalidArg("path", "%s has %d disks and %d NICs%s; a VM has at most %d disks and %d NICs",
+			what, len(plan.Disks), len(plan.NICs), opt, vm.MaxDisks, vm.MaxNICs)
+	}
+	if several { // each VM maps the networks it has (checkVAppArgs checked them all)
+		nets := map[string]string{}
+		for _, n := range plan.NICs {
+			if to, ok := args.Networks[n.Network]; ok {
+				nets[n.Network] = to
+			}
+		}
+		args.Networks = nets
 	}
 	warnings := slices.Clone(plan.Warnings)
 	nics, more, err := importNICs(plan, args)
 	if err != nil {
-		writeErr(w, err)
-		return
+		return spec, nil, err
 	}
 	spec.NICs = nics
-	warnings = append(warnings, more...)
-	for _, msg := range warnings {
-		s.cfg.Log.Warn("import: the VM leaves out or changes part of the source", "vm", spec.Name, "path", hf.Path, "warning", msg)
-	}
-	op, err := s.createWarned(ctx, spec, args.Start, pin, warnings)
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	s.answerOp(w, r, op, wait)
+	return spec, append(warnings, more...), nil
 }
 
 // importNICs maps an import's NICs: an appliance's in order, with their

@@ -202,7 +202,7 @@ func parseOVF(name string, b []byte, opt Options) (*ovfEnvelope, error) {
 		}
 		env.systems = systems[i : i+1]
 	case len(systems) > 1 && !opt.all:
-		return nil, malformed("%s: OVF with %d virtual systems (a multi-VM vApp: %s) is not supported; --vm NAME imports one of them",
+		return nil, malformed("%s: OVF with %d virtual systems (a multi-VM vApp: %s): one plan is of one of them (--vm NAME); InspectAll plans them all",
 			name, len(systems), strings.Join(ids, ", "))
 	default:
 		env.systems = systems

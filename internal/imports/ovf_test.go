@@ -190,7 +190,7 @@ func TestOVFPlans(t *testing.T) {
 			err: `x.ovf: OVF VirtualSystemCollection holds no VirtualSystem`},
 		{name: "VirtualSystemCollection of two", ovf: envOpen1 + refsAB + `<VirtualSystemCollection ovf:id="vapp"><Info>vApp</Info>
 ` + vs("web", diskA) + vs("db", diskB) + "</VirtualSystemCollection></Envelope>",
-			err: `x.ovf: OVF with 2 virtual systems (a multi-VM vApp: "web", "db") is not supported; --vm NAME imports one of them`},
+			err: `x.ovf: OVF with 2 virtual systems (a multi-VM vApp: "web", "db"): one plan is of one of them (--vm NAME); InspectAll plans them all`},
 		{name: "one VM of a vApp", vm: "db", vmName: "vapp-db", ovf: envOpen1 + refsAB + `<VirtualSystemCollection ovf:id="vapp"><Info>vApp</Info>
 ` + vs("web", diskA) + vs("db", cpu2, diskB) + "</VirtualSystemCollection></Envelope>",
 			cpus: 2, disks: []wantDisk{dbk}, warnings: []string{`OVF disk "da" is attached to no drive: not imported`}},

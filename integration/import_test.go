@@ -116,15 +116,25 @@ func buildOVA(t *testing.T, dir string) string {
 	}
 	mf := fmt.Sprintf("SHA256(appliance.ovf)= %s\nSHA256(appliance-disk1.vmdk)= %s\n", sum([]byte(ovf)), sum(disk))
 	p := filepath.Join(dir, "appliance.ova")
+	writeOVA(t, p, tarMember{"appliance.ovf", []byte(ovf)}, tarMember{"appliance.mf", []byte(mf)}, tarMember{"appliance-disk1.vmdk", disk})
+	return p
+}
+
+type tarMember struct {
+	name string
+	data []byte
+}
+
+// writeOVA writes the members as a tar at p.
+func writeOVA(t *testing.T, p string, members ...tarMember) {
+	t.Helper()
 	f, err := os.Create(p)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer f.Close()
 	tw := tar.NewWriter(f)
-	for _, m := range []struct {
-		name string
-		data []byte
-	}{{"appliance.ovf", []byte(ovf)}, {"appliance.mf", []byte(mf)}, {"appliance-disk1.vmdk", disk}} {
+	for _, m := range members {
 		if err := tw.WriteHeader(&tar.Header{Name: m.name, Mode: 0o644, Size: int64(len(m.data)), Typeflag: tar.TypeReg}); err != nil {
 			t.Fatal(err)
 		}
@@ -135,8 +145,58 @@ func buildOVA(t *testing.T, dir string) string {
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
-	return p
+}
+
+// TestImportVAppBoots: a multi-VM vApp (two VirtualSystems, each its own
+// disk of the test guest, a StartupSection starting db first) imports as two
+// VMs named after the vApp, both boot (each guest reports its own name), and
+// the answer and the operations record the start order.
+func TestImportVAppBoots(t *testing.T) {
+	s := newServer(t)
+	ctx := context.Background()
+	vmdk := filepath.Join(s.importDir, "guest.vmdk")
+	qemuImgConvert(t, "-O", "vmdk", "-o", "subformat=streamOptimized", guestImage, vmdk)
+	disk, err := os.ReadFile(vmdk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs := func(id, diskID string) string {
+		return `<VirtualSystem ovf:id="` + id + `"><Info>a vm</Info><Name>` + id + `</Name><VirtualHardwareSection><Info>hw</Info>
+      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>256</rasd:VirtualQuantity></Item>
+      <Item><rasd:HostResource>ovf:/disk/` + diskID + `</rasd:HostResource><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType></Item>
+      <Item><rasd:Connection>VM Network</rasd:Connection><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceType>10</rasd:ResourceType></Item>
+    </VirtualHardwareSection></VirtualSystem>`
+	}
+	// both disks are converted from the one file
+	ovf := fmt.Sprintf(`<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
+  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData">
+  <References><File ovf:id="f1" ovf:href="guest.vmdk" ovf:size="%d"/></References>
+  <DiskSection><Info>disks</Info><Disk ovf:diskId="web-disk" ovf:fileRef="f1" ovf:capacity="134217728"/><Disk ovf:diskId="db-disk" ovf:fileRef="f1" ovf:capacity="134217728"/></DiskSection>
+  <VirtualSystemCollection ovf:id="shop"><Info>a vApp</Info><Name>shop</Name>
+    <StartupSection><Info>start order</Info><Item ovf:id="web" ovf:order="1"/><Item ovf:id="db" ovf:order="0"/></StartupSection>
+    %s
+    %s
+  </VirtualSystemCollection></Envelope>`, len(disk), vs("web", "web-disk"), vs("db", "db-disk"))
+	p := filepath.Join(s.importDir, "shop.ova")
+	writeOVA(t, p, tarMember{"shop.ovf", []byte(ovf)}, tarMember{"guest.vmdk", disk})
+	os.Remove(vmdk)
+
+	op, err := s.c.Import(ctx, v1.ImportArgs{Path: p, Start: true, Networks: map[string]string{"VM Network": "user"}}, 2*time.Minute)
+	s.wait(op, err)
+	if op.Target != "shop-db" || len(op.Warnings) == 0 || !strings.Contains(op.Warnings[len(op.Warnings)-1], "shop-db (ovf:order 0), shop-web (ovf:order 1)") {
+		t.Fatalf("answer: %s, warnings %q; want shop-db first, with the start order", op.Target, op.Warnings)
+	}
+	for _, name := range []string{"shop-db", "shop-web"} {
+		s.waitReady(name, 0)
+		v, err := s.c.VM(ctx, name)
+		if err != nil || v.Spec.MemoryMiB != 256 || len(v.Spec.Disks) != 1 || len(v.Spec.NICs) != 1 || v.Spec.NICs[0].Mode != v1.NICUser {
+			t.Fatalf("%s: %+v, %v", name, v.Spec, err)
+		}
+	}
+	for _, name := range []string{"shop-db", "shop-web"} {
+		s.wait(s.c.DeleteVM(ctx, name, true, time.Minute))
+	}
 }
 
 // TestImportRejectsMalformed: bad files are refused with a 400 naming the

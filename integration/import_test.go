@@ -147,16 +147,30 @@ func writeOVA(t *testing.T, p string, members ...tarMember) {
 	}
 }
 
-// TestImportVAppBoots: a multi-VM vApp (two VirtualSystems, each its own
-// disk of the test guest, a StartupSection starting db first) imports as two
-// VMs named after the vApp, both boot (each guest reports its own name), and
-// the answer and the operations record the start order.
+// TestImportVAppBoots: a multi-VM vApp (two VirtualSystems, a StartupSection
+// starting db first; db's disk is the test guest, web's a delta of it, as a
+// vCloud template shares a base) imports as two VMs named after the vApp,
+// both boot (each guest reports its own name: the delta was flattened on its
+// base by the agent), and the answer and the operations record the start
+// order.
 func TestImportVAppBoots(t *testing.T) {
 	s := newServer(t)
 	ctx := context.Background()
 	vmdk := filepath.Join(s.importDir, "guest.vmdk")
 	qemuImgConvert(t, "-O", "vmdk", "-o", "subformat=streamOptimized", guestImage, vmdk)
 	disk, err := os.ReadFile(vmdk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// the delta: an overlay of the guest that changed nothing, its own
+	// (no) blocks as a streamOptimized VMDK
+	top := filepath.Join(t.TempDir(), "top.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", guestImage, "-F", "qcow2", top).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v %s", err, out)
+	}
+	deltaPath := filepath.Join(t.TempDir(), "delta.vmdk")
+	qemuImgConvert(t, "-O", "vmdk", "-o", "subformat=streamOptimized", `json:{"driver":"qcow2","file":{"driver":"file","filename":"`+top+`"},"backing":null}`, deltaPath)
+	delta, err := os.ReadFile(deltaPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,15 +185,15 @@ func TestImportVAppBoots(t *testing.T) {
 	ovf := fmt.Sprintf(`<?xml version="1.0" encoding="UTF-8"?>
 <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
   xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData">
-  <References><File ovf:id="f1" ovf:href="guest.vmdk" ovf:size="%d"/></References>
-  <DiskSection><Info>disks</Info><Disk ovf:diskId="web-disk" ovf:fileRef="f1" ovf:capacity="134217728"/><Disk ovf:diskId="db-disk" ovf:fileRef="f1" ovf:capacity="134217728"/></DiskSection>
+  <References><File ovf:id="f1" ovf:href="guest.vmdk" ovf:size="%d"/><File ovf:id="f2" ovf:href="delta.vmdk" ovf:size="%d"/></References>
+  <DiskSection><Info>disks</Info><Disk ovf:diskId="web-disk" ovf:fileRef="f2" ovf:parentRef="db-disk" ovf:capacity="134217728"/><Disk ovf:diskId="db-disk" ovf:fileRef="f1" ovf:capacity="134217728"/></DiskSection>
   <VirtualSystemCollection ovf:id="shop"><Info>a vApp</Info><Name>shop</Name>
     <StartupSection><Info>start order</Info><Item ovf:id="web" ovf:order="1"/><Item ovf:id="db" ovf:order="0"/></StartupSection>
     %s
     %s
-  </VirtualSystemCollection></Envelope>`, len(disk), vs("web", "web-disk"), vs("db", "db-disk"))
+  </VirtualSystemCollection></Envelope>`, len(disk), len(delta), vs("web", "web-disk"), vs("db", "db-disk"))
 	p := filepath.Join(s.importDir, "shop.ova")
-	writeOVA(t, p, tarMember{"shop.ovf", []byte(ovf)}, tarMember{"guest.vmdk", disk})
+	writeOVA(t, p, tarMember{"shop.ovf", []byte(ovf)}, tarMember{"guest.vmdk", disk}, tarMember{"delta.vmdk", delta})
 	os.Remove(vmdk)
 
 	op, err := s.c.Import(ctx, v1.ImportArgs{Path: p, Start: true, Networks: map[string]string{"VM Network": "user"}}, 2*time.Minute)
@@ -190,7 +204,8 @@ func TestImportVAppBoots(t *testing.T) {
 	for _, name := range []string{"shop-db", "shop-web"} {
 		s.waitReady(name, 0)
 		v, err := s.c.VM(ctx, name)
-		if err != nil || v.Spec.MemoryMiB != 256 || len(v.Spec.Disks) != 1 || len(v.Spec.NICs) != 1 || v.Spec.NICs[0].Mode != v1.NICUser {
+		if err != nil || v.Spec.MemoryMiB != 256 || len(v.Spec.Disks) != 1 || len(v.Spec.NICs) != 1 || v.Spec.NICs[0].Mode != v1.NICUser ||
+			v.Spec.Disks[0].Import == nil || (v.Spec.Disks[0].Import.Base != nil) != (name == "shop-web") {
 			t.Fatalf("%s: %+v, %v", name, v.Spec, err)
 		}
 	}

@@ -58,7 +58,21 @@ func planAppliance(ctx context.Context, a applianceFiles) ([]Plan, error) {
 		}
 		plans = append(plans, p)
 	}
+	uniqueNames(plans)
 	return plans, nil
+}
+
+// uniqueNames gives the VMs of a vApp distinct names: a VM named like an
+// earlier one (two VirtualSystems of one Name, or names cut at 63
+// characters) gets a "-2", "-3"… suffix and a warning.
+func uniqueNames(plans []Plan) {
+	seen := map[string]bool{}
+	for i := range plans {
+		if n := uniqueLabel(seen, plans[i].Name, 2); n != plans[i].Name {
+			plans[i].Warnings = append(plans[i].Warnings, fmt.Sprintf("OVF vApp VM named %s like another VM of the vApp: imported as %s", plans[i].Name, n))
+			plans[i].Name = n
+		}
+	}
 }
 
 // planVM plans one VirtualSystem of the package.

@@ -754,17 +754,22 @@ func unitFactor(f string) (*big.Int, error) {
 	return new(big.Int).Exp(big.NewInt(b), big.NewInt(int64(e)), nil), nil
 }
 
+// uniqueLabel returns the DNS label n, or if seen has it n-k, n-(k+1)…
+// (cut to stay a label), and records the result in seen.
+func uniqueLabel(seen map[string]bool, n string, k int) string {
+	for base := n; seen[n]; k++ {
+		n = fmt.Sprintf("%s-%d", strings.TrimRight(base[:min(len(base), 58)], "-"), k)
+	}
+	seen[n] = true
+	return n
+}
+
 // diskNames gives each OVF disk a distinct DNS-label name.
 func diskNames(disks []ovfDisk) []string {
 	seen := map[string]bool{}
 	names := make([]string, len(disks))
 	for i, d := range disks {
-		n := dnsLabel(firstNonEmpty(d.ID, fmt.Sprintf("disk%d", i)))
-		for base, k := n, 1; seen[n]; k++ {
-			n = fmt.Sprintf("%s-%d", strings.TrimRight(base[:min(len(base), 58)], "-"), k)
-		}
-		seen[n] = true
-		names[i] = n
+		names[i] = uniqueLabel(seen, dnsLabel(firstNonEmpty(d.ID, fmt.Sprintf("disk%d", i))), 1)
 	}
 	return names
 }

@@ -485,6 +485,12 @@ func TestOVFVApp(t *testing.T) {
 		plans[0].Name != "shop-web" || plans[1].Name != "shop-db" || plans[0].StartOrder != -1 {
 		t.Fatalf("unordered vApp: %+v, %v", plans, err)
 	}
+	// Two VMs of one Name: the second gets a suffix and a warning.
+	same := strings.Replace(vapp("", []string{diskA}, []string{diskB}), "<Name>db</Name>", "<Name>web</Name>", 1)
+	if plans, err = inspect(same, Options{}); err != nil || len(plans) != 2 || plans[0].Name != "shop-web" || plans[1].Name != "shop-web-2" ||
+		len(plans[1].Warnings) != 1 || plans[1].Warnings[0] != "OVF vApp VM named shop-web like another VM of the vApp: imported as shop-web-2" {
+		t.Fatalf("two VMs of one name: %+v, %v", plans, err)
+	}
 	// --vm picks one, whose order is still recorded.
 	if plans, err = inspect(vapp(startup, []string{diskA}, []string{diskB}), Options{VM: "web"}); err != nil || len(plans) != 1 ||
 		plans[0].Name != "shop-web" || plans[0].StartOrder != 1 {

@@ -220,7 +220,10 @@ func (opt Options) checkSingle() error {
 // of a VMDK descriptor must live in dir, "" for none) and only then asks
 // qemu-img for its virtual size.
 func inspectDisk(ctx context.Context, im image, src Source, dir, ext string) (Source, error) {
-	format, err := detectDisk(im, ext)
+	format, err := src.Format, error(nil)
+	if format == "" { // else the package knows (a VMDK descriptor's extent in an OVA)
+		format, err = detectDisk(im, ext)
+	}
 	if err != nil {
 		return Source{}, err
 	}

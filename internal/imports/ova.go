@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 )
@@ -178,15 +179,57 @@ func (o *ova) open(name string) (io.ReadCloser, error) {
 }
 
 // disk is a disk inside the archive: qemu-img will read the byte range of
-// the .ova through a raw offset/size node. VMDK descriptors are refused:
-// their extents would have to be extracted.
+// the .ova through a raw offset/size node. A VMDK text descriptor is
+// replaced by its one FLAT extent (another member), the disk's raw bytes;
+// a descriptor of several extents or of a sparse one is refused (qemu
+// cannot take them from inside the tar).
 func (o *ova) disk(name string) (image, Source, string, error) {
 	m, err := o.member(name)
 	if err != nil {
 		return image{}, Source{}, "", err
 	}
 	im := image{r: io.NewSectionReader(o.f, m.offset, m.size), size: m.size, name: name}
+	if head, err := im.head(4096); err == nil && isVMDKDescriptor(im, head, strings.ToLower(path.Ext(name))) {
+		return o.extentDisk(im)
+	}
 	return im, Source{Path: o.path, Offset: m.offset, Size: m.size}, "", nil
+}
+
+// extentDisk is the disk a VMDK descriptor inside the archive describes:
+// its one extent, a member named relative to the descriptor (the image's
+// name, which the caller checks the OVF references).
+func (o *ova) extentDisk(desc image) (image, Source, string, error) {
+	extents, err := parseVMDKDescriptor(desc)
+	if err != nil {
+		return image{}, Source{}, "", err
+	}
+	if len(extents) != 1 {
+		return image{}, Source{}, "", malformed("%s: a VMDK descriptor with %d extent files cannot be read from inside an archive (one FLAT extent can)", desc.name, len(extents))
+	}
+	e := extents[0]
+	name := path.Join(path.Dir(desc.name), e.file)
+	if err := checkHref(e.file); err != nil {
+		return image{}, Source{}, "", malformed("%s: VMDK extent %q %v", desc.name, e.file, err)
+	}
+	m, err := o.member(name)
+	if err != nil {
+		return image{}, Source{}, "", err
+	}
+	if e.sectors > maxVMDKSectors || e.offset > maxVMDKSectors {
+		return image{}, Source{}, "", malformed("%s: VMDK extent %q: size out of range", desc.name, e.file)
+	}
+	ext := image{r: io.NewSectionReader(o.f, m.offset, m.size), size: m.size, name: name}
+	if e.kind == "FLAT" {
+		off, n := e.offset*512, e.sectors*512
+		if err := ext.need(off, n); err != nil {
+			return image{}, Source{}, "", malformed("%s: VMDK extent %q has %d bytes, the descriptor needs %d", desc.name, e.file, m.size, off+n)
+		}
+		raw := image{r: io.NewSectionReader(o.f, m.offset+off, n), size: n, name: name}
+		return raw, Source{Path: o.path, Format: "raw", Offset: m.offset + off, Size: n}, "", nil
+	}
+	// qemu opens a SPARSE extent only through its descriptor, which cannot
+	// name a member of the tar
+	return image{}, Source{}, "", malformed("%s: VMDK extent %q: a %s extent cannot be read from inside an archive (a FLAT one can)", desc.name, e.file, e.kind)
 }
 
 func (o *ova) close() {}

@@ -423,6 +423,15 @@ func (env *ovfEnvelope) file(id string) (ovfFile, bool) {
 	return ovfFile{}, false
 }
 
+func (env *ovfEnvelope) fileByHref(href string) (ovfFile, bool) {
+	for _, f := range env.Files {
+		if f.Href == href {
+			return f, true
+		}
+	}
+	return ovfFile{}, false
+}
+
 func (env *ovfEnvelope) disk(id string) (ovfDisk, bool) {
 	for _, d := range env.Disks {
 		if d.ID == id {

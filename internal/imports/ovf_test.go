@@ -52,6 +52,24 @@ const (
 `
 )
 
+// descRefs name d.vmdk, a VMDK text descriptor, and d-flat.vmdk, its
+// extent; descEntries are those files with the extent lines given.
+const descRefs = `  <References><File ovf:id="fd" ovf:href="d.vmdk"/><File ovf:id="fe" ovf:href="d-flat.vmdk"/></References>
+  <DiskSection><Info>disks</Info><Disk ovf:diskId="dd" ovf:fileRef="fd" ovf:capacity="1048576"/></DiskSection>
+`
+
+const diskD = `<Item><rasd:HostResource>ovf:/disk/dd</rasd:HostResource><rasd:InstanceID>10</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType></Item>
+`
+
+func descEntries(extents string) []tarEntry {
+	flat := make([]byte, 1<<20)
+	for i := range flat {
+		flat[i] = byte(i / 4096)
+	}
+	return []tarEntry{{name: "d.vmdk", data: []byte("# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n" + extents + "\n")},
+		{name: "d-flat.vmdk", data: flat}}
+}
+
 // refsDelta has c.vmdk as disk dc, a delta of da.
 const refsDelta = `  <References><File ovf:id="fa" ovf:href="a.vmdk" ovf:size="{A}"/><File ovf:id="fc" ovf:href="c.vmdk" ovf:size="{C}"/></References>
   <DiskSection><Info>disks</Info>
@@ -222,13 +240,17 @@ func TestOVFPlans(t *testing.T) {
 			err: `x.ovf: OVF file "a.vmdk": gzip compression is not supported`},
 		{name: "chunked file", ovf: envOpen1 + strings.Replace(refsA, `ovf:size="{A}"`, `ovf:size="{A}" ovf:chunkSize="4194304"`, 1) + vs("web", diskA) + "</Envelope>",
 			err: `x.ovf: OVF file "a.vmdk": chunked files are not supported`},
-		{name: "VMDK descriptor and extent in the OVA", ovf: envOpen1 + `  <References><File ovf:id="fd" ovf:href="d.vmdk"/><File ovf:id="fe" ovf:href="d-flat.vmdk"/></References>
-  <DiskSection><Info>disks</Info><Disk ovf:diskId="dd" ovf:fileRef="fd" ovf:capacity="1048576"/></DiskSection>
-` + vs("web", scsi, `<Item><rasd:HostResource>ovf:/disk/dd</rasd:HostResource><rasd:InstanceID>10</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType></Item>
-`) + "</Envelope>",
-			extra: []tarEntry{{name: "d.vmdk", data: []byte("# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"d-flat.vmdk\" 0\n")},
-				{name: "d-flat.vmdk", data: make([]byte, 1<<20)}},
-			err: `d.vmdk: a VMDK descriptor with separate extent files cannot be read from inside an archive`},
+		{name: "VMDK descriptor and its FLAT extent in the OVA", ovf: envOpen1 + descRefs + vs("web", scsi, diskD) + "</Envelope>",
+			extra: descEntries(`RW 2048 FLAT "d-flat.vmdk" 0`), disks: []wantDisk{{name: "dd", size: 1 << 20}}},
+		{name: "VMDK descriptor of two extents in the OVA", ovf: envOpen1 + descRefs + vs("web", scsi, diskD) + "</Envelope>",
+			extra: descEntries("RW 1024 FLAT \"d-flat.vmdk\" 0\nRW 1024 FLAT \"d-flat.vmdk\" 1024"),
+			err: `d.vmdk: a VMDK descriptor with 2 extent files cannot be read from inside an archive (one FLAT extent can)`},
+		{name: "VMDK extent the References lack", ovf: envOpen1 + strings.Replace(descRefs, `<File ovf:id="fe" ovf:href="d-flat.vmdk"/>`, "", 1) + vs("web", scsi, diskD) + "</Envelope>",
+			extra: descEntries(`RW 2048 FLAT "d-flat.vmdk" 0`),
+			err: `OVF disk "dd": d-flat.vmdk, the extent of d.vmdk, is not a File of the OVF's References`},
+		{name: "VMDK FLAT extent too short", ovf: envOpen1 + descRefs + vs("web", scsi, diskD) + "</Envelope>",
+			extra: descEntries(`RW 4096 FLAT "d-flat.vmdk" 0`),
+			err: `d.vmdk: VMDK extent "d-flat.vmdk" has 1048576 bytes, the descriptor needs 2097152`},
 		{name: "OVF 0.9 envelope", ovf: strings.ReplaceAll(envOpen1, "http://schemas.dmtf.org/ovf/envelope/1", "http://www.vmware.com/schema/ovf/1/envelope") +
 			refsA + `  <Content xsi:type="ovf:VirtualSystem_Type" ovf:id="old"><Info>a vm</Info></Content></Envelope>`,
 			err: `x.ovf: an OVF 0.9 envelope (VMware's pre-DMTF namespace http://www.vmware.com/schema/ovf/1/envelope) is not supported; ovftool converts it to OVF 1.0 (ovftool x.ovf new.ova)`},
@@ -342,6 +364,35 @@ func TestOVFPlans(t *testing.T) {
 	writeTar(t, ova, []tarEntry{{name: "x.ovf", data: []byte(ovf)}, {name: "a.vmdk", data: hinted.data}})
 	if _, err = Inspect(context.Background(), ova); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "parentFileNameHint") {
 		t.Fatalf("a disk naming a parent: %v", err)
+	}
+
+	// A VMDK descriptor's FLAT extent inside an OVA converts to its data.
+	ova = filepath.Join(t.TempDir(), "desc.ova")
+	desc := descEntries(`RW 2048 FLAT "d-flat.vmdk" 0`)
+	writeTar(t, ova, append([]tarEntry{{name: "x.ovf", data: []byte(envOpen1 + descRefs + vs("web", scsi, diskD) + "</Envelope>")}}, desc...))
+	if plan, err = Inspect(context.Background(), ova); err != nil {
+		t.Fatal(err)
+	}
+	flat := filepath.Join(dir, "d-flat.raw")
+	if err := os.WriteFile(flat, desc[1].data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out = filepath.Join(t.TempDir(), "dd.qcow2")
+	convertChecked(t, plan.Disks[0], out)
+	sameDisk(t, flat, "raw", out)
+
+	// …but not its one SPARSE extent (twoGbMaxExtentSparse, as VMware
+	// Workstation splits disks): qemu opens that only through a descriptor.
+	split := filepath.Join(dir, "s.vmdk")
+	run(t, qemuImg, "create", "-q", "-f", "vmdk", "-o", "subformat=twoGbMaxExtentSparse", split, "8M")
+	refs := `  <References><File ovf:id="fd" ovf:href="s.vmdk"/><File ovf:id="fe" ovf:href="s-s001.vmdk"/></References>
+  <DiskSection><Info>disks</Info><Disk ovf:diskId="dd" ovf:fileRef="fd" ovf:capacity="8388608"/></DiskSection>
+`
+	writeTar(t, ova, []tarEntry{{name: "x.ovf", data: []byte(envOpen1 + refs + vs("web", scsi, diskD) + "</Envelope>")},
+		fileEntry(t, "s.vmdk", split), fileEntry(t, "s-s001.vmdk", filepath.Join(dir, "s-s001.vmdk"))})
+	if _, err = Inspect(context.Background(), ova); !errors.Is(err, ErrMalformed) ||
+		!strings.HasSuffix(err.Error(), `s.vmdk: VMDK extent "s-s001.vmdk": a SPARSE extent cannot be read from inside an archive (a FLAT one can)`) {
+		t.Fatalf("descriptor of a SPARSE extent: %v", err)
 	}
 
 	// A plain OVF directory: its one descriptor and the files beside it.

@@ -28,30 +28,9 @@ var descriptorTypes = map[string]bool{
 // checkVMDKDescriptor checks a text descriptor and every extent it names:
 // relative, inside dir after symlinks, present, large enough.
 func checkVMDKDescriptor(im image, dir string) error {
-	b, err := im.head(maxDescriptor)
+	extents, err := parseVMDKDescriptor(im)
 	if err != nil {
 		return err
-	}
-	if i := bytes.IndexByte(b, 0); i >= 0 {
-		b = b[:i] // qemu reads it as a C string
-	}
-	desc := string(b)
-	if strings.Contains(desc, "parentFileNameHint") && !im.delta {
-		return malformed("%s: VMDK has a parent disk (parentFileNameHint): snapshots and linked clones are not supported", im.name)
-	}
-	ct, ok := descriptorValue(desc, "createType")
-	if !ok {
-		return malformed("%s: VMDK descriptor without createType", im.name)
-	}
-	if !descriptorTypes[ct] {
-		return malformed("%s: VMDK descriptor createType %q not supported", im.name, ct)
-	}
-	extents, err := parseExtents(desc)
-	if err != nil {
-		return malformed("%s: %v", im.name, err)
-	}
-	if len(extents) == 0 {
-		return malformed("%s: VMDK descriptor has no extents", im.name)
 	}
 	for _, e := range extents {
 		if err := checkExtent(im.name, dir, e); err != nil {
@@ -59,6 +38,38 @@ func checkVMDKDescriptor(im image, dir string) error {
 		}
 	}
 	return nil
+}
+
+// parseVMDKDescriptor checks a text descriptor (no parent unless a delta,
+// a createType this package imports) and returns the extents qemu would
+// open, at least one.
+func parseVMDKDescriptor(im image) ([]vmdkExtent, error) {
+	b, err := im.head(maxDescriptor)
+	if err != nil {
+		return nil, err
+	}
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i] // qemu reads it as a C string
+	}
+	desc := string(b)
+	if strings.Contains(desc, "parentFileNameHint") && !im.delta {
+		return nil, malformed("%s: VMDK has a parent disk (parentFileNameHint): snapshots and linked clones are not supported", im.name)
+	}
+	ct, ok := descriptorValue(desc, "createType")
+	if !ok {
+		return nil, malformed("%s: VMDK descriptor without createType", im.name)
+	}
+	if !descriptorTypes[ct] {
+		return nil, malformed("%s: VMDK descriptor createType %q not supported", im.name, ct)
+	}
+	extents, err := parseExtents(desc)
+	if err != nil {
+		return nil, malformed("%s: %v", im.name, err)
+	}
+	if len(extents) == 0 {
+		return nil, malformed("%s: VMDK descriptor has no extents", im.name)
+	}
+	return extents, nil
 }
 
 // descriptorValue finds key="value" the way qemu does: the first occurrence

@@ -378,7 +378,16 @@ cat >"$ROOT/www/cgi-bin/status" <<'EOF'
 rd() { # rd VAR FILE: first line of FILE (retry: the writer may be mid-write)
 	_v=
 	for _i in 1 2 3 4 5; do
-		read -r _v <"$2" 2>/dev/null
+		if [ "$2" = /run/hangar/counter ]; then
+			# Rewritten in place ten times a second: one read(2) of the
+			# whole file, never the shell's read, which takes a byte at a
+			# time — between two bytes the writer can truncate and rewrite
+			# it, and 43 reads as 4 (or 38 as 30: the 3 of "38", the 0 of
+			# "40"). The other files are static or replaced by rename.
+			_v=$(cat "$2" 2>/dev/null)
+		else
+			read -r _v <"$2" 2>/dev/null
+		fi
 		[ -n "$_v" ] && break
 		[ -e "$2" ] || break
 	done

@@ -93,7 +93,9 @@ type PollResult struct {
 	Skipped        int // ticks with MaxInFlight requests already waiting
 	// TornReads are answers of counter=0 in the same boot after higher
 	// values: the guest caught its counter file empty while it was
-	// rewritten (guest/build.sh writes it in place). Not a Decrease; the
+	// rewritten (guest/build.sh writes it in place, and its status page
+	// reads it with one read(2), so an answer is the whole old value, the
+	// whole new one, or this empty file). Not a Decrease; the
 	// answer counts for the gaps, not in OK.
 	TornReads    int
 	FirstErr     string

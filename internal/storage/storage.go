@@ -521,6 +521,14 @@ func (p *Pool) AdoptImage(ctx context.Context, image string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// One at a time per copy: two creates from one image (say, resumed
+	// together after a restart) would otherwise both write the marker's
+	// .part, and the second rename finds it gone.
+	unlock, err := volumeLocks.lock(ctx, nil, []string{marker})
+	if err != nil {
+		return "", fmt.Errorf("bring image %s into pool %s: %w", image, p.Name, err)
+	}
+	defer unlock()
 	if _, err := p.Volume(ctx, name); err == nil {
 		return name, nil
 	}

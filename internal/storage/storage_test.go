@@ -196,3 +196,42 @@ func TestInfoNeverProbesByName(t *testing.T) {
 		t.Fatalf("Info(qcow2 named .img) = %+v, %v", info, err)
 	}
 }
+
+// TestAdoptImageConcurrently: many disks made at once from one image
+// outside the pool bring it in once, and every one of them succeeds.
+func TestAdoptImageConcurrently(t *testing.T) {
+	t.Parallel()
+	needQemuImg(t)
+	ctx := context.Background()
+	p, err := OpenDirPool("t", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	outside := filepath.Join(t.TempDir(), "base.qcow2")
+	if _, err := qemuImg(ctx, "create", "-q", "-f", "qcow2", outside, "16M"); err != nil {
+		t.Fatal(err)
+	}
+	const n = 8
+	errs := make(chan error, n)
+	backings := make(chan string, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			st, err := p.CreateDisk(ctx, fmt.Sprintf("vm%d", i), v1.Disk{Name: "disk0", Image: outside})
+			errs <- err
+			backings <- st.Backing
+		}()
+	}
+	first := ""
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatalf("concurrent create from one image: %v", err)
+		}
+		b := <-backings
+		if first == "" {
+			first = b
+		}
+		if b != first {
+			t.Fatalf("backings %q and %q: the image was brought in twice", first, b)
+		}
+	}
+}

@@ -5,7 +5,6 @@
 package capacity
 
 import (
-	"math"
 	"sort"
 
 	v1 "hangar/api/v1"
@@ -124,7 +123,7 @@ func Overview(hosts []v1.Host, vms []v1.VM, alloc map[string]inventory.Alloc, p 
 // free is what a host of size units takes under ratio with used booked:
 // never negative.
 func free(size int, ratio float64, used int) int {
-	f := int(math.Floor(float64(size)*ratio)) - used
+	f := scheduler.Admitted(size, ratio) - used
 	if f < 0 {
 		return 0
 	}

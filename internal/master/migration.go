@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"strings"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"hangar/internal/errdefs"
 	"hangar/internal/inventory"
 	"hangar/internal/migrate"
+	"hangar/internal/scheduler"
 	"hangar/internal/store"
 	"hangar/internal/vm"
 )
@@ -169,7 +169,7 @@ func (l *leader) migrationBlockers(ctx context.Context, rec migrate.Record) ([]m
 				booked += a.MemoryMiB
 			}
 		}
-		in.TargetFreeMiB = int64(math.Floor(float64(h.MemoryMiB)*snap.policy.MemoryOvercommit)) - int64(booked)
+		in.TargetFreeMiB = int64(scheduler.Admitted(h.MemoryMiB, snap.policy.MemoryOvercommit)) - int64(booked)
 	}
 	bs := migrate.Blockers(in)
 	// Local disks are mirrored into volumes the target makes from the

@@ -218,8 +218,8 @@ func newPlanner(s Snapshot) (*planner, error) {
 		hs := &p.hosts[i]
 		*hs = hostState{
 			name: h.Name, cpus: h.CPUs, mem: h.MemoryMiB,
-			cpuCap: int(math.Floor(float64(h.CPUs) * pol.CPUOvercommit)),
-			memCap: int(math.Floor(float64(h.MemoryMiB) * pol.MemoryOvercommit)),
+			cpuCap: Admitted(h.CPUs, pol.CPUOvercommit),
+			memCap: Admitted(h.MemoryMiB, pol.MemoryOvercommit),
 			alive:  h.Alive, maint: h.Maintenance,
 			pools: make(map[string]struct{}, len(h.Pools)),
 		}
@@ -284,6 +284,11 @@ func newPlanner(s Snapshot) (*planner, error) {
 }
 
 func (h *hostState) usable() bool { return h.alive && !h.maint }
+
+// Admitted is what a host of size units (CPUs, MiB) admits under ratio:
+// rounded down, the one rule placement, the capacity view and the
+// migration blocker share.
+func Admitted(size int, ratio float64) int { return int(math.Floor(float64(size) * ratio)) }
 
 // NormPolicy checks the ratios of pol and fills the defaults in for the
 // zero ones.

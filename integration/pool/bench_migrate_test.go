@@ -166,17 +166,12 @@ func (r *rawGuest) start(ctx context.Context, b testing.TB, h *netlab.Host, inco
 func (r *rawGuest) migrate(ctx context.Context, b testing.TB, to *netlab.Host) {
 	port := 49000 + r.n
 	tgt := r.start(ctx, b, to, fmt.Sprintf("tcp:%s:%d", to.IP, port))
-	uri := fmt.Sprintf("tcp:%s:%d", to.IP, port)
-	var err error
-	for i := 0; i < 100; i++ { // the target listens once its QEMU is up
-		if err = r.inst.Mon.Execute(ctx, "migrate", map[string]string{"uri": uri}, nil); err == nil {
-			break
+	migrate := func() {
+		if err := r.inst.Mon.Execute(ctx, "migrate", map[string]string{"uri": fmt.Sprintf("tcp:%s:%d", to.IP, port)}, nil); err != nil {
+			b.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
-	if err != nil {
-		b.Fatal(err)
-	}
+	migrate()
 	for {
 		var mi struct {
 			Status    string `json:"status"`
@@ -189,11 +184,9 @@ func (r *rawGuest) migrate(ctx context.Context, b testing.TB, to *netlab.Host) {
 			break
 		}
 		if mi.Status == "failed" || mi.Status == "cancelled" {
-			if strings.Contains(mi.ErrorDesc, "Connection refused") {
+			if strings.Contains(mi.ErrorDesc, "Connection refused") { // the target listens once its QEMU is up
 				time.Sleep(50 * time.Millisecond)
-				if err := r.inst.Mon.Execute(ctx, "migrate", map[string]string{"uri": uri}, nil); err != nil {
-					b.Fatal(err)
-				}
+				migrate()
 				continue
 			}
 			b.Fatalf("raw migration %s: %s", mi.Status, mi.ErrorDesc)

@@ -71,31 +71,27 @@ func (c *memo[V]) do(path, format string, f func() (V, error)) (V, error) {
 	if err != nil || !known {
 		return val, err
 	}
-	if after, ok := versionOf(path); !ok || after != before {
-		return val, nil
+	if after, ok := versionOf(path); ok && after == before {
+		c.put(memoKey{path, format, before}, val)
 	}
+	return val, nil
+}
+
+func (c *memo[V]) put(k memoKey, val V) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil || len(c.m) >= memoLimit {
 		c.m = map[memoKey]V{}
 	}
-	c.m[memoKey{path, format, before}] = val
-	return val, nil
+	c.m[k] = val
 }
 
 // remember keeps val for path's current version: what the caller itself
 // just wrote there.
 func (c *memo[V]) remember(path, format string, val V) {
-	v, ok := versionOf(path)
-	if !ok {
-		return
+	if v, ok := versionOf(path); ok {
+		c.put(memoKey{path, format, v}, val)
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil || len(c.m) >= memoLimit {
-		c.m = map[memoKey]V{}
-	}
-	c.m[memoKey{path, format, v}] = val
 }
 
 var (

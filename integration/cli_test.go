@@ -120,7 +120,7 @@ func TestCLIFlagValues(t *testing.T) {
 	s.fails("--memory: must be at least 1", "vm", "create", "bad", "--memory", "-5")
 	s.fails("--disk-size: must be at least 1", "vm", "create", "bad", "--disk-size", "0")
 	s.fails("--cpus: must be at least 1", "import", "/nonexistent.vmdk", "--cpus", "0")
-	s.fails("--size: must be at least 1", "volume", "create", "default/x.qcow2", "--size", "0")
+	s.fails("--size: must be at least 1", "volume", "create", "local-testhost/x.qcow2", "--size", "0")
 	s.fails("--timeout: must not be negative", "vm", "stop", "bad", "--timeout", "-1s")
 	if vms, err := s.c.VMs(context.Background()); err != nil || len(vms) != 0 {
 		t.Fatalf("VMs after refused creates: %+v %v", vms, err)
@@ -208,7 +208,7 @@ func TestCLIOutputFormats(t *testing.T) {
 	if r := s.ok("host", "list", "--no-headers"); len(strings.Split(strings.TrimSpace(r.stdout), "\n")) != 1 || !strings.HasPrefix(r.stdout, "testhost ") {
 		t.Fatalf("host list --no-headers: %q", r.stdout)
 	}
-	if r := s.ok("host", "list", "-o", "wide"); !strings.Contains(r.stdout, "STORAGE") || !strings.Contains(r.stdout, "default ") {
+	if r := s.ok("host", "list", "-o", "wide"); !strings.Contains(r.stdout, "STORAGE") || !strings.Contains(r.stdout, "local-testhost ") {
 		t.Fatalf("host list -o wide: %q", r.stdout)
 	}
 	// fmt1 names no CPU model: it gets the pool's.
@@ -241,7 +241,7 @@ func TestCLIOutputFormats(t *testing.T) {
 	if r := s.ok("__complete", "vm", "snapshot", "commit", "fmt1", ""); strings.Contains(r.stdout, "fmt1") {
 		t.Fatalf("completion of a snapshot name offers vm names: %q", r.stdout)
 	}
-	if r := s.ok("__complete", "volume", "list", ""); !strings.Contains(r.stdout, "default\n") {
+	if r := s.ok("__complete", "volume", "list", ""); !strings.Contains(r.stdout, "local-testhost\n") {
 		t.Fatalf("completion of pool names: %q", r.stdout)
 	}
 	if r := s.ok("__complete", "host", "info", ""); !strings.Contains(r.stdout, "testhost\n") {
@@ -283,7 +283,7 @@ func TestCLIVolumeNames(t *testing.T) {
 	if err := os.WriteFile(src, bytes.Repeat([]byte("hangar!\n"), 8<<20/8*6), 0o600); err != nil { // 48 MiB
 		t.Fatal(err)
 	}
-	r := s.ok("volume", "upload", src, "default/images/big.raw")
+	r := s.ok("volume", "upload", src, "local-testhost/images/big.raw")
 	if !strings.Contains(r.stderr, "upload default/images/big.raw") || !strings.Contains(r.stderr, "48.0 MiB of 48.0 MiB") ||
 		!strings.Contains(r.stderr, "MiB/s") {
 		t.Fatalf("upload shows no progress with bytes and rate:\n%s", r.stderr)
@@ -295,10 +295,10 @@ func TestCLIVolumeNames(t *testing.T) {
 			name = f[0]
 		}
 	}
-	if name != "default/images/big.raw" {
+	if name != "local-testhost/images/big.raw" {
 		t.Fatalf("volume list names the upload %q, want default/images/big.raw:\n%s", name, r.stdout)
 	}
-	r = s.ok("volume", "copy", name, "default/images/big.qcow2")
+	r = s.ok("volume", "copy", name, "local-testhost/images/big.qcow2")
 	for _, l := range strings.Split(r.stderr, "\n") {
 		if strings.Contains(l, "queued") && !strings.Contains(l, " 0%") {
 			t.Fatalf("copy progress says queued at more than 0%%: %q", l)
@@ -311,7 +311,7 @@ func TestCLIVolumeNames(t *testing.T) {
 	if !strings.Contains(r.stderr, "of 48.0 MiB") || !strings.Contains(r.stderr, "MiB/s") {
 		t.Fatalf("copy progress shows no bytes and rate:\n%s", r.stderr)
 	}
-	r = s.ok("volume", "show", "default/images/big.qcow2", "-o", "json")
+	r = s.ok("volume", "show", "local-testhost/images/big.qcow2", "-o", "json")
 	var v v1.Volume
 	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil || v.Format != "qcow2" || v.VirtualSize != 48<<20 {
 		t.Fatalf("copied volume: %+v %v", v, err)
@@ -319,16 +319,16 @@ func TestCLIVolumeNames(t *testing.T) {
 	// On a terminal (script(1) gives it one) the same verbs draw a bar with
 	// bytes and rate.
 	if scriptBin, err := exec.LookPath("script"); err == nil {
-		line := strings.Join([]string{hangarBin, "--socket", s.socket, "volume", "upload", src, "default/images/tty.raw"}, " ")
+		line := strings.Join([]string{hangarBin, "--socket", s.socket, "volume", "upload", src, "local-testhost/images/tty.raw"}, " ")
 		out, err := exec.Command(scriptBin, "-qec", line, "/dev/null").CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "█") || !strings.Contains(string(out), "MiB/s") || !strings.Contains(string(out), "48/48 MiB") {
 			t.Fatalf("upload on a terminal draws no bar with bytes and rate (%v):\n%q", err, out)
 		}
-		s.ok("volume", "rm", "default/images/tty.raw")
+		s.ok("volume", "rm", "local-testhost/images/tty.raw")
 	} else {
 		t.Log("script(1) is not installed: the progress bar on a terminal is not checked")
 	}
-	s.ok("volume", "rm", "default/images/big.qcow2")
+	s.ok("volume", "rm", "local-testhost/images/big.qcow2")
 	s.ok("volume", "delete", name)
 	s.fails("want POOL/VOLUME", "volume", "delete", "big.raw")
 }

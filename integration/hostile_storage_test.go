@@ -91,7 +91,7 @@ func TestHostileStorage(t *testing.T) {
 	// A running VM with an empty cdrom (for live media changes and disk
 	// resizes) and a pool volume.
 	s.createGuest("cdvm", func(sp *v1.VMSpec) { sp.Disks = append(sp.Disks, v1.Disk{Name: "cd0", Media: "cdrom"}) })
-	if status, body, err := s.c.Raw(ctx, "POST", "/api/v1/pools/default/volumes", []byte(`{"name":"images/small.qcow2","sizeMiB":16}`)); err != nil || status != 201 {
+	if status, body, err := s.c.Raw(ctx, "POST", "/api/v1/pools/local-testhost/volumes", []byte(`{"name":"images/small.qcow2","sizeMiB":16}`)); err != nil || status != 201 {
 		t.Fatalf("create volume: %d %s %v", status, body, err)
 	}
 	freshPool := t.TempDir()
@@ -106,7 +106,7 @@ func TestHostileStorage(t *testing.T) {
 	media := func(p string) string { return fmt.Sprintf(`{"disk":"cd0","image":%q}`, p) }
 	poolAt := func(p string) string { return fmt.Sprintf(`{"name":"evil","type":"dir","path":%q}`, p) }
 	vol := func(name, action string) string {
-		return "/api/v1/pools/default/volumes/" + url.PathEscape(name) + action
+		return "/api/v1/pools/local-testhost/volumes/" + url.PathEscape(name) + action
 	}
 	long := "/" + strings.Repeat("x", 300)
 	traversal := s.importDir + "/../" + filepath.Base(outside) + "/canary"
@@ -167,17 +167,17 @@ func TestHostileStorage(t *testing.T) {
 		hc("resize backing outside", "POST", vol("images/canary.qcow2", "/resize"), `{"sizeMiB":64}`, 400, "vol"),
 		hc("image in pool backing /etc/shadow", "POST", "/api/v1/vms", image(filepath.Join(images, "shadow.qcow2")), 400, "disks[0].image"),
 		hc("image in pool data file outside", "POST", "/api/v1/vms", image(filepath.Join(images, "datafile.qcow2")), 400, "disks[0].image"),
-		hc("clone backing /etc/shadow", "POST", "/api/v1/vms", vmWith(`{"clone":{"volume":"default/images/shadow.qcow2"}}`), 400, "disks[0].clone.volume"),
-		hc("linked clone backing canary", "POST", "/api/v1/vms", vmWith(`{"clone":{"volume":"default/images/canary.qcow2","linked":true}}`), 400, "disks[0].clone.volume"),
-		hc("clone data file outside", "POST", "/api/v1/vms", vmWith(`{"clone":{"volume":"default/images/datafile.qcow2"}}`), 400, "disks[0].clone.volume"),
-		hc("attach backing json:", "POST", "/api/v1/vms", vmWith(`{"volume":"default/images/json.qcow2"}`), 400, "disks[0].volume"),
-		hc("attach symlink out", "POST", "/api/v1/vms", vmWith(`{"volume":"default/images/link.raw"}`), 400, "disks[0].volume"),
-		hc("attach a base others build on", "POST", "/api/v1/vms", vmWith(`{"volume":"default/images/base.qcow2"}`), 409, "disks[0].volume"),
+		hc("clone backing /etc/shadow", "POST", "/api/v1/vms", vmWith(`{"clone":{"volume":"local-testhost/images/shadow.qcow2"}}`), 400, "disks[0].clone.volume"),
+		hc("linked clone backing canary", "POST", "/api/v1/vms", vmWith(`{"clone":{"volume":"local-testhost/images/canary.qcow2","linked":true}}`), 400, "disks[0].clone.volume"),
+		hc("clone data file outside", "POST", "/api/v1/vms", vmWith(`{"clone":{"volume":"local-testhost/images/datafile.qcow2"}}`), 400, "disks[0].clone.volume"),
+		hc("attach backing json:", "POST", "/api/v1/vms", vmWith(`{"volume":"local-testhost/images/json.qcow2"}`), 400, "disks[0].volume"),
+		hc("attach symlink out", "POST", "/api/v1/vms", vmWith(`{"volume":"local-testhost/images/link.raw"}`), 400, "disks[0].volume"),
+		hc("attach a base others build on", "POST", "/api/v1/vms", vmWith(`{"volume":"local-testhost/images/base.qcow2"}`), 409, "disks[0].volume"),
 		// Traversal in volume references.
 		hc("info traversal", "GET", vol("../../../../etc/shadow", ""), "", 400, "volume"),
 		{name: "upload traversal", method: "PUT", path: vol("../../x.qcow2", "/data"), ctype: "application/octet-stream", body: "QFI", status: 400, field: "volume"},
-		hc("clone traversal", "POST", "/api/v1/vms", vmWith(`{"clone":{"volume":"default/../../../etc/shadow"}}`), 400, "disks[0].clone.volume"),
-		hc("attach traversal", "POST", "/api/v1/vms", vmWith(`{"volume":"default/images/../../../../etc/shadow"}`), 400, "disks[0].volume"),
+		hc("clone traversal", "POST", "/api/v1/vms", vmWith(`{"clone":{"volume":"local-testhost/../../../etc/shadow"}}`), 400, "disks[0].clone.volume"),
+		hc("attach traversal", "POST", "/api/v1/vms", vmWith(`{"volume":"local-testhost/images/../../../../etc/shadow"}`), 400, "disks[0].volume"),
 		hc("attach absolute", "POST", "/api/v1/vms", vmWith(`{"volume":"/etc/shadow"}`), 400, "disks[0].volume"),
 		// Volume names and sizes that used to fail inside the operation.
 		hc("copy to traversal", "POST", vol("images/small.qcow2", "/copy"), `{"name":"../../x.qcow2"}`, 400, "name"),
@@ -267,7 +267,7 @@ func TestBroughtInImageReleased(t *testing.T) {
 	if len(copies) != 1 {
 		t.Fatalf("brought-in copies: %v, want one", copies)
 	}
-	if status, body, err := s.c.Raw(ctx, "POST", "/api/v1/pools/default/volumes", []byte(`{"name":"images/mine.qcow2","sizeMiB":16}`)); err != nil || status != 201 {
+	if status, body, err := s.c.Raw(ctx, "POST", "/api/v1/pools/local-testhost/volumes", []byte(`{"name":"images/mine.qcow2","sizeMiB":16}`)); err != nil || status != 201 {
 		t.Fatalf("create volume: %d %s %v", status, body, err)
 	}
 	s.wait(s.c.DeleteVM(ctx, "r1", true, time.Minute))

@@ -212,7 +212,7 @@ func TestHostileAPI(t *testing.T) {
 		{name: "text/plain stop", method: "POST", path: "/api/v1/vms/target/stop", ctype: "text/plain", body: `{"force":true}`, status: 415, field: "Content-Type"},
 		{name: "text/plain delete", method: "DELETE", path: "/api/v1/vms/target?force=true", ctype: "text/plain", body: `x`, status: 415, field: "Content-Type"},
 		{name: "text/plain patch", method: "PATCH", path: "/api/v1/vms/target", ctype: "text/plain", body: `{"cpus":2}`, status: 415, field: "Content-Type"},
-		{name: "json upload", method: "PUT", path: "/api/v1/pools/default/volumes/images%2Fx.raw/data", ctype: "application/json", body: `{}`, status: 415, field: "Content-Type"},
+		{name: "json upload", method: "PUT", path: "/api/v1/pools/local-testhost/volumes/images%2Fx.raw/data", ctype: "application/json", body: `{}`, status: 415, field: "Content-Type"},
 		{name: "cross-site stop", method: "POST", path: "/api/v1/vms/target/stop", header: map[string]string{"Sec-Fetch-Site": "cross-site"}, status: 403},
 		{name: "foreign origin delete", method: "DELETE", path: "/api/v1/vms/target?force=true", header: map[string]string{"Origin": "http://evil.example"}, status: 403},
 
@@ -297,7 +297,7 @@ func TestHostileAPI(t *testing.T) {
 		{name: "patch bad policy", method: "PATCH", path: "/api/v1/vms/target", body: `{"restartPolicy":"; reboot"}`, status: 400, field: "restartPolicy"},
 		{name: "patch bad If-Match", method: "PATCH", path: "/api/v1/vms/target", header: map[string]string{"If-Match": "yesterday"}, body: `{"cpus":2}`, status: 400, field: "If-Match"},
 		{name: "patch stale If-Match", method: "PATCH", path: "/api/v1/vms/target", header: map[string]string{"If-Match": "1"}, body: `{"cpus":2}`, status: 412, field: "If-Match"},
-		{name: "volume resize stray field", method: "POST", path: "/api/v1/pools/default/volumes/images%2Fx.qcow2/resize", body: `{"sizeMiB":64,"disk":"disk0"}`, status: 400, field: "disk"},
+		{name: "volume resize stray field", method: "POST", path: "/api/v1/pools/local-testhost/volumes/images%2Fx.qcow2/resize", body: `{"sizeMiB":64,"disk":"disk0"}`, status: 400, field: "disk"},
 	}
 	runHostile(t, s, cases)
 

@@ -27,19 +27,19 @@ func TestSharedDisk(t *testing.T) {
 	}
 	attach := func(share bool) func(*v1.VMSpec) {
 		return func(sp *v1.VMSpec) {
-			sp.Disks = append(sp.Disks, v1.Disk{Name: "quorum", Volume: "default/shared/quorum.raw", Shareable: share})
+			sp.Disks = append(sp.Disks, v1.Disk{Name: "quorum", Volume: "local-testhost/shared/quorum.raw", Shareable: share})
 		}
 	}
 	s.createGuest("node1", attach(true))
 	s.waitReady("node1", 0)
 	// A second attachment that does not share is refused, naming the field.
-	_, err := s.c.CreateVM(ctx, v1.VMSpec{Name: "node2", MemoryMiB: 256, Disks: []v1.Disk{{Image: guestImage}, {Name: "quorum", Volume: "default/shared/quorum.raw"}}}, true, 0)
+	_, err := s.c.CreateVM(ctx, v1.VMSpec{Name: "node2", MemoryMiB: 256, Disks: []v1.Disk{{Image: guestImage}, {Name: "quorum", Volume: "local-testhost/shared/quorum.raw"}}}, true, 0)
 	var e *v1.Error
 	if !isCode(err, v1.CodeConflict) || !asAPI(err, &e) || e.Field != "disks[1].volume" {
 		t.Fatalf("unshared second attach: %v", err)
 	}
 	// A qcow2 volume cannot be shared.
-	_, err = s.c.CreateVM(ctx, v1.VMSpec{Name: "node3", MemoryMiB: 256, Disks: []v1.Disk{{Volume: "default/vms/node1/disk0.qcow2", Shareable: true}}}, false, 0)
+	_, err = s.c.CreateVM(ctx, v1.VMSpec{Name: "node3", MemoryMiB: 256, Disks: []v1.Disk{{Volume: "local-testhost/vms/node1/disk0.qcow2", Shareable: true}}}, false, 0)
 	if !isCode(err, v1.CodeInvalidArgument) {
 		t.Fatalf("shared qcow2: %v", err)
 	}

@@ -124,7 +124,7 @@ func TestVMMetrics(t *testing.T) {
 	if got, ok := sample(fams, "hangar_host_vms_in_state", map[string]string{"host": "testhost", "state": v1.StateRunning}); !ok || got != 1 {
 		t.Errorf("hangar_host_vms_in_state{running} = %v (present %v), want 1", got, ok)
 	}
-	if got, ok := sample(fams, "hangar_storage_pool_free_bytes", map[string]string{"pool": "default"}); !ok || got <= 0 {
+	if got, ok := sample(fams, "hangar_storage_pool_free_bytes", map[string]string{"pool": "local-testhost"}); !ok || got <= 0 {
 		t.Errorf("hangar_storage_pool_free_bytes{default} = %v (present %v), want > 0", got, ok)
 	}
 	rx0, ok1 := sample(fams, "hangar_vm_network_receive_bytes_total", nic)

@@ -131,9 +131,9 @@ func TestAPIMatchesOpenAPI(t *testing.T) {
 	s.getSpec(t, "GET", "/api/v1/vms/specvm/snapshots", nil, 200)
 	s.getSpec(t, "GET", "/api/v1/vms/specvm", nil, 200) // with snapshots in its status
 	s.getSpec(t, "GET", "/api/v1/pools", nil, 200)
-	s.getSpec(t, "POST", "/api/v1/pools/default/volumes", v1.VolumeCreateArgs{Name: "images/blank.qcow2", SizeMiB: 8}, 201)
-	s.getSpec(t, "GET", "/api/v1/pools/default/volumes", nil, 200)
-	s.getSpec(t, "GET", "/api/v1/pools/default/volumes/images%2Fblank.qcow2", nil, 200)
+	s.getSpec(t, "POST", "/api/v1/pools/local-testhost/volumes", v1.VolumeCreateArgs{Name: "images/blank.qcow2", SizeMiB: 8}, 201)
+	s.getSpec(t, "GET", "/api/v1/pools/local-testhost/volumes", nil, 200)
+	s.getSpec(t, "GET", "/api/v1/pools/local-testhost/volumes/images%2Fblank.qcow2", nil, 200)
 
 	// A template of a second VM.
 	if err := json.Unmarshal(s.getSpec(t, "POST", "/api/v1/vms?wait=90s", v1.VMSpec{Name: "tplsrc", MemoryMiB: 64, Disks: []v1.Disk{{SizeMiB: 8}}}, 200), &op); err != nil || op.State != v1.OpSucceeded {

@@ -82,7 +82,7 @@ func TestVolumesUploadAndResize(t *testing.T) {
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
 			t.Fatal(err)
 		}
-		_, err := s.c.UploadVolume(ctx, "default", name, "qcow2", f, st.Size(), sha)
+		_, err := s.c.UploadVolume(ctx, "local-testhost", name, "qcow2", f, st.Size(), sha)
 		return err
 	}
 	if err := upload("images/bad.qcow2", strings.Repeat("0", 64)); !isCode(err, v1.CodeInvalidArgument) {
@@ -94,7 +94,7 @@ func TestVolumesUploadAndResize(t *testing.T) {
 	if err := upload("images/guest.qcow2", sum); err != nil {
 		t.Fatal(err)
 	}
-	vols, err := s.c.Volumes(ctx, "default")
+	vols, err := s.c.Volumes(ctx, "local-testhost")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,28 +107,28 @@ func TestVolumesUploadAndResize(t *testing.T) {
 	}
 
 	// Copy (an I/O job on the host's worker pool), here converting to raw.
-	s.wait(s.c.CopyVolume(ctx, "default", "images/guest.qcow2", "images/guest-copy.raw", "raw", time.Minute))
-	if v, err := s.c.VolumeInfo(ctx, "default", "images/guest-copy.raw"); err != nil || v.Format != "raw" || v.VirtualSize != 128<<20 {
+	s.wait(s.c.CopyVolume(ctx, "local-testhost", "images/guest.qcow2", "images/guest-copy.raw", "raw", time.Minute))
+	if v, err := s.c.VolumeInfo(ctx, "local-testhost", "images/guest-copy.raw"); err != nil || v.Format != "raw" || v.VirtualSize != 128<<20 {
 		t.Fatalf("copied volume %+v %v", v, err)
 	}
-	if _, err := s.c.CopyVolume(ctx, "default", "images/guest.qcow2", "images/guest-copy.raw", "raw", 0); !isCode(err, v1.CodeConflict) {
+	if _, err := s.c.CopyVolume(ctx, "local-testhost", "images/guest.qcow2", "images/guest-copy.raw", "raw", 0); !isCode(err, v1.CodeConflict) {
 		t.Fatalf("copy onto an existing volume: %v", err)
 	}
 
 	port := freePort(t)
 	op, err := s.c.CreateVM(ctx, v1.VMSpec{Name: "fromvol", MemoryMiB: 256,
-		Disks: []v1.Disk{{Clone: &v1.CloneSource{Volume: "default/images/guest.qcow2", Linked: true}}},
+		Disks: []v1.Disk{{Clone: &v1.CloneSource{Volume: "local-testhost/images/guest.qcow2", Linked: true}}},
 		NICs:  []v1.NIC{{Forwards: []v1.Forward{{HostPort: port, GuestPort: 80}}}}}, true, time.Minute)
 	s.wait(op, err)
 	s.waitReady("fromvol", 0)
 	mustGuestStatus(t, port)
-	if err := s.c.DeleteVolume(ctx, "default", "images/guest.qcow2"); !isCode(err, v1.CodeConflict) {
+	if err := s.c.DeleteVolume(ctx, "local-testhost", "images/guest.qcow2"); !isCode(err, v1.CodeConflict) {
 		t.Fatalf("delete of a linked clone's base: %v", err)
 	}
-	if err := s.c.DeleteVolume(ctx, "default", "vms/fromvol/disk0.qcow2"); !isCode(err, v1.CodeConflict) {
+	if err := s.c.DeleteVolume(ctx, "local-testhost", "vms/fromvol/disk0.qcow2"); !isCode(err, v1.CodeConflict) {
 		t.Fatalf("delete of a running vm's disk: %v", err)
 	}
-	if _, err := s.c.FlattenVolume(ctx, "default", "vms/fromvol/disk0.qcow2", 0); !isCode(err, v1.CodeConflict) {
+	if _, err := s.c.FlattenVolume(ctx, "local-testhost", "vms/fromvol/disk0.qcow2", 0); !isCode(err, v1.CodeConflict) {
 		t.Fatalf("flatten of a vm's disk: %v", err)
 	}
 

@@ -3,11 +3,17 @@ package v1
 import "time"
 
 // StoragePool is a place volumes live: a local directory ("dir") or a
-// directory every host of the pool mounts ("shared").
+// directory every host of the pool mounts ("shared"). Every host has its
+// own dir pool, local-<host> (Host names it); pools added through the API
+// are recorded for every host.
 type StoragePool struct {
 	Name string `json:"name"`
 	Type string `json:"type"`
-	Path string `json:"path"`
+	// Path is the directory, as the host that answers sees it ("" for
+	// another host's own pool).
+	Path string `json:"path,omitempty"`
+	// Host is the host whose own pool this is (set by the server).
+	Host string `json:"host,omitempty"`
 }
 
 // Volume is a disk image in a pool.

@@ -202,7 +202,13 @@ type VMStatus struct {
 
 // DiskStatus is a disk's volume as created on the host.
 type DiskStatus struct {
-	Name    string `json:"name"`
+	Name string `json:"name"`
+	// Pool and Volume name the volume that holds the disk, the same from
+	// every host ("local-h1", "vms/web/disk0.qcow2"); empty for a file
+	// outside the pools (a cdrom's medium from an import directory).
+	Pool   string `json:"pool,omitempty"`
+	Volume string `json:"volume,omitempty"`
+	// Path is the file on the VM's host.
 	Path    string `json:"path"`
 	Format  string `json:"format"`
 	Backing string `json:"backing,omitempty"`

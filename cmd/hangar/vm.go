@@ -290,7 +290,11 @@ func newVMShow(g *globals) *cobra.Command {
 					fmt.Fprintf(w, "Reason:\t%s\n", st.Reason)
 				}
 				for _, d := range st.Disks {
-					fmt.Fprintf(w, "Disk %s:\t%s (%s)", d.Name, d.Path, d.Format)
+					where := d.Path
+					if d.Pool != "" {
+						where = volumeRef(d.Pool, d.Volume)
+					}
+					fmt.Fprintf(w, "Disk %s:\t%s (%s)", d.Name, where, d.Format)
 					if d.Backing != "" {
 						fmt.Fprintf(w, " on %s", d.Backing)
 					}

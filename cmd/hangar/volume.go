@@ -17,14 +17,15 @@ import (
 
 // volumeRef is how the CLI names a volume everywhere, in what it prints and
 // in what it takes: POOL/VOLUME, where VOLUME may hold slashes itself
-// (default/images/debian.qcow2 is volume images/debian.qcow2 of pool default).
+// (local-h1/images/debian.qcow2 is volume images/debian.qcow2 of pool
+// local-h1, host h1's own).
 func volumeRef(pool, name string) string { return pool + "/" + name }
 
 // splitRef reads POOL/VOLUME.
 func splitRef(ref string) (string, string, error) {
 	p, v, ok := strings.Cut(ref, "/")
 	if !ok || p == "" || v == "" {
-		return "", "", fmt.Errorf("%q: want POOL/VOLUME, like default/images/debian.qcow2 (hangar volume list prints them so)", ref)
+		return "", "", fmt.Errorf("%q: want POOL/VOLUME, like local-h1/images/debian.qcow2 (hangar volume list prints them so)", ref)
 	}
 	return p, v, nil
 }
@@ -50,7 +51,7 @@ Grow the pool of hosts: join-token makes a token for a new host, credentials a c
 certificate for a remote CLI, show prints the pool's CA fingerprint and etcd members.`,
 		Example: "  hangar pool ls\n  hangar pool add nfs1 /mnt/nfs1 --type shared\n  hangar pool join-token --ttl 10m\n  hangar pool show"}
 	list := &cobra.Command{Use: "list", Aliases: []string{"ls"}, Short: "List storage pools", Args: cobra.NoArgs,
-		Long: "List storage pools with their type and path.", Example: "  hangar pool list -o yaml",
+		Long: "List storage pools with their type, host and path: every host has its own pool, local-<host> (its path is shown by that host); pools added with pool add are every host's.", Example: "  hangar pool list -o yaml",
 		RunE: func(cmd *cobra.Command, a []string) error {
 			if err := g.checkOutput(cmd); err != nil {
 				return err
@@ -61,9 +62,9 @@ certificate for a remote CLI, show prints the pool's CA fingerprint and etcd mem
 			}
 			var rows [][]string
 			for _, p := range ps {
-				rows = append(rows, []string{p.Name, p.Type, p.Path})
+				rows = append(rows, []string{p.Name, p.Type, orDash(p.Host), orDash(p.Path)})
 			}
-			return g.printList(cmd, ps, []string{"NAME", "TYPE", "PATH"}, rows)
+			return g.printList(cmd, ps, []string{"NAME", "TYPE", "HOST", "PATH"}, rows)
 		}}
 	addOutput(list, g, false)
 	var typ string
@@ -85,32 +86,39 @@ func newVolume(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "volume", Short: "Manage volumes (disk images) in storage pools",
 		Long: `Manage volumes, the disk images in storage pools. A volume is named POOL/VOLUME
 everywhere: hangar volume list prints that form and every verb takes it back.`,
-		Example: "  hangar volume ls\n  hangar volume upload disk.qcow2 default/images/disk.qcow2\n  hangar volume copy default/images/disk.qcow2 default/images/copy.raw"}
+		Example: "  hangar volume ls\n  hangar volume upload disk.qcow2 local-h1/images/disk.qcow2\n  hangar volume copy local-h1/images/disk.qcow2 local-h1/images/copy.raw"}
 	var onHost string
 	list := &cobra.Command{Use: "list [POOL]", Aliases: []string{"ls"}, Short: "List volumes with real and virtual size", Args: cobra.MaximumNArgs(1),
 		Long:              "List the volumes of every pool (or of POOL) as POOL/VOLUME with format, virtual and real size, backing file and users (-o wide adds the chain depth).",
-		Example:           "  hangar volume list\n  hangar volume list default -o wide\n  hangar volume list --no-headers | awk '{print $1}'",
+		Example:           "  hangar volume list\n  hangar volume list local-h1 -o wide\n  hangar volume list --no-headers | awk '{print $1}'",
 		ValidArgsFunction: complete(g, g.poolNames),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			if err := g.checkOutput(cmd); err != nil {
 				return err
 			}
 			c := g.client()
-			var pools []string
+			var pools []v1.StoragePool
 			if len(a) == 1 {
-				pools = a
+				pools = []v1.StoragePool{{Name: a[0]}}
 			} else {
 				ps, err := c.Pools(cmd.Context())
 				if err != nil {
 					return err
 				}
-				for _, p := range ps {
-					pools = append(pools, p.Name)
-				}
+				pools = ps
 			}
 			vs := []v1.Volume{}
 			for _, p := range pools {
-				pv, err := c.VolumesOn(cmd.Context(), p, onHost)
+				h := onHost
+				if p.Host != "" {
+					h = "" // a host's own pool: its name says where
+				}
+				pv, err := c.VolumesOn(cmd.Context(), p.Name, h)
+				if err != nil && len(a) == 0 && p.Host != "" {
+					// Every pool listed: another host's pool may be away.
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: pool %s (host %s): %v\n", p.Name, p.Host, err)
+					continue
+				}
 				if err != nil {
 					return err
 				}
@@ -136,7 +144,7 @@ everywhere: hangar volume list prints that form and every verb takes it back.`,
 		}}
 	addOutput(list, g, true)
 	show := &cobra.Command{Use: "show POOL/VOLUME", Short: "Show a volume", Args: cobra.ExactArgs(1),
-		Long: "Show one volume: format, sizes, backing file, chain depth and the VMs that use it.", Example: "  hangar volume show default/images/disk.qcow2 -o json",
+		Long: "Show one volume: format, sizes, backing file, chain depth and the VMs that use it.", Example: "  hangar volume show local-h1/images/disk.qcow2 -o json",
 		ValidArgsFunction: complete(g, g.volumeRefs),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			if err := g.checkOutput(cmd); err != nil {
@@ -157,15 +165,15 @@ everywhere: hangar volume list prints that form and every verb takes it back.`,
 		}}
 	addOutput(show, g, false)
 	for _, c := range []*cobra.Command{list, show} {
-		c.Flags().StringVar(&onHost, "host", "", "the host whose own pool is meant (default: the server's host); the server forwards the request there")
+		c.Flags().StringVar(&onHost, "host", "", "for a dir pool added with pool add: the host whose directory is meant (default: the server's host; a host's own pool local-<host> names its host itself); the server forwards the request there")
 	}
-	list.Example += "\n  hangar volume list default --host h2"
-	show.Example += "\n  hangar volume show default/images/disk.qcow2 --host h2"
+	list.Example += "\n  hangar volume list local-h2"
+	show.Example += "\n  hangar volume show local-h2/images/disk.qcow2"
 	var format string
 	var size int64
 	create := &cobra.Command{Use: "create POOL/VOLUME", Short: "Create an empty volume", Args: cobra.ExactArgs(1),
 		Long:    "Create an empty volume of --size MiB; the format comes from the name's extension (.qcow2, .raw) unless --format.",
-		Example: "  hangar volume create default/shared/quorum.raw --size 1024\n  hangar volume create default/data/db.qcow2 --size 20480",
+		Example: "  hangar volume create local-h1/shared/quorum.raw --size 1024\n  hangar volume create local-h1/data/db.qcow2 --size 20480",
 		RunE: func(cmd *cobra.Command, a []string) error {
 			if err := atLeast(cmd, "size", size, 1); err != nil {
 				return err
@@ -181,7 +189,7 @@ everywhere: hangar volume list prints that form and every verb takes it back.`,
 	create.Flags().Int64Var(&size, "size", 1024, "size in MiB")
 	resize := &cobra.Command{Use: "resize POOL/VOLUME SIZE_MIB", Short: "Grow a volume (live when it is a running VM's disk)", Args: cobra.ExactArgs(2),
 		Long:              "Grow a volume to SIZE_MIB; a running VM's disk grows live (the guest sees the new size).",
-		Example:           "  hangar volume resize default/vms/web2/disk0.qcow2 4096",
+		Example:           "  hangar volume resize local-h1/vms/web2/disk0.qcow2 4096",
 		ValidArgsFunction: complete(g, g.volumeRefs),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			p, v, err := splitRef(a[0])
@@ -201,7 +209,7 @@ everywhere: hangar volume list prints that form and every verb takes it back.`,
 			return err
 		}}
 	del := &cobra.Command{Use: "delete POOL/VOLUME", Aliases: []string{"rm"}, Short: "Delete a volume no VM or volume uses", Args: cobra.ExactArgs(1),
-		Long: "Delete a volume; refused while a VM uses it or another volume is layered on it.", Example: "  hangar volume rm default/images/old.qcow2",
+		Long: "Delete a volume; refused while a VM uses it or another volume is layered on it.", Example: "  hangar volume rm local-h1/images/old.qcow2",
 		ValidArgsFunction: complete(g, g.volumeRefs),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			p, v, err := splitRef(a[0])
@@ -214,7 +222,7 @@ everywhere: hangar volume list prints that form and every verb takes it back.`,
 		Long: `Upload a disk image file into a new volume. The CLI hashes the file first; the server
 checks the size and SHA-256 of what arrived before the volume appears. Both passes show
 their progress (bytes and rate).`,
-		Example: "  hangar volume upload debian.qcow2 default/images/debian.qcow2",
+		Example: "  hangar volume upload debian.qcow2 local-h1/images/debian.qcow2",
 		RunE: func(cmd *cobra.Command, a []string) error {
 			p, v, err := splitRef(a[1])
 			if err != nil {
@@ -253,7 +261,7 @@ their progress (bytes and rate).`,
 	cp := &cobra.Command{Use: "copy POOL/VOLUME [POOL/]NEWNAME", Aliases: []string{"cp"}, Short: "Copy a volume into a new standalone one (full clone; --format converts)", Args: cobra.ExactArgs(2),
 		Long: `Copy a volume, with its whole backing chain, into a new standalone volume in the same
 pool (a full clone); --format (or the new name's extension) converts between qcow2 and raw.`,
-		Example:           "  hangar volume copy default/images/big.raw default/images/big.qcow2\n  hangar volume cp default/vms/web1/disk0.qcow2 backup/web1.qcow2",
+		Example:           "  hangar volume copy local-h1/images/big.raw local-h1/images/big.qcow2\n  hangar volume cp local-h1/vms/web1/disk0.qcow2 backup/web1.qcow2",
 		ValidArgsFunction: complete(g, g.volumeRefs),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			p, v, err := splitRef(a[0])
@@ -275,7 +283,7 @@ pool (a full clone); --format (or the new name's extension) converts between qco
 	cp.Flags().StringVar(&copyFormat, "format", "", "qcow2 or raw (default: from the new name's extension)")
 	flatten := &cobra.Command{Use: "flatten POOL/VOLUME", Short: "Merge a volume's backing chain into it (not a VM's disk)", Args: cobra.ExactArgs(1),
 		Long:              "Merge a volume's backing chain into it, so that it stands alone; refused for a VM's disk.",
-		Example:           "  hangar volume flatten default/images/overlay.qcow2",
+		Example:           "  hangar volume flatten local-h1/images/overlay.qcow2",
 		ValidArgsFunction: complete(g, g.volumeRefs),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			p, v, err := splitRef(a[0])

@@ -71,18 +71,33 @@ func TestHostLocalWorkForwarded(t *testing.T) {
 		}
 	}
 
-	// A host's own pool, listed through h1: that host's guest disk, not h1's.
+	// A host's own pool, listed through h1: that host's guest disk, not h1's;
+	// every host's own pool is in the pool list, with its host.
+	pool := "local-" + remote.Host
 	var vols []v1.Volume
-	if out := p.CLI(t, "h1", "volume", "list", "default", "--host", remote.Host, "-o", "json"); json.Unmarshal([]byte(out), &vols) != nil {
-		t.Fatalf("volume list --host %s: %s", remote.Host, out)
+	if out := p.CLI(t, "h1", "volume", "list", pool, "-o", "json"); json.Unmarshal([]byte(out), &vols) != nil {
+		t.Fatalf("volume list %s: %s", pool, out)
 	}
 	var names []string
 	for _, v := range vols {
-		names = append(names, v.Name)
+		names = append(names, v.Pool+"/"+v.Name)
 	}
 	all := strings.Join(names, " ")
-	if !strings.Contains(all, "vms/"+remote.Name+"/") || strings.Contains(all, "vms/g-h1/") {
-		t.Fatalf("volume list default --host %s via h1: %v, want %s's disk and not g-h1's", remote.Host, names, remote.Name)
+	if !strings.Contains(all, pool+"/vms/"+remote.Name+"/") || strings.Contains(all, "vms/g-h1/") {
+		t.Fatalf("volume list %s via h1: %v, want %s's disk and not g-h1's", pool, names, remote.Name)
+	}
+	var pools []v1.StoragePool
+	if out := p.CLI(t, "h1", "pool", "list", "-o", "json"); json.Unmarshal([]byte(out), &pools) != nil {
+		t.Fatalf("pool list: %s", out)
+	}
+	own := map[string]string{}
+	for _, sp := range pools {
+		own[sp.Name] = sp.Host
+	}
+	for _, h := range p.Hosts {
+		if own["local-"+h.Name] != h.Name {
+			t.Errorf("pool list via h1: %+v, want local-%s of host %s", pools, h.Name, h.Name)
+		}
 	}
 
 	out := p.CLI(t, "h1", "host", "list", "-o", "json")

@@ -15,7 +15,7 @@ import (
 	"hangar/internal/vm"
 )
 
-// pool returns a storage pool by name: "default" is the host's own; others
+// pool returns a storage pool by name: local-<host> is the host's own; others
 // are looked up in the store.
 func (a *Agent) pool(ctx context.Context, name string) (*storage.Pool, error) {
 	if name == a.cfg.Pool.Name {

@@ -372,6 +372,7 @@ func (m *machine) setStatus(ctx context.Context, f func(*v1.VMStatus)) error {
 		}
 		st := rec.VMStatus
 		f(&st)
+		m.a.nameDisks(ctx, &st)
 		st.Host = m.a.cfg.Host
 		st.UpdatedAt = time.Now().UTC()
 		_, err = m.a.inv.UpdateStatus(ctx, m.name, st, rec.Rev, rec.SpecRev, rec.OwnerRev)

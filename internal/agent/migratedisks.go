@@ -22,7 +22,8 @@ import (
 
 // The local disks of a migrating VM. The source reports each disk on one of
 // its local pools (pool, volume name, format, virtual size); the target
-// makes an empty volume of the same name in its own pool of that name and
+// makes an empty volume of the same name in its own pool (for the source's
+// own pool) or its pool of that name, and
 // exports it over NBD; the source mirrors into it. The target's volumes are
 // the VM's once it runs there; before, an abort deletes them. The source's
 // files go only after the switch-over, once the target runs the guest.
@@ -40,6 +41,24 @@ func (a *Agent) volumeAt(ctx context.Context, path string) (*storage.Pool, strin
 		}
 	}
 	return nil, "", fmt.Errorf("disk file %s: %w", path, storage.ErrOutsidePool)
+}
+
+// nameDisks sets each disk's Pool and Volume from its path: the pool of
+// this host that holds the file and the volume's name in it (none for a
+// file outside the pools).
+func (a *Agent) nameDisks(ctx context.Context, st *v1.VMStatus) {
+	for i := range st.Disks {
+		d := &st.Disks[i]
+		d.Pool, d.Volume = "", ""
+		if d.Path == "" {
+			continue
+		}
+		if rel, err := filepath.Rel(a.cfg.Pool.Path, d.Path); err == nil && filepath.IsLocal(rel) {
+			d.Pool, d.Volume = a.cfg.Pool.Name, filepath.ToSlash(rel)
+		} else if p, name, err := a.volumeAt(ctx, d.Path); err == nil {
+			d.Pool, d.Volume = p.Name, name
+		}
+	}
 }
 
 // localDisks lists the VM's disks on this host's local (not shared) pools,
@@ -99,9 +118,11 @@ func (m *machine) migrationReport(ctx context.Context, st migrate.State) {
 	m.log.Info("migration: local disks reported", "disks", len(part.Disks), "err", part.Error)
 }
 
-// targetVolume is the path of a migrated disk's volume on this host: the
-// same volume name in this host's pool of the same name.
-func (a *Agent) targetVolume(ctx context.Context, d migrate.Disk) (*storage.Pool, string, error) {
+// targetVolume is the path of a migrated disk's volume on this host, the
+// target of rec: the same volume name in this host's own pool (for a disk
+// of the source's own pool) or in its pool of the same name.
+func (a *Agent) targetVolume(ctx context.Context, rec migrate.Record, d migrate.Disk) (*storage.Pool, string, error) {
+	d = d.OnTarget(rec)
 	p, err := a.pool(ctx, d.Pool)
 	if err != nil {
 		return nil, "", fmt.Errorf("disk %s: %w", d.Name, err)
@@ -133,7 +154,7 @@ func (m *machine) migratedDisks(ctx context.Context, rec migrate.Record, spec v1
 	for _, ds := range src {
 		switch d, ok := local[ds.Name]; {
 		case ok:
-			_, path, err := m.a.targetVolume(ctx, d)
+			_, path, err := m.a.targetVolume(ctx, rec, d)
 			if err != nil {
 				return nil, err
 			}
@@ -151,7 +172,9 @@ func (m *machine) migratedDisks(ctx context.Context, rec migrate.Record, spec v1
 			out = append(out, ds)
 		}
 	}
-	return out, nil
+	named := v1.VMStatus{Disks: out}
+	m.a.nameDisks(ctx, &named)
+	return named.Disks, nil
 }
 
 // targetVolumesFree checks that no volume of rec's local disks exists
@@ -160,12 +183,12 @@ func (m *machine) migratedDisks(ctx context.Context, rec migrate.Record, spec v1
 // (its part, its journal), then makes them (createTargetVolumes).
 func (m *machine) targetVolumesFree(ctx context.Context, rec migrate.Record) error {
 	for _, d := range rec.Disks {
-		_, path, err := m.a.targetVolume(ctx, d)
+		_, path, err := m.a.targetVolume(ctx, rec, d)
 		if err != nil {
 			return err
 		}
 		if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("disk %s: volume %s exists on this host already: %w", d.Name, d.Ref(), storage.ErrExists)
+			return fmt.Errorf("disk %s: volume %s exists on this host already: %w", d.Name, d.OnTarget(rec).Ref(), storage.ErrExists)
 		}
 	}
 	return nil
@@ -175,7 +198,7 @@ func (m *machine) targetVolumesFree(ctx context.Context, rec migrate.Record) err
 // (a name taken meanwhile is refused by the pool).
 func (m *machine) createTargetVolumes(ctx context.Context, rec migrate.Record) error {
 	for _, d := range rec.Disks {
-		p, _, err := m.a.targetVolume(ctx, d)
+		p, _, err := m.a.targetVolume(ctx, rec, d)
 		if err != nil {
 			return err
 		}
@@ -190,7 +213,7 @@ func (m *machine) createTargetVolumes(ctx context.Context, rec migrate.Record) e
 func targetDisksOf(rec migrate.Record) []migrate.TargetDisk {
 	out := make([]migrate.TargetDisk, len(rec.Disks))
 	for i, d := range rec.Disks {
-		out[i] = migrate.TargetDisk{Name: d.Name, Volume: d.Ref(), Export: config.NodeName(d.Name)}
+		out[i] = migrate.TargetDisk{Name: d.Name, Volume: d.OnTarget(rec).Ref(), Export: config.NodeName(d.Name)}
 	}
 	return out
 }

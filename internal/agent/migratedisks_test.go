@@ -17,7 +17,7 @@ func TestMigrationTargetVolumes(t *testing.T) {
 	ctx := t.Context()
 	m := &machine{a: ta.a, name: "mv1", log: ta.a.cfg.Log}
 	rec := migrate.Record{OpID: "0f8fad5b-d9cb-469f-a165-70867728950e",
-		Disks: []migrate.Disk{{Name: "disk0", Pool: "default", Volume: "vms/mv1/disk0.qcow2", Format: "qcow2", SizeBytes: 64 << 20}}}
+		Disks: []migrate.Disk{{Name: "disk0", Pool: "local-testhost", Volume: "vms/mv1/disk0.qcow2", Format: "qcow2", SizeBytes: 64 << 20}}}
 	if err := m.createTargetVolumes(ctx, rec); err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +37,7 @@ func TestMigrationTargetVolumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec2 := rec
-	rec2.Disks = []migrate.Disk{{Name: "disk0", Pool: "default", Volume: "vms/mv2/disk0.qcow2", Format: "qcow2", SizeBytes: 64 << 20}}
+	rec2.Disks = []migrate.Disk{{Name: "disk0", Pool: "local-testhost", Volume: "vms/mv2/disk0.qcow2", Format: "qcow2", SizeBytes: 64 << 20}}
 	if err := other.targetVolumesFree(ctx, rec2); err == nil {
 		t.Fatal("an existing file counts as a free volume name")
 	}
@@ -67,7 +67,7 @@ func TestMigrationTargetVolumes(t *testing.T) {
 	// A journal naming a file outside the pool is refused, nothing deleted.
 	path, _ := other.journalPath()
 	for _, bad := range []string{
-		`{"opID":"0f8fad5b-d9cb-469f-a165-70867728950e","disks":[{"name":"disk0","volume":"default/../../../victimdir/precious","export":"drive-disk0"}]}`,
+		`{"opID":"0f8fad5b-d9cb-469f-a165-70867728950e","disks":[{"name":"disk0","volume":"local-testhost/../../../victimdir/precious","export":"drive-disk0"}]}`,
 		`{"opID":"0f8fad5b-d9cb-469f-a165-70867728950e","disks":[],"extra":1}`,
 		`{"opID":"x","disks":[]}`,
 	} {

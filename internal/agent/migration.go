@@ -551,6 +551,7 @@ func (m *machine) statusAfterMigration(ctx context.Context, rec migrate.Record, 
 		}
 		m.running(&st, inst, v1.StateRunning)
 		st.Reason, st.Host, st.UpdatedAt = "", m.a.cfg.Host, time.Now().UTC()
+		m.a.nameDisks(ctx, &st)
 		if err := m.a.checkStatus(ctx, m.name, st, &spec); err != nil {
 			return err
 		}

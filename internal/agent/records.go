@@ -178,7 +178,10 @@ func (a *Agent) checkStatus(ctx context.Context, name string, st v1.VMStatus, sp
 			}
 			for _, ref := range []string{d.Volume, cloneRef(d)} {
 				pn, _, _ := strings.Cut(ref, "/")
-				if ref == "" || seen[pn] {
+				if _, other := storage.LocalPoolHost(pn); ref == "" || seen[pn] || other {
+					// Another host's own pool (a migration's source, before
+					// the switch-over names this host's): none of its files
+					// is this host's.
 					continue
 				}
 				seen[pn] = true
@@ -220,6 +223,16 @@ func (a *Agent) checkStatus(ctx context.Context, name string, st v1.VMStatus, sp
 		}
 		if err := inPools(f+".path", d.Path); err != nil {
 			return err
+		}
+		if d.Pool != "" || d.Volume != "" {
+			// The names say the same file as the path.
+			p, err := a.pool(ctx, d.Pool)
+			if err != nil {
+				return badRecord(what, fmt.Errorf("%s.pool: %w", f, err))
+			}
+			if at, err := p.Resolve(d.Volume); err != nil || at != d.Path {
+				return badRecord(what, fmt.Errorf("%s.volume: %s/%s is not %s", f, d.Pool, d.Volume, d.Path))
+			}
 		}
 		if d.Top != "" {
 			if err := inPools(f+".top", d.Top); err != nil {

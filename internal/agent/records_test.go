@@ -37,7 +37,7 @@ func startAgent(t *testing.T, opts ...func(*Agent)) *testAgent {
 	base := t.TempDir()
 	st := store.NewEtcd(etcdtest.Start(t).Client())
 	data := filepath.Join(base, "data")
-	pool, err := storage.OpenDirPool("default", filepath.Join(data, "pools", "default"))
+	pool, err := storage.OpenDirPool("local-testhost", filepath.Join(data, "pools", "default"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,8 +185,8 @@ func TestPlantedRecordsAreRefused(t *testing.T) {
 		})
 	}
 	t.Run("volume target escapes its pool", func(t *testing.T) {
-		op := ta.plantOp(t, v1.Operation{Kind: "volume-flatten", Target: "default/../../victimdir",
-			Args: json.RawMessage(`{"pool":"default","source":"../../victimdir"}`)})
+		op := ta.plantOp(t, v1.Operation{Kind: "volume-flatten", Target: "local-testhost/../../victimdir",
+			Args: json.RawMessage(`{"pool":"local-testhost","source":"../../victimdir"}`)})
 		mustFail(t, op, "target")
 	})
 	t.Run("spec named differently from its key", func(t *testing.T) {
@@ -284,14 +284,14 @@ func TestPlantedRecordsAreRefused(t *testing.T) {
 		if err := os.WriteFile(keep, []byte("disk"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		tmpl := v1.Template{Name: "../vms", Pool: "default"}
+		tmpl := v1.Template{Name: "../vms", Pool: "local-testhost"}
 		ta.put(t, inventory.TemplateKey("t1"), tmpl)
 		err := ta.a.DeleteTemplate(ctx, tmpl)
 		if !errors.Is(err, inventory.ErrInvalidRecord) {
 			t.Fatalf("delete template %q: %v", tmpl.Name, err)
 		}
 		tmpl.Name = "t1"
-		tmpl.Disks = []v1.Disk{{Name: "disk0", Volume: "default/vms/keeper/disk0.qcow2"}}
+		tmpl.Disks = []v1.Disk{{Name: "disk0", Volume: "local-testhost/vms/keeper/disk0.qcow2"}}
 		ta.put(t, inventory.TemplateKey("t1"), tmpl)
 		if err := ta.a.DeleteTemplate(ctx, v1.Template{Name: "t1"}); !errors.Is(err, inventory.ErrInvalidRecord) {
 			t.Fatalf("delete template t1 with a volume outside it: %v", err)

@@ -114,10 +114,10 @@ func TestSandboxOwnership(t *testing.T) {
 	if err := pool.DeleteVolume(ctx, "vms/vm1/disk0.qcow2"); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.DeleteVolume(ctx, "default", img); err != nil {
+	if err := a.DeleteVolume(ctx, "local-testhost", img); err != nil {
 		t.Fatal(err)
 	}
-	o := inventory.IDOwner{Kind: inventory.IDKindFile, Name: "default/" + img}
+	o := inventory.IDOwner{Kind: inventory.IDKindFile, Name: "local-testhost/" + img}
 	if _, _, err := a.inv.IDOf(ctx, r, o); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("group of the deleted image: %v, want released", err)
 	}

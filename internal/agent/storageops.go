@@ -560,8 +560,10 @@ func (m *machine) clone(ctx context.Context, a v1.CloneArgs, progress progressFu
 			}
 		}
 	}
-	if err := m.a.inv.PutStatus(ctx, a.Name, v1.VMStatus{State: v1.StateStopped, Host: m.a.cfg.Host, Disks: out,
-		Reason: "cloned from " + m.name + " (" + consistency + ")", UpdatedAt: time.Now().UTC()}); err != nil {
+	clone := v1.VMStatus{State: v1.StateStopped, Host: m.a.cfg.Host, Disks: out,
+		Reason: "cloned from " + m.name + " (" + consistency + ")", UpdatedAt: time.Now().UTC()}
+	m.a.nameDisks(ctx, &clone)
+	if err := m.a.inv.PutStatus(ctx, a.Name, clone); err != nil {
 		return err
 	}
 	rev.Success()

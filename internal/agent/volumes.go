@@ -14,9 +14,9 @@ import (
 	"hangar/internal/store"
 )
 
-// Pools lists this host's default pool and the pools recorded in the store.
+// Pools lists this host's own pool and the pools recorded in the store.
 func (a *Agent) Pools(ctx context.Context) ([]v1.StoragePool, error) {
-	out := []v1.StoragePool{{Name: a.cfg.Pool.Name, Type: a.cfg.Pool.Type, Path: a.cfg.Pool.Path}}
+	out := []v1.StoragePool{{Name: a.cfg.Pool.Name, Type: a.cfg.Pool.Type, Path: a.cfg.Pool.Path, Host: a.cfg.Host}}
 	pools, _, err := store.ListJSON[v1.StoragePool](ctx, a.cfg.Store, inventory.Pools)
 	if err != nil {
 		return nil, err
@@ -34,6 +34,9 @@ func (a *Agent) Pools(ctx context.Context) ([]v1.StoragePool, error) {
 func (a *Agent) AddPool(ctx context.Context, p v1.StoragePool) error {
 	if p.Name == a.cfg.Pool.Name {
 		return errdefs.Field("name", fmt.Errorf("pool %q exists: %w", p.Name, storage.ErrExists))
+	}
+	if strings.HasPrefix(p.Name, storage.LocalPoolPrefix) {
+		return errdefs.Field("name", fmt.Errorf("%q: names starting with %q are the hosts' own pools: %w", p.Name, storage.LocalPoolPrefix, errdefs.ErrInvalid))
 	}
 	if p.Type != storage.TypeDir && p.Type != storage.TypeShared {
 		return errdefs.Field("type", fmt.Errorf("must be dir or shared, got %q: %w", p.Type, errdefs.ErrInvalid))

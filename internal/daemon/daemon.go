@@ -246,7 +246,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		}
 	}
 
-	storagePool, err := storage.OpenDirPool("default", filepath.Join(cfg.DataDir, "pools", "default"))
+	storagePool, err := storage.OpenDirPool(storage.LocalPoolName(cfg.Host), filepath.Join(cfg.DataDir, "pools", "default"))
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 	"hangar/internal/hostapi"
 	"hangar/internal/inventory"
 	"hangar/internal/qemu"
+	"hangar/internal/storage"
 	"hangar/internal/store"
 	"hangar/internal/vm"
 )
@@ -71,11 +72,11 @@ func (s *Server) vmHost(ctx context.Context, name string) (string, error) {
 	return o.Host, nil
 }
 
-// forwardToHostParam forwards a request about a host's own storage to the
-// host its ?host= names and reports whether the request was answered
-// (forwarded, or a bad ?host=).
+// forwardToHostParam forwards a request about a pool's volumes to the host
+// that has them (poolHost) and reports whether the request was answered
+// (forwarded, or a bad host).
 func (s *Server) forwardToHostParam(w http.ResponseWriter, r *http.Request) bool {
-	host, err := s.hostParam(r.Context(), r)
+	host, err := s.poolHost(r.Context(), r, r.PathValue("pool"))
 	if err != nil {
 		writeErr(w, err)
 		return true
@@ -83,18 +84,33 @@ func (s *Server) forwardToHostParam(w http.ResponseWriter, r *http.Request) bool
 	return !s.servedHere(w, r, host)
 }
 
-// hostParam is the ?host= of a request about a host's own storage ("":
-// this host), a host of the pool.
-func (s *Server) hostParam(ctx context.Context, r *http.Request) (string, error) {
-	h := r.URL.Query().Get("host")
+// poolHost is the host that serves a request about pool's volumes ("":
+// this host): the host whose own pool it is (local-<host>), else the ?host=
+// of the request (a shared or recorded pool is served by any host that
+// mounts it), a host of the pool.
+func (s *Server) poolHost(ctx context.Context, r *http.Request, pool string) (string, error) {
+	return s.hostOf(ctx, pool, r.URL.Query().Get("host"))
+}
+
+// hostOf checks the host a request names (query, "" for none) against the
+// pool it is about (pool, "" for none) and returns it: the owner of a
+// host's own pool, or the host asked for.
+func (s *Server) hostOf(ctx context.Context, pool, query string) (string, error) {
+	h, field := query, "host"
+	if owner, ok := storage.LocalPoolHost(pool); ok {
+		if query != "" && query != owner {
+			return "", invalidArg("host", "pool %s is host %s's own, not %s's", pool, owner, query)
+		}
+		h, field = owner, "pool"
+	}
 	if h == "" {
 		return "", nil
 	}
-	if err := vm.ValidateName("host", h); err != nil {
+	if err := vm.ValidateName(field, h); err != nil {
 		return "", err
 	}
 	if _, err := store.GetJSON(ctx, s.cfg.Store, inventory.HostInfoKey(h), &v1.Host{}); err != nil {
-		return "", errdefs.Field("host", inventory.NotFound(err, "host", h))
+		return "", errdefs.Field(field, inventory.NotFound(err, "host", h))
 	}
 	return h, nil
 }

@@ -216,14 +216,24 @@ func TestForwardToTheVMsHost(t *testing.T) {
 		t.Fatalf("console via h1 answered %q (%v), want h2's console", line, err)
 	}
 
-	// A host's own volumes: ?host= names it.
-	if code, body := get(user, hosts["h1"].url+"/api/v1/pools/default/volumes?host=h2"); code != 200 || !strings.Contains(body, `"on-h2"`) {
+	// A host's own volumes: the pool's name says which host has them.
+	if code, body := get(user, hosts["h1"].url+"/api/v1/pools/local-h2/volumes"); code != 200 || !strings.Contains(body, `"on-h2"`) {
 		t.Fatalf("volumes of h2 via h1: %d %s", code, body)
 	}
-	if code, body := get(user, hosts["h1"].url+"/api/v1/pools/default/volumes"); code != 200 || !strings.Contains(body, `"on-h1"`) {
+	if code, body := get(user, hosts["h1"].url+"/api/v1/pools/local-h1/volumes"); code != 200 || !strings.Contains(body, `"on-h1"`) {
 		t.Fatalf("volumes of h1: %d %s", code, body)
 	}
-	if code, body := get(user, hosts["h1"].url+"/api/v1/pools/default/volumes?host=ghost"); code != 404 {
+	if code, body := get(user, hosts["h1"].url+"/api/v1/pools/local-ghost/volumes"); code != 404 || !strings.Contains(body, `"field": "pool"`) {
+		t.Fatalf("volumes of an unknown host: %d %s", code, body)
+	}
+	if code, body := get(user, hosts["h1"].url+"/api/v1/pools/local-h2/volumes?host=h1"); code != 400 || !strings.Contains(body, `"field": "host"`) {
+		t.Fatalf("h2's pool asked of host h1: %d %s", code, body)
+	}
+	// A recorded pool every host has: ?host= names the host.
+	if code, body := get(user, hosts["h1"].url+"/api/v1/pools/fast/volumes?host=h2"); code != 200 || !strings.Contains(body, `"on-h2"`) {
+		t.Fatalf("volumes of h2's pool fast via h1: %d %s", code, body)
+	}
+	if code, body := get(user, hosts["h1"].url+"/api/v1/pools/fast/volumes?host=ghost"); code != 404 {
 		t.Fatalf("volumes of an unknown host: %d %s", code, body)
 	}
 
@@ -294,10 +304,10 @@ func TestForwardToTheVMsHost(t *testing.T) {
 	}
 
 	// A volume written in a host's own pool: made there.
-	if code, body := post(user, hosts["h1"].url+"/api/v1/pools/default/volumes?host=h2", `{"name":"images/a.qcow2","sizeMiB":8}`); code != 201 || !strings.Contains(body, "made-on-h2") {
+	if code, body := post(user, hosts["h1"].url+"/api/v1/pools/local-h2/volumes", `{"name":"images/a.qcow2","sizeMiB":8}`); code != 201 || !strings.Contains(body, "made-on-h2") {
 		t.Fatalf("create a volume in h2's pool via h1: %d %s", code, body)
 	}
-	if code, body := post(user, hosts["h1"].url+"/api/v1/pools/default/volumes", `{"name":"images/a.qcow2","sizeMiB":8}`); code != 201 || !strings.Contains(body, "made-on-h1") {
+	if code, body := post(user, hosts["h1"].url+"/api/v1/pools/local-h1/volumes", `{"name":"images/a.qcow2","sizeMiB":8}`); code != 201 || !strings.Contains(body, "made-on-h1") {
 		t.Fatalf("create a volume in h1's pool: %d %s", code, body)
 	}
 

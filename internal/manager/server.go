@@ -302,6 +302,30 @@ func (s *Server) create(ctx context.Context, spec v1.VMSpec, start bool, host st
 	return s.createWarned(ctx, spec, start, host, nil)
 }
 
+// localPin is the host a new VM must run on because a disk of it is a
+// volume of that host's own pool (local-<host>), attached or cloned from
+// ("": none; host when the create is already pinned there). Disks on two
+// hosts' own pools, or on another host than the pin, are refused.
+func localPin(spec v1.VMSpec, host string) (string, error) {
+	pin, from := host, "the create's host"
+	for i, d := range spec.Disks {
+		ref, field := d.Volume, fmt.Sprintf("disks[%d].volume", i)
+		if d.Clone != nil {
+			ref, field = d.Clone.Volume, fmt.Sprintf("disks[%d].clone.volume", i)
+		}
+		pool, _, _ := strings.Cut(ref, "/")
+		h, ok := storage.LocalPoolHost(pool)
+		switch {
+		case !ok:
+		case pin == "":
+			pin, from = h, field
+		case pin != h:
+			return "", invalidArg(field, "%s is host %s's own pool, and %s is on host %s: a vm runs on one host", pool, h, from, pin)
+		}
+	}
+	return pin, nil
+}
+
 // newVM is a VM to create: its spec, whether to start it, the host that
 // pins it ("" for the master's choice) and the warnings its operation
 // records.
@@ -350,6 +374,10 @@ func (s *Server) createAll(ctx context.Context, vms []newVM) ([]v1.Operation, er
 		}
 		start = spec.Power == v1.PowerRunning
 		if err := vm.Validate(spec, scheduler.LargestHostMemory(hosts)); err != nil {
+			return nil, err
+		}
+		// Disks on a host's own pool pin the VM to that host.
+		if host, err = localPin(spec, host); err != nil {
 			return nil, err
 		}
 		// The disks' files are checked where the VM will run when that is known

@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -434,5 +435,38 @@ func TestVersion(t *testing.T) {
 	}
 	if code, _, b := ts.do("POST", "/api/v1/version", "application/json", "{}"); code != 405 {
 		t.Errorf("POST /version: %d %s, want 405", code, b)
+	}
+}
+
+// TestLocalPin: disks of a host's own pool pin a new VM to that host; disks
+// on two hosts' own pools, or on another host than the create's pin, are
+// refused naming the disk.
+func TestLocalPin(t *testing.T) {
+	vol := func(ref string) v1.Disk { return v1.Disk{Volume: ref} }
+	clone := func(ref string) v1.Disk { return v1.Disk{Clone: &v1.CloneSource{Volume: ref}} }
+	for _, c := range []struct {
+		name       string
+		disks      []v1.Disk
+		host, want string
+		errField   string
+	}{
+		{name: "none", disks: []v1.Disk{{SizeMiB: 8}, vol("nfs/a.raw")}},
+		{name: "attached", disks: []v1.Disk{{SizeMiB: 8}, vol("local-h2/a.raw")}, want: "h2"},
+		{name: "cloned", disks: []v1.Disk{clone("local-h3/images/b.qcow2")}, want: "h3"},
+		{name: "pinned alike", disks: []v1.Disk{vol("local-h2/a.raw")}, host: "h2", want: "h2"},
+		{name: "pinned elsewhere", disks: []v1.Disk{vol("local-h2/a.raw")}, host: "h1", errField: "disks[0].volume"},
+		{name: "two hosts", disks: []v1.Disk{vol("local-h2/a.raw"), clone("local-h1/b.qcow2")}, errField: "disks[1].clone.volume"},
+		{name: "kept pin", disks: []v1.Disk{vol("nfs/a.raw")}, host: "h4", want: "h4"},
+	} {
+		got, err := localPin(v1.VMSpec{Name: "x", Disks: c.disks}, c.host)
+		var ae *v1.Error
+		switch {
+		case c.errField != "":
+			if !errors.As(err, &ae) || ae.Field != c.errField {
+				t.Errorf("%s: %v, want an error on %s", c.name, err, c.errField)
+			}
+		case err != nil || got != c.want:
+			t.Errorf("%s: %q %v, want %q", c.name, got, err, c.want)
+		}
 	}
 }

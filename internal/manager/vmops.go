@@ -377,7 +377,7 @@ func (s *Server) importVM(w http.ResponseWriter, r *http.Request) {
 	// The source is a file on one host (?host=, default this one): it is
 	// read there, and the VM is created there (its disks are converted
 	// from that file).
-	host, err := s.hostParam(ctx, r)
+	host, err := s.hostOf(ctx, "", r.URL.Query().Get("host"))
 	if err != nil {
 		writeErr(w, err)
 		return

@@ -43,16 +43,44 @@ func (s *Server) volumeRoutes() {
 	s.route("POST /api/v1/pools/{pool}/volumes/{vol}/flatten", s.flattenVolume)
 }
 
+// listPools lists this host's pools and the other hosts' own pools (as
+// their facts report them: name and host, not their paths).
 func (s *Server) listPools(w http.ResponseWriter, r *http.Request) {
 	ps, err := s.cfg.Pools.Pools(r.Context())
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
+	hosts, err := s.hosts(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	ps = append(ps, otherLocalPools(ps, hosts)...)
 	if ps == nil {
 		ps = []v1.StoragePool{} // [], not null
 	}
 	writeJSON(w, 200, ps)
+}
+
+// otherLocalPools are the own pools of hosts that have not listed in
+// known, as their facts report them.
+func otherLocalPools(known []v1.StoragePool, hosts []v1.Host) []v1.StoragePool {
+	seen := map[string]bool{}
+	for _, p := range known {
+		seen[p.Name] = true
+	}
+	var out []v1.StoragePool
+	for _, h := range hosts {
+		name := storage.LocalPoolName(h.Name)
+		for _, u := range h.Storage {
+			if u.Pool == name && !seen[name] {
+				seen[name] = true
+				out = append(out, v1.StoragePool{Name: name, Type: u.Type, Host: h.Name})
+			}
+		}
+	}
+	return out
 }
 
 func (s *Server) addPool(w http.ResponseWriter, r *http.Request) {
@@ -63,6 +91,10 @@ func (s *Server) addPool(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := vm.ValidateName("name", p.Name); err != nil {
 		writeErr(w, err)
+		return
+	}
+	if p.Host != "" {
+		writeErr(w, invalidArg("host", "a host's own pool is local-<host>; pools added here are for every host"))
 		return
 	}
 	if err := s.cfg.Pools.AddPool(r.Context(), p); err != nil {
@@ -91,7 +123,7 @@ func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request) {
 	pool, _, err := poolAndVolume(r)
 	var host string
 	if err == nil {
-		host, err = s.hostParam(r.Context(), r)
+		host, err = s.poolHost(r.Context(), r, pool)
 	}
 	if err == nil && !s.servedHere(w, r, host) {
 		return
@@ -113,7 +145,7 @@ func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
 	pool, vol, err := poolAndVolume(r)
 	var host string
 	if err == nil {
-		host, err = s.hostParam(r.Context(), r)
+		host, err = s.poolHost(r.Context(), r, pool)
 	}
 	if err == nil && !s.servedHere(w, r, host) {
 		return
@@ -391,12 +423,16 @@ func (s *Server) volumeOp(w http.ResponseWriter, r *http.Request, kind string, a
 	s.answerOp(w, r, op, wait)
 }
 
-// ioHost is where a volume job on pool runs. A host's own (dir) pool: this
-// host, the one whose files the request was checked against (?host= sent
-// the request here). A shared pool: the freest live host that reaches it
-// (scheduler.PlaceIO; a host reaches the pools its facts report storage
-// for).
+// ioHost is where a volume job on pool runs. A host's own pool: that host
+// (the request was forwarded there and checked against its files). A
+// recorded dir pool: this host, the one whose files the request was checked
+// against (?host= sent the request here). A shared pool: the freest live
+// host that reaches it (scheduler.PlaceIO; a host reaches the pools its
+// facts report storage for).
 func (s *Server) ioHost(ctx context.Context, pool string) (string, error) {
+	if h, ok := storage.LocalPoolHost(pool); ok {
+		return h, nil
+	}
 	pools, err := s.cfg.Pools.Pools(ctx)
 	if err != nil {
 		return "", err

@@ -113,11 +113,13 @@ func (l *leader) migrateDeps() migrate.Deps {
 		HostAlive: inv.HostAlive,
 		Check:     l.migrationBlockers,
 		SwitchOverOps: func(ctx context.Context, rec migrate.Record) ([]store.Cond, []store.Op, error) {
-			// The spec follows the owner record to the target.
+			// The spec follows the owner record to the target, with its
+			// disks attached from the source's own pool now in the target's.
 			spec, rev, err := inv.Spec(ctx, rec.VM)
 			if err != nil {
 				return nil, nil, err
 			}
+			spec = migrate.MovedSpec(spec, rec.Source, rec.Target)
 			spec.Host = rec.Target
 			return nil, []store.Op{store.PutOp(inventory.VMKey(rec.VM), inventory.Marshal(spec), rev)}, nil
 		},

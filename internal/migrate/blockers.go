@@ -77,7 +77,7 @@ func Blockers(in CheckInput) []Blocker {
 			add(f, "disk %s has no volume yet", d.Name)
 			continue
 		}
-		shared := onShared(in.Pools, ds.Path)
+		shared := diskOnShared(in.Pools, *ds)
 		if d.Shareable && !shared {
 			add(f+".shareable", "disk %s is shared with other vms on a local pool: it cannot be copied while they write it", d.Name)
 		}
@@ -95,6 +95,17 @@ func diskStatus(st v1.VMStatus, name string) *v1.DiskStatus {
 		}
 	}
 	return nil
+}
+
+// diskOnShared says whether a disk's volume is on a pool of type shared,
+// by the pool its status names (a file outside the pools is on none).
+func diskOnShared(pools []v1.StoragePool, ds v1.DiskStatus) bool {
+	for _, pl := range pools {
+		if pl.Name == ds.Pool {
+			return pl.Type == "shared"
+		}
+	}
+	return false
 }
 
 // onShared says whether path lies inside a pool of type shared.
@@ -123,7 +134,7 @@ func LocalDisks(spec v1.VMSpec, st v1.VMStatus, pools []v1.StoragePool) []v1.Dis
 		if d.Media == "cdrom" {
 			continue
 		}
-		if ds := diskStatus(st, d.Name); ds != nil && !onShared(pools, ds.Path) {
+		if ds := diskStatus(st, d.Name); ds != nil && !diskOnShared(pools, *ds) {
 			out = append(out, *ds)
 		}
 	}

@@ -8,13 +8,13 @@ import (
 )
 
 func TestBlockers(t *testing.T) {
-	pools := []v1.StoragePool{{Name: "h1-local", Type: "dir", Path: "/var/lib/hangar/pools/local"},
+	pools := []v1.StoragePool{{Name: "local-h1", Type: "dir", Path: "/var/lib/hangar/pools/local"},
 		{Name: "nas", Type: "shared", Path: "/mnt/nas"}}
 	ok := CheckInput{
 		Spec: v1.VMSpec{Name: "web", MemoryMiB: 256, CPUModel: "Westmere", Disks: []v1.Disk{
 			{Name: "disk0", Media: "disk"}, {Name: "cidata", Media: "cdrom"}, {Name: "iso", Media: "cdrom", Image: "/mnt/nas/iso/debian.iso"}}},
 		Status: v1.VMStatus{State: v1.StateRunning, Disks: []v1.DiskStatus{
-			{Name: "disk0", Path: "/var/lib/hangar/pools/local/web-disk0.qcow2"}}},
+			{Name: "disk0", Pool: "local-h1", Volume: "web-disk0.qcow2", Path: "/var/lib/hangar/pools/local/web-disk0.qcow2"}}},
 		Pools: pools, Source: "h1", Target: "h2", TargetFreeMiB: 1024, TargetAlive: true,
 	}
 	if bs := Blockers(ok); len(bs) != 0 {
@@ -54,7 +54,7 @@ func TestBlockers(t *testing.T) {
 	}
 	// A shareable disk on a shared pool and a snapshot on a shared pool are fine.
 	in := ok
-	in.Status.Disks = []v1.DiskStatus{{Name: "disk0", Path: "/mnt/nas/web.qcow2", Top: "/mnt/nas/web.snap.qcow2"}}
+	in.Status.Disks = []v1.DiskStatus{{Name: "disk0", Pool: "nas", Volume: "web.qcow2", Path: "/mnt/nas/web.qcow2", Top: "/mnt/nas/web.snap.qcow2"}}
 	in.Spec.Disks = []v1.Disk{{Name: "disk0", Media: "disk", Shareable: true}}
 	if bs := Blockers(in); len(bs) != 0 {
 		t.Errorf("shared disk: %v", bs)

@@ -19,9 +19,11 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"time"
 
 	v1 "hangar/api/v1"
+	"hangar/internal/storage"
 	"hangar/internal/vm"
 )
 
@@ -194,6 +196,11 @@ func (r Record) Validate(vmName string) error {
 	if err := ValidateDisks(r.Disks); err != nil {
 		return invalid(what, "%v", err)
 	}
+	for _, d := range r.Disks {
+		if h, ok := storage.LocalPoolHost(d.Pool); ok && h != r.Source {
+			return invalid(what, "disk %s is on host %s's own pool, the source is %s", d.Name, h, r.Source)
+		}
+	}
 	return nil
 }
 
@@ -211,6 +218,39 @@ type Disk struct {
 
 // Ref is the disk's volume as "pool/volume".
 func (d Disk) Ref() string { return d.Pool + "/" + d.Volume }
+
+// OnTarget is d as the target of rec makes it: the same volume name, in the
+// target's own pool when d is on the source's own pool, else in the
+// target's pool of d's pool's name (a recorded dir pool every host has).
+func (d Disk) OnTarget(rec Record) Disk {
+	d.Pool = MovedPool(d.Pool, rec.Source, rec.Target)
+	return d
+}
+
+// MovedPool is the pool a volume of pool on host from is in once it moved
+// to host to: from's own pool becomes to's own pool; other pools keep
+// their name.
+func MovedPool(pool, from, to string) string {
+	if pool == storage.LocalPoolName(from) {
+		return storage.LocalPoolName(to)
+	}
+	return pool
+}
+
+// MovedSpec is spec once its VM runs on host to instead of from: the
+// disks attached from from's own pool name to's (their volumes moved with
+// the VM).
+func MovedSpec(spec v1.VMSpec, from, to string) v1.VMSpec {
+	spec.Disks = slices.Clone(spec.Disks)
+	for i, d := range spec.Disks {
+		if d.Volume == "" {
+			continue
+		}
+		pool, name, _ := strings.Cut(d.Volume, "/")
+		spec.Disks[i].Volume = MovedPool(pool, from, to) + "/" + name
+	}
+	return spec
+}
 
 // ValidateDisks checks the local disks of a record or a source's report:
 // names, pool and volume names that stay in their pool, a known format, a

@@ -11,7 +11,7 @@ import (
 )
 
 func TestDecodeRecord(t *testing.T) {
-	disk := Disk{Name: "disk0", Pool: "default", Volume: "vms/web/disk0.qcow2", Format: "qcow2", SizeBytes: 2 << 30}
+	disk := Disk{Name: "disk0", Pool: "local-h1", Volume: "vms/web/disk0.qcow2", Format: "qcow2", SizeBytes: 2 << 30}
 	good := Record{VM: "web", OpID: "0f8fad5b-d9cb-469f-a165-70867728950e", Source: "h1", Target: "h2", Phase: Migrating, Epoch: 2,
 		Args: v1.MigrateArgs{To: "h2"}, Disks: []Disk{disk}, Created: time.Now()}
 	b, _ := json.Marshal(good)
@@ -32,6 +32,7 @@ func TestDecodeRecord(t *testing.T) {
 		"disk absolute volume":  func(r *Record) { r.Disks[0].Volume = "/etc/passwd" },
 		"disk bad pool":         func(r *Record) { r.Disks[0].Pool = "Default/x" },
 		"disk empty pool":       func(r *Record) { r.Disks[0].Pool = "" },
+		"disk of another host":  func(r *Record) { r.Disks[0].Pool = "local-h3" },
 		"disk bad name":         func(r *Record) { r.Disks[0].Name = "disk 0" },
 		"disk unknown format":   func(r *Record) { r.Disks[0].Format = "vmdk" },
 		"disk zero size":        func(r *Record) { r.Disks[0].SizeBytes = 0 },
@@ -83,5 +84,28 @@ func TestDecodeRecord(t *testing.T) {
 	}
 	if _, err := DecodeSource([]byte(`{"state":"paused","downtimeMs":-1}`)); !errors.Is(err, ErrInvalidRecord) {
 		t.Errorf("negative downtime: %v", err)
+	}
+}
+
+// TestMovedPools: a disk of the source's own pool lands in the target's own
+// pool, a recorded pool keeps its name; the spec's attached volumes follow.
+func TestMovedPools(t *testing.T) {
+	rec := Record{Source: "h1", Target: "h2"}
+	if got := (Disk{Pool: "local-h1", Volume: "vms/web/disk0.qcow2"}).OnTarget(rec).Ref(); got != "local-h2/vms/web/disk0.qcow2" {
+		t.Errorf("own pool: %s", got)
+	}
+	if got := (Disk{Pool: "fast", Volume: "data/a.raw"}).OnTarget(rec).Ref(); got != "fast/data/a.raw" {
+		t.Errorf("recorded pool: %s", got)
+	}
+	spec := v1.VMSpec{Name: "web", Disks: []v1.Disk{{SizeMiB: 8}, {Volume: "local-h1/data/a.raw"}, {Volume: "nfs/b.raw"}, {Volume: "local-h11/c.raw"}}}
+	moved := MovedSpec(spec, "h1", "h2")
+	want := []string{"", "local-h2/data/a.raw", "nfs/b.raw", "local-h11/c.raw"}
+	for i, d := range moved.Disks {
+		if d.Volume != want[i] {
+			t.Errorf("disk %d: %q, want %q", i, d.Volume, want[i])
+		}
+	}
+	if spec.Disks[1].Volume != "local-h1/data/a.raw" {
+		t.Errorf("MovedSpec changed its input: %+v", spec.Disks)
 	}
 }

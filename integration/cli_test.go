@@ -284,7 +284,7 @@ func TestCLIVolumeNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := s.ok("volume", "upload", src, "local-testhost/images/big.raw")
-	if !strings.Contains(r.stderr, "upload default/images/big.raw") || !strings.Contains(r.stderr, "48.0 MiB of 48.0 MiB") ||
+	if !strings.Contains(r.stderr, "upload local-testhost/images/big.raw") || !strings.Contains(r.stderr, "48.0 MiB of 48.0 MiB") ||
 		!strings.Contains(r.stderr, "MiB/s") {
 		t.Fatalf("upload shows no progress with bytes and rate:\n%s", r.stderr)
 	}
@@ -296,7 +296,7 @@ func TestCLIVolumeNames(t *testing.T) {
 		}
 	}
 	if name != "local-testhost/images/big.raw" {
-		t.Fatalf("volume list names the upload %q, want default/images/big.raw:\n%s", name, r.stdout)
+		t.Fatalf("volume list names the upload %q, want local-testhost/images/big.raw:\n%s", name, r.stdout)
 	}
 	r = s.ok("volume", "copy", name, "local-testhost/images/big.qcow2")
 	for _, l := range strings.Split(r.stderr, "\n") {

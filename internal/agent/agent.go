@@ -215,6 +215,9 @@ func (a *Agent) Run(ctx context.Context) error {
 				if err := a.publishFacts(ctx); err != nil && ctx.Err() == nil {
 					log.Warn("publish host facts", "err", err)
 				}
+				if err := a.queueSourceLeftovers(ctx); err != nil && ctx.Err() == nil {
+					log.Warn("list leftover files", "err", err)
+				}
 
 			case <-prune.C:
 				if err := a.pruneOps(ctx); err != nil && ctx.Err() == nil {

@@ -41,6 +41,8 @@ type task struct {
 	restart bool           // restart by policy
 	// migration: take this host's next step of the VM's migration
 	migration bool
+	// sourceLeftovers: delete the files a migration left here (leftovers.go)
+	sourceLeftovers bool
 }
 
 // machine serializes everything done to one VM. Its fields other than
@@ -100,7 +102,7 @@ func (m *machine) loop() {
 				return
 			}
 		}
-		if m.gone && t.op == "" {
+		if m.gone && t.op == "" && !t.sourceLeftovers {
 			continue
 		}
 		m.gone = false
@@ -115,6 +117,8 @@ func (m *machine) loop() {
 			m.policyRestart(ctx)
 		case t.migration:
 			m.migrationStep(ctx)
+		case t.sourceLeftovers:
+			m.removeSourceLeftovers(ctx)
 		}
 	}
 }

@@ -39,6 +39,12 @@ const (
 	// Migrations: /hangar/migrations/<vm> (phase, master), .../<vm>/source
 	// and .../<vm>/target (each agent its own part).
 	Migrations = Root + "migrations/"
+	// Leftovers: /hangar/leftovers/<host>/<vm>, a migrated VM's local disk
+	// files that its source host still has (it was not alive to remove
+	// them when the migration ended); written by the pool master with the
+	// end of the migration, removed by that host's agent once it deleted
+	// them.
+	Leftovers = Root + "leftovers/"
 	// Election is the prefix of the pool master's etcd election.
 	Election = Root + "election/master"
 	// PoolRecord is the pool's identity: name, CA fingerprint, CPU model.
@@ -61,6 +67,8 @@ func TaskPrefix(host string) string           { return Tasks + host + "/" }
 func MigrationKey(vm string) string           { return Migrations + vm }
 func MigrationPartKey(vm, part string) string { return Migrations + vm + "/" + part }
 func MaintenanceKey(host string) string       { return Maintenance + host }
+func LeftoverKey(host, vm string) string      { return Leftovers + host + "/" + vm }
+func LeftoverPrefix(host string) string       { return Leftovers + host + "/" }
 
 // NewOpWrites are the writes that record a new operation: the operation
 // itself (must not exist) and, for one placed on a host, that host's task,

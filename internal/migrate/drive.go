@@ -272,6 +272,16 @@ func step(ctx context.Context, d Deps, l loaded, log *slog.Logger) error {
 				store.DeleteOp(inventory.MigrationPartKey(rec.VM, PartSource), store.AnyRevision),
 				store.DeleteOp(inventory.MigrationPartKey(rec.VM, PartTarget), store.AnyRevision),
 				store.DeleteOp(inventory.MigrationPartKey(rec.VM, PartDisks), store.AnyRevision)}
+			if lo := LeftoverOf(rec, l.Source); lo != nil {
+				// The source was away at the end: its agent deletes its
+				// copies of the disks when it is back.
+				b, err := json.Marshal(lo)
+				if err != nil {
+					return err
+				}
+				ops = append(ops, store.PutOp(inventory.LeftoverKey(rec.Source, rec.VM), b, store.AnyRevision))
+				log.Info("migration: the source keeps its copies of the local disks until it is back", "source", rec.Source, "disks", len(rec.Disks))
+			}
 			if d.EndOps != nil {
 				more, err := d.EndOps(ctx, rec, rec.Phase == Done)
 				if err != nil {

@@ -263,3 +263,49 @@ func TestClaim(t *testing.T) {
 		t.Fatalf("load with a bad target part: %v", err)
 	}
 }
+
+// TestDriveSourceAwayAtCleaning: a migration whose source is not alive when
+// it reaches cleaning ends done, and leaves a record of the local disk
+// files the source still has (for its agent to delete when it is back).
+func TestDriveSourceAwayAtCleaning(t *testing.T) {
+	m := etcdtest.Start(t)
+	s := store.NewEtcd(m.Client())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lrev, _ := s.Put(ctx, "/test/leader", []byte("me"), store.AnyRevision)
+	op := v1.Operation{ID: "0f8fad5b-d9cb-469f-a165-70867728950e", Kind: "migrate", Target: "web", State: v1.OpRunning}
+	putJSON(t, s, inventory.OpKey(op.ID), op)
+	rec, _ := NewRecord(op, v1.MigrateArgs{To: "h2"}, "h1", 3, time.Now())
+	rec.Phase = Cleaning
+	rec.Disks = []Disk{{Name: "disk0", Pool: "local-h1", Volume: "vms/web/disk0.qcow2", Format: "qcow2", SizeBytes: 1 << 30}}
+	ops, _ := RecordOps(rec)
+	if _, err := s.Txn(ctx, nil, ops...); err != nil {
+		t.Fatal(err)
+	}
+	putJSON(t, s, inventory.OwnerKey("web"), inventory.Owner{Host: "h2", Epoch: 4})
+	putJSON(t, s, inventory.MigrationPartKey("web", PartSource), SourcePart{State: SrcPaused, Updated: time.Now()})
+	deps := Deps{Store: s, Fenced: &leader{s: s, rev: lrev}, Poll: 20 * time.Millisecond,
+		Check:     func(context.Context, Record) ([]Blocker, error) { return nil, nil },
+		HostAlive: func(_ context.Context, h string) (bool, error) { return h != "h1", nil }}
+	if err := Drive(ctx, deps, "web"); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := s.Get(ctx, inventory.LeftoverKey("h1", "web"))
+	if err != nil {
+		t.Fatalf("no leftover record for h1: %v", err)
+	}
+	lo, err := DecodeLeftover("h1", "web", kv.Value)
+	if err != nil || lo.Target != "h2" || len(lo.Disks) != 1 || lo.Disks[0].Ref() != "local-h1/vms/web/disk0.qcow2" {
+		t.Fatalf("leftover %+v %v", lo, err)
+	}
+	if _, err := s.Get(ctx, inventory.MigrationKey("web")); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("migration record left: %v", err)
+	}
+	// A source that cleaned up leaves nothing to record.
+	if LeftoverOf(Record{Phase: Done, Disks: rec.Disks}, &SourcePart{State: SrcCleaned}) != nil {
+		t.Error("a cleaned source got a leftover record")
+	}
+	if LeftoverOf(Record{Phase: RolledBack, Disks: rec.Disks}, nil) != nil {
+		t.Error("a rolled-back migration got a leftover record")
+	}
+}

@@ -310,6 +310,59 @@ func DecodeDisks(b []byte) (DisksPart, error) {
 	return p, nil
 }
 
+// Leftover is a migrated VM's local disks that its source host still has:
+// the migration ended (the guest runs on the target) while the source was
+// not alive to delete them. The source's agent deletes them when it is
+// back (/hangar/leftovers/<source>/<vm>).
+type Leftover struct {
+	VM      string    `json:"vm"`
+	OpID    string    `json:"opID"`
+	Target  string    `json:"target"`
+	Disks   []Disk    `json:"disks"`
+	Created time.Time `json:"created"`
+}
+
+// LeftoverOf is what rec leaves on its source when it ends done without
+// the source having cleaned up (nil when nothing is left there).
+func LeftoverOf(rec Record, src *SourcePart) *Leftover {
+	if rec.Phase != Done || len(rec.Disks) == 0 || (src != nil && src.State == SrcCleaned) {
+		return nil
+	}
+	return &Leftover{VM: rec.VM, OpID: rec.OpID, Target: rec.Target, Disks: rec.Disks, Created: time.Now().UTC()}
+}
+
+// DecodeLeftover decodes and validates the leftover record of vm on host:
+// the disks it names are deleted from host's pools, so every one must be a
+// volume of host's own pool or of a recorded (never a shared) pool.
+func DecodeLeftover(host, name string, b []byte) (Leftover, error) {
+	var l Leftover
+	what := "leftover record of vm " + name + " on " + host
+	if err := decodeStrict(b, &l); err != nil {
+		return l, invalid(what, "%v", err)
+	}
+	if l.VM != name {
+		return l, invalid(what, "names vm %q", l.VM)
+	}
+	if err := vm.ValidateOpID("opID", l.OpID); err != nil {
+		return l, invalid(what, "%v", err)
+	}
+	if err := vm.ValidateName("target", l.Target); err != nil || l.Target == host {
+		return l, invalid(what, "target %q", l.Target)
+	}
+	if len(l.Disks) == 0 {
+		return l, invalid(what, "no disks")
+	}
+	if err := ValidateDisks(l.Disks); err != nil {
+		return l, invalid(what, "%v", err)
+	}
+	for _, d := range l.Disks {
+		if h, ok := storage.LocalPoolHost(d.Pool); ok && h != host {
+			return l, invalid(what, "disk %s is on host %s's own pool", d.Name, h)
+		}
+	}
+	return l, nil
+}
+
 // ValidateArgs checks the arguments of a migrate operation (vm owns the
 // rules, so that the API and ValidateOp use the same).
 func ValidateArgs(a v1.MigrateArgs) error { return vm.ValidateMigrateArgs(a) }

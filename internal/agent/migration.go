@@ -329,10 +329,12 @@ func (m *machine) migrationResume(ctx context.Context, st migrate.State) {
 		m.log.Warn("migration target: no QEMU to resume")
 		return
 	}
+	t0 := time.Now()
 	if err := migration.Resume(ctx, inst.Mon); err != nil {
 		m.log.Warn("resume migrated vm", "err", err)
 		return
 	}
+	t1 := time.Now()
 	m.incoming = nil
 	if m.inst != inst {
 		m.watch(inst)
@@ -342,10 +344,12 @@ func (m *machine) migrationResume(ctx context.Context, st migrate.State) {
 	} else {
 		m.removeJournal() // its volumes are the VM's now
 	}
+	t2 := time.Now()
 	part := *st.Target
 	part.State = migrate.TgtRunning
 	m.reportPart(ctx, migrate.PartTarget, &part)
-	m.log.Info("migrated vm runs here", "from", st.Rec.Source, "pid", inst.PID)
+	m.log.Info("migrated vm runs here", "from", st.Rec.Source, "pid", inst.PID, "sinceSwitchOver", t0.Sub(st.Rec.Updated),
+		"resume", t1.Sub(t0), "status", t2.Sub(t1), "report", time.Since(t2))
 }
 
 // migrationRemoveTarget ends the target QEMU of an aborted migration.

@@ -23,35 +23,58 @@ func TestEvacuateParks(t *testing.T) {
 	p := sharedPool(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
-	c := p.API(t, "h1")
+	g := parkOnEvacuation(ctx, t, p, "evac", "parked")
+	t.Cleanup(func() { _, _ = p.CLIErr(t, "h1", "host", "maintenance", "h3", "--off") })
 
+	// Room comes back on h1: the parked VM starts there by itself.
+	p.DeleteVM(t, "h1", "evac-h1")
+	v := p.WaitVM(t, "h1", "parked", "h1", 3*time.Minute, v1.StateRunning)
+	if v.Spec.Parked {
+		t.Fatalf("still parked while running on %s", v.Spec.Host)
+	}
+	bootID, _ := p.WaitReady(t, "h1", "parked", 0)
+	if bootID == "" || bootID == g.BootID {
+		t.Fatalf("boot id %q on h1 after a cold start (it was %q on h3)", bootID, g.BootID)
+	}
+	if pid := p.QEMUOf(t, "h3", "parked"); pid != 0 {
+		t.Fatalf("a QEMU of the parked VM is left on h3 (pid %d)", pid)
+	}
+}
+
+// parkOnEvacuation boots guest name on h3 with its disk on a shared pool
+// and in anti-affinity group group, whose other members (stopped, booked)
+// are on h1 and h2; evacuating h3 then finds no host for it: it is shut
+// down cleanly and parked, h3 is in maintenance. It returns the guest as
+// it ran on h3.
+func parkOnEvacuation(ctx context.Context, t *testing.T, p *Pool, group, name string) Guest {
+	t.Helper()
+	c := p.API(t, "h1")
 	// The VM's disk is on a shared pool (one directory every host sees).
-	vol := sharedVolume(ctx, t, p, "evac", "parked.qcow2")
+	vol := sharedVolume(ctx, t, p, group, name+".qcow2")
 
 	// One stopped member of the group on h1 and on h2 (bookings count,
 	// running or not), the running one on h3.
 	for _, h := range []string{"h1", "h2"} {
-		name := "evac-" + h
-		spec := v1.VMSpec{Name: name, CPUs: 1, MemoryMiB: 64, Disks: []v1.Disk{{SizeMiB: 16}}, AntiAffinityGroup: "evac",
+		member := group + "-" + h
+		spec := v1.VMSpec{Name: member, CPUs: 1, MemoryMiB: 64, Disks: []v1.Disk{{SizeMiB: 16}}, AntiAffinityGroup: group,
 			Placement: v1.PlacementManual, PreferredHosts: []string{h}}
-		t.Cleanup(func() { p.DeleteVM(t, "h1", name) })
+		t.Cleanup(func() { p.DeleteVM(t, "h1", member) })
 		op, err := c.CreateVM(ctx, spec, false, time.Minute)
 		if err == nil {
 			op, err = c.Wait(ctx, op, nil)
 		}
 		if err != nil || op.State != v1.OpSucceeded {
-			t.Fatalf("create %s: %+v (%v)", name, op.Error, err)
+			t.Fatalf("create %s: %+v (%v)", member, op.Error, err)
 		}
 	}
-	g := p.BootGuest(t, "h3", "parked", func(s *v1.VMSpec) {
+	g := p.BootGuest(t, "h3", name, func(s *v1.VMSpec) {
 		s.Disks = []v1.Disk{{Volume: vol}}
-		s.AntiAffinityGroup = "evac"
+		s.AntiAffinityGroup = group
 		s.Placement, s.PreferredHosts = "", nil // may run anywhere
 	})
 	if g.Host != "h3" {
 		t.Fatalf("guest on %s", g.Host)
 	}
-	t.Cleanup(func() { _, _ = p.CLIErr(t, "h1", "host", "maintenance", "h3", "--off") })
 
 	op, err := c.Evacuate(ctx, "h3", v1.EvacuateArgs{}, 0)
 	if err == nil {
@@ -63,33 +86,20 @@ func TestEvacuateParks(t *testing.T) {
 	if len(op.Warnings) != 1 || !strings.Contains(op.Warnings[0], "parked") {
 		t.Fatalf("evacuation warnings %q, want the VM parked", op.Warnings)
 	}
-	v, err := c.VM(ctx, "parked")
+	v, err := c.VM(ctx, name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !v.Spec.Parked || v.Status.State != v1.StateStopped || v.Spec.Host != "h3" {
 		t.Fatalf("after evacuation: parked %v state %s host %s", v.Spec.Parked, v.Status.State, v.Spec.Host)
 	}
-	if pid := p.QEMUOf(t, "h3", "parked"); pid != 0 {
+	if pid := p.QEMUOf(t, "h3", name); pid != 0 {
 		t.Fatalf("the parked VM's QEMU still runs on h3 (pid %d)", pid)
 	}
 	if out := p.CLI(t, "h1", "host", "list", "-o", "json"); !strings.Contains(out, `"maintenance": true`) {
 		t.Fatalf("h3 not in maintenance:\n%s", out)
 	}
-
-	// Room comes back on h1: the parked VM starts there by itself.
-	p.DeleteVM(t, "h1", "evac-h1")
-	v = p.WaitVM(t, "h1", "parked", "h1", 3*time.Minute, v1.StateRunning)
-	if v.Spec.Parked {
-		t.Fatalf("still parked while running on %s", v.Spec.Host)
-	}
-	bootID, _ := p.WaitReady(t, "h1", "parked", 0)
-	if bootID == "" || bootID == g.BootID {
-		t.Fatalf("boot id %q on h1 after a cold start (it was %q on h3)", bootID, g.BootID)
-	}
-	if pid := p.QEMUOf(t, "h3", "parked"); pid != 0 {
-		t.Fatalf("a QEMU of the parked VM is left on h3 (pid %d)", pid)
-	}
+	return g
 }
 
 // sharedVolume makes a shared storage pool named pool (a directory of the

@@ -26,7 +26,8 @@ import (
 // shared pool keeps its shape): the three hosts are the etcd members; a
 // fourth host is refused with a wrong, an expired and a damaged token —
 // each refusal leaving nothing behind, on the joiner or in the pool — then
-// joins as an etcd client, and its token is refused when used again. A
+// joins as an etcd client, and its token is refused when used again; a VM
+// parked when h3 was evacuated (no room elsewhere) starts on h4 by itself. A
 // host without a pool certificate can talk neither to an agent's TLS API
 // nor to etcd. With one of the three members killed, the pool still reads
 // and writes (a VM create succeeds); the member comes back with the flags
@@ -103,6 +104,10 @@ func TestJoin(t *testing.T) {
 		}
 	}
 
+	// Evacuating h3 with no room elsewhere parks its VM (anti-affinity):
+	// when h4 joins, capacity is back and the VM starts there by itself.
+	parked := parkOnEvacuation(ctx, t, p, "jpark", "jparked")
+
 	// The good token: h4 joins, as an etcd client (three members already).
 	if err := join4(h4, good); err != nil {
 		t.Fatal(err)
@@ -123,6 +128,15 @@ func TestJoin(t *testing.T) {
 		t.Fatalf("reused token: %v\n%s", err, h5.LogTail(2000))
 	}
 	waitHosts(t, p, "h1", func(hs []v1.Host) bool { return len(hs) == 4 })
+	if v := p.WaitVM(t, "h1", "jparked", "h4", 4*time.Minute, v1.StateRunning); v.Spec.Parked {
+		t.Errorf("still parked while running on %s", v.Spec.Host)
+	}
+	if bootID, _ := p.WaitReady(t, "h4", "jparked", 0); bootID == "" || bootID == parked.BootID {
+		t.Errorf("boot id %q on h4 after the join (it was %q on h3)", bootID, parked.BootID)
+	}
+	if _, err := p.CLIErr(t, "h1", "host", "maintenance", "h3", "--off"); err != nil {
+		t.Fatal(err)
+	}
 
 	// A host without a pool certificate (the client namespace) is refused
 	// by an agent's TLS API and by etcd; h4's own certificate passes both.

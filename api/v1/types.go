@@ -40,6 +40,25 @@ const (
 	RestartNever     = "never"
 )
 
+// I/O error policies (VMSpec.IOErrorPolicy, Disk.IOErrorPolicy): what
+// happens when the storage under a disk fails a guest's read or write
+// (QEMU's werror/rerror of the disk's device).
+const (
+	// IOErrorStop pauses the VM (state paused, reason "io-error: …");
+	// Hangar resumes it by itself once the disk's storage answers again.
+	// The default.
+	IOErrorStop = "stop"
+	// IOErrorReport hands the error to the guest (an EIO on its request);
+	// the VM keeps running and the error is recorded (VMStatus.IOErrors).
+	IOErrorReport = "report"
+	// IOErrorIgnore drops the error: the guest believes the request
+	// succeeded (its data may be lost). Recorded like report.
+	IOErrorIgnore = "ignore"
+)
+
+// ReasonIOError begins VMStatus.Reason of a VM paused by an I/O error.
+const ReasonIOError = "io-error"
+
 // NIC modes.
 const (
 	NICUser   = "user"
@@ -92,6 +111,11 @@ type VMSpec struct {
 	// CloudInit, when set, is served to the guest as a NoCloud seed ISO on
 	// a cdrom named "cidata".
 	CloudInit *CloudInit `json:"cloudInit,omitempty"`
+	// IOErrorPolicy is what a storage error on one of the VM's disks does:
+	// stop (default), report or ignore (IOErrorStop…); a disk's own
+	// IOErrorPolicy overrides it. It applies from the VM's next start
+	// (QEMU fixes it when it creates the disk's device).
+	IOErrorPolicy string `json:"ioErrorPolicy,omitempty"`
 }
 
 // HA is a VM's high-availability settings. When its host is declared dead
@@ -145,6 +169,10 @@ type Disk struct {
 	Media     string        `json:"media,omitempty"`
 	Bus       string        `json:"bus,omitempty"`
 	Shareable bool          `json:"shareable,omitempty"`
+	// IOErrorPolicy overrides the VM's for this disk (stop, report or
+	// ignore; "" takes the VM's). Not for cdroms, which report read errors
+	// to the guest.
+	IOErrorPolicy string `json:"ioErrorPolicy,omitempty"`
 }
 
 // CloneSource is a pool volume ("pool/name") a new disk is made from: a full
@@ -196,8 +224,34 @@ type VMStatus struct {
 	// Snapshots of the running disk chain, oldest first.
 	Snapshots []Snapshot `json:"snapshots,omitempty"`
 	// StateFile holds RAM and device state while the VM is suspended.
-	StateFile string    `json:"stateFile,omitempty"`
-	UpdatedAt time.Time `json:"updatedAt"`
+	StateFile string `json:"stateFile,omitempty"`
+	// IOErrors are the storage errors QEMU met on the VM's disks, one
+	// record per disk, kept across restarts of QEMU and of the agent.
+	IOErrors  []DiskIOError `json:"ioErrors,omitempty"`
+	UpdatedAt time.Time     `json:"updatedAt"`
+}
+
+// DiskIOError sums the storage errors of one disk (QMP BLOCK_IO_ERROR
+// events): the last one, how many, and how often they paused the VM.
+type DiskIOError struct {
+	Disk string `json:"disk"`
+	// Action QEMU took on the last error: stop, report or ignore.
+	Action string `json:"action"`
+	// Operation of the last error: read or write.
+	Operation string `json:"operation"`
+	// NoSpace: the last error was ENOSPC (the storage is full).
+	NoSpace bool `json:"noSpace,omitempty"`
+	// Message is the host's error text ("No space left on device").
+	Message string `json:"message,omitempty"`
+	// Count of errors recorded (a burst of errors reported to the guest
+	// is counted, not written one by one).
+	Count int64 `json:"count"`
+	// Pauses: how many times an error of this disk paused the VM.
+	Pauses int64     `json:"pauses,omitempty"`
+	Last   time.Time `json:"last"`
+	// Resumed is when Hangar (or a user) last resumed the VM after a pause
+	// of this disk.
+	Resumed *time.Time `json:"resumed,omitempty"`
 }
 
 // DiskStatus is a disk's volume as created on the host.
@@ -509,12 +563,24 @@ type CreateArgs struct {
 // VMPatch changes settings of an existing VM (PATCH /api/v1/vms/{name});
 // a field left out (or null) stays as it is. CPUs and memory change only
 // while the VM is stopped (they apply at its next start); the restart
-// policy and the HA settings change at any time.
+// policy, the HA settings and the I/O error policies change at any time.
 type VMPatch struct {
 	CPUs          *int     `json:"cpus,omitempty"`
 	MemoryMiB     *int     `json:"memoryMiB,omitempty"`
 	RestartPolicy *string  `json:"restartPolicy,omitempty"`
 	HA            *HAPatch `json:"ha,omitempty"`
+	// IOErrorPolicy changes the VM's I/O error policy at any time; it
+	// applies from the VM's next start.
+	IOErrorPolicy *string `json:"ioErrorPolicy,omitempty"`
+	// Disks change settings of the named disks.
+	Disks map[string]DiskPatch `json:"disks,omitempty"`
+}
+
+// DiskPatch changes one disk's settings (VMPatch.Disks).
+type DiskPatch struct {
+	// IOErrorPolicy of the disk: stop, report, ignore, or "" to take the
+	// VM's; applies from the VM's next start.
+	IOErrorPolicy *string `json:"ioErrorPolicy,omitempty"`
 }
 
 // HAPatch changes a VM's HA settings field by field (a merge patch): a

@@ -98,6 +98,9 @@ func Defaults(s *v1.VMSpec, accel string) {
 		}
 	}
 	HADefaults(s.HA)
+	if s.IOErrorPolicy == "" {
+		s.IOErrorPolicy = v1.IOErrorStop
+	}
 	if s.CloudInit != nil {
 		has := false
 		for _, d := range s.Disks {
@@ -182,6 +185,11 @@ func Validate(s v1.VMSpec, hostMemoryMiB int) error {
 	default:
 		return invalid("power", "must be running, stopped or paused, got %q", s.Power)
 	}
+	if s.IOErrorPolicy != "" { // empty: a record from before the setting (stop)
+		if err := CheckIOErrorPolicy("ioErrorPolicy", s.IOErrorPolicy, false); err != nil {
+			return err
+		}
+	}
 	if len(s.Disks) > MaxDisks {
 		return invalid("disks", "at most %d disks", MaxDisks)
 	}
@@ -210,6 +218,12 @@ func Validate(s v1.VMSpec, hostMemoryMiB int) error {
 		}
 		if err := validateSource(f, d); err != nil {
 			return err
+		}
+		if err := CheckIOErrorPolicy(f+".ioErrorPolicy", d.IOErrorPolicy, true); err != nil {
+			return err
+		}
+		if d.Media == "cdrom" && d.IOErrorPolicy != "" {
+			return invalid(f+".ioErrorPolicy", "a cdrom reports read errors to the guest; the policy is for disks")
 		}
 	}
 	if s.CloudInit != nil && len(s.CloudInit.UserData)+len(s.CloudInit.MetaData) > 64<<10 {

@@ -78,6 +78,11 @@ func TestValidateNamesTheField(t *testing.T) {
 			s.NICs[0].Forwards = append(s.NICs[0].Forwards, v1.Forward{HostPort: 8080, GuestPort: 81, Protocol: "tcp"})
 		}},
 		{"boot[0]", func(s *v1.VMSpec) { s.Boot = []string{"usb"} }},
+		{"ioErrorPolicy", func(s *v1.VMSpec) { s.IOErrorPolicy = "pause" }},
+		{"disks[0].ioErrorPolicy", func(s *v1.VMSpec) { s.Disks[0].IOErrorPolicy = "enospc" }},
+		{"disks[1].ioErrorPolicy", func(s *v1.VMSpec) {
+			s.Disks = append(s.Disks, v1.Disk{Name: "cd0", Media: "cdrom", Bus: "sata", IOErrorPolicy: "stop"})
+		}},
 		{"placement", func(s *v1.VMSpec) { s.Placement = "best" }},
 		{"placement", func(s *v1.VMSpec) { s.Placement, s.PreferredHosts = "auto", []string{"h1"} }},
 		{"preferredHosts", func(s *v1.VMSpec) { s.Placement = "manual" }},
@@ -192,5 +197,26 @@ func TestHASettings(t *testing.T) {
 		if err := Validate(s, 1024); err != nil {
 			t.Errorf("%+v: %v", ok, err)
 		}
+	}
+}
+
+func TestIOErrorPolicy(t *testing.T) {
+	s := base()
+	if s.IOErrorPolicy != v1.IOErrorStop {
+		t.Fatalf("default policy %q", s.IOErrorPolicy)
+	}
+	s.Disks = append(s.Disks, v1.Disk{Name: "data", SizeMiB: 64, Bus: "virtio", Media: "disk", IOErrorPolicy: v1.IOErrorReport})
+	if err := Validate(s, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := IOErrorPolicy(s, s.Disks[0]); got != v1.IOErrorStop {
+		t.Fatalf("disk0 takes the vm's policy: %q", got)
+	}
+	if got := IOErrorPolicy(s, s.Disks[1]); got != v1.IOErrorReport {
+		t.Fatalf("data has its own policy: %q", got)
+	}
+	s.IOErrorPolicy = "" // a record from before the setting
+	if err := Validate(s, 0); err != nil || IOErrorPolicy(s, s.Disks[0]) != v1.IOErrorStop {
+		t.Fatalf("old record: %v %q", err, IOErrorPolicy(s, s.Disks[0]))
 	}
 }

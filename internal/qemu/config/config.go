@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	v1 "hangar/api/v1"
+	"hangar/internal/vm"
 )
 
 // Files in a VM's run directory (mode 0700, never on TCP).
@@ -165,6 +166,11 @@ func Argv(p Params) ([]string, error) {
 		fmtNode := map[string]any{"driver": f.Format, "file": "file-" + d.Name, "node-name": NodeName(d.Name),
 			"discard": "unmap"}
 		dev["drive"] = NodeName(d.Name)
+		// What a failed request does (the device's werror/rerror; with
+		// -blockdev QEMU's "auto" would report reads and stop only on
+		// ENOSPC writes).
+		policy := vm.IOErrorPolicy(s, d)
+		dev["werror"], dev["rerror"] = policy, policy
 		if d.Shareable {
 			// Several VMs write this raw volume (guest clusters): QEMU's image
 			// locks stay on and admit only writers that also share.

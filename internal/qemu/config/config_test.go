@@ -28,9 +28,10 @@ func TestArgvGolden(t *testing.T) {
 		},
 		"bridge-kvm-multi-disk": {
 			Spec: v1.VMSpec{Name: "db", CPUs: 4, MemoryMiB: 4096, Machine: "q35", CPUModel: "host",
-				Disks: []v1.Disk{{Name: "root", SizeMiB: 10240, Bus: "virtio"}, {Name: "data", SizeMiB: 1024, Bus: "scsi"}, {Name: "legacy", SizeMiB: 64, Bus: "sata"}},
-				NICs:  []v1.NIC{{Mode: "bridge", Bridge: "br0", MAC: "52:54:00:aa:bb:cc"}},
-				Boot:  []string{"network", "disk"}},
+				Disks:         []v1.Disk{{Name: "root", SizeMiB: 10240, Bus: "virtio"}, {Name: "data", SizeMiB: 1024, Bus: "scsi", IOErrorPolicy: "report"}, {Name: "legacy", SizeMiB: 64, Bus: "sata"}},
+				IOErrorPolicy: "ignore",
+				NICs:          []v1.NIC{{Mode: "bridge", Bridge: "br0", MAC: "52:54:00:aa:bb:cc"}},
+				Boot:          []string{"network", "disk"}},
 			Accel: "kvm", RunDir: "/run/hangar/vms/db", LogDir: "/var/lib/hangar/logs/db",
 			Disks: []DiskFile{{Path: "/p/root.qcow2", Format: "qcow2"}, {Path: "/p/data.raw", Format: "raw"}, {Path: "/p/legacy.qcow2", Format: "qcow2"}},
 			Taps:  []string{"hgt1a2b3c4d"},

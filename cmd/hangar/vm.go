@@ -37,15 +37,18 @@ consoles, snapshots, clones, templates, suspend, media.`,
 
 func newVMSet(g *globals) *cobra.Command {
 	var cpus, memory int
-	var restart string
+	var restart, ioError string
+	var diskIOErrors []string
 	cmd := &cobra.Command{
 		Use:   "set NAME",
-		Short: "Change a VM's CPUs, memory or restart policy",
+		Short: "Change a VM's CPUs, memory, restart policy or I/O error policy",
 		Long: `Change a VM's settings; only the flags given change. CPUs and memory change only while
 the VM is stopped (the server refuses them for a running VM, saying so); the restart
-policy changes at any time.`,
+policy and the I/O error policies change at any time (the I/O error policies apply from
+the VM's next start).`,
 		Example: `  hangar vm set web1 --cpus 2 --memory 1024
-  hangar vm set web1 --restart always`,
+  hangar vm set web1 --restart always
+  hangar vm set db1 --io-error stop --disk-io-error scratch=report`,
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: complete(g, g.vmNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -53,15 +56,19 @@ policy changes at any time.`,
 				return err
 			}
 			p := v1.VMPatch{CPUs: ifGiven(cmd, "cpus", &cpus), MemoryMiB: ifGiven(cmd, "memory", &memory),
-				RestartPolicy: ifGiven(cmd, "restart", &restart)}
-			if p.CPUs == nil && p.MemoryMiB == nil && p.RestartPolicy == nil {
-				return fmt.Errorf("nothing to change: give --cpus, --memory or --restart")
+				RestartPolicy: ifGiven(cmd, "restart", &restart), IOErrorPolicy: ifGiven(cmd, "io-error", &ioError)}
+			var err error
+			if p.Disks, err = parseDiskIOErrors(diskIOErrors); err != nil {
+				return err
+			}
+			if p.CPUs == nil && p.MemoryMiB == nil && p.RestartPolicy == nil && p.IOErrorPolicy == nil && p.Disks == nil {
+				return fmt.Errorf("nothing to change: give --cpus, --memory, --restart, --io-error or --disk-io-error")
 			}
 			v, err := g.client().PatchVM(cmd.Context(), args[0], p)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "vm %s: %d CPUs, %d MiB, restart policy %s\n", v.Spec.Name, v.Spec.CPUs, v.Spec.MemoryMiB, orDash(v.Spec.RestartPolicy))
+			fmt.Fprintf(cmd.OutOrStdout(), "vm %s: %d CPUs, %d MiB, restart policy %s, I/O errors %s\n", v.Spec.Name, v.Spec.CPUs, v.Spec.MemoryMiB, orDash(v.Spec.RestartPolicy), ioErrorSummary(v.Spec))
 			return nil
 		},
 	}
@@ -69,7 +76,47 @@ policy changes at any time.`,
 	cmd.Flags().IntVar(&memory, "memory", 0, "memory in MiB (only while stopped)")
 	cmd.Flags().StringVar(&restart, "restart", "", "restart policy: always, on-failure or never")
 	_ = cmd.RegisterFlagCompletionFunc("restart", cobra.FixedCompletions([]string{"always", "on-failure", "never"}, cobra.ShellCompDirectiveNoFileComp))
+	addIOErrorFlag(cmd, &ioError, "")
+	cmd.Flags().StringArrayVar(&diskIOErrors, "disk-io-error", nil, "DISK=POLICY: a disk's own I/O error policy (DISK= takes the VM's; repeatable)")
 	return cmd
+}
+
+// addIOErrorFlag adds --io-error, the VM's I/O error policy.
+func addIOErrorFlag(cmd *cobra.Command, p *string, def string) {
+	cmd.Flags().StringVar(p, "io-error", def, "on a storage error: stop (pause, resume when the storage answers), report (to the guest) or ignore")
+	_ = cmd.RegisterFlagCompletionFunc("io-error", cobra.FixedCompletions([]string{v1.IOErrorStop, v1.IOErrorReport, v1.IOErrorIgnore}, cobra.ShellCompDirectiveNoFileComp))
+}
+
+// parseDiskIOErrors turns --disk-io-error DISK=POLICY flags into disk
+// patches (nil for none); the server checks the names and policies.
+func parseDiskIOErrors(flags []string) (map[string]v1.DiskPatch, error) {
+	if len(flags) == 0 {
+		return nil, nil
+	}
+	out := map[string]v1.DiskPatch{}
+	for _, f := range flags {
+		name, policy, ok := strings.Cut(f, "=")
+		if !ok || name == "" {
+			return nil, fmt.Errorf("--disk-io-error %q: want DISK=POLICY (stop, report, ignore, or empty for the VM's)", f)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("--disk-io-error: disk %q given twice", name)
+		}
+		out[name] = v1.DiskPatch{IOErrorPolicy: &policy}
+	}
+	return out, nil
+}
+
+// ioErrorSummary is a VM's I/O error policies in a few words ("stop;
+// data: report").
+func ioErrorSummary(s v1.VMSpec) string {
+	out := orDash(s.IOErrorPolicy)
+	for _, d := range s.Disks {
+		if d.IOErrorPolicy != "" {
+			out += fmt.Sprintf("; %s: %s", d.Name, d.IOErrorPolicy)
+		}
+	}
+	return out
 }
 
 func newVMAndStorage(g *globals) []*cobra.Command {
@@ -80,6 +127,7 @@ func newVMAndStorage(g *globals) []*cobra.Command {
 func newVMCreate(g *globals) *cobra.Command {
 	var (
 		file, image, bridge, restart string
+		ioError                      string
 		iso, cloudInit               string
 		cpus, memory                 int
 		diskMiB                      int64
@@ -134,6 +182,9 @@ host, or an error). VMs of one --anti-affinity group never share a host.`,
 			}
 			if cmd.Flags().Changed("restart") {
 				spec.RestartPolicy = restart
+			}
+			if cmd.Flags().Changed("io-error") {
+				spec.IOErrorPolicy = ioError
 			}
 			if cmd.Flags().Changed("prefer-host") {
 				spec.PreferredHosts = preferHosts
@@ -195,6 +246,7 @@ host, or an error). VMs of one --anti-affinity group never share a host.`,
 	f.StringVar(&bridge, "bridge", "", "attach a NIC to this bridge (tap)")
 	f.StringVar(&restart, "restart", "on-failure", "restart policy: always, on-failure or never")
 	f.BoolVar(&start, "start", false, "start the VM once created")
+	addIOErrorFlag(cmd, &ioError, v1.IOErrorStop)
 	f.StringArrayVar(&preferHosts, "prefer-host", nil, "place on this host if it can take the VM (repeatable; the freest listed host wins)")
 	f.StringVar(&placement, "placement", "", "auto, preferred or manual (only the --prefer-host hosts); default preferred with --prefer-host, else auto")
 	f.StringVar(&antiAffinity, "anti-affinity", "", "anti-affinity GROUP: never on a host with another VM of the group")
@@ -286,8 +338,12 @@ func newVMShow(g *globals) *cobra.Command {
 				fmt.Fprintf(w, "CPUs:\t%d (%s)\nMemory:\t%d MiB\nMachine:\t%s\nRestart policy:\t%s\nRestarts:\t%d\n",
 					s.CPUs, s.CPUModel, s.MemoryMiB, s.Machine, s.RestartPolicy, st.Restarts)
 				fmt.Fprintf(w, "HA:\t%s\n", haSummary(s.HA))
+				fmt.Fprintf(w, "I/O error policy:\t%s\n", ioErrorSummary(s))
 				if st.Reason != "" {
 					fmt.Fprintf(w, "Reason:\t%s\n", st.Reason)
+				}
+				for _, e := range st.IOErrors {
+					fmt.Fprintf(w, "I/O errors %s:\t%s\n", e.Disk, ioErrorLine(e))
 				}
 				for _, d := range st.Disks {
 					where := d.Path
@@ -493,4 +549,22 @@ func newVMConsole(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&logOnly, "log", false, "print the persisted serial log and exit")
 	return cmd
+}
+
+// ioErrorLine is one disk's I/O error record in a line: "3 errors, last
+// write 2026-…: No space left on device (no space), stopped; 1 pause,
+// resumed 2026-…".
+func ioErrorLine(e v1.DiskIOError) string {
+	s := fmt.Sprintf("%d errors, last %s %s: %s", e.Count, e.Operation, e.Last.Local().Format(time.DateTime), orDash(e.Message))
+	if e.NoSpace {
+		s += " (no space)"
+	}
+	s += ", " + map[string]string{v1.IOErrorStop: "paused", v1.IOErrorReport: "reported to the guest", v1.IOErrorIgnore: "ignored"}[e.Action]
+	if e.Pauses > 0 {
+		s += fmt.Sprintf("; %d pauses", e.Pauses)
+	}
+	if e.Resumed != nil {
+		s += ", resumed " + e.Resumed.Local().Format(time.DateTime)
+	}
+	return s
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 
 	v1 "hangar/api/v1"
@@ -36,7 +37,45 @@ func applyPatch(spec *v1.VMSpec, p v1.VMPatch) []string {
 	if p.HA != nil && applyHAPatch(spec, *p.HA) {
 		changed = append(changed, "ha")
 	}
+	if p.IOErrorPolicy != nil && *p.IOErrorPolicy != spec.IOErrorPolicy {
+		spec.IOErrorPolicy = *p.IOErrorPolicy
+		changed = append(changed, "ioErrorPolicy")
+	}
+	for i := range spec.Disks {
+		d := &spec.Disks[i]
+		if dp, ok := p.Disks[d.Name]; ok && dp.IOErrorPolicy != nil && *dp.IOErrorPolicy != d.IOErrorPolicy {
+			d.IOErrorPolicy = *dp.IOErrorPolicy
+			changed = append(changed, fmt.Sprintf("disks[%d].ioErrorPolicy", i))
+		}
+	}
 	return changed
+}
+
+// checkPatch checks what a patch sets that the spec's validation would
+// name by another path: a disk's settings are given by its name.
+func checkPatch(spec v1.VMSpec, p v1.VMPatch) error {
+	if p.IOErrorPolicy != nil {
+		if err := vm.CheckIOErrorPolicy("ioErrorPolicy", *p.IOErrorPolicy, false); err != nil {
+			return err
+		}
+	}
+	for name, dp := range p.Disks {
+		f := "disks." + name
+		i := slices.IndexFunc(spec.Disks, func(d v1.Disk) bool { return d.Name == name })
+		if i < 0 {
+			return invalidArg(f, "vm %q has no disk %q", spec.Name, name)
+		}
+		if dp.IOErrorPolicy == nil {
+			continue
+		}
+		if err := vm.CheckIOErrorPolicy(f+".ioErrorPolicy", *dp.IOErrorPolicy, true); err != nil {
+			return err
+		}
+		if spec.Disks[i].Media == "cdrom" && *dp.IOErrorPolicy != "" {
+			return invalidArg(f+".ioErrorPolicy", "%s is a cdrom: it reports read errors to the guest; the policy is for disks", name)
+		}
+	}
+	return nil
 }
 
 // applyHAPatch merges p into spec's HA settings (created with their
@@ -125,6 +164,10 @@ func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		spec := v.Spec
+		if err := checkPatch(spec, p); err != nil {
+			writeErr(w, err)
+			return
+		}
 		changed := applyPatch(&spec, p)
 		if len(changed) == 0 {
 			writeJSON(w, 200, redactVM(v))

@@ -85,6 +85,7 @@ type Agent struct {
 	workers  sync.WaitGroup
 	ready    chan struct{}
 	live     liveSet                  // running QEMUs, for VMStats (stats.go)
+	ioCounts ioCounts                 // I/O errors per VM, for /metrics (ioerror.go)
 	lease    atomic.Int64             // the host's lease (store.LeaseID)
 	fence    *fencer                  // HA: heartbeats and self-fencing (fence.go)
 	opDur    *prometheus.HistogramVec // durations of finished operations

@@ -43,6 +43,10 @@ type task struct {
 	migration bool
 	// sourceLeftovers: delete the files a migration left here (leftovers.go)
 	sourceLeftovers bool
+	// io: storage events of a QEMU (ioerror.go); ioRetry: its storage
+	// answers again, resume it
+	io      *ioEvents
+	ioRetry *qemu.Instance
 }
 
 // machine serializes everything done to one VM. Its fields other than
@@ -70,6 +74,8 @@ type machine struct {
 	// incoming is the QEMU this host started as a migration's target,
 	// until the guest runs here (then it is inst).
 	incoming *qemu.Instance
+	// io is the I/O error policy's state (ioerror.go).
+	io ioState
 }
 
 // mark records that the running operation finished phase now.
@@ -119,6 +125,10 @@ func (m *machine) loop() {
 			m.migrationStep(ctx)
 		case t.sourceLeftovers:
 			m.removeSourceLeftovers(ctx)
+		case t.io != nil:
+			m.onIOEvents(ctx, t.io)
+		case t.ioRetry != nil:
+			m.ioRetry(ctx, t.ioRetry)
 		}
 	}
 }
@@ -647,6 +657,7 @@ func (m *machine) prepareLaunch(ctx context.Context, spec v1.VMSpec, st *v1.VMSt
 func (m *machine) watch(inst *qemu.Instance) {
 	m.inst = inst
 	m.a.live.set(m.name, inst)
+	m.watchIOErrors(inst)
 	go func() {
 		<-inst.Exited()
 		m.a.live.drop(m.name, inst)

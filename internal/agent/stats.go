@@ -42,6 +42,8 @@ var (
 	descNetTx  = prometheus.NewDesc("hangar_vm_network_transmit_bytes_total", "Bytes the guest sent on the NIC (bridged NICs: the tap's received bytes).", []string{"vm", "nic"}, nil)
 	descNetRxP = prometheus.NewDesc("hangar_vm_network_receive_packets_total", "Packets the guest received on the NIC (bridged NICs).", []string{"vm", "nic"}, nil)
 	descNetTxP = prometheus.NewDesc("hangar_vm_network_transmit_packets_total", "Packets the guest sent on the NIC (bridged NICs).", []string{"vm", "nic"}, nil)
+	descIOErrs = prometheus.NewDesc("hangar_vm_io_errors_total", "Storage errors QEMU met on the disk (BLOCK_IO_ERROR), whatever its I/O error policy did.", []string{"vm", "disk"}, nil)
+	descIOStop = prometheus.NewDesc("hangar_vm_io_error_pauses_total", "Times a storage error of the disk paused the VM (I/O error policy stop).", []string{"vm", "disk"}, nil)
 	descScrape = prometheus.NewDesc("hangar_vm_stats_incomplete", "Running VMs whose usage this scrape could not read in full, by what failed (proc: CPU and memory; qmp: disks).", []string{"source"}, nil)
 )
 
@@ -101,7 +103,7 @@ func (a *Agent) observeOp(op v1.Operation) {
 
 // Describe implements prometheus.Collector.
 func (a *Agent) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descVMCPU, descVMRSS, descRdB, descWrB, descRdOps, descWrOps, descNetRx, descNetTx, descNetRxP, descNetTxP, descScrape} {
+	for _, d := range []*prometheus.Desc{descVMCPU, descVMRSS, descRdB, descWrB, descRdOps, descWrOps, descNetRx, descNetTx, descNetRxP, descNetTxP, descIOErrs, descIOStop, descScrape} {
 		ch <- d
 	}
 	a.opDur.Describe(ch)
@@ -134,6 +136,12 @@ func (a *Agent) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descNetTx, prometheus.CounterValue, float64(n.TransmitBytes), s.VM, n.NIC)
 			ch <- prometheus.MustNewConstMetric(descNetRxP, prometheus.CounterValue, float64(n.ReceivePackets), s.VM, n.NIC)
 			ch <- prometheus.MustNewConstMetric(descNetTxP, prometheus.CounterValue, float64(n.TransmitPackets), s.VM, n.NIC)
+		}
+	}
+	for name := range a.live.all() {
+		for _, e := range a.ioCounts.get(name) {
+			ch <- prometheus.MustNewConstMetric(descIOErrs, prometheus.CounterValue, float64(e.Count), name, e.Disk)
+			ch <- prometheus.MustNewConstMetric(descIOStop, prometheus.CounterValue, float64(e.Pauses), name, e.Disk)
 		}
 	}
 	for src, n := range errs {

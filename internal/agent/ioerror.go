@@ -131,6 +131,10 @@ func (w *ioEvents) add(e blockIOError, at time.Time) {
 	if at.IsZero() {
 		at = time.Now()
 	}
+	// QEMU sends nospace only while the device tracks its I/O status,
+	// which it does only for a policy that can stop: the host's message
+	// says it too.
+	e.NoSpace = e.NoSpace || strings.EqualFold(e.Reason, unix.ENOSPC.Error())
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	p := w.pending[e.Node]

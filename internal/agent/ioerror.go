@@ -266,6 +266,7 @@ func (m *machine) onIOEvents(ctx context.Context, w *ioEvents) {
 			}
 		}
 	}
+	slices.Sort(culprits)
 	culprits = slices.Compact(culprits)
 	now := time.Now().UTC()
 	var disks []v1.DiskStatus
@@ -291,8 +292,10 @@ func (m *machine) onIOEvents(ctx context.Context, w *ioEvents) {
 		m.a.ioCounts.set(m.name, st.IOErrors)
 	})
 	if err != nil {
+		// The pause is handled all the same: a VM must not stay paused
+		// because etcd did not answer (without the disks' files from the
+		// status, the loop cannot probe and retries blindly, backing off).
 		m.log.Warn("record storage errors", "err", err)
-		return
 	}
 	if !pausedIO {
 		if m.io.paused {
@@ -442,8 +445,13 @@ func (m *machine) ioRetry(ctx context.Context, inst *qemu.Instance) {
 		return // resumed meanwhile (a user), or gone
 	}
 	spec, _, err := m.a.inv.Spec(ctx, m.name)
-	if err != nil || spec.Power != v1.PowerRunning {
-		m.log.Info("storage answers again; the vm stays paused (not meant to run)", "power", spec.Power, "err", err)
+	if err != nil {
+		m.log.Warn("storage answers again, but the vm's spec does not: trying later", "err", err)
+		m.recoverIO(inst, paths)
+		return
+	}
+	if spec.Power != v1.PowerRunning {
+		m.log.Info("storage answers again; the vm stays paused (not meant to run)", "power", spec.Power)
 		return
 	}
 	if err := inst.Mon.Cont(ctx); err != nil {

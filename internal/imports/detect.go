@@ -97,7 +97,7 @@ func isTar(head []byte) bool { return len(head) >= 263 && string(head[257:262]) 
 
 func looksLikeOVF(head []byte) bool {
 	h := bytes.TrimSpace(bytes.TrimPrefix(head, []byte("\xef\xbb\xbf")))
-	return bytes.HasPrefix(h, []byte("<")) && bytes.Contains(head, []byte("schemas.dmtf.org/ovf/envelope"))
+	return bytes.HasPrefix(h, []byte("<")) && (bytes.Contains(head, []byte("schemas.dmtf.org/ovf/envelope")) || bytes.Contains(head, []byte(ovfNS09)))
 }
 
 // detectDisk returns the qemu-img driver of a disk image from its magic

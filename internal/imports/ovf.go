@@ -23,6 +23,11 @@ const (
 	maxCPUs = 4096
 )
 
+// ovfNamespaces are the envelopes imported; OVF 0.9 maps onto the same
+// model (its sections are Section elements named by xsi:type, its items
+// say InstanceId and Caption).
+var ovfNamespaces = []string{ovfNS1, ovfNS2, ovfNS09}
+
 // rasd ResourceType values (CIM_ResourceAllocationSettingData).
 const (
 	rasdOther     = 1
@@ -45,6 +50,8 @@ type ovfEnvelope struct {
 	Colls    []ovfNode    `xml:"VirtualSystemCollection"`
 	Content  []ovfNode    `xml:"Content"`
 	Sections []ovfSection `xml:",any"`
+	// Legacy are OVF 0.9 sections (<Section xsi:type="ovf:DiskSection_Type">).
+	Legacy []ovfSection09 `xml:"Section"`
 
 	// systems are the VirtualSystems planned: the one asked or the only
 	// one, or (Options.AllVMs) all of a vApp in its startup order.
@@ -82,15 +89,37 @@ type ovfConfig struct {
 // element whose xsi:type says which of the two it is.
 type ovfNode struct {
 	XMLName  xml.Name
-	Type     string        `xml:"type,attr"`
-	ID       string        `xml:"id,attr"`
-	Name     string        `xml:"Name"`
-	Hardware []ovfHardware `xml:"VirtualHardwareSection"`
-	Systems  []ovfNode     `xml:"VirtualSystem"`
-	Colls    []ovfNode     `xml:"VirtualSystemCollection"`
-	Content  []ovfNode     `xml:"Content"`
-	Startup  []ovfStartup  `xml:"StartupSection>Item"`
-	Sections []ovfSection  `xml:",any"`
+	Type     string         `xml:"type,attr"`
+	ID       string         `xml:"id,attr"`
+	Name     string         `xml:"Name"`
+	Hardware []ovfHardware  `xml:"VirtualHardwareSection"`
+	Systems  []ovfNode      `xml:"VirtualSystem"`
+	Colls    []ovfNode      `xml:"VirtualSystemCollection"`
+	Content  []ovfNode      `xml:"Content"`
+	Startup  []ovfStartup   `xml:"StartupSection>Item"`
+	Sections []ovfSection   `xml:",any"`
+	Legacy   []ovfSection09 `xml:"Section"`
+}
+
+// ovfSection09 is an OVF 0.9 section: its kind is its xsi:type
+// ("ovf:VirtualHardwareSection_Type"); only disks and hardware are read.
+type ovfSection09 struct {
+	XMLName  xml.Name
+	Type     string       `xml:"type,attr"`
+	Required string       `xml:"required,attr"`
+	Disks    []ovfDisk    `xml:"Disk"`
+	Items    []ovfItem    `xml:"Item"`
+	Other    []ovfSection `xml:",any"`
+}
+
+// kind is the section's name as OVF 1.x spells the element
+// ("VirtualHardwareSection").
+func (s ovfSection09) kind() string {
+	t := s.Type
+	if _, after, ok := strings.Cut(t, ":"); ok {
+		t = after
+	}
+	return strings.TrimSuffix(t, "_Type")
 }
 
 // ovfStartup is a StartupSection entry: when a vApp starts a VM.
@@ -114,12 +143,15 @@ type ovfSection struct {
 }
 
 type ovfItem struct {
-	ResourceType  string   `xml:"ResourceType"`
-	SubType       string   `xml:"ResourceSubType"`
-	Quantity      string   `xml:"VirtualQuantity"`
-	Units         string   `xml:"AllocationUnits"`
-	InstanceID    string   `xml:"InstanceID"`
-	ElementName   string   `xml:"ElementName"`
+	ResourceType string `xml:"ResourceType"`
+	SubType      string `xml:"ResourceSubType"`
+	Quantity     string `xml:"VirtualQuantity"`
+	Units        string `xml:"AllocationUnits"`
+	InstanceID   string `xml:"InstanceID"`
+	ElementName  string `xml:"ElementName"`
+	// OVF 0.9 spellings of InstanceID and ElementName
+	InstanceID09  string   `xml:"InstanceId"`
+	Caption       string   `xml:"Caption"`
 	Parent        string   `xml:"Parent"`
 	HostResource  []string `xml:"HostResource"`
 	Address       string   `xml:"Address"`
@@ -168,20 +200,16 @@ func parseOVF(name string, b []byte, opt Options) (*ovfEnvelope, error) {
 	if err := d.Decode(&env); err != nil {
 		return nil, malformed("%s: OVF: %v", name, err)
 	}
-	if env.XMLName.Local == "Envelope" && env.XMLName.Space == ovfNS09 {
-		return nil, malformed("%s: an OVF 0.9 envelope (VMware's pre-DMTF namespace %s) is not supported; ovftool converts it to OVF 1.0 (ovftool %s new.ova)", name, ovfNS09, name)
-	}
-	if env.XMLName.Local != "Envelope" || env.XMLName.Space != ovfNS1 && env.XMLName.Space != ovfNS2 {
+	if env.XMLName.Local != "Envelope" || !slices.Contains(ovfNamespaces, env.XMLName.Space) {
 		return nil, malformed("%s: not an OVF envelope (root {%s}%s)", name, env.XMLName.Space, env.XMLName.Local)
 	}
-	if err := checkRequired(name, env.Sections); err != nil {
+	root := ovfNode{Systems: env.Systems, Colls: env.Colls, Content: env.Content, Sections: env.Sections, Legacy: env.Legacy}
+	w := walker{name: name, v09: env.XMLName.Space == ovfNS09}
+	if err := w.collect(&root); err != nil {
 		return nil, err
 	}
-	root := ovfNode{Systems: env.Systems, Colls: env.Colls, Content: env.Content}
-	var systems []*ovfNode
-	if err := root.collect(name, &systems); err != nil {
-		return nil, err
-	}
+	env.Disks = append(env.Disks, w.disks...)
+	systems := w.systems
 	switch {
 	case len(systems) == 0 && (len(env.Colls) > 0 || len(env.Content) > 0):
 		return nil, malformed("%s: OVF VirtualSystemCollection holds no VirtualSystem", name)
@@ -279,14 +307,23 @@ func (env *ovfEnvelope) startupOrder(name string, systems []*ovfNode) error {
 	return nil
 }
 
+// walker gathers the VirtualSystems of an envelope.
+type walker struct {
+	name    string
+	v09     bool // an OVF 0.9 envelope
+	systems []*ovfNode
+	disks   []ovfDisk // from OVF 0.9 DiskSection_Type sections
+}
+
 // collect gathers the VirtualSystems under n, checking every level's
 // required sections.
-func (n *ovfNode) collect(name string, out *[]*ovfNode) error {
-	if err := checkRequired(name, n.Sections); err != nil {
+func (w *walker) collect(n *ovfNode) error {
+	w.fromLegacy(n)
+	if err := checkRequired(w.name, n.Sections); err != nil {
 		return err
 	}
 	for _, h := range n.Hardware {
-		if err := checkRequired(name, h.Other); err != nil {
+		if err := checkRequired(w.name, h.Other); err != nil {
 			return err
 		}
 	}
@@ -302,26 +339,54 @@ func (n *ovfNode) collect(name string, out *[]*ovfNode) error {
 		case "VirtualSystemCollection_Type":
 			n.Colls = append(n.Colls, *c)
 		default:
-			return malformed("%s: OVF Content %q of xsi:type %q (want ovf:VirtualSystem_Type or ovf:VirtualSystemCollection_Type)", name, c.ID, c.Type)
+			return malformed("%s: OVF Content %q of xsi:type %q (want ovf:VirtualSystem_Type or ovf:VirtualSystemCollection_Type)", w.name, c.ID, c.Type)
 		}
 	}
 	n.Content = nil
 	for i := range n.Systems {
 		s := &n.Systems[i]
 		if len(s.Systems)+len(s.Colls)+len(s.Content) > 0 {
-			return malformed("%s: OVF VirtualSystem %q holds virtual systems", name, s.ID)
+			return malformed("%s: OVF VirtualSystem %q holds virtual systems", w.name, s.ID)
 		}
-		if err := s.collect(name, out); err != nil {
+		if err := w.collect(s); err != nil {
 			return err
 		}
-		*out = append(*out, s)
+		w.systems = append(w.systems, s)
 	}
 	for i := range n.Colls {
-		if err := n.Colls[i].collect(name, out); err != nil {
+		if err := w.collect(&n.Colls[i]); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// fromLegacy maps the OVF 0.9 sections of n onto the 1.x model: a
+// VirtualHardwareSection_Type is n's hardware (its items' InstanceId and
+// Caption are InstanceID and ElementName), a DiskSection_Type's disks are
+// the envelope's, any other is known or not by its xsi:type. In OVF 1.x
+// and 2.x a Section element is just an unknown one.
+func (w *walker) fromLegacy(n *ovfNode) {
+	for _, s := range n.Legacy {
+		if !w.v09 {
+			n.Sections = append(n.Sections, ovfSection{XMLName: s.XMLName, Required: s.Required})
+			continue
+		}
+		switch s.kind() {
+		case "VirtualHardwareSection":
+			for i := range s.Items {
+				it := &s.Items[i]
+				it.InstanceID = firstNonEmpty(it.InstanceID, it.InstanceID09)
+				it.ElementName = firstNonEmpty(it.ElementName, it.Caption)
+			}
+			n.Hardware = append(n.Hardware, ovfHardware{Items: s.Items, Other: s.Other})
+		case "DiskSection":
+			w.disks = append(w.disks, s.Disks...)
+		default:
+			n.Sections = append(n.Sections, ovfSection{XMLName: xml.Name{Space: ovfNS09, Local: s.kind()}, Required: s.Required})
+		}
+	}
+	n.Legacy = nil
 }
 
 // checkRequired refuses an element the import does not know that says
@@ -329,7 +394,7 @@ func (n *ovfNode) collect(name string, out *[]*ovfNode) error {
 func checkRequired(name string, secs []ovfSection) error {
 	for _, s := range secs {
 		req := strings.TrimSpace(s.Required)
-		if (req == "true" || req == "1") && !(knownSections[s.XMLName.Local] && (s.XMLName.Space == ovfNS1 || s.XMLName.Space == ovfNS2)) {
+		if (req == "true" || req == "1") && !(knownSections[s.XMLName.Local] && slices.Contains(ovfNamespaces, s.XMLName.Space)) {
 			return malformed("%s: OVF section %s (namespace %q) is marked ovf:required=\"true\" and Hangar does not support it",
 				name, s.XMLName.Local, s.XMLName.Space)
 		}

@@ -251,9 +251,16 @@ func TestOVFPlans(t *testing.T) {
 		{name: "VMDK FLAT extent too short", ovf: envOpen1 + descRefs + vs("web", scsi, diskD) + "</Envelope>",
 			extra: descEntries(`RW 4096 FLAT "d-flat.vmdk" 0`),
 			err:   `d.vmdk: VMDK extent "d-flat.vmdk" has 1048576 bytes, the descriptor needs 2097152`},
-		{name: "OVF 0.9 envelope", ovf: strings.ReplaceAll(envOpen1, "http://schemas.dmtf.org/ovf/envelope/1", "http://www.vmware.com/schema/ovf/1/envelope") +
-			refsA + `  <Content xsi:type="ovf:VirtualSystem_Type" ovf:id="old"><Info>a vm</Info></Content></Envelope>`,
-			err: `x.ovf: an OVF 0.9 envelope (VMware's pre-DMTF namespace http://www.vmware.com/schema/ovf/1/envelope) is not supported; ovftool converts it to OVF 1.0 (ovftool x.ovf new.ova)`},
+		{name: "OVF 0.9 envelope", ovf: ovf09(ovf09Hardware), vmName: "old-appliance",
+			cpus: 2, mem: 512, disks: []wantDisk{{name: "vmdisk1", size: fixtureSize}}, nics: []wantNIC{{"VM Network", "00:50:56:01:02:03"}}},
+		{name: "OVF 0.9 unknown required section", ovf: strings.Replace(ovf09(ovf09Hardware), "<Info>A virtual machine</Info>",
+			`<Info>A virtual machine</Info><Section xsi:type="ovf:SecureBootSection_Type" ovf:required="true"><Info>must</Info></Section>`, 1),
+			err: `x.ovf: OVF section SecureBootSection (namespace "http://www.vmware.com/schema/ovf/1/envelope") is marked ovf:required="true" and Hangar does not support it`},
+		{name: "OVF 0.9 drive of a disk no DiskSection_Type holds", ovf: strings.Replace(ovf09(ovf09Hardware), "/disk/vmdisk1", "/disk/vmdisk9", 1),
+			err: `x.ovf: OVF item "Harddisk 1": HostResource names disk "vmdisk9", which the DiskSection does not hold`},
+		{name: "Section element in OVF 1.x is an unknown section", ovf: envOpen1 + refsA + strings.Replace(vs("web", diskA), "<Info>a vm</Info>",
+			`<Info>a vm</Info><Section xsi:type="ovf:VirtualHardwareSection_Type" ovf:required="true"><Info>hw</Info></Section>`, 1) + "</Envelope>",
+			err: `x.ovf: OVF section Section (namespace "http://schemas.dmtf.org/ovf/envelope/1") is marked ovf:required="true" and Hangar does not support it`},
 		{name: "OVF 2 EthernetPortItem and StorageItem", ovf: envOpen2 + refsA + `  <VirtualSystem ovf:id="v2"><Info>a vm</Info>
     <VirtualHardwareSection><Info>hw</Info>
       <Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>3</rasd:VirtualQuantity></Item>
@@ -477,6 +484,37 @@ var deployVS = vs("app", scsi, diskA,
 <Item ovf:configuration="large"><rasd:AllocationUnits>byte * 2^30</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>14</rasd:VirtualQuantity></Item>
 <Item ovf:configuration="large"><rasd:ElementName>Hard disk 2</rasd:ElementName><rasd:HostResource>ovf:/disk/db</rasd:HostResource><rasd:InstanceID>11</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
 `)
+
+// ovf09 is an OVF 0.9 envelope (VMware's pre-DMTF namespace, as ESX 3.5
+// and VirtualBox's "legacy" export write it): sections are Section
+// elements named by xsi:type, the VM is a Content, items say InstanceId
+// and Caption, capacities are bytes. Its disk is a.vmdk.
+func ovf09(hardware string) string {
+	return `<?xml version="1.0" encoding="UTF-8"?>
+<Envelope ovf:version="0.9" xml:lang="en-US" xmlns="http://www.vmware.com/schema/ovf/1/envelope" xmlns:ovf="http://www.vmware.com/schema/ovf/1/envelope"
+  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
+  xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <References><File ovf:href="a.vmdk" ovf:id="file1" ovf:size="{A}"/></References>
+  <Section xsi:type="ovf:NetworkSection_Type"><Info>The list of logical networks</Info><Network ovf:name="VM Network"><Description>The VM Network network</Description></Network></Section>
+  <Section xsi:type="ovf:DiskSection_Type"><Info>Meta-information about the virtual disks</Info>
+    <Disk ovf:capacity="8388608" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="http://www.vmware.com/specifications/vmdk.html#compressed"/>
+  </Section>
+  <Content ovf:id="old-appliance" xsi:type="ovf:VirtualSystem_Type">
+    <Info>A virtual machine</Info>
+    <Section ovf:id="36" xsi:type="ovf:OperatingSystemSection_Type"><Info>The kind of installed guest operating system</Info></Section>
+    <Section xsi:type="ovf:VirtualHardwareSection_Type"><Info>Virtual hardware requirements</Info>
+      <System><vssd:InstanceId>0</vssd:InstanceId><vssd:VirtualSystemIdentifier>old-appliance</vssd:VirtualSystemIdentifier><vssd:VirtualSystemType>vmx-04</vssd:VirtualSystemType></System>
+` + hardware + `    </Section>
+  </Content>
+</Envelope>`
+}
+
+const ovf09Hardware = `      <Item><rasd:Caption>2 virtual CPU(s)</rasd:Caption><rasd:InstanceId>1</rasd:InstanceId><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>2</rasd:VirtualQuantity><rasd:AllocationUnits>MegaHertz</rasd:AllocationUnits></Item>
+      <Item><rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits><rasd:Caption>512 MB of memory</rasd:Caption><rasd:InstanceId>2</rasd:InstanceId><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>512</rasd:VirtualQuantity></Item>
+      <Item><rasd:BusNumber>0</rasd:BusNumber><rasd:Caption>SCSI Controller 0 - LSI Logic</rasd:Caption><rasd:InstanceId>3</rasd:InstanceId><rasd:ResourceSubType>lsilogic</rasd:ResourceSubType><rasd:ResourceType>6</rasd:ResourceType></Item>
+      <Item><rasd:Caption>Harddisk 1</rasd:Caption><rasd:HostResource>/disk/vmdisk1</rasd:HostResource><rasd:InstanceId>4</rasd:InstanceId><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+      <Item><rasd:Address>00:50:56:01:02:03</rasd:Address><rasd:AutomaticAllocation>true</rasd:AutomaticAllocation><rasd:Caption>Ethernet adapter on &quot;VM Network&quot;</rasd:Caption><rasd:Connection>VM Network</rasd:Connection><rasd:InstanceId>5</rasd:InstanceId><rasd:ResourceSubType>PCNet32</rasd:ResourceSubType><rasd:ResourceType>10</rasd:ResourceType></Item>
+`
 
 // TestOVFVApp plans every VM of a multi-VM vApp: its startup order, each
 // VM's own disks and NICs, names after the vApp; a shared disk and a bad

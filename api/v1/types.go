@@ -192,6 +192,22 @@ type ImportSource struct {
 	// Base is the disk this one is a delta of (an OVF ovf:parentRef): the
 	// new volume holds the chain flattened.
 	Base *ImportSource `json:"base,omitempty"`
+	// Chunks continue the file at Path/Offset/Size, in order (an OVF file
+	// stored in chunks, ovf:chunkSize): the disk file is their bytes joined.
+	Chunks []ImportChunk `json:"chunks,omitempty"`
+	// Compression is "gzip" for a gzip-compressed file (OVF
+	// ovf:compression); it is decompressed before it is converted, and may
+	// hold a disk of at most Capacity bytes (the OVF's ovf:capacity).
+	Compression string `json:"compression,omitempty"`
+	Capacity    int64  `json:"capacity,omitempty"`
+}
+
+// ImportChunk is a byte range of a file (a whole file, or a member of an
+// OVA at Offset/Size).
+type ImportChunk struct {
+	Path   string `json:"path"`
+	Offset int64  `json:"offset,omitempty"`
+	Size   int64  `json:"size"`
 }
 
 // NIC is one network interface.

@@ -22,6 +22,8 @@ type pkgFiles interface {
 	// disk returns a disk file to check, the Source locating it for
 	// qemu-img, and the directory its VMDK extents may use ("" for none).
 	disk(name string) (image, Source, string, error)
+	// chunk locates a file's bytes (a chunk of a chunked file).
+	chunk(name string) (Chunk, error)
 	close()
 }
 
@@ -117,9 +119,16 @@ func (a applianceFiles) planVM(ctx context.Context, env *ovfEnvelope, sys *ovfNo
 	return p, nil
 }
 
-// checkSizes compares each referenced file with its ovf:size.
+// checkSizes compares each referenced file with its ovf:size (a chunked
+// file: its chunks, complete).
 func checkSizes(env *ovfEnvelope, pkg pkgFiles) error {
 	for _, f := range env.Files {
+		if f.ChunkSize != "" {
+			if _, err := chunkNames(f, pkg); err != nil {
+				return err
+			}
+			continue
+		}
 		n, err := pkg.size(f.Href)
 		if err != nil {
 			return err
@@ -156,7 +165,11 @@ func verifyManifest(ctx context.Context, env *ovfEnvelope, a applianceFiles) err
 	}
 	listed := []string{a.ovfName}
 	for _, f := range env.Files {
-		listed = append(listed, f.Href)
+		names, err := chunkNames(f, a.pkg) // a chunked file's digests are its chunks'
+		if err != nil {
+			return err
+		}
+		listed = append(listed, names...)
 	}
 	if err := m.requireListed(a.mfName, listed); err != nil {
 		return err
@@ -203,6 +216,9 @@ func applianceDisk(ctx context.Context, env *ovfEnvelope, d ovfDisk, pkg pkgFile
 	f, ok := env.file(d.FileRef)
 	if !ok {
 		return Source{}, malformed("OVF disk %q: fileRef %q matches no File", d.ID, d.FileRef)
+	}
+	if f.ChunkSize != "" || f.Compression == "gzip" {
+		return encodedDisk(f, d, pkg)
 	}
 	im, src, dir, err := pkg.disk(f.Href)
 	if err != nil {
@@ -330,6 +346,14 @@ func (o *ovfDir) disk(name string) (image, Source, string, error) {
 	}
 	o.files = append(o.files, f)
 	return image{r: f, size: fi.Size(), name: name}, Source{Path: p}, filepath.Dir(p), nil
+}
+
+func (o *ovfDir) chunk(name string) (Chunk, error) {
+	p, fi, err := o.resolve(name)
+	if err != nil {
+		return Chunk{}, err
+	}
+	return Chunk{Path: p, Size: fi.Size()}, nil
 }
 
 func (o *ovfDir) close() {

@@ -97,17 +97,38 @@ func convertImage(ctx context.Context, src Source, part string, progress func(fl
 		// each disk of the chain gets an equal share of the progress
 		done, share := float64(len(chain)-1-i)/float64(len(chain)), 1/float64(len(chain))
 		step := func(v float64) { progress(done + v*share) }
-		var err error
-		if i == len(chain)-1 {
-			err = convertOne(ctx, chain[i], part, step)
-		} else {
-			err = applyDelta(ctx, chain[i], part, step)
-		}
-		if err != nil {
+		if err := convertLink(ctx, chain[i], part, i == len(chain)-1, step); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// convertLink converts one disk of a chain into part: the first (base)
+// one, or a delta over what part holds. A chunked or compressed file is
+// written out decoded beside part first (half the progress) and removed
+// after.
+func convertLink(ctx context.Context, src Source, part string, first bool, progress func(float64)) (err error) {
+	if src.encoded() {
+		file := part + ".src"
+		if err := removeIfExists(file); err != nil {
+			return err
+		}
+		defer func() {
+			if rerr := removeIfExists(file); rerr != nil && err == nil {
+				err = rerr
+			}
+		}()
+		if src, err = stage(ctx, src, file, func(v float64) { progress(v / 2) }); err != nil {
+			return err
+		}
+		whole := progress
+		progress = func(v float64) { whole(0.5 + v/2) }
+	}
+	if first {
+		return convertOne(ctx, src, part, progress)
+	}
+	return applyDelta(ctx, src, part, progress)
 }
 
 // chain is src, its base, its base's base…
@@ -216,6 +237,9 @@ var deltaFormats = map[string]bool{"vmdk": true, "qcow2": true}
 func checkOneSource(src Source) error {
 	if !formats[src.Format] {
 		return malformed("unknown format %q", src.Format)
+	}
+	if src.encoded() { // its headers are checked once it is decoded (stage)
+		return checkEncoded(src, filepath.Base(src.Path))
 	}
 	if !filepath.IsAbs(src.Path) || src.Offset < 0 || src.Size < 0 {
 		return malformed("source %q at %d+%d: want an absolute path and a valid range", src.Path, src.Offset, src.Size)

@@ -42,6 +42,20 @@ type Source struct {
 	// the delta does not hold read from Base. Convert writes the flattened
 	// chain as one qcow2.
 	Base *Source
+	// Chunks continue the file at Path/Offset/Size (an OVF file in chunks):
+	// the disk file is their bytes joined. Compression "gzip": that file is
+	// gzip-compressed and holds a disk of at most Capacity bytes. Convert
+	// writes such a file out decoded beside the volume, checks it like any
+	// file, and converts it.
+	Chunks      []Chunk
+	Compression string
+	Capacity    int64
+}
+
+// Chunk is a byte range of a file: a whole file, or a member of an OVA.
+type Chunk struct {
+	Path         string
+	Offset, Size int64
 }
 
 // maxChain is the longest delta chain (a disk and its bases) imported.
@@ -65,6 +79,17 @@ func FromAPI(name string, s *v1.ImportSource, resolve func(path string) (string,
 			at = at.Base
 		}
 		at.Path, at.Format, at.Offset, at.Size = p, s.Format, s.Offset, s.Size
+		at.Compression, at.Capacity = s.Compression, s.Capacity
+		if len(s.Chunks) >= maxChunks {
+			return Source{}, malformed("%d chunks, more than %d", len(s.Chunks)+1, maxChunks)
+		}
+		for _, c := range s.Chunks {
+			p, err := resolve(c.Path)
+			if err != nil {
+				return Source{}, err
+			}
+			at.Chunks = append(at.Chunks, Chunk{Path: p, Offset: c.Offset, Size: c.Size})
+		}
 	}
 	return src, nil
 }
@@ -74,7 +99,10 @@ func (src Source) API() *v1.ImportSource {
 	if src.Path == "" {
 		return nil
 	}
-	s := &v1.ImportSource{Path: src.Path, Format: src.Format, Offset: src.Offset, Size: src.Size}
+	s := &v1.ImportSource{Path: src.Path, Format: src.Format, Offset: src.Offset, Size: src.Size, Compression: src.Compression, Capacity: src.Capacity}
+	for _, c := range src.Chunks {
+		s.Chunks = append(s.Chunks, v1.ImportChunk{Path: c.Path, Offset: c.Offset, Size: c.Size})
+	}
 	if src.Base != nil {
 		s.Base = src.Base.API()
 	}

@@ -232,4 +232,9 @@ func (o *ova) extentDisk(desc image) (image, Source, string, error) {
 	return image{}, Source{}, "", malformed("%s: VMDK extent %q: a %s extent cannot be read from inside an archive (a FLAT one can)", desc.name, e.file, e.kind)
 }
 
+func (o *ova) chunk(name string) (Chunk, error) {
+	m, err := o.member(name)
+	return Chunk{Path: o.path, Offset: m.offset, Size: m.size}, err
+}
+
 func (o *ova) close() {}

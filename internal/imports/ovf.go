@@ -448,15 +448,20 @@ func checkFile(name string, f ovfFile) error {
 	if err := checkHref(f.Href); err != nil {
 		return malformed("%s: OVF file %q: href %q %v", name, f.ID, f.Href, err)
 	}
-	if f.Compression != "" && f.Compression != "identity" {
-		return malformed("%s: OVF file %q: %s compression is not supported", name, f.Href, f.Compression)
-	}
-	if f.ChunkSize != "" {
-		return malformed("%s: OVF file %q: chunked files are not supported", name, f.Href)
+	if f.Compression != "" && f.Compression != "identity" && f.Compression != "gzip" {
+		return malformed("%s: OVF file %q: ovf:compression %q is not supported (gzip is)", name, f.Href, f.Compression)
 	}
 	if f.Size != "" {
 		if n, err := strconv.ParseInt(f.Size, 10, 64); err != nil || n < 0 {
 			return malformed("%s: OVF file %q: bad size %q", name, f.Href, f.Size)
+		}
+	}
+	if f.ChunkSize != "" {
+		if n, err := strconv.ParseInt(f.ChunkSize, 10, 64); err != nil || n <= 0 {
+			return malformed("%s: OVF file %q: ovf:chunkSize %q is not a positive number of bytes", name, f.Href, f.ChunkSize)
+		}
+		if n, err := strconv.ParseInt(f.Size, 10, 64); err != nil || n <= 0 {
+			return malformed("%s: OVF file %q: a chunked file needs its ovf:size (got %q) to know its chunks are all there", name, f.Href, f.Size)
 		}
 	}
 	return nil

@@ -1,0 +1,219 @@
+package imports
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func gzipped(t testing.TB, b []byte) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	zw := gzip.NewWriter(&out)
+	if _, err := zw.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
+}
+
+// chunked cuts data into OVF chunks href.000000000… of size bytes.
+func chunked(href string, data []byte, size int) []tarEntry {
+	var out []tarEntry
+	for i := 0; len(data) > 0; i++ {
+		n := min(size, len(data))
+		out = append(out, tarEntry{name: chunkName(href, i), data: data[:n]})
+		data = data[n:]
+	}
+	return out
+}
+
+// encodedOVF is an OVF whose one disk (capacity bytes) is file href, with
+// the File attributes attrs.
+func encodedOVF(href, attrs string, capacity int64) string {
+	return envOpen1 + `  <References><File ovf:id="fa" ovf:href="` + href + `" ` + attrs + `/></References>
+  <DiskSection><Info>disks</Info><Disk ovf:diskId="da" ovf:fileRef="fa" ovf:capacity="` + fmt.Sprint(capacity) + `"/></DiskSection>
+` + vs("web", cpu2, scsi, diskA) + "</Envelope>"
+}
+
+// TestEncodedFiles imports gzip-compressed and chunked OVF files (as
+// ovftool --compress and --chunkSize write them), in an OVA and in an OVF
+// directory, and checks each volume holds the source disk's data; the
+// hostile variants are refused by name and leave nothing behind.
+func TestEncodedFiles(t *testing.T) {
+	needQemuImg(t)
+	dir := t.TempDir()
+	raw := rawFixture(t, dir)
+	vmdk := qemuConvert(t, raw, "raw", filepath.Join(dir, "a.vmdk"), "vmdk", "subformat=streamOptimized")
+	so, err := os.ReadFile(vmdk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rawData, _ := os.ReadFile(raw)
+	gz := gzipped(t, so)
+	size := func(b []byte) string { return fmt.Sprintf(`ovf:size="%d"`, len(b)) }
+
+	type pkgCase struct {
+		name  string
+		href  string
+		attrs string
+		files []tarEntry
+	}
+	good := []pkgCase{
+		{"gzip", "a.vmdk", size(gz) + ` ovf:compression="gzip"`, []tarEntry{{"a.vmdk", gz}}},
+		{"chunks", "a.vmdk", size(so) + ` ovf:chunkSize="1000000"`, chunked("a.vmdk", so, 1000000)},
+		{"gzip in chunks", "a.vmdk", size(gz) + ` ovf:chunkSize="1048576" ovf:compression="gzip"`, chunked("a.vmdk", gz, 1<<20)},
+		{"raw disk gzip", "a.img", `ovf:compression="gzip"`, []tarEntry{{"a.img", gzipped(t, rawData)}}},
+		{"one chunk", "a.vmdk", size(so) + ` ovf:chunkSize="16777216"`, chunked("a.vmdk", so, 16<<20)},
+	}
+	for _, c := range good {
+		for _, layout := range []string{"ova", "dir"} {
+			t.Run(c.name+" "+layout, func(t *testing.T) {
+				desc := tarEntry{"x.ovf", []byte(encodedOVF(c.href, c.attrs, fixtureSize))}
+				entries := append([]tarEntry{desc}, c.files...)
+				entries = append(entries, tarEntry{"x.mf", manifestFor(entries...)})
+				path := writePackage(t, layout, entries)
+				plan, err := Inspect(context.Background(), path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				src := plan.Disks[0]
+				wantFormat := map[string]string{"a.vmdk": "vmdk", "a.img": "raw"}[c.href]
+				if len(plan.Disks) != 1 || src.Format != wantFormat || src.VirtualSize != fixtureSize || len(src.Chunks) != len(c.files)-1 ||
+					(src.Compression == "gzip") != strings.Contains(c.attrs, "gzip") {
+					t.Fatalf("plan %+v", plan)
+				}
+				// through the API, as the agent gets it
+				src, err = FromAPI(src.Name, src.API(), func(p string) (string, error) { return p, nil })
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := Check(src); err != nil {
+					t.Fatal(err)
+				}
+				out := filepath.Join(t.TempDir(), "da.qcow2")
+				convertChecked(t, src, out)
+				sameDisk(t, raw, "raw", out)
+				if _, err := os.Stat(out + ".part.src"); !os.IsNotExist(err) {
+					t.Fatalf("decoded file left behind: %v", err)
+				}
+			})
+		}
+	}
+
+	// A delta compressed over a compressed base flattens too.
+	t.Run("gzip delta", func(t *testing.T) {
+		top := deltaFixture(t, dir)
+		c := qemuConvert(t, `json:{"driver":"qcow2","file":{"driver":"file","filename":"`+top+`"},"backing":null}`, "qcow2",
+			filepath.Join(t.TempDir(), "c.vmdk"), "vmdk", "subformat=streamOptimized")
+		cdata, _ := os.ReadFile(c)
+		cgz := gzipped(t, cdata)
+		ovf := envOpen1 + strings.NewReplacer(`ovf:size="{A}"`, size(gz)+` ovf:compression="gzip"`, `ovf:size="{C}"`, size(cgz)+` ovf:compression="gzip"`).Replace(refsDelta) +
+			vs("web", scsi, diskC) + "</Envelope>"
+		ova := writePackage(t, "ova", []tarEntry{{"x.ovf", []byte(ovf)}, {"a.vmdk", gz}, {"c.vmdk", cgz}})
+		plan, err := Inspect(context.Background(), ova)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if plan.Disks[0].Base == nil || plan.Disks[0].Base.Compression != "gzip" {
+			t.Fatalf("plan %+v", plan.Disks[0])
+		}
+		out := filepath.Join(t.TempDir(), "dc.qcow2")
+		convertChecked(t, plan.Disks[0], out)
+		sameDisk(t, top, "qcow2", out)
+	})
+
+	// Hostile and broken packages are refused at Inspect.
+	zeros := gzipped(t, make([]byte, 64<<20)) // a 64 MiB raw disk in 64 KiB
+	big := filepath.Join(dir, "big.vmdk")
+	run(t, qemuImg, "create", "-q", "-f", "vmdk", "-o", "subformat=streamOptimized", big, "64M")
+	bigData, _ := os.ReadFile(big)
+	chunks := chunked("a.vmdk", so, 1<<20)
+	bad := []struct {
+		name, href, attrs string
+		files             []tarEntry
+		err               string
+	}{
+		{"chunk missing", "a.vmdk", size(so) + ` ovf:chunkSize="1048576"`, append(append([]tarEntry{}, chunks[:1]...), chunks[2:]...),
+			fmt.Sprintf(`OVF file "a.vmdk": chunk 2 of %d (ovf:size %d, ovf:chunkSize 1048576): `, len(chunks), len(so))},
+		{"last chunk missing", "a.vmdk", size(so) + ` ovf:chunkSize="1048576"`, chunks[:len(chunks)-1],
+			fmt.Sprintf(`OVF file "a.vmdk": chunk %d of %d (ovf:size %d, ovf:chunkSize 1048576): `, len(chunks), len(chunks), len(so))},
+		{"chunk too large", "a.vmdk", size(so) + ` ovf:chunkSize="1000000"`, chunks,
+			fmt.Sprintf(`OVF file "a.vmdk": chunk a.vmdk.000000000 has 1048576 bytes, want 1000000 (ovf:size %d, ovf:chunkSize 1000000)`, len(so))},
+		{"chunk beyond ovf:size", "a.vmdk", size(so) + ` ovf:chunkSize="1048576"`, append(append([]tarEntry{}, chunks...), tarEntry{chunkName("a.vmdk", len(chunks)), []byte("x")}),
+			fmt.Sprintf(`OVF file "a.vmdk": chunk %s is beyond ovf:size %d (%d chunks of ovf:chunkSize 1048576)`, chunkName("a.vmdk", len(chunks)), len(so), len(chunks))},
+		{"chunked without ovf:size", "a.vmdk", `ovf:chunkSize="1048576"`, chunks,
+			`x.ovf: OVF file "a.vmdk": a chunked file needs its ovf:size (got "") to know its chunks are all there`},
+		{"bad chunkSize", "a.vmdk", size(so) + ` ovf:chunkSize="-5"`, chunks,
+			`x.ovf: OVF file "a.vmdk": ovf:chunkSize "-5" is not a positive number of bytes`},
+		{"gzip bomb", "a.img", `ovf:compression="gzip"`, []tarEntry{{"a.img", zeros}},
+			"a.img decompresses to more than 9568256 bytes: more than its disk's capacity 8388608 holds (with 1/64 and 1 MiB for its format's metadata)"},
+		{"disk larger than its capacity", "a.vmdk", `ovf:compression="gzip"`, []tarEntry{{"a.vmdk", gzipped(t, bigData)}},
+			`OVF disk "da": a.vmdk decompresses to a disk of 67108864 bytes, more than its ovf:capacity 8388608`},
+		{"not gzip", "a.vmdk", size(so) + ` ovf:compression="gzip"`, []tarEntry{{"a.vmdk", so}},
+			"ovf:compression says gzip but the file is not gzip-compressed"},
+		{"corrupt gzip", "a.vmdk", `ovf:compression="gzip"`, []tarEntry{{"a.vmdk", append(gz[:len(gz)/2:len(gz)/2], gz[len(gz)/2+1:]...)}},
+			"a.vmdk: gzip: "},
+		{"bzip2", "a.vmdk", `ovf:compression="bzip2"`, []tarEntry{{"a.vmdk", so}},
+			`x.ovf: OVF file "a.vmdk": ovf:compression "bzip2" is not supported (gzip is)`},
+		{"compressed descriptor", "d.vmdk", `ovf:compression="gzip"`, []tarEntry{{"d.vmdk", gzipped(t, descEntries(`RW 2048 FLAT "d-flat.vmdk" 0`)[0].data)}},
+			"d.vmdk: a VMDK text descriptor cannot be compressed or chunked: its extents are other files"},
+	}
+	for _, c := range bad {
+		t.Run(c.name, func(t *testing.T) {
+			ova := writePackage(t, "ova", append([]tarEntry{{"x.ovf", []byte(encodedOVF(c.href, c.attrs, fixtureSize))}}, c.files...))
+			_, err := Inspect(context.Background(), ova)
+			if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), c.err) {
+				t.Fatalf("err %v\nwant one with %s", err, c.err)
+			}
+		})
+	}
+
+	// A source that changed after Inspect (or was written by hand) is
+	// checked again when decoded: a larger disk than its capacity, a
+	// chunk that lost bytes; nothing is left behind.
+	gzPath := filepath.Join(dir, "zeros.img.gz")
+	os.WriteFile(gzPath, zeros, 0o644)
+	soPath := filepath.Join(dir, "so.vmdk")
+	os.WriteFile(soPath, so, 0o644)
+	for name, src := range map[string]Source{
+		"bomb":          {Name: "d", Path: gzPath, Format: "raw", Size: int64(len(zeros)), Compression: "gzip", Capacity: 8 << 20},
+		"short chunk":   {Name: "d", Path: soPath, Format: "vmdk", Size: 1 << 20, Chunks: []Chunk{{Path: soPath, Offset: 1 << 20, Size: int64(len(so))}}},
+		"bad capacity":  {Name: "d", Path: gzPath, Format: "raw", Size: int64(len(zeros)), Compression: "gzip", Capacity: 1000},
+		"unknown codec": {Name: "d", Path: gzPath, Format: "raw", Size: int64(len(zeros)), Compression: "xz", Capacity: 8 << 20},
+	} {
+		t.Run("convert "+name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "d.qcow2")
+			if err := Convert(context.Background(), src, out, nil); !errors.Is(err, ErrMalformed) {
+				t.Fatalf("Convert: %v", err)
+			}
+			assertNoOutput(t, out)
+		})
+	}
+}
+
+// writePackage writes entries as an OVA (layout "ova") or as the files of
+// an OVF directory ("dir") and returns its path.
+func writePackage(t testing.TB, layout string, entries []tarEntry) string {
+	t.Helper()
+	if layout == "ova" {
+		p := filepath.Join(t.TempDir(), "x.ova")
+		writeTar(t, p, entries)
+		return p
+	}
+	d := t.TempDir()
+	for _, e := range entries {
+		if err := os.WriteFile(filepath.Join(d, e.name), e.data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return d
+}

@@ -224,8 +224,13 @@ func applianceDisk(ctx context.Context, env *ovfEnvelope, d ovfDisk, pkg pkgFile
 	if err != nil {
 		return Source{}, err
 	}
-	if _, ok := env.fileByHref(im.name); !ok { // a descriptor's extent: sized and in the manifest only as a File
-		return Source{}, malformed("OVF disk %q: %s, the extent of %s, is not a File of the OVF's References", d.ID, im.name, f.Href)
+	for _, n := range append([]string{im.name}, im.parts...) {
+		if _, ok := env.fileByHref(n); !ok { // a descriptor's extent: sized and in the manifest only as a File
+			return Source{}, malformed("OVF disk %q: %s, an extent of %s, is not a File of the OVF's References", d.ID, n, f.Href)
+		}
+	}
+	if len(src.Chunks) > 0 { // FLAT extents joined: raw, sized by the descriptor
+		return src, nil
 	}
 	im.delta = delta
 	if src, err = inspectDisk(ctx, im, src, dir, strings.ToLower(filepath.Ext(f.Href))); err != nil {

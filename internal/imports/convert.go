@@ -109,7 +109,7 @@ func convertImage(ctx context.Context, src Source, part string, progress func(fl
 // written out decoded beside part first (half the progress) and removed
 // after.
 func convertLink(ctx context.Context, src Source, part string, first bool, progress func(float64)) (err error) {
-	if src.encoded() {
+	if src.encoded() && !src.joinable() {
 		file := part + ".src"
 		if err := removeIfExists(file); err != nil {
 			return err
@@ -140,19 +140,42 @@ func (src Source) chain() []Source {
 	return c
 }
 
+// convertOne converts src into part; the ranges of a joinable source
+// (a descriptor's FLAT extents) are qemu-img's several sources, which it
+// writes one after the other.
 func convertOne(ctx context.Context, src Source, part string, progress func(float64)) error {
-	spec, err := blockdevSpec(src)
-	if err != nil {
-		return err
+	var specs []string
+	for _, c := range src.parts() {
+		one := src
+		one.Path, one.Offset, one.Size, one.Chunks = c.Path, c.Offset, c.Size, nil
+		spec, err := blockdevSpec(one)
+		if err != nil {
+			return err
+		}
+		specs = append(specs, spec)
 	}
-	return runConvert(ctx, convertArgs(src.Format, spec, part), progress)
+	return runConvert(ctx, convertArgs(src.Format, specs, part), progress)
 }
 
-// convertArgs is the qemu-img convert of spec (format) into the qcow2 out;
-// extra options go before the file names.
-func convertArgs(format, spec, out string, extra ...string) []string {
+// joinable reports whether qemu-img reads src's ranges joined itself: raw
+// ranges of whole sectors.
+func (src Source) joinable() bool {
+	if src.Format != "raw" || src.Compression != "" {
+		return false
+	}
+	for _, c := range src.parts() {
+		if c.Size%512 != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// convertArgs is the qemu-img convert of specs (format, joined) into the
+// qcow2 out; extra options go before the file names.
+func convertArgs(format string, specs []string, out string, extra ...string) []string {
 	args := append([]string{"convert", "-p", "-f", format, "-O", "qcow2", "-o", targetOptions}, extra...)
-	return append(append(args, convertFlags...), spec, out)
+	return append(append(append(args, convertFlags...), specs...), out)
 }
 
 // applyDelta writes the blocks the delta disk src holds over part, which
@@ -184,7 +207,7 @@ func applyDelta(ctx context.Context, src Source, part string, progress func(floa
 			err = rerr
 		}
 	}()
-	if err := runConvert(ctx, convertArgs(src.Format, spec, delta, "-B", part, "-F", "qcow2"), func(v float64) { progress(v * 0.9) }); err != nil {
+	if err := runConvert(ctx, convertArgs(src.Format, []string{spec}, delta, "-B", part, "-F", "qcow2"), func(v float64) { progress(v * 0.9) }); err != nil {
 		return err
 	}
 	if _, err := runQemuImg(ctx, "commit", "-q", "-f", "qcow2", delta); err != nil {

@@ -18,6 +18,9 @@ type image struct {
 	// gives qemu itself, so a parent it names (parentFileNameHint) is never
 	// opened and is allowed.
 	delta bool
+	// parts name the package files whose bytes follow this image's (a VMDK
+	// descriptor's further FLAT extents), "" for none.
+	parts []string
 }
 
 // read returns the n bytes at off; bytes past the end make the image

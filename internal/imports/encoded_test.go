@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -216,4 +218,92 @@ func writePackage(t testing.TB, layout string, entries []tarEntry) string {
 		}
 	}
 	return d
+}
+
+// TestMultiExtentVMDK imports VMDK descriptors of several extents: qemu-img's
+// twoGbMaxExtentSparse split in three (data in each), a monolithicFlat of
+// three FLAT extents over two files beside it, and inside an OVA FLAT
+// extents joined; every extent is checked, the second as the first.
+func TestMultiExtentVMDK(t *testing.T) {
+	needQemuImg(t)
+	dir := t.TempDir()
+	split := filepath.Join(dir, "s.vmdk")
+	run(t, qemuImg, "create", "-q", "-f", "vmdk", "-o", "subformat=twoGbMaxExtentSparse", split, "4100M")
+	run(t, "qemu-io", "-f", "vmdk", "-c", "write -P 0x33 1M 64k", "-c", "write -P 0x44 2047M 2M", "-c", "write -P 0x55 4099M 64k", split)
+	if b, _ := os.ReadFile(split); bytes.Count(b, []byte(" SPARSE ")) != 3 {
+		t.Fatalf("want three SPARSE extents:\n%s", b)
+	}
+	// two flat files, three extents: f2, then f1 from sector 8, then f2 again
+	f1, f2 := make([]byte, 1<<20), make([]byte, 512<<10)
+	for i := range f1 {
+		f1[i] = byte(i / 512)
+	}
+	for i := range f2 {
+		f2[i] = byte(255 - i/4096)
+	}
+	os.WriteFile(filepath.Join(dir, "m-f1.vmdk"), f1, 0o644)
+	os.WriteFile(filepath.Join(dir, "m-f2.vmdk"), f2, 0o644)
+	extents := "RW 1024 FLAT \"m-f2.vmdk\" 0\nRW 2040 FLAT \"m-f1.vmdk\" 8\nRW 1024 FLAT \"m-f2.vmdk\" 0\n"
+	desc := "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\n# Extent description\n" + extents
+	mono := writeFile(t, filepath.Join(dir, "m.vmdk"), desc)
+	joined := slices.Concat(f2, f1[8*512:], f2)
+	want := filepath.Join(dir, "m.raw")
+	os.WriteFile(want, joined, 0o644)
+
+	for _, c := range []struct{ path, want, format string }{{split, split, "vmdk"}, {mono, want, "raw"}} {
+		plan, err := Inspect(context.Background(), c.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(t.TempDir(), "out.qcow2")
+		convertChecked(t, plan.Disks[0], out)
+		sameDisk(t, c.want, c.format, out)
+	}
+
+	// Inside an OVA: the FLAT extents joined, as raw.
+	ovf := envOpen1 + `  <References><File ovf:id="fd" ovf:href="m.vmdk"/><File ovf:id="f1" ovf:href="m-f1.vmdk"/><File ovf:id="f2" ovf:href="m-f2.vmdk"/></References>
+  <DiskSection><Info>disks</Info><Disk ovf:diskId="dd" ovf:fileRef="fd" ovf:capacity="2093056"/></DiskSection>
+` + vs("web", scsi, diskD) + "</Envelope>"
+	entries := []tarEntry{{"x.ovf", []byte(ovf)}, {"m.vmdk", []byte(desc)}, {"m-f1.vmdk", f1}, {"m-f2.vmdk", f2}}
+	entries = append(entries, tarEntry{"x.mf", manifestFor(entries...)})
+	ova := writePackage(t, "ova", entries)
+	plan, err := Inspect(context.Background(), ova)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := plan.Disks[0]
+	if src.Format != "raw" || src.VirtualSize != int64(len(joined)) || len(src.Chunks) != 2 {
+		t.Fatalf("source %+v", src)
+	}
+	if src, err = FromAPI(src.Name, src.API(), func(p string) (string, error) { return p, nil }); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "dd.qcow2")
+	convertChecked(t, src, out)
+	sameDisk(t, want, "raw", out)
+
+	// Each extent is checked: the second one escaping, a directory, a FIFO.
+	sub := filepath.Join(dir, "sub")
+	os.Mkdir(sub, 0o755)
+	os.WriteFile(filepath.Join(sub, "ok-flat.vmdk"), f1, 0o644)
+	os.Mkdir(filepath.Join(sub, "dir-flat.vmdk"), 0o755)
+	if err := syscall.Mkfifo(filepath.Join(sub, "fifo-flat.vmdk"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for second, msg := range map[string]string{
+		"../m-f1.vmdk":   `VMDK extent "../m-f1.vmdk": leaves the import directory`,
+		"dir-flat.vmdk":  `VMDK extent "dir-flat.vmdk" is not a regular file`,
+		"fifo-flat.vmdk": `VMDK extent "fifo-flat.vmdk" is not a regular file`,
+		"/etc/passwd":    `VMDK extent "/etc/passwd": absolute paths are not allowed`,
+	} {
+		p := writeFile(t, filepath.Join(sub, "bad.vmdk"), strings.Replace(desc, extents, "RW 2048 FLAT \"ok-flat.vmdk\" 0\nRW 8 FLAT \""+second+"\" 0\n", 1))
+		if _, err := Inspect(context.Background(), p); !errors.Is(err, ErrMalformed) || !strings.HasSuffix(err.Error(), "bad.vmdk: "+msg) {
+			t.Errorf("second extent %s: %v\nwant …%s", second, err, msg)
+		}
+		out := filepath.Join(t.TempDir(), "out.qcow2")
+		if err := Convert(context.Background(), Source{Name: "d", Path: p, Format: "vmdk"}, out, nil); !errors.Is(err, ErrMalformed) {
+			t.Errorf("Convert with second extent %s: %v", second, err)
+		}
+		assertNoOutput(t, out)
+	}
 }

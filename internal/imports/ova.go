@@ -180,9 +180,9 @@ func (o *ova) open(name string) (io.ReadCloser, error) {
 
 // disk is a disk inside the archive: qemu-img will read the byte range of
 // the .ova through a raw offset/size node. A VMDK text descriptor is
-// replaced by its one FLAT extent (another member), the disk's raw bytes;
-// a descriptor of several extents or of a sparse one is refused (qemu
-// cannot take them from inside the tar).
+// replaced by its FLAT extents (other members), the disk's raw bytes; a
+// descriptor of a sparse extent is refused (qemu cannot take it from
+// inside the tar).
 func (o *ova) disk(name string) (image, Source, string, error) {
 	m, err := o.member(name)
 	if err != nil {
@@ -196,40 +196,57 @@ func (o *ova) disk(name string) (image, Source, string, error) {
 }
 
 // extentDisk is the disk a VMDK descriptor inside the archive describes:
-// its one extent, a member named relative to the descriptor (the image's
-// name, which the caller checks the OVF references).
+// its FLAT extents, members named relative to the descriptor (the image's
+// name and parts, which the caller checks the OVF references), read as the
+// raw bytes they hold, joined in order.
 func (o *ova) extentDisk(desc image) (image, Source, string, error) {
 	extents, err := parseVMDKDescriptor(desc)
 	if err != nil {
 		return image{}, Source{}, "", err
 	}
-	if len(extents) != 1 {
-		return image{}, Source{}, "", malformed("%s: a VMDK descriptor with %d extent files cannot be read from inside an archive (one FLAT extent can)", desc.name, len(extents))
+	if len(extents) > maxChunks {
+		return image{}, Source{}, "", malformed("%s: %d VMDK extents inside an archive, more than %d", desc.name, len(extents), maxChunks)
 	}
-	e := extents[0]
-	name := path.Join(path.Dir(desc.name), e.file)
-	if err := checkHref(e.file); err != nil {
-		return image{}, Source{}, "", malformed("%s: VMDK extent %q %v", desc.name, e.file, err)
-	}
-	m, err := o.member(name)
-	if err != nil {
-		return image{}, Source{}, "", err
-	}
-	if e.sectors > maxVMDKSectors || e.offset > maxVMDKSectors {
-		return image{}, Source{}, "", malformed("%s: VMDK extent %q: size out of range", desc.name, e.file)
-	}
-	ext := image{r: io.NewSectionReader(o.f, m.offset, m.size), size: m.size, name: name}
-	if e.kind == "FLAT" {
+	var raw image
+	var src Source
+	for i, e := range extents {
+		name := path.Join(path.Dir(desc.name), e.file)
+		if err := checkHref(e.file); err != nil {
+			return image{}, Source{}, "", malformed("%s: VMDK extent %q %v", desc.name, e.file, err)
+		}
+		if e.kind != "FLAT" && e.kind != "VMFS" {
+			// qemu opens a SPARSE extent only through its descriptor,
+			// which cannot name a member of the tar
+			return image{}, Source{}, "", malformed("%s: VMDK extent %q: a %s extent cannot be read from inside an archive (FLAT ones can)", desc.name, e.file, e.kind)
+		}
+		m, err := o.member(name)
+		if err != nil {
+			return image{}, Source{}, "", err
+		}
+		if e.sectors > maxVMDKSectors || e.offset > maxVMDKSectors {
+			return image{}, Source{}, "", malformed("%s: VMDK extent %q: size out of range", desc.name, e.file)
+		}
 		off, n := e.offset*512, e.sectors*512
+		ext := image{r: io.NewSectionReader(o.f, m.offset, m.size), size: m.size, name: name}
 		if err := ext.need(off, n); err != nil {
 			return image{}, Source{}, "", malformed("%s: VMDK extent %q has %d bytes, the descriptor needs %d", desc.name, e.file, m.size, off+n)
 		}
-		raw := image{r: io.NewSectionReader(o.f, m.offset+off, n), size: n, name: name}
-		return raw, Source{Path: o.path, Format: "raw", Offset: m.offset + off, Size: n}, "", nil
+		if i == 0 {
+			raw = image{r: io.NewSectionReader(o.f, m.offset+off, n), size: n, name: name}
+			src = Source{Path: o.path, Format: "raw", Offset: m.offset + off, Size: n}
+		} else {
+			raw.parts = append(raw.parts, name)
+			src.Chunks = append(src.Chunks, Chunk{Path: o.path, Offset: m.offset + off, Size: n})
+		}
+		src.VirtualSize += n
 	}
-	// qemu opens a SPARSE extent only through its descriptor, which cannot
-	// name a member of the tar
-	return image{}, Source{}, "", malformed("%s: VMDK extent %q: a %s extent cannot be read from inside an archive (a FLAT one can)", desc.name, e.file, e.kind)
+	if len(extents) > 1 && src.VirtualSize > maxVMDKSectors*512 {
+		return image{}, Source{}, "", malformed("%s: VMDK extents of %d bytes in all: out of range", desc.name, src.VirtualSize)
+	}
+	if len(extents) == 1 {
+		src.VirtualSize = 0 // qemu-img tells, as for any disk
+	}
+	return raw, src, "", nil
 }
 
 func (o *ova) chunk(name string) (Chunk, error) {

@@ -243,11 +243,19 @@ func TestOVFPlans(t *testing.T) {
 		{name: "VMDK descriptor and its FLAT extent in the OVA", ovf: envOpen1 + descRefs + vs("web", scsi, diskD) + "</Envelope>",
 			extra: descEntries(`RW 2048 FLAT "d-flat.vmdk" 0`), disks: []wantDisk{{name: "dd", size: 1 << 20}}},
 		{name: "VMDK descriptor of two extents in the OVA", ovf: envOpen1 + descRefs + vs("web", scsi, diskD) + "</Envelope>",
-			extra: descEntries("RW 1024 FLAT \"d-flat.vmdk\" 0\nRW 1024 FLAT \"d-flat.vmdk\" 1024"),
-			err:   `d.vmdk: a VMDK descriptor with 2 extent files cannot be read from inside an archive (one FLAT extent can)`},
+			extra: descEntries("RW 1024 FLAT \"d-flat.vmdk\" 1024\nRW 1024 FLAT \"d-flat.vmdk\" 0"), disks: []wantDisk{{name: "dd", size: 1 << 20}}},
+		{name: "VMDK descriptor of two extents, one too short", ovf: envOpen1 + descRefs + vs("web", scsi, diskD) + "</Envelope>",
+			extra: descEntries("RW 1024 FLAT \"d-flat.vmdk\" 1024\nRW 1025 FLAT \"d-flat.vmdk\" 1024"),
+			err:   `d.vmdk: VMDK extent "d-flat.vmdk" has 1048576 bytes, the descriptor needs 1049088`},
+		{name: "VMDK descriptor extent leaving the package", ovf: envOpen1 + descRefs + vs("web", scsi, diskD) + "</Envelope>",
+			extra: descEntries("RW 1024 FLAT \"d-flat.vmdk\" 0\nRW 1024 FLAT \"../d-flat.vmdk\" 0"),
+			err:   `d.vmdk: VMDK extent "../d-flat.vmdk" leaves the package or is not clean`},
+		{name: "VMDK descriptor extent absolute", ovf: envOpen1 + descRefs + vs("web", scsi, diskD) + "</Envelope>",
+			extra: descEntries("RW 1024 FLAT \"d-flat.vmdk\" 0\nRW 1024 FLAT \"/etc/passwd\" 0"),
+			err:   `d.vmdk: VMDK extent "/etc/passwd" is absolute`},
 		{name: "VMDK extent the References lack", ovf: envOpen1 + strings.Replace(descRefs, `<File ovf:id="fe" ovf:href="d-flat.vmdk"/>`, "", 1) + vs("web", scsi, diskD) + "</Envelope>",
 			extra: descEntries(`RW 2048 FLAT "d-flat.vmdk" 0`),
-			err:   `OVF disk "dd": d-flat.vmdk, the extent of d.vmdk, is not a File of the OVF's References`},
+			err:   `OVF disk "dd": d-flat.vmdk, an extent of d.vmdk, is not a File of the OVF's References`},
 		{name: "VMDK FLAT extent too short", ovf: envOpen1 + descRefs + vs("web", scsi, diskD) + "</Envelope>",
 			extra: descEntries(`RW 4096 FLAT "d-flat.vmdk" 0`),
 			err:   `d.vmdk: VMDK extent "d-flat.vmdk" has 1048576 bytes, the descriptor needs 2097152`},
@@ -398,7 +406,7 @@ func TestOVFPlans(t *testing.T) {
 	writeTar(t, ova, []tarEntry{{name: "x.ovf", data: []byte(envOpen1 + refs + vs("web", scsi, diskD) + "</Envelope>")},
 		fileEntry(t, "s.vmdk", split), fileEntry(t, "s-s001.vmdk", filepath.Join(dir, "s-s001.vmdk"))})
 	if _, err = Inspect(context.Background(), ova); !errors.Is(err, ErrMalformed) ||
-		!strings.HasSuffix(err.Error(), `s.vmdk: VMDK extent "s-s001.vmdk": a SPARSE extent cannot be read from inside an archive (a FLAT one can)`) {
+		!strings.HasSuffix(err.Error(), `s.vmdk: VMDK extent "s-s001.vmdk": a SPARSE extent cannot be read from inside an archive (FLAT ones can)`) {
 		t.Fatalf("descriptor of a SPARSE extent: %v", err)
 	}
 

@@ -2,6 +2,8 @@ package integration
 
 import (
 	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -211,6 +213,98 @@ func TestImportVAppBoots(t *testing.T) {
 	}
 	for _, name := range []string{"shop-db", "shop-web"} {
 		s.wait(s.c.DeleteVM(ctx, name, true, time.Minute))
+	}
+}
+
+// TestImportEncodedBoots: two appliances as old and big exports write them
+// boot. "legacy" is an OVF 0.9 envelope (VMware's pre-DMTF namespace) whose
+// disk is the guest as a streamOptimized VMDK, gzip-compressed and cut in
+// 4 MiB chunks; "flat" is an OVF whose disk is a VMDK descriptor of two
+// FLAT extents over two members of the OVA (the guest's raw bytes split).
+// Each guest reports its name; the decoded file is not left in the pool.
+func TestImportEncodedBoots(t *testing.T) {
+	s := newServer(t)
+	ctx := context.Background()
+	vmdk := filepath.Join(t.TempDir(), "guest.vmdk")
+	qemuImgConvert(t, "-O", "vmdk", "-o", "subformat=streamOptimized", guestImage, vmdk)
+	so, err := os.ReadFile(vmdk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(so)
+	zw.Close()
+	sum := func(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToString(h[:]) }
+	legacy := []tarMember{{name: "legacy.ovf", data: []byte(fmt.Sprintf(`<?xml version="1.0" encoding="UTF-8"?>
+<Envelope ovf:version="0.9" xmlns="http://www.vmware.com/schema/ovf/1/envelope" xmlns:ovf="http://www.vmware.com/schema/ovf/1/envelope"
+  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <References><File ovf:href="guest.vmdk" ovf:id="file1" ovf:size="%d" ovf:compression="gzip" ovf:chunkSize="4194304"/></References>
+  <Section xsi:type="ovf:DiskSection_Type"><Info>disks</Info>
+    <Disk ovf:capacity="134217728" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="http://www.vmware.com/specifications/vmdk.html#compressed"/></Section>
+  <Content ovf:id="legacy" xsi:type="ovf:VirtualSystem_Type"><Info>a vm</Info>
+    <Section xsi:type="ovf:VirtualHardwareSection_Type"><Info>hw</Info>
+      <Item><rasd:Caption>1 virtual CPU</rasd:Caption><rasd:InstanceId>1</rasd:InstanceId><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>1</rasd:VirtualQuantity></Item>
+      <Item><rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits><rasd:Caption>256 MB of memory</rasd:Caption><rasd:InstanceId>2</rasd:InstanceId><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>256</rasd:VirtualQuantity></Item>
+      <Item><rasd:Caption>Harddisk 1</rasd:Caption><rasd:HostResource>/disk/vmdisk1</rasd:HostResource><rasd:InstanceId>3</rasd:InstanceId><rasd:ResourceType>17</rasd:ResourceType></Item>
+      <Item><rasd:Caption>Ethernet adapter</rasd:Caption><rasd:Connection>VM Network</rasd:Connection><rasd:InstanceId>4</rasd:InstanceId><rasd:ResourceType>10</rasd:ResourceType></Item>
+    </Section></Content></Envelope>`, gz.Len()))}}
+	mf := "SHA256(legacy.ovf)= " + sum(legacy[0].data) + "\n"
+	for i, b := 0, gz.Bytes(); len(b) > 0; i++ {
+		n := min(4<<20, len(b))
+		name := fmt.Sprintf("guest.vmdk.%09d", i)
+		legacy = append(legacy, tarMember{name: name, data: b[:n]})
+		mf += "SHA256(" + name + ")= " + sum(b[:n]) + "\n"
+		b = b[n:]
+	}
+	if len(legacy) < 3 {
+		t.Fatalf("want the compressed guest in several chunks, got %d", len(legacy)-1)
+	}
+	writeOVA(t, filepath.Join(s.importDir, "legacy.ova"), append(legacy, tarMember{name: "legacy.mf", data: []byte(mf)})...)
+
+	rawPath := filepath.Join(t.TempDir(), "guest.raw")
+	qemuImgConvert(t, "-O", "raw", guestImage, rawPath)
+	raw, err := os.ReadFile(rawPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := len(raw) / 2
+	desc := fmt.Sprintf("# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\n"+
+		"# Extent description\nRW %d FLAT \"flat-s001.vmdk\" 0\nRW %d FLAT \"flat-s002.vmdk\" 0\n", half/512, (len(raw)-half)/512)
+	writeOVA(t, filepath.Join(s.importDir, "flat.ova"), tarMember{name: "flat.ovf", data: []byte(`<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
+  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData">
+  <References><File ovf:id="d" ovf:href="flat.vmdk"/><File ovf:id="e1" ovf:href="flat-s001.vmdk"/><File ovf:id="e2" ovf:href="flat-s002.vmdk"/></References>
+  <DiskSection><Info>disks</Info><Disk ovf:diskId="vmdisk1" ovf:fileRef="d" ovf:capacity="134217728"/></DiskSection>
+  <VirtualSystem ovf:id="flat"><Info>a vm</Info><Name>flat</Name><VirtualHardwareSection><Info>hw</Info>
+    <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>256</rasd:VirtualQuantity></Item>
+    <Item><rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType></Item>
+  </VirtualHardwareSection></VirtualSystem></Envelope>`)},
+		tarMember{name: "flat.vmdk", data: []byte(desc)}, tarMember{name: "flat-s001.vmdk", data: raw[:half]}, tarMember{name: "flat-s002.vmdk", data: raw[half:]})
+
+	for _, c := range []struct{ name, format string }{{"legacy", "vmdk"}, {"flat", "raw"}} {
+		t.Run(c.name, func(t *testing.T) {
+			args := v1.ImportArgs{Path: filepath.Join(s.importDir, c.name+".ova"), Start: true}
+			if c.name == "legacy" {
+				args.Networks = map[string]string{"VM Network": "user"}
+			}
+			op, err := s.c.Import(ctx, args, 3*time.Minute)
+			s.wait(op, err)
+			s.waitReady(c.name, 0)
+			v, err := s.c.VM(ctx, c.name)
+			if err != nil || len(v.Spec.Disks) != 1 || v.Spec.Disks[0].Import == nil || v.Spec.Disks[0].Import.Format != c.format || v.Spec.MemoryMiB != 256 {
+				t.Fatalf("%s: %+v, %v", c.name, v.Spec, err)
+			}
+			imp := v.Spec.Disks[0].Import
+			if c.name == "legacy" && (imp.Compression != "gzip" || imp.Capacity != 134217728 || len(imp.Chunks) != len(legacy)-2) ||
+				c.name == "flat" && (imp.Compression != "" || len(imp.Chunks) != 1) {
+				t.Fatalf("%s: import source %+v", c.name, imp)
+			}
+			if left, _ := filepath.Glob(filepath.Join(filepath.Dir(v.Status.Disks[0].Path), "*.src")); len(left) != 0 {
+				t.Fatalf("decoded files left in the pool: %v", left)
+			}
+			s.wait(s.c.DeleteVM(ctx, c.name, true, time.Minute))
+		})
 	}
 }
 

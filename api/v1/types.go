@@ -200,6 +200,10 @@ type ImportSource struct {
 	// hold a disk of at most Capacity bytes (the OVF's ovf:capacity).
 	Compression string `json:"compression,omitempty"`
 	Capacity    int64  `json:"capacity,omitempty"`
+	// Extents are the ranges the extents of the VMDK descriptor at
+	// Path/Offset/Size read, in its order (members of an OVA, when one is
+	// SPARSE); they are written out beside the volume to be converted.
+	Extents []ImportChunk `json:"extents,omitempty"`
 }
 
 // ImportChunk is a byte range of a file (a whole file, or a member of an

@@ -229,7 +229,7 @@ func applianceDisk(ctx context.Context, env *ovfEnvelope, d ovfDisk, pkg pkgFile
 			return Source{}, malformed("OVF disk %q: %s, an extent of %s, is not a File of the OVF's References", d.ID, n, f.Href)
 		}
 	}
-	if len(src.Chunks) > 0 { // FLAT extents joined: raw, sized by the descriptor
+	if len(src.Chunks) > 0 || len(src.Extents) > 0 { // extents in the archive: sized by the descriptor, checked
 		return src, nil
 	}
 	im.delta = delta

@@ -109,6 +109,22 @@ func convertImage(ctx context.Context, src Source, part string, progress func(fl
 // written out decoded beside part first (half the progress) and removed
 // after.
 func convertLink(ctx context.Context, src Source, part string, first bool, progress func(float64)) (err error) {
+	if len(src.Extents) > 0 {
+		dir := part + ".src.d"
+		if err := os.RemoveAll(dir); err != nil {
+			return err
+		}
+		defer func() {
+			if rerr := os.RemoveAll(dir); rerr != nil && err == nil {
+				err = rerr
+			}
+		}()
+		if src, err = stageExtents(ctx, src, dir, func(v float64) { progress(v / 2) }); err != nil {
+			return err
+		}
+		whole := progress
+		progress = func(v float64) { whole(0.5 + v/2) }
+	}
 	if src.encoded() && !src.joinable() {
 		file := part + ".src"
 		if err := removeIfExists(file); err != nil {
@@ -263,6 +279,9 @@ func checkOneSource(src Source) error {
 	}
 	if src.encoded() { // its headers are checked once it is decoded (stage)
 		return checkEncoded(src, filepath.Base(src.Path))
+	}
+	if len(src.Extents) > 0 { // checked once written out (stageExtents)
+		return checkExtentRanges(src)
 	}
 	if !filepath.IsAbs(src.Path) || src.Offset < 0 || src.Size < 0 {
 		return malformed("source %q at %d+%d: want an absolute path and a valid range", src.Path, src.Offset, src.Size)

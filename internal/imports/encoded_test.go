@@ -282,6 +282,52 @@ func TestMultiExtentVMDK(t *testing.T) {
 	convertChecked(t, src, out)
 	sameDisk(t, want, "raw", out)
 
+	// Inside an OVA: the three SPARSE extents written out beside the
+	// volume under a descriptor of Hangar's own.
+	splitDesc, _ := os.ReadFile(split)
+	entries = []tarEntry{{"x.ovf", []byte(envOpen1 + `  <References><File ovf:id="fd" ovf:href="s.vmdk"/><File ovf:id="e1" ovf:href="s-s001.vmdk"/><File ovf:id="e2" ovf:href="s-s002.vmdk"/><File ovf:id="e3" ovf:href="s-s003.vmdk"/></References>
+  <DiskSection><Info>disks</Info><Disk ovf:diskId="dd" ovf:fileRef="fd" ovf:capacity="4100" ovf:capacityAllocationUnits="byte * 2^20"/></DiskSection>
+` + vs("web", scsi, diskD) + "</Envelope>")}, {"s.vmdk", splitDesc}}
+	for i := 1; i <= 3; i++ {
+		entries = append(entries, fileEntry(t, fmt.Sprintf("s-s%03d.vmdk", i), filepath.Join(dir, fmt.Sprintf("s-s%03d.vmdk", i))))
+	}
+	ova = writePackage(t, "ova", entries)
+	if plan, err = Inspect(context.Background(), ova); err != nil {
+		t.Fatal(err)
+	}
+	if src = plan.Disks[0]; src.Format != "vmdk" || src.VirtualSize != 4100<<20 || len(src.Extents) != 3 {
+		t.Fatalf("source %+v", src)
+	}
+	if src, err = FromAPI(src.Name, src.API(), func(p string) (string, error) { return p, nil }); err != nil {
+		t.Fatal(err)
+	}
+	out = filepath.Join(t.TempDir(), "dd.qcow2")
+	convertChecked(t, src, out)
+	sameDisk(t, split, "vmdk", out)
+	// an extent whose header lies about its size, one cut short, a source
+	// whose extents are not the descriptor's: refused, nothing left
+	bad := slices.Clone(entries)
+	bad[3] = tarEntry{bad[3].name, bad[3].data[:len(bad[3].data)/2]}
+	if _, err := Inspect(context.Background(), writePackage(t, "ova", bad)); !errors.Is(err, ErrMalformed) {
+		t.Errorf("SPARSE extent cut short: %v", err)
+	}
+	bad = slices.Clone(entries)
+	bad[1] = tarEntry{"s.vmdk", bytes.Replace(splitDesc, []byte("RW 4194304 SPARSE \"s-s001.vmdk\""), []byte("RW 4194240 SPARSE \"s-s001.vmdk\""), 1)}
+	if _, err := Inspect(context.Background(), writePackage(t, "ova", bad)); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "its descriptor says 4194240") {
+		t.Errorf("SPARSE extent of another size: %v", err)
+	}
+	for name, s := range map[string]Source{
+		"extent missing":     {Name: "d", Path: src.Path, Format: "vmdk", Offset: src.Offset, Size: src.Size, Extents: src.Extents[:2]},
+		"extents swapped":    {Name: "d", Path: src.Path, Format: "vmdk", Offset: src.Offset, Size: src.Size, Extents: []Chunk{src.Extents[2], src.Extents[1], src.Extents[0]}},
+		"extent past a file": {Name: "d", Path: src.Path, Format: "vmdk", Offset: src.Offset, Size: src.Size, Extents: []Chunk{src.Extents[0], src.Extents[1], {Path: src.Path, Offset: src.Extents[2].Offset, Size: 1 << 40}}},
+	} {
+		out := filepath.Join(t.TempDir(), "d.qcow2")
+		if err := Convert(context.Background(), s, out, nil); !errors.Is(err, ErrMalformed) {
+			t.Errorf("Convert, %s: %v", name, err)
+		}
+		assertNoOutput(t, out)
+	}
+
 	// Each extent is checked: the second one escaping, a directory, a FIFO.
 	sub := filepath.Join(dir, "sub")
 	os.Mkdir(sub, 0o755)

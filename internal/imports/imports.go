@@ -50,6 +50,11 @@ type Source struct {
 	Chunks      []Chunk
 	Compression string
 	Capacity    int64
+	// Extents are the ranges a VMDK descriptor's extents read (members of
+	// an OVA), in its order: Path/Offset/Size is the descriptor, which
+	// names files qemu cannot find in the tar, so Convert writes them out
+	// beside the volume under a descriptor of its own.
+	Extents []Chunk
 }
 
 // Chunk is a byte range of a file: a whole file, or a member of an OVA.
@@ -83,15 +88,37 @@ func FromAPI(name string, s *v1.ImportSource, resolve func(path string) (string,
 		if len(s.Chunks) >= maxChunks {
 			return Source{}, malformed("%d chunks, more than %d", len(s.Chunks)+1, maxChunks)
 		}
-		for _, c := range s.Chunks {
-			p, err := resolve(c.Path)
-			if err != nil {
-				return Source{}, err
-			}
-			at.Chunks = append(at.Chunks, Chunk{Path: p, Offset: c.Offset, Size: c.Size})
+		if len(s.Extents) > maxVMDKExtents {
+			return Source{}, malformed("%d VMDK extents, more than %d", len(s.Extents), maxVMDKExtents)
+		}
+		if at.Chunks, err = fromAPIChunks(s.Chunks, resolve); err != nil {
+			return Source{}, err
+		}
+		if at.Extents, err = fromAPIChunks(s.Extents, resolve); err != nil {
+			return Source{}, err
 		}
 	}
 	return src, nil
+}
+
+func fromAPIChunks(chunks []v1.ImportChunk, resolve func(path string) (string, error)) ([]Chunk, error) {
+	var out []Chunk
+	for _, c := range chunks {
+		p, err := resolve(c.Path)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Chunk{Path: p, Offset: c.Offset, Size: c.Size})
+	}
+	return out, nil
+}
+
+func apiChunks(chunks []Chunk) []v1.ImportChunk {
+	var out []v1.ImportChunk
+	for _, c := range chunks {
+		out = append(out, v1.ImportChunk{Path: c.Path, Offset: c.Offset, Size: c.Size})
+	}
+	return out
 }
 
 // API is the API import source of src (nil for a blank disk).
@@ -100,9 +127,7 @@ func (src Source) API() *v1.ImportSource {
 		return nil
 	}
 	s := &v1.ImportSource{Path: src.Path, Format: src.Format, Offset: src.Offset, Size: src.Size, Compression: src.Compression, Capacity: src.Capacity}
-	for _, c := range src.Chunks {
-		s.Chunks = append(s.Chunks, v1.ImportChunk{Path: c.Path, Offset: c.Offset, Size: c.Size})
-	}
+	s.Chunks, s.Extents = apiChunks(src.Chunks), apiChunks(src.Extents)
 	if src.Base != nil {
 		s.Base = src.Base.API()
 	}

@@ -223,7 +223,7 @@ func TestConvertCancel(t *testing.T) {
 
 func assertNoOutput(t *testing.T, dst string) {
 	t.Helper()
-	for _, p := range []string{dst, dst + ".part", dst + ".part.src", dst + ".part.delta"} {
+	for _, p := range []string{dst, dst + ".part", dst + ".part.src", dst + ".part.src.d", dst + ".part.delta"} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s exists after a failed import (%v)", p, err)
 		}

@@ -214,31 +214,28 @@ func (o *ova) extentDisk(desc image) (image, Source, string, error) {
 		if err := checkHref(e.file); err != nil {
 			return image{}, Source{}, "", malformed("%s: VMDK extent %q %v", desc.name, e.file, err)
 		}
-		if e.kind != "FLAT" && e.kind != "VMFS" {
-			// qemu opens a SPARSE extent only through its descriptor,
-			// which cannot name a member of the tar
-			return image{}, Source{}, "", malformed("%s: VMDK extent %q: a %s extent cannot be read from inside an archive (FLAT ones can)", desc.name, e.file, e.kind)
+		if e.kind == "SPARSE" {
+			// qemu opens a SPARSE extent only through a descriptor naming
+			// files: Convert writes the extents out beside the volume
+			return o.sparseExtents(desc, extents)
 		}
 		m, err := o.member(name)
 		if err != nil {
 			return image{}, Source{}, "", err
 		}
-		if e.sectors > maxVMDKSectors || e.offset > maxVMDKSectors {
-			return image{}, Source{}, "", malformed("%s: VMDK extent %q: size out of range", desc.name, e.file)
+		c, err := extentRange(desc.name, e, image{r: io.NewSectionReader(o.f, m.offset, m.size), size: m.size, name: name})
+		if err != nil {
+			return image{}, Source{}, "", err
 		}
-		off, n := e.offset*512, e.sectors*512
-		ext := image{r: io.NewSectionReader(o.f, m.offset, m.size), size: m.size, name: name}
-		if err := ext.need(off, n); err != nil {
-			return image{}, Source{}, "", malformed("%s: VMDK extent %q has %d bytes, the descriptor needs %d", desc.name, e.file, m.size, off+n)
-		}
+		c.Path, c.Offset = o.path, m.offset+c.Offset
 		if i == 0 {
-			raw = image{r: io.NewSectionReader(o.f, m.offset+off, n), size: n, name: name}
-			src = Source{Path: o.path, Format: "raw", Offset: m.offset + off, Size: n}
+			raw = image{r: io.NewSectionReader(o.f, c.Offset, c.Size), size: c.Size, name: name}
+			src = Source{Path: o.path, Format: "raw", Offset: c.Offset, Size: c.Size}
 		} else {
 			raw.parts = append(raw.parts, name)
-			src.Chunks = append(src.Chunks, Chunk{Path: o.path, Offset: m.offset + off, Size: n})
+			src.Chunks = append(src.Chunks, c)
 		}
-		src.VirtualSize += n
+		src.VirtualSize += c.Size
 	}
 	if len(extents) > 1 && src.VirtualSize > maxVMDKSectors*512 {
 		return image{}, Source{}, "", malformed("%s: VMDK extents of %d bytes in all: out of range", desc.name, src.VirtualSize)
@@ -247,6 +244,78 @@ func (o *ova) extentDisk(desc image) (image, Source, string, error) {
 		src.VirtualSize = 0 // qemu-img tells, as for any disk
 	}
 	return raw, src, "", nil
+}
+
+// sparseExtents is a VMDK descriptor inside the archive with a SPARSE
+// extent: each extent (members named relative to the descriptor, each a
+// File the caller checks) is checked in place, a SPARSE one's header and
+// tables, and the Source lists their ranges in the descriptor's order
+// (Extents); Convert writes them out as files beside the volume under a
+// descriptor of its own.
+func (o *ova) sparseExtents(desc image, extents []vmdkExtent) (image, Source, string, error) {
+	m, err := o.member(desc.name)
+	if err != nil {
+		return image{}, Source{}, "", err
+	}
+	src := Source{Path: o.path, Format: "vmdk", Offset: m.offset, Size: m.size}
+	im := desc
+	for i, e := range extents {
+		name := path.Join(path.Dir(desc.name), e.file)
+		if err := checkHref(e.file); err != nil {
+			return image{}, Source{}, "", malformed("%s: VMDK extent %q %v", desc.name, e.file, err)
+		}
+		em, err := o.member(name)
+		if err != nil {
+			return image{}, Source{}, "", err
+		}
+		c, err := extentRange(desc.name, e, image{r: io.NewSectionReader(o.f, em.offset, em.size), size: em.size, name: name})
+		if err != nil {
+			return image{}, Source{}, "", err
+		}
+		c.Path, c.Offset = o.path, em.offset+c.Offset
+		src.Extents = append(src.Extents, c)
+		src.VirtualSize += e.sectors * 512
+		if i == 0 {
+			im.name = name
+		} else {
+			im.parts = append(im.parts, name)
+		}
+	}
+	if src.VirtualSize > maxVMDKSectors*512 {
+		return image{}, Source{}, "", malformed("%s: VMDK extents of %d bytes in all: out of range", desc.name, src.VirtualSize)
+	}
+	return im, src, "", nil
+}
+
+// extentRange checks the extent e of the descriptor desc held by ext and
+// returns the range of ext it reads: a FLAT extent's sectors from its
+// offset, a SPARSE extent whole (its header and tables checked against
+// e's size).
+func extentRange(desc string, e vmdkExtent, ext image) (Chunk, error) {
+	if e.sectors > maxVMDKSectors || e.offset > maxVMDKSectors {
+		return Chunk{}, malformed("%s: VMDK extent %q: size out of range", desc, e.file)
+	}
+	switch e.kind {
+	case "FLAT", "VMFS":
+		off, n := e.offset*512, e.sectors*512
+		if err := ext.need(off, n); err != nil {
+			return Chunk{}, malformed("%s: VMDK extent %q has %d bytes, the descriptor needs %d", desc, e.file, ext.size, off+n)
+		}
+		return Chunk{Offset: off, Size: n}, nil
+	case "SPARSE":
+		head, err := ext.head(4)
+		if err != nil {
+			return Chunk{}, err
+		}
+		if string(head) != magicVMDK {
+			return Chunk{}, malformed("%s: SPARSE VMDK extent %q without a sparse header", desc, e.file)
+		}
+		if err := checkSparseVMDK(ext, e.sectors); err != nil {
+			return Chunk{}, err
+		}
+		return Chunk{Size: ext.size}, nil
+	}
+	return Chunk{}, malformed("%s: VMDK extent %q: %s extents are not supported", desc, e.file, e.kind)
 }
 
 func (o *ova) chunk(name string) (Chunk, error) {

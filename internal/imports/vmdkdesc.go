@@ -2,7 +2,10 @@ package imports
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -308,4 +311,99 @@ func resolveInside(dir, name string) (string, error) {
 func within(root, path string) bool {
 	rel, err := filepath.Rel(root, path)
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) && !filepath.IsAbs(rel)
+}
+
+// checkExtentRanges checks a VMDK descriptor inside an archive and the
+// ranges its extents read (Source.Extents) before they are written out:
+// every range inside a regular file, one per extent.
+func checkExtentRanges(src Source) error {
+	if src.Format != "vmdk" || src.encoded() || len(src.Extents) > maxVMDKExtents {
+		return malformed("%s: VMDK extents given for a %s source (chunked or compressed: %v, %d extents)", src.Path, src.Format, src.encoded(), len(src.Extents))
+	}
+	for _, c := range append([]Chunk{{Path: src.Path, Offset: src.Offset, Size: src.Size}}, src.Extents...) {
+		if c.Size <= 0 {
+			return malformed("%s: a range of %d bytes at %d", c.Path, c.Size, c.Offset)
+		}
+		if err := checkRange(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// stageExtents writes the extents of the VMDK descriptor src names inside
+// an archive into dir (extent-N.vmdk, FLAT ones their range only) under a
+// descriptor of its own (disk.vmdk), and returns the Source reading it,
+// checked like any descriptor and its extents.
+func stageExtents(ctx context.Context, src Source, dir string, progress func(float64)) (Source, error) {
+	if err := checkExtentRanges(src); err != nil {
+		return Source{}, err
+	}
+	f, err := os.Open(src.Path)
+	if err != nil {
+		return Source{}, err
+	}
+	defer f.Close()
+	desc := image{r: io.NewSectionReader(f, src.Offset, src.Size), size: src.Size, name: filepath.Base(src.Path), delta: src.Base != nil}
+	extents, err := parseVMDKDescriptor(desc)
+	if err != nil {
+		return Source{}, err
+	}
+	if len(extents) != len(src.Extents) {
+		return Source{}, malformed("%s: the VMDK descriptor has %d extents, the source gives %d", desc.name, len(extents), len(src.Extents))
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return Source{}, err
+	}
+	var total, done int64
+	for _, c := range src.Extents {
+		total += c.Size
+	}
+	var b strings.Builder
+	b.WriteString("# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"twoGbMaxExtentSparse\"\n\n# Extent description\n")
+	for i, e := range extents {
+		name := fmt.Sprintf("extent-%d.vmdk", i)
+		c := src.Extents[i]
+		if err := copyRange(ctx, f, c, filepath.Join(dir, name)); err != nil {
+			return Source{}, err
+		}
+		done += c.Size
+		progress(0.99 * float64(done) / float64(max(total, 1)))
+		switch e.kind {
+		case "FLAT", "VMFS":
+			fmt.Fprintf(&b, "RW %d FLAT \"%s\" 0\n", e.sectors, name)
+		default:
+			fmt.Fprintf(&b, "RW %d %s \"%s\"\n", e.sectors, e.kind, name)
+		}
+	}
+	staged := src
+	staged.Path, staged.Offset, staged.Size, staged.Extents = filepath.Join(dir, "disk.vmdk"), 0, 0, nil
+	if err := os.WriteFile(staged.Path, []byte(b.String()), 0o600); err != nil {
+		return Source{}, err
+	}
+	if err := checkOneSource(staged); err != nil {
+		return Source{}, err
+	}
+	return staged, nil
+}
+
+// copyRange copies the range c of f (c.Path) to a new file at to.
+func copyRange(ctx context.Context, f *os.File, c Chunk, to string) error {
+	if c.Path != f.Name() {
+		g, err := os.Open(c.Path)
+		if err != nil {
+			return err
+		}
+		defer g.Close()
+		f = g
+	}
+	out, err := os.OpenFile(to, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.CopyBuffer(out, ctxReader{ctx, io.NewSectionReader(f, c.Offset, c.Size)}, make([]byte, 1<<20))
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

@@ -96,7 +96,7 @@ func (a applianceFiles) planVM(ctx context.Context, env *ovfEnvelope, sys *ovfNo
 				return Plan{}, err
 			}
 		}
-		src.Name = names[i]
+		src.Name, src.Bus = names[i], d.bus
 		p.Disks = append(p.Disks, src)
 	}
 	if len(p.Disks) == 0 {

@@ -38,6 +38,9 @@ type Source struct {
 	// in Path; 0,0 otherwise.
 	Offset, Size int64
 	VirtualSize  int64
+	// Bus is the bus the appliance attaches the disk on, as Hangar has
+	// it: "sata" for an IDE or SATA controller, "" for the default.
+	Bus string
 	// Base is the disk this one is a delta of (OVF ovf:parentRef): blocks
 	// the delta does not hold read from Base. Convert writes the flattened
 	// chain as one qcow2.

@@ -31,12 +31,16 @@ var ovfNamespaces = []string{ovfNS1, ovfNS2, ovfNS09}
 // rasd ResourceType values (CIM_ResourceAllocationSettingData).
 const (
 	rasdOther     = 1
+	rasdIDE       = 5
 	rasdProcessor = 3
 	rasdMemory    = 4
 	rasdEthernet  = 10
 	rasdCD        = 15
 	rasdDVD       = 16
 	rasdDiskDrive = 17
+	// rasdOtherStorage is "other storage device": SATA controllers
+	// (ResourceSubType AHCI, vmware.sata.ahci)
+	rasdOtherStorage = 20
 )
 
 // ovfEnvelope is the part of an OVF descriptor an import uses. Element and
@@ -97,6 +101,7 @@ type ovfNode struct {
 	Colls    []ovfNode      `xml:"VirtualSystemCollection"`
 	Content  []ovfNode      `xml:"Content"`
 	Startup  []ovfStartup   `xml:"StartupSection>Item"`
+	VBox     []vboxMachine  `xml:"Machine"`
 	Sections []ovfSection   `xml:",any"`
 	Legacy   []ovfSection09 `xml:"Section"`
 }
@@ -129,11 +134,31 @@ type ovfStartup struct {
 }
 
 type ovfHardware struct {
-	Configuration string       `xml:"configuration,attr"`
-	Items         []ovfItem    `xml:"Item"`
-	Ports         []ovfItem    `xml:"EthernetPortItem"`
-	Storage       []ovfItem    `xml:"StorageItem"`
-	Other         []ovfSection `xml:",any"`
+	Configuration string        `xml:"configuration,attr"`
+	Items         []ovfItem     `xml:"Item"`
+	Ports         []ovfItem     `xml:"EthernetPortItem"`
+	Storage       []ovfItem     `xml:"StorageItem"`
+	Config        []ovfConfigKV `xml:"Config"`
+	Other         []ovfSection  `xml:",any"`
+}
+
+// ovfConfigKV is a vmw:Config key/value of the hardware, as vCenter and
+// ovftool write them ("firmware" = "efi").
+type ovfConfigKV struct {
+	XMLName  xml.Name
+	Required string `xml:"required,attr"`
+	Key      string `xml:"key,attr"`
+	Value    string `xml:"value,attr"`
+}
+
+// vboxMachine is the part of VirtualBox's vbox:Machine section an import
+// reads: the firmware.
+type vboxMachine struct {
+	XMLName  xml.Name
+	Required string `xml:"required,attr"`
+	Firmware struct {
+		Type string `xml:"type,attr"`
+	} `xml:"Hardware>Firmware"`
 }
 
 // ovfSection is any other element: only its name and ovf:required matter.
@@ -319,11 +344,19 @@ type walker struct {
 // required sections.
 func (w *walker) collect(n *ovfNode) error {
 	w.fromLegacy(n)
-	if err := checkRequired(w.name, n.Sections); err != nil {
+	secs := slices.Clone(n.Sections)
+	for _, m := range n.VBox {
+		secs = append(secs, ovfSection{XMLName: m.XMLName, Required: m.Required})
+	}
+	if err := checkRequired(w.name, secs); err != nil {
 		return err
 	}
 	for _, h := range n.Hardware {
-		if err := checkRequired(w.name, h.Other); err != nil {
+		other := slices.Clone(h.Other)
+		for _, c := range h.Config {
+			other = append(other, ovfSection{XMLName: c.XMLName, Required: c.Required})
+		}
+		if err := checkRequired(w.name, other); err != nil {
 			return err
 		}
 	}
@@ -518,6 +551,7 @@ type drive struct {
 	bases    []ovfDisk // disk's parent (ovf:parentRef), its parent…
 	capacity int64
 	item     string
+	bus      string // "sata" on an IDE or SATA controller, "" for the default
 }
 
 // plan fills a Plan's name, virtual hardware and NICs from the
@@ -529,6 +563,9 @@ func (env *ovfEnvelope) plan(sys *ovfNode, name, fallback string) (Plan, []drive
 		vmName = env.vapp + "-" + vmName
 	}
 	p := Plan{Name: dnsLabel(vmName), DeploymentOption: env.option, DeploymentOptions: env.optionIDs()}
+	if err := env.checkFirmware(name, sys); err != nil {
+		return p, nil, err
+	}
 	if env.vapp != "" {
 		p.VApp = dnsLabel(env.vapp)
 		if n, ok := env.order[sys]; ok {
@@ -606,7 +643,7 @@ func (env *ovfEnvelope) plan(sys *ovfNode, name, fallback string) (Plan, []drive
 				for _, b := range bases {
 					based[b.ID] = true
 				}
-				drives = append(drives, drive{disk: d, bases: bases, item: label})
+				drives = append(drives, drive{disk: d, bases: bases, item: label, bus: busOf(byID[strings.TrimSpace(it.Parent)])})
 			case fileID != "":
 				if _, ok := env.file(fileID); !ok {
 					return p, nil, malformed("%s: OVF item %q: HostResource names file %q, which References does not hold", name, label, fileID)
@@ -616,13 +653,13 @@ func (env *ovfEnvelope) plan(sys *ovfNode, name, fallback string) (Plan, []drive
 					return p, nil, malformed("%s: OVF file %q is attached by two drives (items %q and %q); a disk backs one drive only", name, fileID, prev, label)
 				}
 				attached[key] = label
-				drives = append(drives, drive{disk: ovfDisk{ID: fileID, FileRef: fileID}, item: label})
+				drives = append(drives, drive{disk: ovfDisk{ID: fileID, FileRef: fileID}, item: label, bus: busOf(byID[strings.TrimSpace(it.Parent)])})
 			default: // a new blank disk of the item's capacity
 				b, err := quantityBytes(it.Quantity, it.Units, "byte")
 				if strings.TrimSpace(it.Quantity) == "" || err != nil || b <= 0 || b%512 != 0 {
 					return p, nil, malformed("%s: OVF disk drive %q has no HostResource and no usable capacity (%q %q)", name, label, it.Quantity, it.Units)
 				}
-				drives = append(drives, drive{disk: ovfDisk{ID: label}, capacity: b, item: label})
+				drives = append(drives, drive{disk: ovfDisk{ID: label}, capacity: b, item: label, bus: busOf(byID[strings.TrimSpace(it.Parent)])})
 			}
 		case rasdCD, rasdDVD:
 			if fileID != "" {
@@ -726,6 +763,42 @@ func hostResource(name string, it ovfItem) (disk, file string, err error) {
 		return "", h[len("/file/"):], nil
 	}
 	return "", "", malformed("%s: OVF item %q: HostResource %q is not ovf:/disk/ID or ovf:/file/ID", name, firstNonEmpty(it.ElementName, it.InstanceID), it.HostResource[0])
+}
+
+// busOf is the Hangar bus closest to the controller a disk drive sits on:
+// sata for IDE (ResourceType 5) and SATA (20 with an AHCI subtype) ones,
+// which every guest has a driver for; "" (virtio) for SCSI and the rest.
+func busOf(controller ovfItem) string {
+	rt, err := strconv.Atoi(strings.TrimSpace(controller.ResourceType))
+	switch {
+	case err != nil:
+		return ""
+	case rt == rasdIDE, rt == rasdOtherStorage && strings.Contains(strings.ToLower(controller.SubType), "ahci"):
+		return "sata"
+	}
+	return ""
+}
+
+// checkFirmware refuses a VM that asks for UEFI firmware (vCenter's
+// vmw:Config firmware=efi, VirtualBox's Firmware type EFI…): Hangar VMs
+// boot with BIOS, and such a guest would not boot.
+func (env *ovfEnvelope) checkFirmware(name string, sys *ovfNode) error {
+	for _, hw := range sys.Hardware {
+		if !env.applies(hw.Configuration) {
+			continue
+		}
+		for _, c := range hw.Config {
+			if strings.TrimSpace(c.Key) == "firmware" && !strings.EqualFold(strings.TrimSpace(c.Value), "bios") {
+				return malformed("%s: OVF VM %q asks for %s firmware (vmw:Config firmware=%q); Hangar VMs boot with BIOS only", name, firstNonEmpty(sys.Name, sys.ID), c.Value, c.Value)
+			}
+		}
+	}
+	for _, m := range sys.VBox {
+		if t := strings.TrimSpace(m.Firmware.Type); t != "" && !strings.EqualFold(t, "BIOS") {
+			return malformed("%s: OVF VM %q asks for %s firmware (vbox:Machine Firmware type=%q); Hangar VMs boot with BIOS only", name, firstNonEmpty(sys.Name, sys.ID), t, t)
+		}
+	}
+	return nil
 }
 
 func isNVDIMM(it ovfItem) bool {

@@ -117,6 +117,7 @@ type wantDisk struct {
 	size  int64
 	blank bool
 	bases string // the names of its Base chain, "a>b"
+	bus   string
 }
 
 func TestOVFPlans(t *testing.T) {
@@ -269,6 +270,25 @@ func TestOVFPlans(t *testing.T) {
 		{name: "Section element in OVF 1.x is an unknown section", ovf: envOpen1 + refsA + strings.Replace(vs("web", diskA), "<Info>a vm</Info>",
 			`<Info>a vm</Info><Section xsi:type="ovf:VirtualHardwareSection_Type" ovf:required="true"><Info>hw</Info></Section>`, 1) + "</Envelope>",
 			err: `x.ovf: OVF section Section (namespace "http://schemas.dmtf.org/ovf/envelope/1") is marked ovf:required="true" and Hangar does not support it`},
+		{name: "IDE and SATA controllers give sata disks", ovf: envOpen1 + refsAB + vs("web", scsi, ideCtl, sataCtl,
+			strings.Replace(diskA, "<rasd:Parent>3</rasd:Parent>", "<rasd:Parent>4</rasd:Parent>", 1),
+			strings.Replace(diskB, "<rasd:Parent>3</rasd:Parent>", "<rasd:Parent>5</rasd:Parent>", 1),
+			`<Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:ElementName>Hard disk 3</rasd:ElementName><rasd:InstanceID>12</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType><rasd:VirtualQuantity>1</rasd:VirtualQuantity></Item>
+`) + "</Envelope>",
+			disks: []wantDisk{{name: "da", size: fixtureSize, bus: "sata"}, {name: "db", size: 4 << 20, bus: "sata"}, {name: "hard-disk-3", size: 1 << 20, blank: true}}},
+		{name: "VirtualBox export", ovf: vboxOVF("BIOS"), vmName: "debian-vbox", cpus: 1, mem: 1024,
+			disks: []wantDisk{{name: "vmdisk1", size: fixtureSize, bus: "sata"}}, nics: []wantNIC{{"NAT", "08:00:27:aa:bb:cc"}}},
+		{name: "VirtualBox EFI export", ovf: vboxOVF("EFI"),
+			err: `x.ovf: OVF VM "debian-vbox" asks for EFI firmware (vbox:Machine Firmware type="EFI"); Hangar VMs boot with BIOS only`},
+		{name: "vCenter EFI firmware", ovf: envOpen1 + refsA + vs("web", diskA, `<vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>
+`) + "</Envelope>",
+			err: `x.ovf: OVF VM "web" asks for efi firmware (vmw:Config firmware="efi"); Hangar VMs boot with BIOS only`},
+		{name: "vCenter BIOS firmware and other settings", ovf: envOpen1 + refsA + vs("web", diskA, `<vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="bios"/><vmw:Config ovf:required="false" vmw:key="tools.syncTimeWithHost" vmw:value="false"/>
+`) + "</Envelope>",
+			disks: []wantDisk{da}},
+		{name: "required vmw:Config", ovf: envOpen1 + refsA + vs("web", diskA, `<vmw:Config ovf:required="true" vmw:key="nestedHVEnabled" vmw:value="true"/>
+`) + "</Envelope>",
+			err: `x.ovf: OVF section Config (namespace "http://www.vmware.com/schema/ovf") is marked ovf:required="true" and Hangar does not support it`},
 		{name: "OVF 2 EthernetPortItem and StorageItem", ovf: envOpen2 + refsA + `  <VirtualSystem ovf:id="v2"><Info>a vm</Info>
     <VirtualHardwareSection><Info>hw</Info>
       <Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>3</rasd:VirtualQuantity></Item>
@@ -310,7 +330,7 @@ func TestOVFPlans(t *testing.T) {
 				for b := d.Base; b != nil; b = b.Base {
 					bases = append(bases, b.Name)
 				}
-				disks = append(disks, wantDisk{d.Name, d.VirtualSize, d.Path == "", strings.Join(bases, ">")})
+				disks = append(disks, wantDisk{d.Name, d.VirtualSize, d.Path == "", strings.Join(bases, ">"), d.Bus})
 			}
 			if !slices.Equal(disks, c.disks) {
 				t.Errorf("disks %+v, want %+v", disks, c.disks)
@@ -499,6 +519,49 @@ var deployVS = vs("app", scsi, diskA,
 <Item ovf:configuration="large"><rasd:AllocationUnits>byte * 2^30</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>14</rasd:VirtualQuantity></Item>
 <Item ovf:configuration="large"><rasd:ElementName>Hard disk 2</rasd:ElementName><rasd:HostResource>ovf:/disk/db</rasd:HostResource><rasd:InstanceID>11</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
 `)
+
+// ideCtl and sataCtl are the controllers VMware and VirtualBox write for
+// IDE (InstanceID 4) and SATA (5) disks.
+const (
+	ideCtl  = `<Item><rasd:Address>0</rasd:Address><rasd:ElementName>IDE 0</rasd:ElementName><rasd:InstanceID>4</rasd:InstanceID><rasd:ResourceType>5</rasd:ResourceType></Item>
+`
+	sataCtl = `<Item><rasd:Address>0</rasd:Address><rasd:ElementName>SATA Controller 0</rasd:ElementName><rasd:InstanceID>5</rasd:InstanceID><rasd:ResourceSubType>vmware.sata.ahci</rasd:ResourceSubType><rasd:ResourceType>20</rasd:ResourceType></Item>
+`
+)
+
+// vboxOVF is an OVF 1.0 as VirtualBox exports it: Caption and ElementName,
+// an AHCI controller holding the disk, a NAT NIC with its MAC, and the
+// machine's own settings in vbox:Machine (firmware given).
+func vboxOVF(firmware string) string {
+	return `<?xml version="1.0"?>
+<Envelope ovf:version="1.0" xml:lang="en-US" xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
+  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"
+  xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:vbox="http://www.virtualbox.org/ovf/machine">
+  <References><File ovf:id="file1" ovf:href="a.vmdk"/></References>
+  <DiskSection><Info>List of the virtual disks used in the package</Info>
+    <Disk ovf:capacity="8388608" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized" vbox:uuid="2d3c0a4e-0000-4000-8000-000000000001"/>
+  </DiskSection>
+  <NetworkSection><Info>Logical networks used in the package</Info><Network ovf:name="NAT"><Description>Logical network used by this appliance.</Description></Network></NetworkSection>
+  <VirtualSystem ovf:id="debian-vbox">
+    <Info>A virtual machine</Info>
+    <OperatingSystemSection ovf:id="96"><Info>The kind of installed guest operating system</Info><Description>Debian_64</Description><vbox:OSType ovf:required="false">Debian_64</vbox:OSType></OperatingSystemSection>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware requirements for a virtual machine</Info>
+      <System><vssd:ElementName>Virtual Hardware Family</vssd:ElementName><vssd:InstanceID>0</vssd:InstanceID><vssd:VirtualSystemIdentifier>debian-vbox</vssd:VirtualSystemIdentifier><vssd:VirtualSystemType>virtualbox-2.2</vssd:VirtualSystemType></System>
+      <Item><rasd:Caption>1 virtual CPU</rasd:Caption><rasd:Description>Number of virtual CPUs</rasd:Description><rasd:ElementName>1 virtual CPU</rasd:ElementName><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>1</rasd:VirtualQuantity></Item>
+      <Item><rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits><rasd:Caption>1024 MB of memory</rasd:Caption><rasd:ElementName>1024 MB of memory</rasd:ElementName><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>1024</rasd:VirtualQuantity></Item>
+      <Item><rasd:Address>0</rasd:Address><rasd:Caption>ideController0</rasd:Caption><rasd:ElementName>ideController0</rasd:ElementName><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceSubType>PIIX4</rasd:ResourceSubType><rasd:ResourceType>5</rasd:ResourceType></Item>
+      <Item><rasd:Address>0</rasd:Address><rasd:Caption>sataController0</rasd:Caption><rasd:ElementName>sataController0</rasd:ElementName><rasd:InstanceID>5</rasd:InstanceID><rasd:ResourceSubType>AHCI</rasd:ResourceSubType><rasd:ResourceType>20</rasd:ResourceType></Item>
+      <Item><rasd:AutomaticAllocation>true</rasd:AutomaticAllocation><rasd:Caption>Ethernet adapter on 'NAT'</rasd:Caption><rasd:Connection>NAT</rasd:Connection><rasd:ElementName>Ethernet adapter on 'NAT'</rasd:ElementName><rasd:InstanceID>6</rasd:InstanceID><rasd:ResourceSubType>E1000</rasd:ResourceSubType><rasd:ResourceType>10</rasd:ResourceType><rasd:Address>080027AABBCC</rasd:Address></Item>
+      <Item><rasd:AddressOnParent>0</rasd:AddressOnParent><rasd:Caption>disk1</rasd:Caption><rasd:Description>Disk Image</rasd:Description><rasd:ElementName>disk1</rasd:ElementName><rasd:HostResource>/disk/vmdisk1</rasd:HostResource><rasd:InstanceID>7</rasd:InstanceID><rasd:Parent>5</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+    </VirtualHardwareSection>
+    <vbox:Machine ovf:required="false" version="1.16-linux" uuid="{2d3c0a4e-0000-4000-8000-000000000002}" name="debian-vbox">
+      <ovf:Info>Complete VirtualBox machine configuration in VirtualBox format</ovf:Info>
+      <Hardware><CPU count="1"/><Memory RAMSize="1024"/><Firmware type="` + firmware + `"/></Hardware>
+    </vbox:Machine>
+  </VirtualSystem>
+</Envelope>`
+}
 
 // ovf09 is an OVF 0.9 envelope (VMware's pre-DMTF namespace, as ESX 3.5
 // and VirtualBox's "legacy" export write it): sections are Section

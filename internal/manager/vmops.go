@@ -534,7 +534,7 @@ func importSpec(plan imports.Plan, args v1.ImportArgs, several bool) (v1.VMSpec,
 		spec.MemoryMiB = 512
 	}
 	for i, d := range plan.Disks {
-		disk := v1.Disk{Name: d.Name}
+		disk := v1.Disk{Name: d.Name, Bus: d.Bus}
 		if len(disk.Name) > vm.MaxDiskName || vm.ValidateName("name", disk.Name) != nil {
 			disk.Name = fmt.Sprintf("disk%d", i)
 		}

@@ -105,40 +105,31 @@ func convertImage(ctx context.Context, src Source, part string, progress func(fl
 }
 
 // convertLink converts one disk of a chain into part: the first (base)
-// one, or a delta over what part holds. A chunked or compressed file is
-// written out decoded beside part first (half the progress) and removed
-// after.
+// one, or a delta over what part holds. A chunked or compressed file, or
+// the extents of a descriptor inside an archive, are written out beside
+// part first (half the progress) and removed after.
 func convertLink(ctx context.Context, src Source, part string, first bool, progress func(float64)) (err error) {
-	if len(src.Extents) > 0 {
-		dir := part + ".src.d"
-		if err := os.RemoveAll(dir); err != nil {
-			return err
-		}
-		defer func() {
-			if rerr := os.RemoveAll(dir); rerr != nil && err == nil {
-				err = rerr
-			}
-		}()
-		if src, err = stageExtents(ctx, src, dir, func(v float64) { progress(v / 2) }); err != nil {
-			return err
-		}
-		whole := progress
-		progress = func(v float64) { whole(0.5 + v/2) }
+	var write func(context.Context, Source, string, func(float64)) (Source, error)
+	var path string
+	switch {
+	case len(src.Extents) > 0: // a descriptor's extents inside an archive
+		write, path = stageExtents, part+".src.d"
+	case src.encoded() && !src.joinable():
+		write, path = stage, part+".src"
 	}
-	if src.encoded() && !src.joinable() {
-		file := part + ".src"
-		if err := removeIfExists(file); err != nil {
+	if write != nil {
+		if err := os.RemoveAll(path); err != nil {
 			return err
 		}
 		defer func() {
-			if rerr := removeIfExists(file); rerr != nil && err == nil {
+			if rerr := os.RemoveAll(path); rerr != nil && err == nil {
 				err = rerr
 			}
 		}()
-		if src, err = stage(ctx, src, file, func(v float64) { progress(v / 2) }); err != nil {
+		whole := progress
+		if src, err = write(ctx, src, path, func(v float64) { whole(v / 2) }); err != nil {
 			return err
 		}
-		whole := progress
 		progress = func(v float64) { whole(0.5 + v/2) }
 	}
 	if first {

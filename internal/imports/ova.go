@@ -210,24 +210,15 @@ func (o *ova) extentDisk(desc image) (image, Source, string, error) {
 	var raw image
 	var src Source
 	for i, e := range extents {
-		name := path.Join(path.Dir(desc.name), e.file)
-		if err := checkHref(e.file); err != nil {
-			return image{}, Source{}, "", malformed("%s: VMDK extent %q %v", desc.name, e.file, err)
-		}
 		if e.kind == "SPARSE" {
 			// qemu opens a SPARSE extent only through a descriptor naming
 			// files: Convert writes the extents out beside the volume
 			return o.sparseExtents(desc, extents)
 		}
-		m, err := o.member(name)
+		name, c, err := o.extent(desc.name, e)
 		if err != nil {
 			return image{}, Source{}, "", err
 		}
-		c, err := extentRange(desc.name, e, image{r: io.NewSectionReader(o.f, m.offset, m.size), size: m.size, name: name})
-		if err != nil {
-			return image{}, Source{}, "", err
-		}
-		c.Path, c.Offset = o.path, m.offset+c.Offset
 		if i == 0 {
 			raw = image{r: io.NewSectionReader(o.f, c.Offset, c.Size), size: c.Size, name: name}
 			src = Source{Path: o.path, Format: "raw", Offset: c.Offset, Size: c.Size}
@@ -260,19 +251,10 @@ func (o *ova) sparseExtents(desc image, extents []vmdkExtent) (image, Source, st
 	src := Source{Path: o.path, Format: "vmdk", Offset: m.offset, Size: m.size}
 	im := desc
 	for i, e := range extents {
-		name := path.Join(path.Dir(desc.name), e.file)
-		if err := checkHref(e.file); err != nil {
-			return image{}, Source{}, "", malformed("%s: VMDK extent %q %v", desc.name, e.file, err)
-		}
-		em, err := o.member(name)
+		name, c, err := o.extent(desc.name, e)
 		if err != nil {
 			return image{}, Source{}, "", err
 		}
-		c, err := extentRange(desc.name, e, image{r: io.NewSectionReader(o.f, em.offset, em.size), size: em.size, name: name})
-		if err != nil {
-			return image{}, Source{}, "", err
-		}
-		c.Path, c.Offset = o.path, em.offset+c.Offset
 		src.Extents = append(src.Extents, c)
 		src.VirtualSize += e.sectors * 512
 		if i == 0 {
@@ -285,6 +267,22 @@ func (o *ova) sparseExtents(desc image, extents []vmdkExtent) (image, Source, st
 		return image{}, Source{}, "", malformed("%s: VMDK extents of %d bytes in all: out of range", desc.name, src.VirtualSize)
 	}
 	return im, src, "", nil
+}
+
+// extent is the member holding the extent e of the descriptor desc (named
+// relative to it) and the range of the archive e reads, checked.
+func (o *ova) extent(desc string, e vmdkExtent) (string, Chunk, error) {
+	name := path.Join(path.Dir(desc), e.file)
+	if err := checkHref(e.file); err != nil {
+		return "", Chunk{}, malformed("%s: VMDK extent %q %v", desc, e.file, err)
+	}
+	m, err := o.member(name)
+	if err != nil {
+		return "", Chunk{}, err
+	}
+	c, err := extentRange(desc, e, image{r: io.NewSectionReader(o.f, m.offset, m.size), size: m.size, name: name})
+	c.Path, c.Offset = o.path, m.offset+c.Offset
+	return name, c, err
 }
 
 // extentRange checks the extent e of the descriptor desc held by ext and

@@ -133,7 +133,8 @@ func newImport(g *globals) *cobra.Command {
 	var option, vmName, onHost string
 	imp := opCmd(g, &cobra.Command{Use: "import FILE", Short: "Create a VM from an OVA/OVF, VMDK, VHD, VHDX, qcow2 or raw image, or a block device (P2V)",
 		Long: `Create a VM from a foreign disk or appliance: an OVA, an OVF or a directory holding one
-(CPUs, memory, disks and NICs from its descriptor; delta disks are flattened), a VMDK,
+(OVF 1.x, 2.x or VMware's 0.9; CPUs, memory, disks and NICs from its descriptor; delta disks
+are flattened; gzip-compressed and chunked files are read; UEFI guests are refused), a VMDK,
 VHD, VHDX, qcow2 or raw image, or a block device such as /dev/sdb (P2V). The disks are converted into new qcow2 volumes; the source is not changed.
 An appliance's NICs keep their order and MACs; --network maps each OVF network to a host
 bridge (or "user"), and NICs of unmapped networks become user-mode NICs, with a warning.

@@ -78,7 +78,7 @@ func chunkNames(f ovfFile, pkg pkgFiles) ([]string, error) {
 // encodedDisk plans the OVF disk d whose file f is chunked or compressed:
 // its bytes are read once, decoded, for the format and virtual size their
 // header gives.
-func encodedDisk(f ovfFile, d ovfDisk, pkg pkgFiles) (Source, error) {
+func encodedDisk(ctx context.Context, f ovfFile, d ovfDisk, pkg pkgFiles) (Source, error) {
 	capacity, err := quantityBytes(d.Capacity, d.Units, "byte")
 	if f.Compression == "gzip" && (err != nil || capacity <= 0 || capacity > maxVMDKSectors*512) {
 		return Source{}, malformed("OVF disk %q: file %q is gzip-compressed and needs a valid ovf:capacity to bound what it decodes to (got %q %q)", d.ID, f.Href, d.Capacity, d.Units)
@@ -102,7 +102,7 @@ func encodedDisk(f ovfFile, d ovfDisk, pkg pkgFiles) (Source, error) {
 	if err := checkEncoded(src, f.Href); err != nil {
 		return Source{}, err
 	}
-	im, err := scanDecoded(src, f.Href)
+	im, err := scanDecoded(ctx, src, f.Href)
 	if err != nil {
 		return Source{}, err
 	}
@@ -304,9 +304,9 @@ func (p *progressWriter) Write(b []byte) (int, error) {
 // scanDecoded reads src's file once and keeps its start and end: an image
 // whose reads there answer (format detection and headers) and elsewhere
 // fail as truncated.
-func scanDecoded(src Source, name string) (image, error) {
+func scanDecoded(ctx context.Context, src Source, name string) (image, error) {
 	ht := &headTail{}
-	n, err := copyDecoded(context.Background(), src, name, ht, func(float64) {})
+	n, err := copyDecoded(ctx, src, name, ht, func(float64) {})
 	if err != nil {
 		return image{}, err
 	}

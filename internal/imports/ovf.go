@@ -102,6 +102,7 @@ type ovfNode struct {
 	Content  []ovfNode      `xml:"Content"`
 	Startup  []ovfStartup   `xml:"StartupSection>Item"`
 	VBox     []vboxMachine  `xml:"Machine"`
+	Products []ovfProduct   `xml:"ProductSection"`
 	Sections []ovfSection   `xml:",any"`
 	Legacy   []ovfSection09 `xml:"Section"`
 }
@@ -135,6 +136,7 @@ type ovfStartup struct {
 
 type ovfHardware struct {
 	Configuration string        `xml:"configuration,attr"`
+	Transport     string        `xml:"transport,attr"` // how the OVF environment reaches the guest ("iso", "com.vmware.guestInfo")
 	Items         []ovfItem     `xml:"Item"`
 	Ports         []ovfItem     `xml:"EthernetPortItem"`
 	Storage       []ovfItem     `xml:"StorageItem"`
@@ -149,6 +151,15 @@ type ovfConfigKV struct {
 	Required string `xml:"required,attr"`
 	Key      string `xml:"key,attr"`
 	Value    string `xml:"value,attr"`
+}
+
+// ovfProduct is a ProductSection: its properties make the OVF environment
+// an appliance reads at first boot.
+type ovfProduct struct {
+	Required   string `xml:"required,attr"`
+	Properties []struct {
+		Key string `xml:"key,attr"`
+	} `xml:"Property"`
 }
 
 // vboxMachine is the part of VirtualBox's vbox:Machine section an import
@@ -347,6 +358,9 @@ func (w *walker) collect(n *ovfNode) error {
 	secs := slices.Clone(n.Sections)
 	for _, m := range n.VBox {
 		secs = append(secs, ovfSection{XMLName: m.XMLName, Required: m.Required})
+	}
+	for range n.Products {
+		secs = append(secs, ovfSection{XMLName: xml.Name{Space: ovfNS1, Local: "ProductSection"}}) // known
 	}
 	if err := checkRequired(w.name, secs); err != nil {
 		return err
@@ -579,6 +593,9 @@ func (env *ovfEnvelope) plan(sys *ovfNode, name, fallback string) (Plan, []drive
 		p.Warnings = append(p.Warnings, fmt.Sprintf("OVF deployment option %q imported, the appliance's default; it also offers %s (--deployment-option)",
 			env.option, strings.Join(others, ", ")))
 	}
+	if w := environmentWarning(env, sys); w != "" {
+		p.Warnings = append(p.Warnings, w)
+	}
 	use := env.items(sys)
 	byID := map[string]ovfItem{}
 	for _, it := range use {
@@ -799,6 +816,27 @@ func (env *ovfEnvelope) checkFirmware(name string, sys *ovfNode) error {
 		}
 	}
 	return nil
+}
+
+// environmentWarning says when the VM expects its OVF environment (the
+// ProductSection properties, through ovf:transport) which Hangar does not
+// deliver: such an appliance may wait to be configured.
+func environmentWarning(env *ovfEnvelope, sys *ovfNode) string {
+	var transports []string
+	for _, hw := range sys.Hardware {
+		if t := strings.TrimSpace(hw.Transport); t != "" && env.applies(hw.Configuration) {
+			transports = append(transports, t)
+		}
+	}
+	n := 0
+	for _, p := range sys.Products {
+		n += len(p.Properties)
+	}
+	if len(transports) == 0 || n == 0 {
+		return ""
+	}
+	return fmt.Sprintf("OVF VM %q reads %d ProductSection properties through ovf:transport %q: Hangar does not deliver an OVF environment, so set them in the guest yourself",
+		firstNonEmpty(sys.Name, sys.ID), n, strings.Join(transports, " "))
 }
 
 func isNVDIMM(it ovfItem) bool {

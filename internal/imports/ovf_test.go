@@ -289,6 +289,13 @@ func TestOVFPlans(t *testing.T) {
 		{name: "required vmw:Config", ovf: envOpen1 + refsA + vs("web", diskA, `<vmw:Config ovf:required="true" vmw:key="nestedHVEnabled" vmw:value="true"/>
 `) + "</Envelope>",
 			err: `x.ovf: OVF section Config (namespace "http://www.vmware.com/schema/ovf") is marked ovf:required="true" and Hangar does not support it`},
+		{name: "ProductSection properties over a transport", ovf: envOpen1 + refsA + strings.NewReplacer("<VirtualHardwareSection>", `<VirtualHardwareSection ovf:transport="com.vmware.guestInfo iso">`,
+			"<Info>a vm</Info>", `<Info>a vm</Info><ProductSection><Info>appliance settings</Info><Product>Appliance</Product><Category>Network</Category>
+<Property ovf:key="ip0" ovf:type="string" ovf:userConfigurable="true"/><Property ovf:key="dns" ovf:type="string" ovf:userConfigurable="true"/></ProductSection>`).Replace(vs("web", diskA)) + "</Envelope>",
+			disks: []wantDisk{da}, warnings: []string{`OVF VM "web" reads 2 ProductSection properties through ovf:transport "com.vmware.guestInfo iso": Hangar does not deliver an OVF environment`}},
+		{name: "ProductSection properties without a transport", ovf: envOpen1 + refsA + strings.Replace(vs("web", diskA),
+			"<Info>a vm</Info>", `<Info>a vm</Info><ProductSection><Info>p</Info><Property ovf:key="version" ovf:type="string" ovf:value="1.2"/></ProductSection>`, 1) + "</Envelope>",
+			disks: []wantDisk{da}},
 		{name: "OVF 2 EthernetPortItem and StorageItem", ovf: envOpen2 + refsA + `  <VirtualSystem ovf:id="v2"><Info>a vm</Info>
     <VirtualHardwareSection><Info>hw</Info>
       <Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>3</rasd:VirtualQuantity></Item>

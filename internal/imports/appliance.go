@@ -218,7 +218,7 @@ func applianceDisk(ctx context.Context, env *ovfEnvelope, d ovfDisk, pkg pkgFile
 		return Source{}, malformed("OVF disk %q: fileRef %q matches no File", d.ID, d.FileRef)
 	}
 	if f.ChunkSize != "" || f.Compression == "gzip" {
-		return encodedDisk(ctx, f, d, pkg)
+		return encodedDisk(ctx, f, d, pkg, delta)
 	}
 	im, src, dir, err := pkg.disk(f.Href)
 	if err != nil {

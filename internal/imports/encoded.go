@@ -78,7 +78,7 @@ func chunkNames(f ovfFile, pkg pkgFiles) ([]string, error) {
 // encodedDisk plans the OVF disk d whose file f is chunked or compressed:
 // its bytes are read once, decoded, for the format and virtual size their
 // header gives.
-func encodedDisk(ctx context.Context, f ovfFile, d ovfDisk, pkg pkgFiles) (Source, error) {
+func encodedDisk(ctx context.Context, f ovfFile, d ovfDisk, pkg pkgFiles, delta bool) (Source, error) {
 	capacity, err := quantityBytes(d.Capacity, d.Units, "byte")
 	if f.Compression == "gzip" && (err != nil || capacity <= 0 || capacity > maxVMDKSectors*512) {
 		return Source{}, malformed("OVF disk %q: file %q is gzip-compressed and needs a valid ovf:capacity to bound what it decodes to (got %q %q)", d.ID, f.Href, d.Capacity, d.Units)
@@ -106,6 +106,7 @@ func encodedDisk(ctx context.Context, f ovfFile, d ovfDisk, pkg pkgFiles) (Sourc
 	if err != nil {
 		return Source{}, err
 	}
+	im.delta = delta
 	if src.Format, err = detectDisk(im, strings.ToLower(filepath.Ext(f.Href))); err != nil {
 		return Source{}, err
 	}
@@ -364,6 +365,11 @@ func headerSize(im image, format string) (int64, error) {
 		}
 		h, err := readVMDKHeader(im, 0)
 		if err != nil {
+			return 0, err
+		}
+		// the rest is checked once decoded (stage); a parent it names
+		// is refused now, from the start Inspect keeps
+		if err := checkNoParent(im, 0x200, min(parentDescSize, scanKeep-0x200)); err != nil {
 			return 0, err
 		}
 		if h.GDOffset == vmdkGDAtEnd && h.Capacity == 0 {

@@ -139,6 +139,9 @@ func TestEncodedFiles(t *testing.T) {
 	run(t, qemuImg, "create", "-q", "-f", "vmdk", "-o", "subformat=streamOptimized", big, "64M")
 	bigData, _ := os.ReadFile(big)
 	chunks := chunked("a.vmdk", so, 1<<20)
+	hintedPath := filepath.Join(dir, "hinted.vmdk")
+	run(t, qemuImg, "create", "-q", "-f", "vmdk", "-b", "a.vmdk", "-F", "vmdk", hintedPath)
+	hinted, _ := os.ReadFile(hintedPath)
 	bad := []struct {
 		name, href, attrs string
 		files             []tarEntry
@@ -164,6 +167,8 @@ func TestEncodedFiles(t *testing.T) {
 			"ovf:compression says gzip but the file is not gzip-compressed"},
 		{"corrupt gzip", "a.vmdk", `ovf:compression="gzip"`, []tarEntry{{"a.vmdk", append(gz[:len(gz)/2:len(gz)/2], gz[len(gz)/2+1:]...)}},
 			"a.vmdk: gzip: "},
+		{"compressed disk naming a parent", "a.vmdk", `ovf:compression="gzip"`, []tarEntry{{"a.vmdk", gzipped(t, hinted)}},
+			"a.vmdk: VMDK has a parent disk (parentFileNameHint): snapshots and linked clones are not supported"},
 		{"bzip2", "a.vmdk", `ovf:compression="bzip2"`, []tarEntry{{"a.vmdk", so}},
 			`x.ovf: OVF file "a.vmdk": ovf:compression "bzip2" is not supported (gzip is)`},
 		{"compressed descriptor", "d.vmdk", `ovf:compression="gzip"`, []tarEntry{{"d.vmdk", gzipped(t, descEntries(`RW 2048 FLAT "d-flat.vmdk" 0`)[0].data)}},

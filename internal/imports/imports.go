@@ -7,7 +7,10 @@
 // external data files, VMDK extents inside the import directory, OVF hrefs
 // and manifest checksums) and only then asks `qemu-img info`, always naming
 // the driver (-f), so an image cannot choose how it is opened. Disks inside an
-// OVA are read in place through a raw offset/size node, never extracted.
+// OVA are read in place through a raw offset/size node; what qemu cannot
+// read in place (a gzip-compressed or chunked OVF file, the SPARSE extents
+// of a descriptor in an OVA) Convert writes out beside the volume, checks
+// like any file and removes after the conversion.
 package imports
 
 import (

@@ -329,7 +329,30 @@ func TestImportRejectsMalformed(t *testing.T) {
 	if err := os.WriteFile(truncated, b[:len(b)/2], 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{junk, escape, truncated, filepath.Join(dir, "missing.vhd"), "relative.vmdk"} {
+	// a gzip bomb (64 MiB of zeroes as the disk of an 8 MiB capacity), a
+	// chunked file missing a chunk, a descriptor whose second extent leaves
+	// the OVA
+	var zeros bytes.Buffer
+	zw := gzip.NewWriter(&zeros)
+	zw.Write(make([]byte, 64<<20))
+	zw.Close()
+	encoded := func(name, attrs string, members ...tarMember) string {
+		p := filepath.Join(dir, name+".ova")
+		ovf := `<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
+  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData">
+  <References><File ovf:id="file1" ovf:href="disk.img" ` + attrs + `/></References>
+  <DiskSection><Info>disks</Info><Disk ovf:diskId="d1" ovf:fileRef="file1" ovf:capacity="8388608"/></DiskSection>
+  <VirtualSystem ovf:id="bad"><Info>a vm</Info><VirtualHardwareSection><Info>hw</Info>
+    <Item><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType><rasd:HostResource>ovf:/disk/d1</rasd:HostResource></Item>
+  </VirtualHardwareSection></VirtualSystem></Envelope>`
+		writeOVA(t, p, append([]tarMember{{name: name + ".ovf", data: []byte(ovf)}}, members...)...)
+		return p
+	}
+	bomb := encoded("bomb", `ovf:compression="gzip"`, tarMember{name: "disk.img", data: zeros.Bytes()})
+	gap := encoded("gap", `ovf:size="3072" ovf:chunkSize="1024"`, tarMember{name: "disk.img.000000000", data: make([]byte, 1024)}, tarMember{name: "disk.img.000000002", data: make([]byte, 1024)})
+	leaving := encoded("leaving", ``, tarMember{name: "disk.img", data: []byte("# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n" +
+		"RW 8 FLAT \"disk-flat.img\" 0\nRW 8 FLAT \"../disk-flat.img\" 0\n")}, tarMember{name: "disk-flat.img", data: make([]byte, 4096)})
+	for _, p := range []string{junk, escape, truncated, filepath.Join(dir, "missing.vhd"), "relative.vmdk", bomb, gap, leaving} {
 		_, err := s.c.Import(ctx, v1.ImportArgs{Path: p, Name: "bad"}, time.Minute)
 		var e *v1.Error
 		if !isCode(err, v1.CodeInvalidArgument) {
@@ -338,6 +361,9 @@ func TestImportRejectsMalformed(t *testing.T) {
 		}
 		if errors.As(err, &e) && e.Field != "path" {
 			t.Errorf("import %s: field %q", filepath.Base(p), e.Field)
+		}
+		if want := map[string]string{bomb: "decompresses to more than 9568256 bytes", gap: `chunk 2 of 3`, leaving: `VMDK extent "../disk-flat.img" leaves the package`}[p]; e != nil && !strings.Contains(e.Message, want) {
+			t.Errorf("import %s: %q, want one saying %q", filepath.Base(p), e.Message, want)
 		}
 	}
 	// An OVF (beside the OVA's disk) with more NICs than a VM may have.

@@ -607,6 +607,7 @@ func (env *ovfEnvelope) plan(sys *ovfNode, name, fallback string) (Plan, []drive
 	attached := map[string]string{} // disk id -> item
 	based := map[string]bool{}      // disks a drive's delta disk builds on
 	macs := map[string]bool{}
+	var models deviceModels
 	for _, it := range use {
 		rt, err := strconv.Atoi(strings.TrimSpace(it.ResourceType))
 		if err != nil {
@@ -642,7 +643,9 @@ func (env *ovfEnvelope) plan(sys *ovfNode, name, fallback string) (Plan, []drive
 			p.MemoryMiB = int(b >> 20)
 		case rasdEthernet:
 			p.NICs = append(p.NICs, p.nic(name, it, label, macs))
+			models.nic(it)
 		case rasdDiskDrive:
+			models.disk(byID[strings.TrimSpace(it.Parent)])
 			switch {
 			case diskID != "":
 				d, ok := env.disk(diskID)
@@ -683,6 +686,9 @@ func (env *ovfEnvelope) plan(sys *ovfNode, name, fallback string) (Plan, []drive
 				p.Warnings = append(p.Warnings, fmt.Sprintf("OVF %s %q holds file %q: CD/DVD media are not imported", "drive", label, fileID))
 			}
 		}
+	}
+	if w := models.warning(); w != "" {
+		p.Warnings = append(p.Warnings, w)
 	}
 	for _, d := range env.Disks {
 		if _, ok := attached[d.ID]; !ok && !based[d.ID] && env.users[d.ID] == nil {
@@ -795,6 +801,42 @@ func busOf(controller ovfItem) string {
 	}
 	return ""
 }
+
+// deviceModels gathers the OVF's device models Hangar replaces with
+// virtio ones: NIC models and the controllers of disks not on bus sata.
+type deviceModels struct{ nics, controllers []string }
+
+func (m *deviceModels) nic(it ovfItem) {
+	if t := strings.TrimSpace(it.SubType); t != "" && !strings.Contains(strings.ToLower(t), "virtio") && !slices.Contains(m.nics, t) {
+		m.nics = append(m.nics, t)
+	}
+}
+
+func (m *deviceModels) disk(controller ovfItem) {
+	t := strings.TrimSpace(controller.SubType)
+	if busOf(controller) == "" && t != "" && !strings.Contains(strings.ToLower(t), "virtio") && !slices.Contains(m.controllers, t) {
+		m.controllers = append(m.controllers, t)
+	}
+}
+
+// warning says which models become virtio ("" for none): a guest without
+// virtio drivers would not find its disks or network.
+func (m *deviceModels) warning() string {
+	var what []string
+	if len(m.controllers) > 0 {
+		what = append(what, "disks on "+strings.Join(m.controllers, ", ")+" controllers are virtio disks")
+	}
+	if len(m.nics) > 0 {
+		what = append(what, strings.Join(m.nics, ", ")+" NICs are virtio-net")
+	}
+	if len(what) == 0 {
+		return ""
+	}
+	return virtioWarning + strings.Join(what, "; ") + " (Hangar's models): a guest without virtio drivers will not find them"
+}
+
+// virtioWarning starts the warning of deviceModels.
+const virtioWarning = "OVF devices become virtio: "
 
 // checkFirmware refuses a VM that asks for UEFI firmware (vCenter's
 // vmw:Config firmware=efi, VirtualBox's Firmware type EFI…): Hangar VMs

@@ -276,7 +276,7 @@ func TestOVFPlans(t *testing.T) {
 			strings.Replace(diskB, "<rasd:Parent>3</rasd:Parent>", "<rasd:Parent>5</rasd:Parent>", 1),
 			`<Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:ElementName>Hard disk 3</rasd:ElementName><rasd:InstanceID>12</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType><rasd:VirtualQuantity>1</rasd:VirtualQuantity></Item>
 `) + "</Envelope>",
-			disks: []wantDisk{{name: "da", size: fixtureSize, bus: "sata"}, {name: "db", size: 4 << 20, bus: "sata"}, {name: "hard-disk-3", size: 1 << 20, blank: true}},
+			disks:    []wantDisk{{name: "da", size: fixtureSize, bus: "sata"}, {name: "db", size: 4 << 20, bus: "sata"}, {name: "hard-disk-3", size: 1 << 20, blank: true}},
 			warnings: []string{virtioWarning + "disks on lsilogic controllers are virtio disks (Hangar's models)"}},
 		{name: "VirtualBox export", ovf: vboxOVF("BIOS"), vmName: "debian-vbox", cpus: 1, mem: 1024,
 			disks: []wantDisk{{name: "vmdisk1", size: fixtureSize, bus: "sata"}}, nics: []wantNIC{{"NAT", "08:00:27:aa:bb:cc"}},

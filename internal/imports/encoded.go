@@ -199,7 +199,6 @@ type decoded struct {
 	files []*os.File
 	read  *countingBytes // compressed bytes consumed, for progress
 	total int64          // compressed bytes in all
-	name  string
 }
 
 type countingBytes struct {
@@ -222,15 +221,20 @@ func (d *decoded) Close() {
 // openDecoded opens src's ranges and joins them, through gzip when
 // compressed; name names the file in messages.
 func openDecoded(src Source, name string) (*decoded, error) {
-	d := &decoded{name: name}
+	d := &decoded{}
 	var readers []io.Reader
+	open := map[string]*os.File{} // the chunks of an OVA are all in it: opened once
 	for _, c := range src.parts() {
-		f, err := os.Open(c.Path)
-		if err != nil {
-			d.Close()
-			return nil, err
+		f := open[c.Path]
+		if f == nil {
+			var err error
+			if f, err = os.Open(c.Path); err != nil {
+				d.Close()
+				return nil, err
+			}
+			open[c.Path] = f
+			d.files = append(d.files, f)
 		}
-		d.files = append(d.files, f)
 		readers = append(readers, io.NewSectionReader(f, c.Offset, c.Size))
 		d.total += c.Size
 	}

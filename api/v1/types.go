@@ -97,6 +97,9 @@ type VMSpec struct {
 	PreferredHosts []string `json:"preferredHosts,omitempty"`
 	// AntiAffinityGroup: no two VMs of one group are placed on one host.
 	AntiAffinityGroup string `json:"antiAffinityGroup,omitempty"`
+	// Tags label the VM for access grants scoped to a tag ("tag:web");
+	// each is a lower-case name like a VM's, at most 16.
+	Tags []string `json:"tags,omitempty"`
 	// HA: restart the VM on another host when its host dies (nil: off).
 	// An HA restart places the VM like a create: Placement and
 	// PreferredHosts apply.
@@ -507,6 +510,7 @@ const (
 	CodeTooLarge             = "too_large"              // 413: the body is over the route's limit
 	CodeUnsupportedMediaType = "unsupported_media_type" // 415: wrong or missing Content-Type
 	CodeUnauthenticated      = "unauthenticated"        // 401: TCP request without an accepted certificate or token
+	CodeTooManyRequests      = "too_many_requests"      // 429: logins locked after repeated failures (Retry-After)
 )
 
 // Error is the API's error body: {"error": {...}}.

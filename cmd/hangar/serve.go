@@ -9,6 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"hangar/internal/access"
+	"hangar/internal/audit"
 	"hangar/internal/daemon"
 	"hangar/internal/inventory"
 )
@@ -28,7 +30,8 @@ them running, and the next start re-adopts them.
 Pools of hosts: the first host creates the pool and its CA (<data-dir>/pki). With --listen
 it serves the API with its host certificate from that CA and accepts clients with a
 certificate of the pool CA (other hosts, and remote CLIs with hangar pool credentials),
-of --client-ca, or a bearer token of --tokens-file. Its etcd member serves peers on
+of --client-ca, a bearer token of --tokens-file (all of these are pool admins), or a
+local user's API token (hangar login) or session cookie, with the user's grants. Its etcd member serves peers on
 https://<listen IP>:2380 and other hosts' clients on https://<listen IP>:2379, both mutual
 TLS with pool CA certificates (a loopback --listen keeps etcd off TCP unless
 --etcd-peer-url/--etcd-client-url say otherwise).
@@ -111,6 +114,10 @@ the file and line.`,
 	f.StringVar(&cfg.EtcdCert, "etcd-cert", "", "client certificate for the external etcd cluster (with --etcd-endpoints)")
 	f.StringVar(&cfg.EtcdKey, "etcd-key", "", "client key for --etcd-cert")
 	f.StringVar(&cfg.TokensFile, "tokens-file", "", "bearer tokens --listen accepts: one per line or name:token, file not readable by others")
+	f.IntVar(&cfg.LoginMaxFailures, "login-max-failures", access.DefaultMaxFailures, "failed logins of one user from one address before its logins are locked")
+	f.DurationVar(&cfg.LoginLockout, "login-lockout", access.DefaultLockout, "how long logins stay locked after --login-max-failures failures")
+	f.IntVar(&cfg.AuditMaxRecords, "audit-max-records", audit.DefaultMaxRecords, "audit records kept in etcd (the oldest are pruned)")
+	f.DurationVar(&cfg.AuditMaxAge, "audit-max-age", audit.DefaultMaxAge, "audit records older than this are pruned")
 	f.StringVar(&cfg.EtcdClientURL, "etcd-client-url", "", "also serve etcd clients of other hosts on this https URL (pool CA client certificates required; default https://<listen IP>:2379); local clients use <run-dir>/etcd/client.sock")
 	f.StringVar(&cfg.EtcdPeerURL, "etcd-peer-url", "", "embedded etcd peer URL, https only (mutual TLS with pool CA certificates; default https://<listen IP>:2380, without --listen a free loopback port)")
 	f.DurationVar(&cfg.StopTimeout, "stop-timeout", 60*time.Second, "how long a graceful stop waits for the guest")

@@ -1,9 +1,10 @@
 // Package authn authenticates API requests that arrive over TCP: a client
-// certificate of a trusted CA or a bearer token from a tokens file. The
-// unix socket is trusted (root-only local access) and is not wrapped.
+// certificate of a trusted CA or a bearer token from a tokens file here;
+// local users' API tokens and session cookies in internal/access. The unix
+// socket is trusted (root-only local access): its requests are Local.
 //
-// Authorization (users, roles) is not decided here; the Identity a request
-// was authenticated as is put in its context for that layer.
+// Authorization (roles, grants) is not decided here; the Identity a
+// request was authenticated as is put in its context for that layer.
 package authn
 
 import (
@@ -30,17 +31,39 @@ const MinTokenLen = 16
 
 // Methods of Identity.
 const (
-	MethodCertificate = "certificate"
-	MethodToken       = "token"
+	MethodLocal       = "local"       // the unix socket: root (local trust)
+	MethodCertificate = "certificate" // a client certificate of the pool CA or --client-ca
+	MethodToken       = "tokens-file" // a bearer token of --tokens-file
+	MethodAPIToken    = "token"       // a user's API token (internal/access)
+	MethodSession     = "session"     // a user's browser session cookie (internal/access)
 )
 
 // Identity is who a request was authenticated as.
 type Identity struct {
-	// Name is the client certificate's common name or the token's name.
+	// Name is the client certificate's common name, the token's name or
+	// the local user's name.
 	Name string
-	// Method is MethodCertificate or MethodToken.
+	// Method is one of the Method constants.
 	Method string
+	// Full: a principal with every right — the unix socket, a pool or
+	// --client-ca certificate, a --tokens-file token. Others act for a
+	// local user with its grants.
+	Full bool
+	// User is the local user the request acts for (API tokens, sessions).
+	User string
+	// Grants are User's grants as read when the request authenticated.
+	Grants []v1.Grant
+	// Limit are an API token's own grants (nil: none, the owner's apply):
+	// a token may do only what both its owner's grants and Limit allow.
+	Limit []v1.Grant
+	// TokenID is the API token's id, SessionID the session's.
+	TokenID, SessionID string
+	// CSRF is the SHA-256 of the session's CSRF token.
+	CSRF [sha256.Size]byte
 }
+
+// Local is the identity of requests on the unix socket.
+var Local = Identity{Name: "root", Method: MethodLocal, Full: true}
 
 // Authenticator decides who sent a request. It returns an error wrapping
 // errdefs.ErrUnauthenticated when the request carries no credential it
@@ -51,7 +74,7 @@ type Authenticator interface {
 
 // ErrNoCredentials: the request presented neither a client certificate
 // nor a bearer token.
-var ErrNoCredentials = fmt.Errorf("authentication required: present a client certificate of a trusted CA or an Authorization: Bearer token: %w",
+var ErrNoCredentials = fmt.Errorf("authentication required: present a client certificate of a trusted CA, an Authorization: Bearer token (hangar login) or a session cookie: %w",
 	errdefs.ErrUnauthenticated)
 
 // AnyOf accepts a request that one of its authenticators accepts, tried
@@ -99,7 +122,7 @@ func (c ClientCert) Authenticate(r *http.Request) (Identity, error) {
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return Identity{}, fmt.Errorf("client certificate not accepted: %w", errdefs.ErrUnauthenticated)
 	}
-	return Identity{Name: leaf.Subject.CommonName, Method: MethodCertificate}, nil
+	return Identity{Name: leaf.Subject.CommonName, Method: MethodCertificate, Full: true}, nil
 }
 
 // Tokens accepts an Authorization: Bearer token listed in a tokens file.
@@ -204,7 +227,7 @@ func (t *Tokens) Authenticate(r *http.Request) (Identity, error) {
 	if match < 0 {
 		return Identity{}, fmt.Errorf("bearer token not accepted: %w", errdefs.ErrUnauthenticated)
 	}
-	return Identity{Name: t.names[match], Method: MethodToken}, nil
+	return Identity{Name: t.names[match], Method: MethodToken, Full: true}, nil
 }
 
 type ctxKey struct{}
@@ -215,7 +238,7 @@ func WithIdentity(ctx context.Context, id Identity) context.Context {
 }
 
 // FromContext returns the identity a request was authenticated as; ok is
-// false for requests that were not authenticated (the unix socket).
+// false for requests that were not authenticated.
 func FromContext(ctx context.Context) (Identity, bool) {
 	id, ok := ctx.Value(ctxKey{}).(Identity)
 	return id, ok
@@ -228,19 +251,25 @@ func Require(a Authenticator, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := a.Authenticate(r)
 		if err != nil {
-			if !errors.Is(err, errdefs.ErrUnauthenticated) {
-				err = fmt.Errorf("%w: %w", errdefs.ErrUnauthenticated, err)
-			}
-			e := errdefs.ToAPI(err)
-			e.Code = v1.CodeUnauthenticated
-			// Trim the class suffix: the message says what to do.
-			e.Message = strings.TrimSuffix(e.Message, ": "+errdefs.ErrUnauthenticated.Error())
-			w.Header().Set("WWW-Authenticate", `Bearer realm="hangar"`)
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusUnauthorized)
-			_ = json.NewEncoder(w).Encode(v1.ErrorResponse{Error: e})
+			WriteUnauthenticated(w, err)
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(WithIdentity(r.Context(), id)))
 	})
+}
+
+// WriteUnauthenticated answers 401 with WWW-Authenticate and a JSON error
+// saying why err refused the request.
+func WriteUnauthenticated(w http.ResponseWriter, err error) {
+	if !errors.Is(err, errdefs.ErrUnauthenticated) {
+		err = fmt.Errorf("%w: %w", errdefs.ErrUnauthenticated, err)
+	}
+	e := errdefs.ToAPI(err)
+	e.Code = v1.CodeUnauthenticated
+	// Trim the class suffix: the message says what to do.
+	e.Message = strings.TrimSuffix(e.Message, ": "+errdefs.ErrUnauthenticated.Error())
+	w.Header().Set("WWW-Authenticate", `Bearer realm="hangar"`)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusUnauthorized)
+	_ = json.NewEncoder(w).Encode(v1.ErrorResponse{Error: e})
 }

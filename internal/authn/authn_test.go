@@ -148,7 +148,7 @@ func TestRequire(t *testing.T) {
 	if code, body, _ := do(cliCA, ""); code != 200 || body != "certificate:alice" {
 		t.Errorf("good certificate: %d %q", code, body)
 	}
-	if code, body, _ := do(nil, tok); code != 200 || body != "token:ci" {
+	if code, body, _ := do(nil, tok); code != 200 || body != "tokens-file:ci" {
 		t.Errorf("good token: %d %q", code, body)
 	}
 	if code, body, _ := do(otherCA, ""); code != 0 {

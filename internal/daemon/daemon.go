@@ -19,7 +19,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	v1 "hangar/api/v1"
+	"hangar/internal/access"
 	"hangar/internal/agent"
+	"hangar/internal/audit"
 	"hangar/internal/authn"
 	"hangar/internal/etcdembed"
 	"hangar/internal/hostapi"
@@ -53,6 +55,14 @@ type Config struct {
 	// TokensFile lists bearer tokens the TCP listener accepts (see
 	// authn.LoadTokens).
 	TokensFile string
+	// LoginMaxFailures and LoginLockout lock a user's logins from one
+	// address after so many failures, for so long (0: the defaults).
+	LoginMaxFailures int
+	LoginLockout     time.Duration
+	// AuditMaxRecords and AuditMaxAge are the audit log's retention (0:
+	// the defaults).
+	AuditMaxRecords int
+	AuditMaxAge     time.Duration
 	// Join is the --listen address of a host of the pool to join, with
 	// Token (hangar pool join-token). Used only while the data dir holds no
 	// pool.json: a restart does not join again.
@@ -328,7 +338,10 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	api := manager.New(manager.Config{Store: st, Metrics: ag, Consoles: ag, Volumes: ag, Pools: ag, Secrets: box, Log: cfg.Log, PoolAdmin: admin, Forward: fwd})
+	users := &access.Store{S: st}
+	api := manager.New(manager.Config{Store: st, Metrics: ag, Consoles: ag, Volumes: ag, Pools: ag, Secrets: box, Log: cfg.Log, PoolAdmin: admin, Forward: fwd,
+		Access: users, Audit: &audit.Log{S: st, MaxRecords: cfg.AuditMaxRecords, MaxAge: cfg.AuditMaxAge, Log: cfg.Log},
+		Logins: &access.Limiter{MaxFailures: cfg.LoginMaxFailures, Lockout: cfg.LoginLockout}})
 	d.srv = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	_ = os.Remove(cfg.Socket)
 	ln, err := net.Listen("unix", cfg.Socket)
@@ -345,11 +358,12 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		}
 	}()
 	if tln != nil {
-		// A server of its own: TCP requests go through authentication (but
-		// for the join, which its token authenticates); the unix socket
-		// stays trusted.
-		auth := extra.auth
-		d.tcp = &http.Server{Handler: api.Logged(func(h http.Handler) http.Handler { return requireExceptJoin(auth, h) }), ReadHeaderTimeout: 10 * time.Second,
+		// A server of its own: TCP requests authenticate (but for the
+		// public routes: the join, which its token authenticates, and the
+		// login); the unix socket stays trusted. Users' API tokens come
+		// before the tokens file so that a revoked one says so.
+		auth := append(authn.AnyOf{extra.auth[0], users}, extra.auth[1:]...)
+		d.tcp = &http.Server{Handler: api.TCP(auth), ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog: slog.NewLogLogger(cfg.Log.With("listener", cfg.Listen).Handler(), slog.LevelInfo)}
 		go func() {
 			if err := d.tcp.Serve(tln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -362,19 +376,6 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	cfg.Log.Info("hangar serving", "socket", cfg.Socket, "host", cfg.Host, "data", cfg.DataDir, "accel", caps.Accel,
 		"pool", pool.Name, "role", state.Role, "listen", d.TCPAddr)
 	return d, nil
-}
-
-// requireExceptJoin authenticates every request but the join (the join
-// token in its body authenticates it).
-func requireExceptJoin(a authn.Authenticator, next http.Handler) http.Handler {
-	auth := authn.Require(a, next)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost && r.URL.Path == "/api/v1/pool/join" {
-			next.ServeHTTP(w, r)
-			return
-		}
-		auth.ServeHTTP(w, r)
-	})
 }
 
 // extras are the listener's credentials from flags: further client CAs and

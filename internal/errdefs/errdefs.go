@@ -120,6 +120,8 @@ func HTTPStatus(code string) int {
 		return 413
 	case v1.CodeUnsupportedMediaType:
 		return 415
+	case v1.CodeTooManyRequests:
+		return 429
 	case v1.CodeUnavailable:
 		return 503
 	default:

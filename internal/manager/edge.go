@@ -3,6 +3,7 @@ package manager
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -105,38 +106,64 @@ func cleanPath(p string) string {
 	return c
 }
 
-// ServeHTTP checks a request at the edge, serves it and logs it.
+// ServeHTTP checks a request at the edge, serves it and logs it. It is
+// the unix socket's handler: its requests are root's (authn.Local).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.logged(w, r, http.HandlerFunc(s.serveRecorded))
 }
 
+// remote marks a request that came over TCP: it must authenticate (auth,
+// or an identity that a wrapper put in its context), but for the public
+// routes.
+type remote struct{ auth authn.Authenticator }
+
+type remoteKey struct{}
+
+// TCP is the handler of the TLS listener: every request authenticates
+// with auth, but for the routes whose access rule is Public (the login,
+// the join); a request without an accepted credential is 401.
+func (s *Server) TCP(auth authn.Authenticator) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.logged(w, r.WithContext(context.WithValue(r.Context(), remoteKey{}, remote{auth: auth})), http.HandlerFunc(s.serveRecorded))
+	})
+}
+
 // Logged returns the server wrapped by wrap (authentication) with the
-// access log outside: a request that wrap refuses gets its line too.
+// access log outside: a request that wrap refuses gets its line too. Its
+// requests are remote: wrap must put their identity in the context.
 func (s *Server) Logged(wrap func(http.Handler) http.Handler) http.Handler {
 	inner := wrap(http.HandlerFunc(s.serveRecorded))
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.logged(w, r, inner) })
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.logged(w, r.WithContext(context.WithValue(r.Context(), remoteKey{}, remote{})), inner)
+	})
 }
 
 // serveRecorded serves a request and notes on the recorder (when w is
-// one) what the access log wants to know from inside.
+// one) what the access log and the audit want to know from inside.
 func (s *Server) serveRecorded(w http.ResponseWriter, r *http.Request) {
-	route := s.serve(w, r)
+	route, r := s.serve(w, r)
 	if rec, ok := w.(*recorder); ok {
 		rec.route, rec.pathID = route, r.PathValue("id")
 		if id, ok := authn.FromContext(r.Context()); ok {
-			rec.client = id.Name
+			rec.id = id
+			if id.Method != authn.MethodLocal {
+				rec.client = id.Name
+			}
 		}
+		rec.note, _ = r.Context().Value(noteKey{}).(*auditNote)
 	}
 }
 
 // logged runs h and writes one access-log line.
 func (s *Server) logged(w http.ResponseWriter, r *http.Request, h http.Handler) {
 	start := time.Now()
+	securityHeaders(w.Header(), r)
 	rw := &recorder{ResponseWriter: w}
 	h.ServeHTTP(rw, r)
 	if rw.status == 0 {
 		rw.status = http.StatusOK
 	}
+	s.audit(r, rw)
 	level := slog.LevelInfo
 	if rw.route == "GET /healthz" || rw.route == "GET /metrics" {
 		level = slog.LevelDebug
@@ -170,48 +197,58 @@ func opID(location, pathID string) string {
 	return pathID
 }
 
-// serve answers the request and returns the route pattern it matched.
-func (s *Server) serve(w http.ResponseWriter, r *http.Request) string {
+// serve answers the request and returns the route pattern it matched and
+// the request as its handler saw it (with the caller's identity).
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) (string, *http.Request) {
 	if ep := r.URL.EscapedPath(); cleanPath(ep) != ep {
 		writeErr(w, &v1.Error{Code: v1.CodeInvalidArgument, Field: "path",
 			Message: fmt.Sprintf("path: %q is not a clean path (no //, . or .. elements)", truncate(ep, 200))})
-		return ""
+		return "", r
 	}
 	if err := s.checkForwarded(r); err != nil {
 		writeErr(w, err)
-		return ""
+		return "", r
 	}
 	h, pattern := s.mux.Handler(r)
+	r, err := s.authenticate(r, pattern)
+	if err != nil {
+		authn.WriteUnauthenticated(w, err)
+		return pattern, r
+	}
 	if pattern == "" {
 		s.noRoute(w, r, h)
-		return ""
+		return "", r
 	}
 	if err := s.csrf.Check(r); err != nil {
 		writeErr(w, &v1.Error{Code: v1.CodePermissionDenied, Message: "cross-site request refused: " + err.Error()})
-		return pattern
+		return pattern, r
+	}
+	if err := s.authorize(r, pattern); err != nil {
+		writeErr(w, err)
+		return pattern, r
 	}
 	switch r.Method {
 	case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
 		if err := checkMediaType(r, pattern); err != nil {
 			writeErr(w, err)
-			return pattern
+			return pattern, r
 		}
 		if n := bodyLimit(pattern); n >= 0 {
 			if r.ContentLength > n {
 				writeErr(w, tooLarge(n))
-				return pattern
+				return pattern, r
 			}
 			r.Body = http.MaxBytesReader(w, r.Body, n)
 		}
 		if takesNoBody(pattern, r) {
 			if err := checkNoBody(r); err != nil {
 				writeErr(w, err)
-				return pattern
+				return pattern, r
 			}
 		}
 	}
-	s.mux.ServeHTTP(w, r)
-	return pattern
+	s.mux.ServeHTTP(w, r) // sets r's path values
+	return pattern, r
 }
 
 func tooLarge(n int64) error {
@@ -277,6 +314,8 @@ type recorder struct {
 	bytes  int64
 	// set from inside (serveRecorded)
 	route, pathID, client string
+	id                    authn.Identity
+	note                  *auditNote
 }
 
 func (r *recorder) WriteHeader(code int) {

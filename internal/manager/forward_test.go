@@ -197,7 +197,18 @@ func TestForwardToTheVMsHost(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The console stream (an HTTP upgrade) of the VM on h2, via h1.
+	// The console stream (an HTTP upgrade) of the VM on h2, via h1: with a
+	// ticket h1 issues and takes (h2 takes h1's word for it).
+	treq, _ := http.NewRequestWithContext(ctx, "POST", hosts["h1"].url+"/api/v1/vms/web/console/ticket", nil)
+	tresp, err := user.Do(treq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ticket v1.ConsoleTicket
+	if err := json.NewDecoder(tresp.Body).Decode(&ticket); err != nil || tresp.StatusCode != 201 {
+		t.Fatalf("console ticket: %d %v", tresp.StatusCode, err)
+	}
+	tresp.Body.Close()
 	conn, err := tls.Dial("tcp", strings.TrimPrefix(hosts["h1"].url, "https://"), &tls.Config{
 		Certificates: []tls.Certificate{aliceCert}, RootCAs: roots, ServerName: "localhost"})
 	if err != nil {
@@ -205,7 +216,7 @@ func TestForwardToTheVMsHost(t *testing.T) {
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
-	fmt.Fprintf(conn, "GET /api/v1/vms/web/console HTTP/1.1\r\nHost: hangar\r\nConnection: Upgrade\r\nUpgrade: hangar-console\r\n\r\n")
+	fmt.Fprintf(conn, "GET /api/v1/vms/web/console?ticket=%s HTTP/1.1\r\nHost: hangar\r\nConnection: Upgrade\r\nUpgrade: hangar-console\r\n\r\n", ticket.Ticket)
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {

@@ -24,6 +24,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	v1 "hangar/api/v1"
+	"hangar/internal/access"
+	"hangar/internal/audit"
 	"hangar/internal/errdefs"
 	"hangar/internal/hostapi"
 	"hangar/internal/imports"
@@ -77,6 +79,14 @@ type Config struct {
 	// PoolAdmin serves join tokens, joins, credentials and host removal
 	// (nil: those routes answer 412).
 	PoolAdmin PoolAdmin
+	// Access keeps users, tokens, sessions and console tickets (nil: one
+	// on Store).
+	Access *access.Store
+	// Audit records mutating requests (nil: one on Store with the default
+	// retention).
+	Audit *audit.Log
+	// Logins locks logins after repeated failures (nil: the defaults).
+	Logins *access.Limiter
 }
 
 // Server is the API server.
@@ -100,6 +110,15 @@ func New(cfg Config) *Server {
 	}
 	if cfg.MaxWait == 0 {
 		cfg.MaxWait = 10 * time.Minute
+	}
+	if cfg.Access == nil {
+		cfg.Access = &access.Store{S: cfg.Store}
+	}
+	if cfg.Audit == nil && cfg.Store != nil {
+		cfg.Audit = &audit.Log{S: cfg.Store, Log: cfg.Log}
+	}
+	if cfg.Logins == nil {
+		cfg.Logins = &access.Limiter{}
 	}
 	s := &Server{cfg: cfg, inv: inventory.Inventory{S: cfg.Store}, mux: http.NewServeMux(), csrf: http.NewCrossOriginProtection()}
 	reg := prometheus.NewRegistry()
@@ -133,6 +152,8 @@ func New(cfg Config) *Server {
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(v1.OpenAPI)
 	})
+	s.accessRoutes()
+	s.routes = append(s.routes, "GET /metrics")
 	m.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	s.route("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	return s
@@ -225,7 +246,13 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	writeJSON(w, 200, redactVMs(vms))
+	seen := vms[:0]
+	for _, v := range vms {
+		if mayRead(r.Context(), access.VMRef{Name: v.Spec.Name, Tags: v.Spec.Tags}) {
+			seen = append(seen, v)
+		}
+	}
+	writeJSON(w, 200, redactVMs(seen))
 }
 
 func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
@@ -360,6 +387,10 @@ func (s *Server) createAll(ctx context.Context, vms []newVM) ([]v1.Operation, er
 	for _, n := range vms {
 		spec, start, host := n.spec, n.start, n.host
 		if err := vm.ValidateName("name", spec.Name); err != nil {
+			return nil, err
+		}
+		noteVM(ctx, spec.Name)
+		if err := mayCreate(ctx, spec); err != nil {
 			return nil, err
 		}
 		if spec.CPUModel == "" {
@@ -828,16 +859,34 @@ func (s *Server) listOps(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	if t := r.URL.Query().Get("target"); t != "" {
-		kept := ops[:0]
-		for _, o := range ops {
-			if o.Target == t {
-				kept = append(kept, o)
+	t := r.URL.Query().Get("target")
+	pool := mayReadPool(r.Context())
+	refs := map[string]access.VMRef{}
+	kept := ops[:0]
+	for _, o := range ops {
+		if t != "" && o.Target != t {
+			continue
+		}
+		if !pool {
+			// A VM-scoped reader sees the operations of the VMs it sees.
+			if vm.OpTarget(o.Kind) != vm.TargetVM {
+				continue
+			}
+			ref, ok := refs[o.Target]
+			if !ok {
+				if ref, err = s.vmRef(r.Context(), o.Target); err != nil {
+					writeErr(w, err)
+					return
+				}
+				refs[o.Target] = ref
+			}
+			if !mayRead(r.Context(), ref) {
+				continue
 			}
 		}
-		ops = kept
+		kept = append(kept, o)
 	}
-	writeJSON(w, 200, ops)
+	writeJSON(w, 200, kept)
 }
 
 func validOpID(id string) error { return vm.ValidateOpID("id", id) }
@@ -964,6 +1013,10 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 	}
 	host, err := s.vmHost(r.Context(), name)
 	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if err := s.checkConsoleTicket(r, name); err != nil {
 		writeErr(w, err)
 		return
 	}

@@ -374,7 +374,7 @@ type tokenAuth struct{}
 
 func (tokenAuth) Authenticate(r *http.Request) (authn.Identity, error) {
 	if r.Header.Get("Authorization") == "Bearer good" {
-		return authn.Identity{Name: "ops", Method: authn.MethodToken}, nil
+		return authn.Identity{Name: "ops", Method: authn.MethodToken, Full: true}, nil
 	}
 	return authn.Identity{}, authn.ErrNoCredentials
 }

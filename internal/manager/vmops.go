@@ -242,6 +242,10 @@ func (s *Server) cloneVM(w http.ResponseWriter, r *http.Request) {
 	}
 	spec := src.Spec
 	spec.Name, spec.UUID, spec.Host, spec.Power = args.Name, "", "", v1.PowerStopped
+	if err := mayCreate(ctx, spec); err != nil {
+		writeErr(w, err)
+		return
+	}
 	spec.Disks = nil
 	for _, d := range src.Spec.Disks {
 		nd := v1.Disk{Name: d.Name, Bus: d.Bus, Media: d.Media}
@@ -269,6 +273,7 @@ func (s *Server) cloneVM(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
+
 	spec.Host = src.Spec.Host
 	if err := s.checkPorts(ctx, spec); err != nil {
 		writeErr(w, err)

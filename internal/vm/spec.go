@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"slices"
 	"strings"
 
 	v1 "hangar/api/v1"
@@ -18,6 +19,7 @@ const (
 	MinMemoryMiB = 32
 	MaxCPUs      = 255
 	MaxDisks     = 16
+	MaxTags      = 16
 	MaxNICs      = 8
 	MaxDiskMiB   = 64 << 20 // 64 TiB
 	MaxDiskName  = 20
@@ -188,6 +190,18 @@ func Validate(s v1.VMSpec, hostMemoryMiB int) error {
 	if s.IOErrorPolicy != "" { // empty: a record from before the setting (stop)
 		if err := CheckIOErrorPolicy("ioErrorPolicy", s.IOErrorPolicy, false); err != nil {
 			return err
+		}
+	}
+	if len(s.Tags) > MaxTags {
+		return invalid("tags", "at most %d tags", MaxTags)
+	}
+	for i, t := range s.Tags {
+		f := fmt.Sprintf("tags[%d]", i)
+		if err := ValidateName(f, t); err != nil {
+			return err
+		}
+		if slices.Contains(s.Tags[:i], t) {
+			return invalid(f, "tag %q given twice", t)
 		}
 	}
 	if len(s.Disks) > MaxDisks {

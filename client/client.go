@@ -57,11 +57,18 @@ func New(socket string) *Client {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, body, out any) (int, error) {
+	code, _, err := c.doHeaders(ctx, method, path, q, nil, body, out)
+	return code, err
+}
+
+// doHeaders is do with request headers hdr, returning the answer's
+// headers too.
+func (c *Client) doHeaders(ctx context.Context, method, path string, q url.Values, hdr http.Header, body, out any) (int, http.Header, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return 0, fmt.Errorf("encode request: %w", err)
+			return 0, nil, fmt.Errorf("encode request: %w", err)
 		}
 		rd = bytes.NewReader(b)
 	}
@@ -71,30 +78,33 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
+	}
+	for k, vs := range hdr {
+		req.Header[k] = vs
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("%s %s: %w (is `hangar serve` running on %s?)", method, path, err, c.endpoint)
+		return 0, nil, fmt.Errorf("%s %s: %w (is `hangar serve` running on %s?)", method, path, err, c.endpoint)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 400 {
 		var er v1.ErrorResponse
 		b, _ := io.ReadAll(resp.Body)
 		if json.Unmarshal(b, &er) == nil && er.Error != nil {
-			return resp.StatusCode, er.Error
+			return resp.StatusCode, resp.Header, er.Error
 		}
-		return resp.StatusCode, fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b)))
+		return resp.StatusCode, resp.Header, fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b)))
 	}
 	if out != nil && resp.StatusCode != http.StatusNoContent {
 		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-			return resp.StatusCode, fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+			return resp.StatusCode, resp.Header, fmt.Errorf("%s %s: decode answer: %w", method, path, err)
 		}
 	}
-	return resp.StatusCode, nil
+	return resp.StatusCode, resp.Header, nil
 }
 
 func waitQuery(wait time.Duration) url.Values {
@@ -257,7 +267,17 @@ func (c *Client) Console(ctx context.Context, name string) (net.Conn, error) {
 	if c.token != "" {
 		auth = "Authorization: Bearer " + c.token + "\r\n"
 	}
-	fmt.Fprintf(conn, "GET /api/v1/vms/%s/console HTTP/1.1\r\nHost: hangar\r\n%sConnection: Upgrade\r\nUpgrade: hangar-console\r\n\r\n", url.PathEscape(name), auth)
+	query := ""
+	if strings.HasPrefix(c.root, "https://") {
+		// Over TCP the console opens with a single-use ticket.
+		t, err := c.ConsoleTicket(ctx, name)
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("console of %s: %w", name, err)
+		}
+		query = "?ticket=" + url.QueryEscape(t.Ticket)
+	}
+	fmt.Fprintf(conn, "GET /api/v1/vms/%s/console%s HTTP/1.1\r\nHost: hangar\r\n%sConnection: Upgrade\r\nUpgrade: hangar-console\r\n\r\n", url.PathEscape(name), query, auth)
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {

@@ -126,6 +126,7 @@ Lists and shows take -o table|json|yaml (and wide where there is more to show).`
 	}
 	root.AddCommand(newServe(g), newHost(g), newOp(g), newDemo(g), newBench(g), newVersion(g))
 	root.AddCommand(newVMAndStorage(g)...)
+	root.AddCommand(newAccessCommands(g)...)
 	root.InitDefaultHelpCmd()
 	root.InitDefaultCompletionCmd()
 	finishTree(root)
@@ -190,6 +191,19 @@ func (g *globals) newClient() (*client.Client, error) {
 	o, err := client.OptionsFromEnv(g.credentials)
 	if err != nil {
 		return nil, err
+	}
+	if o.Token == "" && o.CertFile == "" {
+		// The token hangar login stored for this server.
+		l, ok, err := storedLogin(g.url)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			o.Token = l.Token
+			if o.CAFile == "" {
+				o.CAFile = l.CAFile
+			}
+		}
 	}
 	return client.NewTLS(g.url, o)
 }

@@ -133,6 +133,7 @@ func newVMCreate(g *globals) *cobra.Command {
 		diskMiB                      int64
 		forwards, preferHosts        []string
 		placement, antiAffinity      string
+		tags                         []string
 		start, wait                  bool
 	)
 	cmd := &cobra.Command{
@@ -195,6 +196,9 @@ host, or an error). VMs of one --anti-affinity group never share a host.`,
 			if cmd.Flags().Changed("anti-affinity") {
 				spec.AntiAffinityGroup = antiAffinity
 			}
+			if cmd.Flags().Changed("tag") {
+				spec.Tags = tags
+			}
 			if image != "" || diskMiB > 0 {
 				spec.Disks = append(spec.Disks, v1.Disk{Image: image, SizeMiB: diskMiB})
 			}
@@ -250,6 +254,7 @@ host, or an error). VMs of one --anti-affinity group never share a host.`,
 	f.StringArrayVar(&preferHosts, "prefer-host", nil, "place on this host if it can take the VM (repeatable; the freest listed host wins)")
 	f.StringVar(&placement, "placement", "", "auto, preferred or manual (only the --prefer-host hosts); default preferred with --prefer-host, else auto")
 	f.StringVar(&antiAffinity, "anti-affinity", "", "anti-affinity GROUP: never on a host with another VM of the group")
+	f.StringSliceVar(&tags, "tag", nil, "tag the VM (repeatable): grants scoped to tag:TAG cover it")
 	hosts := complete(g, g.hostNames)
 	_ = cmd.RegisterFlagCompletionFunc("prefer-host", func(cmd *cobra.Command, _ []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
 		return hosts(cmd, nil, toComplete)

@@ -29,8 +29,8 @@ type PoolAdmin interface {
 	RemoveHost(ctx context.Context, name string) error
 }
 
-// JoinRoute is the one route the TLS listener serves without a client
-// certificate.
+// JoinRoute is one of the two routes the TLS listener serves without
+// credentials (the join token authenticates it; its rule is Public).
 const JoinRoute = "POST /api/v1/pool/join"
 
 func (s *Server) poolRoutes() {

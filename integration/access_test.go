@@ -1,14 +1,10 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
-	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,28 +16,6 @@ import (
 )
 
 const accessPassword = "integration password 1"
-
-// hangarWith runs the hangar binary with more environment and stdin.
-func hangarWith(t *testing.T, env []string, stdin string, args ...string) cliResult {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, hangarBin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := cliResult{stdout: out.String(), stderr: errb.String()}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	case err != nil:
-		t.Fatalf("hangar %v: %v", args, err)
-	}
-	return r
-}
 
 func mustCLI(t *testing.T, r cliResult, what string) cliResult {
 	t.Helper()
@@ -73,9 +47,9 @@ func TestAccessOverTCP(t *testing.T) {
 
 	// Root on the socket is an admin: it adds the users.
 	for _, u := range [][]string{{"alice", "--role", "admin"}, {"vera", "--role", "viewer"}, {"olga", "--role", "operator", "--scope", "prefix:web-"}} {
-		mustCLI(t, hangarWith(t, env, accessPassword+"\n", append([]string{"--socket", s.socket, "user", "add", "--password-stdin"}, u...)...), "user add "+u[0])
+		mustCLI(t, runHangarWith(t, env, accessPassword+"\n", append([]string{"--socket", s.socket, "user", "add", "--password-stdin"}, u...)...), "user add "+u[0])
 	}
-	if out := mustCLI(t, hangarWith(t, env, "", "--socket", s.socket, "user", "list"), "user list").stdout; !strings.Contains(out, "operator@prefix:web-") {
+	if out := mustCLI(t, runHangarWith(t, env, "", "--socket", s.socket, "user", "list"), "user list").stdout; !strings.Contains(out, "operator@prefix:web-") {
 		t.Fatalf("user list:\n%s", out)
 	}
 
@@ -116,21 +90,21 @@ func TestAccessOverTCP(t *testing.T) {
 	}
 
 	// hangar login keeps a token; --server uses it.
-	r := mustCLI(t, hangarWith(t, env, "olga\n"+accessPassword+"\n", "login", url, "--ca", tf.serverCA), "login")
+	r := mustCLI(t, runHangarWith(t, env, "olga\n"+accessPassword+"\n", "login", url, "--ca", tf.serverCA), "login")
 	if st, err := os.Stat(cfg); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("CLI config %v %v, want mode 0600", st, err)
 	}
 	if b, _ := os.ReadFile(cfg); !strings.Contains(string(b), "hgt_") {
 		t.Fatalf("CLI config holds no token:\n%s\n%s", b, r.stdout)
 	}
-	out := mustCLI(t, hangarWith(t, env, "", "--server", url, "vm", "list"), "vm list as olga").stdout
+	out := mustCLI(t, runHangarWith(t, env, "", "--server", url, "vm", "list"), "vm list as olga").stdout
 	if !strings.Contains(out, "web-1") || strings.Contains(out, "db1") {
 		t.Errorf("olga's vm list shows web-* alone:\n%s", out)
 	}
-	if r := hangarWith(t, env, "", "--server", url, "vm", "start", "db1"); r.code == 0 || !strings.Contains(r.stderr, "may not") {
+	if r := runHangarWith(t, env, "", "--server", url, "vm", "start", "db1"); r.code == 0 || !strings.Contains(r.stderr, "may not") {
 		t.Errorf("olga starts db1: exit %d %s", r.code, r.stderr)
 	}
-	if out := mustCLI(t, hangarWith(t, env, "", "--server", url, "whoami"), "whoami").stdout; !strings.Contains(out, "olga") {
+	if out := mustCLI(t, runHangarWith(t, env, "", "--server", url, "whoami"), "whoami").stdout; !strings.Contains(out, "olga") {
 		t.Errorf("whoami: %s", out)
 	}
 
@@ -177,39 +151,7 @@ func TestAccessOverTCP(t *testing.T) {
 	if err != nil {
 		t.Fatalf("olga's console of web-1: %v", err)
 	}
-	_ = conn.SetDeadline(time.Now().Add(60 * time.Second))
-	got := make(chan string, 1)
-	go func() {
-		var sb strings.Builder
-		buf := make([]byte, 1024)
-		for {
-			n, err := conn.Read(buf)
-			sb.Write(buf[:n])
-			if strings.Contains(sb.String(), "tcp-console-42") || err != nil {
-				got <- sb.String()
-				return
-			}
-		}
-	}()
-	deadline := time.After(50 * time.Second)
-	tick := time.NewTicker(2 * time.Second)
-	send := func() { _, _ = io.WriteString(conn, "\necho tcp-console-$((6*7))\n") }
-	send()
-wait:
-	for {
-		select {
-		case o := <-got:
-			if !strings.Contains(o, "tcp-console-42") {
-				t.Fatalf("the guest did not answer on the console: %q", tail(o, 500))
-			}
-			break wait
-		case <-tick.C:
-			send()
-		case <-deadline:
-			t.Fatal("no answer on the console")
-		}
-	}
-	tick.Stop()
+	shellAnswers(t, conn, "tcp-console")
 	conn.Close()
 	// A ticket opens the console once.
 	tk, err := olga.ConsoleTicket(ctx, "web-1")
@@ -297,12 +239,12 @@ wait:
 	if !found {
 		t.Errorf("audit of db1 by olga has no refused start: %+v", recs)
 	}
-	out = mustCLI(t, hangarWith(t, env, "", "--socket", s.socket, "audit", "list", "--vm", "web-1"), "audit list").stdout
+	out = mustCLI(t, runHangarWith(t, env, "", "--socket", s.socket, "audit", "list", "--vm", "web-1"), "audit list").stdout
 	if !strings.Contains(out, "console/ticket") || !strings.Contains(out, "olga") {
 		t.Errorf("audit list --vm web-1:\n%s", out)
 	}
-	mustCLI(t, hangarWith(t, env, "", "logout", url), "logout")
-	if r := hangarWith(t, env, "", "--server", url, "vm", "list"); r.code == 0 {
+	mustCLI(t, runHangarWith(t, env, "", "logout", url), "logout")
+	if r := runHangarWith(t, env, "", "--server", url, "vm", "list"); r.code == 0 {
 		t.Errorf("vm list after logout worked:\n%s", r.stdout)
 	}
 }

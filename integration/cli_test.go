@@ -32,9 +32,19 @@ func (s *server) hangar(args ...string) cliResult {
 
 func runHangar(t *testing.T, args ...string) cliResult {
 	t.Helper()
+	return runHangarWith(t, nil, "", args...)
+}
+
+// runHangarWith is runHangar with more environment and stdin.
+func runHangarWith(t *testing.T, env []string, stdin string, args ...string) cliResult {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, hangarBin, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
+	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -105,7 +106,17 @@ func TestConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(45 * time.Second))
+	shellAnswers(t, conn, "console")
+	// A second client is refused while the first is attached? QEMU serves
+	// one client; the API answers either way without hanging.
+}
+
+// shellAnswers types "echo WORD-$((6*7))" on a guest's console until its
+// shell prints WORD-42 (it may still be starting).
+func shellAnswers(t *testing.T, conn net.Conn, word string) {
+	t.Helper()
+	_ = conn.SetDeadline(time.Now().Add(60 * time.Second))
+	want := word + "-42"
 	got := make(chan string, 1)
 	go func() {
 		var sb strings.Builder
@@ -113,30 +124,23 @@ func TestConsole(t *testing.T) {
 		for {
 			n, err := conn.Read(buf)
 			sb.Write(buf[:n])
-			if strings.Contains(sb.String(), "console-42") {
-				got <- sb.String()
-				return
-			}
-			if err != nil {
+			if strings.Contains(sb.String(), want) || err != nil {
 				got <- sb.String()
 				return
 			}
 		}
 	}()
-	// Send until the shell answers (it may still be starting).
-	deadline := time.After(40 * time.Second)
+	deadline := time.After(50 * time.Second)
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
-	send := func() { _, _ = io.WriteString(conn, "\necho console-$((6*7))\n") }
+	send := func() { _, _ = io.WriteString(conn, "\necho "+word+"-$((6*7))\n") }
 	send()
 	for {
 		select {
 		case out := <-got:
-			if !strings.Contains(out, "console-42") {
+			if !strings.Contains(out, want) {
 				t.Fatalf("the guest's shell did not answer on the console; read %q", tail(out, 500))
 			}
-			// A second client is refused while the first is attached? QEMU
-			// serves one client; the API answers either way without hanging.
 			return
 		case <-tick.C:
 			send()

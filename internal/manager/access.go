@@ -222,6 +222,10 @@ func mayReadPool(ctx context.Context) bool {
 	return ok && access.Can(id, access.PermRead, nil)
 }
 
+// securityHeaderNames are the headers securityHeaders sets.
+var securityHeaderNames = []string{"Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy",
+	"Strict-Transport-Security", "Cache-Control"}
+
 // securityHeaders go on every answer: no script but the server's own, no
 // framing, no sniffing, no referrer; HSTS over TLS.
 func securityHeaders(h http.Header, r *http.Request) {

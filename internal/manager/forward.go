@@ -47,9 +47,32 @@ func (s *Server) servedHere(w http.ResponseWriter, r *http.Request, host string)
 	if s.cfg.Forward == nil || host == "" || host == s.cfg.Forward.Self() || len(r.Header.Values(hostapi.Header)) > 0 {
 		return true
 	}
-	s.cfg.Forward.Forward(w, r, host)
+	// The host asked sets the security headers too: keep one of each.
+	s.cfg.Forward.Forward(oneOfEach{w}, r, host)
 	return false
 }
+
+// oneOfEach keeps the first value of each security header when a
+// forwarded answer adds its own.
+type oneOfEach struct{ http.ResponseWriter }
+
+func (o oneOfEach) dedup() {
+	h := o.Header()
+	for _, k := range securityHeaderNames {
+		if v := h.Values(k); len(v) > 1 {
+			h.Set(k, v[0])
+		}
+	}
+}
+
+func (o oneOfEach) WriteHeader(code int) { o.dedup(); o.ResponseWriter.WriteHeader(code) }
+func (o oneOfEach) Write(b []byte) (int, error) {
+	o.dedup()
+	return o.ResponseWriter.Write(b)
+}
+
+// Unwrap lets the proxy reach the connection (flushes, upgrades).
+func (o oneOfEach) Unwrap() http.ResponseWriter { return o.ResponseWriter }
 
 // vmHost is the host that has a VM's files and process: the host its
 // owner record names (the pool master's, while the VM runs) or else the

@@ -182,6 +182,12 @@ func TestForwardToTheVMsHost(t *testing.T) {
 
 	// The serial log of a VM on h2, asked from h1 and from h2: h2's file.
 	for _, via := range []string{"h1", "h2"} {
+		req, _ := http.NewRequestWithContext(ctx, "GET", hosts[via].url+"/api/v1/vms/web/console/log", nil)
+		if resp, err := user.Do(req); err != nil {
+			t.Fatal(err)
+		} else if resp.Body.Close(); len(resp.Header.Values("Content-Security-Policy")) != 1 || len(resp.Header.Values("X-Frame-Options")) != 1 {
+			t.Errorf("via %s: security headers %v, want one of each", via, resp.Header)
+		}
 		if code, body := get(user, hosts[via].url+"/api/v1/vms/web/console/log"); code != 200 || body != "serial of web on h2\n" {
 			t.Fatalf("console log via %s: %d %q", via, code, body)
 		}

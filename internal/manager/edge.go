@@ -22,11 +22,15 @@ import (
 // The HTTP edge: what every request goes through before its handler.
 //   - a path that is not clean (//, /./, /../) is refused with 400, never
 //     redirected;
+//   - over TCP the caller authenticates (401), but on the public routes;
 //   - no route: 404, wrong method: 405 with Allow — JSON like every answer;
 //   - cross-site browser requests that change things: 403;
+//   - the route's access rule (access.Rules) and, for session cookies,
+//     the CSRF token: 403;
 //   - a request body must be of the route's media type (415) and not larger
 //     than the route's limit (413);
-//   - one access-log line per request.
+//   - security headers on every answer, one access-log line per request
+//     and an audit record per mutating one.
 
 // defaultBodyLimit bounds the JSON arguments of actions.
 const defaultBodyLimit = 64 << 10

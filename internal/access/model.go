@@ -45,11 +45,15 @@ type VMRef struct {
 	Tags []string
 }
 
-// ValidateGrant checks a grant: a known role and a scope "pool",
+// ValidateGrant checks a grant (its fields named field.role and
+// field.scope; role and scope when field is ""): a known role and a scope "pool",
 // "prefix:P" (P a non-empty start of a VM name) or "tag:T" (T a tag).
 func ValidateGrant(field string, g v1.Grant) error {
+	if field != "" {
+		field += "."
+	}
 	if _, ok := rolePerms[g.Role]; !ok {
-		return fieldErr(field+".role", "unknown role %q (admin, operator, viewer, console)", g.Role)
+		return fieldErr(field+"role", "unknown role %q (admin, operator, viewer, console)", g.Role)
 	}
 	switch {
 	case g.Scope == v1.ScopePool:
@@ -57,14 +61,14 @@ func ValidateGrant(field string, g v1.Grant) error {
 		p := strings.TrimPrefix(g.Scope, v1.ScopePrefix)
 		// A prefix is the start of a valid name: check it completed.
 		if p == "" || vm.ValidateName("prefix", strings.TrimRight(p, "-")+"x") != nil || strings.HasPrefix(p, "-") {
-			return fieldErr(field+".scope", "prefix %q: want the start of a VM name (lower-case letters, digits, -)", p)
+			return fieldErr(field+"scope", "prefix %q: want the start of a VM name (lower-case letters, digits, -)", p)
 		}
 	case strings.HasPrefix(g.Scope, v1.ScopeTag):
 		if vm.ValidateName("tag", strings.TrimPrefix(g.Scope, v1.ScopeTag)) != nil {
-			return fieldErr(field+".scope", "tag %q: want a tag name (lower-case letters, digits, -)", strings.TrimPrefix(g.Scope, v1.ScopeTag))
+			return fieldErr(field+"scope", "tag %q: want a tag name (lower-case letters, digits, -)", strings.TrimPrefix(g.Scope, v1.ScopeTag))
 		}
 	default:
-		return fieldErr(field+".scope", "%q: want pool, prefix:NAME-START or tag:TAG", g.Scope)
+		return fieldErr(field+"scope", "%q: want pool, prefix:NAME-START or tag:TAG", g.Scope)
 	}
 	return nil
 }

@@ -235,7 +235,7 @@ func (s *Store) SetPassword(ctx context.Context, name, pw string) error {
 
 // AddGrant gives a user a role on a scope (already given: unchanged).
 func (s *Store) AddGrant(ctx context.Context, name string, g v1.Grant) (v1.User, error) {
-	if err := ValidateGrant("grant", g); err != nil {
+	if err := ValidateGrant("", g); err != nil {
 		return v1.User{}, err
 	}
 	u, err := s.updateUser(ctx, name, func(u *userRecord) error {
@@ -249,7 +249,7 @@ func (s *Store) AddGrant(ctx context.Context, name string, g v1.Grant) (v1.User,
 
 // RemoveGrant takes a grant away; a grant the user does not have is 404.
 func (s *Store) RemoveGrant(ctx context.Context, name string, g v1.Grant) (v1.User, error) {
-	if err := ValidateGrant("grant", g); err != nil {
+	if err := ValidateGrant("", g); err != nil {
 		return v1.User{}, err
 	}
 	u, err := s.updateUser(ctx, name, func(u *userRecord) error {

@@ -304,6 +304,23 @@ func TestRoles(t *testing.T) {
 	if code, b := tim.do("POST", "/api/v1/vms", `{"name":"x1","memoryMiB":64,"tags":["web"]}`); code != 202 {
 		t.Errorf("operator of tag web creates a VM tagged web: %d %s", code, b)
 	}
+	// Bad grants name their field.
+	alice := a.token("alice")
+	if code, b := alice.do("POST", "/api/v1/users/vera/grants", `{"role":"root","scope":"pool"}`); code != 400 || !strings.Contains(string(b), `"field": "role"`) {
+		t.Errorf("grant of an unknown role: %d %s", code, b)
+	}
+	if code, b := alice.do("DELETE", "/api/v1/users/vera/grants?role=viewer&scope=vm:x", ""); code != 400 || !strings.Contains(string(b), `"field": "scope"`) {
+		t.Errorf("revoke with a bad scope: %d %s", code, b)
+	}
+	if code, b := alice.do("POST", "/api/v1/users", `{"name":"Bad Name","password":"long enough"}`); code != 400 || !strings.Contains(string(b), `"field": "name"`) {
+		t.Errorf("user with a bad name: %d %s", code, b)
+	}
+	if code, b := alice.do("POST", "/api/v1/users", `{"name":"bob","password":"short"}`); code != 400 || !strings.Contains(string(b), `"field": "password"`) {
+		t.Errorf("user with a short password: %d %s", code, b)
+	}
+	if code, b := alice.do("POST", "/api/v1/users", `{"name":"vera","password":"long enough"}`); code != 409 {
+		t.Errorf("user vera again: %d %s", code, b)
+	}
 	// A viewer may change its own password, not another's.
 	if code, b := vera.do("PUT", "/api/v1/users/vera/password", `{"password":"another long one"}`); code != 204 {
 		t.Errorf("viewer sets its password: %d %s", code, b)

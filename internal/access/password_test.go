@@ -1,9 +1,13 @@
 package access
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
+
+	"hangar/internal/etcdembed/etcdtest"
+	"hangar/internal/store"
 )
 
 func TestPasswordHash(t *testing.T) {
@@ -53,30 +57,51 @@ func TestSecret(t *testing.T) {
 }
 
 func TestLimiter(t *testing.T) {
-	now := time.Unix(1000, 0)
-	l := &Limiter{MaxFailures: 2, Lockout: time.Minute, Now: func() time.Time { return now }}
-	l.Fail("u", "a")
-	if l.Check("u", "a") != nil {
-		t.Fatal("locked after one failure")
-	}
-	l.Fail("u", "a")
-	if l.Check("u", "a") == nil {
-		t.Fatal("not locked after two failures")
-	}
-	if l.Check("u", "b") != nil || l.Check("v", "a") != nil {
-		t.Fatal("the lock covers another user or source")
-	}
-	now = now.Add(61 * time.Second)
-	if l.Check("u", "a") != nil {
-		t.Fatal("still locked after the lockout")
-	}
-	l.Fail("u", "a")
-	if l.Check("u", "a") != nil {
-		t.Fatal("the failures before the lockout ended still count")
-	}
-	l.Succeed("u", "a")
-	l.Fail("u", "a")
-	if l.Check("u", "a") != nil {
-		t.Fatal("a success did not clear the failures")
+	ctx := t.Context()
+	st := store.NewEtcd(etcdtest.Start(t).Client())
+	for name, mk := range map[string]func(now func() time.Time) (*Limiter, *Limiter){
+		"memory": func(now func() time.Time) (*Limiter, *Limiter) {
+			l := &Limiter{MaxFailures: 2, Lockout: time.Minute, Now: now}
+			return l, l
+		},
+		// Two hosts' APIs on one store count together.
+		"etcd": func(now func() time.Time) (*Limiter, *Limiter) {
+			return &Limiter{MaxFailures: 2, Lockout: time.Minute, Now: now, S: st}, &Limiter{MaxFailures: 2, Lockout: time.Minute, Now: now, S: st}
+		},
+	} {
+		now := time.Unix(1000, 0)
+		l, other := mk(func() time.Time { return now })
+		must := func(err error) {
+			t.Helper()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		must(l.Fail(ctx, "u", "a"))
+		if l.Check(ctx, "u", "a") != nil {
+			t.Fatalf("%s: locked after one failure", name)
+		}
+		must(other.Fail(ctx, "u", "a"))
+		var le *LockedError
+		if err := l.Check(ctx, "u", "a"); !errors.As(err, &le) || le.RetryAfter != time.Minute {
+			t.Fatalf("%s: not locked after two failures: %v", name, err)
+		}
+		if l.Check(ctx, "u", "b") != nil || l.Check(ctx, "v", "a") != nil {
+			t.Fatalf("%s: the lock covers another user or source", name)
+		}
+		now = now.Add(61 * time.Second)
+		if l.Check(ctx, "u", "a") != nil {
+			t.Fatalf("%s: still locked after the lockout", name)
+		}
+		must(l.Fail(ctx, "u", "a"))
+		if l.Check(ctx, "u", "a") != nil {
+			t.Fatalf("%s: the failures before the lockout ended still count", name)
+		}
+		must(l.Succeed(ctx, "u", "a"))
+		must(l.Fail(ctx, "u", "a"))
+		if l.Check(ctx, "u", "a") != nil {
+			t.Fatalf("%s: a success did not clear the failures", name)
+		}
+		must(l.Succeed(ctx, "u", "a"))
 	}
 }

@@ -341,7 +341,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	users := &access.Store{S: st}
 	api := manager.New(manager.Config{Store: st, Metrics: ag, Consoles: ag, Volumes: ag, Pools: ag, Secrets: box, Log: cfg.Log, PoolAdmin: admin, Forward: fwd,
 		Access: users, Audit: &audit.Log{S: st, MaxRecords: cfg.AuditMaxRecords, MaxAge: cfg.AuditMaxAge, Log: cfg.Log},
-		Logins: &access.Limiter{MaxFailures: cfg.LoginMaxFailures, Lockout: cfg.LoginLockout}})
+		Logins: &access.Limiter{MaxFailures: cfg.LoginMaxFailures, Lockout: cfg.LoginLockout, S: st}})
 	d.srv = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	_ = os.Remove(cfg.Socket)
 	ln, err := net.Listen("unix", cfg.Socket)

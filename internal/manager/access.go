@@ -325,7 +325,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		src = r.RemoteAddr
 	}
-	if err := s.cfg.Logins.Check(req.User, src); err != nil {
+	if err := s.cfg.Logins.Check(r.Context(), req.User, src); err != nil {
 		var le *access.LockedError
 		if errors.As(err, &le) {
 			w.Header().Set("Retry-After", strconv.Itoa(int(le.RetryAfter.Seconds())+1))
@@ -337,7 +337,10 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	}
 	u, err := s.cfg.Access.CheckLogin(r.Context(), req.User, req.Password)
 	if errors.Is(err, access.ErrBadLogin) {
-		s.cfg.Logins.Fail(req.User, src)
+		if ferr := s.cfg.Logins.Fail(r.Context(), req.User, src); ferr != nil {
+			writeErr(w, ferr) // a failure that cannot be counted is no answer to give
+			return
+		}
 		authn.WriteUnauthenticated(w, err)
 		return
 	}
@@ -345,7 +348,10 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	s.cfg.Logins.Succeed(req.User, src)
+	if err := s.cfg.Logins.Succeed(r.Context(), req.User, src); err != nil {
+		writeErr(w, err)
+		return
+	}
 	cookie, sess, err := s.cfg.Access.NewSession(r.Context(), u.Name)
 	if err != nil {
 		writeErr(w, err)

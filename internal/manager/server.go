@@ -85,7 +85,8 @@ type Config struct {
 	// Audit records mutating requests (nil: one on Store with the default
 	// retention).
 	Audit *audit.Log
-	// Logins locks logins after repeated failures (nil: the defaults).
+	// Logins locks logins after repeated failures (nil: the defaults, the
+	// counts in Store).
 	Logins *access.Limiter
 }
 
@@ -118,7 +119,7 @@ func New(cfg Config) *Server {
 		cfg.Audit = &audit.Log{S: cfg.Store, Log: cfg.Log}
 	}
 	if cfg.Logins == nil {
-		cfg.Logins = &access.Limiter{}
+		cfg.Logins = &access.Limiter{S: cfg.Store}
 	}
 	s := &Server{cfg: cfg, inv: inventory.Inventory{S: cfg.Store}, mux: http.NewServeMux(), csrf: http.NewCrossOriginProtection()}
 	reg := prometheus.NewRegistry()

@@ -98,16 +98,21 @@ func denied(id authn.Identity, rule access.Rule, what string) error {
 
 // authorize applies the route's access rule to the caller.
 func (s *Server) authorize(r *http.Request, pattern string) error {
-	rule, ok := access.Rules[pattern]
-	if !ok {
-		return fmt.Errorf("route %s has no access rule", pattern)
-	}
-	if rule.Target == access.Public {
+	rule, known := access.Rules[pattern]
+	if known && rule.Target == access.Public {
 		return nil
 	}
 	id, ok := identity(r.Context())
 	if !ok {
 		return authn.ErrNoCredentials
+	}
+	if !known {
+		// A route without a rule (TestEveryRouteHasARule fails) serves
+		// only those who may do everything.
+		if id.Full {
+			return nil
+		}
+		return fmt.Errorf("route %s has no access rule", pattern)
 	}
 	if err := access.CheckCSRF(id, r); err != nil {
 		return err

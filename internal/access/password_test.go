@@ -105,3 +105,16 @@ func TestLimiter(t *testing.T) {
 		must(l.Succeed(ctx, "u", "a"))
 	}
 }
+
+// BenchmarkVerifyPassword is what one login costs in CPU.
+func BenchmarkVerifyPassword(b *testing.B) {
+	h, err := HashPassword("correct horse")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if ok, err := VerifyPassword(h, "correct horse"); !ok || err != nil {
+			b.Fatal(ok, err)
+		}
+	}
+}

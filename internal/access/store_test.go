@@ -96,3 +96,24 @@ func TestRecordsAreInput(t *testing.T) {
 		t.Errorf("token of a deleted user: %v", err)
 	}
 }
+
+// BenchmarkAuthenticateToken is what a token costs a request: the token's
+// and its owner's records read from etcd.
+func BenchmarkAuthenticateToken(b *testing.B) {
+	st := store.NewEtcd(etcdtest.Start(b).Client())
+	s := &Store{S: st}
+	if _, err := s.AddUser(b.Context(), v1.UserRequest{Name: "olga", Password: "long enough"}); err != nil {
+		b.Fatal(err)
+	}
+	nt, err := s.CreateToken(b.Context(), authn.Identity{Name: "olga", User: "olga"}, v1.TokenRequest{Name: "t"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := httptest.NewRequest("GET", "/", nil)
+	r.Header.Set("Authorization", "Bearer "+nt.Secret)
+	for b.Loop() {
+		if _, err := s.Authenticate(r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

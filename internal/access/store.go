@@ -119,25 +119,35 @@ func decodeStrict(b []byte, v any) error {
 	return dec.Decode(v)
 }
 
-func (s *Store) user(ctx context.Context, name string) (userRecord, int64, error) {
-	var u userRecord
-	if err := ValidateUserName("user", name); err != nil {
-		return u, 0, err
-	}
-	kv, err := s.S.Get(ctx, UsersPrefix+name)
+// record reads the record prefix+name of a kind ("user", "token") and
+// checks it (state is input).
+func record[T any](ctx context.Context, st store.Store, prefix, name, kind string, check func(string, T) error) (T, int64, error) {
+	var v T
+	kv, err := st.Get(ctx, prefix+name)
 	if errors.Is(err, store.ErrNotFound) {
-		return u, 0, notFound("user", name)
+		return v, 0, notFound(kind, name)
 	}
 	if err != nil {
-		return u, 0, fmt.Errorf("load user %q: %w", name, err)
+		return v, 0, fmt.Errorf("load %s %q: %w", kind, name, err)
 	}
-	if err := decodeStrict(kv.Value, &u); err != nil {
-		return u, 0, fmt.Errorf("user record %s: %v: %w", kv.Key, err, inventory.ErrInvalidRecord)
+	v, err = decodeRecord(kv, kind, check)
+	return v, kv.Revision, err
+}
+
+// decodeRecord decodes a record strictly and checks it.
+func decodeRecord[T any](kv store.KV, kind string, check func(string, T) error) (T, error) {
+	var v T
+	if err := decodeStrict(kv.Value, &v); err != nil {
+		return v, fmt.Errorf("%s record %s: %v: %w", kind, kv.Key, err, inventory.ErrInvalidRecord)
 	}
-	if err := checkUser(kv.Key, u); err != nil {
-		return u, 0, err
+	return v, check(kv.Key, v)
+}
+
+func (s *Store) user(ctx context.Context, name string) (userRecord, int64, error) {
+	if err := ValidateUserName("user", name); err != nil {
+		return userRecord{}, 0, err
 	}
-	return u, kv.Revision, nil
+	return record(ctx, s.S, UsersPrefix, name, "user", checkUser)
 }
 
 // AddUser creates a user.
@@ -183,11 +193,8 @@ func (s *Store) Users(ctx context.Context) ([]v1.User, error) {
 	}
 	out := []v1.User{}
 	for _, kv := range kvs {
-		var u userRecord
-		if err := decodeStrict(kv.Value, &u); err != nil {
-			return nil, fmt.Errorf("user record %s: %v: %w", kv.Key, err, inventory.ErrInvalidRecord)
-		}
-		if err := checkUser(kv.Key, u); err != nil {
+		u, err := decodeRecord(kv, "user", checkUser)
+		if err != nil {
 			return nil, err
 		}
 		out = append(out, u.api())
@@ -497,21 +504,7 @@ func (s *Store) CreateToken(ctx context.Context, caller authn.Identity, req v1.T
 }
 
 func (s *Store) token(ctx context.Context, id string) (tokenRecord, int64, error) {
-	var t tokenRecord
-	kv, err := s.S.Get(ctx, TokensPrefix+id)
-	if errors.Is(err, store.ErrNotFound) {
-		return t, 0, notFound("token", id)
-	}
-	if err != nil {
-		return t, 0, fmt.Errorf("load token %s: %w", id, err)
-	}
-	if err := decodeStrict(kv.Value, &t); err != nil {
-		return t, 0, fmt.Errorf("token record %s: %v: %w", kv.Key, err, inventory.ErrInvalidRecord)
-	}
-	if err := checkToken(kv.Key, t); err != nil {
-		return t, 0, err
-	}
-	return t, kv.Revision, nil
+	return record(ctx, s.S, TokensPrefix, id, "token", checkToken)
 }
 
 // Tokens lists the tokens of user ("": everyone's), oldest first.
@@ -522,11 +515,8 @@ func (s *Store) Tokens(ctx context.Context, user string) ([]v1.Token, error) {
 	}
 	out := []v1.Token{}
 	for _, kv := range kvs {
-		var t tokenRecord
-		if err := decodeStrict(kv.Value, &t); err != nil {
-			return nil, fmt.Errorf("token record %s: %v: %w", kv.Key, err, inventory.ErrInvalidRecord)
-		}
-		if err := checkToken(kv.Key, t); err != nil {
+		t, err := decodeRecord(kv, "token", checkToken)
+		if err != nil {
 			return nil, err
 		}
 		if user == "" || t.User == user {
@@ -659,18 +649,11 @@ func (s *Store) authenticateSession(r *http.Request) (authn.Identity, error) {
 	if !ok {
 		return authn.Identity{}, fmt.Errorf("session cookie: malformed: %w", errdefs.ErrUnauthenticated)
 	}
-	kv, err := s.S.Get(r.Context(), SessionsPrefix+id)
-	if errors.Is(err, store.ErrNotFound) {
+	rec, _, err := record(r.Context(), s.S, SessionsPrefix, id, "session", checkSession)
+	if errors.Is(err, errdefs.ErrNotFound) {
 		return authn.Identity{}, fmt.Errorf("session ended or unknown: log in again: %w", errdefs.ErrUnauthenticated)
 	}
 	if err != nil {
-		return authn.Identity{}, fmt.Errorf("load session: %w", err)
-	}
-	var rec sessionRecord
-	if err := decodeStrict(kv.Value, &rec); err != nil {
-		return authn.Identity{}, fmt.Errorf("session record %s: %v: %w", kv.Key, err, inventory.ErrInvalidRecord)
-	}
-	if err := checkSession(kv.Key, rec); err != nil {
 		return authn.Identity{}, err
 	}
 	if !sameDigest(rec.Digest, d) {

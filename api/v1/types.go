@@ -31,6 +31,10 @@ const (
 	StateCrashed   = "crashed"
 	StateSuspended = "suspended"
 	StateError     = "error"
+	// StateLost: the VM's host is dead and the VM was not restarted
+	// elsewhere (not highly available, or it cannot be); the reason says
+	// why. Written by the pool master.
+	StateLost = "lost"
 )
 
 // Restart policies (VMSpec.RestartPolicy).
@@ -322,8 +326,15 @@ type Host struct {
 	// the facts above, Storage and UsableCPUModels; the rest is counted
 	// from the records at that moment).
 
-	// State is alive, down (no lease) or maintenance.
+	// State is alive, down (no lease), maintenance, or — for a host
+	// without a lease, as the pool master judges it — suspect, isolated or
+	// dead.
 	State string `json:"state,omitempty"`
+	// Liveness is the pool master's judgement of a host without a lease
+	// (suspect, isolated, dead) and LivenessWhy its reason; "" while the
+	// lease is held.
+	Liveness    string `json:"liveness,omitempty"`
+	LivenessWhy string `json:"livenessWhy,omitempty"`
 	// AllocatedCPUs are the vCPUs booked on the host (the pool master's
 	// allocation records; before it writes any, the VMs placed there that
 	// are not stopped), like AllocatedMemoryMiB.
@@ -352,6 +363,13 @@ const (
 	HostAlive       = "alive"
 	HostDown        = "down"
 	HostMaintenance = "maintenance"
+	// The pool master's judgement of a host whose lease expired (HA,
+	// docs/architecture.md "High availability"): suspect (waiting to be
+	// sure), isolated (lost management only: its storage heartbeat moves,
+	// its VMs keep running there) or dead (its HA VMs restart elsewhere).
+	HostSuspect  = "suspect"
+	HostIsolated = "isolated"
+	HostDead     = "dead"
 )
 
 // StorageUsage is the file system of a storage pool's directory (statfs):

@@ -22,6 +22,7 @@ import (
 	v1 "hangar/api/v1"
 	"hangar/internal/capacity"
 	"hangar/internal/errdefs"
+	"hangar/internal/ha"
 	"hangar/internal/inventory"
 	"hangar/internal/qemu"
 	"hangar/internal/qemu/config"
@@ -45,13 +46,17 @@ type Config struct {
 	Log       *slog.Logger
 	// StopTimeout is how long a graceful stop waits for the guest (default 60 s).
 	StopTimeout time.Duration
-	// LeaseTTL of the host's liveness key (default 10 s).
+	// LeaseTTL of the host's liveness key (default ha.DefaultLeaseTTL, 5 s).
 	LeaseTTL time.Duration
 	// SelfFence lets the agent kill its HA VMs when its lease and storage
-	// heartbeat may both have lapsed (fence.go). Off until the pool master
-	// restarts a dead host's HA VMs elsewhere: fencing without that would
-	// only take them down. The heartbeats are written either way.
+	// heartbeat may both have lapsed (fence.go); hangar serve turns it on
+	// (the pool master restarts a dead host's HA VMs elsewhere). The
+	// heartbeats are written either way.
 	SelfFence bool
+	// FaultDir, when set (serve's hidden --test-faults), is where tests
+	// switch faults on: a file heartbeat-cut there makes every storage
+	// heartbeat write fail, as a storage cut would. Never set otherwise.
+	FaultDir string
 	// RestartLimit restarts within RestartWindow, then the VM stays crashed.
 	RestartLimit  int
 	RestartWindow time.Duration
@@ -84,11 +89,15 @@ type Agent struct {
 	ctx      context.Context
 	workers  sync.WaitGroup
 	ready    chan struct{}
-	live     liveSet                  // running QEMUs, for VMStats (stats.go)
-	ioCounts ioCounts                 // I/O errors per VM, for /metrics (ioerror.go)
-	lease    atomic.Int64             // the host's lease (store.LeaseID)
-	fence    *fencer                  // HA: heartbeats and self-fencing (fence.go)
-	opDur    *prometheus.HistogramVec // durations of finished operations
+	live     liveSet      // running QEMUs, for VMStats (stats.go)
+	ioCounts ioCounts     // I/O errors per VM, for /metrics (ioerror.go)
+	lease    atomic.Int64 // the host's lease (store.LeaseID)
+	fence    *fencer      // HA: heartbeats and self-fencing (fence.go)
+	// fencedVMs names the VMs self-fencing killed (name → true): their
+	// exit is not restarted by policy; once the host holds a lease again
+	// they start here if their owner record still names this host.
+	fencedVMs sync.Map
+	opDur     *prometheus.HistogramVec // durations of finished operations
 
 	// crashAt names a point of create+start at which the agent kills its
 	// own process with SIGKILL (crashPoint). Test-only: the kill-9
@@ -105,7 +114,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.StopTimeout = 60 * time.Second
 	}
 	if cfg.LeaseTTL == 0 {
-		cfg.LeaseTTL = 10 * time.Second
+		cfg.LeaseTTL = ha.DefaultLeaseTTL
 	}
 	if cfg.RestartLimit == 0 {
 		cfg.RestartLimit = 5
@@ -177,11 +186,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent start: %w", err)
 	}
+	// Before anything is adopted or started: a QEMU left here of a VM
+	// another host owns now (restarted elsewhere while this host was cut
+	// off) is killed (stale.go).
+	for _, name := range a.localRunDirs() {
+		a.enqueue(name, task{stale: true})
+	}
 	for _, s := range specs {
 		if s.Host == a.cfg.Host {
 			a.enqueue(s.Name, task{recover: true})
 		}
 	}
+	go a.watchOwners(ctx)
 	rev, err := a.queueOps(ctx)
 	if err != nil {
 		return fmt.Errorf("agent start: %w", err)
@@ -229,6 +245,11 @@ func (a *Agent) Run(ctx context.Context) error {
 				if lost, err = a.holdLease(ctx); err != nil && ctx.Err() == nil {
 					log.Error("register host", "err", err)
 					lost = retryAfter(time.Second)
+				} else if err == nil {
+					a.fencedVMs.Range(func(k, _ any) bool {
+						a.enqueue(k.(string), task{restart: true}) // refused if another host owns it now
+						return true
+					})
 				}
 			case <-ctx.Done():
 				cancel()

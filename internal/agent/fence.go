@@ -2,6 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -42,6 +45,10 @@ type fencer struct {
 	openPool  func(root string) (*heartbeat.Writer, error)
 	writeBeat func(w *heartbeat.Writer, ctx context.Context) error // nil: w.Beat
 }
+
+// HeartbeatCutFault is the file in Config.FaultDir that makes every
+// storage heartbeat write fail (tests only: serve --test-faults).
+const HeartbeatCutFault = "heartbeat-cut"
 
 // stateEvery is how often the fencer reads the HA VMs and shared pools.
 const stateEvery = 5 * time.Second
@@ -204,6 +211,7 @@ func (a *Agent) newFencer(lease func() store.LeaseID) *fencer {
 		},
 		live: a.live.all,
 		kill: func(name string, inst *qemu.Instance) {
+			a.fencedVMs.Store(name, true) // its exit is no crash: no restart by policy
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			if err := inst.Kill(ctx); err != nil {
@@ -215,6 +223,15 @@ func (a *Agent) newFencer(lease func() store.LeaseID) *fencer {
 	}
 	if !a.cfg.SelfFence {
 		f.kill = nil
+	}
+	if a.cfg.FaultDir != "" {
+		cut := filepath.Join(a.cfg.FaultDir, HeartbeatCutFault)
+		f.writeBeat = func(w *heartbeat.Writer, ctx context.Context) error {
+			if _, err := os.Stat(cut); err == nil {
+				return errors.New("test fault: storage heartbeat cut (" + cut + ")")
+			}
+			return w.Beat(ctx)
+		}
 	}
 	return f
 }

@@ -39,6 +39,7 @@ type task struct {
 	recover bool           // re-adopt after an agent restart
 	exited  *qemu.Instance // this QEMU went away
 	restart bool           // restart by policy
+	stale   bool           // kill the local copy if another host owns the VM (stale.go)
 	// migration: take this host's next step of the VM's migration
 	migration bool
 	// sourceLeftovers: delete the files a migration left here (leftovers.go)
@@ -121,6 +122,10 @@ func (m *machine) loop() {
 			m.onExit(ctx, t.exited, "")
 		case t.restart:
 			m.policyRestart(ctx)
+		case t.stale:
+			if _, err := m.killStale(ctx); err != nil {
+				m.log.Error("stale copy", "err", err)
+			}
 		case t.migration:
 			m.migrationStep(ctx)
 		case t.sourceLeftovers:
@@ -324,6 +329,9 @@ func opHandlers() map[string]opHandler {
 		"evacuate": func(m *machine, _ context.Context, op v1.Operation, _ progressFunc) error {
 			return errdefs.Precondition("evacuate %s: evacuations are driven by the pool master, not by an agent", op.Target)
 		},
+		"failover": func(m *machine, _ context.Context, op v1.Operation, _ progressFunc) error {
+			return errdefs.Precondition("failover of %s: failovers are driven by the pool master, not by an agent", op.Target)
+		},
 		"volume-copy":    withArgs(volumeOp),
 		"volume-flatten": withArgs(volumeOp),
 		"template": withArgs(func(m *machine, ctx context.Context, _ v1.Operation, args v1.TemplateArgs, progress progressFunc) error {
@@ -494,6 +502,12 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 	if err != nil {
 		return err
 	}
+	if owner, err := m.a.ownedElsewhere(ctx, m.name); err != nil {
+		return fmt.Errorf("start %s: %w", m.name, err)
+	} else if owner != "" {
+		return errOwnedElsewhere(m.name, owner)
+	}
+	m.a.fencedVMs.Delete(m.name)
 	if m.inst != nil {
 		inst := m.inst
 		st, err := inst.Mon.QueryStatus(ctx)
@@ -762,6 +776,12 @@ func (m *machine) recover(ctx context.Context) {
 	if m.inst != nil {
 		return
 	}
+	if elsewhere, err := m.killStale(ctx); err != nil || elsewhere {
+		if err != nil {
+			m.log.Error("recover: check the owner record", "err", err)
+		}
+		return // another host's VM (or unknown): nothing adopted, nothing written
+	}
 	runDir, err := m.a.runDir(m.name)
 	if err != nil {
 		m.log.Error("recover", "err", err)
@@ -878,6 +898,9 @@ func (m *machine) onExit(ctx context.Context, inst *qemu.Instance, reason string
 	}
 	restart := spec.Power != v1.PowerStopped &&
 		(spec.RestartPolicy == v1.RestartAlways || (spec.RestartPolicy == v1.RestartOnFailure && crashed))
+	if _, fenced := m.a.fencedVMs.Load(m.name); fenced && inst != nil {
+		restart, reason = false, "killed by self-fencing: the host's lease and storage heartbeat may have lapsed"
+	}
 	if restart {
 		cut := time.Now().Add(-m.a.cfg.RestartWindow)
 		recent := m.restarts[:0]
@@ -907,7 +930,7 @@ func (m *machine) onExit(ctx context.Context, inst *qemu.Instance, reason string
 
 func (m *machine) policyRestart(ctx context.Context) {
 	spec, _, err := m.a.inv.Spec(ctx, m.name)
-	if err != nil || m.inst != nil || spec.Power == v1.PowerStopped {
+	if err != nil || m.inst != nil || spec.Power == v1.PowerStopped || spec.Host != m.a.cfg.Host {
 		return
 	}
 	if err := m.start(ctx); err != nil {

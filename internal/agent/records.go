@@ -154,7 +154,7 @@ func (r records) statusForUpdate(ctx context.Context, name string) (statusRecord
 
 var knownStates = map[string]bool{v1.StateCreating: true, v1.StateStopped: true, v1.StateStarting: true,
 	v1.StateRunning: true, v1.StatePaused: true, v1.StateStopping: true, v1.StateCrashed: true,
-	v1.StateSuspended: true, v1.StateError: true}
+	v1.StateSuspended: true, v1.StateError: true, v1.StateLost: true}
 
 // checkStatus checks a status record: every file it names must be inside
 // the VM's storage pools (the host's default pool and the pools its disks'

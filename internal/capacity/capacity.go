@@ -95,7 +95,10 @@ func Overview(hosts []v1.Host, vms []v1.VM, alloc map[string]inventory.Alloc, p 
 			h.State = v1.HostAlive
 			pool.HostsAlive++
 		default:
-			h.State = v1.HostDown
+			h.State = v1.HostDown // no lease
+			if h.Liveness != "" {
+				h.State = h.Liveness // the pool master's judgement: suspect, isolated, dead
+			}
 			pool.HostsDown++
 		}
 		pool.Hosts++

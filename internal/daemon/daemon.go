@@ -95,6 +95,13 @@ type Config struct {
 	// VMUIDRange is "first-last", the uids (and file groups) QEMU runs
 	// as; "" is inventory.DefaultIDRange.
 	VMUIDRange string
+	// FenceAgent is a command the pool master runs before it restarts a
+	// dead host's HA VMs elsewhere (IPMI/Redfish style), given the host's
+	// name; "" for none.
+	FenceAgent string
+	// TestFaults lets tests switch faults on through files in
+	// <data-dir>/test-faults (agent.Config.FaultDir). Hidden serve flag.
+	TestFaults bool
 	Log        *slog.Logger
 }
 
@@ -293,9 +300,14 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		extra.auth = auth
 	}
 
+	faultDir := ""
+	if cfg.TestFaults {
+		faultDir = filepath.Join(cfg.DataDir, "test-faults")
+		cfg.Log.Warn("test faults enabled: files in this directory switch faults on", "dir", faultDir)
+	}
 	ag, err := agent.New(agent.Config{Host: cfg.Host, DataDir: cfg.DataDir, RunDir: cfg.RunDir, Store: st, Caps: caps,
 		Pool: storagePool, HostPaths: hostPaths, Log: cfg.Log, StopTimeout: cfg.StopTimeout, Secrets: box, VMIDs: ids,
-		Address: d.TCPAddr, Role: state.Role})
+		Address: d.TCPAddr, Role: state.Role, SelfFence: true, FaultDir: faultDir})
 	if err != nil {
 		return nil, err
 	}
@@ -314,7 +326,8 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if !ok {
 		return nil, errors.New("the pool master needs an etcd store")
 	}
-	d.Master = master.New(master.Config{Client: ecli.Client(), Store: st, Host: cfg.Host, Log: cfg.Log})
+	d.Master = master.New(master.Config{Client: ecli.Client(), Store: st, Host: cfg.Host, Log: cfg.Log,
+		FenceAgent: cfg.FenceAgent})
 	d.masterDone = make(chan struct{})
 	go func() {
 		defer close(d.masterDone)

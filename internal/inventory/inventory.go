@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	v1 "hangar/api/v1"
 	"hangar/internal/scheduler"
@@ -54,6 +55,13 @@ const (
 	// Maintenance: /hangar/maintenance/<host>, present while a host is in
 	// maintenance (the scheduler places nothing there).
 	Maintenance = Root + "maintenance/"
+	// Liveness: /hangar/liveness/<host> = HostLiveness, the pool master's
+	// judgement of a host whose lease expired (HA), written by the master
+	// only; removed when the host holds its lease again.
+	Liveness = Root + "liveness/"
+	// HARestarts: /hangar/harestarts/<vm> = HARestarts, when the master
+	// restarted the VM after its host died (maxRestarts per window).
+	HARestartsPrefix = Root + "harestarts/"
 	// Settings: the pool's admission settings (v1.PoolSettings), written
 	// by the API; absent until set (the defaults).
 	Settings = Root + "settings"
@@ -69,6 +77,44 @@ func MigrationPartKey(vm, part string) string { return Migrations + vm + "/" + p
 func MaintenanceKey(host string) string       { return Maintenance + host }
 func LeftoverKey(host, vm string) string      { return Leftovers + host + "/" + vm }
 func LeftoverPrefix(host string) string       { return Leftovers + host + "/" }
+func LivenessKey(host string) string          { return Liveness + host }
+func HARestartsKey(vm string) string          { return HARestartsPrefix + vm }
+
+// HostLiveness is the master's judgement of a host (ha.Judge): suspect,
+// isolated or dead, why, and since when.
+type HostLiveness struct {
+	State string    `json:"state"`
+	Why   string    `json:"why"`
+	Since time.Time `json:"since"`
+}
+
+// HARestarts are the times the master restarted a VM elsewhere after its
+// host died, newest last (at most vm.MaxHARestarts kept).
+type HARestarts struct {
+	Times []time.Time `json:"times"`
+}
+
+// HostLivenesses reads the master's judgements by host; a record that is
+// not one the master writes is left out.
+func (i Inventory) HostLivenesses(ctx context.Context) (map[string]HostLiveness, error) {
+	items, _, err := store.ListJSON[HostLiveness](ctx, i.S, Liveness)
+	if err != nil {
+		return nil, fmt.Errorf("list host liveness: %w", err)
+	}
+	out := map[string]HostLiveness{}
+	for _, it := range items {
+		h := NameFromKey(it.Key)
+		switch it.Value.State {
+		case v1.HostSuspect, v1.HostIsolated, v1.HostDead:
+		default:
+			continue
+		}
+		if validLabel(h) && len(it.Value.Why) <= 4096 {
+			out[h] = it.Value
+		}
+	}
+	return out, nil
+}
 
 // NewOpWrites are the writes that record a new operation: the operation
 // itself (must not exist) and, for one placed on a host, that host's task,

@@ -26,9 +26,16 @@ func (s *Server) capacity(ctx context.Context) (v1.Capacity, error) {
 	if err != nil {
 		return v1.Capacity{}, err
 	}
+	judged, err := s.inv.HostLivenesses(ctx)
+	if err != nil {
+		return v1.Capacity{}, err
+	}
 	var live []v1.Host
 	for i := range hosts {
 		hosts[i].Alive = alive[hosts[i].Name]
+		if j, ok := judged[hosts[i].Name]; ok && !hosts[i].Alive {
+			hosts[i].Liveness, hosts[i].LivenessWhy = j.State, j.Why
+		}
 		hosts[i].Maintenance = hosts[i].Maintenance || inMaint[hosts[i].Name]
 		if hosts[i].Alive {
 			live = append(live, hosts[i])

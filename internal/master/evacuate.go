@@ -243,7 +243,7 @@ func (l *leader) unparkOne(ctx context.Context, snap snapshot, sp v1.VMSpec, rev
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
-	if st.State != v1.StateStopped && st.State != v1.StateCrashed {
+	if st.State != v1.StateStopped && st.State != v1.StateCrashed && st.State != v1.StateLost {
 		return nil // not down yet (or unknown): never start a VM twice
 	}
 	pools, _, err := store.ListJSON[v1.StoragePool](ctx, l.cfg.Store, inventory.Pools)

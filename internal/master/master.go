@@ -19,6 +19,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"hangar/internal/ha"
 	"hangar/internal/inventory"
 	"hangar/internal/store"
 )
@@ -36,6 +37,14 @@ type Config struct {
 	// Resync is how often the master re-reads every operation and VM, as
 	// a safety net behind its watch (default 5 s).
 	Resync time.Duration
+	// HA holds the liveness timings (ha.Judge; zero: the defaults).
+	HA ha.Config
+	// FenceAgent is a command run with a dead host's name as its last
+	// argument before that host's HA VMs restart elsewhere; "" for none.
+	// A failure refuses the restarts.
+	FenceAgent string
+	// FenceTimeout bounds the fence agent (default DefaultFenceTimeout).
+	FenceTimeout time.Duration
 }
 
 // Master campaigns for the pool's leadership and, while it holds it,
@@ -135,7 +144,7 @@ func (m *Master) term(ctx context.Context) error {
 		m.leading = false
 		m.mu.Unlock()
 	}()
-	l := &leader{cfg: m.cfg, fence: store.Cond{Key: el.Key(), ExpectRev: el.Rev()}, log: m.cfg.Log}
+	l := &leader{cfg: m.cfg, fence: store.Cond{Key: el.Key(), ExpectRev: el.Rev()}, log: m.cfg.Log, failedOver: map[string]time.Time{}}
 	m.cfg.Log.Info("elected pool master", "host", m.cfg.Host, "key", el.Key(), "rev", el.Rev())
 	err = l.lead(lctx)
 	if ctx.Err() == nil && sess.Ctx().Err() == nil {
@@ -153,9 +162,10 @@ type leader struct {
 	fence store.Cond
 	log   *slog.Logger
 
-	mu      sync.Mutex
-	driving map[string]bool // VMs whose migration a goroutine drives
-	wg      sync.WaitGroup  // those goroutines
+	mu         sync.Mutex
+	driving    map[string]bool      // VMs whose migration a goroutine drives
+	failedOver map[string]time.Time // host → when its last failover failed
+	wg         sync.WaitGroup       // those goroutines
 }
 
 // Commit writes ops in one transaction conditioned on this term's
@@ -184,6 +194,11 @@ func (l *leader) lead(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		l.watchLiveness(ctx)
+	}()
 	tick := time.NewTicker(l.cfg.Resync)
 	defer tick.Stop()
 	for {

@@ -44,8 +44,11 @@ var opKinds = map[string]struct {
 	"delete":           {TargetVM, func() any { return new(v1.DeleteArgs) }},
 	"migrate":          {TargetVM, func() any { return new(v1.MigrateArgs) }},
 	"evacuate":         {TargetHost, func() any { return new(v1.EvacuateArgs) }},
-	"volume-copy":      {TargetVolume, func() any { return new(v1.VolumeCopyArgs) }},
-	"volume-flatten":   {TargetVolume, func() any { return new(v1.VolumeCopyArgs) }},
+	// failover: the master's handling of a dead host; its args are the
+	// restart plan (ha.Plan, checked by ha's Validate where it is read).
+	"failover":       {TargetHost, func() any { return new(json.RawMessage) }},
+	"volume-copy":    {TargetVolume, func() any { return new(v1.VolumeCopyArgs) }},
+	"volume-flatten": {TargetVolume, func() any { return new(v1.VolumeCopyArgs) }},
 }
 
 // OpKinds lists every operation kind Hangar knows, sorted.
@@ -56,7 +59,9 @@ func OpKinds() []string {
 // DrivenByMaster reports whether the pool master, not a host's agent,
 // runs operations of kind: they span hosts (a migration), so the API
 // records them without a host and no agent's task names them.
-func DrivenByMaster(kind string) bool { return kind == "migrate" || kind == "evacuate" }
+func DrivenByMaster(kind string) bool {
+	return kind == "migrate" || kind == "evacuate" || kind == "failover"
+}
 
 // OpTarget returns what an operation kind's target names (TargetVM or
 // TargetVolume), or "" for a kind Hangar does not know.

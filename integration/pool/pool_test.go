@@ -129,7 +129,7 @@ func (p *Pool) serveConfig(h *netlab.Host, uids string, args ...string) netlab.S
 		accel = "auto"
 	}
 	return netlab.ServeConfig{Bin: hangarBin, UIDRange: uids,
-		Args: append([]string{"--accel", accel, "--stop-timeout", "30s", "--import-dir", filepath.Dir(guestImage)}, args...)}
+		Args: append([]string{"--accel", accel, "--stop-timeout", "30s", "--test-faults", "--import-dir", filepath.Dir(guestImage)}, args...)}
 }
 
 func (p *Pool) startHost(ctx context.Context, h *netlab.Host, cfg netlab.ServeConfig) error {

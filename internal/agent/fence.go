@@ -41,7 +41,7 @@ type fencer struct {
 	pools     []string
 	writers   map[string]*heartbeat.Writer
 	fenced    map[*qemu.Instance]bool
-	listed    time.Time // when the lists were last read (tick's goroutine only)
+	listed    time.Time // when the lists were last read
 	openPool  func(root string) (*heartbeat.Writer, error)
 	writeBeat func(w *heartbeat.Writer, ctx context.Context) error // nil: w.Beat
 }
@@ -62,10 +62,17 @@ func (f *fencer) granted(sent time.Time) {
 	}
 }
 
-// tick asks etcd about the lease (a probe answered "d left", sent at t,
-// means the lease holds until at least t + d), refreshes the lists, and
-// writes the heartbeats; each step bounded by the heartbeat interval.
+// tick asks etcd about the lease and refreshes the lists (tickLease),
+// then writes the heartbeats (tickBeat).
 func (f *fencer) tick(ctx context.Context) {
+	f.tickLease(ctx)
+	f.tickBeat(ctx)
+}
+
+// tickLease asks etcd about the lease (a probe answered "d left", sent at
+// t, means the lease holds until at least t + d) and refreshes the lists,
+// each step bounded by the heartbeat interval.
+func (f *fencer) tickLease(ctx context.Context) {
 	step := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, ha.HeartbeatInterval) }
 	sent := f.now()
 	c, cancel := step()
@@ -76,23 +83,34 @@ func (f *fencer) tick(ctx context.Context) {
 	}
 	// The lists change seldom; reading them (every spec, every pool) each
 	// second on every host would be the pool's heaviest load.
-	if f.listed.IsZero() || sent.Sub(f.listed) >= stateEvery {
+	f.mu.Lock()
+	listed := f.listed
+	f.mu.Unlock()
+	if listed.IsZero() || sent.Sub(listed) >= stateEvery {
 		c, cancel = step()
 		vms, pools, err := f.state(c)
 		cancel()
 		if err == nil {
 			f.mu.Lock()
 			f.haVMs, f.pools = vms, pools
-			f.mu.Unlock()
 			f.listed = sent
+			f.mu.Unlock()
 		}
 	}
+}
+
+// tickBeat writes the heartbeat into every shared pool of the last list.
+// It runs on its own timer (run): probes of an etcd that does not answer
+// must not space the heartbeats out, or a host cut off from management
+// only would miss its heartbeat deadline and fence.
+func (f *fencer) tickBeat(ctx context.Context) {
 	f.mu.Lock()
 	pools := f.pools
 	f.mu.Unlock()
 	for _, root := range pools {
 		w := f.writers[root]
 		if w == nil {
+			var err error
 			if w, err = f.openPool(root); err != nil {
 				continue
 			}
@@ -102,7 +120,7 @@ func (f *fencer) tick(ctx context.Context) {
 			f.writers[root] = w
 		}
 		start := f.now()
-		c, cancel := step()
+		c, cancel := context.WithTimeout(ctx, ha.HeartbeatInterval)
 		beat := f.writeBeat
 		if beat == nil {
 			beat = (*heartbeat.Writer).Beat
@@ -157,14 +175,27 @@ func (f *fencer) run(ctx context.Context) {
 	defer tick.Stop()
 	check := time.NewTicker(ha.DefaultFenceLead / 10)
 	defer check.Stop()
+	f.tickLease(ctx) // the first lists, before the first heartbeat
 	go func() {
-		f.tick(ctx)
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-tick.C:
-				f.tick(ctx)
+				f.tickLease(ctx)
+			}
+		}
+	}()
+	beat := time.NewTicker(ha.HeartbeatInterval)
+	defer beat.Stop()
+	go func() {
+		f.tickBeat(ctx)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-beat.C:
+				f.tickBeat(ctx)
 			}
 		}
 	}()

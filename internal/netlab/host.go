@@ -289,3 +289,35 @@ func execIn(ctx context.Context, ns string, argv ...string) ([]byte, error) {
 	}
 	return out, nil
 }
+
+// CutManagement takes the host's address off br0: its management traffic
+// (API, etcd, migrations) stops, while its guests' bridged traffic goes on
+// through eth0 as before. RestoreManagement puts it back.
+func (h *Host) CutManagement(ctx context.Context) error {
+	return h.lab.ip(ctx, "-n", h.NS, "addr", "del", h.IP.String()+"/24", "dev", Bridge)
+}
+
+// RestoreManagement undoes CutManagement.
+func (h *Host) RestoreManagement(ctx context.Context) error {
+	return h.lab.ip(ctx, "-n", h.NS, "addr", "add", h.IP.String()+"/24", "dev", Bridge)
+}
+
+// SetFault switches test fault name on or off for a hangar serve started
+// with --test-faults: a file of that name in <data dir>/test-faults (e.g.
+// agent.HeartbeatCutFault).
+func (h *Host) SetFault(name string, on bool) error {
+	dir := filepath.Join(h.DataDir, "test-faults")
+	if !on {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("netlab: %s: fault %s off: %w", h.Name, name, err)
+		}
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("netlab: %s: fault %s on: %w", h.Name, name, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), nil, 0o644); err != nil {
+		return fmt.Errorf("netlab: %s: fault %s on: %w", h.Name, name, err)
+	}
+	return nil
+}

@@ -108,20 +108,29 @@ func parkOnEvacuation(ctx context.Context, t *testing.T, p *Pool, group, name st
 // volume's name for a spec ("pool/file").
 func sharedVolume(ctx context.Context, t testing.TB, p *Pool, pool, file string) string {
 	t.Helper()
+	dir := sharedPoolDir(ctx, t, p, pool)
+	copyFile(t, guestImage, filepath.Join(dir, file))
+	t.Cleanup(func() { _ = os.Remove(filepath.Join(dir, file)) })
+	return pool + "/" + file
+}
+
+// sharedPoolDir makes the shared storage pool named pool (a directory of
+// the lab every host sees, kept as long as the lab) if it is not there
+// yet, and returns its directory.
+func sharedPoolDir(ctx context.Context, t testing.TB, p *Pool, pool string) string {
+	t.Helper()
 	dir := filepath.Join(p.Lab.Dir, "shared-"+pool)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.API(t, "h1").AddPool(ctx, v1.StoragePool{Name: pool, Type: "shared", Path: dir}); err != nil {
-		// Made by an earlier run of the test in this process (-count N).
+		// Made by an earlier test (or run of the test) in this process.
 		pools, lerr := p.API(t, "h1").Pools(ctx)
 		if lerr != nil || !slices.ContainsFunc(pools, func(sp v1.StoragePool) bool { return sp.Name == pool && sp.Path == dir }) {
 			t.Fatal(err)
 		}
 	}
-	copyFile(t, guestImage, filepath.Join(dir, file))
-	t.Cleanup(func() { _ = os.Remove(filepath.Join(dir, file)) })
-	return pool + "/" + file
+	return dir
 }
 
 func copyFile(t testing.TB, from, to string) {

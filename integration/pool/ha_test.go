@@ -4,7 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -199,6 +204,9 @@ func TestHAPowerLoss(t *testing.T) {
 		t.Fatalf("failover %s %s, plan %+v", fo.ID, fo.State, plan)
 	}
 	t.Logf("failover %s %s: %s warnings %q", fo.ID, fo.State, fo.Args, fo.Warnings)
+	if len(fo.Warnings) == 0 || !strings.HasPrefix(fo.Warnings[0], "fence agent succeeded: ") || !strings.Contains(fo.Warnings[0], " "+victim) {
+		t.Fatalf("the fence agent's success is not recorded: %q", fo.Warnings)
+	}
 	t.Logf("op show:\n%s", p.CLI(t, master, "op", "show", fo.ID))
 
 	p.Restart(t, victim)
@@ -430,5 +438,124 @@ func TestHAFullIsolation(t *testing.T) {
 	vv, err := p.API(t, master).VM(ctx, "hafi")
 	if err != nil || vv.Spec.Host == victim {
 		t.Fatalf("hafi after the return: %+v %v", vv.Spec, err)
+	}
+}
+
+// haBareVM creates a running HA VM without an OS on host (placement
+// preferred), its disk a small qcow2 file on the shared pool "ha".
+func haBareVM(ctx context.Context, t *testing.T, p *Pool, host, name string) {
+	t.Helper()
+	file := filepath.Join(sharedPoolDir(ctx, t, p, "ha"), name+".qcow2")
+	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", file, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = os.Remove(file) })
+	c := p.API(t, host)
+	spec := v1.VMSpec{Name: name, CPUs: 1, MemoryMiB: 64, Disks: []v1.Disk{{Volume: "ha/" + name + ".qcow2"}},
+		Placement: v1.PlacementPreferred, PreferredHosts: []string{host}, HA: &v1.HA{Enabled: true}}
+	t.Cleanup(func() { p.DeleteVM(t, host, name) })
+	op, err := c.CreateVM(ctx, spec, true, time.Minute)
+	if err == nil {
+		op, err = c.Wait(ctx, op, nil)
+	}
+	if err != nil || op.State != v1.OpSucceeded {
+		t.Fatalf("create %s on %s: %+v (%v)", name, host, op.Error, err)
+	}
+	if v, err := c.VM(ctx, name); err != nil || v.Spec.Host != host {
+		t.Fatalf("%s on %q (%v), want %s", name, v.Spec.Host, err, host)
+	}
+}
+
+// TestHAMasterKilledDuringFailover: the pool master is killed (SIGKILL of
+// its serve) while it fails a dead host over — its fence agent, slowed by
+// the test, still running, the plan recorded — and started again (with
+// the dead host, its etcd member is needed for a quorum); the next term
+// resumes the recorded plan: every HA VM restarts exactly once, on a
+// live host, and the failover succeeds.
+func TestHAMasterKilledDuringFailover(t *testing.T) {
+	p := joinedPool(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	victim, master := haVictim(ctx, t, p)
+	var third string
+	for _, h := range p.Hosts {
+		if h.Name != victim && h.Name != master {
+			third = h.Name
+		}
+	}
+	vms := []string{"hamk1", "hamk2"}
+	for _, n := range vms {
+		haBareVM(ctx, t, p, victim, n)
+	}
+	slow := filepath.Join(p.Lab.Dir, "fence-slow")
+	if err := os.WriteFile(slow, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(slow)
+	since := time.Now()
+	p.PowerLoss(t, victim)
+	defer p.Restart(t, victim)
+
+	// The failover runs its (slow) fence agent: kill the master now.
+	deadline := time.Now().Add(2 * time.Minute)
+	var fo v1.Operation
+	for {
+		fos := newFailovers(ctx, t, p, third, victim, since)
+		if len(fos) == 1 && fos[0].State == v1.OpRunning && strings.Contains(fos[0].Progress.Phase, "fence agent") {
+			fo = fos[0]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no failover of %s running its fence agent: %+v", victim, fos)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	sp := p.Host(t, master).ServeProc()
+	if err := sp.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-sp.Done()
+	t.Logf("master %s killed during failover %s (%s)", master, fo.ID, fo.Progress.Phase)
+	if err := os.Remove(slow); err != nil {
+		t.Fatal(err)
+	}
+	p.Restart(t, master)
+
+	for _, n := range vms {
+		v := waitRunsElsewhere(t, p, third, n, victim, 3*time.Minute)
+		t.Logf("%s runs on %s", n, v.Spec.Host)
+	}
+	deadline = time.Now().Add(time.Minute)
+	for {
+		got, err := p.API(t, third).Operation(ctx, fo.ID, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.State == v1.OpSucceeded {
+			t.Logf("failover %s: %q", got.ID, got.Warnings)
+			break
+		}
+		if got.Done() || time.Now().After(deadline) {
+			t.Fatalf("failover %s: %s %+v", got.ID, got.State, got.Error)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if fos := newFailovers(ctx, t, p, third, victim, since); len(fos) != 1 {
+		t.Fatalf("%d failovers of %s, want the one resumed", len(fos), victim)
+	}
+	ops, err := p.API(t, third).Operations(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range vms {
+		starts := 0
+		for _, o := range ops {
+			if o.Kind == "start" && o.Target == n && o.Created.After(since) {
+				starts++
+			}
+		}
+		if restarts := countLogLines(t, p, "failover: vm restarts on another host", "vm="+n+" "); starts != 1 || restarts != 1 {
+			t.Fatalf("%s: %d start operations, %d restarts logged; want exactly one", n, starts, restarts)
+		}
 	}
 }

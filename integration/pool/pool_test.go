@@ -129,7 +129,22 @@ func (p *Pool) serveConfig(h *netlab.Host, uids string, args ...string) netlab.S
 		accel = "auto"
 	}
 	return netlab.ServeConfig{Bin: hangarBin, UIDRange: uids,
-		Args: append([]string{"--accel", accel, "--stop-timeout", "30s", "--test-faults", "--import-dir", filepath.Dir(guestImage)}, args...)}
+		Args: append([]string{"--accel", accel, "--stop-timeout", "30s", "--test-faults", "--import-dir", filepath.Dir(guestImage),
+			"--fence-agent", p.fenceAgent()}, args...)}
+}
+
+// fenceAgent is the pool's fence-agent command (serve --fence-agent): a
+// script in the lab that logs the host it is asked to fence and succeeds,
+// after sleeping while the file fence-slow exists in the lab (a failover
+// the test wants to catch while it runs).
+func (p *Pool) fenceAgent() string {
+	path := filepath.Join(p.Lab.Dir, "fence-agent.sh")
+	script := "#!/bin/sh\nwhile [ -e " + filepath.Join(p.Lab.Dir, "fence-slow") + " ]; do sleep 0.2; done\n" +
+		"echo \"$(date +%s.%N) fenced $1\" >>" + filepath.Join(p.Lab.Dir, "fenced.log") + "\n"
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		panic(err) // the lab directory is this process's
+	}
+	return path
 }
 
 func (p *Pool) startHost(ctx context.Context, h *netlab.Host, cfg netlab.ServeConfig) error {

@@ -21,7 +21,7 @@ func newBench(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "bench", Annotations: map[string]string{serverAnnotation: "true"}, Short: "Benchmarks: Hangar side by side with raw QEMU",
 		Long: `Benchmarks that run Hangar and raw QEMU side by side in the same run, on this machine, with
 their own throw-away server and directories (nothing of a running hangar serve is touched).`,
-		Example: "  hangar bench boot --runs 5\n  hangar bench start --runs 5\n  hangar bench place --hosts 2500 --vms 50000\n  make bench"}
+		Example: "  hangar bench boot --runs 5\n  hangar bench start --runs 5\n  hangar bench failover --runs 3\n  hangar bench place --hosts 2500 --vms 50000\n  make bench"}
 	var boot benchFlags
 	bootCmd := &cobra.Command{
 		Use:   "boot",
@@ -48,7 +48,7 @@ the same argv Hangar would use, then VMs created and started through the API, al
 		},
 	}
 	boot.register(bootCmd, "guest image with the ready marker")
-	cmd.AddCommand(bootCmd, newBenchStart(), newBenchPlace(), newBenchMigrate())
+	cmd.AddCommand(bootCmd, newBenchStart(), newBenchPlace(), newBenchMigrate(), newBenchFailover())
 	return cmd
 }
 
@@ -145,6 +145,52 @@ to the target's RESUME event. Needs root. The last line reads
 	cmd.Flags().IntVar(&runs, "runs", 3, "migrations of each kind")
 	cmd.Flags().IntVar(&memory, "memory", 256, "guest memory in MiB")
 	cmd.Flags().StringVar(&accel, "accel", "auto", "accelerator: auto, kvm or tcg")
+	return cmd
+}
+
+func newBenchFailover() *cobra.Command {
+	var image, accel string
+	var runs, memory int
+	cmd := &cobra.Command{
+		Use:   "failover",
+		Short: "HA failover: host kill to the guest's ready marker on another host, beyond the guest's boot",
+		Long: `Build a lab of three network-namespace hosts (internal/netlab), each a hangar serve of this
+binary, joined into one pool with a shared storage pool (a directory all of them see), then
+--runs times: boot the test guest with HA on a host that is not the pool master, kill that
+host (SIGKILL to every process of its namespace: a power loss), and time the way back — the
+lease seen gone, the host declared dead (the fencing wait: lease TTL + margin, storage
+heartbeat stale), the guest's ready marker on another host — and the restarted guest's own
+boot (its QEMU's start to the marker), which is taken off. The killed host is started again
+before the next run. Needs root. The last line reads "failover X.X s (…)": the median time
+from the kill to the ready marker elsewhere minus the guest's boot there.`,
+		Example: "  hangar bench failover --runs 3",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := firstErr(atLeast(cmd, "runs", int64(runs), 1), atLeast(cmd, "memory", int64(memory), 64)); err != nil {
+				return err
+			}
+			bin, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			work, err := os.MkdirTemp("", "hgbf")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(work)
+			res, err := bench.Failover(cmd.Context(), bench.FailoverConfig{Bin: bin, Image: image, MemoryMiB: memory, Runs: runs,
+				Accel: accel, WorkDir: work, Out: cmd.OutOrStdout()})
+			if err != nil {
+				return err
+			}
+			res.Report(cmd.OutOrStdout())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&image, "image", "/var/cache/hangar/guest/hangar-guest.qcow2", "the test guest image (copied onto the shared pool each run)")
+	cmd.Flags().IntVar(&runs, "runs", 3, "host kills")
+	cmd.Flags().IntVar(&memory, "memory", 256, "guest memory in MiB")
+	cmd.Flags().StringVar(&accel, "accel", envOr("HANGAR_ACCEL", "auto"), "accelerator: auto, kvm or tcg")
 	return cmd
 }
 

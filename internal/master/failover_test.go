@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	v1 "hangar/api/v1"
@@ -214,18 +213,6 @@ func TestFailoverRestartsHAVMsOnce(t *testing.T) {
 	}
 }
 
-// recordFailover writes a failover operation of host, running, with plan.
-func recordFailover(t *testing.T, s store.Store, host string, plan any) string {
-	t.Helper()
-	now := time.Now().UTC()
-	op := v1.Operation{ID: uuid.Must(uuid.NewV7()).String(), Kind: "failover", Target: host, State: v1.OpRunning,
-		Created: now, Updated: now, Args: inventory.Marshal(plan)}
-	if _, err := s.Txn(t.Context(), nil, inventory.NewOpWrites(op)...); err != nil {
-		t.Fatal(err)
-	}
-	return op.ID
-}
-
 // A master killed mid-failover leaves the plan recorded with one restart
 // done (its records moved in the same transaction) and one pending; the
 // next master resumes it: the pending one restarts, the done one is not
@@ -245,7 +232,7 @@ func TestFailoverResumesRecordedPlan(t *testing.T) {
 			{VM: "first", Host: "h1", Priority: 5, Attempt: 1, State: ha.RestartDone},
 			{VM: "second", Host: "h1", Attempt: 1, State: ha.RestartPending}},
 		Parked: []ha.Held{}, Skipped: []ha.Held{}, Lost: []ha.Held{}, Stopped: []string{}}
-	id := recordFailover(t, s, "hd", plan)
+	id := submitOp(t, s, "failover", "hd", plan)
 	runMaster(t, c, s, Config{})
 	op := waitDoneOp(t, s, id)
 	if op.State != v1.OpSucceeded {
@@ -289,7 +276,7 @@ func TestFailoverRefusals(t *testing.T) {
 			putVM(t, s, "web", "hd", 256, v1.PowerRunning, &v1.HA{Enabled: true}, 1)
 			var id string
 			if tc.plan != nil {
-				id = recordFailover(t, s, "hd", tc.plan)
+				id = submitOp(t, s, "failover", "hd", tc.plan)
 			}
 			runMaster(t, c, s, Config{FenceAgent: tc.fence})
 			var op v1.Operation

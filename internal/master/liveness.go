@@ -131,8 +131,13 @@ func (l *leader) leaseHeld(ctx context.Context, lv *liveness, host string, id st
 	lv.mu.Lock()
 	defer lv.mu.Unlock()
 	f := lv.facts[host]
+	if err == nil && resp.TTL < 0 {
+		// Expired between the list and the question (its key goes with
+		// it): no renewal to note, and no expiry seen yet either.
+		return
+	}
 	f.LeaseExpiredAt = time.Time{}
-	if err != nil || resp.TTL < 0 || resp.GrantedTTL <= 0 {
+	if err != nil || resp.GrantedTTL <= 0 {
 		// Unknown: taken as renewed now (later than it was: safe).
 		f.LastRenewal = now
 		if f.LeaseTTL == 0 {

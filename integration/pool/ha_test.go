@@ -559,3 +559,91 @@ func TestHAMasterKilledDuringFailover(t *testing.T) {
 		}
 	}
 }
+
+// TestHAFrozenAgent: a host whose serve is frozen (SIGSTOP: no lease
+// renewal, no heartbeat, no self-fencing) while its QEMUs run on is
+// judged dead. Its HA VM whose disk a running QEMU still locks is not
+// restarted (the master's image-lock condition); its HA VM without disks
+// is (nothing locks it). When the serve thaws, its agent finds the owner
+// record of the moved VM naming another host and kills its own stale copy
+// — and keeps the one it still owns.
+func TestHAFrozenAgent(t *testing.T) {
+	p := joinedPool(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	victim, master := haVictim(ctx, t, p)
+	haBareVM(ctx, t, p, victim, "hafz-disk")
+	c := p.API(t, victim)
+	spec := v1.VMSpec{Name: "hafz-nodisk", CPUs: 1, MemoryMiB: 64,
+		Placement: v1.PlacementPreferred, PreferredHosts: []string{victim}, HA: &v1.HA{Enabled: true}}
+	t.Cleanup(func() { p.DeleteVM(t, victim, "hafz-nodisk") })
+	op, err := c.CreateVM(ctx, spec, true, time.Minute)
+	if err == nil {
+		op, err = c.Wait(ctx, op, nil)
+	}
+	if err != nil || op.State != v1.OpSucceeded {
+		t.Fatalf("create hafz-nodisk: %+v (%v)", op.Error, err)
+	}
+	stale := p.QEMUOf(t, victim, "hafz-nodisk")
+	if stale == 0 {
+		t.Fatalf("no QEMU of hafz-nodisk on %s", victim)
+	}
+	since := time.Now()
+	sp := p.Host(t, victim).ServeProc()
+	if err := sp.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	thawed := false
+	defer func() {
+		if !thawed {
+			_ = sp.Signal(syscall.SIGCONT)
+		}
+	}()
+	v := waitRunsElsewhere(t, p, master, "hafz-nodisk", victim, 2*time.Minute)
+	t.Logf("hafz-nodisk restarted on %s %v after the freeze", v.Spec.Host, time.Since(since).Round(time.Millisecond))
+	// The locked one's restart fails once its lock wait is over.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		fos := newFailovers(ctx, t, p, master, victim, since)
+		if len(fos) > 0 && fos[0].Done() {
+			if fos[0].State != v1.OpSucceeded || !strings.Contains(strings.Join(fos[0].Warnings, "\n"), "hafz-disk: not restarted: image lock") {
+				t.Fatalf("failover %s: %s %+v, warnings %q", fos[0].ID, fos[0].State, fos[0].Error, fos[0].Warnings)
+			}
+			t.Logf("failover: %q", fos[0].Warnings)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("failover of %s not done: %+v", victim, fos)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if vd, err := p.API(t, master).VM(ctx, "hafz-disk"); err != nil || vd.Spec.Host != victim {
+		t.Fatalf("hafz-disk moved while its QEMU holds its disk: %+v (%v)", vd.Spec, err)
+	}
+	for _, o := range p.Hosts {
+		if o.Name != victim && p.QEMUOf(t, o.Name, "hafz-disk") != 0 {
+			t.Fatalf("a copy of hafz-disk runs on %s", o.Name)
+		}
+	}
+
+	if err := sp.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	thawed = true
+	deadline = time.Now().Add(time.Minute)
+	for p.QEMUOf(t, victim, "hafz-nodisk") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the stale copy of hafz-nodisk (pid %d) still runs on %s a minute after the thaw", stale, victim)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("stale copy killed on %s", victim)
+	waitHostState(t, p, master, victim, v1.HostAlive, 2*time.Minute)
+	if p.QEMUOf(t, victim, "hafz-disk") == 0 {
+		t.Fatalf("hafz-disk's QEMU, still %s's, is gone", victim)
+	}
+	p.WaitVM(t, master, "hafz-disk", victim, time.Minute, v1.StateRunning)
+	if n := countLogLines(t, p, "killing a stale copy", "vm=hafz-nodisk"); n != 1 {
+		t.Fatalf("%d stale kills of hafz-nodisk logged", n)
+	}
+}

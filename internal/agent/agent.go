@@ -250,6 +250,9 @@ func (a *Agent) Run(ctx context.Context) error {
 						a.enqueue(k.(string), task{restart: true}) // refused if another host owns it now
 						return true
 					})
+					for name := range a.live.all() {
+						a.enqueue(name, task{report: true}) // the master may have marked it lost meanwhile
+					}
 				}
 			case <-ctx.Done():
 				cancel()

@@ -40,6 +40,7 @@ type task struct {
 	exited  *qemu.Instance // this QEMU went away
 	restart bool           // restart by policy
 	stale   bool           // kill the local copy if another host owns the VM (stale.go)
+	report  bool           // write the running QEMU's state again (the host holds a lease again)
 	// migration: take this host's next step of the VM's migration
 	migration bool
 	// sourceLeftovers: delete the files a migration left here (leftovers.go)
@@ -126,6 +127,8 @@ func (m *machine) loop() {
 			if _, err := m.killStale(ctx); err != nil {
 				m.log.Error("stale copy", "err", err)
 			}
+		case t.report:
+			m.reportRunning(ctx)
 		case t.migration:
 			m.migrationStep(ctx)
 		case t.sourceLeftovers:
@@ -930,6 +933,9 @@ func (m *machine) onExit(ctx context.Context, inst *qemu.Instance, reason string
 
 func (m *machine) policyRestart(ctx context.Context) {
 	spec, _, err := m.a.inv.Spec(ctx, m.name)
+	if err == nil && spec.Host != m.a.cfg.Host {
+		m.a.fencedVMs.Delete(m.name) // restarted elsewhere: its fencing here is over
+	}
 	if err != nil || m.inst != nil || spec.Power == v1.PowerStopped || spec.Host != m.a.cfg.Host {
 		return
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	v1 "hangar/api/v1"
 	"hangar/internal/errdefs"
 	"hangar/internal/inventory"
 	"hangar/internal/qemu"
@@ -140,5 +141,34 @@ func (a *Agent) ownerChanged(kv store.KV) {
 	name := inventory.NameFromKey(kv.Key)
 	if _, runs := a.live.all()[name]; runs {
 		a.enqueue(name, task{stale: true})
+	}
+}
+
+// reportRunning writes the state of the worker's QEMU again: while the
+// host had no lease the pool master may have marked the VM lost (it
+// judged the host dead); the QEMU ran on, and the status says so again
+// unless another host owns the VM now (setStatus refuses, and the owner
+// watch kills this copy).
+func (m *machine) reportRunning(ctx context.Context) {
+	inst := m.inst
+	if inst == nil {
+		return
+	}
+	qs, err := inst.Mon.QueryStatus(ctx)
+	if err != nil {
+		m.log.Warn("report state: query-status", "err", err)
+		return
+	}
+	state := v1.StateRunning
+	if !qs.Running {
+		state = v1.StatePaused
+	}
+	if err := m.setStatus(ctx, func(st *v1.VMStatus) {
+		if st.State == v1.StateLost {
+			m.running(st, inst, state)
+			st.Reason = ""
+		}
+	}); err != nil {
+		m.log.Warn("report state", "err", err)
 	}
 }

@@ -261,6 +261,9 @@ func (l *leader) runFailover(ctx context.Context, id string) error {
 	for _, r := range plan.Restarts {
 		if r.State == ha.RestartFailed {
 			warnings = append(warnings, fmt.Sprintf("%s: not restarted: %s", r.VM, r.Error))
+			l.mu.Lock()
+			l.failedOver[host] = time.Now() // the next try is a new failover, spaced
+			l.mu.Unlock()
 		}
 	}
 	for _, h := range plan.Parked {

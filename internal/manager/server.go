@@ -772,7 +772,7 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 	}
 	need := []string(nil)
 	if !force {
-		need = []string{v1.StateStopped, v1.StateCrashed, v1.StateError, v1.StateCreating}
+		need = []string{v1.StateStopped, v1.StateCrashed, v1.StateError, v1.StateCreating, v1.StateLost}
 	}
 	s.submit(w, r, r.PathValue("name"), "delete", v1.DeleteArgs{Force: force}, "", need)
 }

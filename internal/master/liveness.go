@@ -31,7 +31,13 @@ type liveness struct {
 	facts  map[string]*ha.Facts
 	judged map[string]ha.Judgement
 	tried  map[string]time.Time // host → when its failover was last asked for
+	asked  map[string]time.Time // host → when its lease's time to live was last asked
 }
+
+// askTTLEvery spaces the time-to-live questions about one host's lease
+// (one etcd request each): the renewal they tell of only keeps the margin
+// when the expiry is seen late.
+const askTTLEvery = time.Second
 
 // failoverEvery is how often a failover is asked for again while a host
 // stays dead (each run does only what is still to do).
@@ -41,7 +47,7 @@ const failoverEvery = 5 * time.Second
 // records the judgement (/hangar/liveness/<host>) and, for a dead host,
 // runs its failover.
 func (l *leader) watchLiveness(ctx context.Context) {
-	lv := &liveness{facts: map[string]*ha.Facts{}, judged: map[string]ha.Judgement{}, tried: map[string]time.Time{}}
+	lv := &liveness{facts: map[string]*ha.Facts{}, judged: map[string]ha.Judgement{}, tried: map[string]time.Time{}, asked: map[string]time.Time{}}
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
@@ -93,7 +99,16 @@ func (l *leader) judgeHosts(ctx context.Context, lv *liveness) error {
 		}
 		lv.mu.Unlock()
 		if id, held := leases[h.Name]; held {
-			l.leaseHeld(ctx, lv, h.Name, id, now)
+			lv.mu.Lock()
+			f.LeaseExpiredAt = time.Time{}
+			ask := now.Sub(lv.asked[h.Name]) >= askTTLEvery || f.LastRenewal.IsZero()
+			if ask {
+				lv.asked[h.Name] = now
+			}
+			lv.mu.Unlock()
+			if ask {
+				l.leaseHeld(ctx, lv, h.Name, id, now)
+			}
 		} else {
 			lv.mu.Lock()
 			if f.LeaseExpiredAt.IsZero() {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strconv"
@@ -276,4 +277,44 @@ func opDetail(w *tabwriter.Writer, op v1.Operation) {
 		fmt.Fprintf(w, "Error:\t%s (%s)\n", op.Error.Message, op.Error.Code)
 	}
 	fmt.Fprintf(w, "Created:\t%s\nUpdated:\t%s\nAttempts:\t%d\n", op.Created.Local().Format(time.DateTime), op.Updated.Local().Format(time.DateTime), op.Attempts)
+	for _, wn := range op.Warnings {
+		fmt.Fprintf(w, "Warning:\t%s\n", wn)
+	}
+	if op.Kind == "failover" {
+		failoverDetail(w, op)
+	}
+}
+
+// failoverDetail prints a failover's restart plan (ha.Plan's JSON shape,
+// read loosely: this is display only).
+func failoverDetail(w *tabwriter.Writer, op v1.Operation) {
+	var plan struct {
+		Restarts []struct {
+			VM, Host, State, Error string
+			Priority, Attempt      int
+		}
+		Parked, Skipped, Lost []struct{ VM, Reason string }
+		Stopped               []string
+	}
+	if json.Unmarshal(op.Args, &plan) != nil {
+		return
+	}
+	for _, r := range plan.Restarts {
+		line := fmt.Sprintf("%s → %s (priority %d, attempt %d): %s", r.VM, r.Host, r.Priority, r.Attempt, r.State)
+		if r.Error != "" {
+			line += ": " + r.Error
+		}
+		fmt.Fprintf(w, "Restart:\t%s\n", line)
+	}
+	for _, l := range []struct {
+		what string
+		held []struct{ VM, Reason string }
+	}{{"Parked", plan.Parked}, {"Skipped", plan.Skipped}, {"Lost", plan.Lost}} {
+		for _, h := range l.held {
+			fmt.Fprintf(w, "%s:\t%s: %s\n", l.what, h.VM, h.Reason)
+		}
+	}
+	if len(plan.Stopped) > 0 {
+		fmt.Fprintf(w, "Stopped:\t%s\n", strings.Join(plan.Stopped, ", "))
+	}
 }

@@ -83,23 +83,9 @@ func bareVM(ctx context.Context, t *testing.T, p *Pool, host, name string) {
 // other than from and returns that host.
 func waitRunsElsewhere(t *testing.T, p *Pool, ask, name, from string, d time.Duration) v1.VM {
 	t.Helper()
-	c := p.API(t, ask)
-	deadline := time.Now().Add(d)
-	var last v1.VM
-	var lastErr error
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		v, err := c.VM(ctx, name)
-		cancel()
-		last, lastErr = v, err
-		if err == nil && v.Spec.Host != from && v.Status.Host == v.Spec.Host && v.Status.State == v1.StateRunning {
-			return v
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("vm %s not running off %s after %v: spec host %q, status %q on %q (%s), err %v",
-		name, from, d, last.Spec.Host, last.Status.State, last.Status.Host, last.Status.Reason, lastErr)
-	return last
+	return p.WaitVMUntil(t, ask, name, d, "running off "+from, func(v v1.VM) bool {
+		return v.Spec.Host != from && v.Status.Host == v.Spec.Host && v.Status.State == v1.StateRunning
+	})
 }
 
 // hostState is host's state as ask's API lists it.

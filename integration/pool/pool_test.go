@@ -651,6 +651,15 @@ func (p *Pool) QEMUOf(t testing.TB, host, name string) int {
 // (and, when on != "", it runs on host on) and returns it.
 func (p *Pool) WaitVM(t testing.TB, host, name, on string, d time.Duration, states ...string) v1.VM {
 	t.Helper()
+	return p.WaitVMUntil(t, host, name, d, fmt.Sprintf("one of %v on %q", states, on), func(v v1.VM) bool {
+		return (on == "" || v.Status.Host == on) && slices.Contains(states, v.Status.State)
+	})
+}
+
+// WaitVMUntil polls host's API every 50 ms until ok holds for VM name and
+// returns it; want says what ok waits for (in the failure).
+func (p *Pool) WaitVMUntil(t testing.TB, host, name string, d time.Duration, want string, ok func(v1.VM) bool) v1.VM {
+	t.Helper()
 	c := p.API(t, host)
 	deadline := time.Now().Add(d)
 	var last v1.VM
@@ -660,17 +669,13 @@ func (p *Pool) WaitVM(t testing.TB, host, name, on string, d time.Duration, stat
 		v, err := c.VM(ctx, name)
 		cancel()
 		last, lastErr = v, err
-		if err == nil && (on == "" || v.Status.Host == on) {
-			for _, st := range states {
-				if v.Status.State == st {
-					return v
-				}
-			}
+		if err == nil && ok(v) {
+			return v
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("vm %s (asked %s): state %q on %q after %s, want one of %v on %q (reason %q, err %v)",
-		name, host, last.Status.State, last.Status.Host, d, states, on, last.Status.Reason, lastErr)
+	t.Fatalf("vm %s (asked %s): spec host %q, state %q on %q after %s, want %s (reason %q, err %v)",
+		name, host, last.Spec.Host, last.Status.State, last.Status.Host, d, want, last.Status.Reason, lastErr)
 	return last
 }
 

@@ -18,27 +18,6 @@ import (
 	"hangar/internal/vm"
 )
 
-// addMortalHost registers a host with a short lease kept alive until the
-// test revokes it (its power loss).
-func addMortalHost(t *testing.T, s *store.Etcd, name string, cpus, memMiB int) store.LeaseID {
-	t.Helper()
-	ctx := t.Context()
-	if _, err := s.Put(ctx, inventory.HostInfoKey(name), inventory.Marshal(v1.Host{Name: name, CPUs: cpus, MemoryMiB: memMiB, Alive: true}), store.AnyRevision); err != nil {
-		t.Fatal(err)
-	}
-	id, err := s.Grant(ctx, 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.PutWithLease(ctx, inventory.HostKey(name), []byte("alive"), id); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.KeepAlive(ctx, id); err != nil {
-		t.Fatal(err)
-	}
-	return id
-}
-
 // putVM records a VM placed on host as the master and its agent leave it:
 // spec, owner (epoch), booking and status (running when power is).
 func putVM(t *testing.T, s store.Store, name, host string, memMiB int, power string, h *v1.HA, epoch int64) {
@@ -133,7 +112,7 @@ func TestFailoverRestartsHAVMsOnce(t *testing.T) {
 	c := etcdtest.Start(t).Client()
 	s := store.NewEtcd(c)
 	addHost(t, s, "h1", 4, 2048)
-	lease := addMortalHost(t, s, "hd", 4, 8192)
+	lease := addHostLease(t, s, "hd", 4, 8192, 3*time.Second)
 	fakeAgent(t, s, "h1")
 	putVM(t, s, "low", "hd", 256, v1.PowerRunning, &v1.HA{Enabled: true}, 1)
 	putVM(t, s, "high", "hd", 256, v1.PowerRunning, &v1.HA{Enabled: true, Priority: 10}, 1)

@@ -32,12 +32,18 @@ func testLog(t *testing.T) *slog.Logger {
 // addHost registers a live host as its agent would: facts, and a liveness
 // key under a lease kept alive for the test.
 func addHost(t *testing.T, s *store.Etcd, name string, cpus, memMiB int) {
+	addHostLease(t, s, name, cpus, memMiB, 30*time.Second)
+}
+
+// addHostLease is addHost with a lease of ttl, returned (kept alive until
+// the test revokes it: the host's power loss).
+func addHostLease(t *testing.T, s *store.Etcd, name string, cpus, memMiB int, ttl time.Duration) store.LeaseID {
 	t.Helper()
 	ctx := t.Context()
 	if _, err := s.Put(ctx, inventory.HostInfoKey(name), inventory.Marshal(v1.Host{Name: name, CPUs: cpus, MemoryMiB: memMiB, Alive: true}), store.AnyRevision); err != nil {
 		t.Fatal(err)
 	}
-	id, err := s.Grant(ctx, 30*time.Second)
+	id, err := s.Grant(ctx, ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,6 +53,7 @@ func addHost(t *testing.T, s *store.Etcd, name string, cpus, memMiB int) {
 	if _, err := s.KeepAlive(ctx, id); err != nil {
 		t.Fatal(err)
 	}
+	return id
 }
 
 // submitCreate records a new VM and its create operation as the API does.

@@ -240,13 +240,22 @@ func (l *leader) runFailover(ctx context.Context, id string) error {
 			return err
 		}
 	}
-	for i, r := range plan.Restarts {
-		if r.State != ha.RestartPending {
-			continue
-		}
-		l.progress(ctx, id, 0.2+0.7*float64(i)/float64(len(plan.Restarts)), "restarting "+r.VM+" on "+r.Host)
-		if err := l.restartOne(ctx, id, i); err != nil {
+	// In plan order, first those whose disks are free now, then the rest,
+	// each waiting for its locks: a VM whose disk is still locked (its
+	// QEMU runs on somewhere) does not hold up the others.
+	for _, wait := range []bool{false, true} {
+		_, _, plan, err = l.failoverPlan(ctx, id)
+		if err != nil {
 			return err
+		}
+		for i, r := range plan.Restarts {
+			if r.State != ha.RestartPending {
+				continue
+			}
+			l.progress(ctx, id, 0.2+0.7*float64(i)/float64(len(plan.Restarts)), "restarting "+r.VM+" on "+r.Host)
+			if err := l.restartOne(ctx, id, i, wait); err != nil {
+				return err
+			}
 		}
 	}
 	for _, h := range plan.Parked {
@@ -374,7 +383,7 @@ func (l *leader) markLost(ctx context.Context, name, host, reason string, park b
 // operation for the new host and the restart time, and marks the step
 // done in the plan — conditioned on every record read, so a step is done
 // once whichever master runs it.
-func (l *leader) restartOne(ctx context.Context, id string, i int) error {
+func (l *leader) restartOne(ctx context.Context, id string, i int, wait bool) error {
 	inv := inventory.Inventory{S: l.cfg.Store}
 	locksChecked := false
 	for attempt := 0; ; attempt++ {
@@ -417,7 +426,9 @@ func (l *leader) restartOne(ctx context.Context, id string, i int) error {
 			return err
 		}
 		if !locksChecked {
-			if err := l.waitLocksFree(ctx, spec, st); err != nil {
+			if err := l.waitLocksFree(ctx, spec, st, wait); errors.Is(err, errLocked) {
+				return nil // still pending: the second pass waits for it
+			} else if err != nil {
 				return fail(err.Error())
 			}
 			locksChecked = true
@@ -456,10 +467,14 @@ func (l *leader) restartOne(ctx context.Context, id string, i int) error {
 	}
 }
 
+// errLocked: a disk's image lock is held (waitLocksFree without waiting).
+var errLocked = errors.New("image lock held")
+
 // waitLocksFree waits until no process holds the QEMU image lock of the
 // VM's disks on shared pools (qemu-img info, which takes the shared lock
-// a running QEMU's write lock refuses), at most lockWait.
-func (l *leader) waitLocksFree(ctx context.Context, spec v1.VMSpec, st v1.VMStatus) error {
+// a running QEMU's write lock refuses), at most lockWait; without wait it
+// looks once and answers errLocked.
+func (l *leader) waitLocksFree(ctx context.Context, spec v1.VMSpec, st v1.VMStatus, wait bool) error {
 	pools, err := l.pools(ctx)
 	if err != nil {
 		return err
@@ -493,6 +508,9 @@ func (l *leader) waitLocksFree(ctx context.Context, spec v1.VMSpec, st v1.VMStat
 			}
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if !wait {
+				return errLocked
 			}
 			if time.Now().After(deadline) {
 				return fmt.Errorf("image lock of %s not free after %v: %v", f, lockWait, err)

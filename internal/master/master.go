@@ -126,6 +126,11 @@ func (m *Master) term(ctx context.Context) error {
 	if err := el.Campaign(ctx, m.cfg.Host); err != nil {
 		return fmt.Errorf("campaign: %w", err)
 	}
+	// A session whose lease expired while it waited (a frozen process)
+	// wins an election its key is gone from: campaign again.
+	if _, err := m.cfg.Store.Get(ctx, el.Key()); err != nil || sess.Ctx().Err() != nil {
+		return fmt.Errorf("campaign won with an expired session (election key %s: %v)", el.Key(), err)
+	}
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {

@@ -224,16 +224,6 @@ func (a *Agent) checkStatus(ctx context.Context, name string, st v1.VMStatus, sp
 		if err := inPools(f+".path", d.Path); err != nil {
 			return err
 		}
-		if d.Pool != "" || d.Volume != "" {
-			// The names say the same file as the path.
-			p, err := a.pool(ctx, d.Pool)
-			if err != nil {
-				return badRecord(what, fmt.Errorf("%s.pool: %w", f, err))
-			}
-			if at, err := p.Resolve(d.Volume); err != nil || at != d.Path {
-				return badRecord(what, fmt.Errorf("%s.volume: %s/%s is not %s", f, d.Pool, d.Volume, d.Path))
-			}
-		}
 		if d.Top != "" {
 			if err := inPools(f+".top", d.Top); err != nil {
 				return err

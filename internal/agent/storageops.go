@@ -503,8 +503,15 @@ func (m *machine) clone(ctx context.Context, a v1.CloneArgs, progress progressFu
 		case d.Media == "cdrom":
 			out = append(out, v1.DiskStatus{Name: d.Name, Path: d.Image, Format: "raw"})
 		case d.Shareable:
-			_, rel, _ := strings.Cut(d.Volume, "/")
-			p, _ := m.a.cfg.Pool.Resolve(rel)
+			pn, rel, _ := strings.Cut(d.Volume, "/")
+			pool, err := m.a.pool(ctx, pn)
+			if err != nil {
+				return err
+			}
+			p, err := pool.Resolve(rel)
+			if err != nil {
+				return err
+			}
 			out = append(out, v1.DiskStatus{Name: d.Name, Path: p, Format: "raw"})
 		default:
 			p, err := m.a.cfg.Pool.Resolve("vms", a.Name, d.Name+".qcow2")

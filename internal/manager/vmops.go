@@ -255,7 +255,8 @@ func (s *Server) cloneVM(w http.ResponseWriter, r *http.Request) {
 		case d.Volume != "" && d.Shareable:
 			nd.Volume, nd.Shareable = d.Volume, true
 		default:
-			nd.Volume = "default/vms/" + args.Name + "/" + d.Name + ".qcow2"
+			// The source's agent writes the copy into its host's own pool.
+			nd.Volume = storage.LocalPoolName(src.Spec.Host) + "/vms/" + args.Name + "/" + d.Name + ".qcow2"
 		}
 		spec.Disks = append(spec.Disks, nd)
 	}

@@ -642,7 +642,15 @@ type HAPatch struct {
 // MemoryOvercommit; placement, evacuation and migration refuse past them.
 // Zero means the default (4 and 1). A change applies to what is placed next:
 // VMs already booked past a lowered ratio stay where they are.
+//
+// HAFailures is how many hosts may fail at once with room left to restart
+// all their HA VMs (N+1 admission control): starting an HA VM, or turning
+// HA on for a running one, is refused when the HA VMs of that many of the
+// largest hosts could not restart on the others. Left out: 1; 0 turns
+// admission control off. A pool with no more live hosts than that has
+// nowhere to keep the room and admits (its HA is best effort).
 type PoolSettings struct {
 	CPUOvercommit    float64 `json:"cpuOvercommit"`
 	MemoryOvercommit float64 `json:"memoryOvercommit"`
+	HAFailures       *int    `json:"haFailures,omitempty"`
 }

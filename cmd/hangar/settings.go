@@ -12,6 +12,9 @@ import (
 func printSettings(g *globals, cmd *cobra.Command, ps v1.PoolSettings) error {
 	return g.print(cmd, ps, func(w *tabwriter.Writer) {
 		fmt.Fprintf(w, "CPU overcommit:\t%g\nMemory overcommit:\t%g\n", ps.CPUOvercommit, ps.MemoryOvercommit)
+		if ps.HAFailures != nil {
+			fmt.Fprintf(w, "HA host failures tolerated:\t%d\n", *ps.HAFailures)
+		}
 	})
 }
 
@@ -38,21 +41,25 @@ func poolSettings(g *globals) []*cobra.Command {
 	addOutput(show, g, false)
 
 	var cpu, mem float64
+	var failures int
 	set := &cobra.Command{
 		Use:   "set",
 		Short: "Change the pool's admission settings",
 		Long: `Change the overcommit ratios (from 0.1 to 64). A host admits vCPUs up to its CPUs × --cpu-overcommit
 (default 4) and memory up to its memory × --memory-overcommit (default 1: no memory overcommit). What is placed,
-evacuated or migrated next is admitted under the new ratios; VMs already booked past a lowered ratio stay.`,
-		Example: "  hangar pool set --cpu-overcommit 2\n  hangar pool set --memory-overcommit 1.2",
+evacuated or migrated next is admitted under the new ratios; VMs already booked past a lowered ratio stay.
+--ha-failures N (default 1) keeps room to restart the HA VMs of the N largest hosts: starting an HA VM or turning
+HA on is refused when they could not restart on the others (0: off).`,
+		Example: "  hangar pool set --cpu-overcommit 2\n  hangar pool set --memory-overcommit 1.2\n  hangar pool set --ha-failures 2",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := g.checkOutput(cmd); err != nil {
 				return err
 			}
 			cpuSet, memSet := cmd.Flags().Changed("cpu-overcommit"), cmd.Flags().Changed("memory-overcommit")
-			if !cpuSet && !memSet {
-				return fmt.Errorf("nothing to set: give --cpu-overcommit and/or --memory-overcommit")
+			haSet := cmd.Flags().Changed("ha-failures")
+			if !cpuSet && !memSet && !haSet {
+				return fmt.Errorf("nothing to set: give --cpu-overcommit, --memory-overcommit and/or --ha-failures")
 			}
 			c := g.client()
 			ps, err := c.PoolSettings(cmd.Context())
@@ -65,6 +72,9 @@ evacuated or migrated next is admitted under the new ratios; VMs already booked 
 			if memSet {
 				ps.MemoryOvercommit = mem
 			}
+			if haSet {
+				ps.HAFailures = &failures
+			}
 			if ps, err = c.SetPoolSettings(cmd.Context(), ps); err != nil {
 				return err
 			}
@@ -73,6 +83,7 @@ evacuated or migrated next is admitted under the new ratios; VMs already booked 
 	}
 	set.Flags().Float64Var(&cpu, "cpu-overcommit", 0, "vCPUs a host admits per CPU (0.1 to 64)")
 	set.Flags().Float64Var(&mem, "memory-overcommit", 0, "memory a host admits per MiB it has (0.1 to 64)")
+	set.Flags().IntVar(&failures, "ha-failures", 1, "host failures whose HA VMs must have room to restart (0: off)")
 	addOutput(set, g, false)
 	return []*cobra.Command{show, set}
 }

@@ -458,20 +458,44 @@ func (i Inventory) AllocsByHost(ctx context.Context) (map[string]map[string]Allo
 // not a silent default), with the defaults filled in; the defaults when no
 // settings were written.
 func (i Inventory) Admission(ctx context.Context) (scheduler.Policy, error) {
-	var ps v1.PoolSettings
-	kv, err := i.S.Get(ctx, Settings)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-	case err != nil:
-		return scheduler.Policy{}, fmt.Errorf("read pool settings: %w", err)
-	default:
-		if err := json.Unmarshal(kv.Value, &ps); err != nil {
-			return scheduler.Policy{}, fmt.Errorf("pool settings: %w: %w", err, ErrInvalidRecord)
-		}
+	ps, err := i.settings(ctx)
+	if err != nil {
+		return scheduler.Policy{}, err
 	}
 	pol, err := scheduler.NormPolicy(scheduler.Policy{CPUOvercommit: ps.CPUOvercommit, MemoryOvercommit: ps.MemoryOvercommit})
 	if err != nil {
 		return pol, fmt.Errorf("pool settings: %w: %w", err, ErrInvalidRecord)
 	}
 	return pol, nil
+}
+
+// MaxHAFailures bounds PoolSettings.HAFailures.
+const MaxHAFailures = 16
+
+// HAFailures is how many host failures HA admission control keeps room
+// for (PoolSettings.HAFailures; 1 when not set).
+func (i Inventory) HAFailures(ctx context.Context) (int, error) {
+	ps, err := i.settings(ctx)
+	if err != nil || ps.HAFailures == nil {
+		return 1, err
+	}
+	if n := *ps.HAFailures; n < 0 || n > MaxHAFailures {
+		return 0, fmt.Errorf("pool settings: haFailures %d: %w", n, ErrInvalidRecord)
+	}
+	return *ps.HAFailures, nil
+}
+
+func (i Inventory) settings(ctx context.Context) (v1.PoolSettings, error) {
+	var ps v1.PoolSettings
+	kv, err := i.S.Get(ctx, Settings)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return ps, fmt.Errorf("read pool settings: %w", err)
+	default:
+		if err := json.Unmarshal(kv.Value, &ps); err != nil {
+			return ps, fmt.Errorf("pool settings: %w: %w", err, ErrInvalidRecord)
+		}
+	}
+	return ps, nil
 }

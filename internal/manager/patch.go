@@ -9,6 +9,7 @@ import (
 
 	v1 "hangar/api/v1"
 	"hangar/internal/inventory"
+	"hangar/internal/master"
 	"hangar/internal/scheduler"
 	"hangar/internal/store"
 	"hangar/internal/vm"
@@ -180,6 +181,12 @@ func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
 		if err := checkOffline(name, v.Status.State, changed); err != nil {
 			writeErr(w, err)
 			return
+		}
+		if slices.Contains(changed, "ha") && (v.Spec.HA == nil || !v.Spec.HA.Enabled) {
+			if err := master.AdmitHA(ctx, s.cfg.Store, s.cfg.Log, spec); err != nil {
+				writeErr(w, err)
+				return
+			}
 		}
 		rev, err := s.cfg.Store.Put(ctx, inventory.VMKey(name), inventory.Marshal(spec), v.Revision)
 		if errors.Is(err, store.ErrConflict) && ifMatch == 0 && attempt < 5 {

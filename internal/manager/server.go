@@ -30,6 +30,7 @@ import (
 	"hangar/internal/hostapi"
 	"hangar/internal/imports"
 	"hangar/internal/inventory"
+	"hangar/internal/master"
 	"hangar/internal/scheduler"
 	"hangar/internal/secrets"
 	"hangar/internal/storage"
@@ -732,6 +733,13 @@ func (s *Server) vmAction(w http.ResponseWriter, r *http.Request) {
 	switch action {
 	case "start":
 		power = v1.PowerRunning
+		if v, err := s.inv.VM(r.Context(), name); err == nil && v.Spec.Power == v1.PowerStopped {
+			v.Spec.Power = power
+			if err := master.AdmitHA(r.Context(), s.cfg.Store, s.cfg.Log, v.Spec); err != nil {
+				writeErr(w, err)
+				return
+			}
+		}
 	case "stop":
 		var a v1.StopArgs
 		if r.ContentLength != 0 {

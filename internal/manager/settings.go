@@ -22,7 +22,12 @@ func (s *Server) getSettings(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, v1.PoolSettings{CPUOvercommit: pol.CPUOvercommit, MemoryOvercommit: pol.MemoryOvercommit})
+	failures, err := s.inv.HAFailures(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v1.PoolSettings{CPUOvercommit: pol.CPUOvercommit, MemoryOvercommit: pol.MemoryOvercommit, HAFailures: &failures})
 }
 
 // putSettings replaces the settings; a field left out or zero is the
@@ -41,6 +46,10 @@ func (s *Server) putSettings(w http.ResponseWriter, r *http.Request) {
 			writeErr(w, invalidArg(f.name, "%v: want a ratio from 0.1 to %v (0: the default)", f.v, scheduler.MaxOvercommit))
 			return
 		}
+	}
+	if n := ps.HAFailures; n != nil && (*n < 0 || *n > inventory.MaxHAFailures) {
+		writeErr(w, invalidArg("haFailures", "%d: want 0 (admission control off) to %d host failures", *n, inventory.MaxHAFailures))
+		return
 	}
 	if _, err := store.PutJSON(r.Context(), s.cfg.Store, inventory.Settings, ps, store.AnyRevision); err != nil {
 		writeErr(w, err)

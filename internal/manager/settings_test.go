@@ -22,7 +22,7 @@ func TestPoolSettings(t *testing.T) {
 		}
 		return ps
 	}
-	if ps := get(); ps.CPUOvercommit != 4 || ps.MemoryOvercommit != 1 {
+	if ps := get(); ps.CPUOvercommit != 4 || ps.MemoryOvercommit != 1 || ps.HAFailures == nil || *ps.HAFailures != 1 {
 		t.Fatalf("defaults: %+v", ps)
 	}
 	for body, field := range map[string]string{
@@ -31,6 +31,8 @@ func TestPoolSettings(t *testing.T) {
 		`{"cpuOvercommit":0.01}`:    "cpuOvercommit",
 		`{"cpuOvercommit":"two"}`:   "cpuOvercommit",
 		`{"cpuOvercommit":2,"x":1}`: "x",
+		`{"haFailures":-1}`:         "haFailures",
+		`{"haFailures":17}`:         "haFailures",
 	} {
 		code, _, b := ts.do("PUT", "/api/v1/pool/settings", "application/json", body)
 		var e struct{ Error v1.Error }

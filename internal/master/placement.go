@@ -254,6 +254,12 @@ func (l *leader) place(ctx context.Context, id string) error {
 			return l.fail(ctx, op, oprev, perr, []store.Op{store.DeleteOp(inventory.VMKey(spec.Name), specRev)})
 		}
 		spec.Host = host
+		if err := AdmitHA(ctx, l.cfg.Store, l.log, spec); err != nil {
+			if errdefs.Code(err) != v1.CodeFailedPrecondition {
+				return err
+			}
+			return l.fail(ctx, op, oprev, err, []store.Op{store.DeleteOp(inventory.VMKey(spec.Name), specRev)})
+		}
 		op.Host = host
 		op.Updated = time.Now().UTC()
 		op.Progress = v1.Progress{Phase: "placed on " + host}

@@ -113,6 +113,16 @@ func TestCapacity(t *testing.T) {
 			t.Errorf("/metrics (%d) lacks %q", code, want)
 		}
 	}
+
+	// The master's judgement of a host without a lease is its state too.
+	put(inventory.LivenessKey("h2"), inventory.HostLiveness{State: v1.HostDead, Why: "lease and heartbeat gone"})
+	_, _, b = ts.do("GET", "/metrics", "", "")
+	for _, want := range []string{`hangar_host_state{host="h2",state="dead"} 1`, `hangar_host_state{host="h2",state="down"} 0`,
+		`hangar_host_state{host="h2",state="suspect"} 0`} {
+		if !strings.Contains(string(b), want+"\n") {
+			t.Errorf("/metrics with h2 judged dead lacks %q", want)
+		}
+	}
 }
 
 // TestDefaultCPUModelIsThePools: a VM that names no CPU model gets the

@@ -20,7 +20,7 @@ var (
 	descOps      = prometheus.NewDesc("hangar_operations", "Operations by state.", []string{"state"}, nil)
 
 	// The capacity overview (GET /api/v1/capacity), per host and for the pool.
-	descHostState     = prometheus.NewDesc("hangar_host_state", "1 for the host's state (alive, down, maintenance), 0 for the others.", []string{"host", "state"}, nil)
+	descHostState     = prometheus.NewDesc("hangar_host_state", "1 for the host's state (alive, down, maintenance; for a host without a lease the pool master's judgement: suspect, isolated, dead), 0 for the others.", []string{"host", "state"}, nil)
 	descHostVCPUs     = prometheus.NewDesc("hangar_host_vcpus_allocated", "vCPUs booked on the host.", []string{"host"}, nil)
 	descHostVCPUsFree = prometheus.NewDesc("hangar_host_vcpus_free", "vCPUs the host still takes under the CPU overcommit ratio.", []string{"host"}, nil)
 	descHostMemFree   = prometheus.NewDesc("hangar_host_memory_free_bytes", "Memory the host still takes under the memory overcommit ratio.", []string{"host"}, nil)
@@ -123,7 +123,7 @@ func collectCapacity(ch chan<- prometheus.Metric, capa v1.Capacity) {
 		gauge(descHostMem, float64(h.MemoryMiB)*mib, h.Name)
 		gauge(descHostUsed, float64(h.AllocatedMemoryMiB)*mib, h.Name)
 		gauge(descHostVMs, float64(h.VMs), h.Name)
-		for _, st := range []string{v1.HostAlive, v1.HostDown, v1.HostMaintenance} {
+		for _, st := range []string{v1.HostAlive, v1.HostDown, v1.HostMaintenance, v1.HostSuspect, v1.HostIsolated, v1.HostDead} {
 			v := 0.0
 			if h.State == st {
 				v = 1

@@ -17,6 +17,7 @@ import (
 	"hangar/internal/inventory"
 	"hangar/internal/migrate"
 	"hangar/internal/qemu/img"
+	"hangar/internal/scheduler"
 	"hangar/internal/store"
 	"hangar/internal/vm"
 )
@@ -437,6 +438,29 @@ func (l *leader) restartOne(ctx context.Context, id string, i int, wait bool) er
 		if err != nil {
 			return err
 		}
+		// The plan may be older than the pool's bookings (an earlier
+		// master's, or made before other VMs were placed): its host is
+		// checked again against them, and the VM placed anew — or parked —
+		// when it no longer fits. The commit is conditioned on the
+		// bookings read.
+		snap, err := l.snapshot(ctx)
+		if err != nil {
+			return err
+		}
+		to, why, err := replan(snap, spec, plan.Host, r.Host)
+		if err != nil {
+			return err
+		}
+		if to == "" {
+			if err := fail("no host can take it now: " + why); err != nil {
+				return err
+			}
+			return l.markLost(ctx, r.VM, plan.Host, "parked until a host can take it: "+why, true)
+		}
+		if to != r.Host {
+			l.log.Info("failover: the planned host no longer takes the vm", "vm", r.VM, "planned", r.Host, "to", to, "why", why)
+			r.Host, plan.Restarts[i].Host = to, to
+		}
 		now := time.Now().UTC()
 		hr.Times = append(hr.Times, now)
 		started := spec
@@ -454,7 +478,7 @@ func (l *leader) restartOne(ctx context.Context, id string, i int, wait bool) er
 			store.PutOp(inventory.HARestartsKey(r.VM), inventory.Marshal(hr), hrrev),
 			store.DeleteOp(inventory.AllocKey(plan.Host, r.VM), store.AnyRevision),
 			store.PutOp(inventory.AllocKey(r.Host, r.VM), inventory.Marshal(allocOf(spec)), store.AnyRevision))
-		_, err = l.Commit(ctx, nil, ops...)
+		_, err = l.Commit(ctx, []store.Cond{store.Unchanged(inventory.Allocs, snap.rev)}, ops...)
 		if errors.Is(err, store.ErrConflict) && attempt < commitAttempts {
 			continue
 		}
@@ -465,6 +489,29 @@ func (l *leader) restartOne(ctx context.Context, id string, i int, wait bool) er
 			"epoch", owner.Epoch+1, "attempt", r.Attempt, "start", start.ID)
 		return nil
 	}
+}
+
+// replan checks that planned, the host a failover's plan gives the VM of
+// dead, still takes it under the bookings of snap, and else places it
+// anew on the others; "" (and why) when no host can take it now.
+func replan(snap snapshot, spec v1.VMSpec, dead, planned string) (host, why string, err error) {
+	req := snap.request(spec, "")
+	req.Exclude = append(req.Exclude, dead)
+	keep := req
+	keep.Placement, keep.PreferredHosts = scheduler.PlacementManual, []string{planned}
+	for _, r := range []scheduler.Request{keep, req} {
+		res, err := scheduler.Plan(snap.plan(), []scheduler.Request{r})
+		if err != nil {
+			return "", "", fmt.Errorf("plan: %w", err)
+		}
+		if res[0].Err == nil {
+			return res[0].Host, why, nil
+		}
+		if why == "" {
+			why = res[0].Err.Error()
+		}
+	}
+	return "", why, nil
 }
 
 // errLocked: a disk's image lock is held (waitLocksFree without waiting).

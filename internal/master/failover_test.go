@@ -2,6 +2,7 @@ package master
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -230,6 +231,52 @@ func TestFailoverResumesRecordedPlan(t *testing.T) {
 	}
 	if fos := opsOf(t, s, "failover", "hd"); len(fos) != 1 {
 		t.Fatalf("%d failovers of hd", len(fos))
+	}
+}
+
+// A recorded plan older than the bookings is checked again at each
+// restart: a VM whose planned host has filled up meanwhile restarts on
+// another, and one no host takes now is parked, not booked past capacity.
+func TestFailoverRechecksRecordedPlan(t *testing.T) {
+	c := etcdtest.Start(t).Client()
+	s := store.NewEtcd(c)
+	addHost(t, s, "h1", 4, 1024)
+	addHost(t, s, "h2", 4, 2048)
+	if _, err := s.Put(t.Context(), inventory.HostInfoKey("hd"), inventory.Marshal(v1.Host{Name: "hd", CPUs: 4, MemoryMiB: 8192}), store.AnyRevision); err != nil {
+		t.Fatal(err)
+	}
+	fakeAgent(t, s, "h1")
+	fakeAgent(t, s, "h2")
+	putVM(t, s, "filler", "h1", 1024, v1.PowerRunning, nil, 1) // placed after the plan was made
+	putVM(t, s, "mover", "hd", 512, v1.PowerRunning, &v1.HA{Enabled: true}, 1)
+	putVM(t, s, "stuck", "hd", 4096, v1.PowerRunning, &v1.HA{Enabled: true}, 1)
+	plan := ha.Plan{Version: ha.PlanVersion, Host: "hd", Made: time.Now().UTC(),
+		Restarts: []ha.Restart{
+			{VM: "mover", Host: "h1", Attempt: 1, State: ha.RestartPending},
+			{VM: "stuck", Host: "h1", Attempt: 1, State: ha.RestartPending}},
+		Parked: []ha.Held{}, Skipped: []ha.Held{}, Lost: []ha.Held{}, Stopped: []string{}}
+	id := submitOp(t, s, "failover", "hd", plan)
+	runMaster(t, c, s, Config{})
+	waitDoneOp(t, s, id)
+	waitStatus(t, s, "mover", v1.StateRunning)
+	inv := inventory.Inventory{S: s}
+	if sp, _, err := inv.Spec(t.Context(), "mover"); err != nil || sp.Host != "h2" {
+		t.Fatalf("mover: %+v (%v), want it on h2", sp, err)
+	}
+	if _, err := s.Get(t.Context(), inventory.AllocKey("h1", "mover")); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("mover booked on the full h1: %v", err)
+	}
+	l := &leader{cfg: Config{Store: s}}
+	_, _, got, err := l.failoverPlan(t.Context(), id)
+	if err != nil || got.Restarts[0].Host != "h2" || got.Restarts[0].State != ha.RestartDone || got.Restarts[1].State != ha.RestartFailed {
+		t.Fatalf("recorded plan: %+v (%v)", got, err)
+	}
+	sp, _, err := inv.Spec(t.Context(), "stuck")
+	if err != nil || !sp.Parked || sp.Host != "hd" || sp.Power != v1.PowerStopped {
+		t.Fatalf("stuck: %+v (%v), want parked", sp, err)
+	}
+	if starts := opsOf(t, s, "start", "stuck"); len(starts) != 0 {
+		t.Fatalf("stuck started: %+v", starts)
 	}
 }
 

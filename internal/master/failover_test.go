@@ -201,9 +201,7 @@ func TestFailoverResumesRecordedPlan(t *testing.T) {
 	c := etcdtest.Start(t).Client()
 	s := store.NewEtcd(c)
 	addHost(t, s, "h1", 4, 4096)
-	if _, err := s.Put(t.Context(), inventory.HostInfoKey("hd"), inventory.Marshal(v1.Host{Name: "hd", CPUs: 4, MemoryMiB: 4096}), store.AnyRevision); err != nil {
-		t.Fatal(err)
-	}
+	addDownHost(t, s, "hd", 4, 4096)
 	fakeAgent(t, s, "h1")
 	putVM(t, s, "first", "h1", 256, v1.PowerRunning, &v1.HA{Enabled: true, Priority: 5}, 2) // moved by the first master
 	putVM(t, s, "second", "hd", 256, v1.PowerRunning, &v1.HA{Enabled: true}, 1)
@@ -242,9 +240,7 @@ func TestFailoverRechecksRecordedPlan(t *testing.T) {
 	s := store.NewEtcd(c)
 	addHost(t, s, "h1", 4, 1024)
 	addHost(t, s, "h2", 4, 2048)
-	if _, err := s.Put(t.Context(), inventory.HostInfoKey("hd"), inventory.Marshal(v1.Host{Name: "hd", CPUs: 4, MemoryMiB: 8192}), store.AnyRevision); err != nil {
-		t.Fatal(err)
-	}
+	addDownHost(t, s, "hd", 4, 8192)
 	fakeAgent(t, s, "h1")
 	fakeAgent(t, s, "h2")
 	putVM(t, s, "filler", "h1", 1024, v1.PowerRunning, nil, 1) // placed after the plan was made
@@ -296,9 +292,7 @@ func TestFailoverRefusals(t *testing.T) {
 			c := etcdtest.Start(t).Client()
 			s := store.NewEtcd(c)
 			addHost(t, s, "h1", 4, 4096)
-			if _, err := s.Put(t.Context(), inventory.HostInfoKey("hd"), inventory.Marshal(v1.Host{Name: "hd", CPUs: 4, MemoryMiB: 4096}), store.AnyRevision); err != nil {
-				t.Fatal(err)
-			}
+			addDownHost(t, s, "hd", 4, 4096)
 			putVM(t, s, "web", "hd", 256, v1.PowerRunning, &v1.HA{Enabled: true}, 1)
 			var id string
 			if tc.plan != nil {

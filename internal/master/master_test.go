@@ -35,6 +35,15 @@ func addHost(t *testing.T, s *store.Etcd, name string, cpus, memMiB int) {
 	addHostLease(t, s, name, cpus, memMiB, 30*time.Second)
 }
 
+// addDownHost registers a host known to the pool (its facts) that holds
+// no liveness key: down.
+func addDownHost(t *testing.T, s *store.Etcd, name string, cpus, memMiB int) {
+	t.Helper()
+	if _, err := s.Put(t.Context(), inventory.HostInfoKey(name), inventory.Marshal(v1.Host{Name: name, CPUs: cpus, MemoryMiB: memMiB}), store.AnyRevision); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // addHostLease is addHost with a lease of ttl, returned (kept alive until
 // the test revokes it: the host's power loss).
 func addHostLease(t *testing.T, s *store.Etcd, name string, cpus, memMiB int, ttl time.Duration) store.LeaseID {
@@ -261,9 +270,7 @@ func TestMigrationStartAndResume(t *testing.T) {
 	s := store.NewEtcd(c)
 	addHost(t, s, "h1", 4, 2048)
 	addHost(t, s, "h2", 4, 2048)
-	if _, err := s.Put(t.Context(), inventory.HostInfoKey("h3"), inventory.Marshal(v1.Host{Name: "h3", CPUs: 4, MemoryMiB: 2048}), store.AnyRevision); err != nil {
-		t.Fatal(err) // h3: known, but no liveness key
-	}
+	addDownHost(t, s, "h3", 4, 2048)
 	_, stop1, done1 := startMaster(t, c, s, "m1")
 	id, err := submitCreate(t.Context(), s, "web", 256)
 	if err != nil {
@@ -510,9 +517,7 @@ func TestCreateOnDeadHostPlacedAgain(t *testing.T) {
 	addHost(t, s, "h1", 4, 1024)
 	// hd: the roomiest host, so the first placement goes there; its lease
 	// is the test's to end.
-	if _, err := s.Put(t.Context(), inventory.HostInfoKey("hd"), inventory.Marshal(v1.Host{Name: "hd", CPUs: 8, MemoryMiB: 8192}), store.AnyRevision); err != nil {
-		t.Fatal(err)
-	}
+	addDownHost(t, s, "hd", 8, 8192)
 	lease, err := s.Grant(t.Context(), 30*time.Second)
 	if err != nil {
 		t.Fatal(err)

@@ -178,9 +178,7 @@ func TestEvacuateMigrates(t *testing.T) {
 	if v.Spec.Host == "h2" || v.Status.State != v1.StateRunning || v.Spec.Parked {
 		t.Fatalf("after evacuating h2: host %s state %s parked %v", v.Spec.Host, v.Status.State, v.Spec.Parked)
 	}
-	if pid := p.QEMUOf(t, "h2", "ev"); pid != 0 {
-		t.Fatalf("QEMU of ev still on h2 (pid %d)", pid)
-	}
+	p.WaitQEMUGone(t, "h2", "ev", 2*time.Minute)
 	if st := p.GuestStatus(t, g); st.BootID != g.BootID {
 		t.Fatalf("boot id %s after the evacuation, was %s", st.BootID, g.BootID)
 	}

@@ -117,14 +117,7 @@ func TestMasterKilledDuringMigration(t *testing.T) {
 	if v.Spec.Host != dst {
 		t.Fatalf("after the migration the spec names %s, the status %s", v.Spec.Host, v.Status.Host)
 	}
-	// The source QEMU goes in the cleaning phase, after the switch-over.
-	deadline := time.Now().Add(2 * time.Minute)
-	for p.QEMUOf(t, src, name) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the source QEMU of %s is still on %s", name, src)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	p.WaitQEMUGone(t, src, name, 2*time.Minute)
 	for _, h := range p.Hosts {
 		if pid := p.QEMUOf(t, h.Name, name); (pid != 0) != (h.Name == dst) {
 			t.Errorf("QEMU of %s on %s: pid %d (it runs on %s)", name, h.Name, pid, dst)
@@ -170,7 +163,7 @@ func TestMasterKilledDuringMigration(t *testing.T) {
 
 	// The record is gone once the source is cleaned: a migration back is
 	// accepted (409 while the record exists) and succeeds.
-	deadline = time.Now().Add(time.Minute)
+	deadline := time.Now().Add(time.Minute)
 	for {
 		op, err = c.Migrate(ctx, name, v1.MigrateArgs{To: src}, 0)
 		if err == nil {

@@ -647,6 +647,20 @@ func (p *Pool) QEMUOf(t testing.TB, host, name string) int {
 	return 0
 }
 
+// WaitQEMUGone waits until no QEMU of VM name runs in host's namespace:
+// a migrated VM's source QEMU goes in the cleaning phase, after the
+// switch-over that ends the operation a caller waited for.
+func (p *Pool) WaitQEMUGone(t testing.TB, host, name string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for pid := p.QEMUOf(t, host, name); pid != 0; pid = p.QEMUOf(t, host, name) {
+		if time.Now().After(deadline) {
+			t.Fatalf("a QEMU of %s still runs on %s after %v (pid %d)", name, host, d, pid)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // WaitVM polls host's API until VM name's observed state is one of states
 // (and, when on != "", it runs on host on) and returns it.
 func (p *Pool) WaitVM(t testing.TB, host, name, on string, d time.Duration, states ...string) v1.VM {

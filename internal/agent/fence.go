@@ -62,41 +62,65 @@ func (f *fencer) granted(sent time.Time) {
 	}
 }
 
-// tick asks etcd about the lease and refreshes the lists (tickLease),
-// then writes the heartbeats (tickBeat).
+// tick asks etcd about the lease, refreshes the lists when they are due
+// (tickLease, tickLists), then writes the heartbeats (tickBeat).
 func (f *fencer) tick(ctx context.Context) {
 	f.tickLease(ctx)
+	f.tickLists(ctx)
 	f.tickBeat(ctx)
 }
 
 // tickLease asks etcd about the lease (a probe answered "d left", sent at
-// t, means the lease holds until at least t + d) and refreshes the lists,
-// each step bounded by the heartbeat interval.
+// t, means the lease holds until at least t + d), bounded by the
+// heartbeat interval.
 func (f *fencer) tickLease(ctx context.Context) {
-	step := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, ha.HeartbeatInterval) }
 	sent := f.now()
-	c, cancel := step()
+	c, cancel := context.WithTimeout(ctx, ha.HeartbeatInterval)
 	left, err := f.probe(c)
 	cancel()
 	if err == nil {
 		f.granted(sent.Add(left - f.ttl))
 	}
-	// The lists change seldom; reading them (every spec, every pool) each
-	// second on every host would be the pool's heaviest load.
+}
+
+// noteHA adds a VM just started or adopted with HA on to the HA VMs
+// before the next list.
+func (f *fencer) noteHA(name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	vms := make(map[string]bool, len(f.haVMs)+1) // the lists are replaced whole, never changed
+	for n, on := range f.haVMs {
+		vms[n] = on
+	}
+	vms[name] = true
+	f.haVMs = vms
+}
+
+// tickLists reads the HA VMs and shared pools when the last lists are
+// stateEvery old. The lists change seldom; reading them (every spec,
+// every pool) each second on every host would be the pool's heaviest
+// load. The read has stateEvery to answer, on its own timer (run): a
+// bound of the probes' second made a loaded pool keep a list from before
+// the VM started, and the host did not fence it.
+func (f *fencer) tickLists(ctx context.Context) {
+	sent := f.now()
 	f.mu.Lock()
 	listed := f.listed
 	f.mu.Unlock()
-	if listed.IsZero() || sent.Sub(listed) >= stateEvery {
-		c, cancel = step()
-		vms, pools, err := f.state(c)
-		cancel()
-		if err == nil {
-			f.mu.Lock()
-			f.haVMs, f.pools = vms, pools
-			f.listed = sent
-			f.mu.Unlock()
-		}
+	if !listed.IsZero() && sent.Sub(listed) < stateEvery {
+		return
 	}
+	c, cancel := context.WithTimeout(ctx, stateEvery)
+	vms, pools, err := f.state(c)
+	cancel()
+	if err != nil {
+		f.log.Error("fencing: reading this host's HA VMs and shared pools", "err", err, "last", listed)
+		return
+	}
+	f.mu.Lock()
+	f.haVMs, f.pools = vms, pools
+	f.listed = sent
+	f.mu.Unlock()
 }
 
 // tickBeat writes the heartbeat into every shared pool of the last list.
@@ -175,7 +199,8 @@ func (f *fencer) run(ctx context.Context) {
 	defer tick.Stop()
 	check := time.NewTicker(ha.DefaultFenceLead / 10)
 	defer check.Stop()
-	f.tickLease(ctx) // the first lists, before the first heartbeat
+	f.tickLease(ctx)
+	f.tickLists(ctx) // the first lists, before the first heartbeat
 	go func() {
 		for {
 			select {
@@ -183,6 +208,18 @@ func (f *fencer) run(ctx context.Context) {
 				return
 			case <-tick.C:
 				f.tickLease(ctx)
+			}
+		}
+	}()
+	go func() {
+		lists := time.NewTicker(ha.HeartbeatInterval)
+		defer lists.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-lists.C:
+				f.tickLists(ctx)
 			}
 		}
 	}()

@@ -580,7 +580,7 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 	}
 	m.a.crashPoint("status-running")
 	m.mark("running")
-	m.watch(inst)
+	m.watch(inst, spec)
 	rev.Success()
 	m.log.Info("vm started", "pid", inst.PID, "accel", m.a.cfg.Caps.Accel)
 	return nil
@@ -670,10 +670,14 @@ func (m *machine) prepareLaunch(ctx context.Context, spec v1.VMSpec, st *v1.VMSt
 	return launch{argv: argv, sb: sb, runDir: runDir}, nil
 }
 
-// watch hands the instance's exit to the worker.
-func (m *machine) watch(inst *qemu.Instance) {
+// watch hands the instance's exit to the worker. An HA VM is one the
+// fencer kills from now on, before its next list says so.
+func (m *machine) watch(inst *qemu.Instance, spec v1.VMSpec) {
 	m.inst = inst
 	m.a.live.set(m.name, inst)
+	if spec.HA != nil && spec.HA.Enabled {
+		m.a.fence.noteHA(m.name)
+	}
 	m.watchIOErrors(inst)
 	go func() {
 		<-inst.Exited()
@@ -806,7 +810,8 @@ func (m *machine) recover(ctx context.Context) {
 		}
 		m.adoptFacts(ctx, inst)
 		m.checkAdoptedUID(ctx, inst.PID)
-		m.watch(inst)
+		spec, _, _ := m.a.inv.Spec(ctx, m.name) // for the fencer: its next list catches up on an error
+		m.watch(inst, spec)
 		if n, err := blockops.CancelAll(ctx, inst.Mon); err != nil {
 			m.log.Warn("cancel orphan block jobs", "err", err)
 		} else if n > 0 {

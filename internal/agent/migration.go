@@ -337,7 +337,8 @@ func (m *machine) migrationResume(ctx context.Context, st migrate.State) {
 	t1 := time.Now()
 	m.incoming = nil
 	if m.inst != inst {
-		m.watch(inst)
+		spec, _, _ := m.a.inv.Spec(ctx, m.name) // for the fencer: its next list catches up on an error
+		m.watch(inst, spec)
 	}
 	if err := m.statusAfterMigration(ctx, st.Rec, inst); err != nil {
 		m.log.Warn("status after migration", "err", err)

@@ -123,6 +123,22 @@ type VMSpec struct {
 	// IOErrorPolicy overrides it. It applies from the VM's next start
 	// (QEMU fixes it when it creates the disk's device).
 	IOErrorPolicy string `json:"ioErrorPolicy,omitempty"`
+	// Resources are the VM's CPU and memory controls, enforced through
+	// the VM's cgroup on its host (nil: defaults).
+	Resources *Resources `json:"resources,omitempty"`
+}
+
+// Resources are a VM's CPU and memory controls.
+type Resources struct {
+	// CPUShares is the VM's relative CPU weight under contention
+	// (2..262144, default 1024).
+	CPUShares int `json:"cpuShares,omitempty"`
+	// CPULimit caps the VM's QEMU at this many host CPUs (0: no cap).
+	CPULimit float64 `json:"cpuLimit,omitempty"`
+	// MemoryLimitMiB is the hard memory limit of the VM's QEMU process;
+	// 0 computes one from the guest's memory plus QEMU's overhead, so the
+	// host's OOM killer picks the VM that outgrows it.
+	MemoryLimitMiB int `json:"memoryLimitMiB,omitempty"`
 }
 
 // HA is a VM's high-availability settings. When its host is declared dead

@@ -22,6 +22,7 @@ import (
 	v1 "hangar/api/v1"
 	"hangar/internal/capacity"
 	"hangar/internal/errdefs"
+	"hangar/internal/cgroup"
 	"hangar/internal/ha"
 	"hangar/internal/inventory"
 	"hangar/internal/qemu"
@@ -81,6 +82,8 @@ type Agent struct {
 	inv   records // every record read is checked (records.go)
 	facts v1.Host
 	io    *ioPool
+	// cgroups holds the VMs' cgroups (limits.go); nil: unavailable here.
+	cgroups *cgroup.Manager
 
 	mu       sync.Mutex
 	vms      map[string]*machine
@@ -136,6 +139,7 @@ func New(cfg Config) (*Agent, error) {
 		vms: map[string]*machine{}, queued: map[string]bool{}, handlers: opHandlers(), ready: make(chan struct{}), opDur: newOpHistogram(),
 		crashAt: os.Getenv("HANGAR_TEST_CRASH_AT")}
 	a.inv = records{Inventory: inventory.Inventory{S: cfg.Store}, a: a}
+	a.cgroups = a.newCgroups()
 	a.fence = a.newFencer(func() store.LeaseID { return store.LeaseID(a.lease.Load()) })
 	return a, nil
 }

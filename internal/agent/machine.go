@@ -559,6 +559,11 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 	m.mark("qmp")
 	m.startedAt, m.accel = time.Now().UTC(), m.a.cfg.Caps.Accel
 	m.a.crashPoint("qemu-exec")
+	if err := m.applyLimits(spec, inst.PID); err != nil {
+		return fmt.Errorf("start %s: %w", m.name, err)
+	}
+	rev.Add(m.removeCgroup)
+	m.mark("limits")
 	if stateFile != "" {
 		f, err := os.Open(stateFile)
 		if err != nil {
@@ -726,7 +731,10 @@ func (m *machine) stop(ctx context.Context, args v1.StopArgs) error {
 	})
 }
 
+// deleteTaps releases what a VM's QEMU held on the host once it is gone:
+// its taps and its cgroup.
 func (m *machine) deleteTaps(ctx context.Context) {
+	m.removeCgroup()
 	spec, _, err := m.a.inv.Spec(ctx, m.name)
 	if err != nil {
 		return
@@ -810,7 +818,12 @@ func (m *machine) recover(ctx context.Context) {
 		}
 		m.adoptFacts(ctx, inst)
 		m.checkAdoptedUID(ctx, inst.PID)
-		spec, _, _ := m.a.inv.Spec(ctx, m.name) // for the fencer: its next list catches up on an error
+		spec, _, err := m.a.inv.Spec(ctx, m.name)
+		if err != nil {
+			m.log.Warn("re-adopt: load spec (cgroup limits and the fencer's list catch up later)", "err", err)
+		} else if err := m.applyLimits(spec, inst.PID); err != nil {
+			m.log.Warn("re-adopt cgroup", "err", err)
+		}
 		m.watch(inst, spec)
 		if n, err := blockops.CancelAll(ctx, inst.Mon); err != nil {
 			m.log.Warn("cancel orphan block jobs", "err", err)

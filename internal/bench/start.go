@@ -56,6 +56,7 @@ var HangarPhases = []Phase{
 	{"argv + status write (starting)", "starting"},
 	{"qemu exec", "exec"},
 	{"qmp connect + setup", "qmp"},
+	{"cgroup limits", "limits"},
 	{"cont", "cont"},
 	{"status write (running)", "running"},
 	{"op record + waiter sees running", markReply},

@@ -187,6 +187,9 @@ func Validate(s v1.VMSpec, hostMemoryMiB int) error {
 	default:
 		return invalid("power", "must be running, stopped or paused, got %q", s.Power)
 	}
+	if err := validateResources(s); err != nil {
+		return err
+	}
 	if s.IOErrorPolicy != "" { // empty: a record from before the setting (stop)
 		if err := CheckIOErrorPolicy("ioErrorPolicy", s.IOErrorPolicy, false); err != nil {
 			return err

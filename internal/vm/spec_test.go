@@ -220,3 +220,33 @@ func TestIOErrorPolicy(t *testing.T) {
 		t.Fatalf("old record: %v %q", err, IOErrorPolicy(s, s.Disks[0]))
 	}
 }
+
+func TestValidateResources(t *testing.T) {
+	base := v1.VMSpec{Name: "a", MemoryMiB: 256}
+	Defaults(&base, "tcg")
+	for _, c := range []struct {
+		r     v1.Resources
+		field string
+	}{
+		{v1.Resources{CPUShares: 1}, "resources.cpuShares"},
+		{v1.Resources{CPULimit: -0.5}, "resources.cpuLimit"},
+		{v1.Resources{CPULimit: 0.001}, "resources.cpuLimit"},
+		{v1.Resources{MemoryLimitMiB: 128}, "resources.memoryLimitMiB"},
+		{v1.Resources{CPUShares: 512, CPULimit: 0.5, MemoryLimitMiB: 512}, ""},
+	} {
+		s := base
+		r := c.r
+		s.Resources = &r
+		err := Validate(s, 0)
+		var fe *FieldError
+		switch {
+		case c.field == "" && err != nil:
+			t.Errorf("%+v: %v", c.r, err)
+		case c.field != "" && (!errors.As(err, &fe) || fe.Field != c.field):
+			t.Errorf("%+v: got %v, want an error on %s", c.r, err, c.field)
+		}
+	}
+	if got := MemoryLimitMiB(base, "kvm"); got != 256+256+32 {
+		t.Errorf("default limit %d", got)
+	}
+}

@@ -1,0 +1,52 @@
+package vm
+
+import (
+	"math"
+
+	v1 "hangar/api/v1"
+)
+
+// Bounds of a VM's resource controls.
+const (
+	MinCPUShares = 2
+	MaxCPUShares = 262144
+	MinCPULimit  = 0.01
+)
+
+// validateResources checks s.Resources; nil is valid (defaults).
+func validateResources(s v1.VMSpec) error {
+	r := s.Resources
+	if r == nil {
+		return nil
+	}
+	if r.CPUShares != 0 && (r.CPUShares < MinCPUShares || r.CPUShares > MaxCPUShares) {
+		return invalid("resources.cpuShares", "must be between %d and %d, got %d", MinCPUShares, MaxCPUShares, r.CPUShares)
+	}
+	if math.IsNaN(r.CPULimit) || r.CPULimit < 0 || (r.CPULimit > 0 && r.CPULimit < MinCPULimit) {
+		return invalid("resources.cpuLimit", "must be 0 (no cap) or at least %g CPU, got %g", MinCPULimit, r.CPULimit)
+	}
+	if r.CPULimit > float64(MaxCPUs) {
+		return invalid("resources.cpuLimit", "must be at most %d CPUs, got %g", MaxCPUs, r.CPULimit)
+	}
+	if r.MemoryLimitMiB < 0 {
+		return invalid("resources.memoryLimitMiB", "must not be negative, got %d", r.MemoryLimitMiB)
+	}
+	if r.MemoryLimitMiB > 0 && r.MemoryLimitMiB < s.MemoryMiB {
+		return invalid("resources.memoryLimitMiB", "%d MiB is less than the guest's memory (%d MiB): the guest would be killed when it uses its RAM", r.MemoryLimitMiB, s.MemoryMiB)
+	}
+	return nil
+}
+
+// MemoryLimitMiB is the hard memory limit of s's QEMU: the spec's, or the
+// guest's memory plus QEMU's overhead (256 MiB and an eighth of the guest's
+// memory; under TCG also its translation cache, up to 1 GiB).
+func MemoryLimitMiB(s v1.VMSpec, accel string) int {
+	if s.Resources != nil && s.Resources.MemoryLimitMiB > 0 {
+		return s.Resources.MemoryLimitMiB
+	}
+	limit := s.MemoryMiB + 256 + s.MemoryMiB/8
+	if accel != "kvm" {
+		limit += 1024
+	}
+	return limit
+}

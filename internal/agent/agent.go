@@ -21,8 +21,8 @@ import (
 
 	v1 "hangar/api/v1"
 	"hangar/internal/capacity"
-	"hangar/internal/errdefs"
 	"hangar/internal/cgroup"
+	"hangar/internal/errdefs"
 	"hangar/internal/ha"
 	"hangar/internal/inventory"
 	"hangar/internal/qemu"

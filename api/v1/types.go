@@ -632,6 +632,16 @@ type VMPatch struct {
 	IOErrorPolicy *string `json:"ioErrorPolicy,omitempty"`
 	// Disks change settings of the named disks.
 	Disks map[string]DiskPatch `json:"disks,omitempty"`
+	// Resources change the VM's CPU and memory controls field by field;
+	// a running VM's host applies them live (a "limits" operation).
+	Resources *ResourcesPatch `json:"resources,omitempty"`
+}
+
+// ResourcesPatch changes a VM's resource controls (0 restores a default).
+type ResourcesPatch struct {
+	CPUShares      *int     `json:"cpuShares,omitempty"`
+	CPULimit       *float64 `json:"cpuLimit,omitempty"`
+	MemoryLimitMiB *int     `json:"memoryLimitMiB,omitempty"`
 }
 
 // DiskPatch changes one disk's settings (VMPatch.Disks).

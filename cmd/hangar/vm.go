@@ -36,7 +36,8 @@ consoles, snapshots, clones, templates, suspend, media.`,
 }
 
 func newVMSet(g *globals) *cobra.Command {
-	var cpus, memory int
+	var cpus, memory, cpuShares, memLimit int
+	var cpuLimit float64
 	var restart, ioError string
 	var diskIOErrors []string
 	cmd := &cobra.Command{
@@ -45,10 +46,12 @@ func newVMSet(g *globals) *cobra.Command {
 		Long: `Change a VM's settings; only the flags given change. CPUs and memory change only while
 the VM is stopped (the server refuses them for a running VM, saying so); the restart
 policy and the I/O error policies change at any time (the I/O error policies apply from
-the VM's next start).`,
+the VM's next start). The resource controls (--cpu-shares, --cpu-limit, --memory-limit;
+0 restores a default) change at any time: a running VM's host applies them live.`,
 		Example: `  hangar vm set web1 --cpus 2 --memory 1024
   hangar vm set web1 --restart always
-  hangar vm set db1 --io-error stop --disk-io-error scratch=report`,
+  hangar vm set db1 --io-error stop --disk-io-error scratch=report
+  hangar vm set web1 --cpu-shares 512 --cpu-limit 0.5 --memory-limit 1024`,
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: complete(g, g.vmNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -57,18 +60,25 @@ the VM's next start).`,
 			}
 			p := v1.VMPatch{CPUs: ifGiven(cmd, "cpus", &cpus), MemoryMiB: ifGiven(cmd, "memory", &memory),
 				RestartPolicy: ifGiven(cmd, "restart", &restart), IOErrorPolicy: ifGiven(cmd, "io-error", &ioError)}
+			if r := (v1.ResourcesPatch{CPUShares: ifGiven(cmd, "cpu-shares", &cpuShares), CPULimit: ifGiven(cmd, "cpu-limit", &cpuLimit),
+				MemoryLimitMiB: ifGiven(cmd, "memory-limit", &memLimit)}); r != (v1.ResourcesPatch{}) {
+				p.Resources = &r
+			}
 			var err error
 			if p.Disks, err = parseDiskIOErrors(diskIOErrors); err != nil {
 				return err
 			}
-			if p.CPUs == nil && p.MemoryMiB == nil && p.RestartPolicy == nil && p.IOErrorPolicy == nil && p.Disks == nil {
-				return fmt.Errorf("nothing to change: give --cpus, --memory, --restart, --io-error or --disk-io-error")
+			if p.CPUs == nil && p.MemoryMiB == nil && p.RestartPolicy == nil && p.IOErrorPolicy == nil && p.Disks == nil && p.Resources == nil {
+				return fmt.Errorf("nothing to change: give --cpus, --memory, --restart, --io-error, --disk-io-error, --cpu-shares, --cpu-limit or --memory-limit")
 			}
 			v, err := g.client().PatchVM(cmd.Context(), args[0], p)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "vm %s: %d CPUs, %d MiB, restart policy %s, I/O errors %s\n", v.Spec.Name, v.Spec.CPUs, v.Spec.MemoryMiB, orDash(v.Spec.RestartPolicy), ioErrorSummary(v.Spec))
+			if r := v.Spec.Resources; r != nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "resources: cpu shares %s, cpu limit %s, memory limit %s\n", resourceInt(r.CPUShares, ""), resourceCPUs(r.CPULimit), resourceInt(r.MemoryLimitMiB, " MiB"))
+			}
 			return nil
 		},
 	}
@@ -78,7 +88,26 @@ the VM's next start).`,
 	_ = cmd.RegisterFlagCompletionFunc("restart", cobra.FixedCompletions([]string{"always", "on-failure", "never"}, cobra.ShellCompDirectiveNoFileComp))
 	addIOErrorFlag(cmd, &ioError, "")
 	cmd.Flags().StringArrayVar(&diskIOErrors, "disk-io-error", nil, "DISK=POLICY: a disk's own I/O error policy (DISK= takes the VM's; repeatable)")
+	cmd.Flags().IntVar(&cpuShares, "cpu-shares", 0, "relative CPU weight under contention (2-262144, 0: default 1024; live)")
+	cmd.Flags().Float64Var(&cpuLimit, "cpu-limit", 0, "cap in host CPUs, e.g. 0.5 (0: no cap; live)")
+	cmd.Flags().IntVar(&memLimit, "memory-limit", 0, "hard memory limit of the VM's QEMU in MiB (0: guest memory + overhead; live)")
 	return cmd
+}
+
+// resourceInt shows a resource control, "default" when unset.
+func resourceInt(n int, unit string) string {
+	if n == 0 {
+		return "default"
+	}
+	return fmt.Sprintf("%d%s", n, unit)
+}
+
+// resourceCPUs shows a CPU cap, "none" when unset.
+func resourceCPUs(c float64) string {
+	if c == 0 {
+		return "none"
+	}
+	return fmt.Sprintf("%g CPUs", c)
 }
 
 // addIOErrorFlag adds --io-error, the VM's I/O error policy.

@@ -1,11 +1,14 @@
 package agent
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	v1 "hangar/api/v1"
 	"hangar/internal/cgroup"
+	"hangar/internal/errdefs"
 	"hangar/internal/vm"
 )
 
@@ -59,4 +62,25 @@ func (m *machine) removeCgroup() {
 	if err := m.a.cgroups.Remove(m.name); err != nil && !errors.Is(err, cgroup.ErrUnavailable) {
 		m.log.Warn("remove cgroup", "err", err)
 	}
+}
+
+// updateLimits writes the spec's limits into the running VM's cgroup (a
+// live change); a stopped VM takes them at its next start.
+func (m *machine) updateLimits(ctx context.Context) error {
+	if m.inst == nil {
+		return nil
+	}
+	if m.a.cgroups == nil {
+		return errdefs.Precondition("limits of %s: cgroups are unavailable on host %s", m.name, m.a.cfg.Host)
+	}
+	spec, _, err := m.a.inv.Spec(ctx, m.name)
+	if err != nil {
+		return err
+	}
+	l := m.a.limitsOf(spec)
+	if err := m.a.cgroups.Update(m.name, l); err != nil {
+		return fmt.Errorf("limits of %s: %w", m.name, err)
+	}
+	m.log.Info("limits changed", "cpuShares", l.CPUShares, "cpuLimit", l.CPUs, "memoryLimitMiB", l.MemoryBytes>>20)
+	return nil
 }

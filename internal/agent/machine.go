@@ -299,6 +299,9 @@ func opHandlers() map[string]opHandler {
 		"pause": func(m *machine, ctx context.Context, _ v1.Operation, _ progressFunc) error {
 			return m.withMonitor(ctx, "pause", func(i *qemu.Instance) error { return i.Mon.Stop(ctx) }, v1.StatePaused)
 		},
+		"limits": func(m *machine, ctx context.Context, _ v1.Operation, _ progressFunc) error {
+			return m.updateLimits(ctx)
+		},
 		"resume": func(m *machine, ctx context.Context, _ v1.Operation, progress progressFunc) error {
 			if m.inst == nil {
 				progress(0.2, "loading memory")

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"time"
 
 	v1 "hangar/api/v1"
 	"hangar/internal/inventory"
@@ -42,6 +43,9 @@ func applyPatch(spec *v1.VMSpec, p v1.VMPatch) []string {
 		spec.IOErrorPolicy = *p.IOErrorPolicy
 		changed = append(changed, "ioErrorPolicy")
 	}
+	if p.Resources != nil && applyResourcesPatch(spec, *p.Resources) {
+		changed = append(changed, "resources")
+	}
 	for i := range spec.Disks {
 		d := &spec.Disks[i]
 		if dp, ok := p.Disks[d.Name]; ok && dp.IOErrorPolicy != nil && *dp.IOErrorPolicy != d.IOErrorPolicy {
@@ -50,6 +54,34 @@ func applyPatch(spec *v1.VMSpec, p v1.VMPatch) []string {
 		}
 	}
 	return changed
+}
+
+// applyResourcesPatch merges p into spec's resources and reports whether
+// they changed; resources all at their defaults are dropped.
+func applyResourcesPatch(spec *v1.VMSpec, p v1.ResourcesPatch) bool {
+	var r v1.Resources
+	if spec.Resources != nil {
+		r = *spec.Resources
+	}
+	old := r
+	if p.CPUShares != nil {
+		r.CPUShares = *p.CPUShares
+	}
+	if p.CPULimit != nil {
+		r.CPULimit = *p.CPULimit
+	}
+	if p.MemoryLimitMiB != nil {
+		r.MemoryLimitMiB = *p.MemoryLimitMiB
+	}
+	if r == old {
+		return false
+	}
+	if r == (v1.Resources{}) {
+		spec.Resources = nil
+	} else {
+		spec.Resources = &r
+	}
+	return true
 }
 
 // checkPatch checks what a patch sets that the spec's validation would
@@ -188,7 +220,15 @@ func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		rev, err := s.cfg.Store.Put(ctx, inventory.VMKey(name), inventory.Marshal(spec), v.Revision)
+		// A running VM's new resources go to its host as a "limits"
+		// operation written with the spec, and the answer waits for it.
+		var op *v1.Operation
+		writes := []store.Op{store.PutOp(inventory.VMKey(name), inventory.Marshal(spec), v.Revision)}
+		if slices.Contains(changed, "resources") && !contains(offline, v.Status.State) && spec.Host != "" {
+			o := s.newOp("limits", name, spec.Host, nil)
+			op, writes = &o, append(inventory.NewOpWrites(o), writes...)
+		}
+		rev, err := s.cfg.Store.Txn(ctx, nil, writes...)
 		if errors.Is(err, store.ErrConflict) && ifMatch == 0 && attempt < 5 {
 			continue
 		}
@@ -200,6 +240,19 @@ func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.cfg.Log.Info("vm settings changed", "vm", name, "fields", changed, "revision", rev)
+		if op != nil {
+			done, err := s.waitOp(ctx, op.ID, limitsWait)
+			if err == nil && done.State == v1.OpFailed && done.Error != nil {
+				err = done.Error
+			} else if err == nil && !done.Done() {
+				err = &v1.Error{Code: v1.CodeUnavailable, Field: "resources",
+					Message: fmt.Sprintf("vm %q: the settings are saved but host %s has not applied them yet (operation %s)", name, spec.Host, op.ID)}
+			}
+			if err != nil {
+				writeErr(w, err)
+				return
+			}
+		}
 		v.Spec, v.Revision = spec, rev
 		writeJSON(w, 200, redactVM(v))
 		return
@@ -216,3 +269,6 @@ func trimETag(h string) string {
 	}
 	return h
 }
+
+// limitsWait is how long a resources change waits for the VM's host.
+const limitsWait = 30 * time.Second

@@ -31,6 +31,7 @@ var opKinds = map[string]struct {
 	"stop":             {TargetVM, func() any { return new(v1.StopArgs) }},
 	"reboot":           {TargetVM, nil},
 	"pause":            {TargetVM, nil},
+	"limits":           {TargetVM, nil}, // apply the spec's resources to the running QEMU
 	"resume":           {TargetVM, nil},
 	"suspend":          {TargetVM, nil},
 	"media":            {TargetVM, func() any { return new(v1.MediaArgs) }},

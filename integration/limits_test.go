@@ -1,0 +1,176 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "hangar/api/v1"
+)
+
+// cgroupFile is a file of the test host's cgroup of vm: the v1 controller's
+// file, or on v2 the unified one. "" when neither exists.
+func cgroupFile(vm, controller, v1file, v2file string) string {
+	p := filepath.Join("/sys/fs/cgroup", controller, "hangar-testhost", vm, v1file)
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	p = filepath.Join("/sys/fs/cgroup", "hangar-testhost.slice", vm, v2file)
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	return ""
+}
+
+func readCgroup(t *testing.T, vm, controller, v1file, v2file string) string {
+	t.Helper()
+	p := cgroupFile(vm, controller, v1file, v2file)
+	if p == "" {
+		t.Fatalf("vm %s: no cgroup file %s/%s", vm, v1file, v2file)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// cpuNanos is the CPU time the VM's cgroup counted.
+func cpuNanos(t *testing.T, vm string) uint64 {
+	t.Helper()
+	if p := cgroupFile(vm, "cpuacct", "cpuacct.usage", "cpu.stat"); strings.HasSuffix(p, "cpuacct.usage") {
+		n, err := strconv.ParseUint(readCgroup(t, vm, "cpuacct", "cpuacct.usage", ""), 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, l := range strings.Split(readCgroup(t, vm, "", "", "cpu.stat"), "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == "usage_usec" {
+			n, err := strconv.ParseUint(f[1], 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n * 1000
+		}
+	}
+	t.Fatal("no usage_usec in cpu.stat")
+	return 0
+}
+
+// cpuQuota is the VM's cgroup CPU quota in µs per 100 ms period (-1: none).
+func cpuQuota(t *testing.T, vm string) int {
+	t.Helper()
+	var s string
+	if strings.HasSuffix(cgroupFile(vm, "cpu", "cpu.cfs_quota_us", "cpu.max"), "cpu.cfs_quota_us") {
+		s = readCgroup(t, vm, "cpu", "cpu.cfs_quota_us", "")
+	} else {
+		s = strings.Fields(readCgroup(t, vm, "", "", "cpu.max"))[0]
+		if s == "max" {
+			return -1
+		}
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func memoryLimit(t *testing.T, vm string) int64 {
+	t.Helper()
+	n, err := strconv.ParseInt(readCgroup(t, vm, "memory", "memory.limit_in_bytes", "memory.max"), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func inCgroup(t *testing.T, vm string, pid int) bool {
+	t.Helper()
+	for _, l := range strings.Fields(readCgroup(t, vm, "memory", "cgroup.procs", "cgroup.procs")) {
+		if l == strconv.Itoa(pid) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestLimits runs one capped guest through the life of its cgroup: the CPU
+// cap holds while the guest boots (TCG keeps QEMU busy then), the memory
+// limit is set, a live change lands without a restart, the cgroup is found
+// again after kill -9 of hangar serve and removed when the VM stops.
+func TestLimits(t *testing.T) {
+	s := newServer(t)
+	const name = "capped"
+	s.createGuest(name, func(sp *v1.VMSpec) {
+		sp.Resources = &v1.Resources{CPULimit: 0.5, MemoryLimitMiB: 1024}
+	})
+	v := s.waitState(name, time.Minute, v1.StateRunning)
+	if cgroupFile(name, "memory", "cgroup.procs", "cgroup.procs") == "" {
+		t.Skip("no cgroup for the vm: cgroups unavailable on this machine")
+	}
+	if !inCgroup(t, name, v.Status.PID) {
+		t.Fatalf("qemu %d is not in its cgroup", v.Status.PID)
+	}
+	if q := cpuQuota(t, name); q != 50000 {
+		t.Errorf("cpu quota %d µs per 100 ms, want 50000", q)
+	}
+	if got := memoryLimit(t, name); got != 1024<<20 {
+		t.Errorf("memory limit %d, want %d", got, 1024<<20)
+	}
+
+	// The guest boots under TCG: QEMU would take a whole CPU; the cap
+	// holds it near half of one. Only the upper bound is a property of
+	// the cap; a loaded machine may give less.
+	c0, t0 := cpuNanos(t, name), time.Now()
+	time.Sleep(4 * time.Second)
+	rate := float64(cpuNanos(t, name)-c0) / float64(time.Since(t0).Nanoseconds())
+	t.Logf("cpu cap 0.5: measured %.3f CPUs while booting", rate)
+	if rate > 0.65 {
+		t.Errorf("capped at 0.5 CPU, the vm used %.3f CPUs", rate)
+	}
+	s.waitReady(name, 0)
+
+	// A live change: no restart, the same QEMU, a new quota.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	limit, shares := 0.25, 512
+	if _, err := s.c.PatchVM(ctx, name, v1.VMPatch{Resources: &v1.ResourcesPatch{CPULimit: &limit, CPUShares: &shares}}); err != nil {
+		t.Fatalf("live limits change: %v", err)
+	}
+	if q := cpuQuota(t, name); q != 25000 {
+		t.Errorf("cpu quota %d after the live change, want 25000", q)
+	}
+	if v2 := s.waitState(name, 10*time.Second, v1.StateRunning); v2.Status.PID != v.Status.PID {
+		t.Fatalf("pid %d after a live change, want %d: the vm restarted", v2.Status.PID, v.Status.PID)
+	}
+	// A bad value is refused naming the field.
+	bad := 0.001
+	if _, err := s.c.PatchVM(ctx, name, v1.VMPatch{Resources: &v1.ResourcesPatch{CPULimit: &bad}}); err == nil || !strings.Contains(err.Error(), "resources.cpuLimit") {
+		t.Errorf("cpuLimit 0.001: got %v, want an error naming resources.cpuLimit", err)
+	}
+
+	// Re-adoption: kill -9 of hangar serve; the restarted agent finds the
+	// cgroup and keeps QEMU and its limits in it.
+	s.kill9()
+	s.start()
+	v = s.waitState(name, 30*time.Second, v1.StateRunning)
+	if !inCgroup(t, name, v.Status.PID) {
+		t.Errorf("qemu %d not in its cgroup after re-adoption", v.Status.PID)
+	}
+	if q := cpuQuota(t, name); q != 25000 {
+		t.Errorf("cpu quota %d after re-adoption, want 25000", q)
+	}
+
+	// Stop: the cgroup goes with the QEMU.
+	s.action(name, "stop", v1.StopArgs{Force: true})
+	s.waitState(name, time.Minute, v1.StateStopped)
+	if p := cgroupFile(name, "memory", "cgroup.procs", "cgroup.procs"); p != "" {
+		t.Errorf("cgroup %s still there after stop", filepath.Dir(p))
+	}
+}

@@ -679,4 +679,9 @@ type PoolSettings struct {
 	CPUOvercommit    float64 `json:"cpuOvercommit"`
 	MemoryOvercommit float64 `json:"memoryOvercommit"`
 	HAFailures       *int    `json:"haFailures,omitempty"`
+	// ReserveCPUs and ReserveMemoryMiB are kept on every host for the
+	// host itself (QEMU's I/O, hangar serve, the OS): the ratios apply to
+	// the host's CPUs and memory less them. Default 0.
+	ReserveCPUs      int `json:"reserveCPUs,omitempty"`
+	ReserveMemoryMiB int `json:"reserveMemoryMiB,omitempty"`
 }

@@ -11,7 +11,7 @@ import (
 
 func printSettings(g *globals, cmd *cobra.Command, ps v1.PoolSettings) error {
 	return g.print(cmd, ps, func(w *tabwriter.Writer) {
-		fmt.Fprintf(w, "CPU overcommit:\t%g\nMemory overcommit:\t%g\n", ps.CPUOvercommit, ps.MemoryOvercommit)
+		fmt.Fprintf(w, "CPU overcommit:\t%g\nMemory overcommit:\t%g\nHost reserve:\t%d CPUs, %d MiB\n", ps.CPUOvercommit, ps.MemoryOvercommit, ps.ReserveCPUs, ps.ReserveMemoryMiB)
 		if ps.HAFailures != nil {
 			fmt.Fprintf(w, "HA host failures tolerated:\t%d\n", *ps.HAFailures)
 		}
@@ -42,6 +42,7 @@ func poolSettings(g *globals) []*cobra.Command {
 
 	var cpu, mem float64
 	var failures int
+	var resCPU, resMem int
 	set := &cobra.Command{
 		Use:   "set",
 		Short: "Change the pool's admission settings",
@@ -58,8 +59,9 @@ HA on is refused when they could not restart on the others (0: off).`,
 			}
 			cpuSet, memSet := cmd.Flags().Changed("cpu-overcommit"), cmd.Flags().Changed("memory-overcommit")
 			haSet := cmd.Flags().Changed("ha-failures")
-			if !cpuSet && !memSet && !haSet {
-				return fmt.Errorf("nothing to set: give --cpu-overcommit, --memory-overcommit and/or --ha-failures")
+			resCPUSet, resMemSet := cmd.Flags().Changed("reserve-cpus"), cmd.Flags().Changed("reserve-memory")
+			if !cpuSet && !memSet && !haSet && !resCPUSet && !resMemSet {
+				return fmt.Errorf("nothing to set: give --cpu-overcommit, --memory-overcommit, --reserve-cpus, --reserve-memory or --ha-failures")
 			}
 			c := g.client()
 			ps, err := c.PoolSettings(cmd.Context())
@@ -71,6 +73,12 @@ HA on is refused when they could not restart on the others (0: off).`,
 			}
 			if memSet {
 				ps.MemoryOvercommit = mem
+			}
+			if resCPUSet {
+				ps.ReserveCPUs = resCPU
+			}
+			if resMemSet {
+				ps.ReserveMemoryMiB = resMem
 			}
 			if haSet {
 				ps.HAFailures = &failures
@@ -84,6 +92,8 @@ HA on is refused when they could not restart on the others (0: off).`,
 	set.Flags().Float64Var(&cpu, "cpu-overcommit", 0, "vCPUs a host admits per CPU (0.1 to 64)")
 	set.Flags().Float64Var(&mem, "memory-overcommit", 0, "memory a host admits per MiB it has (0.1 to 64)")
 	set.Flags().IntVar(&failures, "ha-failures", 1, "host failures whose HA VMs must have room to restart (0: off)")
+	set.Flags().IntVar(&resCPU, "reserve-cpus", 0, "CPUs every host keeps for itself; the ratio applies to the rest")
+	set.Flags().IntVar(&resMem, "reserve-memory", 0, "memory in MiB every host keeps for itself; the ratio applies to the rest")
 	addOutput(set, g, false)
 	return []*cobra.Command{show, set}
 }

@@ -76,7 +76,11 @@ func Boot(ctx context.Context, cfg BootConfig) (BootResult, error) {
 
 func spec(name string, cfg BootConfig) v1.VMSpec {
 	s := v1.VMSpec{Name: name, CPUs: 1, MemoryMiB: cfg.MemoryMiB, Disks: []v1.Disk{{Image: cfg.Image}},
-		NICs: []v1.NIC{{Mode: v1.NICUser}}}
+		NICs: []v1.NIC{{Mode: v1.NICUser}},
+		// Limits on, as a production VM has them (a cgroup with shares, a
+		// cap and the computed memory limit), but none that binds a
+		// 1-vCPU boot: the cost measured is Hangar's, not the cap's.
+		Resources: &v1.Resources{CPUShares: 1024, CPULimit: 2}}
 	vm.Defaults(&s, cfg.Caps.Accel)
 	return s
 }

@@ -80,8 +80,8 @@ func Overview(hosts []v1.Host, vms []v1.VM, alloc map[string]inventory.Alloc, p 
 		a := alloc[h.Name]
 		h.AllocatedCPUs, h.AllocatedMemoryMiB = a.CPUs, a.MemoryMiB
 		h.CPUOvercommit, h.MemoryOvercommit = p.CPUOvercommit, p.MemoryOvercommit
-		h.FreeCPUs = free(h.CPUs, p.CPUOvercommit, a.CPUs)
-		h.FreeMemoryMiB = free(h.MemoryMiB, p.MemoryOvercommit, a.MemoryMiB)
+		h.FreeCPUs = free(p.AllocatableCPUs(h.CPUs), a.CPUs)
+		h.FreeMemoryMiB = free(p.AllocatableMemoryMiB(h.MemoryMiB), a.MemoryMiB)
 		h.VMStates = byHost[h.Name]
 		h.VMs = 0
 		for _, n := range h.VMStates {
@@ -123,10 +123,10 @@ func Overview(hosts []v1.Host, vms []v1.VM, alloc map[string]inventory.Alloc, p 
 	return out
 }
 
-// free is what a host of size units takes under ratio with used booked:
+// free is what a host admitting allocatable units takes with used booked:
 // never negative.
-func free(size int, ratio float64, used int) int {
-	f := scheduler.Admitted(size, ratio) - used
+func free(allocatable, used int) int {
+	f := allocatable - used
 	if f < 0 {
 		return 0
 	}

@@ -462,7 +462,8 @@ func (i Inventory) Admission(ctx context.Context) (scheduler.Policy, error) {
 	if err != nil {
 		return scheduler.Policy{}, err
 	}
-	pol, err := scheduler.NormPolicy(scheduler.Policy{CPUOvercommit: ps.CPUOvercommit, MemoryOvercommit: ps.MemoryOvercommit})
+	pol, err := scheduler.NormPolicy(scheduler.Policy{CPUOvercommit: ps.CPUOvercommit, MemoryOvercommit: ps.MemoryOvercommit,
+		ReserveCPUs: ps.ReserveCPUs, ReserveMemoryMiB: ps.ReserveMemoryMiB})
 	if err != nil {
 		return pol, fmt.Errorf("pool settings: %w: %w", err, ErrInvalidRecord)
 	}

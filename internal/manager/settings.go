@@ -27,7 +27,8 @@ func (s *Server) getSettings(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, v1.PoolSettings{CPUOvercommit: pol.CPUOvercommit, MemoryOvercommit: pol.MemoryOvercommit, HAFailures: &failures})
+	writeJSON(w, http.StatusOK, v1.PoolSettings{CPUOvercommit: pol.CPUOvercommit, MemoryOvercommit: pol.MemoryOvercommit,
+		ReserveCPUs: pol.ReserveCPUs, ReserveMemoryMiB: pol.ReserveMemoryMiB, HAFailures: &failures})
 }
 
 // putSettings replaces the settings; a field left out or zero is the
@@ -46,6 +47,14 @@ func (s *Server) putSettings(w http.ResponseWriter, r *http.Request) {
 			writeErr(w, invalidArg(f.name, "%v: want a ratio from 0.1 to %v (0: the default)", f.v, scheduler.MaxOvercommit))
 			return
 		}
+	}
+	if ps.ReserveCPUs < 0 {
+		writeErr(w, invalidArg("reserveCPUs", "%d: must not be negative", ps.ReserveCPUs))
+		return
+	}
+	if ps.ReserveMemoryMiB < 0 {
+		writeErr(w, invalidArg("reserveMemoryMiB", "%d: must not be negative", ps.ReserveMemoryMiB))
+		return
 	}
 	if n := ps.HAFailures; n != nil && (*n < 0 || *n > inventory.MaxHAFailures) {
 		writeErr(w, invalidArg("haFailures", "%d: want 0 (admission control off) to %d host failures", *n, inventory.MaxHAFailures))

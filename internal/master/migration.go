@@ -13,7 +13,6 @@ import (
 	"hangar/internal/errdefs"
 	"hangar/internal/inventory"
 	"hangar/internal/migrate"
-	"hangar/internal/scheduler"
 	"hangar/internal/store"
 	"hangar/internal/vm"
 )
@@ -171,7 +170,7 @@ func (l *leader) migrationBlockers(ctx context.Context, rec migrate.Record) ([]m
 				booked += a.MemoryMiB
 			}
 		}
-		in.TargetFreeMiB = int64(scheduler.Admitted(h.MemoryMiB, snap.policy.MemoryOvercommit)) - int64(booked)
+		in.TargetFreeMiB = int64(snap.policy.AllocatableMemoryMiB(h.MemoryMiB)) - int64(booked)
 	}
 	bs := migrate.Blockers(in)
 	// Local disks are mirrored into volumes the target makes from the

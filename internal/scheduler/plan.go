@@ -80,6 +80,22 @@ type Request struct {
 type Policy struct {
 	CPUOvercommit    float64
 	MemoryOvercommit float64
+	// ReserveCPUs and ReserveMemoryMiB are kept for the host itself on
+	// every host: the ratios apply to what is left.
+	ReserveCPUs      int
+	ReserveMemoryMiB int
+}
+
+// AllocatableCPUs are the vCPUs a host of cpus CPUs admits: its CPUs less
+// the host's reserve, times the CPU ratio. The one place the reserve is
+// taken off, for placement, the capacity view and migrations alike.
+func (p Policy) AllocatableCPUs(cpus int) int {
+	return Admitted(max(cpus-p.ReserveCPUs, 0), p.CPUOvercommit)
+}
+
+// AllocatableMemoryMiB is AllocatableCPUs for memory.
+func (p Policy) AllocatableMemoryMiB(mib int) int {
+	return Admitted(max(mib-p.ReserveMemoryMiB, 0), p.MemoryOvercommit)
 }
 
 // Snapshot is the pool at one moment: hosts, what is booked, the policy.
@@ -218,8 +234,8 @@ func newPlanner(s Snapshot) (*planner, error) {
 		hs := &p.hosts[i]
 		*hs = hostState{
 			name: h.Name, cpus: h.CPUs, mem: h.MemoryMiB,
-			cpuCap: Admitted(h.CPUs, pol.CPUOvercommit),
-			memCap: Admitted(h.MemoryMiB, pol.MemoryOvercommit),
+			cpuCap: pol.AllocatableCPUs(h.CPUs),
+			memCap: pol.AllocatableMemoryMiB(h.MemoryMiB),
 			alive:  h.Alive, maint: h.Maintenance,
 			pools: make(map[string]struct{}, len(h.Pools)),
 		}
@@ -310,6 +326,9 @@ func normPolicy(pol Policy) (Policy, error) {
 	}
 	if pol.MemoryOvercommit, err = norm("memory", pol.MemoryOvercommit, DefaultMemoryOvercommit); err != nil {
 		return pol, err
+	}
+	if pol.ReserveCPUs < 0 || pol.ReserveMemoryMiB < 0 {
+		return pol, fmt.Errorf("%w: host reserve %d CPUs, %d MiB: must not be negative", ErrInvalid, pol.ReserveCPUs, pol.ReserveMemoryMiB)
 	}
 	return pol, nil
 }

@@ -174,3 +174,35 @@ func TestLimits(t *testing.T) {
 		t.Errorf("cgroup %s still there after stop", filepath.Dir(p))
 	}
 }
+
+// TestAdmissionReserve: with the host's memory all kept for the host
+// itself, a start is refused with an error naming memory.
+func TestAdmissionReserve(t *testing.T) {
+	s := newServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	hosts, err := s.c.Hosts(ctx)
+	if err != nil || len(hosts) != 1 {
+		t.Fatalf("hosts: %v %v", hosts, err)
+	}
+	ps, err := s.c.PoolSettings(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps.ReserveMemoryMiB = hosts[0].MemoryMiB - 64
+	if _, err := s.c.SetPoolSettings(ctx, ps); err != nil {
+		t.Fatal(err)
+	}
+	spec := v1.VMSpec{Name: "toobig", CPUs: 1, MemoryMiB: 256, Disks: []v1.Disk{{Image: guestImage}}}
+	op, err := s.c.CreateVM(ctx, spec, true, time.Minute)
+	if err == nil {
+		op, err = s.c.Wait(ctx, op, nil)
+	}
+	if err == nil {
+		t.Fatalf("a 256 MiB vm started on a host with 64 MiB allocatable: %+v", op)
+	}
+	t.Logf("refused: %v", err)
+	if !strings.Contains(strings.ToLower(err.Error()), "memory") {
+		t.Errorf("the refusal does not name memory: %v", err)
+	}
+}

@@ -2,12 +2,15 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	v1 "hangar/api/v1"
 )
@@ -204,5 +207,51 @@ func TestAdmissionReserve(t *testing.T) {
 	t.Logf("refused: %v", err)
 	if !strings.Contains(strings.ToLower(err.Error()), "memory") {
 		t.Errorf("the refusal does not name memory: %v", err)
+	}
+}
+
+// pinProcess pins every thread of pid to host CPU cpu.
+func pinProcess(t *testing.T, pid, cpu int) {
+	t.Helper()
+	var set unix.CPUSet
+	set.Set(cpu)
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range tasks {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.SchedSetaffinity(tid, &set); err != nil {
+			t.Logf("pin thread %d: %v", tid, err)
+		}
+	}
+}
+
+// TestCPUWeights: two booting guests pinned to one host CPU, weights 1:3,
+// split its time about 1:3 (their cgroups' CPU time over a window).
+func TestCPUWeights(t *testing.T) {
+	s := newServer(t)
+	s.createGuest("light", func(sp *v1.VMSpec) { sp.Resources = &v1.Resources{CPUShares: 256} })
+	s.createGuest("heavy", func(sp *v1.VMSpec) { sp.Resources = &v1.Resources{CPUShares: 768} })
+	if cgroupFile("light", "memory", "cgroup.procs", "cgroup.procs") == "" {
+		t.Skip("no cgroup for the vm: cgroups unavailable on this machine")
+	}
+	for _, n := range []string{"light", "heavy"} {
+		v := s.waitState(n, time.Minute, v1.StateRunning)
+		pinProcess(t, v.Status.PID, 0)
+	}
+	l0, h0 := cpuNanos(t, "light"), cpuNanos(t, "heavy")
+	time.Sleep(5 * time.Second)
+	l, h := cpuNanos(t, "light")-l0, cpuNanos(t, "heavy")-h0
+	if l == 0 {
+		t.Fatalf("the light vm got no CPU time (heavy %d ns)", h)
+	}
+	ratio := float64(h) / float64(l)
+	t.Logf("weights 1:3 under contention: heavy/light = %.2f (%.2fs / %.2fs)", ratio, float64(h)/1e9, float64(l)/1e9)
+	if ratio < 1.8 || ratio > 5 {
+		t.Errorf("weights 1:3 split the CPU %.2f:1, want about 3:1", ratio)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	v1 "hangar/api/v1"
+	"hangar/internal/cgroup"
 	"hangar/internal/network"
 	"hangar/internal/qemu"
 )
@@ -44,6 +45,9 @@ var (
 	descNetTxP = prometheus.NewDesc("hangar_vm_network_transmit_packets_total", "Packets the guest sent on the NIC (bridged NICs).", []string{"vm", "nic"}, nil)
 	descIOErrs = prometheus.NewDesc("hangar_vm_io_errors_total", "Storage errors QEMU met on the disk (BLOCK_IO_ERROR), whatever its I/O error policy did.", []string{"vm", "disk"}, nil)
 	descIOStop = prometheus.NewDesc("hangar_vm_io_error_pauses_total", "Times a storage error of the disk paused the VM (I/O error policy stop).", []string{"vm", "disk"}, nil)
+	descCgCPU  = prometheus.NewDesc("hangar_vm_cgroup_cpu_seconds_total", "CPU time the VM's cgroup counted (QEMU and every thread it runs).", []string{"vm"}, nil)
+	descCgMem  = prometheus.NewDesc("hangar_vm_cgroup_memory_bytes", "Memory the VM's cgroup charges now.", []string{"vm"}, nil)
+	descCgLim  = prometheus.NewDesc("hangar_vm_cgroup_memory_limit_bytes", "Hard memory limit of the VM's cgroup.", []string{"vm"}, nil)
 	descScrape = prometheus.NewDesc("hangar_vm_stats_incomplete", "Running VMs whose usage this scrape could not read in full, by what failed (proc: CPU and memory; qmp: disks).", []string{"source"}, nil)
 )
 
@@ -103,7 +107,7 @@ func (a *Agent) observeOp(op v1.Operation) {
 
 // Describe implements prometheus.Collector.
 func (a *Agent) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descVMCPU, descVMRSS, descRdB, descWrB, descRdOps, descWrOps, descNetRx, descNetTx, descNetRxP, descNetTxP, descIOErrs, descIOStop, descScrape} {
+	for _, d := range []*prometheus.Desc{descVMCPU, descVMRSS, descRdB, descWrB, descRdOps, descWrOps, descNetRx, descNetTx, descNetRxP, descNetTxP, descIOErrs, descIOStop, descCgCPU, descCgMem, descCgLim, descScrape} {
 		ch <- d
 	}
 	a.opDur.Describe(ch)
@@ -124,6 +128,13 @@ func (a *Agent) Collect(ch chan<- prometheus.Metric) {
 		}
 		if s.DiskErr != nil {
 			errs["qmp"]++
+		}
+		if c := s.Cgroup; c != nil {
+			ch <- prometheus.MustNewConstMetric(descCgCPU, prometheus.CounterValue, float64(c.CPUNanos)/1e9, s.VM)
+			ch <- prometheus.MustNewConstMetric(descCgMem, prometheus.GaugeValue, float64(c.MemoryBytes), s.VM)
+			if c.MemoryLimit > 0 {
+				ch <- prometheus.MustNewConstMetric(descCgLim, prometheus.GaugeValue, float64(c.MemoryLimit), s.VM)
+			}
 		}
 		for _, d := range s.Disks {
 			ch <- prometheus.MustNewConstMetric(descRdB, prometheus.CounterValue, float64(d.ReadBytes), s.VM, d.Disk)
@@ -159,6 +170,7 @@ type VMStats struct {
 	Disks         []DiskStats
 	DiskErr       error // QMP did not answer in time, or not sensibly
 	NICs          []NICStats
+	Cgroup        *cgroup.Usage // nil: no cgroup (unavailable here)
 }
 
 // DiskStats is one disk's I/O since its QEMU started.
@@ -219,6 +231,11 @@ func (a *Agent) vmStats(ctx context.Context, name string, inst *qemu.Instance) V
 	default:
 	}
 	s.CPUSeconds, s.ResidentBytes, s.ProcErr = procUsage(inst.PID, name)
+	if a.cgroups != nil {
+		if u, err := a.cgroups.Usage(name); err == nil {
+			s.Cgroup = &u
+		}
+	}
 	spec, _, err := a.inv.Spec(ctx, name)
 	if err != nil {
 		s.DiskErr = err

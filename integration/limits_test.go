@@ -126,6 +126,10 @@ func TestLimits(t *testing.T) {
 	if got := memoryLimit(t, name); got != 1024<<20 {
 		t.Errorf("memory limit %d, want %d", got, 1024<<20)
 	}
+	// and reported: /metrics from the cgroup
+	if got, ok := sample(scrape(t, s), "hangar_vm_cgroup_memory_limit_bytes", map[string]string{"vm": name}); !ok || got != 1024<<20 {
+		t.Errorf("hangar_vm_cgroup_memory_limit_bytes = %v (%v), want %d", got, ok, 1024<<20)
+	}
 
 	// The guest boots under TCG: QEMU would take a whole CPU; the cap
 	// holds it near half of one. Only the upper bound is a property of

@@ -156,6 +156,18 @@ func TestLimits(t *testing.T) {
 	if v2 := s.waitState(name, 10*time.Second, v1.StateRunning); v2.Status.PID != v.Status.PID {
 		t.Fatalf("pid %d after a live change, want %d: the vm restarted", v2.Status.PID, v.Status.PID)
 	}
+	// Disk throttling, live: QEMU takes the limit (the PATCH waits for
+	// the host's block_set_io_throttle) and lifts it again.
+	disk := v.Spec.Disks[0].Name
+	for _, bps := range []int64{2 << 20, 0} {
+		vv, err := s.c.PatchVM(ctx, name, v1.VMPatch{Disks: map[string]v1.DiskPatch{disk: {BPS: &bps}}})
+		if err != nil {
+			t.Fatalf("live disk limit %d B/s: %v", bps, err)
+		}
+		if got := vv.Spec.Disks[0].Limits; (bps == 0) != (got == nil) || (got != nil && got.BPS != bps) {
+			t.Errorf("disk limits %+v after setting bps %d", got, bps)
+		}
+	}
 	// A bad value is refused naming the field.
 	bad := 0.001
 	if _, err := s.c.PatchVM(ctx, name, v1.VMPatch{Resources: &v1.ResourcesPatch{CPULimit: &bad}}); err == nil || !strings.Contains(err.Error(), "resources.cpuLimit") {

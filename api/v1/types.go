@@ -196,6 +196,25 @@ type Disk struct {
 	// ignore; "" takes the VM's). Not for cdroms, which report read errors
 	// to the guest.
 	IOErrorPolicy string `json:"ioErrorPolicy,omitempty"`
+	// Limits throttle the disk in QEMU (block_set_io_throttle): applied at
+	// start and changed live on a running VM.
+	Limits *DiskLimits `json:"limits,omitempty"`
+}
+
+// DiskLimits are a disk's I/O limits (0: none). A total (IOPS, BPS) and
+// its read/write split exclude each other; the Max fields are bursts
+// (at least the base); disks of one VM with the same Group share one
+// throttle group's limits.
+type DiskLimits struct {
+	IOPS      int64  `json:"iops,omitempty"`
+	IOPSRead  int64  `json:"iopsRead,omitempty"`
+	IOPSWrite int64  `json:"iopsWrite,omitempty"`
+	BPS       int64  `json:"bps,omitempty"`
+	BPSRead   int64  `json:"bpsRead,omitempty"`
+	BPSWrite  int64  `json:"bpsWrite,omitempty"`
+	IOPSMax   int64  `json:"iopsMax,omitempty"`
+	BPSMax    int64  `json:"bpsMax,omitempty"`
+	Group     string `json:"group,omitempty"`
 }
 
 // CloneSource is a pool volume ("pool/name") a new disk is made from: a full
@@ -649,6 +668,10 @@ type DiskPatch struct {
 	// IOErrorPolicy of the disk: stop, report, ignore, or "" to take the
 	// VM's; applies from the VM's next start.
 	IOErrorPolicy *string `json:"ioErrorPolicy,omitempty"`
+	// IOPS and BPS set the disk's total limits (0: none), live on a
+	// running VM.
+	IOPS *int64 `json:"iops,omitempty"`
+	BPS  *int64 `json:"bps,omitempty"`
 }
 
 // HAPatch changes a VM's HA settings field by field (a merge patch): a

@@ -39,7 +39,7 @@ func newVMSet(g *globals) *cobra.Command {
 	var cpus, memory, cpuShares, memLimit int
 	var cpuLimit float64
 	var restart, ioError string
-	var diskIOErrors []string
+	var diskIOErrors, diskIOPS, diskBPS []string
 	cmd := &cobra.Command{
 		Use:   "set NAME",
 		Short: "Change a VM's CPUs, memory, restart policy or I/O error policy",
@@ -68,6 +68,12 @@ the VM's next start). The resource controls (--cpu-shares, --cpu-limit, --memory
 			if p.Disks, err = parseDiskIOErrors(diskIOErrors); err != nil {
 				return err
 			}
+			if p.Disks, err = parseDiskLimits(p.Disks, "disk-iops", diskIOPS, func(dp *v1.DiskPatch, n int64) { dp.IOPS = &n }); err != nil {
+				return err
+			}
+			if p.Disks, err = parseDiskLimits(p.Disks, "disk-bps", diskBPS, func(dp *v1.DiskPatch, n int64) { dp.BPS = &n }); err != nil {
+				return err
+			}
 			if p.CPUs == nil && p.MemoryMiB == nil && p.RestartPolicy == nil && p.IOErrorPolicy == nil && p.Disks == nil && p.Resources == nil {
 				return fmt.Errorf("nothing to change: give --cpus, --memory, --restart, --io-error, --disk-io-error, --cpu-shares, --cpu-limit or --memory-limit")
 			}
@@ -91,7 +97,27 @@ the VM's next start). The resource controls (--cpu-shares, --cpu-limit, --memory
 	cmd.Flags().IntVar(&cpuShares, "cpu-shares", 0, "relative CPU weight under contention (2-262144, 0: default 1024; live)")
 	cmd.Flags().Float64Var(&cpuLimit, "cpu-limit", 0, "cap in host CPUs, e.g. 0.5 (0: no cap; live)")
 	cmd.Flags().IntVar(&memLimit, "memory-limit", 0, "hard memory limit of the VM's QEMU in MiB (0: guest memory + overhead; live)")
+	cmd.Flags().StringArrayVar(&diskIOPS, "disk-iops", nil, "DISK=N: the disk's total I/O operations per second (0: none; live; repeatable)")
+	cmd.Flags().StringArrayVar(&diskBPS, "disk-bps", nil, "DISK=N: the disk's total bytes per second (0: none; live; repeatable)")
 	return cmd
+}
+
+// parseDiskLimits adds --flag DISK=N flags to the disk patches out.
+func parseDiskLimits(out map[string]v1.DiskPatch, flag string, flags []string, set func(*v1.DiskPatch, int64)) (map[string]v1.DiskPatch, error) {
+	for _, f := range flags {
+		name, v, ok := strings.Cut(f, "=")
+		n, err := strconv.ParseInt(v, 10, 64)
+		if !ok || name == "" || err != nil || n < 0 {
+			return nil, fmt.Errorf("--%s %q: want DISK=N with N a whole number, at least 0", flag, f)
+		}
+		if out == nil {
+			out = map[string]v1.DiskPatch{}
+		}
+		dp := out[name]
+		set(&dp, n)
+		out[name] = dp
+	}
+	return out, nil
 }
 
 // resourceInt shows a resource control, "default" when unset.

@@ -8,7 +8,9 @@ import (
 
 	v1 "hangar/api/v1"
 	"hangar/internal/cgroup"
+	"hangar/internal/qemu"
 	"hangar/internal/errdefs"
+	"hangar/internal/qemu/qmp"
 	"hangar/internal/vm"
 )
 
@@ -39,14 +41,19 @@ func (a *Agent) limitsOf(spec v1.VMSpec) cgroup.Limits {
 // and again when an agent re-adopts a running QEMU. Without cgroups it
 // does nothing; a failure is returned (a start then fails: a VM must not
 // run unlimited when its limits could not be set).
-func (m *machine) applyLimits(spec v1.VMSpec, pid int) error {
+func (m *machine) applyLimits(ctx context.Context, spec v1.VMSpec, inst *qemu.Instance) error {
+	t0 := time.Now()
+	if inst.Mon != nil {
+		if err := m.throttle(ctx, inst.Mon, spec, false); err != nil {
+			return err
+		}
+	}
 	cg := m.a.cgroups
 	if cg == nil {
 		return nil
 	}
-	t0 := time.Now()
 	l := m.a.limitsOf(spec)
-	if err := cg.Apply(m.name, pid, l); err != nil {
+	if err := cg.Apply(m.name, inst.PID, l); err != nil {
 		return err
 	}
 	m.log.Info("limits applied", "dur", time.Since(t0), "cgroup", cg.Path(m.name),
@@ -59,9 +66,16 @@ func (m *machine) removeCgroup() {
 	if m.a.cgroups == nil {
 		return
 	}
-	if err := m.a.cgroups.Remove(m.name); err != nil && !errors.Is(err, cgroup.ErrUnavailable) {
-		m.log.Warn("remove cgroup", "err", err)
+	// A QEMU that answered quit may still be leaving (an adopted one is
+	// not this process's child): its group empties a moment later.
+	var err error
+	for range 30 {
+		if err = m.a.cgroups.Remove(m.name); err == nil || errors.Is(err, cgroup.ErrUnavailable) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
+	m.log.Warn("remove cgroup", "err", err)
 }
 
 // updateLimits writes the spec's limits into the running VM's cgroup (a
@@ -70,17 +84,68 @@ func (m *machine) updateLimits(ctx context.Context) error {
 	if m.inst == nil {
 		return nil
 	}
-	if m.a.cgroups == nil {
-		return errdefs.Precondition("limits of %s: cgroups are unavailable on host %s", m.name, m.a.cfg.Host)
-	}
 	spec, _, err := m.a.inv.Spec(ctx, m.name)
 	if err != nil {
 		return err
+	}
+	if m.inst.Mon != nil {
+		if err := m.throttle(ctx, m.inst.Mon, spec, true); err != nil {
+			return err
+		}
+	}
+	if m.a.cgroups == nil {
+		if spec.Resources == nil {
+			return nil
+		}
+		return errdefs.Precondition("limits of %s: cgroups are unavailable on host %s", m.name, m.a.cfg.Host)
 	}
 	l := m.a.limitsOf(spec)
 	if err := m.a.cgroups.Update(m.name, l); err != nil {
 		return fmt.Errorf("limits of %s: %w", m.name, err)
 	}
 	m.log.Info("limits changed", "cpuShares", l.CPUShares, "cpuLimit", l.CPUs, "memoryLimitMiB", l.MemoryBytes>>20)
+	return nil
+}
+
+// ioThrottle is block_set_io_throttle's arguments.
+type ioThrottle struct {
+	ID      string `json:"id"`
+	BPS     int64  `json:"bps"`
+	BPSRd   int64  `json:"bps_rd"`
+	BPSWr   int64  `json:"bps_wr"`
+	IOPS    int64  `json:"iops"`
+	IOPSRd  int64  `json:"iops_rd"`
+	IOPSWr  int64  `json:"iops_wr"`
+	BPSMax  int64  `json:"bps_max,omitempty"`
+	IOPSMax int64  `json:"iops_max,omitempty"`
+	Group   string `json:"group,omitempty"`
+}
+
+// throttleID names the guest device of d for block_set_io_throttle: a
+// virtio-blk-pci device's block backend is on its virtio child, so its QOM
+// path; the others' qdev id (config.Argv's "dev-<disk>").
+func throttleID(d v1.Disk) string {
+	if d.Bus == "" || d.Bus == "virtio" {
+		return "/machine/peripheral/dev-" + d.Name + "/virtio-backend"
+	}
+	return "dev-" + d.Name
+}
+
+// throttle writes the disks' I/O limits into QEMU; with all, also the
+// disks without limits (zeros: a live change that lifted them).
+func (m *machine) throttle(ctx context.Context, mon *qmp.Client, spec v1.VMSpec, all bool) error {
+	for _, d := range spec.Disks {
+		if d.Media == "cdrom" || (d.Limits == nil && !all) {
+			continue
+		}
+		t := ioThrottle{ID: throttleID(d)}
+		if l := d.Limits; l != nil {
+			t = ioThrottle{ID: t.ID, BPS: l.BPS, BPSRd: l.BPSRead, BPSWr: l.BPSWrite, IOPS: l.IOPS, IOPSRd: l.IOPSRead, IOPSWr: l.IOPSWrite,
+				BPSMax: l.BPSMax, IOPSMax: l.IOPSMax, Group: l.Group}
+		}
+		if err := mon.Execute(ctx, "block_set_io_throttle", t, nil); err != nil {
+			return fmt.Errorf("limits of disk %s: %w", d.Name, err)
+		}
+	}
 	return nil
 }

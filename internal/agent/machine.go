@@ -562,7 +562,7 @@ func (m *machine) startFrom(ctx context.Context, stateFile string) error {
 	m.mark("qmp")
 	m.startedAt, m.accel = time.Now().UTC(), m.a.cfg.Caps.Accel
 	m.a.crashPoint("qemu-exec")
-	if err := m.applyLimits(spec, inst.PID); err != nil {
+	if err := m.applyLimits(ctx, spec, inst); err != nil {
 		return fmt.Errorf("start %s: %w", m.name, err)
 	}
 	rev.Add(m.removeCgroup)
@@ -824,7 +824,7 @@ func (m *machine) recover(ctx context.Context) {
 		spec, _, err := m.a.inv.Spec(ctx, m.name)
 		if err != nil {
 			m.log.Warn("re-adopt: load spec (cgroup limits and the fencer's list catch up later)", "err", err)
-		} else if err := m.applyLimits(spec, inst.PID); err != nil {
+		} else if err := m.applyLimits(ctx, spec, inst); err != nil {
 			m.log.Warn("re-adopt cgroup", "err", err)
 		}
 		m.watch(inst, spec)

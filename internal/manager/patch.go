@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	v1 "hangar/api/v1"
@@ -52,6 +53,9 @@ func applyPatch(spec *v1.VMSpec, p v1.VMPatch) []string {
 			d.IOErrorPolicy = *dp.IOErrorPolicy
 			changed = append(changed, fmt.Sprintf("disks[%d].ioErrorPolicy", i))
 		}
+		if dp, ok := p.Disks[d.Name]; ok && applyDiskLimitsPatch(d, dp) {
+			changed = append(changed, fmt.Sprintf("disks[%d].limits", i))
+		}
 	}
 	return changed
 }
@@ -82,6 +86,42 @@ func applyResourcesPatch(spec *v1.VMSpec, p v1.ResourcesPatch) bool {
 		spec.Resources = &r
 	}
 	return true
+}
+
+// applyDiskLimitsPatch merges p's limits into d's and reports whether
+// they changed; limits all zero are dropped.
+func applyDiskLimitsPatch(d *v1.Disk, p v1.DiskPatch) bool {
+	var l v1.DiskLimits
+	if d.Limits != nil {
+		l = *d.Limits
+	}
+	old := l
+	if p.IOPS != nil {
+		l.IOPS = *p.IOPS
+	}
+	if p.BPS != nil {
+		l.BPS = *p.BPS
+	}
+	if l == old {
+		return false
+	}
+	if l == (v1.DiskLimits{}) {
+		d.Limits = nil
+	} else {
+		d.Limits = &l
+	}
+	return true
+}
+
+// liveLimits tells whether changed holds limits a running VM's host
+// applies live.
+func liveLimits(changed []string) bool {
+	for _, f := range changed {
+		if f == "resources" || strings.HasSuffix(f, ".limits") {
+			return true
+		}
+	}
+	return false
 }
 
 // checkPatch checks what a patch sets that the spec's validation would
@@ -224,7 +264,7 @@ func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
 		// operation written with the spec, and the answer waits for it.
 		var op *v1.Operation
 		writes := []store.Op{store.PutOp(inventory.VMKey(name), inventory.Marshal(spec), v.Revision)}
-		if slices.Contains(changed, "resources") && !contains(offline, v.Status.State) && spec.Host != "" {
+		if liveLimits(changed) && !contains(offline, v.Status.State) && spec.Host != "" {
 			o := s.newOp("limits", name, spec.Host, nil)
 			op, writes = &o, append(inventory.NewOpWrites(o), writes...)
 		}

@@ -50,3 +50,47 @@ func MemoryLimitMiB(s v1.VMSpec, accel string) int {
 	}
 	return limit
 }
+
+// validateDiskLimits checks a disk's throttling as QEMU would, naming the
+// field.
+func validateDiskLimits(f string, d v1.Disk) error {
+	l := d.Limits
+	if l == nil {
+		return nil
+	}
+	if d.Media == "cdrom" {
+		return invalid(f, "%s is a cdrom: limits are for disks", d.Name)
+	}
+	for _, v := range []struct {
+		name string
+		n    int64
+	}{{"iops", l.IOPS}, {"iopsRead", l.IOPSRead}, {"iopsWrite", l.IOPSWrite}, {"bps", l.BPS}, {"bpsRead", l.BPSRead}, {"bpsWrite", l.BPSWrite}, {"iopsMax", l.IOPSMax}, {"bpsMax", l.BPSMax}} {
+		if v.n < 0 || v.n > 1e15 {
+			return invalid(f+"."+v.name, "must be between 0 and 1e15, got %d", v.n)
+		}
+	}
+	if l.IOPS > 0 && (l.IOPSRead > 0 || l.IOPSWrite > 0) {
+		return invalid(f+".iops", "a total and a read/write split exclude each other")
+	}
+	if l.BPS > 0 && (l.BPSRead > 0 || l.BPSWrite > 0) {
+		return invalid(f+".bps", "a total and a read/write split exclude each other")
+	}
+	if l.IOPSMax > 0 && l.IOPSMax < l.IOPS {
+		return invalid(f+".iopsMax", "a burst (%d) below the base (%d)", l.IOPSMax, l.IOPS)
+	}
+	if l.IOPSMax > 0 && l.IOPS == 0 {
+		return invalid(f+".iopsMax", "a burst needs iops")
+	}
+	if l.BPSMax > 0 && l.BPSMax < l.BPS {
+		return invalid(f+".bpsMax", "a burst (%d) below the base (%d)", l.BPSMax, l.BPS)
+	}
+	if l.BPSMax > 0 && l.BPS == 0 {
+		return invalid(f+".bpsMax", "a burst needs bps")
+	}
+	if l.Group != "" {
+		if err := ValidateName(f+".group", l.Group); err != nil {
+			return err
+		}
+	}
+	return nil
+}

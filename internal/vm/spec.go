@@ -216,6 +216,9 @@ func Validate(s v1.VMSpec, hostMemoryMiB int) error {
 		if err := ValidateName(f+".name", d.Name); err != nil {
 			return err
 		}
+		if err := validateDiskLimits(f+".limits", d); err != nil {
+			return err
+		}
 		if len(d.Name) > MaxDiskName {
 			// QEMU node names ("drive-<disk>-s<N>") are limited to 31 bytes.
 			return invalid(f+".name", "at most %d characters, got %q", MaxDiskName, d.Name)

@@ -8,8 +8,8 @@ import (
 
 	v1 "hangar/api/v1"
 	"hangar/internal/cgroup"
-	"hangar/internal/qemu"
 	"hangar/internal/errdefs"
+	"hangar/internal/qemu"
 	"hangar/internal/qemu/qmp"
 	"hangar/internal/vm"
 )

@@ -250,3 +250,27 @@ func TestValidateResources(t *testing.T) {
 		t.Errorf("default limit %d", got)
 	}
 }
+
+func TestValidateDiskLimits(t *testing.T) {
+	for _, c := range []struct {
+		l     v1.DiskLimits
+		field string
+	}{
+		{v1.DiskLimits{IOPS: -1}, "disks[0].limits.iops"},
+		{v1.DiskLimits{BPS: 10, BPSRead: 5}, "disks[0].limits.bps"},
+		{v1.DiskLimits{IOPS: 100, IOPSMax: 50}, "disks[0].limits.iopsMax"},
+		{v1.DiskLimits{BPSMax: 50}, "disks[0].limits.bpsMax"},
+		{v1.DiskLimits{Group: "Bad Name"}, "disks[0].limits.group"},
+		{v1.DiskLimits{IOPS: 100, IOPSMax: 200, BPSRead: 1 << 20, Group: "g1"}, ""},
+	} {
+		l := c.l
+		err := validateDiskLimits("disks[0].limits", v1.Disk{Name: "d", Limits: &l})
+		var fe *FieldError
+		switch {
+		case c.field == "" && err != nil:
+			t.Errorf("%+v: %v", c.l, err)
+		case c.field != "" && (!errors.As(err, &fe) || fe.Field != c.field):
+			t.Errorf("%+v: got %v, want an error on %s", c.l, err, c.field)
+		}
+	}
+}

@@ -336,6 +336,13 @@ func (m *machine) migrationResume(ctx context.Context, st migrate.State) {
 	}
 	t1 := time.Now()
 	m.incoming = nil
+	// The VM's limits follow it here; after the resume, so they add
+	// nothing to the switch-over's downtime.
+	if spec, _, err := m.a.inv.Spec(ctx, m.name); err != nil {
+		m.log.Warn("limits of the migrated vm: load spec", "err", err)
+	} else if err := m.applyLimits(ctx, spec, inst); err != nil {
+		m.log.Warn("limits of the migrated vm", "err", err)
+	}
 	if m.inst != inst {
 		spec, _, _ := m.a.inv.Spec(ctx, m.name) // for the fencer: its next list catches up on an error
 		m.watch(inst, spec)

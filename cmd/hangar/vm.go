@@ -82,8 +82,8 @@ the VM's next start). The resource controls (--cpu-shares, --cpu-limit, --memory
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "vm %s: %d CPUs, %d MiB, restart policy %s, I/O errors %s\n", v.Spec.Name, v.Spec.CPUs, v.Spec.MemoryMiB, orDash(v.Spec.RestartPolicy), ioErrorSummary(v.Spec))
-			if r := v.Spec.Resources; r != nil {
-				fmt.Fprintf(cmd.OutOrStdout(), "resources: cpu shares %s, cpu limit %s, memory limit %s\n", resourceInt(r.CPUShares, ""), resourceCPUs(r.CPULimit), resourceInt(r.MemoryLimitMiB, " MiB"))
+			if p.Resources != nil || v.Spec.Resources != nil || p.Disks != nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "resources: %s\n", resourcesSummary(v.Spec))
 			}
 			return nil
 		},
@@ -118,6 +118,25 @@ func parseDiskLimits(out map[string]v1.DiskPatch, flag string, flags []string, s
 		out[name] = dp
 	}
 	return out, nil
+}
+
+// resourcesSummary is a VM's resource controls on one line: its cgroup's
+// and each throttled disk's.
+func resourcesSummary(s v1.VMSpec) string {
+	var r v1.Resources
+	if s.Resources != nil {
+		r = *s.Resources
+	}
+	out := fmt.Sprintf("cpu shares %s, cpu limit %s, memory limit %s", resourceInt(r.CPUShares, ""), resourceCPUs(r.CPULimit), resourceInt(r.MemoryLimitMiB, " MiB"))
+	for _, d := range s.Disks {
+		if l := d.Limits; l != nil {
+			out += fmt.Sprintf("; %s: iops %d (r %d, w %d), bps %d (r %d, w %d)", d.Name, l.IOPS, l.IOPSRead, l.IOPSWrite, l.BPS, l.BPSRead, l.BPSWrite)
+			if l.Group != "" {
+				out += " group " + l.Group
+			}
+		}
+	}
+	return out
 }
 
 // resourceInt shows a resource control, "default" when unset.
@@ -399,6 +418,7 @@ func newVMShow(g *globals) *cobra.Command {
 					s.CPUs, s.CPUModel, s.MemoryMiB, s.Machine, s.RestartPolicy, st.Restarts)
 				fmt.Fprintf(w, "HA:\t%s\n", haSummary(s.HA))
 				fmt.Fprintf(w, "I/O error policy:\t%s\n", ioErrorSummary(s))
+				fmt.Fprintf(w, "Resources:\t%s\n", resourcesSummary(s))
 				if st.Reason != "" {
 					fmt.Fprintf(w, "Reason:\t%s\n", st.Reason)
 				}

@@ -110,5 +110,7 @@ var Rules = map[string]Rule{
 	"GET /api/v1/version":      {"", Self},
 	"GET /api/v1/openapi.yaml": {"", Self},
 	"GET /metrics":             {PermRead, Pool},
+	"GET /{$}":                 {"", Public}, // the web UI's page and assets: the login needs them
+	"GET /ui/":                 {"", Public},
 	"GET /healthz":             {"", Self},
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hangar/internal/webui"
 	"io"
 	"log/slog"
 	"net"
@@ -157,6 +158,9 @@ func New(cfg Config) *Server {
 	s.accessRoutes()
 	s.routes = append(s.routes, "GET /metrics")
 	m.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	ui := webui.Handler()
+	s.route("GET /{$}", ui.ServeHTTP)
+	s.route("GET /ui/", ui.ServeHTTP)
 	s.route("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	return s
 }

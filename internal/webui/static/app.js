@@ -46,12 +46,13 @@ function bar(used, total) {
 async function overview() {
   const hosts = await api('GET', '/hosts');
   const list = Array.isArray(hosts) ? hosts : (hosts?.hosts || hosts?.items || []);
-  const t = el('table', { id: 'hosts' }, el('tr', {}, el('th', {}, 'Host'), el('th', {}, 'State'), el('th', {}, 'CPUs'), el('th', {}, 'Memory')));
+  const t = el('table', { id: 'hosts' }, el('tr', {}, el('th', {}, 'Host'), el('th', {}, 'State'),
+    el('th', {}, 'CPUs'), el('th', {}, 'Memory allocated'), el('th', {}, 'VMs')));
   for (const h of list) {
-    const mem = h.status?.memory_mib ?? h.memory_mib ?? 0;
-    const used = h.status?.memory_used_mib ?? 0;
-    t.append(el('tr', {}, el('td', {}, h.name ?? ''), el('td', {}, h.status?.state ?? h.state ?? ''),
-      el('td', {}, String(h.status?.cpus ?? h.cpus ?? '')), el('td', {}, bar(used, mem), ' ' + mem + ' MiB')));
+    const mem = h.memoryMiB ?? 0, used = h.allocatedMemoryMiB ?? 0;
+    const state = (h.alive ? 'up' : 'down') + (h.maintenance ? ', maintenance' : '') + (h.role ? ', ' + h.role : '');
+    t.append(el('tr', { 'data-host': h.name ?? '' }, el('td', {}, h.name ?? ''), el('td', { class: h.alive ? '' : 'error' }, state),
+      el('td', {}, String(h.cpus ?? '')), el('td', {}, bar(used, mem), ` ${used} / ${mem} MiB`), el('td', {}, String(h.vms ?? 0))));
   }
   main.replaceChildren(el('h2', {}, 'Pool overview'), t);
 }

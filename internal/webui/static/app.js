@@ -61,8 +61,15 @@ async function vms() {
   const d = await api('GET', '/vms');
   const list = Array.isArray(d) ? d : (d?.vms || d?.items || []);
   const t = el('table', { id: 'vms' }, el('tr', {}, el('th', {}, 'VM'), el('th', {}, 'State'), el('th', {}, 'Host')));
-  for (const v of list) t.append(el('tr', {}, el('td', {}, v.name ?? v.spec?.name ?? ''), el('td', {}, v.status?.state ?? ''), el('td', {}, v.status?.host ?? '')));
-  main.replaceChildren(el('h2', {}, 'Virtual machines'), t);
+  const rows = list.map((v) => el('tr', { 'data-vm': v.spec?.name ?? '' }, el('td', {}, v.spec?.name ?? ''),
+    el('td', {}, v.status?.state ?? ''), el('td', {}, v.status?.host ?? '')));
+  t.append(...rows);
+  const filter = el('input', { id: 'vm-filter', placeholder: 'filter by name, state or host' });
+  filter.addEventListener('input', () => {
+    const q = filter.value.toLowerCase();
+    for (const r of rows) r.hidden = q !== '' && !r.textContent.toLowerCase().includes(q);
+  });
+  main.replaceChildren(el('h2', {}, 'Virtual machines'), filter, t);
 }
 
 async function route() {

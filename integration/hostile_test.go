@@ -225,7 +225,9 @@ func TestHostileAPI(t *testing.T) {
 		{name: "trailing slash", method: "GET", path: "/api/v1/vms/", status: 404},
 		{name: "no route", method: "GET", path: "/api/v1/nothing", status: 404},
 		{name: "no api", method: "GET", path: "/api", status: 404},
-		{name: "root", method: "GET", path: "/", status: 404},
+		// "/" is the web UI's page (TestWebUIServedAnonymously); beside it, nothing.
+		{name: "beside the ui", method: "GET", path: "/index.php", status: 404},
+		{name: "post the ui", method: "POST", path: "/", body: `{}`, status: 405},
 
 		// Wrong methods: 405 with Allow.
 		{name: "put vms", method: "PUT", path: "/api/v1/vms", body: `{}`, status: 405},

@@ -63,52 +63,49 @@ func applyPatch(spec *v1.VMSpec, p v1.VMPatch) []string {
 // applyResourcesPatch merges p into spec's resources and reports whether
 // they changed; resources all at their defaults are dropped.
 func applyResourcesPatch(spec *v1.VMSpec, p v1.ResourcesPatch) bool {
-	var r v1.Resources
-	if spec.Resources != nil {
-		r = *spec.Resources
-	}
-	old := r
-	if p.CPUShares != nil {
-		r.CPUShares = *p.CPUShares
-	}
-	if p.CPULimit != nil {
-		r.CPULimit = *p.CPULimit
-	}
-	if p.MemoryLimitMiB != nil {
-		r.MemoryLimitMiB = *p.MemoryLimitMiB
-	}
-	if r == old {
-		return false
-	}
-	if r == (v1.Resources{}) {
-		spec.Resources = nil
-	} else {
-		spec.Resources = &r
-	}
-	return true
+	return mergeOptional(&spec.Resources, func(r *v1.Resources) {
+		if p.CPUShares != nil {
+			r.CPUShares = *p.CPUShares
+		}
+		if p.CPULimit != nil {
+			r.CPULimit = *p.CPULimit
+		}
+		if p.MemoryLimitMiB != nil {
+			r.MemoryLimitMiB = *p.MemoryLimitMiB
+		}
+	})
 }
 
 // applyDiskLimitsPatch merges p's limits into d's and reports whether
 // they changed; limits all zero are dropped.
 func applyDiskLimitsPatch(d *v1.Disk, p v1.DiskPatch) bool {
-	var l v1.DiskLimits
-	if d.Limits != nil {
-		l = *d.Limits
+	return mergeOptional(&d.Limits, func(l *v1.DiskLimits) {
+		if p.IOPS != nil {
+			l.IOPS = *p.IOPS
+		}
+		if p.BPS != nil {
+			l.BPS = *p.BPS
+		}
+	})
+}
+
+// mergeOptional applies set to a copy of *dst (the zero value when nil)
+// and reports whether that changed it; a result left at the zero value is
+// stored as nil.
+func mergeOptional[T comparable](dst **T, set func(*T)) bool {
+	var v, zero T
+	if *dst != nil {
+		v = **dst
 	}
-	old := l
-	if p.IOPS != nil {
-		l.IOPS = *p.IOPS
-	}
-	if p.BPS != nil {
-		l.BPS = *p.BPS
-	}
-	if l == old {
+	old := v
+	set(&v)
+	if v == old {
 		return false
 	}
-	if l == (v1.DiskLimits{}) {
-		d.Limits = nil
+	if v == zero {
+		*dst = nil
 	} else {
-		d.Limits = &l
+		*dst = &v
 	}
 	return true
 }

@@ -51,14 +51,23 @@ func AdmitHA(ctx context.Context, st store.Store, log *slog.Logger, change v1.VM
 	if err != nil {
 		return err
 	}
+	// One read of every status, not one per HA VM.
+	items, _, err := store.ListJSON[v1.VMStatus](ctx, st, inventory.Statuses)
+	if err != nil {
+		return fmt.Errorf("list vm statuses: %w", err)
+	}
+	statuses := make(map[string]v1.VMStatus, len(items))
+	for _, it := range items {
+		statuses[inventory.NameFromKey(it.Key)] = it.Value
+	}
 	var vms []ha.VM
 	for _, sp := range snap.specs {
 		if sp.Host == "" || sp.HA == nil || !sp.HA.Enabled {
 			continue // the plan counts only VMs that would restart
 		}
-		status, err := inv.Status(ctx, sp.Name)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return err
+		status, ok := statuses[sp.Name]
+		if !ok {
+			status.State = v1.StateCreating // as inventory.Status answers
 		}
 		v := ha.VM{Spec: sp}
 		for _, d := range migrate.LocalDisks(sp, status, pools) {

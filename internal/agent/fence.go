@@ -195,53 +195,29 @@ func (f *fencer) check() time.Time {
 // run ticks every heartbeat interval and checks often enough to kill
 // within a tenth of the fence lead of the deadline.
 func (f *fencer) run(ctx context.Context) {
-	tick := time.NewTicker(ha.HeartbeatInterval)
-	defer tick.Stop()
-	check := time.NewTicker(ha.DefaultFenceLead / 10)
-	defer check.Stop()
 	f.tickLease(ctx)
 	f.tickLists(ctx) // the first lists, before the first heartbeat
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				f.tickLease(ctx)
-			}
-		}
-	}()
-	go func() {
-		lists := time.NewTicker(ha.HeartbeatInterval)
-		defer lists.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-lists.C:
-				f.tickLists(ctx)
-			}
-		}
-	}()
-	beat := time.NewTicker(ha.HeartbeatInterval)
-	defer beat.Stop()
+	go every(ctx, ha.HeartbeatInterval, f.tickLease)
+	go every(ctx, ha.HeartbeatInterval, f.tickLists)
 	go func() {
 		f.tickBeat(ctx)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-beat.C:
-				f.tickBeat(ctx)
-			}
-		}
+		every(ctx, ha.HeartbeatInterval, f.tickBeat)
 	}()
+	every(ctx, ha.DefaultFenceLead/10, func(context.Context) { f.check() })
+}
+
+// every calls fn each d until ctx ends. Each of the fencer's loops runs on
+// its own timer so that a slow one (an etcd read waiting for its timeout)
+// delays none of the others.
+func every(ctx context.Context, d time.Duration, fn func(context.Context)) {
+	t := time.NewTicker(d)
+	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-check.C:
-			f.check()
+		case <-t.C:
+			fn(ctx)
 		}
 	}
 }

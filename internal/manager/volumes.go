@@ -119,46 +119,48 @@ func poolAndVolume(r *http.Request) (string, string, error) {
 	return pool, vol, nil
 }
 
-func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request) {
-	pool, _, err := poolAndVolume(r)
-	var host string
-	if err == nil {
-		host, err = s.poolHost(r.Context(), r, pool)
-	}
-	if err == nil && !s.servedHere(w, r, host) {
-		return
-	}
-	if err == nil {
-		var vols []v1.Volume
-		if vols, err = s.cfg.Pools.ListVolumes(r.Context(), pool); err == nil {
-			if vols == nil {
-				vols = []v1.Volume{} // [], not null
-			}
-			writeJSON(w, 200, vols)
-			return
-		}
-	}
-	writeErr(w, err)
-}
-
-func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
+// volumeHere reads {pool} and {vol} of a read that the pool's host answers:
+// false when the request was answered (an error, or forwarded there).
+func (s *Server) volumeHere(w http.ResponseWriter, r *http.Request) (pool, vol string, ok bool) {
 	pool, vol, err := poolAndVolume(r)
 	var host string
 	if err == nil {
 		host, err = s.poolHost(r.Context(), r, pool)
 	}
-	if err == nil && !s.servedHere(w, r, host) {
+	if err != nil {
+		writeErr(w, err)
+		return "", "", false
+	}
+	return pool, vol, s.servedHere(w, r, host)
+}
+
+func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request) {
+	pool, _, ok := s.volumeHere(w, r)
+	if !ok {
 		return
 	}
-	if err == nil {
-		var v v1.Volume
-		if v, err = s.cfg.Volumes.VolumeInfo(r.Context(), pool+"/"+vol); err == nil {
-			writeJSON(w, 200, v)
-			return
-		}
-		err = errdefs.Field("vol", err) // a chain leaving the pool is refused, not reported
+	vols, err := s.cfg.Pools.ListVolumes(r.Context(), pool)
+	if err != nil {
+		writeErr(w, err)
+		return
 	}
-	writeErr(w, err)
+	if vols == nil {
+		vols = []v1.Volume{} // [], not null
+	}
+	writeJSON(w, 200, vols)
+}
+
+func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
+	pool, vol, ok := s.volumeHere(w, r)
+	if !ok {
+		return
+	}
+	v, err := s.cfg.Volumes.VolumeInfo(r.Context(), pool+"/"+vol)
+	if err != nil {
+		writeErr(w, errdefs.Field("vol", err)) // a chain leaving the pool is refused, not reported
+		return
+	}
+	writeJSON(w, 200, v)
 }
 
 // checkMedium checks a cdrom medium (an ISO file) against the host path

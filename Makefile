@@ -5,7 +5,7 @@ GO ?= go
 PKGS := qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static extlinux syslinux-common isolinux genisoimage fdisk e2fsprogs cpio iproute2 xz-utils mount util-linux bsdutils
 GUEST_DIR ?= /var/cache/hangar/guest
 
-.PHONY: demo test deps build guest bench clean
+.PHONY: demo test deps build guest bench clean webui
 
 deps:
 	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -31,6 +31,20 @@ test: deps guest
 bench: deps build guest
 	./bin/hangar bench boot --image $(GUEST_DIR)/hangar-guest.qcow2 --runs 5
 	./bin/hangar bench place --hosts 2500 --vms 50000
+
+# The web UI's browser libraries (web/package-lock.json pins them): copied into internal/webui/static/vendor/,
+# which is committed, so that a clone builds without npm. Run after changing web/package.json.
+VENDOR := internal/webui/static/vendor
+webui:
+	cd web && npm ci --no-audit --no-fund
+	rm -rf $(VENDOR) && mkdir -p $(VENDOR)
+	for f in @xterm/xterm/lib/xterm.mjs @xterm/xterm/css/xterm.css @xterm/addon-fit/lib/addon-fit.mjs \
+	  uplot/dist/uPlot.esm.js uplot/dist/uPlot.min.css; do \
+	  sed '/^\/\/# sourceMappingURL=/d' web/node_modules/$$f > $(VENDOR)/$$(basename $$f); done
+	cp web/node_modules/@xterm/xterm/LICENSE $(VENDOR)/LICENSE.xterm
+	cp web/node_modules/@xterm/addon-fit/LICENSE $(VENDOR)/LICENSE.addon-fit
+	cp web/node_modules/uplot/LICENSE $(VENDOR)/LICENSE.uplot
+	cd web && npm ls --all | tail -n +2 > ../$(VENDOR)/VERSIONS
 
 clean:
 	rm -rf bin

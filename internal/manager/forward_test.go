@@ -11,11 +11,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	v1 "hangar/api/v1"
 	"hangar/internal/authn"
@@ -231,6 +234,36 @@ func TestForwardToTheVMsHost(t *testing.T) {
 	fmt.Fprintf(conn, "ping\n")
 	if line, err := br.ReadString('\n'); err != nil || line != "h2:ping\n" {
 		t.Fatalf("console via h1 answered %q (%v), want h2's console", line, err)
+	}
+	// The browser's websocket console, via h1, is h2's too: h1 checks the
+	// origin and the ticket, h2 accepts the websocket.
+	if tresp, err = user.Do(treq.Clone(ctx)); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.NewDecoder(tresp.Body).Decode(&ticket); err != nil || tresp.StatusCode != 201 {
+		t.Fatalf("console ticket: %d %v", tresp.StatusCode, err)
+	}
+	tresp.Body.Close()
+	wsURL := strings.Replace(hosts["h1"].url, "https://", "wss://", 1) + "/api/v1/vms/web/console?ticket=" + url.QueryEscape(ticket.Ticket)
+	ws, _, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{HTTPClient: user,
+		HTTPHeader: http.Header{"Origin": {hosts["h1"].url}}})
+	if err != nil {
+		t.Fatalf("websocket console via h1: %v", err)
+	}
+	defer ws.CloseNow()
+	if err := ws.Write(ctx, websocket.MessageBinary, []byte("ping\n")); err != nil {
+		t.Fatal(err)
+	}
+	var wsGot []byte
+	for !strings.Contains(string(wsGot), "\n") {
+		_, b, err := ws.Read(ctx)
+		if err != nil {
+			t.Fatalf("websocket console via h1: %v (so far %q)", err, wsGot)
+		}
+		wsGot = append(wsGot, b...)
+	}
+	if string(wsGot) != "h2:ping\n" {
+		t.Fatalf("websocket console via h1 answered %q, want h2's console", wsGot)
 	}
 
 	// A host's own volumes: the pool's name says which host has them.

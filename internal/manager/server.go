@@ -1013,16 +1013,24 @@ func (s *Server) consoleLog(w http.ResponseWriter, r *http.Request) {
 }
 
 // console upgrades the connection to a raw byte stream to the VM's serial
-// console (Upgrade: hangar-console).
+// console (Upgrade: hangar-console), or to a websocket carrying it
+// (Upgrade: websocket, the browser's; wsconsole.go).
 func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	if err := vm.ValidateName("name", name); err != nil {
 		writeErr(w, err)
 		return
 	}
-	if !strings.EqualFold(r.Header.Get("Upgrade"), "hangar-console") {
-		writeErr(w, &v1.Error{Code: v1.CodeInvalidArgument, Field: "Upgrade", Message: "Upgrade: the console needs the header Upgrade: hangar-console"})
+	ws := isWebsocket(r)
+	if !ws && !strings.EqualFold(r.Header.Get("Upgrade"), "hangar-console") {
+		writeErr(w, &v1.Error{Code: v1.CodeInvalidArgument, Field: "Upgrade", Message: "Upgrade: the console needs the header Upgrade: hangar-console or Upgrade: websocket"})
 		return
+	}
+	if ws {
+		if err := checkWebsocketOrigin(r); err != nil {
+			writeErr(w, err)
+			return
+		}
 	}
 	host, err := s.vmHost(r.Context(), name)
 	if err != nil {
@@ -1042,6 +1050,10 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer cons.Close()
+	if ws {
+		serveWebsocketConsole(w, r, cons)
+		return
+	}
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		writeErr(w, errors.New("console: connection cannot be upgraded"))

@@ -23,6 +23,18 @@ func Handler() http.Handler {
 		w.Header().Set("Cache-Control", "no-cache")
 		http.ServeFileFS(w, r, sub, "index.html")
 	})
-	mux.Handle("GET /ui/", http.StripPrefix("/ui/", files))
+	assets := http.StripPrefix("/ui/", files)
+	mux.HandleFunc("GET /ui/", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/ui/console.html" {
+			w.Header().Set("Content-Security-Policy", ConsoleCSP)
+		}
+		assets.ServeHTTP(w, r)
+	})
 	return mux
 }
+
+// ConsoleCSP is the console page's policy: the manager's strict one but
+// for styles. xterm.js's DOM renderer writes <style> elements (cell
+// sizes, theme colours) that carry no nonce, so this page alone allows
+// inline styles; scripts stay 'self' only, as everywhere.
+const ConsoleCSP = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"

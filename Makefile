@@ -2,7 +2,7 @@
 #   make demo   — install what is missing, build, boot a VM, serve until Ctrl-C
 #   make test   — run every test layer
 GO ?= go
-PKGS := qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static extlinux syslinux-common isolinux genisoimage fdisk e2fsprogs cpio iproute2 xz-utils mount util-linux bsdutils
+PKGS := qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static extlinux syslinux-common isolinux genisoimage fdisk e2fsprogs cpio iproute2 xz-utils mount util-linux bsdutils chromium
 GUEST_DIR ?= /var/cache/hangar/guest
 
 .PHONY: demo test deps build guest bench clean webui

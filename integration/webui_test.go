@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -119,6 +120,30 @@ func (b *browser) page(hash, sel string) {
 	b.run("page "+hash, 2*time.Minute, chromedp.Evaluate[chromedp.Void](fmt.Sprintf("void (location.hash = %q)", hash)), chromedp.WaitVisible(chromedp.CSS(sel)))
 }
 
+// typeInto types s into the element as a keyboard does: one keyDown (with
+// its text, so that Chrome makes the keypress) and one keyUp per key, and
+// Enter for '\r'. (chromedp's SendKeys adds a char event to each keyDown,
+// which a terminal reads as a second keypress.)
+func (b *browser) typeInto(sel, s string) {
+	b.t.Helper()
+	steps := []chromedp.Action[chromedp.Void]{chromedp.Focus(chromedp.CSS(sel))}
+	for _, r := range s {
+		down := input.DispatchKeyEventParams{Type: input.DispatchKeyEventTypeKeyDown, Text: string(r), Key: string(r)}
+		up := input.DispatchKeyEventParams{Type: input.DispatchKeyEventTypeKeyUp, Key: string(r)}
+		if r == '\r' {
+			down = input.DispatchKeyEventParams{Type: input.DispatchKeyEventTypeRawKeyDown, Key: "Enter", Code: "Enter", WindowsVirtualKeyCode: 13}
+			up = input.DispatchKeyEventParams{Type: input.DispatchKeyEventTypeKeyUp, Key: "Enter", Code: "Enter", WindowsVirtualKeyCode: 13}
+		}
+		for _, p := range []input.DispatchKeyEventParams{down, up} {
+			steps = append(steps, chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
+				_, err := chromedp.Call(ctx, input.DispatchKeyEvent, p)
+				return err
+			}))
+		}
+	}
+	b.run("type "+s, 2*time.Minute, steps...)
+}
+
 // eval evaluates a JS expression and returns its value.
 func eval[T any](b *browser, what, expr string) T {
 	b.t.Helper()
@@ -185,9 +210,9 @@ func TestWebUI(t *testing.T) {
 	b.waitJS("console connected", 2*time.Minute, `document.querySelector('#status')?.textContent === 'connected'`)
 	b.s.waitReady(name, 0)
 	const rows = `(document.querySelector('.xterm-rows')?.textContent || '')`
-	b.run("show marker", time.Minute, chromedp.SendKeys(chromedp.CSS(`.xterm-helper-textarea`), "\rcat /run/hangar/ready\r"))
+	b.typeInto(`.xterm-helper-textarea`, "\rcat /run/hangar/ready\r")
 	b.waitJS("ready marker", 2*time.Minute, rows+`.includes('HANGAR-GUEST-READY')`)
-	b.run("type", time.Minute, chromedp.SendKeys(chromedp.CSS(`.xterm-helper-textarea`), "echo hi-$((6*7))\r"))
+	b.typeInto(`.xterm-helper-textarea`, "echo hi-$((6*7))\r")
 	b.waitJS("command output", 2*time.Minute, rows+`.includes('hi-42')`)
 	b.shot("console")
 

@@ -254,15 +254,7 @@ func TestForwardToTheVMsHost(t *testing.T) {
 	if err := ws.Write(ctx, websocket.MessageBinary, []byte("ping\n")); err != nil {
 		t.Fatal(err)
 	}
-	var wsGot []byte
-	for !strings.Contains(string(wsGot), "\n") {
-		_, b, err := ws.Read(ctx)
-		if err != nil {
-			t.Fatalf("websocket console via h1: %v (so far %q)", err, wsGot)
-		}
-		wsGot = append(wsGot, b...)
-	}
-	if string(wsGot) != "h2:ping\n" {
+	if wsGot := readLine(t, ctx, ws); wsGot != "h2:ping\n" {
 		t.Fatalf("websocket console via h1 answered %q, want h2's console", wsGot)
 	}
 

@@ -1065,13 +1065,19 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 	}
 	defer conn.Close()
 	_, _ = io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: hangar-console\r\nConnection: Upgrade\r\n\r\n")
+	relay(cons, buf, conn)
+}
+
+// relay copies in to the console and the console to out until either
+// direction ends.
+func relay(cons io.ReadWriter, in io.Reader, out io.Writer) {
 	done := make(chan struct{}, 2)
 	go func() {
-		_, _ = io.Copy(cons, buf)
+		_, _ = io.Copy(cons, in)
 		done <- struct{}{}
 	}()
 	go func() {
-		_, _ = io.Copy(conn, cons)
+		_, _ = io.Copy(out, cons)
 		done <- struct{}{}
 	}()
 	<-done

@@ -3,7 +3,6 @@ package manager
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -62,15 +61,6 @@ func serveWebsocketConsole(w http.ResponseWriter, r *http.Request, cons net.Conn
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	ws := websocket.NetConn(ctx, c, websocket.MessageBinary)
-	done := make(chan struct{}, 2)
-	go func() {
-		_, _ = io.Copy(cons, ws)
-		done <- struct{}{}
-	}()
-	go func() {
-		_, _ = io.Copy(ws, cons)
-		done <- struct{}{}
-	}()
-	<-done
+	relay(cons, ws, ws)
 	_ = c.Close(websocket.StatusNormalClosure, "console closed")
 }

@@ -42,6 +42,23 @@ func (c *caller) dialConsole(name, ticket, origin string) (*websocket.Conn, int,
 	return conn, code, err
 }
 
+// readLine reads binary messages from the console websocket up to a newline.
+func readLine(t *testing.T, ctx context.Context, conn *websocket.Conn) string {
+	t.Helper()
+	var got []byte
+	for !strings.Contains(string(got), "\n") {
+		typ, b, err := conn.Read(ctx)
+		if err != nil {
+			t.Fatalf("read the console: %v (so far %q)", err, got)
+		}
+		if typ != websocket.MessageBinary {
+			t.Errorf("message type %v, want binary", typ)
+		}
+		got = append(got, b...)
+	}
+	return string(got)
+}
+
 // TestConsoleWebsocket: the browser's console is the same route upgraded
 // to a websocket: it needs a ticket of the caller for the VM, once, and
 // the page's own origin; binary messages carry the serial bytes.
@@ -70,18 +87,7 @@ func TestConsoleWebsocket(t *testing.T) {
 	if err := conn.Write(ctx, websocket.MessageBinary, []byte("hello\n")); err != nil {
 		t.Fatal(err)
 	}
-	var got []byte
-	for !strings.Contains(string(got), "\n") {
-		typ, b, err := conn.Read(ctx)
-		if err != nil {
-			t.Fatalf("read the console: %v (so far %q)", err, got)
-		}
-		if typ != websocket.MessageBinary {
-			t.Errorf("message type %v, want binary", typ)
-		}
-		got = append(got, b...)
-	}
-	if string(got) != "h1:hello\n" {
+	if got := readLine(t, ctx, conn); got != "h1:hello\n" {
 		t.Errorf("console answered %q, want %q", got, "h1:hello\n")
 	}
 	conn.Close(websocket.StatusNormalClosure, "")

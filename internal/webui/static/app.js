@@ -21,9 +21,10 @@ async function api(method, path, body) {
   return data;
 }
 
-// optional: null when the route is not there (yet): history, usage, alerts.
+// optional: null when the route is not there (yet: 404, or 405 where a POST
+// route of the same shape matches) or not for the caller: history, usage, alerts.
 async function optional(path) {
-  try { return await api('GET', path); } catch (e) { if (e.status === 404 || e.status === 403) return null; throw e; }
+  try { return await api('GET', path); } catch (e) { if (e.status === 404 || e.status === 405 || e.status === 403) return null; throw e; }
 }
 
 const q = encodeURIComponent;
@@ -38,6 +39,30 @@ function el(tag, attrs = {}, ...kids) {
   }
   for (const k of kids) if (k !== null && k !== undefined) e.append(k);
   return e;
+}
+
+// show replaces the page's content (null and undefined parts left out).
+// A live page re-renders on every change: what the user typed or chose in
+// its forms, and the focus, are carried over to the new elements.
+function show(...kids) {
+  const page = location.hash;
+  const key = (e) => `${e.form?.id || ''}/${e.id || e.name}`;
+  const saved = new Map();
+  let focused = null;
+  if (main.dataset.page === page) {
+    for (const e of main.querySelectorAll('input, select, textarea')) {
+      saved.set(key(e), e.type === 'checkbox' ? e.checked : e.value);
+      if (e === document.activeElement) focused = key(e);
+    }
+  }
+  main.replaceChildren(...kids.filter((k) => k !== null && k !== undefined));
+  main.dataset.page = page;
+  for (const e of main.querySelectorAll('input, select, textarea')) {
+    const k = key(e);
+    if (!saved.has(k)) continue;
+    if (e.type === 'checkbox') e.checked = saved.get(k); else e.value = saved.get(k);
+    if (k === focused) e.focus();
+  }
 }
 
 function table(id, head, rows) {
@@ -232,7 +257,7 @@ function loginPage() {
       location.hash = '#/overview';
     } catch (e) { f.querySelector('#err').textContent = e.message; }
   });
-  main.replaceChildren(el('h2', {}, 'Log in'), f);
+  show(el('h2', {}, 'Log in'), f);
 }
 
 function vmCounts() {
@@ -281,7 +306,7 @@ function overviewPage() {
           ? button('Evacuate', 'evacuate-' + h.name, () => { if (confirm(`Evacuate ${h.name}?`)) act('evacuate ' + h.name, () => api('POST', `/hosts/${q(h.name)}/evacuate`, {})); })
           : null));
     });
-    main.replaceChildren(el('h2', {}, 'Pool overview'), cards, el('h3', {}, 'Alerts'), alertList, el('h3', {}, 'Hosts'),
+    show(el('h2', {}, 'Pool overview'), cards, el('h3', {}, 'Alerts'), alertList, el('h3', {}, 'Hosts'),
       table('hosts', ['Host', 'State', 'CPU allocated', 'Memory allocated', 'Storage', 'VMs', ''], rows));
   };
   renderCurrent = render;
@@ -315,7 +340,7 @@ function vmsPage() {
   };
   filter.addEventListener('input', render);
   stateSel.addEventListener('change', render);
-  main.replaceChildren(el('h2', {}, 'Virtual machines'),
+  show(el('h2', {}, 'Virtual machines'),
     el('p', {}, filter, ' ', stateSel, ' ', canSomewhere('operate') ? el('a', { href: '#/create', id: 'create-link' }, 'Create a VM') : null),
     el('table', { id: 'vms' }, head, tbody));
   renderCurrent = render;
@@ -344,7 +369,7 @@ function operationsPage() {
     const ops = [...live.ops.values()];
     const running = ops.filter((o) => o.state === 'pending' || o.state === 'running');
     const done = ops.filter((o) => !(o.state === 'pending' || o.state === 'running'));
-    main.replaceChildren(el('h2', {}, 'Operations'), el('h3', {}, 'Running'), opsTable('ops-running', running),
+    show(el('h2', {}, 'Operations'), el('h3', {}, 'Running'), opsTable('ops-running', running),
       el('h3', {}, 'Recent'), opsTable('ops-recent', done));
   };
   renderCurrent = render;
@@ -389,7 +414,7 @@ function vmActions(v) {
   const nameForm = (id, label, fn) => {
     const f = el('form', { class: 'inline', id }, el('input', { name: 'name', placeholder: 'name', required: true, pattern: '[a-z0-9]([a-z0-9-]*[a-z0-9])?' }),
       el('button', { type: 'submit' }, label));
-    f.addEventListener('submit', (ev) => { ev.preventDefault(); fn(f.name.value); });
+    f.addEventListener('submit', (ev) => { ev.preventDefault(); const v = f.name.value; f.reset(); fn(v); });
     return f;
   };
   const migrate = el('form', { class: 'inline', id: 'migrate-form' }, el('select', { name: 'to', id: 'migrate-to' }, ...hosts.map((h) => el('option', { value: h.name }, h.name))),
@@ -422,7 +447,7 @@ function vmPage(name) {
   };
   const render = () => {
     const v = live.vms.get(name);
-    if (!v) { main.replaceChildren(el('h2', {}, name), el('p', { class: 'error' }, 'no such VM (deleted?)')); return; }
+    if (!v) { show(el('h2', {}, name), el('p', { class: 'error' }, 'no such VM (deleted?)')); return; }
     const sp = v.spec;
     const st = v.status || {};
     const mayOperate = can('operate', sp);
@@ -435,13 +460,13 @@ function vmPage(name) {
       ].reduce((f, b) => { f.append(b); return f; }, document.createDocumentFragment()) : null)));
     const disks = (sp.disks || []).map((d, i) => {
       const ds = (st.disks || [])[i] || {};
-      return el('tr', {}, el('td', {}, d.name || `disk${i}`), el('td', {}, d.media ? 'cdrom ' + d.media : d.image ? 'on image ' + d.image : d.volume || (d.sizeMiB ? `${d.sizeMiB} MiB` : '')),
+      return el('tr', {}, el('td', {}, d.name || `disk${i}`), el('td', {}, d.media === 'cdrom' ? 'cdrom ' + (d.image || '(empty)') : d.image ? 'on image ' + d.image : d.volume || (d.sizeMiB ? `${d.sizeMiB} MiB` : '')),
         el('td', {}, d.bus || ''), el('td', { class: 'muted' }, [ds.pool, ds.volume].filter(Boolean).join('/')));
     });
     const nics = (sp.nics || []).map((n) => el('tr', {}, el('td', {}, n.mode), el('td', {}, n.bridge || ''), el('td', {}, n.mac || ''),
       el('td', {}, (n.forwards || []).map((f) => `${f.hostPort}→${f.guestPort}`).join(', '))));
     const ops = [...live.ops.values()].filter((o) => o.target === name);
-    main.replaceChildren(
+    show(
       el('h2', {}, 'VM ', el('span', { id: 'vm-name' }, name), ' ', el('span', { id: 'vm-state', class: 'state-' + st.state }, st.state || '?')),
       vmActions(v),
       el('dl', { class: 'spec', id: 'vm-spec' },
@@ -507,7 +532,7 @@ async function createPage() {
       r = await act(`deploy ${name}`, () => api('POST', `/templates/${q(f.template.value)}/deploy`, { name, start }));
     } else {
       const disks = f.source.value === 'image' ? [{ image: f.image.value }]
-        : f.source.value === 'iso' ? [{ sizeMiB: Number(f.size.value) }, { media: f.iso.value }] : [{ sizeMiB: Number(f.size.value) }];
+        : f.source.value === 'iso' ? [{ sizeMiB: Number(f.size.value) }, { image: f.iso.value, media: 'cdrom' }] : [{ sizeMiB: Number(f.size.value) }];
       const spec = { name, cpus: Number(f.cpus.value), memoryMiB: Number(f.memory.value), disks };
       if (f.nic.checked) spec.nics = [{ mode: 'user' }];
       if (f.host.value) spec.host = f.host.value;
@@ -515,7 +540,7 @@ async function createPage() {
     }
     if (r) location.hash = '#/vm/' + q(name);
   });
-  main.replaceChildren(el('h2', {}, 'Create a VM'), f);
+  show(el('h2', {}, 'Create a VM'), f);
   renderCurrent = null;
 }
 
@@ -529,7 +554,7 @@ async function templatesPage() {
     return el('tr', { 'data-template': t.name }, el('td', {}, t.name), el('td', {}, t.host), el('td', {}, `${t.cpus} CPUs, ${t.memoryMiB} MiB`),
       el('td', {}, t.source || ''), el('td', {}, canSomewhere('operate') ? f : null));
   });
-  main.replaceChildren(el('h2', {}, 'Templates'), table('templates', ['Template', 'Host', 'Size', 'Made from', ''], rows));
+  show(el('h2', {}, 'Templates'), table('templates', ['Template', 'Host', 'Size', 'Made from', ''], rows));
   renderCurrent = null;
 }
 
@@ -546,7 +571,7 @@ async function usersPage() {
     ev.preventDefault();
     act(`add user ${f.name.value}`, () => api('POST', '/users', { name: f.name.value, password: f.password.value, grants: [{ role: f.role.value, scope: f.scope.value }] })).then(usersPage);
   });
-  main.replaceChildren(el('h2', {}, 'Users'), table('users', ['User', 'Grants', 'Created', ''], rows), f);
+  show(el('h2', {}, 'Users'), table('users', ['User', 'Grants', 'Created', ''], rows), f);
   renderCurrent = null;
 }
 
@@ -556,7 +581,7 @@ async function auditPage() {
   const rows = list.map((r) => el('tr', {}, el('td', { class: 'muted' }, ago(r.time)), el('td', {}, r.who || r.user || ''),
     el('td', {}, r.action || ''), el('td', {}, r.vm || r.target || ''), el('td', {}, r.source || ''),
     el('td', { class: r.status >= 400 ? 'error' : '' }, String(r.status ?? ''))));
-  main.replaceChildren(el('h2', {}, 'Audit log'), table('audit', ['When', 'Who', 'What', 'VM', 'From', 'Result'], rows));
+  show(el('h2', {}, 'Audit log'), table('audit', ['When', 'Who', 'What', 'VM', 'From', 'Result'], rows));
   renderCurrent = null;
 }
 
@@ -591,7 +616,7 @@ async function route() {
     }
   } catch (e) {
     if (e.status === 401) { nav.hidden = true; me = null; loginPage(); return; }
-    main.replaceChildren(el('p', { class: 'error' }, e.message));
+    show(el('p', { class: 'error' }, e.message));
   }
 }
 

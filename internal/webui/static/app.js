@@ -418,7 +418,7 @@ function vmActions(v) {
     return f;
   };
   const migrate = el('form', { class: 'inline', id: 'migrate-form' }, el('select', { name: 'to', id: 'migrate-to' }, ...hosts.map((h) => el('option', { value: h.name }, h.name))),
-    el('button', { type: 'submit', disabled: !hosts.length || !running }, 'Migrate'));
+    el('button', { type: 'submit', disabled: !hosts.length || !running, title: hosts.length ? 'live-migrate to the chosen host' : 'no other live host' }, 'Migrate'));
   migrate.addEventListener('submit', (ev) => { ev.preventDefault(); act(`migrate ${n}`, () => api('POST', `${path}/migrate`, { to: migrate.to.value })); });
   return el('div', { class: 'actions', id: 'vm-actions' },
     el('div', {},

@@ -2,13 +2,14 @@
 #   make demo   — install what is missing, build, boot a VM, serve until Ctrl-C
 #   make test   — run every test layer
 GO ?= go
-PKGS := qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static extlinux syslinux-common isolinux genisoimage fdisk e2fsprogs cpio iproute2 xz-utils mount util-linux bsdutils chromium
+PKGS := qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static extlinux syslinux-common isolinux genisoimage fdisk e2fsprogs cpio iproute2 xz-utils mount util-linux bsdutils
+TEST_PKGS := chromium
 GUEST_DIR ?= /var/cache/hangar/guest
 
 .PHONY: demo test deps build guest bench clean webui
 
 deps:
-	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(PKGS) $(EXTRA_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
@@ -25,6 +26,8 @@ guest: deps
 demo: deps build guest
 	@./bin/hangar demo --image $(GUEST_DIR)/hangar-guest.qcow2 $(DEMO_FLAGS) || [ $$? -eq 130 ]
 
+# The browser tests need chromium (headless); the demo does not.
+test: EXTRA_PKGS = $(TEST_PKGS)
 test: deps guest
 	HANGAR_GUEST_DIR=$(GUEST_DIR) HANGAR_TEST_RACE=1 $(GO) test -race -count=1 -timeout 60m ./...
 

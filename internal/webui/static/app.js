@@ -496,11 +496,15 @@ function vmPage(name) {
   load().catch(() => {});
   drawCharts(charts, `/vms/${q(name)}/history`).catch(() => { charts.hidden = true; });
   // Snapshots change with operations: read them again when one of this VM's ends.
+  // Usage and history are sampled every 10 s: read them again as often.
   let lastOps = '';
+  let ticks = 0;
   const again = setInterval(() => {
-    if (!location.hash.startsWith('#/vm/')) { clearInterval(again); return; }
+    if (location.hash !== '#/vm/' + q(name) && location.hash !== '#/vm/' + name) { clearInterval(again); return; }
     const sig = [...live.ops.values()].filter((o) => o.target === name).map((o) => o.id + o.state).join();
-    if (sig !== lastOps) { lastOps = sig; load().catch(() => {}); }
+    ticks++;
+    if (sig !== lastOps || ticks % 10 === 0) { lastOps = sig; load().catch(() => {}); }
+    if (ticks % 10 === 0 && !charts.hidden) drawCharts(charts, `/vms/${q(name)}/history`).catch(() => {});
   }, 1000);
 }
 

@@ -192,10 +192,20 @@ function capacitySoon() {
   }, 1000);
 }
 
+let opTimer = null;
+
 function poll() {
   if (pollTimer) return;
   setMode('polling');
   pollTimer = setInterval(() => refresh().catch(() => {}), POLL_MS);
+  // Progress bars move faster than the lists are read: the running
+  // operations (a few) are read every second.
+  opTimer = setInterval(() => {
+    const running = [...live.ops.values()].filter((o) => o.state === 'pending' || o.state === 'running').slice(0, 10);
+    for (const o of running) {
+      api('GET', '/operations/' + q(o.id)).then((n) => { live.ops.set(n.id, n); changed(); }).catch(() => {});
+    }
+  }, 1000);
 }
 
 function startLive() {
@@ -236,6 +246,7 @@ function startLive() {
 function stopLive() {
   if (es) { es.close(); es = null; }
   if (pollTimer) { clearInterval(pollTimer); pollTimer = null; }
+  if (opTimer) { clearInterval(opTimer); opTimer = null; }
   setMode('');
 }
 

@@ -25,6 +25,8 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(v)
 	}
 	host := v1.Host{Name: "h1", CPUs: 4, MemoryMiB: 8192, AllocatedMemoryMiB: 256, AllocatedCPUs: 1, VMs: 1, Alive: true}
+	alert := map[string]any{"id": "host-down/h9", "severity": "critical", "kind": "host-down", "target": "h9",
+		"message": "host h9 is dead", "since": time.Now()}
 	vm := v1.VM{Spec: v1.VMSpec{Name: "web-1", CPUs: 1, MemoryMiB: 256}, Status: v1.VMStatus{State: v1.StateStopped, Host: "h1"}}
 	switch r.URL.Path {
 	case "/api/v1/login":
@@ -40,8 +42,7 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/api/v1/operations", "/api/v1/vms/web-1/snapshots":
 		write([]any{})
 	case "/api/v1/alerts":
-		write(map[string]any{"alerts": []map[string]any{{"id": "host-down/h9", "severity": "critical", "kind": "host-down",
-			"target": "h9", "message": "host h9 is dead", "since": time.Now()}}})
+		write(map[string]any{"alerts": []map[string]any{alert}})
 	case "/api/v1/vms/web-1/usage":
 		write(map[string]any{"cpuSeconds": 12.5, "cpuCores": 0.25, "memoryBytes": 200 << 20, "at": time.Now()})
 	case "/api/v1/vms/web-1/history":
@@ -62,6 +63,7 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		send("host", host)
 		send("vm", vm)
+		send("alert", alert) // the stream starts with everything: what it leaves out is gone
 		send("synced", struct{}{})
 		for {
 			select {

@@ -127,6 +127,8 @@ the file and line.`,
 	f.StringVar(&cfg.FenceAgent, "fence-agent", "", "command the pool master runs, with a dead host's name as its argument, before restarting that host's HA VMs elsewhere (exit 0: fenced); a failure refuses the restarts")
 	f.BoolVar(&cfg.TestFaults, "test-faults", false, "tests only: files in <data-dir>/test-faults switch faults on (heartbeat-cut)")
 	_ = f.MarkHidden("test-faults")
+	f.DurationVar(&cfg.HistoryInterval, "history-interval", 0, "time between usage history samples (default 10s; tests set it shorter)")
+	_ = f.MarkHidden("history-interval")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&format, "log-format", "text", "text (key=value) or json (one object a line)")
 	f.StringVar(&configFile, "config", defaultConfig, "YAML file of settings (keys are flag names; flags override it)")

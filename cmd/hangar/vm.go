@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -408,6 +409,7 @@ func newVMShow(g *globals) *cobra.Command {
 				return err
 			}
 			return g.print(cmd, v, func(w *tabwriter.Writer) {
+				defer printUsage(cmd.Context(), w, g, v)
 				s, st := v.Spec, v.Status
 				fmt.Fprintf(w, "Name:\t%s\nState:\t%s\nWanted:\t%s\nHost:\t%s\nPID:\t%d\nUptime:\t%s\nAccelerator:\t%s\n",
 					s.Name, st.State, s.Power, s.Host, st.PID, uptime(st), st.Accelerator)
@@ -451,6 +453,29 @@ func newVMShow(g *globals) *cobra.Command {
 	}
 	addOutput(cmd, g, false)
 	return cmd
+}
+
+// printUsage adds a running VM's usage, read from its host, to vm show
+// (the table only: -o json prints the VM record unchanged).
+func printUsage(ctx context.Context, w *tabwriter.Writer, g *globals, v v1.VM) {
+	if st := v.Status.State; st != v1.StateRunning && st != v1.StatePaused {
+		return
+	}
+	u, err := g.client().VMUsage(ctx, v.Spec.Name)
+	if err != nil {
+		fmt.Fprintf(w, "Usage:\tunavailable (%v)\n", err)
+		return
+	}
+	limit := "none"
+	if u.MemoryLimitBytes > 0 {
+		limit = mib(u.MemoryLimitBytes)
+	}
+	fmt.Fprintf(w, "Usage:\tat %s (from the %s)\n", u.At.Local().Format(time.TimeOnly), orDash(u.Source))
+	fmt.Fprintf(w, "  CPU:\t%.1f s, %.2f cores\n", u.CPUSeconds, u.CPUCores)
+	fmt.Fprintf(w, "  Memory:\t%s (limit %s)\n", mib(u.MemoryBytes), limit)
+	fmt.Fprintf(w, "  Disk read:\t%s in %d requests\n", mib(u.DiskReadBytes), u.DiskReadOps)
+	fmt.Fprintf(w, "  Disk written:\t%s in %d requests\n", mib(u.DiskWriteBytes), u.DiskWriteOps)
+	fmt.Fprintf(w, "  Network:\t%s received, %s sent\n", mib(u.NetRxBytes), mib(u.NetTxBytes))
 }
 
 func orDash(s string) string {

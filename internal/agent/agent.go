@@ -74,6 +74,11 @@ type Config struct {
 	// Role is this host's part in the manager (v1.RoleMember, …),
 	// published in the host facts.
 	Role string
+	// HistoryInterval between usage samples (default
+	// DefaultHistoryInterval, 10 s; tests set it shorter) and
+	// HistorySamples kept per VM and for the host (default 360).
+	HistoryInterval time.Duration
+	HistorySamples  int
 }
 
 // Agent is one host's agent.
@@ -101,6 +106,7 @@ type Agent struct {
 	// they start here if their owner record still names this host.
 	fencedVMs sync.Map
 	opDur     *prometheus.HistogramVec // durations of finished operations
+	history   *history                 // sampled usage (history.go)
 
 	// crashAt names a point of create+start at which the agent kills its
 	// own process with SIGKILL (crashPoint). Test-only: the kill-9
@@ -131,12 +137,19 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.IOWorkers == 0 {
 		cfg.IOWorkers = 2
 	}
+	if cfg.HistoryInterval <= 0 {
+		cfg.HistoryInterval = DefaultHistoryInterval
+	}
+	if cfg.HistorySamples <= 0 {
+		cfg.HistorySamples = DefaultHistorySamples
+	}
 	facts, err := HostFacts(cfg.Host, cfg.Caps)
 	if err != nil {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, facts: facts, io: newIOPool(cfg.IOWorkers),
 		vms: map[string]*machine{}, queued: map[string]bool{}, handlers: opHandlers(), ready: make(chan struct{}), opDur: newOpHistogram(),
+		history: newHistory(cfg.HistoryInterval, cfg.HistorySamples),
 		crashAt: os.Getenv("HANGAR_TEST_CRASH_AT")}
 	a.inv = records{Inventory: inventory.Inventory{S: cfg.Store}, a: a}
 	a.cgroups = a.newCgroups()
@@ -210,6 +223,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.enqueue(name, task{migration: true}) // an incoming migration this host took part in
 	}
 	go a.watchMigrations(ctx)
+	go a.sampleHistory(ctx)
 	close(a.ready)
 	log.Info("agent ready", "host", a.cfg.Host, "accel", a.cfg.Caps.Accel, "qemu", a.cfg.Caps.Version)
 	tick := time.NewTicker(5 * time.Second)

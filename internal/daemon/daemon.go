@@ -102,7 +102,10 @@ type Config struct {
 	// TestFaults lets tests switch faults on through files in
 	// <data-dir>/test-faults (agent.Config.FaultDir). Hidden serve flag.
 	TestFaults bool
-	Log        *slog.Logger
+	// HistoryInterval between the agent's usage samples (0: 10 s). Hidden
+	// serve flag: the tests shorten it.
+	HistoryInterval time.Duration
+	Log             *slog.Logger
 }
 
 // Daemon is a running hangar serve.
@@ -307,7 +310,8 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	}
 	ag, err := agent.New(agent.Config{Host: cfg.Host, DataDir: cfg.DataDir, RunDir: cfg.RunDir, Store: st, Caps: caps,
 		Pool: storagePool, HostPaths: hostPaths, Log: cfg.Log, StopTimeout: cfg.StopTimeout, Secrets: box, VMIDs: ids,
-		Address: d.TCPAddr, Role: state.Role, SelfFence: true, FaultDir: faultDir})
+		Address: d.TCPAddr, Role: state.Role, SelfFence: true, FaultDir: faultDir,
+		HistoryInterval: cfg.HistoryInterval})
 	if err != nil {
 		return nil, err
 	}
@@ -352,7 +356,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	users := &access.Store{S: st}
-	api := manager.New(manager.Config{Store: st, Metrics: ag, Consoles: ag, Volumes: ag, Pools: ag, Secrets: box, Log: cfg.Log, PoolAdmin: admin, Forward: fwd,
+	api := manager.New(manager.Config{Store: st, Metrics: ag, Usage: ag, Consoles: ag, Volumes: ag, Pools: ag, Secrets: box, Log: cfg.Log, PoolAdmin: admin, Forward: fwd,
 		Access: users, Audit: &audit.Log{S: st, MaxRecords: cfg.AuditMaxRecords, MaxAge: cfg.AuditMaxAge, Log: cfg.Log},
 		Logins: &access.Limiter{MaxFailures: cfg.LoginMaxFailures, Lockout: cfg.LoginLockout, S: st}})
 	d.srv = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}

@@ -72,6 +72,9 @@ type Config struct {
 	Log     *slog.Logger
 	// Metrics adds the host agents' per-VM usage to /metrics (nil: none).
 	Metrics prometheus.Collector
+	// Usage reads this host's VMs' usage and history (nil: those routes
+	// answer 412).
+	Usage Usage
 	// MaxWait bounds ?wait= (default 10 min).
 	MaxWait time.Duration
 	// Forward sends host-local requests about another host (a VM's console
@@ -151,6 +154,7 @@ func New(cfg Config) *Server {
 	s.volumeRoutes()
 	s.maintenanceRoutes()
 	s.settingsRoutes()
+	s.liveRoutes()
 	s.route("GET /api/v1/openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(v1.OpenAPI)

@@ -1,0 +1,114 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "hangar/api/v1"
+)
+
+// TestVMUsage: a booted guest's usage (GET /vms/{name}/usage) shows CPU
+// time, memory and disk reads, its CPU time grows, and the numbers agree
+// with the VM's cgroup file and /metrics read between two usage reads; the
+// host samples the guest's history (a 1 s interval here) and its own, and
+// `hangar vm show` prints the usage.
+func TestVMUsage(t *testing.T) {
+	s := newServerArgs(t, "", "--history-interval", "1s")
+	s.createGuest("usage", nil)
+	s.waitReady("usage", 0)
+	ctx := context.Background()
+
+	u1, err := s.c.VMUsage(ctx, "usage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("usage: %+v", u1)
+	if u1.CPUSeconds <= 0 || u1.MemoryBytes <= 0 || u1.DiskReadBytes <= 0 || u1.DiskReadOps <= 0 {
+		t.Fatalf("usage of a booted guest: %+v, want CPU, memory and disk reads > 0", u1)
+	}
+	fams := scrape(t, s)
+	cg := cgroupFile("usage", "cpuacct", "cpuacct.usage", "cpu.stat") != ""
+	var cgCPU float64
+	if cg {
+		cgCPU = float64(cpuNanos(t, "usage")) / 1e9
+	}
+	time.Sleep(3 * time.Second) // the guest's counter ticks every 100 ms: its CPU time grows
+	u2, err := s.c.VMUsage(ctx, "usage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u2.CPUSeconds <= u1.CPUSeconds || !u2.At.After(u1.At) {
+		t.Errorf("CPU time did not grow: %v then %v", u1.CPUSeconds, u2.CPUSeconds)
+	}
+	disk := map[string]string{"vm": "usage", "disk": "disk0"}
+	if m, ok := sample(fams, "hangar_vm_disk_read_bytes_total", disk); !ok || m < float64(u1.DiskReadBytes) || m > float64(u2.DiskReadBytes) {
+		t.Errorf("/metrics disk read bytes %v (present %v), want between the usage reads %d and %d", m, ok, u1.DiskReadBytes, u2.DiskReadBytes)
+	}
+	if cg {
+		if u1.Source != v1.UsageCgroup {
+			t.Errorf("source %q with a cgroup, want cgroup", u1.Source)
+		}
+		if cgCPU < u1.CPUSeconds || cgCPU > u2.CPUSeconds {
+			t.Errorf("cgroup CPU time %v s, want between the usage reads %v and %v", cgCPU, u1.CPUSeconds, u2.CPUSeconds)
+		}
+		if m, ok := sample(fams, "hangar_vm_cgroup_cpu_seconds_total", map[string]string{"vm": "usage"}); !ok || m < u1.CPUSeconds || m > u2.CPUSeconds {
+			t.Errorf("/metrics cgroup CPU %v (present %v), want between %v and %v", m, ok, u1.CPUSeconds, u2.CPUSeconds)
+		}
+	} else {
+		t.Logf("no cgroup for the VM here: CPU and memory from its process (source %q)", u1.Source)
+	}
+
+	// History: samples every second (the machine may be slow: wait long).
+	var h v1.History
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if h, err = s.c.VMHistory(ctx, "usage"); err != nil {
+			t.Fatal(err)
+		}
+		if len(h.Samples) >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("history after 2 min: %+v", h)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if h.Interval != 1 {
+		t.Errorf("interval %v, want 1", h.Interval)
+	}
+	busy := false
+	for i, smp := range h.Samples {
+		busy = busy || smp.CPUCores > 0
+		if smp.MemoryBytes <= 0 || (i > 0 && smp.T < h.Samples[i-1].T) {
+			t.Errorf("sample %d: %+v (previous %+v)", i, smp, h.Samples[max(i-1, 0)])
+		}
+	}
+	if !busy {
+		t.Errorf("no sample shows CPU use: %+v", h.Samples)
+	}
+	hh, err := s.c.HostHistory(ctx, "testhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hh.Samples) == 0 || hh.Samples[len(hh.Samples)-1].MemoryBytes <= 0 {
+		t.Errorf("host history: %+v", hh)
+	}
+	var ae *v1.Error
+	if _, err := s.c.HostHistory(ctx, "nosuchhost"); !errors.As(err, &ae) || ae.Code != v1.CodeNotFound {
+		t.Errorf("history of an unknown host: %v, want not_found", err)
+	}
+
+	out := s.ok("vm", "show", "usage").stdout
+	if !strings.Contains(out, "Usage:") || !strings.Contains(out, "Disk read:") {
+		t.Errorf("vm show prints no usage:\n%s", out)
+	}
+
+	// A stopped VM has no usage: 412 naming it.
+	s.action("usage", "stop", v1.StopArgs{Force: true})
+	if _, err := s.c.VMUsage(ctx, "usage"); !errors.As(err, &ae) || ae.Code != v1.CodeFailedPrecondition || !strings.Contains(ae.Message, "usage") {
+		t.Errorf("usage of a stopped VM: %v, want failed_precondition", err)
+	}
+}

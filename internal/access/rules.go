@@ -73,6 +73,8 @@ var Rules = map[string]Rule{
 	"GET /api/v1/hosts/{name}":                {PermRead, Pool},
 	"GET /api/v1/capacity":                    {PermRead, Pool},
 	"GET /api/v1/hosts/{name}/history":        {PermRead, Pool},
+	"GET /api/v1/alerts":                      {PermRead, Pool},
+	"GET /api/v1/events":                      {PermRead, Any},
 	"POST /api/v1/hosts/{name}/check-sources": {PermAdmin, Pool},
 	"POST /api/v1/hosts/{name}/evacuate":      {PermAdmin, Pool},
 	"POST /api/v1/hosts/{name}/maintenance":   {PermAdmin, Pool},

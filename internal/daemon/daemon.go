@@ -359,7 +359,10 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	api := manager.New(manager.Config{Store: st, Metrics: ag, Usage: ag, Consoles: ag, Volumes: ag, Pools: ag, Secrets: box, Log: cfg.Log, PoolAdmin: admin, Forward: fwd,
 		Access: users, Audit: &audit.Log{S: st, MaxRecords: cfg.AuditMaxRecords, MaxAge: cfg.AuditMaxAge, Log: cfg.Log},
 		Logins: &access.Limiter{MaxFailures: cfg.LoginMaxFailures, Lockout: cfg.LoginLockout, S: st}})
+	// No write timeout: GET /api/v1/events is a stream (each event has its
+	// own write deadline); Shutdown ends the streams first.
 	d.srv = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
+	d.srv.RegisterOnShutdown(api.CloseStreams)
 	_ = os.Remove(cfg.Socket)
 	ln, err := net.Listen("unix", cfg.Socket)
 	if err != nil {
@@ -382,6 +385,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		auth := append(authn.AnyOf{extra.auth[0], users}, extra.auth[1:]...)
 		d.tcp = &http.Server{Handler: api.TCP(auth), ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog: slog.NewLogLogger(cfg.Log.With("listener", cfg.Listen).Handler(), slog.LevelInfo)}
+		d.tcp.RegisterOnShutdown(api.CloseStreams)
 		go func() {
 			if err := d.tcp.Serve(tln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				d.errc <- fmt.Errorf("api on %s: %w", cfg.Listen, err)

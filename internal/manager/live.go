@@ -24,6 +24,8 @@ func (s *Server) liveRoutes() {
 	s.route("GET /api/v1/vms/{name}/usage", s.vmUsage)
 	s.route("GET /api/v1/vms/{name}/history", s.vmHistory)
 	s.route("GET /api/v1/hosts/{name}/history", s.hostHistory)
+	s.route("GET /api/v1/events", s.events)
+	s.route("GET /api/v1/alerts", s.listAlerts)
 }
 
 // servedByVMHost validates the path's VM name and forwards the request to

@@ -102,7 +102,21 @@ type Server struct {
 	mux    *http.ServeMux
 	csrf   *http.CrossOriginProtection
 	routes []string // patterns, for the OpenAPI coverage test
+	// alertSince is when this server first saw the storage-low alerts
+	// active now (alerts.go).
+	alertSince firstSeen
+	// Event stream timings (events.go): pings, the least time between
+	// two host/pool/alert recomputations, a stream's longest life.
+	pingEvery, hostsEvery, streamLimit time.Duration
+	// streams ends every event stream (CloseStreams).
+	streams     context.Context
+	stopStreams context.CancelFunc
 }
+
+// CloseStreams ends the open event streams (GET /api/v1/events), so that
+// an http.Server's Shutdown need not wait for them: register it with
+// RegisterOnShutdown. Their clients reconnect to another host.
+func (s *Server) CloseStreams() { s.stopStreams() }
 
 func (s *Server) route(pattern string, h http.HandlerFunc) {
 	s.routes = append(s.routes, pattern)
@@ -126,7 +140,9 @@ func New(cfg Config) *Server {
 	if cfg.Logins == nil {
 		cfg.Logins = &access.Limiter{S: cfg.Store}
 	}
-	s := &Server{cfg: cfg, inv: inventory.Inventory{S: cfg.Store}, mux: http.NewServeMux(), csrf: http.NewCrossOriginProtection()}
+	s := &Server{cfg: cfg, inv: inventory.Inventory{S: cfg.Store}, mux: http.NewServeMux(), csrf: http.NewCrossOriginProtection(),
+		pingEvery: defaultPingEvery, hostsEvery: defaultHostsEvery, streamLimit: defaultStreamLimit}
+	s.streams, s.stopStreams = context.WithCancel(context.Background())
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{inv: s.inv, capacity: s.capacity}, prometheus.NewGoCollector())
 	if cfg.Metrics != nil {

@@ -1,0 +1,241 @@
+package manager
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "hangar/api/v1"
+	"hangar/internal/inventory"
+	"hangar/internal/store"
+)
+
+// sse is one event read from a stream ("" event: a comment line).
+type sse struct {
+	id, event, data, comment string
+}
+
+// openEvents opens GET /api/v1/events as c (with Last-Event-ID last, if
+// any) and returns its events as they come.
+func openEvents(t *testing.T, c *caller, last string) <-chan sse {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
+	req, err := http.NewRequestWithContext(ctx, "GET", c.a.url+"/api/v1/events", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	if last != "" {
+		req.Header.Set("Last-Event-ID", last)
+	}
+	resp, err := c.a.hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("events: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	out := make(chan sse, 1000)
+	go func() {
+		defer close(out)
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		var e sse
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case line == "":
+				if e != (sse{}) {
+					out <- e
+				}
+				e = sse{}
+			case strings.HasPrefix(line, ":"):
+				e.comment = strings.TrimSpace(line[1:])
+			default:
+				k, v, _ := strings.Cut(line, ": ")
+				switch k {
+				case "id":
+					e.id = v
+				case "event":
+					e.event = v
+				case "data":
+					e.data = v
+				}
+			}
+		}
+	}()
+	return out
+}
+
+// until reads events until one satisfies ok (and returns it and those
+// before it); the test fails after a generous deadline.
+func until(t *testing.T, ch <-chan sse, what string, ok func(sse) bool) (sse, []sse) {
+	t.Helper()
+	var seen []sse
+	deadline := time.After(60 * time.Second)
+	for {
+		select {
+		case e, open := <-ch:
+			if !open {
+				t.Fatalf("stream ended waiting for %s; seen %v", what, seen)
+			}
+			if ok(e) {
+				return e, seen
+			}
+			seen = append(seen, e)
+		case <-deadline:
+			t.Fatalf("no %s in 60 s; seen %v", what, seen)
+		}
+	}
+}
+
+func vmEvent(name, state string) func(sse) bool {
+	return func(e sse) bool {
+		if e.event != v1.EventVM {
+			return false
+		}
+		var v v1.VM
+		return json.Unmarshal([]byte(e.data), &v) == nil && (name == "" || v.Spec.Name == name) && (state == "" || v.Status.State == state)
+	}
+}
+
+func isEvent(name string) func(sse) bool { return func(e sse) bool { return e.event == name } }
+
+// TestEvents: a pool viewer's stream starts with every VM and host, then
+// synced; a status change, a new operation, a crash (alert, and
+// alert-cleared when it ends) and a deletion follow as events, with pings
+// between; a viewer scoped to web-* sees web-1 and never db1, nor hosts;
+// a reconnect with Last-Event-ID gets only the changes it missed.
+func TestEvents(t *testing.T) {
+	a := newAccessServer(t)
+	a.s.hostsEvery = 50 * time.Millisecond
+	a.s.pingEvery = 300 * time.Millisecond
+	vera := a.token("vera")
+	scoped := a.token("olga", v1.Grant{Role: v1.RoleViewer, Scope: "prefix:web-"})
+	alice := a.token("alice")
+
+	ev := openEvents(t, vera, "")
+	_, initial := until(t, ev, "synced", isEvent(v1.EventSynced))
+	names := map[string]bool{}
+	host := false
+	for _, e := range initial {
+		if vmEvent("", "")(e) {
+			var v v1.VM
+			_ = json.Unmarshal([]byte(e.data), &v)
+			names[v.Spec.Name] = true
+		}
+		host = host || (e.event == v1.EventHost && strings.Contains(e.data, `"name":"h1"`))
+		if e.id == "" {
+			t.Errorf("event without an id: %+v", e)
+		}
+	}
+	if !names["web-1"] || !names["db1"] || !names["tagged"] || !host {
+		t.Fatalf("initial state: vms %v, host h1 %v; events %v", names, host, initial)
+	}
+	sc := openEvents(t, scoped, "")
+	_, scopedInitial := until(t, sc, "synced (scoped)", isEvent(v1.EventSynced))
+	for _, e := range scopedInitial {
+		if strings.Contains(e.data, "db1") || e.event == v1.EventHost || e.event == v1.EventPool {
+			t.Errorf("scoped viewer got %+v", e)
+		}
+	}
+	if _, ok := findEvent(scopedInitial, vmEvent("web-1", "")); !ok {
+		t.Errorf("scoped viewer's initial state lacks web-1: %v", scopedInitial)
+	}
+
+	// A status change.
+	a.setState("db1", v1.StateRunning)
+	got, _ := until(t, ev, "db1 running", vmEvent("db1", v1.StateRunning))
+	// An operation.
+	code, b := alice.do("POST", "/api/v1/vms/web-1/start", "")
+	if code != 202 {
+		t.Fatalf("start web-1: %d %s", code, b)
+	}
+	var op v1.Operation
+	_ = json.Unmarshal(b, &op)
+	until(t, ev, "the start operation", func(e sse) bool {
+		var o v1.Operation
+		return e.event == v1.EventOperation && json.Unmarshal([]byte(e.data), &o) == nil && o.ID == op.ID
+	})
+	// A crash: an alert, cleared when the VM runs again; /alerts agrees.
+	a.setState("db1", v1.StateCrashed)
+	until(t, ev, "db1's alert", func(e sse) bool {
+		return e.event == v1.EventAlert && strings.Contains(e.data, `"id":"vm-crashed/db1"`) && strings.Contains(e.data, `"severity":"critical"`)
+	})
+	code, b = vera.do("GET", "/api/v1/alerts", "")
+	var al v1.AlertList
+	if code != 200 || json.Unmarshal(b, &al) != nil || len(al.Alerts) != 1 || al.Alerts[0].ID != "vm-crashed/db1" || al.Alerts[0].Target != "db1" {
+		t.Errorf("alerts: %d %s", code, b)
+	}
+	if code, _ := scoped.do("GET", "/api/v1/alerts", ""); code != 403 {
+		t.Errorf("alerts as a scoped viewer: %d, want 403", code)
+	}
+	a.setState("db1", v1.StateRunning)
+	until(t, ev, "db1's alert cleared", func(e sse) bool {
+		return e.event == v1.EventAlertCleared && e.data == `{"id":"vm-crashed/db1"}`
+	})
+	until(t, ev, "a ping", func(e sse) bool { return e.comment == "ping" })
+
+	// The scoped viewer saw none of it about db1, and sees web-1 change.
+	a.setState("web-1", v1.StatePaused)
+	_, before := until(t, sc, "web-1 paused (scoped)", vmEvent("web-1", v1.StatePaused))
+	for _, e := range before {
+		if strings.Contains(e.data, "db1") || e.event == v1.EventAlert || e.event == v1.EventHost {
+			t.Errorf("scoped viewer got %+v", e)
+		}
+	}
+
+	// Resume: what changed after the db1 running event (its crash and
+	// recovery, tagged's deletion), with the alert's start and end.
+	if err := a.st.Delete(t.Context(), inventory.VMKey("tagged"), store.AnyRevision); err != nil {
+		t.Fatal(err)
+	}
+	re := openEvents(t, vera, got.id)
+	_, replay := until(t, re, "synced (resumed)", isEvent(v1.EventSynced))
+	if _, ok := findEvent(replay, func(e sse) bool { return e.event == v1.EventVMDeleted && e.data == `{"name":"tagged"}` }); !ok {
+		t.Errorf("resumed stream lacks tagged's deletion: %v", replay)
+	}
+	if e, ok := findEvent(replay, vmEvent("db1", v1.StateCrashed)); !ok {
+		t.Errorf("resumed stream lacks db1's crash: %v", replay)
+	} else if n, _ := strconv.ParseInt(e.id, 10, 64); n <= mustInt(t, got.id) {
+		t.Errorf("replayed event %s at or before the resume point %s", e.id, got.id)
+	}
+	if _, ok := findEvent(replay, vmEvent("db1", v1.StateRunning)); !ok {
+		t.Errorf("resumed stream lacks db1 running again: %v", replay)
+	}
+	if _, ok := findEvent(replay, isEvent(v1.EventAlertCleared)); !ok {
+		t.Errorf("resumed stream lacks the alert's end: %v", replay)
+	}
+	if e, ok := findEvent(replay, vmEvent("web-1", "")); ok && mustInt(t, e.id) <= mustInt(t, got.id) {
+		t.Errorf("resumed stream sent web-1 as of %s, before its resume point %s", e.id, got.id)
+	}
+	// A revision etcd no longer has is a fresh start.
+	if code, b := vera.do("GET", "/api/v1/events", "", "Last-Event-ID", "x1"); code != 400 || errCode(b) != v1.CodeInvalidArgument {
+		t.Errorf("bad Last-Event-ID: %d %s", code, b)
+	}
+}
+
+func mustInt(t *testing.T, s string) int64 {
+	t.Helper()
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		t.Fatalf("event id %q: %v", s, err)
+	}
+	return n
+}
+
+func findEvent(es []sse, ok func(sse) bool) (sse, bool) {
+	for _, e := range es {
+		if ok(e) {
+			return e, true
+		}
+	}
+	return sse{}, false
+}

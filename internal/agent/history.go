@@ -223,12 +223,12 @@ func (a *Agent) sampleOnce(ctx context.Context) {
 		host.NetTx += r.NetTx
 	}
 	host.At = now
-	if busy, err := readProcStat(); err == nil {
+	if busy, err := readProc("/proc/stat", parseProcStat); err == nil {
 		host.CPUSeconds = busy
 	} else {
 		a.cfg.Log.Debug("history: host cpu", "err", err)
 	}
-	if used, err := readMemUsed(); err == nil {
+	if used, err := readProc("/proc/meminfo", parseMemUsed); err == nil {
 		host.MemoryBytes = used
 	} else {
 		a.cfg.Log.Debug("history: host memory", "err", err)
@@ -290,16 +290,18 @@ func clampInt(v uint64) int64 {
 	return int64(v)
 }
 
-// readProcStat is the CPU time the host spent busy (all but idle and
-// iowait), in seconds, from /proc/stat's cpu line.
-func readProcStat() (float64, error) {
-	b, err := os.ReadFile("/proc/stat")
+// readProc parses a file of /proc with parse.
+func readProc[T any](path string, parse func([]byte) (T, error)) (T, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return 0, err
+		var zero T
+		return zero, err
 	}
-	return parseProcStat(b)
+	return parse(b)
 }
 
+// parseProcStat is the CPU time the host spent busy (all but idle and
+// iowait), in seconds, from /proc/stat's cpu line.
 func parseProcStat(b []byte) (float64, error) {
 	line, _, _ := bytes.Cut(b, []byte("\n"))
 	f := strings.Fields(string(line))
@@ -322,15 +324,7 @@ func parseProcStat(b []byte) (float64, error) {
 	return float64(busy) / userHZ, nil
 }
 
-// readMemUsed is MemTotal − MemAvailable of /proc/meminfo, in bytes.
-func readMemUsed() (int64, error) {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0, err
-	}
-	return parseMemUsed(b)
-}
-
+// parseMemUsed is MemTotal − MemAvailable of /proc/meminfo, in bytes.
 func parseMemUsed(b []byte) (int64, error) {
 	vals := map[string]int64{}
 	sc := bufio.NewScanner(bytes.NewReader(b))

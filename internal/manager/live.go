@@ -57,29 +57,25 @@ func (s *Server) servedByVMHost(w http.ResponseWriter, r *http.Request) (string,
 }
 
 func (s *Server) vmUsage(w http.ResponseWriter, r *http.Request) {
-	name, ok := s.servedByVMHost(w, r)
-	if !ok {
-		return
-	}
-	u, err := s.cfg.Usage.VMUsage(r.Context(), name)
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	writeJSON(w, 200, u)
+	answerVM(s, w, r, Usage.VMUsage)
 }
 
 func (s *Server) vmHistory(w http.ResponseWriter, r *http.Request) {
+	answerVM(s, w, r, Usage.VMHistory)
+}
+
+// answerVM answers a request about a VM on its host with read.
+func answerVM[T any](s *Server, w http.ResponseWriter, r *http.Request, read func(Usage, context.Context, string) (T, error)) {
 	name, ok := s.servedByVMHost(w, r)
 	if !ok {
 		return
 	}
-	h, err := s.cfg.Usage.VMHistory(r.Context(), name)
+	v, err := read(s.cfg.Usage, r.Context(), name)
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	writeJSON(w, 200, h)
+	writeJSON(w, 200, v)
 }
 
 func (s *Server) hostHistory(w http.ResponseWriter, r *http.Request) {

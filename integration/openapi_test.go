@@ -148,6 +148,10 @@ func TestAPIMatchesOpenAPI(t *testing.T) {
 	s.getSpec(t, "GET", "/api/v1/hosts", nil, 200)
 	s.getSpec(t, "GET", "/api/v1/hosts/testhost", nil, 200)
 	s.getSpec(t, "GET", "/api/v1/capacity", nil, 200)
+	s.getSpec(t, "GET", "/api/v1/alerts", nil, 200)
+	s.getSpec(t, "GET", "/api/v1/hosts/testhost/history", nil, 200)
+	s.getSpec(t, "GET", "/api/v1/vms/specvm/history", nil, 200)
+	s.getSpec(t, "GET", "/api/v1/vms/specvm/usage", nil, 412) // stopped
 	s.getSpec(t, "GET", "/api/v1/version", nil, 200)
 	s.getSpec(t, "GET", "/api/v1/pool", nil, 200)
 	s.getSpec(t, "POST", "/api/v1/pool/join-tokens", v1.JoinTokenRequest{TTLSeconds: 60}, 201)

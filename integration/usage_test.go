@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -101,13 +102,55 @@ func TestVMUsage(t *testing.T) {
 		t.Errorf("history of an unknown host: %v, want not_found", err)
 	}
 
+	// The answers match openapi.yaml.
+	s.getSpec(t, "GET", "/api/v1/vms/usage/usage", nil, 200)
+	s.getSpec(t, "GET", "/api/v1/vms/usage/history", nil, 200)
+	s.getSpec(t, "GET", "/api/v1/hosts/testhost/history", nil, 200)
+
 	out := s.ok("vm", "show", "usage").stdout
 	if !strings.Contains(out, "Usage:") || !strings.Contains(out, "Disk read:") {
 		t.Errorf("vm show prints no usage:\n%s", out)
 	}
 
+	// The event stream through the real server's edge: the state with
+	// the running VM, synced, then its stop as it happens.
+	sctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	es, err := s.c.Events(sctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer es.Close()
+	sawRunning := false
+	for {
+		e, err := es.Next()
+		if err != nil {
+			t.Fatalf("events before synced: %v", err)
+		}
+		if e.Name == v1.EventSynced {
+			break
+		}
+		var v v1.VM
+		if e.Name == v1.EventVM && json.Unmarshal(e.Data, &v) == nil && v.Spec.Name == "usage" {
+			sawRunning = v.Status.State == v1.StateRunning
+		}
+	}
+	if !sawRunning {
+		t.Errorf("the stream's state lacks the running VM")
+	}
+
 	// A stopped VM has no usage: 412 naming it.
 	s.action("usage", "stop", v1.StopArgs{Force: true})
+	for {
+		e, err := es.Next()
+		if err != nil {
+			t.Fatalf("events after the stop: %v", err)
+		}
+		var v v1.VM
+		if e.Name == v1.EventVM && json.Unmarshal(e.Data, &v) == nil && v.Spec.Name == "usage" && v.Status.State == v1.StateStopped {
+			break
+		}
+	}
 	if _, err := s.c.VMUsage(ctx, "usage"); !errors.As(err, &ae) || ae.Code != v1.CodeFailedPrecondition || !strings.Contains(ae.Message, "usage") {
 		t.Errorf("usage of a stopped VM: %v, want failed_precondition", err)
 	}

@@ -155,3 +155,39 @@ func TestVMUsage(t *testing.T) {
 		t.Errorf("usage of a stopped VM: %v, want failed_precondition", err)
 	}
 }
+
+// TestVMUsageBridged: a bridged guest in a network namespace (where the
+// host may have no cgroups: then CPU and memory come from the QEMU
+// process) reports CPU, memory, disk and its tap's traffic, which grows
+// with HTTP requests to the guest and agrees with /metrics.
+func TestVMUsageBridged(t *testing.T) {
+	s, ns, _ := bootBridged(t, "tapuse")
+	ctx := context.Background()
+	guestStatusInNetns(t, ns)
+	u1, err := s.c.VMUsage(ctx, "tapuse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("usage in a netns: %+v", u1)
+	if u1.CPUSeconds <= 0 || u1.MemoryBytes <= 0 || u1.DiskReadBytes <= 0 || u1.NetRxBytes <= 0 || u1.NetTxBytes <= 0 {
+		t.Fatalf("usage: %+v, want CPU, memory, disk reads and network traffic > 0", u1)
+	}
+	if u1.Source != v1.UsageCgroup && u1.Source != v1.UsageProcess {
+		t.Errorf("source %q", u1.Source)
+	}
+	for range 5 {
+		guestStatusInNetns(t, ns)
+	}
+	fams := scrape(t, s)
+	u2, err := s.c.VMUsage(ctx, "tapuse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nic := map[string]string{"vm": "tapuse", "nic": "net0"}
+	rx, ok1 := sample(fams, "hangar_vm_network_receive_bytes_total", nic)
+	tx, ok2 := sample(fams, "hangar_vm_network_transmit_bytes_total", nic)
+	if !ok1 || !ok2 || rx <= float64(u1.NetRxBytes) || rx > float64(u2.NetRxBytes) || tx <= float64(u1.NetTxBytes) || tx > float64(u2.NetTxBytes) {
+		t.Errorf("/metrics rx %v tx %v (present %v %v), want above the first usage read (%d, %d) and at most the second (%d, %d)",
+			rx, tx, ok1, ok2, u1.NetRxBytes, u1.NetTxBytes, u2.NetRxBytes, u2.NetTxBytes)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -286,7 +287,7 @@ func (es *eventStream) refreshPool(rev int64) error {
 	if !es.pool {
 		return nil
 	}
-	capa, err := es.s.capacity(es.ctx)
+	capa, active, err := es.s.poolView(es.ctx, rev)
 	if err != nil {
 		return err
 	}
@@ -327,10 +328,6 @@ func (es *eventStream) refreshPool(rev int64) error {
 			}
 		}
 	}
-	active, err := es.s.poolAlerts(es.ctx, capa)
-	if err != nil {
-		return err
-	}
 	for _, a := range sortedAlerts(active) {
 		if old, ok := es.alerts[a.ID]; ok && old == a {
 			continue
@@ -349,6 +346,41 @@ func (es *eventStream) refreshPool(rev int64) error {
 		}
 	}
 	return nil
+}
+
+// poolView is the capacity overview and the pool's alerts as of revision
+// rev or later, shared by the streams: computed once for all those that
+// ask for a revision it covers (it reads every VM record: with many
+// streams and hosts publishing their facts every few seconds, one read
+// each would multiply).
+func (s *Server) poolView(ctx context.Context, rev int64) (v1.Capacity, map[string]v1.Alert, error) {
+	s.view.mu.Lock()
+	defer s.view.mu.Unlock()
+	if s.view.rev > 0 && s.view.rev >= rev {
+		return s.view.capa, s.view.alerts, nil
+	}
+	_, now, err := s.cfg.Store.List(ctx, inventory.PoolRecord) // the revision before the reads
+	if err != nil {
+		return v1.Capacity{}, nil, err
+	}
+	capa, err := s.capacity(ctx)
+	if err != nil {
+		return v1.Capacity{}, nil, err
+	}
+	alerts, err := s.poolAlerts(ctx, capa)
+	if err != nil {
+		return v1.Capacity{}, nil, err
+	}
+	s.view.rev, s.view.capa, s.view.alerts = now, capa, alerts
+	return capa, alerts, nil
+}
+
+// sharedView is the last poolView (read-only once stored).
+type sharedView struct {
+	mu     sync.Mutex
+	rev    int64
+	capa   v1.Capacity
+	alerts map[string]v1.Alert
 }
 
 // poolKeys are the records the hosts, the pool record and their alerts

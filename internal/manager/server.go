@@ -108,6 +108,7 @@ type Server struct {
 	// Event stream timings (events.go): pings, the least time between
 	// two host/pool/alert recomputations, a stream's longest life.
 	pingEvery, hostsEvery, streamLimit time.Duration
+	view                               sharedView // the event streams' capacity and alerts (events.go)
 	// streams ends every event stream (CloseStreams).
 	streams     context.Context
 	stopStreams context.CancelFunc

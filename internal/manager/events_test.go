@@ -216,7 +216,22 @@ func TestEvents(t *testing.T) {
 	if e, ok := findEvent(replay, vmEvent("web-1", "")); ok && mustInt(t, e.id) <= mustInt(t, got.id) {
 		t.Errorf("resumed stream sent web-1 as of %s, before its resume point %s", e.id, got.id)
 	}
-	// A revision etcd no longer has is a fresh start.
+	// A revision etcd no longer has is a fresh start: the whole state, then
+	// synced.
+	_, now, err := a.st.List(t.Context(), inventory.PoolRecord)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.st.(*store.Etcd).Client().Compact(t.Context(), now); err != nil {
+		t.Fatal(err)
+	}
+	fresh := openEvents(t, vera, got.id)
+	_, again := until(t, fresh, "synced (after compaction)", isEvent(v1.EventSynced))
+	for _, name := range []string{"web-1", "db1"} {
+		if e, ok := findEvent(again, vmEvent(name, "")); !ok || mustInt(t, e.id) < now {
+			t.Errorf("after compaction: %s %+v (found %v), want it in a whole state at revision %d or later", name, e, ok, now)
+		}
+	}
 	if code, b := vera.do("GET", "/api/v1/events", "", "Last-Event-ID", "x1"); code != 400 || errCode(b) != v1.CodeInvalidArgument {
 		t.Errorf("bad Last-Event-ID: %d %s", code, b)
 	}

@@ -41,6 +41,25 @@ func TestHostLocalWorkForwarded(t *testing.T) {
 		}
 	}
 
+	// Usage and history are read on the VM's (or the host's) own host,
+	// whichever host is asked.
+	for _, g := range guests {
+		for _, via := range p.Hosts {
+			u, err := p.API(t, via.Name).VMUsage(ctx, g.Name)
+			if err != nil || u.CPUSeconds <= 0 || u.MemoryBytes <= 0 || u.DiskReadBytes <= 0 {
+				t.Fatalf("usage of %s (on %s) via %s: %+v %v", g.Name, g.Host, via.Name, u, err)
+			}
+			if h, err := p.API(t, via.Name).VMHistory(ctx, g.Name); err != nil || h.Interval != 10 {
+				t.Fatalf("history of %s (on %s) via %s: %+v %v", g.Name, g.Host, via.Name, h, err)
+			}
+		}
+	}
+	for _, h := range p.Hosts {
+		if hh, err := p.API(t, "h1").HostHistory(ctx, h.Name); err != nil || hh.Interval != 10 {
+			t.Fatalf("history of host %s via h1: %+v %v", h.Name, hh, err)
+		}
+	}
+
 	var remote Guest
 	for _, g := range guests {
 		if g.Host != "h1" {

@@ -112,3 +112,10 @@ func (s *EventStream) Next() (Event, error) {
 
 // Close ends the stream.
 func (s *EventStream) Close() error { return s.body.Close() }
+
+// Alerts lists the pool's active alerts (GET /alerts).
+func (c *Client) Alerts(ctx context.Context) (v1.AlertList, error) {
+	var al v1.AlertList
+	_, err := c.do(ctx, "GET", "/alerts", nil, nil, &al)
+	return al, err
+}

@@ -111,6 +111,12 @@ func TestVMUsage(t *testing.T) {
 	if !strings.Contains(out, "Usage:") || !strings.Contains(out, "Disk read:") {
 		t.Errorf("vm show prints no usage:\n%s", out)
 	}
+	if out := s.ok("events", "--until-synced").stdout; !strings.Contains(out, "\nvm ") && !strings.HasPrefix(out, "vm ") || !strings.Contains(out, "synced ") || !strings.Contains(out, `"name":"usage"`) {
+		t.Errorf("hangar events --until-synced:\n%s", out)
+	}
+	if out := s.ok("alerts").stdout; !strings.HasPrefix(out, "SEVERITY") {
+		t.Errorf("hangar alerts:\n%s", out)
+	}
 
 	// The event stream through the real server's edge: the state with
 	// the running VM, synced, then its stop as it happens.

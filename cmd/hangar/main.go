@@ -124,7 +124,7 @@ Lists and shows take -o table|json|yaml (and wide where there is more to show).`
 		g.c = c
 		return nil
 	}
-	root.AddCommand(newServe(g), newHost(g), newOp(g), newDemo(g), newBench(g), newVersion(g))
+	root.AddCommand(newServe(g), newHost(g), newOp(g), newAlerts(g), newEvents(g), newDemo(g), newBench(g), newVersion(g))
 	root.AddCommand(newVMAndStorage(g)...)
 	root.AddCommand(newAccessCommands(g)...)
 	root.InitDefaultHelpCmd()

@@ -35,7 +35,8 @@ type ManagerConfig struct {
 // ManagerResult is the serve's memory at each step.
 type ManagerResult struct {
 	Steps []MemStep
-	// PeakRSS is the serve's VmHWM at the end.
+	// PeakRSS is the serve's VmHWM at the end (or the highest RSS of a
+	// step, when the kernel has not counted that yet).
 	PeakRSS int64
 }
 
@@ -86,13 +87,22 @@ func Manager(ctx context.Context, cfg ManagerConfig) (_ ManagerResult, err error
 		return res, err
 	}
 	step := func(name string, start time.Time) error {
+		took := time.Since(start)
 		rss, _, err := procMem(cmd.Process.Pid)
 		if err != nil {
 			return err
 		}
-		s := MemStep{Step: name, RSS: rss, Took: time.Since(start)}
+		s := MemStep{Step: name, RSS: rss, Took: took}
 		res.Steps = append(res.Steps, s)
-		fmt.Fprintf(cfg.Out, "%-44s RSS %7.1f MiB  (%s)\n", name, float64(rss)/(1<<20), s.Took.Round(time.Millisecond))
+		// The Go heap as the serve's own /metrics says (the rest of the RSS:
+		// stacks, the runtime, etcd's memory-mapped database).
+		heap := "?"
+		if text, err := c.Metrics(ctx); err == nil {
+			if v, ok := metricValue(text, "go_memstats_heap_inuse_bytes"); ok {
+				heap = fmt.Sprintf("%.1f MiB", v/(1<<20))
+			}
+		}
+		fmt.Fprintf(cfg.Out, "%-44s RSS %7.1f MiB, Go heap in use %s  (%s)\n", name, float64(rss)/(1<<20), heap, took.Round(time.Millisecond))
 		return nil
 	}
 	t0 := time.Now()
@@ -158,6 +168,9 @@ func Manager(ctx context.Context, cfg ManagerConfig) (_ ManagerResult, err error
 	_, res.PeakRSS, err = procMem(cmd.Process.Pid)
 	if err != nil {
 		return res, err
+	}
+	for _, s := range res.Steps {
+		res.PeakRSS = max(res.PeakRSS, s.RSS) // the kernel updates VmHWM lazily
 	}
 	last := res.Steps[len(res.Steps)-1].RSS
 	fmt.Fprintf(cfg.Out, "manager RSS with %d VMs: %.1f MiB (peak %.1f MiB; target < 200 MiB)\n", cfg.VMs,
@@ -235,6 +248,17 @@ func procMem(pid int) (rss, hwm int64, err error) {
 		return 0, 0, errors.New("no VmRSS")
 	}
 	return rss, hwm, nil
+}
+
+// metricValue is the value of an unlabelled metric in Prometheus text.
+func metricValue(text, name string) (float64, bool) {
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
 }
 
 func tailString(s string, n int) string {

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -326,29 +325,14 @@ func parseProcStat(b []byte) (float64, error) {
 
 // parseMemUsed is MemTotal − MemAvailable of /proc/meminfo, in bytes.
 func parseMemUsed(b []byte) (int64, error) {
-	vals := map[string]int64{}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok || (k != "MemTotal" && k != "MemAvailable") {
-			continue
-		}
-		f := strings.Fields(v)
-		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("/proc/meminfo: %s %q", k, strings.TrimSpace(v))
-		}
-		n, err := strconv.ParseInt(f[0], 10, 64)
-		if err != nil || n < 0 {
-			return 0, fmt.Errorf("/proc/meminfo: %s %q", k, f[0])
-		}
-		vals[k] = n << 10
+	v, err := kBFields(b, "MemTotal", "MemAvailable")
+	if err != nil {
+		return 0, fmt.Errorf("/proc/meminfo: %w", err)
 	}
-	total, ok1 := vals["MemTotal"]
-	avail, ok2 := vals["MemAvailable"]
-	if !ok1 || !ok2 || avail > total {
-		return 0, fmt.Errorf("/proc/meminfo: no MemTotal and MemAvailable")
+	if v["MemAvailable"] > v["MemTotal"] {
+		return 0, fmt.Errorf("/proc/meminfo: MemAvailable above MemTotal")
 	}
-	return total - avail, nil
+	return v["MemTotal"] - v["MemAvailable"], nil
 }
 
 func truncateLine(s string) string {

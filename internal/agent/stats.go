@@ -327,22 +327,39 @@ func parseStatCPU(b []byte) (float64, error) {
 
 // parseStatusRSS returns VmRSS of a /proc/<pid>/status in bytes.
 func parseStatusRSS(b []byte) (int64, error) {
+	v, err := kBFields(b, "VmRSS")
+	return v["VmRSS"], err
+}
+
+// kBFields reads the "Key: N kB" lines of a /proc file (status, meminfo)
+// named by keys, in bytes; each must be there, once at least.
+func kBFields(b []byte, keys ...string) (map[string]int64, error) {
+	out := make(map[string]int64, len(keys))
+	want := map[string]bool{}
+	for _, k := range keys {
+		want[k] = true
+	}
 	for _, line := range strings.Split(string(b), "\n") {
-		v, ok := strings.CutPrefix(line, "VmRSS:")
-		if !ok {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || !want[k] {
 			continue
 		}
 		f := strings.Fields(v)
 		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("VmRSS %q", strings.TrimSpace(v))
+			return nil, fmt.Errorf("%s %q", k, strings.TrimSpace(v))
 		}
 		n, err := strconv.ParseInt(f[0], 10, 64)
 		if err != nil || n < 0 {
-			return 0, fmt.Errorf("VmRSS %q", f[0])
+			return nil, fmt.Errorf("%s %q", k, f[0])
 		}
-		return n << 10, nil
+		out[k] = n << 10
 	}
-	return 0, fmt.Errorf("no VmRSS")
+	for _, k := range keys {
+		if _, ok := out[k]; !ok {
+			return nil, fmt.Errorf("no %s", k)
+		}
+	}
+	return out, nil
 }
 
 // blockStats is one entry of QMP query-blockstats.

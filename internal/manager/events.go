@@ -187,8 +187,8 @@ func (es *eventStream) fullState(rev int64) error {
 // revision, what the client has: the VMs it saw (for vm-deleted), the VM
 // and host alerts active then and the hosts it knew (so that those gone
 // since are cleared and deleted). The current hosts, pool and alerts are
-// sent again (refreshPool). A storage-low alert that ended while the client
-// was away is not cleared (it is not recorded).
+// sent again (refreshPool); storage-low alerts are not recorded, so that
+// of every storage pool there is now is cleared unless it is active.
 func (es *eventStream) resumeState(at int64) error {
 	ec := es.s.cfg.Store.(interface{ Client() *clientv3.Client }) // begin resumes only on etcd
 	listAt := func(prefix string, f func(name string, value []byte)) error {
@@ -236,6 +236,16 @@ func (es *eventStream) resumeState(at int64) error {
 	})
 	if err != nil {
 		return err
+	}
+	// Storage-low alerts are not recorded: every storage pool's is cleared
+	// (or sent again), whatever the client had.
+	capa, _, err := es.s.poolView(es.ctx, at)
+	if err != nil {
+		return err
+	}
+	for _, u := range capa.Pool.Storage {
+		id := v1.AlertStorageLow + "/" + u.Pool
+		es.alerts[id] = v1.Alert{ID: id}
 	}
 	return es.refreshPool(at)
 }

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	v1 "hangar/api/v1"
+	"hangar/client"
 )
 
 // TestVMUsage: a booted guest's usage (GET /vms/{name}/usage) shows CPU
@@ -195,5 +197,66 @@ func TestVMUsageBridged(t *testing.T) {
 	if !ok1 || !ok2 || rx <= float64(u1.NetRxBytes) || rx > float64(u2.NetRxBytes) || tx <= float64(u1.NetTxBytes) || tx > float64(u2.NetTxBytes) {
 		t.Errorf("/metrics rx %v tx %v (present %v %v), want above the first usage read (%d, %d) and at most the second (%d, %d)",
 			rx, tx, ok1, ok2, u1.NetRxBytes, u1.NetTxBytes, u2.NetRxBytes, u2.NetTxBytes)
+	}
+}
+
+// TestCrashAlert: a guest whose QEMU is killed outside Hangar (restart
+// policy never) raises a vm-crashed alert, in GET /alerts and on the event
+// stream, which a start clears.
+func TestCrashAlert(t *testing.T) {
+	s := newServer(t)
+	s.createGuest("dodo", func(sp *v1.VMSpec) { sp.RestartPolicy = v1.RestartNever })
+	s.waitReady("dodo", 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	es, err := s.c.Events(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer es.Close()
+	next := func(what string, ok func(e client.Event) bool) {
+		t.Helper()
+		for {
+			e, err := es.Next()
+			if err != nil {
+				t.Fatalf("events, waiting for %s: %v", what, err)
+			}
+			if ok(e) {
+				return
+			}
+		}
+	}
+	next("synced", func(e client.Event) bool { return e.Name == v1.EventSynced })
+	v := s.waitState("dodo", 30*time.Second, v1.StateRunning)
+	if err := syscall.Kill(v.Status.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	next("the crash alert", func(e client.Event) bool {
+		var a v1.Alert
+		return e.Name == v1.EventAlert && json.Unmarshal(e.Data, &a) == nil && a.ID == "vm-crashed/dodo" && a.Severity == v1.SeverityCritical
+	})
+	al, err := s.c.Alerts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, a := range al.Alerts {
+		found = found || (a.ID == "vm-crashed/dodo" && a.Kind == v1.AlertVMCrashed && a.Target == "dodo" && strings.Contains(a.Message, "died"))
+	}
+	if !found {
+		t.Errorf("alerts after the crash: %+v", al)
+	}
+	s.action("dodo", "start", nil)
+	next("the alert cleared", func(e client.Event) bool {
+		return e.Name == v1.EventAlertCleared && string(e.Data) == `{"id":"vm-crashed/dodo"}`
+	})
+	al, err = s.c.Alerts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range al.Alerts {
+		if a.Kind != v1.AlertStorageLow { // the machine's own disk may be low
+			t.Errorf("alert after the start: %+v", a)
+		}
 	}
 }

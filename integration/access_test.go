@@ -101,6 +101,11 @@ func TestAccessOverTCP(t *testing.T) {
 	if !strings.Contains(out, "web-1") || strings.Contains(out, "db1") {
 		t.Errorf("olga's vm list shows web-* alone:\n%s", out)
 	}
+	// Her event stream over TLS: web-1 and nothing of db1 or the hosts.
+	out = mustCLI(t, runHangarWith(t, env, "", "--server", url, "events", "--until-synced"), "events as olga").stdout
+	if !strings.Contains(out, `"name":"web-1"`) || strings.Contains(out, "db1") || strings.Contains(out, "\nhost ") || !strings.Contains(out, "synced ") {
+		t.Errorf("olga's event stream shows web-* alone, no hosts:\n%s", out)
+	}
 	if r := runHangarWith(t, env, "", "--server", url, "vm", "start", "db1"); r.code == 0 || !strings.Contains(r.stderr, "may not") {
 		t.Errorf("olga starts db1: exit %d %s", r.code, r.stderr)
 	}

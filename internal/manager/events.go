@@ -43,7 +43,7 @@ const (
 	eventWriteTimeout = 30 * time.Second
 	// resumeSyncWait bounds how long a resumed stream waits for the
 	// replayed changes before it says synced.
-	resumeSyncWait = 2 * time.Second
+	resumeSyncWait = 10 * time.Second
 )
 
 // eventStream is one client's stream.

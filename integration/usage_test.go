@@ -113,7 +113,8 @@ func TestVMUsage(t *testing.T) {
 	if !strings.Contains(out, "Usage:") || !strings.Contains(out, "Disk read:") {
 		t.Errorf("vm show prints no usage:\n%s", out)
 	}
-	if out := s.ok("events", "--until-synced").stdout; !strings.Contains(out, "\nvm ") && !strings.HasPrefix(out, "vm ") || !strings.Contains(out, "synced ") || !strings.Contains(out, `"name":"usage"`) {
+	if out := s.ok("events", "--until-synced").stdout; !strings.Contains(out, "\nvm ") && !strings.HasPrefix(out, "vm ") || !strings.Contains(out, "synced ") || !strings.Contains(out, `"name":"usage"`) ||
+		!strings.Contains(out, "\nhost ") || !strings.Contains(out, "\npool ") || !strings.Contains(out, `"master":"testhost"`) {
 		t.Errorf("hangar events --until-synced:\n%s", out)
 	}
 	if out := s.ok("alerts").stdout; !strings.HasPrefix(out, "SEVERITY") {

@@ -239,11 +239,11 @@ func (es *eventStream) resumeState(at int64) error {
 	}
 	// Storage-low alerts are not recorded: every storage pool's is cleared
 	// (or sent again), whatever the client had.
-	capa, _, err := es.s.poolView(es.ctx, at)
+	view, err := es.s.poolView(es.ctx, at)
 	if err != nil {
 		return err
 	}
-	for _, u := range capa.Pool.Storage {
+	for _, u := range view.capa.Pool.Storage {
 		id := v1.AlertStorageLow + "/" + u.Pool
 		es.alerts[id] = v1.Alert{ID: id}
 	}
@@ -297,10 +297,11 @@ func (es *eventStream) refreshPool(rev int64) error {
 	if !es.pool {
 		return nil
 	}
-	capa, active, err := es.s.poolView(es.ctx, rev)
+	view, err := es.s.poolView(es.ctx, rev)
 	if err != nil {
 		return err
 	}
+	capa, active := view.capa, view.alerts
 	seen := map[string]bool{}
 	for _, h := range capa.Hosts {
 		seen[h.Name] = true
@@ -324,18 +325,10 @@ func (es *eventStream) refreshPool(rev int64) error {
 			}
 		}
 	}
-	if p := es.s.cfg.PoolAdmin; p != nil {
-		if info, err := p.PoolInfo(es.ctx); err == nil {
-			b, err := json.Marshal(info)
-			if err != nil {
-				return err
-			}
-			if !bytes.Equal(es.poolDoc, b) {
-				es.poolDoc = b
-				if err := es.send(v1.EventPool, rev, json.RawMessage(b)); err != nil {
-					return err
-				}
-			}
+	if b := view.pool; b != nil && !bytes.Equal(es.poolDoc, b) {
+		es.poolDoc = b
+		if err := es.send(v1.EventPool, rev, json.RawMessage(b)); err != nil {
+			return err
 		}
 	}
 	for _, a := range sortedAlerts(active) {
@@ -363,34 +356,49 @@ func (es *eventStream) refreshPool(rev int64) error {
 // ask for a revision it covers (it reads every VM record: with many
 // streams and hosts publishing their facts every few seconds, one read
 // each would multiply).
-func (s *Server) poolView(ctx context.Context, rev int64) (v1.Capacity, map[string]v1.Alert, error) {
+func (s *Server) poolView(ctx context.Context, rev int64) (*poolSnapshot, error) {
 	s.view.mu.Lock()
 	defer s.view.mu.Unlock()
-	if s.view.rev > 0 && s.view.rev >= rev {
-		return s.view.capa, s.view.alerts, nil
+	if v := s.view.last; v != nil && v.rev >= rev {
+		return v, nil
 	}
 	_, now, err := s.cfg.Store.List(ctx, inventory.PoolRecord) // the revision before the reads
 	if err != nil {
-		return v1.Capacity{}, nil, err
+		return nil, err
 	}
-	capa, err := s.capacity(ctx)
-	if err != nil {
-		return v1.Capacity{}, nil, err
+	v := &poolSnapshot{rev: now}
+	if v.capa, err = s.capacity(ctx); err != nil {
+		return nil, err
 	}
-	alerts, err := s.poolAlerts(ctx, capa)
-	if err != nil {
-		return v1.Capacity{}, nil, err
+	if v.alerts, err = s.poolAlerts(ctx, v.capa); err != nil {
+		return nil, err
 	}
-	s.view.rev, s.view.capa, s.view.alerts = now, capa, alerts
-	return capa, alerts, nil
+	if p := s.cfg.PoolAdmin; p != nil {
+		// The member list may not answer for a moment: no pool event then,
+		// the next change tries again.
+		if info, err := p.PoolInfo(ctx); err != nil {
+			s.cfg.Log.Debug("events: pool info", "err", err)
+		} else if v.pool, err = json.Marshal(info); err != nil {
+			return nil, err
+		}
+	}
+	s.view.last = v
+	return v, nil
 }
 
-// sharedView is the last poolView (read-only once stored).
-type sharedView struct {
-	mu     sync.Mutex
+// poolSnapshot is what the streams' host, pool and alert events are made
+// of, read at revision rev or later; read-only once made.
+type poolSnapshot struct {
 	rev    int64
 	capa   v1.Capacity
 	alerts map[string]v1.Alert
+	pool   []byte // GET /pool's answer (nil without a PoolAdmin)
+}
+
+// sharedView holds the last poolSnapshot.
+type sharedView struct {
+	mu   sync.Mutex
+	last *poolSnapshot
 }
 
 // poolKeys are the records the hosts, the pool record and their alerts

@@ -63,9 +63,9 @@ func testNetns(t *testing.T) string {
 }
 
 // bootBridged starts hangar serve in a test namespace (testNetns) and boots
-// a VM name with one NIC on its bridge; it returns the server, the
-// namespace and the guest's boot id.
-func bootBridged(t *testing.T, name string) (*server, string, string) {
+// a VM name with one NIC on its bridge (mutate changes the spec first); it
+// returns the server, the namespace and the guest's boot id.
+func bootBridged(t *testing.T, name string, mutate ...func(*v1.VMSpec)) (*server, string, string) {
 	t.Helper()
 	needQEMU(t)
 	ns := testNetns(t)
@@ -73,6 +73,9 @@ func bootBridged(t *testing.T, name string) (*server, string, string) {
 	ctx := context.Background()
 	spec := v1.VMSpec{Name: name, MemoryMiB: 256, Disks: []v1.Disk{{Image: guestImage}},
 		NICs: []v1.NIC{{Mode: v1.NICBridge, Bridge: "br0"}}}
+	for _, f := range mutate {
+		f(&spec)
+	}
 	op, err := s.c.CreateVM(ctx, spec, true, time.Minute)
 	if err == nil {
 		_, err = s.c.Wait(ctx, op, nil)
@@ -135,28 +138,40 @@ func TestBridgeNIC(t *testing.T) {
 	}
 }
 
-// httpGetInNetns opens a TCP connection from inside a network namespace
-// (the socket is created on a thread switched into it) and sends a GET.
+// inNetns runs f on a thread switched into the network namespace ns: a
+// socket it opens stays there.
+func inNetns(ns string, f func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(ns)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return err
+	}
+	defer netns.Set(orig)
+	return f()
+}
+
+// dialInNetns opens a TCP connection from inside a network namespace.
+func dialInNetns(ns, addr string) (conn net.Conn, err error) {
+	err = inNetns(ns, func() error {
+		conn, err = net.DialTimeout("tcp", addr, 3*time.Second)
+		return err
+	})
+	return conn, err
+}
+
+// httpGetInNetns sends a GET from inside a network namespace.
 func httpGetInNetns(ns, addr, path string) (string, error) {
-	conn, err := func() (net.Conn, error) {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			return nil, err
-		}
-		defer orig.Close()
-		target, err := netns.GetFromName(ns)
-		if err != nil {
-			return nil, err
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			return nil, err
-		}
-		defer netns.Set(orig)
-		return net.DialTimeout("tcp", addr, 3*time.Second)
-	}()
+	conn, err := dialInNetns(ns, addr)
 	if err != nil {
 		return "", err
 	}

@@ -262,6 +262,41 @@ type NIC struct {
 	Bridge   string    `json:"bridge,omitempty"`
 	MAC      string    `json:"mac,omitempty"`
 	Forwards []Forward `json:"forwards,omitempty"`
+	// Limits cap the NIC's bandwidth (bridge NICs only: tc on the tap
+	// Hangar made for it).
+	Limits *NICLimits `json:"limits,omitempty"`
+}
+
+// NICLimits are a NIC's bandwidth limits in megabits per second (10^6
+// bit/s; 0: none), as the guest sees them: Mbps caps both directions,
+// RxMbps (what the guest receives) and TxMbps (what it sends) one each and
+// take precedence over Mbps.
+type NICLimits struct {
+	Mbps   float64 `json:"mbps,omitempty"`
+	RxMbps float64 `json:"rxMbps,omitempty"`
+	TxMbps float64 `json:"txMbps,omitempty"`
+}
+
+// Rx is the limit on what the guest receives (0: none).
+func (l *NICLimits) Rx() float64 {
+	if l == nil {
+		return 0
+	}
+	if l.RxMbps > 0 {
+		return l.RxMbps
+	}
+	return l.Mbps
+}
+
+// Tx is the limit on what the guest sends (0: none).
+func (l *NICLimits) Tx() float64 {
+	if l == nil {
+		return 0
+	}
+	if l.TxMbps > 0 {
+		return l.TxMbps
+	}
+	return l.Mbps
 }
 
 // Forward is a host port forwarded to a guest port (user-mode NICs only).
@@ -654,6 +689,16 @@ type VMPatch struct {
 	// Resources change the VM's CPU and memory controls field by field;
 	// a running VM's host applies them live (a "limits" operation).
 	Resources *ResourcesPatch `json:"resources,omitempty"`
+	// NICs change the bandwidth limits of NICs by their index ("0",
+	// "1", …), live on a running VM.
+	NICs map[string]NICPatch `json:"nics,omitempty"`
+}
+
+// NICPatch changes one NIC's bandwidth limits (VMPatch.NICs; 0: none).
+type NICPatch struct {
+	Mbps   *float64 `json:"mbps,omitempty"`
+	RxMbps *float64 `json:"rxMbps,omitempty"`
+	TxMbps *float64 `json:"txMbps,omitempty"`
 }
 
 // ResourcesPatch changes a VM's resource controls (0 restores a default).

@@ -40,7 +40,7 @@ func newVMSet(g *globals) *cobra.Command {
 	var cpus, memory, cpuShares, memLimit int
 	var cpuLimit float64
 	var restart, ioError string
-	var diskIOErrors, diskIOPS, diskBPS []string
+	var diskIOErrors, diskIOPS, diskBPS, netMbps, netRx, netTx []string
 	cmd := &cobra.Command{
 		Use:   "set NAME",
 		Short: "Change a VM's CPUs, memory, restart policy or I/O error policy",
@@ -48,11 +48,14 @@ func newVMSet(g *globals) *cobra.Command {
 the VM is stopped (the server refuses them for a running VM, saying so); the restart
 policy and the I/O error policies change at any time (the I/O error policies apply from
 the VM's next start). The resource controls (--cpu-shares, --cpu-limit, --memory-limit;
-0 restores a default) change at any time: a running VM's host applies them live.`,
+0 restores a default), the disks' limits (--disk-iops, --disk-bps) and the bridge NICs'
+bandwidth (--net-mbps, --net-rx-mbps, --net-tx-mbps; tc on the NIC's tap) change at any
+time: a running VM's host applies them live.`,
 		Example: `  hangar vm set web1 --cpus 2 --memory 1024
   hangar vm set web1 --restart always
   hangar vm set db1 --io-error stop --disk-io-error scratch=report
-  hangar vm set web1 --cpu-shares 512 --cpu-limit 0.5 --memory-limit 1024`,
+  hangar vm set web1 --cpu-shares 512 --cpu-limit 0.5 --memory-limit 1024
+  hangar vm set web1 --net-mbps 100 --net-tx-mbps 1=20`,
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: complete(g, g.vmNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -75,15 +78,28 @@ the VM's next start). The resource controls (--cpu-shares, --cpu-limit, --memory
 			if p.Disks, err = parseDiskLimits(p.Disks, "disk-bps", diskBPS, func(dp *v1.DiskPatch, n int64) { dp.BPS = &n }); err != nil {
 				return err
 			}
-			if p.CPUs == nil && p.MemoryMiB == nil && p.RestartPolicy == nil && p.IOErrorPolicy == nil && p.Disks == nil && p.Resources == nil {
-				return fmt.Errorf("nothing to change: give --cpus, --memory, --restart, --io-error, --disk-io-error, --cpu-shares, --cpu-limit or --memory-limit")
+			for _, f := range []struct {
+				flag string
+				vals []string
+				set  func(*v1.NICPatch, float64)
+			}{
+				{"net-mbps", netMbps, func(np *v1.NICPatch, n float64) { np.Mbps = &n }},
+				{"net-rx-mbps", netRx, func(np *v1.NICPatch, n float64) { np.RxMbps = &n }},
+				{"net-tx-mbps", netTx, func(np *v1.NICPatch, n float64) { np.TxMbps = &n }},
+			} {
+				if p.NICs, err = parseNICLimits(p.NICs, f.flag, f.vals, f.set); err != nil {
+					return err
+				}
+			}
+			if p.CPUs == nil && p.MemoryMiB == nil && p.RestartPolicy == nil && p.IOErrorPolicy == nil && p.Disks == nil && p.Resources == nil && p.NICs == nil {
+				return fmt.Errorf("nothing to change: give --cpus, --memory, --restart, --io-error, --disk-io-error, --cpu-shares, --cpu-limit, --memory-limit, --disk-iops, --disk-bps or --net-mbps")
 			}
 			v, err := g.client().PatchVM(cmd.Context(), args[0], p)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "vm %s: %d CPUs, %d MiB, restart policy %s, I/O errors %s\n", v.Spec.Name, v.Spec.CPUs, v.Spec.MemoryMiB, orDash(v.Spec.RestartPolicy), ioErrorSummary(v.Spec))
-			if p.Resources != nil || v.Spec.Resources != nil || p.Disks != nil {
+			if p.Resources != nil || v.Spec.Resources != nil || p.Disks != nil || p.NICs != nil {
 				fmt.Fprintf(cmd.OutOrStdout(), "resources: %s\n", resourcesSummary(v.Spec))
 			}
 			return nil
@@ -100,6 +116,9 @@ the VM's next start). The resource controls (--cpu-shares, --cpu-limit, --memory
 	cmd.Flags().IntVar(&memLimit, "memory-limit", 0, "hard memory limit of the VM's QEMU in MiB (0: guest memory + overhead; live)")
 	cmd.Flags().StringArrayVar(&diskIOPS, "disk-iops", nil, "DISK=N: the disk's total I/O operations per second (0: none; live; repeatable)")
 	cmd.Flags().StringArrayVar(&diskBPS, "disk-bps", nil, "DISK=N: the disk's total bytes per second (0: none; live; repeatable)")
+	cmd.Flags().StringArrayVar(&netMbps, "net-mbps", nil, "[NIC=]N: a bridge NIC's bandwidth in Mbit/s both ways (NIC: its index, default 0; 0: none; live; repeatable)")
+	cmd.Flags().StringArrayVar(&netRx, "net-rx-mbps", nil, "[NIC=]N: what the guest receives through the NIC, in Mbit/s (over --net-mbps; live)")
+	cmd.Flags().StringArrayVar(&netTx, "net-tx-mbps", nil, "[NIC=]N: what the guest sends through the NIC, in Mbit/s (over --net-mbps; live)")
 	return cmd
 }
 
@@ -121,6 +140,36 @@ func parseDiskLimits(out map[string]v1.DiskPatch, flag string, flags []string, s
 	return out, nil
 }
 
+// resourceMbps is a bandwidth limit, or "-" for none.
+func resourceMbps(mbps float64) string {
+	if mbps == 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(mbps, 'g', -1, 64) + " Mbit/s"
+}
+
+// parseNICLimits adds --flag [NIC=]N flags to the NIC patches out (NIC is
+// an index, 0 when left out).
+func parseNICLimits(out map[string]v1.NICPatch, flag string, flags []string, set func(*v1.NICPatch, float64)) (map[string]v1.NICPatch, error) {
+	for _, f := range flags {
+		nic, v, ok := strings.Cut(f, "=")
+		if !ok {
+			nic, v = "0", f
+		}
+		n, err := strconv.ParseFloat(v, 64)
+		if _, ierr := strconv.Atoi(nic); ierr != nil || err != nil || n < 0 {
+			return nil, fmt.Errorf("--%s %q: want [NIC=]N with NIC an index and N Mbit/s, at least 0", flag, f)
+		}
+		if out == nil {
+			out = map[string]v1.NICPatch{}
+		}
+		np := out[nic]
+		set(&np, n)
+		out[nic] = np
+	}
+	return out, nil
+}
+
 // resourcesSummary is a VM's resource controls on one line: its cgroup's
 // and each throttled disk's.
 func resourcesSummary(s v1.VMSpec) string {
@@ -135,6 +184,11 @@ func resourcesSummary(s v1.VMSpec) string {
 			if l.Group != "" {
 				out += " group " + l.Group
 			}
+		}
+	}
+	for i, n := range s.NICs {
+		if l := n.Limits; l != nil {
+			out += fmt.Sprintf("; nic %d: rx %s, tx %s", i, resourceMbps(l.Rx()), resourceMbps(l.Tx()))
 		}
 	}
 	return out

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	v1 "hangar/api/v1"
 	"hangar/internal/cgroup"
 	"hangar/internal/errdefs"
+	"hangar/internal/network"
 	"hangar/internal/qemu"
 	"hangar/internal/qemu/qmp"
 	"hangar/internal/vm"
@@ -47,6 +49,9 @@ func (m *machine) applyLimits(ctx context.Context, spec v1.VMSpec, inst *qemu.In
 		if err := m.throttle(ctx, inst.Mon, spec, false); err != nil {
 			return err
 		}
+	}
+	if err := shapeNICs(spec, false); err != nil {
+		return err
 	}
 	cg := m.a.cgroups
 	if cg == nil {
@@ -92,6 +97,9 @@ func (m *machine) updateLimits(ctx context.Context) error {
 		if err := m.throttle(ctx, m.inst.Mon, spec, true); err != nil {
 			return err
 		}
+	}
+	if err := shapeNICs(spec, true); err != nil {
+		return err
 	}
 	if m.a.cgroups == nil {
 		if spec.Resources == nil {
@@ -149,3 +157,22 @@ func (m *machine) throttle(ctx context.Context, mon *qmp.Client, spec v1.VMSpec,
 	}
 	return nil
 }
+
+// shapeNICs sets the bandwidth limits of spec's bridge NICs on their taps
+// (tc: a tbf on the tap, an IFB with a tbf for what the guest sends); with
+// all, also of the NICs without limits (lifting any left from before).
+func shapeNICs(spec v1.VMSpec, all bool) error {
+	for i, n := range spec.NICs {
+		if n.Mode != v1.NICBridge || (n.Limits == nil && !all) {
+			continue
+		}
+		s := network.Shape{RxBits: mbit(n.Limits.Rx()), TxBits: mbit(n.Limits.Tx())}
+		if err := network.ShapeTap(network.TapName(spec.Name, i), s); err != nil {
+			return errdefs.Field(fmt.Sprintf("nics[%d].limits", i), err)
+		}
+	}
+	return nil
+}
+
+// mbit is mbps megabits per second in bits per second.
+func mbit(mbps float64) uint64 { return uint64(math.Round(mbps * 1e6)) }

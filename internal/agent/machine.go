@@ -744,8 +744,12 @@ func (m *machine) deleteTaps(ctx context.Context) {
 	}
 	for i, n := range spec.NICs {
 		if n.Mode == v1.NICBridge {
-			if err := network.DeleteTap(network.TapName(m.name, i)); err != nil {
+			tap := network.TapName(m.name, i)
+			if err := network.DeleteTap(tap); err != nil {
 				m.log.Warn("delete tap", "err", err)
+			}
+			if err := network.DeleteIFB(tap); err != nil {
+				m.log.Warn("delete ifb", "err", err)
 			}
 		}
 	}

@@ -57,7 +57,27 @@ func applyPatch(spec *v1.VMSpec, p v1.VMPatch) []string {
 			changed = append(changed, fmt.Sprintf("disks[%d].limits", i))
 		}
 	}
+	for i := range spec.NICs {
+		if np, ok := p.NICs[strconv.Itoa(i)]; ok && applyNICLimitsPatch(&spec.NICs[i], np) {
+			changed = append(changed, fmt.Sprintf("nics[%d].limits", i))
+		}
+	}
 	return changed
+}
+
+// applyNICLimitsPatch merges p into n's bandwidth limits and reports
+// whether they changed; limits all zero are dropped.
+func applyNICLimitsPatch(n *v1.NIC, p v1.NICPatch) bool {
+	return mergeOptional(&n.Limits, func(l *v1.NICLimits) {
+		for _, f := range []struct {
+			dst *float64
+			src *float64
+		}{{&l.Mbps, p.Mbps}, {&l.RxMbps, p.RxMbps}, {&l.TxMbps, p.TxMbps}} {
+			if f.src != nil {
+				*f.dst = *f.src
+			}
+		}
+	})
 }
 
 // applyResourcesPatch merges p into spec's resources and reports whether
@@ -143,6 +163,11 @@ func checkPatch(spec v1.VMSpec, p v1.VMPatch) error {
 		}
 		if spec.Disks[i].Media == "cdrom" && *dp.IOErrorPolicy != "" {
 			return invalidArg(f+".ioErrorPolicy", "%s is a cdrom: it reports read errors to the guest; the policy is for disks", name)
+		}
+	}
+	for key := range p.NICs {
+		if i, err := strconv.Atoi(key); err != nil || i < 0 || i >= len(spec.NICs) || strconv.Itoa(i) != key {
+			return invalidArg("nics."+key, "vm %q has no NIC %q (NICs are named by their index, 0 to %d)", spec.Name, key, len(spec.NICs)-1)
 		}
 	}
 	return nil

@@ -11,6 +11,9 @@ const (
 	MinCPUShares = 2
 	MaxCPUShares = 262144
 	MinCPULimit  = 0.01
+	// MinNICMbps and MaxNICMbps bound a NIC's bandwidth limits.
+	MinNICMbps = 0.1
+	MaxNICMbps = 100000
 )
 
 // validateResources checks s.Resources; nil is valid (defaults).
@@ -90,6 +93,28 @@ func validateDiskLimits(f string, d v1.Disk) error {
 	if l.Group != "" {
 		if err := ValidateName(f+".group", l.Group); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// validateNICLimits checks a NIC's bandwidth limits, naming the field: only
+// a bridge NIC has a tap of Hangar's on the host to shape; a user-mode
+// NIC's packets leave through QEMU's own sockets.
+func validateNICLimits(f string, n v1.NIC) error {
+	l := n.Limits
+	if l == nil {
+		return nil
+	}
+	if n.Mode != v1.NICBridge {
+		return invalid(f, "a %s-mode NIC has no tap on the host to shape: bandwidth limits need mode bridge", n.Mode)
+	}
+	for _, v := range []struct {
+		name string
+		mbps float64
+	}{{"mbps", l.Mbps}, {"rxMbps", l.RxMbps}, {"txMbps", l.TxMbps}} {
+		if math.IsNaN(v.mbps) || v.mbps < 0 || (v.mbps > 0 && v.mbps < MinNICMbps) || v.mbps > MaxNICMbps {
+			return invalid(f+"."+v.name, "must be 0 (none) or between %g and %d Mbit/s, got %g", MinNICMbps, MaxNICMbps, v.mbps)
 		}
 	}
 	return nil

@@ -283,6 +283,9 @@ func Validate(s v1.VMSpec, hostMemoryMiB int) error {
 		default:
 			return invalid(f+".mode", "must be user or bridge, got %q", n.Mode)
 		}
+		if err := validateNICLimits(f+".limits", n); err != nil {
+			return err
+		}
 		for j, fw := range n.Forwards {
 			ff := fmt.Sprintf("%s.forwards[%d]", f, j)
 			if fw.HostPort < 1 || fw.HostPort > 65535 {

@@ -274,3 +274,38 @@ func TestValidateDiskLimits(t *testing.T) {
 		}
 	}
 }
+
+func TestValidateNICLimits(t *testing.T) {
+	for _, c := range []struct {
+		mode  string
+		l     v1.NICLimits
+		field string
+	}{
+		{v1.NICBridge, v1.NICLimits{Mbps: 10}, ""},
+		{v1.NICBridge, v1.NICLimits{RxMbps: 5, TxMbps: 0.5}, ""},
+		{v1.NICBridge, v1.NICLimits{Mbps: -1}, "nics[0].limits.mbps"},
+		{v1.NICBridge, v1.NICLimits{TxMbps: 0.01}, "nics[0].limits.txMbps"},
+		{v1.NICBridge, v1.NICLimits{RxMbps: 1e6}, "nics[0].limits.rxMbps"},
+		{v1.NICUser, v1.NICLimits{Mbps: 10}, "nics[0].limits"},
+	} {
+		s := v1.VMSpec{Name: "a", MemoryMiB: 256, NICs: []v1.NIC{{Mode: c.mode}}}
+		if c.mode == v1.NICBridge {
+			s.NICs[0].Bridge = "br0"
+		}
+		l := c.l
+		s.NICs[0].Limits = &l
+		Defaults(&s, "tcg")
+		err := Validate(s, 0)
+		var fe *FieldError
+		switch {
+		case c.field == "" && err != nil:
+			t.Errorf("%+v: %v", c.l, err)
+		case c.field != "" && (!errors.As(err, &fe) || fe.Field != c.field):
+			t.Errorf("%+v: got %v, want an error on %s", c.l, err, c.field)
+		}
+	}
+	l := &v1.NICLimits{Mbps: 10, TxMbps: 2}
+	if l.Rx() != 10 || l.Tx() != 2 {
+		t.Errorf("rx %g tx %g, want 10 and 2", l.Rx(), l.Tx())
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -307,4 +308,65 @@ func TestDiskLimit(t *testing.T) {
 	if v2 := s.waitState(name, 10*time.Second, v1.StateRunning); v2.Status.PID != v.Status.PID {
 		t.Fatalf("pid %d after a live change, want %d", v2.Status.PID, v.Status.PID)
 	}
+}
+
+// guestDD runs dd in the guest (once: the console retypes a command that
+// has not answered yet) and returns the whole blocks of bs bytes it read
+// and the seconds it took by the guest's clock (/proc/uptime; this
+// busybox's dd does not print its time).
+func (s *server) guestDD(name, tag string, bs int, args string) (int64, float64) {
+	s.t.Helper()
+	up := "$(cut -d' ' -f1 /proc/uptime)"
+	cmd := fmt.Sprintf("[ -e /tmp/%s ] || { touch /tmp/%s; a=%s; r=$(dd bs=%d %s 2>&1 | head -1); echo %s $a $r %s END; }", tag, tag, up, bs, args, tag, up)
+	m := s.consoleExpect(name, cmd, regexp.MustCompile(tag+` ([\d.]+) (\d+)\+\d+ records in ([\d.]+) END`))
+	a, _ := strconv.ParseFloat(m[1], 64)
+	n, _ := strconv.ParseInt(m[2], 10, 64)
+	b, _ := strconv.ParseFloat(m[3], 64)
+	if n == 0 || b <= a {
+		s.t.Fatalf("guest dd %s: %q", args, m[0])
+	}
+	return n, b - a
+}
+
+// TestDiskLimitGuest: the guest's own dd, reading its disk with O_DIRECT
+// (past its page cache), runs at about the disk's bytes/s limit; a live
+// change to an IOPS limit holds 4 KiB reads at about that many per second
+// on the same QEMU, and lifting it lets them run free.
+func TestDiskLimitGuest(t *testing.T) {
+	s := newServer(t)
+	const name, bps, iops = "dddisk", 2 << 20, 100
+	s.createGuest(name, func(sp *v1.VMSpec) { sp.Disks[0].Limits = &v1.DiskLimits{BPS: bps} })
+	v := s.waitState(name, time.Minute, v1.StateRunning)
+	s.waitReady(name, 0)
+
+	n, sec := s.guestDD(name, "DD1", 64<<10, "if=/dev/vda of=/dev/null count=96 iflag=direct")
+	n <<= 16
+	rate := float64(n) / sec
+	t.Logf("disk limit %d B/s: the guest's dd read %d bytes at %.0f B/s (%.2f of the limit)", bps, n, rate, rate/bps)
+	if rate > 1.25*bps {
+		t.Errorf("limited to %d B/s, the guest's dd read at %.0f B/s", bps, rate)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	disk := v.Spec.Disks[0].Name
+	zero, ops := int64(0), int64(iops)
+	if _, err := s.c.PatchVM(ctx, name, v1.VMPatch{Disks: map[string]v1.DiskPatch{disk: {BPS: &zero, IOPS: &ops}}}); err != nil {
+		t.Fatalf("live disk limit %d iops: %v", iops, err)
+	}
+	n, sec = s.guestDD(name, "DD2", 4096, "if=/dev/vda of=/dev/null count=400 skip=4096 iflag=direct")
+	rate = float64(n) / sec
+	t.Logf("live change to %d iops: the guest's dd read %d blocks of 4 KiB at %.0f per second (%.2f of the limit)", iops, n, rate, rate/iops)
+	if rate > 1.25*iops {
+		t.Errorf("limited live to %d iops, the guest's dd read %.0f per second", iops, rate)
+	}
+	if v2 := s.waitState(name, 10*time.Second, v1.StateRunning); v2.Status.PID != v.Status.PID {
+		t.Fatalf("pid %d after a live change, want %d: the vm restarted", v2.Status.PID, v.Status.PID)
+	}
+
+	if _, err := s.c.PatchVM(ctx, name, v1.VMPatch{Disks: map[string]v1.DiskPatch{disk: {IOPS: &zero}}}); err != nil {
+		t.Fatalf("lift the disk limit: %v", err)
+	}
+	n, sec = s.guestDD(name, "DD3", 4096, "if=/dev/vda of=/dev/null count=400 skip=8192 iflag=direct")
+	t.Logf("lifted: the guest's dd read %d blocks of 4 KiB at %.0f per second", n, float64(n)/sec)
 }

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -195,8 +196,10 @@ func TestLimits(t *testing.T) {
 	}
 }
 
-// TestAdmissionReserve: with the host's memory all kept for the host
-// itself, a start is refused with an error naming memory.
+// TestAdmissionReserve: with all but 192 MiB of the host's memory kept for
+// the host itself, growing a placed (stopped) VM past that and starting a
+// VM bigger than that are refused with a 412 naming memory and the
+// numbers: what is asked, what is allocatable, the reserve.
 func TestAdmissionReserve(t *testing.T) {
 	s := newServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -205,26 +208,56 @@ func TestAdmissionReserve(t *testing.T) {
 	if err != nil || len(hosts) != 1 {
 		t.Fatalf("hosts: %v %v", hosts, err)
 	}
+	small := v1.VMSpec{Name: "small", CPUs: 1, MemoryMiB: 128, Disks: []v1.Disk{{SizeMiB: 16}}}
+	op, err := s.c.CreateVM(ctx, small, false, time.Minute)
+	if err == nil {
+		_, err = s.c.Wait(ctx, op, nil)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 	ps, err := s.c.PoolSettings(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps.ReserveMemoryMiB = hosts[0].MemoryMiB - 64
+	ps.ReserveMemoryMiB = hosts[0].MemoryMiB - 192
 	if _, err := s.c.SetPoolSettings(ctx, ps); err != nil {
 		t.Fatal(err)
 	}
+	refused := func(what string, err error, want ...string) {
+		t.Helper()
+		var e *v1.Error
+		if !errors.As(err, &e) {
+			t.Fatalf("%s: got %v, want a refusal", what, err)
+		}
+		t.Logf("%s refused: %v", what, e)
+		if e.Code != v1.CodeFailedPrecondition || e.Field != "memoryMiB" {
+			t.Errorf("%s: code %s field %q, want failed_precondition on memoryMiB", what, e.Code, e.Field)
+		}
+		for _, w := range want {
+			if !strings.Contains(e.Message, w) {
+				t.Errorf("%s: %q does not say %q", what, e.Message, w)
+			}
+		}
+	}
+	reserve := fmt.Sprintf("%d reserved for the host", ps.ReserveMemoryMiB)
+	mem := 256
+	_, err = s.c.PatchVM(ctx, "small", v1.VMPatch{MemoryMiB: &mem})
+	refused("growing small to 256 MiB", err, "asks for 256 MiB", "free of 192 MiB allocatable", reserve)
+	mem = 160
+	if _, err := s.c.PatchVM(ctx, "small", v1.VMPatch{MemoryMiB: &mem}); err != nil {
+		t.Errorf("growing small to 160 MiB of 192 allocatable: %v", err)
+	}
+
 	spec := v1.VMSpec{Name: "toobig", CPUs: 1, MemoryMiB: 256, Disks: []v1.Disk{{Image: guestImage}}}
-	op, err := s.c.CreateVM(ctx, spec, true, time.Minute)
+	op, err = s.c.CreateVM(ctx, spec, true, time.Minute)
 	if err == nil {
 		op, err = s.c.Wait(ctx, op, nil)
+		if err == nil && op.Error != nil {
+			err = op.Error
+		}
 	}
-	if err == nil {
-		t.Fatalf("a 256 MiB vm started on a host with 64 MiB allocatable: %+v", op)
-	}
-	t.Logf("refused: %v", err)
-	if !strings.Contains(strings.ToLower(err.Error()), "memory") {
-		t.Errorf("the refusal does not name memory: %v", err)
-	}
+	refused("starting a 256 MiB vm", err, "needs 1 CPUs and 256 MiB", "192 MiB allocatable", reserve)
 }
 
 // pinProcess pins every thread of pid to host CPU cpu.

@@ -42,7 +42,7 @@ func TestPlacement(t *testing.T) {
 		t.Cleanup(func() { p.DeleteVM(t, "h1", spec.Name) })
 		op, err := c.CreateVM(ctx, spec, false, 0)
 		var ae *v1.Error
-		if errors.As(err, &ae) && ae.Code == v1.CodeUnavailable {
+		if errors.As(err, &ae) && (ae.Code == v1.CodeUnavailable || ae.Code == v1.CodeFailedPrecondition) {
 			// Refused at once by the API's dry run (the hosts' facts
 			// already show the room gone): as final as the master's "no".
 			return v1.Operation{State: v1.OpFailed, Error: ae}
@@ -103,7 +103,7 @@ func TestPlacement(t *testing.T) {
 		}
 	}
 	op = create(v1.VMSpec{Name: "big4", MemoryMiB: big})
-	if op.State != v1.OpFailed || op.Error == nil || op.Error.Code != v1.CodeUnavailable {
+	if op.State != v1.OpFailed || op.Error == nil || op.Error.Code != v1.CodeFailedPrecondition || op.Error.Field != "memoryMiB" {
 		t.Fatalf("past the memory overcommit: %+v %+v", op, op.Error)
 	}
 	if !strings.Contains(op.Error.Message, "MiB") {

@@ -9,6 +9,7 @@ import (
 
 	v1 "hangar/api/v1"
 	"hangar/internal/imports"
+	"hangar/internal/scheduler"
 	"hangar/internal/storage"
 	"hangar/internal/store"
 	"hangar/internal/vm"
@@ -49,6 +50,22 @@ func (e *FieldError) Unwrap() error { return e.Err }
 // Field wraps err with the request field it is about.
 func Field(field string, err error) error { return &FieldError{Field: field, Err: err} }
 
+// Placement classifies a scheduler's refusal: a malformed request is
+// invalid, a shortage of capacity (scheduler.ShortError) a failed
+// precondition naming the resource, anything else (no live host reaching
+// the pools…) unavailable.
+func Placement(err error) error {
+	var short *scheduler.ShortError
+	switch {
+	case errors.Is(err, scheduler.ErrInvalid):
+		return fmt.Errorf("%w: %w", err, ErrInvalid)
+	case errors.As(err, &short):
+		return err
+	default:
+		return fmt.Errorf("%w: %w", err, ErrUnavailable)
+	}
+}
+
 // ToAPI maps an error to the API's error body.
 func ToAPI(err error) *v1.Error {
 	if err == nil {
@@ -62,11 +79,14 @@ func ToAPI(err error) *v1.Error {
 	e := &v1.Error{Code: Code(err), Message: err.Error()}
 	var fe *vm.FieldError
 	var fe2 *FieldError
+	var short *scheduler.ShortError
 	switch {
 	case errors.As(err, &fe):
 		e.Field = fe.Field
 	case errors.As(err, &fe2):
 		e.Field = fe2.Field
+	case errors.As(err, &short):
+		e.Field = short.Field
 	}
 	return e
 }
@@ -75,10 +95,11 @@ func ToAPI(err error) *v1.Error {
 func Code(err error) string {
 	var ae *v1.Error
 	var se *vm.StateError
+	var short *scheduler.ShortError
 	switch {
 	case errors.As(err, &ae):
 		return ae.Code
-	case errors.As(err, &se):
+	case errors.As(err, &se), errors.As(err, &short):
 		return v1.CodeFailedPrecondition
 	case errors.Is(err, vm.ErrInvalid), errors.Is(err, ErrInvalid), errors.Is(err, storage.ErrNoImage),
 		errors.Is(err, storage.ErrOutsidePool), errors.Is(err, storage.ErrInvalid), errors.Is(err, storage.ErrChecksum),

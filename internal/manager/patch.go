@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -276,6 +277,12 @@ func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
 			writeErr(w, err)
 			return
 		}
+		if spec.CPUs > v.Spec.CPUs || spec.MemoryMiB > v.Spec.MemoryMiB {
+			if err := s.checkResize(ctx, hosts, spec); err != nil {
+				writeErr(w, err)
+				return
+			}
+		}
 		if slices.Contains(changed, "ha") && (v.Spec.HA == nil || !v.Spec.HA.Enabled) {
 			if err := master.AdmitHA(ctx, s.cfg.Store, s.cfg.Log, spec); err != nil {
 				writeErr(w, err)
@@ -319,6 +326,34 @@ func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 200, redactVM(v))
 		return
 	}
+}
+
+// checkResize refuses to grow a VM placed on a host past what the host
+// admits beside the other VMs booked there (a 412 naming memoryMiB or
+// cpus and the numbers); the pool master books the new size
+// (leader.rebook). A VM without a host is admitted when it is placed.
+func (s *Server) checkResize(ctx context.Context, hosts []v1.Host, spec v1.VMSpec) error {
+	if spec.Host == "" {
+		return nil
+	}
+	i := slices.IndexFunc(hosts, func(h v1.Host) bool { return h.Name == spec.Host })
+	if i < 0 {
+		return nil
+	}
+	pol, err := s.inv.Admission(ctx)
+	if err != nil {
+		return err
+	}
+	allocs, err := s.inv.AllocsByHost(ctx)
+	if err != nil {
+		return err
+	}
+	var others []scheduler.Alloc
+	for vm, a := range allocs[spec.Host] {
+		others = append(others, scheduler.Alloc{Host: spec.Host, VM: vm, CPUs: a.CPUs, MemoryMiB: a.MemoryMiB})
+	}
+	h := scheduler.Host{Name: spec.Host, CPUs: hosts[i].CPUs, MemoryMiB: hosts[i].MemoryMiB}
+	return pol.CheckResize(h, others, spec.Name, spec.CPUs, spec.MemoryMiB)
 }
 
 // trimETag accepts a revision as 42, "42" or W/"42".

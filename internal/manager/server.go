@@ -620,10 +620,7 @@ func (s *Server) couldPlace(ctx context.Context, hosts []v1.Host, spec v1.VMSpec
 		return err
 	}
 	if err := plan[0].Err; err != nil {
-		if errors.Is(err, scheduler.ErrInvalid) {
-			return fmt.Errorf("%w: %w", err, errdefs.ErrInvalid)
-		}
-		return fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
+		return errdefs.Placement(err)
 	}
 	return nil
 }

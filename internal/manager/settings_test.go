@@ -53,15 +53,16 @@ func TestPoolSettings(t *testing.T) {
 	refused := func(body, want string) {
 		t.Helper()
 		code, _, b := ts.do("POST", "/api/v1/vms?wait=30s", "application/json", body)
-		// The API's dry run answers 503, or the master fails the operation.
+		// The API's dry run answers 412 (short of capacity), or the master
+		// fails the operation.
 		var op v1.Operation
 		failed := code == 200 && json.Unmarshal(b, &op) == nil && op.State == v1.OpFailed
-		if code != 503 && !failed || !strings.Contains(string(b), want) {
+		if code != 412 && !failed || !strings.Contains(string(b), want) {
 			t.Errorf("create %s: %d %s, want a refusal naming %q", body, code, b, want)
 		}
 	}
-	refused(`{"name":"b","cpus":2,"memoryMiB":64}`, "1 CPUs free of 4 at overcommit 1.0")
-	refused(`{"name":"c","cpus":1,"memoryMiB":1100}`, "1024 MiB free of 4096 at overcommit 0.5")
+	refused(`{"name":"b","cpus":2,"memoryMiB":64}`, "1 CPUs free of 4 allocatable (4 CPUs, 0 reserved for the host, × overcommit 1.0)")
+	refused(`{"name":"c","cpus":1,"memoryMiB":1100}`, "1024 MiB free of 2048 MiB allocatable (4096 MiB, 0 reserved for the host, × overcommit 0.5)")
 	code, _, b = ts.do("GET", "/api/v1/capacity", "", "")
 	var c v1.Capacity
 	if code != 200 || json.Unmarshal(b, &c) != nil || c.Pool.CPUOvercommit != 1 || c.Pool.MemoryOvercommit != 0.5 ||

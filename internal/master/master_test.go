@@ -161,8 +161,8 @@ func TestConcurrentCreatesNeverOvercommit(t *testing.T) {
 			}
 		case op.State == v1.OpFailed:
 			failed++
-			if op.Error == nil || op.Error.Code != v1.CodeUnavailable {
-				t.Fatalf("%s: failed with %+v, want unavailable", name, op.Error)
+			if op.Error == nil || op.Error.Code != v1.CodeFailedPrecondition || op.Error.Field != "memoryMiB" {
+				t.Fatalf("%s: failed with %+v, want failed_precondition on memoryMiB (short of memory)", name, op.Error)
 			}
 			if _, err := s.Get(t.Context(), inventory.VMKey(name)); !errors.Is(err, store.ErrNotFound) {
 				t.Fatalf("%s: record of an unplaced vm left behind (%v)", name, err)

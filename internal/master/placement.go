@@ -246,12 +246,7 @@ func (l *leader) place(ctx context.Context, id string) error {
 			if args.Host != "" {
 				perr = fmt.Errorf("on host %q, where its source volumes are: %w", args.Host, perr)
 			}
-			if errors.Is(perr, scheduler.ErrInvalid) {
-				perr = fmt.Errorf("%w: %w", perr, errdefs.ErrInvalid)
-			} else {
-				perr = fmt.Errorf("%w: %w", perr, errdefs.ErrUnavailable)
-			}
-			return l.fail(ctx, op, oprev, perr, []store.Op{store.DeleteOp(inventory.VMKey(spec.Name), specRev)})
+			return l.fail(ctx, op, oprev, errdefs.Placement(perr), []store.Op{store.DeleteOp(inventory.VMKey(spec.Name), specRev)})
 		}
 		spec.Host = host
 		if err := AdmitHA(ctx, l.cfg.Store, l.log, spec); err != nil {
@@ -342,6 +337,31 @@ func (l *leader) fail(ctx context.Context, op v1.Operation, rev int64, cause err
 	return nil
 }
 
+// rebook brings the booking of every owned VM whose CPUs or memory
+// changed (a PATCH of a stopped VM, which the API admitted against its
+// host) to its spec's size, conditioned on the spec it read.
+func (l *leader) rebook(ctx context.Context, specs []v1.VMSpec, revs []int64, owned map[string]bool) error {
+	allocs, err := (inventory.Inventory{S: l.cfg.Store}).AllocsByHost(ctx)
+	if err != nil {
+		return err
+	}
+	for i, sp := range specs {
+		a, ok := allocs[sp.Host][sp.Name]
+		if sp.Host == "" || !owned[sp.Name] || !ok || (a.CPUs == sp.CPUs && a.MemoryMiB == sp.MemoryMiB) {
+			continue
+		}
+		_, err := l.Commit(ctx, []store.Cond{{Key: inventory.VMKey(sp.Name), ExpectRev: revs[i]}},
+			store.PutOp(inventory.AllocKey(sp.Host, sp.Name), inventory.Marshal(allocOf(sp)), store.AnyRevision))
+		if err != nil && !errors.Is(err, store.ErrConflict) {
+			return err
+		}
+		if err == nil {
+			l.log.Info("booking resized", "vm", sp.Name, "host", sp.Host, "cpus", sp.CPUs, "memoryMiB", sp.MemoryMiB)
+		}
+	}
+	return nil
+}
+
 // adoptPlaced records an owner and a booking for every VM placed on a
 // host without them: VMs from before the pool had a master, and clones,
 // which land on their source's host.
@@ -357,6 +377,9 @@ func (l *leader) adoptPlaced(ctx context.Context) error {
 	owned := map[string]bool{}
 	for _, o := range owners {
 		owned[inventory.NameFromKey(o.Key)] = true
+	}
+	if err := l.rebook(ctx, specs, revs, owned); err != nil {
+		return err
 	}
 	for i, sp := range specs {
 		if sp.Host == "" || owned[sp.Name] || vm.ValidateName("host", sp.Host) != nil {

@@ -61,7 +61,7 @@ func TestPlanTable(t *testing.T) {
 			snap:   Snapshot{Hosts: []Host{down(host("a", 64, 65536)), maint(host("b", 64, 65536)), host("c", 1, 1024)}},
 			reqs:   []Request{vm("v", 1, 512), vm("w", 1, 1024)},
 			want:   []string{"c", ""},
-			errHas: []string{`vm "w" needs 1 CPUs and 1024 MiB; of 3 hosts: 1 down, 1 in maintenance, 1 short of memory (c: 512 MiB free of 1024 at overcommit 1.0)`},
+			errHas: []string{`vm "w" needs 1 CPUs and 1024 MiB; of 3 hosts: 1 down, 1 in maintenance, 1 short of memory (c: 512 MiB free of 1024 MiB allocatable (1024 MiB, 0 reserved for the host, × overcommit 1.0))`},
 		},
 		{
 			name: "the host must reach every pool of the vm",
@@ -97,7 +97,7 @@ func TestPlanTable(t *testing.T) {
 			snap:   Snapshot{Hosts: []Host{host("a", 2, 65536)}},
 			reqs:   []Request{vm("v", 8, 512), vm("w", 1, 512)},
 			want:   []string{"a", ""},
-			errHas: []string{"1 short of CPUs (a: 0 CPUs free of 2 at overcommit 4.0)"},
+			errHas: []string{"1 short of CPUs (a: 0 CPUs free of 8 allocatable (2 CPUs, 0 reserved for the host, × overcommit 4.0))"},
 		},
 		{
 			name: "configured ratios: memory 1.5, cpu 1",
@@ -110,7 +110,7 @@ func TestPlanTable(t *testing.T) {
 			snap:   Snapshot{Hosts: []Host{host("a", 64, 4096)}, Allocs: []Alloc{{Host: "a", VM: "x", CPUs: 1, MemoryMiB: 3072}}},
 			reqs:   []Request{vm("v", 1, 1025), vm("w", 1, 1024)},
 			want:   []string{"", "a"},
-			errHas: []string{"a: 1024 MiB free of 4096 at overcommit 1.0"},
+			errHas: []string{"a: 1024 MiB free of 4096 MiB allocatable (4096 MiB, 0 reserved for the host, × overcommit 1.0)"},
 		},
 		{
 			name: "preferred hosts win over freer ones, and fall back when full",
@@ -257,6 +257,54 @@ func TestPlaceIO(t *testing.T) {
 		got, err := PlaceIO(s, c.pools)
 		if got != c.want || (c.want == "") != errors.Is(err, ErrNoHost) {
 			t.Errorf("PlaceIO(%v) = %q, %v; want %q", c.pools, got, err, c.want)
+		}
+	}
+}
+
+// TestShortError: a refusal for capacity alone is a ShortError naming the
+// resource and the reserve; one with hosts down as well is not.
+func TestShortError(t *testing.T) {
+	snap := Snapshot{Policy: Policy{ReserveMemoryMiB: 3072, ReserveCPUs: 1},
+		Hosts: []Host{{Name: "a", CPUs: 4, MemoryMiB: 4096, Alive: true}}}
+	plan, err := Plan(snap, []Request{{VM: "big", CPUs: 1, MemoryMiB: 2048}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var se *ShortError
+	if !errors.As(plan[0].Err, &se) || se.Field != "memoryMiB" || !errors.Is(plan[0].Err, ErrNoHost) {
+		t.Fatalf("refusal %v, want a ShortError on memoryMiB", plan[0].Err)
+	}
+	if want := "a: 1024 MiB free of 1024 MiB allocatable (4096 MiB, 3072 reserved for the host"; !strings.Contains(se.Error(), want) {
+		t.Errorf("refusal %q, want it to contain %q", se, want)
+	}
+	snap.Hosts = append(snap.Hosts, Host{Name: "b", CPUs: 8, MemoryMiB: 8192})
+	plan, _ = Plan(snap, []Request{{VM: "big", CPUs: 1, MemoryMiB: 8192}})
+	if errors.As(plan[0].Err, &se) || !errors.Is(plan[0].Err, ErrNoHost) {
+		t.Errorf("with a host down: %v, want a plain ErrNoHost", plan[0].Err)
+	}
+}
+
+// TestCheckResize: a placed VM grows within its host's allocatable less
+// the other VMs' bookings (its own left out), else a ShortError on the
+// resource short.
+func TestCheckResize(t *testing.T) {
+	pol, err := NormPolicy(Policy{ReserveMemoryMiB: 1024, ReserveCPUs: 1, CPUOvercommit: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := Host{Name: "a", CPUs: 4, MemoryMiB: 4096}
+	booked := []Alloc{{Host: "a", VM: "v", CPUs: 1, MemoryMiB: 1024}, {Host: "a", VM: "o", CPUs: 1, MemoryMiB: 1024}}
+	for _, c := range []struct {
+		cpus, mem int
+		field     string
+	}{{1, 2048, ""}, {2, 2049, "memoryMiB"}, {2, 1024, ""}, {3, 1024, "cpus"}} {
+		err := pol.CheckResize(h, booked, "v", c.cpus, c.mem)
+		var se *ShortError
+		switch {
+		case c.field == "" && err != nil:
+			t.Errorf("%d CPUs %d MiB: %v", c.cpus, c.mem, err)
+		case c.field != "" && (!errors.As(err, &se) || se.Field != c.field || !strings.Contains(se.Msg, "reserved for the host")):
+			t.Errorf("%d CPUs %d MiB: %v, want a ShortError on %s", c.cpus, c.mem, err, c.field)
 		}
 	}
 }

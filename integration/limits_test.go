@@ -403,3 +403,86 @@ func TestDiskLimitGuest(t *testing.T) {
 	n, sec = s.guestDD(name, "DD3", 4096, "if=/dev/vda of=/dev/null count=400 skip=8192 iflag=direct")
 	t.Logf("lifted: the guest's dd read %d blocks of 4 KiB at %.0f per second", n, float64(n)/sec)
 }
+
+// vcpuAffinity maps each vCPU thread of QEMU pid (named "CPU n/TCG" or
+// "CPU n/KVM": -name debug-threads=on) to its Cpus_allowed_list.
+func vcpuAffinity(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, e := range tasks {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/comm", pid, e.Name()))
+		name := strings.TrimSpace(string(comm))
+		if !strings.HasPrefix(name, "CPU ") {
+			continue
+		}
+		status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, e.Name()))
+		for _, l := range strings.Split(string(status), "\n") {
+			if v, ok := strings.CutPrefix(l, "Cpus_allowed_list:"); ok {
+				n, _, _ := strings.Cut(strings.TrimPrefix(name, "CPU "), "/")
+				out[n] = strings.TrimSpace(v)
+			}
+		}
+	}
+	return out
+}
+
+// TestCPUPinning: a 2-vCPU guest pinned "1;0" has vCPU 0's thread on host
+// CPU 1 and vCPU 1's on CPU 0 (the threads' own Cpus_allowed_list); a
+// live change moves both to CPU 0; after kill -9 of hangar serve and the
+// threads moved away meanwhile, re-adoption pins them again; a CPU the
+// host lacks is refused naming the field.
+func TestCPUPinning(t *testing.T) {
+	var all unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &all); err != nil || all.Count() < 2 {
+		t.Skipf("needs 2 host CPUs (%d, %v)", all.Count(), err)
+	}
+	s := newServer(t)
+	const name = "pinned"
+	s.createGuest(name, func(sp *v1.VMSpec) {
+		sp.CPUs = 2
+		sp.Resources = &v1.Resources{CPUPinning: "1;0"}
+	})
+	v := s.waitState(name, time.Minute, v1.StateRunning)
+	check := func(when string, want map[string]string) {
+		t.Helper()
+		if got := vcpuAffinity(t, v.Status.PID); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s: vcpu threads on %v, want %v", when, got, want)
+		}
+	}
+	check("at start", map[string]string{"0": "1", "1": "0"})
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pin := "0"
+	if _, err := s.c.PatchVM(ctx, name, v1.VMPatch{Resources: &v1.ResourcesPatch{CPUPinning: &pin}}); err != nil {
+		t.Fatalf("live pinning: %v", err)
+	}
+	check("after the live change", map[string]string{"0": "0", "1": "0"})
+
+	s.kill9()
+	pinProcess(t, v.Status.PID, 1) // moved away while no agent watches
+	s.start()
+	if v2 := s.waitState(name, 30*time.Second, v1.StateRunning); v2.Status.PID != v.Status.PID {
+		t.Fatalf("pid %d after re-adoption, want %d", v2.Status.PID, v.Status.PID)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for fmt.Sprint(vcpuAffinity(t, v.Status.PID)) != fmt.Sprint(map[string]string{"0": "0", "1": "0"}) && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	check("after re-adoption", map[string]string{"0": "0", "1": "0"})
+
+	pin = "4095"
+	_, err := s.c.PatchVM(ctx, name, v1.VMPatch{Resources: &v1.ResourcesPatch{CPUPinning: &pin}})
+	var e *v1.Error
+	if !errors.As(err, &e) || e.Field != "resources.cpuPinning" || !strings.Contains(e.Message, "no CPU 4095") {
+		t.Errorf("pinning to CPU 4095: %v, want a refusal on resources.cpuPinning naming the CPU", err)
+	}
+	t.Logf("refused: %v", err)
+	if vv, err := s.c.VM(ctx, name); err != nil || vv.Spec.Resources == nil || vv.Spec.Resources.CPUPinning != "0" {
+		t.Errorf("after the refusal: %+v %v, want the pinning kept at 0", vv.Spec.Resources, err)
+	}
+}

@@ -139,6 +139,11 @@ type Resources struct {
 	// 0 computes one from the guest's memory plus QEMU's overhead, so the
 	// host's OOM killer picks the VM that outgrows it.
 	MemoryLimitMiB int `json:"memoryLimitMiB,omitempty"`
+	// CPUPinning pins the vCPU threads to host CPUs: one host CPU list
+	// per vCPU separated by ";" ("2;3": vCPU 0 on CPU 2, vCPU 1 on CPU
+	// 3), or one list for every vCPU ("0-1,4"). "" leaves them to the
+	// host's scheduler.
+	CPUPinning string `json:"cpuPinning,omitempty"`
 }
 
 // HA is a VM's high-availability settings. When its host is declared dead
@@ -706,6 +711,7 @@ type ResourcesPatch struct {
 	CPUShares      *int     `json:"cpuShares,omitempty"`
 	CPULimit       *float64 `json:"cpuLimit,omitempty"`
 	MemoryLimitMiB *int     `json:"memoryLimitMiB,omitempty"`
+	CPUPinning     *string  `json:"cpuPinning,omitempty"`
 }
 
 // DiskPatch changes one disk's settings (VMPatch.Disks).

@@ -39,7 +39,7 @@ consoles, snapshots, clones, templates, suspend, media.`,
 func newVMSet(g *globals) *cobra.Command {
 	var cpus, memory, cpuShares, memLimit int
 	var cpuLimit float64
-	var restart, ioError string
+	var restart, ioError, cpuPinning string
 	var diskIOErrors, diskIOPS, diskBPS, netMbps, netRx, netTx []string
 	cmd := &cobra.Command{
 		Use:   "set NAME",
@@ -65,7 +65,7 @@ time: a running VM's host applies them live.`,
 			p := v1.VMPatch{CPUs: ifGiven(cmd, "cpus", &cpus), MemoryMiB: ifGiven(cmd, "memory", &memory),
 				RestartPolicy: ifGiven(cmd, "restart", &restart), IOErrorPolicy: ifGiven(cmd, "io-error", &ioError)}
 			if r := (v1.ResourcesPatch{CPUShares: ifGiven(cmd, "cpu-shares", &cpuShares), CPULimit: ifGiven(cmd, "cpu-limit", &cpuLimit),
-				MemoryLimitMiB: ifGiven(cmd, "memory-limit", &memLimit)}); r != (v1.ResourcesPatch{}) {
+				MemoryLimitMiB: ifGiven(cmd, "memory-limit", &memLimit), CPUPinning: ifGiven(cmd, "cpu-pinning", &cpuPinning)}); r != (v1.ResourcesPatch{}) {
 				p.Resources = &r
 			}
 			var err error
@@ -92,7 +92,7 @@ time: a running VM's host applies them live.`,
 				}
 			}
 			if p.CPUs == nil && p.MemoryMiB == nil && p.RestartPolicy == nil && p.IOErrorPolicy == nil && p.Disks == nil && p.Resources == nil && p.NICs == nil {
-				return fmt.Errorf("nothing to change: give --cpus, --memory, --restart, --io-error, --disk-io-error, --cpu-shares, --cpu-limit, --memory-limit, --disk-iops, --disk-bps or --net-mbps")
+				return fmt.Errorf("nothing to change: give --cpus, --memory, --restart, --io-error, --disk-io-error, --cpu-shares, --cpu-limit, --memory-limit, --cpu-pinning, --disk-iops, --disk-bps or --net-mbps")
 			}
 			v, err := g.client().PatchVM(cmd.Context(), args[0], p)
 			if err != nil {
@@ -113,6 +113,7 @@ time: a running VM's host applies them live.`,
 	cmd.Flags().StringArrayVar(&diskIOErrors, "disk-io-error", nil, "DISK=POLICY: a disk's own I/O error policy (DISK= takes the VM's; repeatable)")
 	cmd.Flags().IntVar(&cpuShares, "cpu-shares", 0, "relative CPU weight under contention (2-262144, 0: default 1024; live)")
 	cmd.Flags().Float64Var(&cpuLimit, "cpu-limit", 0, "cap in host CPUs, e.g. 0.5 (0: no cap; live)")
+	cmd.Flags().StringVar(&cpuPinning, "cpu-pinning", "", `host CPUs of the vCPU threads: "2;3" (one list per vCPU) or "0-1" (for all); "" unpins; live`)
 	cmd.Flags().IntVar(&memLimit, "memory-limit", 0, "hard memory limit of the VM's QEMU in MiB (0: guest memory + overhead; live)")
 	cmd.Flags().StringArrayVar(&diskIOPS, "disk-iops", nil, "DISK=N: the disk's total I/O operations per second (0: none; live; repeatable)")
 	cmd.Flags().StringArrayVar(&diskBPS, "disk-bps", nil, "DISK=N: the disk's total bytes per second (0: none; live; repeatable)")
@@ -178,6 +179,9 @@ func resourcesSummary(s v1.VMSpec) string {
 		r = *s.Resources
 	}
 	out := fmt.Sprintf("cpu shares %s, cpu limit %s, memory limit %s", resourceInt(r.CPUShares, ""), resourceCPUs(r.CPULimit), resourceInt(r.MemoryLimitMiB, " MiB"))
+	if r.CPUPinning != "" {
+		out += ", vcpus pinned to " + r.CPUPinning
+	}
 	for _, d := range s.Disks {
 		if l := d.Limits; l != nil {
 			out += fmt.Sprintf("; %s: iops %d (r %d, w %d), bps %d (r %d, w %d)", d.Name, l.IOPS, l.IOPSRead, l.IOPSWrite, l.BPS, l.BPSRead, l.BPSWrite)

@@ -49,6 +49,9 @@ func (m *machine) applyLimits(ctx context.Context, spec v1.VMSpec, inst *qemu.In
 		if err := m.throttle(ctx, inst.Mon, spec, false); err != nil {
 			return err
 		}
+		if err := pinVCPUs(ctx, inst.Mon, inst.PID, spec, m.a.cfg.Host, false); err != nil {
+			return err
+		}
 	}
 	if err := shapeNICs(spec, false); err != nil {
 		return err
@@ -95,6 +98,9 @@ func (m *machine) updateLimits(ctx context.Context) error {
 	}
 	if m.inst.Mon != nil {
 		if err := m.throttle(ctx, m.inst.Mon, spec, true); err != nil {
+			return err
+		}
+		if err := pinVCPUs(ctx, m.inst.Mon, m.inst.PID, spec, m.a.cfg.Host, true); err != nil {
 			return err
 		}
 	}

@@ -94,6 +94,9 @@ func applyResourcesPatch(spec *v1.VMSpec, p v1.ResourcesPatch) bool {
 		if p.MemoryLimitMiB != nil {
 			r.MemoryLimitMiB = *p.MemoryLimitMiB
 		}
+		if p.CPUPinning != nil {
+			r.CPUPinning = *p.CPUPinning
+		}
 	})
 }
 
@@ -277,6 +280,10 @@ func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
 			writeErr(w, err)
 			return
 		}
+		if err := checkPinning(hosts, spec); err != nil {
+			writeErr(w, err)
+			return
+		}
 		if spec.CPUs > v.Spec.CPUs || spec.MemoryMiB > v.Spec.MemoryMiB {
 			if err := s.checkResize(ctx, hosts, spec); err != nil {
 				writeErr(w, err)
@@ -326,6 +333,24 @@ func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 200, redactVM(v))
 		return
 	}
+}
+
+// checkPinning refuses a vCPU pinning that names a CPU the VM's host does
+// not have (by the CPUs it reports), before the spec is written; the agent
+// checks again against the CPUs it may use.
+func checkPinning(hosts []v1.Host, spec v1.VMSpec) error {
+	sets, err := vm.CPUPinning(spec)
+	i := slices.IndexFunc(hosts, func(h v1.Host) bool { return h.Name == spec.Host })
+	if err != nil || sets == nil || i < 0 || hosts[i].CPUs <= 0 {
+		return nil // Validate answers a malformed one
+	}
+	for n, set := range sets {
+		if c := set[len(set)-1]; c >= hosts[i].CPUs {
+			return &v1.Error{Code: v1.CodeFailedPrecondition, Field: "resources.cpuPinning",
+				Message: fmt.Sprintf("resources.cpuPinning: vcpu %d: host %s has no CPU %d to pin it to (its CPUs: 0-%d)", n, spec.Host, c, hosts[i].CPUs-1)}
+		}
+	}
+	return nil
 }
 
 // checkResize refuses to grow a VM placed on a host past what the host

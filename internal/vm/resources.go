@@ -1,7 +1,11 @@
 package vm
 
 import (
+	"fmt"
 	"math"
+	"sort"
+	"strconv"
+	"strings"
 
 	v1 "hangar/api/v1"
 )
@@ -34,10 +38,66 @@ func validateResources(s v1.VMSpec) error {
 	if r.MemoryLimitMiB < 0 {
 		return invalid("resources.memoryLimitMiB", "must not be negative, got %d", r.MemoryLimitMiB)
 	}
+	if _, err := CPUPinning(s); err != nil {
+		return invalid("resources.cpuPinning", "%v", err)
+	}
 	if r.MemoryLimitMiB > 0 && r.MemoryLimitMiB < s.MemoryMiB {
 		return invalid("resources.memoryLimitMiB", "%d MiB is less than the guest's memory (%d MiB): the guest would be killed when it uses its RAM", r.MemoryLimitMiB, s.MemoryMiB)
 	}
 	return nil
+}
+
+// MaxHostCPU bounds the host CPU numbers a pinning names.
+const MaxHostCPU = 4095
+
+// CPUPinning is s's vCPU pinning: for each vCPU the host CPUs its thread
+// may run on (nil: no pinning). The spec's string is one host CPU list
+// per vCPU separated by ";" or one list for all of them; a list is
+// comma-separated CPUs and ranges ("0-1,4").
+func CPUPinning(s v1.VMSpec) ([][]int, error) {
+	if s.Resources == nil || s.Resources.CPUPinning == "" {
+		return nil, nil
+	}
+	parts := strings.Split(s.Resources.CPUPinning, ";")
+	if len(parts) != 1 && len(parts) != s.CPUs {
+		return nil, fmt.Errorf("%q has %d CPU lists; give one for all vCPUs or one per vCPU (%d)", s.Resources.CPUPinning, len(parts), s.CPUs)
+	}
+	out := make([][]int, s.CPUs)
+	for i := range out {
+		p := parts[min(i, len(parts)-1)]
+		cpus, err := ParseCPUList(p)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = cpus
+	}
+	return out, nil
+}
+
+// ParseCPUList parses a host CPU list like "0-2,5" into its CPUs, in
+// order and without repeats.
+func ParseCPUList(s string) ([]int, error) {
+	seen := map[int]bool{}
+	var out []int
+	for _, item := range strings.Split(strings.TrimSpace(s), ",") {
+		lo, hi, isRange := strings.Cut(item, "-")
+		a, err1 := strconv.Atoi(lo)
+		b, err2 := a, error(nil)
+		if isRange {
+			b, err2 = strconv.Atoi(hi)
+		}
+		if err1 != nil || err2 != nil || a < 0 || b < a || b > MaxHostCPU {
+			return nil, fmt.Errorf("%q is not a list of host CPUs like 0-1,4 (CPUs 0 to %d)", s, MaxHostCPU)
+		}
+		for c := a; c <= b; c++ {
+			if !seen[c] {
+				seen[c] = true
+				out = append(out, c)
+			}
+		}
+	}
+	sort.Ints(out)
+	return out, nil
 }
 
 // MemoryLimitMiB is the hard memory limit of s's QEMU: the spec's, or the

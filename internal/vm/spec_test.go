@@ -233,6 +233,11 @@ func TestValidateResources(t *testing.T) {
 		{v1.Resources{CPULimit: 0.001}, "resources.cpuLimit"},
 		{v1.Resources{MemoryLimitMiB: 128}, "resources.memoryLimitMiB"},
 		{v1.Resources{CPUShares: 512, CPULimit: 0.5, MemoryLimitMiB: 512}, ""},
+		{v1.Resources{CPUPinning: "0-1,3"}, ""},
+		{v1.Resources{CPUPinning: "1-0"}, "resources.cpuPinning"},
+		{v1.Resources{CPUPinning: "a"}, "resources.cpuPinning"},
+		{v1.Resources{CPUPinning: "1;2"}, "resources.cpuPinning"}, // 1 vCPU, 2 lists
+		{v1.Resources{CPUPinning: "5000"}, "resources.cpuPinning"},
 	} {
 		s := base
 		r := c.r
@@ -307,5 +312,17 @@ func TestValidateNICLimits(t *testing.T) {
 	l := &v1.NICLimits{Mbps: 10, TxMbps: 2}
 	if l.Rx() != 10 || l.Tx() != 2 {
 		t.Errorf("rx %g tx %g, want 10 and 2", l.Rx(), l.Tx())
+	}
+}
+
+func TestCPUPinning(t *testing.T) {
+	s := v1.VMSpec{Name: "a", CPUs: 3, Resources: &v1.Resources{CPUPinning: "2;0-1,1;3"}}
+	got, err := CPUPinning(s)
+	if err != nil || fmt.Sprint(got) != "[[2] [0 1] [3]]" {
+		t.Errorf("per vCPU: %v %v", got, err)
+	}
+	s.Resources.CPUPinning = "1,0"
+	if got, err = CPUPinning(s); err != nil || fmt.Sprint(got) != "[[0 1] [0 1] [0 1]]" {
+		t.Errorf("one list for all: %v %v", got, err)
 	}
 }

@@ -283,25 +283,21 @@ type NICLimits struct {
 }
 
 // Rx is the limit on what the guest receives (0: none).
-func (l *NICLimits) Rx() float64 {
-	if l == nil {
-		return 0
-	}
-	if l.RxMbps > 0 {
-		return l.RxMbps
-	}
-	return l.Mbps
-}
+func (l *NICLimits) Rx() float64 { return l.or(func(l *NICLimits) float64 { return l.RxMbps }) }
 
 // Tx is the limit on what the guest sends (0: none).
-func (l *NICLimits) Tx() float64 {
-	if l == nil {
+func (l *NICLimits) Tx() float64 { return l.or(func(l *NICLimits) float64 { return l.TxMbps }) }
+
+// or is one direction's own limit, else Mbps.
+func (l *NICLimits) or(dir func(*NICLimits) float64) float64 {
+	switch {
+	case l == nil:
 		return 0
+	case dir(l) > 0:
+		return dir(l)
+	default:
+		return l.Mbps
 	}
-	if l.TxMbps > 0 {
-		return l.TxMbps
-	}
-	return l.Mbps
 }
 
 // Forward is a host port forwarded to a guest port (user-mode NICs only).

@@ -131,14 +131,20 @@ func parseDiskLimits(out map[string]v1.DiskPatch, flag string, flags []string, s
 		if !ok || name == "" || err != nil || n < 0 {
 			return nil, fmt.Errorf("--%s %q: want DISK=N with N a whole number, at least 0", flag, f)
 		}
-		if out == nil {
-			out = map[string]v1.DiskPatch{}
-		}
-		dp := out[name]
-		set(&dp, n)
-		out[name] = dp
+		out = setPatch(out, name, n, set)
 	}
 	return out, nil
+}
+
+// setPatch sets a value in out[key] (made when missing) through set.
+func setPatch[P, V any](out map[string]P, key string, v V, set func(*P, V)) map[string]P {
+	if out == nil {
+		out = map[string]P{}
+	}
+	p := out[key]
+	set(&p, v)
+	out[key] = p
+	return out
 }
 
 // resourceMbps is a bandwidth limit, or "-" for none.
@@ -161,12 +167,7 @@ func parseNICLimits(out map[string]v1.NICPatch, flag string, flags []string, set
 		if _, ierr := strconv.Atoi(nic); ierr != nil || err != nil || n < 0 {
 			return nil, fmt.Errorf("--%s %q: want [NIC=]N with NIC an index and N Mbit/s, at least 0", flag, f)
 		}
-		if out == nil {
-			out = map[string]v1.NICPatch{}
-		}
-		np := out[nic]
-		set(&np, n)
-		out[nic] = np
+		out = setPatch(out, nic, n, set)
 	}
 	return out, nil
 }

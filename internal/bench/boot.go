@@ -75,11 +75,13 @@ func Boot(ctx context.Context, cfg BootConfig) (BootResult, error) {
 }
 
 func spec(name string, cfg BootConfig) v1.VMSpec {
-	s := v1.VMSpec{Name: name, CPUs: 1, MemoryMiB: cfg.MemoryMiB, Disks: []v1.Disk{{Image: cfg.Image}},
-		NICs: []v1.NIC{{Mode: v1.NICUser}},
+	s := v1.VMSpec{Name: name, CPUs: 1, MemoryMiB: cfg.MemoryMiB,
 		// Limits on, as a production VM has them (a cgroup with shares, a
-		// cap and the computed memory limit), but none that binds a
-		// 1-vCPU boot: the cost measured is Hangar's, not the cap's.
+		// cap and the computed memory limit, disk throttling), but none
+		// that binds a 1-vCPU boot: the cost measured is Hangar's, not the
+		// caps'. (No pinning: the raw side runs unpinned.)
+		Disks:     []v1.Disk{{Image: cfg.Image, Limits: &v1.DiskLimits{IOPS: 1 << 20, BPS: 1 << 40}}},
+		NICs:      []v1.NIC{{Mode: v1.NICUser}},
 		Resources: &v1.Resources{CPUShares: 1024, CPULimit: 2}}
 	vm.Defaults(&s, cfg.Caps.Accel)
 	return s

@@ -242,14 +242,7 @@ func TestValidateResources(t *testing.T) {
 		s := base
 		r := c.r
 		s.Resources = &r
-		err := Validate(s, 0)
-		var fe *FieldError
-		switch {
-		case c.field == "" && err != nil:
-			t.Errorf("%+v: %v", c.r, err)
-		case c.field != "" && (!errors.As(err, &fe) || fe.Field != c.field):
-			t.Errorf("%+v: got %v, want an error on %s", c.r, err, c.field)
-		}
+		wantField(t, c.r, Validate(s, 0), c.field)
 	}
 	if got := MemoryLimitMiB(base, "kvm"); got != 256+256+32 {
 		t.Errorf("default limit %d", got)
@@ -300,14 +293,7 @@ func TestValidateNICLimits(t *testing.T) {
 		l := c.l
 		s.NICs[0].Limits = &l
 		Defaults(&s, "tcg")
-		err := Validate(s, 0)
-		var fe *FieldError
-		switch {
-		case c.field == "" && err != nil:
-			t.Errorf("%+v: %v", c.l, err)
-		case c.field != "" && (!errors.As(err, &fe) || fe.Field != c.field):
-			t.Errorf("%+v: got %v, want an error on %s", c.l, err, c.field)
-		}
+		wantField(t, c.l, Validate(s, 0), c.field)
 	}
 	l := &v1.NICLimits{Mbps: 10, TxMbps: 2}
 	if l.Rx() != 10 || l.Tx() != 2 {
@@ -324,5 +310,18 @@ func TestCPUPinning(t *testing.T) {
 	s.Resources.CPUPinning = "1,0"
 	if got, err = CPUPinning(s); err != nil || fmt.Sprint(got) != "[[0 1] [0 1] [0 1]]" {
 		t.Errorf("one list for all: %v %v", got, err)
+	}
+}
+
+// wantField checks that err is nil for field "", else a FieldError on
+// field; what is the case, for the message.
+func wantField(t *testing.T, what any, err error, field string) {
+	t.Helper()
+	var fe *FieldError
+	switch {
+	case field == "" && err != nil:
+		t.Errorf("%+v: %v", what, err)
+	case field != "" && (!errors.As(err, &fe) || fe.Field != field):
+		t.Errorf("%+v: got %v, want an error on %s", what, err, field)
 	}
 }

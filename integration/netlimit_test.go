@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -119,6 +120,13 @@ func TestNetLimit(t *testing.T) {
 		t.Fatalf("tap %s shaped %+v, want 8 Mbit/s both ways", tap, shape)
 	}
 	v := s.waitState(name, 10*time.Second, v1.StateRunning)
+	if b, err := os.ReadFile(s.log); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if i := strings.Index(l, "dur="); i >= 0 && strings.Contains(l, `msg="limits applied"`) {
+				t.Logf("at start: %s", l[i:])
+			}
+		}
+	}
 	s.consoleExpect(name, "dd if=/dev/zero of=/www/big bs=64k count=64 2>/dev/null; [ $(wc -c </www/big) = 4194304 ] && echo BIG-$((40+2))", regexp.MustCompile(`BIG-42`))
 
 	n, rate := fetchRate(t, ns, "/big")

@@ -53,18 +53,21 @@ func (m *machine) applyLimits(ctx context.Context, spec v1.VMSpec, inst *qemu.In
 			return err
 		}
 	}
+	t1 := time.Now()
 	if err := shapeNICs(spec, false); err != nil {
 		return err
 	}
+	tc := time.Since(t1)
 	cg := m.a.cgroups
 	if cg == nil {
+		m.log.Info("limits applied", "dur", time.Since(t0), "tc", tc)
 		return nil
 	}
 	l := m.a.limitsOf(spec)
 	if err := cg.Apply(m.name, inst.PID, l); err != nil {
 		return err
 	}
-	m.log.Info("limits applied", "dur", time.Since(t0), "cgroup", cg.Path(m.name),
+	m.log.Info("limits applied", "dur", time.Since(t0), "tc", tc, "cgroup", cg.Path(m.name),
 		"cpuShares", l.CPUShares, "cpuLimit", l.CPUs, "memoryLimitMiB", l.MemoryBytes>>20)
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"os"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -45,9 +46,11 @@ func TestShapeTap(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range []Shape{{RxBits: 8e6, TxBits: 2e6}, {RxBits: 8e6, TxBits: 2e6}, {RxBits: 1e6, TxBits: 50e6}, {TxBits: 3e6}, {RxBits: 4e6}, {}} {
+		t0 := time.Now()
 		if err := ShapeTap(tap, s); err != nil {
 			t.Fatalf("shape %+v: %v", s, err)
 		}
+		t.Logf("shape %+v: %s", s, time.Since(t0))
 		got, err := TapShape(tap)
 		if err != nil {
 			t.Fatal(err)

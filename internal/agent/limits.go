@@ -111,8 +111,8 @@ func (m *machine) updateLimits(ctx context.Context) error {
 		return err
 	}
 	if m.a.cgroups == nil {
-		if spec.Resources == nil {
-			return nil
+		if r := spec.Resources; r == nil || (r.CPUShares == 0 && r.CPULimit == 0 && r.MemoryLimitMiB == 0) {
+			return nil // nothing for a cgroup (pinning and tc need none)
 		}
 		return errdefs.Precondition("limits of %s: cgroups are unavailable on host %s", m.name, m.a.cfg.Host)
 	}

@@ -56,7 +56,7 @@ var HangarPhases = []Phase{
 	{"argv + status write (starting)", "starting"},
 	{"qemu exec", "exec"},
 	{"qmp connect + setup", "qmp"},
-	{"cgroup limits", "limits"},
+	{"limits (disk throttling, vcpu pinning, tc, cgroup)", "limits"},
 	{"cont", "cont"},
 	{"status write (running)", "running"},
 	{"op record + waiter sees running", markReply},
@@ -245,8 +245,12 @@ func rawStart(ctx context.Context, cfg StartConfig, i int) ([]time.Duration, err
 func hangarStart(ctx context.Context, cfg StartConfig, i int) (_ []time.Duration, err error) {
 	name := fmt.Sprintf("startbench%d", i)
 	c := cfg.Client
-	s := v1.VMSpec{Name: name, CPUs: 1, MemoryMiB: cfg.MemoryMiB, Disks: []v1.Disk{{Image: cfg.Image}},
-		NICs: []v1.NIC{{Mode: v1.NICUser}}}
+	// Every limit a user-mode VM can have, so the limits phase shows
+	// their cost: cgroup, disk throttling, vCPU pinning.
+	s := v1.VMSpec{Name: name, CPUs: 1, MemoryMiB: cfg.MemoryMiB,
+		Disks:     []v1.Disk{{Image: cfg.Image, Limits: &v1.DiskLimits{IOPS: 1 << 20, BPS: 1 << 40}}},
+		NICs:      []v1.NIC{{Mode: v1.NICUser}},
+		Resources: &v1.Resources{CPUShares: 1024, CPULimit: 2, CPUPinning: "0"}}
 	start := time.Now()
 	op, err := c.CreateVM(ctx, s, true, time.Minute)
 	if err == nil {

@@ -90,3 +90,22 @@ func runCLI(sock string, args ...string) (string, error) {
 	err := root.Execute()
 	return out.String(), err
 }
+// TestParseNICLimits: --net-mbps N is NIC 0's, I=N NIC I's; both
+// directions' flags land in one patch per NIC; a bad value is refused.
+func TestParseNICLimits(t *testing.T) {
+	out, err := parseNICLimits(nil, "net-mbps", []string{"100", "1=2.5"}, func(p *v1.NICPatch, n float64) { p.Mbps = &n })
+	if err == nil {
+		out, err = parseNICLimits(out, "net-tx-mbps", []string{"1=0.5"}, func(p *v1.NICPatch, n float64) { p.TxMbps = &n })
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 2 || *out["0"].Mbps != 100 || *out["1"].Mbps != 2.5 || *out["1"].TxMbps != 0.5 || out["0"].TxMbps != nil {
+		t.Errorf("patches %+v", out)
+	}
+	for _, bad := range []string{"x", "a=1", "0=-1", "0="} {
+		if _, err := parseNICLimits(nil, "net-mbps", []string{bad}, func(p *v1.NICPatch, n float64) { p.Mbps = &n }); err == nil {
+			t.Errorf("--net-mbps %q accepted", bad)
+		}
+	}
+}

@@ -95,6 +95,14 @@ const (
 	EventSynced       = "synced"
 )
 
+// Synced is the data of the synced event. Full: the stream began with the
+// whole state, and what it did not name is gone; false on a resume, which
+// sent only the changes since the client's Last-Event-ID (its VMs and
+// operations stand as it has them).
+type Synced struct {
+	Full bool `json:"full"`
+}
+
 // Deleted is the data of host-deleted and vm-deleted events.
 type Deleted struct {
 	Name string `json:"name"`

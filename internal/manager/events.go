@@ -87,7 +87,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			s.cfg.Log.Debug("events: initial state", "err", err)
 			return
 		}
-		if err := es.send(v1.EventSynced, start, struct{}{}); err != nil {
+		if err := es.send(v1.EventSynced, start, v1.Synced{Full: true}); err != nil {
 			return
 		}
 	} else if err := es.resumeState(start); err != nil {
@@ -435,7 +435,7 @@ func (es *eventStream) follow(rev, now int64) {
 	}
 	sync := func() error {
 		synced = nil
-		return es.send(v1.EventSynced, es.rev, struct{}{})
+		return es.send(v1.EventSynced, es.rev, v1.Synced{})
 	}
 	for {
 		select {

@@ -122,7 +122,10 @@ func TestEvents(t *testing.T) {
 	alice := a.token("alice")
 
 	ev := openEvents(t, vera, "")
-	_, initial := until(t, ev, "synced", isEvent(v1.EventSynced))
+	sy, initial := until(t, ev, "synced", isEvent(v1.EventSynced))
+	if sy.data != `{"full":true}` {
+		t.Errorf("the initial state's synced says %s, want full", sy.data)
+	}
 	names := map[string]bool{}
 	host := false
 	for _, e := range initial {
@@ -198,7 +201,10 @@ func TestEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	re := openEvents(t, vera, got.id)
-	_, replay := until(t, re, "synced (resumed)", isEvent(v1.EventSynced))
+	sy, replay := until(t, re, "synced (resumed)", isEvent(v1.EventSynced))
+	if sy.data != `{"full":false}` {
+		t.Errorf("a resumed stream's synced says %s, want not full (the client keeps what it has)", sy.data)
+	}
 	if _, ok := findEvent(replay, func(e sse) bool { return e.event == v1.EventVMDeleted && e.data == `{"name":"tagged"}` }); !ok {
 		t.Errorf("resumed stream lacks tagged's deletion: %v", replay)
 	}
@@ -226,7 +232,10 @@ func TestEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	fresh := openEvents(t, vera, got.id)
-	_, again := until(t, fresh, "synced (after compaction)", isEvent(v1.EventSynced))
+	sy, again := until(t, fresh, "synced (after compaction)", isEvent(v1.EventSynced))
+	if sy.data != `{"full":true}` {
+		t.Errorf("after compaction synced says %s, want full", sy.data)
+	}
 	for _, name := range []string{"web-1", "db1"} {
 		if e, ok := findEvent(again, vmEvent(name, "")); !ok || mustInt(t, e.id) < now {
 			t.Errorf("after compaction: %s %+v (found %v), want it in a whole state at revision %d or later", name, e, ok, now)

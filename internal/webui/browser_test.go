@@ -64,7 +64,7 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		send("host", host)
 		send("vm", vm)
 		send("alert", alert) // the stream starts with everything: what it leaves out is gone
-		send("synced", struct{}{})
+		send("synced", v1.Synced{Full: true})
 		for {
 			select {
 			case v := <-f.push:

@@ -228,9 +228,10 @@ function startLive() {
   on('alert', (a) => { live.alerts.set(a.id, a); seen?.alerts.add(a.id); });
   on('alert-cleared', (d) => live.alerts.delete(d.id));
   on('pool', (p) => { live.pool = p; });
-  on('synced', () => {
-    // The stream began with everything there is: drop what it did not name.
-    if (!seen) return;
+  on('synced', (d) => {
+    // A stream that began with everything there is (full): drop what it
+    // did not name. A resumed one sent only the changes since.
+    if (!seen || !d.full) { seen = null; return; }
     for (const [k, set] of [['hosts', seen.hosts], ['vms', seen.vms], ['ops', seen.ops], ['alerts', seen.alerts]]) {
       for (const key of [...live[k].keys()]) if (!set.has(key)) live[k].delete(key);
     }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -49,7 +50,7 @@ func (b *browser) addUser(name, role string) {
 // a snapshot; a viewer finds no mutating button. A screenshot of each page
 // is saved (HANGAR_ARTIFACTS, default integration/artifacts/).
 func TestWebUI(t *testing.T) {
-	b := newBrowser(t)
+	b := newBrowser(t, "--history-interval", "1s")
 	b.addUser("alice", "admin")
 	b.addUser("vera", "viewer")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
@@ -69,6 +70,10 @@ func TestWebUI(t *testing.T) {
 		}
 	}
 	b.Shot("overview")
+	// A host's page: its history as charts (GET /hosts/{name}/history).
+	b.Page("#/host/"+hosts[0].Name, "#host-name")
+	b.WaitJS("host charts", 3*time.Minute, `document.querySelectorAll('#charts:not([hidden]) .chart canvas').length >= 4`)
+	b.Shot("host")
 
 	// Create and start a VM from the form; the page follows it to running.
 	const name = "webui-1"
@@ -80,10 +85,21 @@ func TestWebUI(t *testing.T) {
 	b.Shot("create")
 	b.Run("create", time.Minute, chromedp.Click(chromedp.CSS(`#c-submit`)), chromedp.WaitVisible(chromedp.CSS(`#vm-name`)))
 	b.WaitJS("state running", 5*time.Minute, `document.querySelector('#vm-state')?.textContent === 'running'`)
-	b.Shot("vm")
 	if v, err := b.s.c.VM(ctx, name); err != nil || v.Status.State != v1.StateRunning {
 		t.Fatalf("the API says %s is %q (%v)", name, v.Status.State, err)
 	}
+	// The page follows the server's event stream (not a poll), and the VM
+	// page shows the guest's usage and its history as uPlot charts, all
+	// from the real routes.
+	if mode := b.Text(`#live`); mode != "live" {
+		t.Errorf("the UI is %q, want live (GET /api/v1/events)", mode)
+	}
+	b.Page("#/vm/"+name, "#vm-name")
+	b.WaitJS("usage and charts", 3*time.Minute, `!!document.querySelector('#usage') && document.querySelectorAll('#charts:not([hidden]) .chart canvas').length >= 4`)
+	if cpu := b.Text(`#usage dd`); !strings.Contains(cpu, "cores") || strings.HasPrefix(cpu, "0.00 cores (0 s") {
+		t.Errorf("the usage block's CPU is %q, want the guest's CPU time", cpu)
+	}
+	b.Shot("vm")
 
 	// The console: the guest's ready marker (shown again if it was printed
 	// before the console opened), then a command's output.

@@ -305,7 +305,7 @@ function overviewPage() {
       const allocCPUs = c.allocatedCPUs ?? h.allocatedCPUs ?? 0;
       const state = [h.alive ? 'up' : 'down', h.liveness, h.maintenance ? 'maintenance' : '', h.role].filter(Boolean).join(', ');
       return el('tr', { 'data-host': h.name },
-        el('td', { 'data-field': 'name' }, h.name, live.pool?.master === h.name ? el('span', { class: 'muted' }, ' (master)') : null),
+        el('td', { 'data-field': 'name' }, el('a', { href: '#/host/' + q(h.name) }, h.name), live.pool?.master === h.name ? el('span', { class: 'muted' }, ' (master)') : null),
         el('td', { class: h.alive ? '' : 'error', 'data-field': 'state' }, state),
         el('td', {}, bar(allocCPUs, h.cpus), ' ', el('span', { 'data-field': 'allocatedCPUs' }, String(allocCPUs)), ' / ',
           el('span', { 'data-field': 'cpus' }, String(h.cpus)), ' CPUs'),
@@ -320,6 +320,29 @@ function overviewPage() {
     });
     show(el('h2', {}, 'Pool overview'), cards, el('h3', {}, 'Alerts'), alertList, el('h3', {}, 'Hosts'),
       table('hosts', ['Host', 'State', 'CPU allocated', 'Memory allocated', 'Storage', 'VMs', ''], rows));
+  };
+  renderCurrent = render;
+  render();
+}
+
+function hostPage(name) {
+  const charts = chartBox(`/hosts/${q(name)}/history`, '#/host/' + q(name));
+  const render = () => {
+    const h = live.hosts.get(name);
+    if (!h) { show(el('h2', {}, name), el('p', { class: 'error' }, 'no such host (removed?)')); return; }
+    const vms = [...live.vms.values()].filter((v) => (v.status?.host || v.spec.host) === name)
+      .sort((a, b) => a.spec.name.localeCompare(b.spec.name))
+      .map((v) => el('tr', { 'data-vm': v.spec.name }, el('td', {}, el('a', { href: '#/vm/' + q(v.spec.name) }, v.spec.name)),
+        stateCell(v.status?.state), el('td', {}, String(v.spec.cpus)), el('td', {}, `${v.spec.memoryMiB} MiB`)));
+    show(
+      el('h2', {}, 'Host ', el('span', { id: 'host-name' }, name)),
+      el('dl', { class: 'spec', id: 'host-spec' },
+        el('dt', {}, 'State'), el('dd', {}, [h.alive ? 'up' : 'down', h.liveness, h.maintenance ? 'maintenance' : '', h.role].filter(Boolean).join(', ')),
+        el('dt', {}, 'CPUs'), el('dd', {}, `${h.allocatedCPUs ?? 0} / ${h.cpus} allocated`),
+        el('dt', {}, 'Memory'), el('dd', {}, `${h.allocatedMemoryMiB} / ${h.memoryMiB} MiB allocated`),
+        el('dt', {}, 'Master'), el('dd', {}, live.pool?.master === name ? 'yes' : 'no')),
+      charts,
+      el('h3', {}, 'VMs'), table('host-vms', ['Name', 'State', 'CPUs', 'Memory'], vms));
   };
   renderCurrent = render;
   render();
@@ -393,9 +416,12 @@ const chartSeries = [
   ['Disk read/write (KiB/s)', 'diskReadBps', (v) => v / 1024, 'diskWriteBps'], ['Network rx/tx (KiB/s)', 'netRxBps', (v) => v / 1024, 'netTxBps'],
 ];
 
+// drawCharts draws the history at path into box: false when the server
+// has no such route (the box stays hidden for good), true otherwise (a VM
+// just started has no samples yet: hidden until it has).
 async function drawCharts(box, path) {
-  const h = await optional(path).catch(() => null);
-  if (!h || !h.samples?.length) { box.hidden = true; return; }
+  const h = await optional(path);
+  if (!h || !h.samples?.length) { box.hidden = true; return !!h; }
   const { default: uPlot } = await import('/ui/vendor/uPlot.esm.js');
   box.hidden = false;
   box.replaceChildren();
@@ -410,6 +436,21 @@ async function drawCharts(box, path) {
     // eslint-disable-next-line no-new
     new uPlot({ title, width: 420, height: 180, series }, data, div);
   }
+  return true;
+}
+
+// chartBox is a box of charts of the history at path, drawn now and every
+// 10 s (the hosts sample every 10 s) while the page at hash is shown.
+function chartBox(path, hash) {
+  const box = el('div', { class: 'charts', id: 'charts', hidden: true });
+  let history = true; // the server has the history route
+  const redraw = () => drawCharts(box, path).then((ok) => { history = ok; }).catch(() => { box.hidden = true; });
+  redraw();
+  const again = setInterval(() => {
+    if (location.hash !== hash) { clearInterval(again); return; }
+    if (history) redraw();
+  }, 10000);
+  return box;
 }
 
 function vmActions(v) {
@@ -452,7 +493,7 @@ function vmActions(v) {
 function vmPage(name) {
   let snaps = null;
   let usage = null;
-  const charts = el('div', { class: 'charts', id: 'charts', hidden: true });
+  const charts = chartBox(`/vms/${q(name)}/history`, '#/vm/' + q(name));
   const load = async () => {
     [snaps, usage] = await Promise.all([optional(`/vms/${q(name)}/snapshots`), optional(`/vms/${q(name)}/usage`)]);
     changed();
@@ -506,9 +547,8 @@ function vmPage(name) {
   renderCurrent = render;
   render();
   load().catch(() => {});
-  drawCharts(charts, `/vms/${q(name)}/history`).catch(() => { charts.hidden = true; });
   // Snapshots change with operations: read them again when one of this VM's ends.
-  // Usage and history are sampled every 10 s: read them again as often.
+  // Usage is sampled every 10 s: read it again as often.
   let lastOps = '';
   let ticks = 0;
   const again = setInterval(() => {
@@ -516,7 +556,6 @@ function vmPage(name) {
     const sig = [...live.ops.values()].filter((o) => o.target === name).map((o) => o.id + o.state).join();
     ticks++;
     if (sig !== lastOps || ticks % 10 === 0) { lastOps = sig; load().catch(() => {}); }
-    if (ticks % 10 === 0 && !charts.hidden) drawCharts(charts, `/vms/${q(name)}/history`).catch(() => {});
   }, 1000);
 }
 
@@ -623,6 +662,7 @@ async function route() {
     switch (page) {
       case 'vms': vmsPage(); break;
       case 'vm': vmPage(decodeURIComponent(arg || '')); break;
+      case 'host': hostPage(decodeURIComponent(arg || '')); break;
       case 'create': await createPage(); break;
       case 'operations': operationsPage(); break;
       case 'templates': await templatesPage(); break;

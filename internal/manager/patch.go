@@ -317,14 +317,7 @@ func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
 		}
 		s.cfg.Log.Info("vm settings changed", "vm", name, "fields", changed, "revision", rev)
 		if op != nil {
-			done, err := s.waitOp(ctx, op.ID, limitsWait)
-			if err == nil && done.State == v1.OpFailed && done.Error != nil {
-				err = done.Error
-			} else if err == nil && !done.Done() {
-				err = &v1.Error{Code: v1.CodeUnavailable, Field: "resources",
-					Message: fmt.Sprintf("vm %q: the settings are saved but host %s has not applied them yet (operation %s)", name, spec.Host, op.ID)}
-			}
-			if err != nil {
+			if err := s.awaitLimits(ctx, v.Spec, spec.Host, op.ID, rev); err != nil {
 				writeErr(w, err)
 				return
 			}
@@ -333,6 +326,63 @@ func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 200, redactVM(v))
 		return
 	}
+}
+
+// awaitLimits waits for the host to apply a running VM's live change
+// (operation id, which wrote the spec at revision rev). When the host
+// refuses or fails it, the spec is written back as it was (old) and the
+// error says so: a refused change loses nothing. A host that has not
+// answered in time keeps the change pending (503): it applies it later.
+func (s *Server) awaitLimits(ctx context.Context, old v1.VMSpec, host, id string, rev int64) error {
+	done, err := s.waitOp(ctx, id, limitsWait)
+	if err != nil {
+		return err
+	}
+	if !done.Done() {
+		return &v1.Error{Code: v1.CodeUnavailable, Field: "resources",
+			Message: fmt.Sprintf("vm %q: the settings are saved but host %s has not applied them yet (operation %s)", old.Name, host, id)}
+	}
+	if done.State != v1.OpFailed {
+		return nil
+	}
+	e := v1.Error{Code: v1.CodeInternal, Message: "the host failed the change"}
+	if done.Error != nil {
+		e = *done.Error
+	}
+	// The client may be gone: the roll-back must happen anyway.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), limitsWait)
+	defer cancel()
+	if rerr := s.rollbackLimits(rctx, old, host, rev); rerr != nil {
+		s.cfg.Log.Warn("roll back a refused live change", "vm", old.Name, "err", rerr)
+		e.Message += fmt.Sprintf(" (the new settings stay saved: rolling them back failed: %v)", rerr)
+		return &e
+	}
+	e.Message += " (the settings are as they were)"
+	return &e
+}
+
+// rollbackLimits writes old back over the spec a refused live change
+// wrote at revision rev (a change made since stands) with a "limits"
+// operation, so the host applies the old limits again: a change refused
+// half-way may have applied a part (disks are throttled before vCPUs are
+// pinned).
+func (s *Server) rollbackLimits(ctx context.Context, old v1.VMSpec, host string, rev int64) error {
+	o := s.newOp("limits", old.Name, host, nil)
+	writes := append(inventory.NewOpWrites(o), store.PutOp(inventory.VMKey(old.Name), inventory.Marshal(old), rev))
+	if _, err := s.cfg.Store.Txn(ctx, nil, writes...); err != nil {
+		return fmt.Errorf("write back the spec of vm %q: %w", old.Name, err)
+	}
+	s.cfg.Log.Info("refused live change rolled back", "vm", old.Name, "revision", rev)
+	done, err := s.waitOp(ctx, o.ID, limitsWait)
+	if err == nil && done.State == v1.OpFailed && done.Error != nil {
+		err = done.Error
+	}
+	if err != nil {
+		// The spec is the old one; the host applies it at its next
+		// change, restart or re-adoption.
+		s.cfg.Log.Warn("re-apply the limits after a refused live change", "vm", old.Name, "err", err)
+	}
+	return nil
 }
 
 // checkPinning refuses a vCPU pinning that names a CPU the VM's host does

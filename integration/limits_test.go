@@ -485,4 +485,19 @@ func TestCPUPinning(t *testing.T) {
 	if vv, err := s.c.VM(ctx, name); err != nil || vv.Spec.Resources == nil || vv.Spec.Resources.CPUPinning != "0" {
 		t.Errorf("after the refusal: %+v %v, want the pinning kept at 0", vv.Spec.Resources, err)
 	}
+
+	// A CPU the host has but its agent may not use (hangar serve confined
+	// to CPU 0 after it reported 2): the API admits the pinning, the agent
+	// refuses it, and the spec is rolled back with the limits beside it.
+	pinProcess(t, s.cmd.Process.Pid, 0)
+	pin, shares := "1", 512
+	_, err = s.c.PatchVM(ctx, name, v1.VMPatch{Resources: &v1.ResourcesPatch{CPUPinning: &pin, CPUShares: &shares}})
+	if !errors.As(err, &e) || e.Field != "resources.cpuPinning" || !strings.Contains(e.Message, "as they were") {
+		t.Errorf("pinning to a CPU the agent may not use: %v, want the agent's refusal on resources.cpuPinning, rolled back", err)
+	}
+	t.Logf("refused by the agent: %v", err)
+	if vv, err := s.c.VM(ctx, name); err != nil || vv.Spec.Resources == nil || *vv.Spec.Resources != (v1.Resources{CPUPinning: "0"}) {
+		t.Errorf("after the agent's refusal: %+v %v, want the resources as they were (pinning 0)", vv.Spec.Resources, err)
+	}
+	check("after the agent's refusal", map[string]string{"0": "0", "1": "0"})
 }

@@ -432,25 +432,32 @@ func (i Inventory) Templates(ctx context.Context) ([]v1.Template, error) {
 // record whose key is not /hangar/alloc/<host>/<vm> or that books negative
 // amounts is ErrInvalidRecord.
 func (i Inventory) AllocsByHost(ctx context.Context) (map[string]map[string]Alloc, error) {
-	items, _, err := store.ListJSON[Alloc](ctx, i.S, Allocs)
+	out, _, err := i.AllocsByHostAt(ctx)
+	return out, err
+}
+
+// AllocsByHostAt is AllocsByHost with the store revision they were read
+// at, for a write conditioned on them (store.Unchanged).
+func (i Inventory) AllocsByHostAt(ctx context.Context) (map[string]map[string]Alloc, int64, error) {
+	items, rev, err := store.ListJSON[Alloc](ctx, i.S, Allocs)
 	if err != nil {
-		return nil, fmt.Errorf("list allocations: %w", err)
+		return nil, 0, fmt.Errorf("list allocations: %w", err)
 	}
 	out := map[string]map[string]Alloc{}
 	for _, it := range items {
 		host, vm, ok := strings.Cut(strings.TrimPrefix(it.Key, Allocs), "/")
 		if !ok || host == "" || vm == "" || strings.Contains(vm, "/") {
-			return nil, fmt.Errorf("allocation %q: %w", it.Key, ErrInvalidRecord)
+			return nil, 0, fmt.Errorf("allocation %q: %w", it.Key, ErrInvalidRecord)
 		}
 		if it.Value.CPUs < 0 || it.Value.MemoryMiB < 0 {
-			return nil, fmt.Errorf("allocation %q books %d cpus, %d MiB: %w", it.Key, it.Value.CPUs, it.Value.MemoryMiB, ErrInvalidRecord)
+			return nil, 0, fmt.Errorf("allocation %q books %d cpus, %d MiB: %w", it.Key, it.Value.CPUs, it.Value.MemoryMiB, ErrInvalidRecord)
 		}
 		if out[host] == nil {
 			out[host] = map[string]Alloc{}
 		}
 		out[host][vm] = it.Value
 	}
-	return out, nil
+	return out, rev, nil
 }
 
 // Admission is the pool's admission policy: the settings record checked

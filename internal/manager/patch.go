@@ -284,8 +284,9 @@ func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
 			writeErr(w, err)
 			return
 		}
+		var conds []store.Cond
 		if spec.CPUs > v.Spec.CPUs || spec.MemoryMiB > v.Spec.MemoryMiB {
-			if err := s.checkResize(ctx, hosts, spec); err != nil {
+			if conds, err = s.checkResize(ctx, hosts, spec); err != nil {
 				writeErr(w, err)
 				return
 			}
@@ -304,9 +305,9 @@ func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
 			o := s.newOp("limits", name, spec.Host, nil)
 			op, writes = &o, append(inventory.NewOpWrites(o), writes...)
 		}
-		rev, err := s.cfg.Store.Txn(ctx, nil, writes...)
-		if errors.Is(err, store.ErrConflict) && ifMatch == 0 && attempt < 5 {
-			continue
+		rev, err := s.cfg.Store.Txn(ctx, conds, writes...)
+		if errors.Is(err, store.ErrConflict) && attempt < 5 {
+			continue // read again (a changed VM answers If-Match above)
 		}
 		if errors.Is(err, store.ErrConflict) {
 			err = &v1.Error{Code: v1.CodeConflict, Field: "name", Message: fmt.Sprintf("vm %q changed meanwhile: read it again", name)}
@@ -404,31 +405,56 @@ func checkPinning(hosts []v1.Host, spec v1.VMSpec) error {
 }
 
 // checkResize refuses to grow a VM placed on a host past what the host
-// admits beside the other VMs booked there (a 412 naming memoryMiB or
-// cpus and the numbers); the pool master books the new size
-// (leader.rebook). A VM without a host is admitted when it is placed.
-func (s *Server) checkResize(ctx context.Context, hosts []v1.Host, spec v1.VMSpec) error {
+// admits beside the other VMs there (a 412 naming memoryMiB or cpus and
+// the numbers); the pool master books the new size (leader.rebook). A
+// VM without a host is admitted when it is placed. Another VM counts at
+// the larger of its booking and its spec: a resize admitted but not yet
+// booked is counted. The answer's conditions hold the spec's write to
+// what was checked: the host's bookings and the other VMs' specs
+// unchanged, so two resizes on one host at once are not both admitted
+// against the same bookings (the later one reads again).
+func (s *Server) checkResize(ctx context.Context, hosts []v1.Host, spec v1.VMSpec) ([]store.Cond, error) {
 	if spec.Host == "" {
-		return nil
+		return nil, nil
 	}
 	i := slices.IndexFunc(hosts, func(h v1.Host) bool { return h.Name == spec.Host })
 	if i < 0 {
-		return nil
+		return nil, nil
 	}
 	pol, err := s.inv.Admission(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	allocs, err := s.inv.AllocsByHost(ctx)
+	allocs, allocRev, err := s.inv.AllocsByHostAt(ctx)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	specs, revs, _, err := s.inv.Specs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	conds := []store.Cond{store.Unchanged(inventory.AllocPrefix(spec.Host), allocRev)}
+	booked := map[string]scheduler.Alloc{}
+	for vm, a := range allocs[spec.Host] {
+		booked[vm] = scheduler.Alloc{Host: spec.Host, VM: vm, CPUs: a.CPUs, MemoryMiB: a.MemoryMiB}
+	}
+	for k, sp := range specs {
+		if sp.Host != spec.Host || sp.Name == spec.Name {
+			continue
+		}
+		conds = append(conds, store.Cond{Key: inventory.VMKey(sp.Name), ExpectRev: revs[k]})
+		a := booked[sp.Name]
+		a.Host, a.VM, a.CPUs, a.MemoryMiB = spec.Host, sp.Name, max(a.CPUs, sp.CPUs), max(a.MemoryMiB, sp.MemoryMiB)
+		booked[sp.Name] = a
 	}
 	var others []scheduler.Alloc
-	for vm, a := range allocs[spec.Host] {
-		others = append(others, scheduler.Alloc{Host: spec.Host, VM: vm, CPUs: a.CPUs, MemoryMiB: a.MemoryMiB})
+	for vm, a := range booked {
+		if vm != spec.Name {
+			others = append(others, a)
+		}
 	}
 	h := scheduler.Host{Name: spec.Host, CPUs: hosts[i].CPUs, MemoryMiB: hosts[i].MemoryMiB}
-	return pol.CheckResize(h, others, spec.Name, spec.CPUs, spec.MemoryMiB)
+	return conds, pol.CheckResize(h, others, spec.Name, spec.CPUs, spec.MemoryMiB)
 }
 
 // trimETag accepts a revision as 42, "42" or W/"42".

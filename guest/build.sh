@@ -31,7 +31,7 @@ FS_LABEL=hangar-root
 CMDLINE="console=ttyS0,115200 root=/dev/vda1 rw quiet mitigations=off"
 # insmod order; each module's dependencies must come before it (checked below).
 # Note: virtio.ko depends on virtio_ring.ko, so virtio_ring goes first.
-MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net button evdev"
+MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net button evdev virtio_balloon"
 
 # ---------------------------------------------------------------- tools
 need_cmd() { # need_cmd CMD PACKAGE

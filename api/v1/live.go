@@ -16,16 +16,19 @@ type VMUsage struct {
 	CPUSeconds float64 `json:"cpuSeconds"`
 	// CPUCores is the CPU used over the host's last sample interval
 	// (History.Interval; 0 before the second sample).
-	CPUCores         float64   `json:"cpuCores"`
-	MemoryBytes      int64     `json:"memoryBytes"`
-	MemoryLimitBytes int64     `json:"memoryLimitBytes"`
-	DiskReadBytes    int64     `json:"diskReadBytes"`
-	DiskWriteBytes   int64     `json:"diskWriteBytes"`
-	DiskReadOps      int64     `json:"diskReadOps"`
-	DiskWriteOps     int64     `json:"diskWriteOps"`
-	NetRxBytes       int64     `json:"netRxBytes"`
-	NetTxBytes       int64     `json:"netTxBytes"`
-	At               time.Time `json:"at"`
+	CPUCores         float64 `json:"cpuCores"`
+	MemoryBytes      int64   `json:"memoryBytes"`
+	MemoryLimitBytes int64   `json:"memoryLimitBytes"`
+	DiskReadBytes    int64   `json:"diskReadBytes"`
+	DiskWriteBytes   int64   `json:"diskWriteBytes"`
+	DiskReadOps      int64   `json:"diskReadOps"`
+	DiskWriteOps     int64   `json:"diskWriteOps"`
+	NetRxBytes       int64   `json:"netRxBytes"`
+	NetTxBytes       int64   `json:"netTxBytes"`
+	// BalloonBytes is the guest's memory as its balloon leaves it (QMP
+	// query-balloon's actual); absent without a balloon device.
+	BalloonBytes int64     `json:"balloonBytes,omitempty"`
+	At           time.Time `json:"at"`
 	// Source of CPU and memory: "cgroup" or "process".
 	Source string `json:"source,omitempty"`
 }

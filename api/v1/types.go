@@ -144,6 +144,12 @@ type Resources struct {
 	// 3), or one list for every vCPU ("0-1,4"). "" leaves them to the
 	// host's scheduler.
 	CPUPinning string `json:"cpuPinning,omitempty"`
+	// BalloonMiB, when set at start, gives the VM a virtio-balloon device
+	// and is the guest's memory target in MiB (32 to memoryMiB): the
+	// guest's balloon driver hands the rest back to the host. Changed
+	// live on a VM started with one; 0 live gives the guest all its
+	// memory back (the device stays until the next start).
+	BalloonMiB int `json:"balloonMiB,omitempty"`
 }
 
 // HA is a VM's high-availability settings. When its host is declared dead
@@ -708,6 +714,7 @@ type ResourcesPatch struct {
 	CPULimit       *float64 `json:"cpuLimit,omitempty"`
 	MemoryLimitMiB *int     `json:"memoryLimitMiB,omitempty"`
 	CPUPinning     *string  `json:"cpuPinning,omitempty"`
+	BalloonMiB     *int     `json:"balloonMiB,omitempty"`
 }
 
 // DiskPatch changes one disk's settings (VMPatch.Disks).

@@ -37,7 +37,7 @@ consoles, snapshots, clones, templates, suspend, media.`,
 }
 
 func newVMSet(g *globals) *cobra.Command {
-	var cpus, memory, cpuShares, memLimit int
+	var cpus, memory, cpuShares, memLimit, balloon int
 	var cpuLimit float64
 	var restart, ioError, cpuPinning string
 	var diskIOErrors, diskIOPS, diskBPS, netMbps, netRx, netTx []string
@@ -48,7 +48,7 @@ func newVMSet(g *globals) *cobra.Command {
 the VM is stopped (the server refuses them for a running VM, saying so); the restart
 policy and the I/O error policies change at any time (the I/O error policies apply from
 the VM's next start). The resource controls (--cpu-shares, --cpu-limit, --memory-limit;
-0 restores a default), the disks' limits (--disk-iops, --disk-bps) and the bridge NICs'
+0 restores a default; --balloon, the guest's memory target on a VM started with a balloon), the disks' limits (--disk-iops, --disk-bps) and the bridge NICs'
 bandwidth (--net-mbps, --net-rx-mbps, --net-tx-mbps; tc on the NIC's tap) change at any
 time: a running VM's host applies them live.`,
 		Example: `  hangar vm set web1 --cpus 2 --memory 1024
@@ -65,7 +65,8 @@ time: a running VM's host applies them live.`,
 			p := v1.VMPatch{CPUs: ifGiven(cmd, "cpus", &cpus), MemoryMiB: ifGiven(cmd, "memory", &memory),
 				RestartPolicy: ifGiven(cmd, "restart", &restart), IOErrorPolicy: ifGiven(cmd, "io-error", &ioError)}
 			if r := (v1.ResourcesPatch{CPUShares: ifGiven(cmd, "cpu-shares", &cpuShares), CPULimit: ifGiven(cmd, "cpu-limit", &cpuLimit),
-				MemoryLimitMiB: ifGiven(cmd, "memory-limit", &memLimit), CPUPinning: ifGiven(cmd, "cpu-pinning", &cpuPinning)}); r != (v1.ResourcesPatch{}) {
+				MemoryLimitMiB: ifGiven(cmd, "memory-limit", &memLimit), CPUPinning: ifGiven(cmd, "cpu-pinning", &cpuPinning),
+				BalloonMiB: ifGiven(cmd, "balloon", &balloon)}); r != (v1.ResourcesPatch{}) {
 				p.Resources = &r
 			}
 			var err error
@@ -92,7 +93,7 @@ time: a running VM's host applies them live.`,
 				}
 			}
 			if p.CPUs == nil && p.MemoryMiB == nil && p.RestartPolicy == nil && p.IOErrorPolicy == nil && p.Disks == nil && p.Resources == nil && p.NICs == nil {
-				return fmt.Errorf("nothing to change: give --cpus, --memory, --restart, --io-error, --disk-io-error, --cpu-shares, --cpu-limit, --memory-limit, --cpu-pinning, --disk-iops, --disk-bps or --net-mbps")
+				return fmt.Errorf("nothing to change: give --cpus, --memory, --restart, --io-error, --disk-io-error, --cpu-shares, --cpu-limit, --memory-limit, --cpu-pinning, --balloon, --disk-iops, --disk-bps or --net-mbps")
 			}
 			v, err := g.client().PatchVM(cmd.Context(), args[0], p)
 			if err != nil {
@@ -114,6 +115,7 @@ time: a running VM's host applies them live.`,
 	cmd.Flags().IntVar(&cpuShares, "cpu-shares", 0, "relative CPU weight under contention (2-262144, 0: default 1024; live)")
 	cmd.Flags().Float64Var(&cpuLimit, "cpu-limit", 0, "cap in host CPUs, e.g. 0.5 (0: no cap; live)")
 	cmd.Flags().StringVar(&cpuPinning, "cpu-pinning", "", `host CPUs of the vCPU threads: "2;3" (one list per vCPU) or "0-1" (for all); "" unpins; live`)
+	cmd.Flags().IntVar(&balloon, "balloon", 0, "the guest's memory target in MiB: a virtio-balloon device from the next start, the target live (0: all its memory)")
 	cmd.Flags().IntVar(&memLimit, "memory-limit", 0, "hard memory limit of the VM's QEMU in MiB (0: guest memory + overhead; live)")
 	cmd.Flags().StringArrayVar(&diskIOPS, "disk-iops", nil, "DISK=N: the disk's total I/O operations per second (0: none; live; repeatable)")
 	cmd.Flags().StringArrayVar(&diskBPS, "disk-bps", nil, "DISK=N: the disk's total bytes per second (0: none; live; repeatable)")
@@ -182,6 +184,9 @@ func resourcesSummary(s v1.VMSpec) string {
 	out := fmt.Sprintf("cpu shares %s, cpu limit %s, memory limit %s", resourceInt(r.CPUShares, ""), resourceCPUs(r.CPULimit), resourceInt(r.MemoryLimitMiB, " MiB"))
 	if r.CPUPinning != "" {
 		out += ", vcpus pinned to " + r.CPUPinning
+	}
+	if r.BalloonMiB > 0 {
+		out += fmt.Sprintf(", balloon target %d MiB", r.BalloonMiB)
 	}
 	for _, d := range s.Disks {
 		if l := d.Limits; l != nil {
@@ -532,6 +537,9 @@ func printUsage(ctx context.Context, w *tabwriter.Writer, g *globals, v v1.VM) {
 	fmt.Fprintf(w, "Usage:\tat %s (from the %s)\n", u.At.Local().Format(time.TimeOnly), orDash(u.Source))
 	fmt.Fprintf(w, "  CPU:\t%.1f s, %.2f cores\n", u.CPUSeconds, u.CPUCores)
 	fmt.Fprintf(w, "  Memory:\t%s (limit %s)\n", mib(u.MemoryBytes), limit)
+	if u.BalloonBytes > 0 {
+		fmt.Fprintf(w, "  Balloon:\t%s left to the guest\n", mib(u.BalloonBytes))
+	}
 	fmt.Fprintf(w, "  Disk read:\t%s in %d requests\n", mib(u.DiskReadBytes), u.DiskReadOps)
 	fmt.Fprintf(w, "  Disk written:\t%s in %d requests\n", mib(u.DiskWriteBytes), u.DiskWriteOps)
 	fmt.Fprintf(w, "  Network:\t%s received, %s sent\n", mib(u.NetRxBytes), mib(u.NetTxBytes))

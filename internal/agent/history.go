@@ -249,6 +249,12 @@ func (a *Agent) VMUsage(ctx context.Context, name string) (v1.VMUsage, error) {
 	}
 	u := usageOf(s)
 	u.CPUCores = a.history.cpuCores(name)
+	if inst.Mon != nil {
+		var err error
+		if u.BalloonBytes, err = balloonBytes(ctx, inst.Mon); err != nil {
+			a.cfg.Log.Debug("usage: balloon", "vm", name, "err", err)
+		}
+	}
 	return u, nil
 }
 

@@ -52,6 +52,9 @@ func (m *machine) applyLimits(ctx context.Context, spec v1.VMSpec, inst *qemu.In
 		if err := pinVCPUs(ctx, inst.Mon, inst.PID, spec, m.a.cfg.Host, false); err != nil {
 			return err
 		}
+		if err := setBalloon(ctx, inst.Mon, spec, false); err != nil {
+			return err
+		}
 	}
 	t1 := time.Now()
 	if err := shapeNICs(spec, false); err != nil {
@@ -106,13 +109,16 @@ func (m *machine) updateLimits(ctx context.Context) error {
 		if err := pinVCPUs(ctx, m.inst.Mon, m.inst.PID, spec, m.a.cfg.Host, true); err != nil {
 			return err
 		}
+		if err := setBalloon(ctx, m.inst.Mon, spec, true); err != nil {
+			return err
+		}
 	}
 	if err := shapeNICs(spec, true); err != nil {
 		return err
 	}
 	if m.a.cgroups == nil {
 		if r := spec.Resources; r == nil || (r.CPUShares == 0 && r.CPULimit == 0 && r.MemoryLimitMiB == 0) {
-			return nil // nothing for a cgroup (pinning and tc need none)
+			return nil // nothing for a cgroup (pinning, the balloon and tc need none)
 		}
 		return errdefs.Precondition("limits of %s: cgroups are unavailable on host %s", m.name, m.a.cfg.Host)
 	}

@@ -97,6 +97,9 @@ func applyResourcesPatch(spec *v1.VMSpec, p v1.ResourcesPatch) bool {
 		if p.CPUPinning != nil {
 			r.CPUPinning = *p.CPUPinning
 		}
+		if p.BalloonMiB != nil {
+			r.BalloonMiB = *p.BalloonMiB
+		}
 	})
 }
 

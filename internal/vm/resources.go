@@ -18,6 +18,9 @@ const (
 	// MinNICMbps and MaxNICMbps bound a NIC's bandwidth limits.
 	MinNICMbps = 0.1
 	MaxNICMbps = 100000
+	// MinBalloonMiB bounds a balloon target from below: a guest squeezed
+	// further stops answering.
+	MinBalloonMiB = 32
 )
 
 // validateResources checks s.Resources; nil is valid (defaults).
@@ -40,6 +43,9 @@ func validateResources(s v1.VMSpec) error {
 	}
 	if _, err := CPUPinning(s); err != nil {
 		return invalid("resources.cpuPinning", "%v", err)
+	}
+	if r.BalloonMiB != 0 && (r.BalloonMiB < MinBalloonMiB || r.BalloonMiB > s.MemoryMiB) {
+		return invalid("resources.balloonMiB", "must be 0 (no balloon) or between %d MiB and the guest's memory (%d MiB), got %d", MinBalloonMiB, s.MemoryMiB, r.BalloonMiB)
 	}
 	if r.MemoryLimitMiB > 0 && r.MemoryLimitMiB < s.MemoryMiB {
 		return invalid("resources.memoryLimitMiB", "%d MiB is less than the guest's memory (%d MiB): the guest would be killed when it uses its RAM", r.MemoryLimitMiB, s.MemoryMiB)

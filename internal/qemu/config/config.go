@@ -117,6 +117,10 @@ func Argv(p Params) ([]string, error) {
 		"-device", `{"driver":"virtio-serial-pci","id":"vser0"}`,
 		"-device", `{"driver":"virtserialport","bus":"vser0.0","chardev":"qga0","name":"org.qemu.guest_agent.0"}`,
 	)
+	if s.Resources != nil && s.Resources.BalloonMiB > 0 {
+		// The target is set over QMP (balloon) before the guest runs.
+		a = append(a, "-device", `{"driver":"virtio-balloon-pci","id":"balloon0"}`)
+	}
 	boot := bootOrder(s.Boot)
 	next := 1
 	needSCSI := false

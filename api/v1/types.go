@@ -150,6 +150,11 @@ type Resources struct {
 	// live on a VM started with one; 0 live gives the guest all its
 	// memory back (the device stays until the next start).
 	BalloonMiB int `json:"balloonMiB,omitempty"`
+	// Hugepages backs the guest's RAM with huge pages (hugetlbfs at
+	// /dev/hugepages) from the next start: KVM only (TCG's RAM carries
+	// an 8 KiB pad, no whole number of huge pages), on a host that has
+	// enough reserved (vm.nr_hugepages).
+	Hugepages bool `json:"hugepages,omitempty"`
 }
 
 // HA is a VM's high-availability settings. When its host is declared dead
@@ -715,6 +720,7 @@ type ResourcesPatch struct {
 	MemoryLimitMiB *int     `json:"memoryLimitMiB,omitempty"`
 	CPUPinning     *string  `json:"cpuPinning,omitempty"`
 	BalloonMiB     *int     `json:"balloonMiB,omitempty"`
+	Hugepages      *bool    `json:"hugepages,omitempty"`
 }
 
 // DiskPatch changes one disk's settings (VMPatch.Disks).

@@ -40,6 +40,7 @@ func newVMSet(g *globals) *cobra.Command {
 	var cpus, memory, cpuShares, memLimit, balloon int
 	var cpuLimit float64
 	var restart, ioError, cpuPinning string
+	var hugepages bool
 	var diskIOErrors, diskIOPS, diskBPS, netMbps, netRx, netTx []string
 	cmd := &cobra.Command{
 		Use:   "set NAME",
@@ -66,7 +67,7 @@ time: a running VM's host applies them live.`,
 				RestartPolicy: ifGiven(cmd, "restart", &restart), IOErrorPolicy: ifGiven(cmd, "io-error", &ioError)}
 			if r := (v1.ResourcesPatch{CPUShares: ifGiven(cmd, "cpu-shares", &cpuShares), CPULimit: ifGiven(cmd, "cpu-limit", &cpuLimit),
 				MemoryLimitMiB: ifGiven(cmd, "memory-limit", &memLimit), CPUPinning: ifGiven(cmd, "cpu-pinning", &cpuPinning),
-				BalloonMiB: ifGiven(cmd, "balloon", &balloon)}); r != (v1.ResourcesPatch{}) {
+				BalloonMiB: ifGiven(cmd, "balloon", &balloon), Hugepages: ifGiven(cmd, "hugepages", &hugepages)}); r != (v1.ResourcesPatch{}) {
 				p.Resources = &r
 			}
 			var err error
@@ -93,7 +94,7 @@ time: a running VM's host applies them live.`,
 				}
 			}
 			if p.CPUs == nil && p.MemoryMiB == nil && p.RestartPolicy == nil && p.IOErrorPolicy == nil && p.Disks == nil && p.Resources == nil && p.NICs == nil {
-				return fmt.Errorf("nothing to change: give --cpus, --memory, --restart, --io-error, --disk-io-error, --cpu-shares, --cpu-limit, --memory-limit, --cpu-pinning, --balloon, --disk-iops, --disk-bps or --net-mbps")
+				return fmt.Errorf("nothing to change: give --cpus, --memory, --restart, --io-error, --disk-io-error, --cpu-shares, --cpu-limit, --memory-limit, --cpu-pinning, --balloon, --hugepages, --disk-iops, --disk-bps or --net-mbps")
 			}
 			v, err := g.client().PatchVM(cmd.Context(), args[0], p)
 			if err != nil {
@@ -116,6 +117,7 @@ time: a running VM's host applies them live.`,
 	cmd.Flags().Float64Var(&cpuLimit, "cpu-limit", 0, "cap in host CPUs, e.g. 0.5 (0: no cap; live)")
 	cmd.Flags().StringVar(&cpuPinning, "cpu-pinning", "", `host CPUs of the vCPU threads: "2;3" (one list per vCPU) or "0-1" (for all); "" unpins; live`)
 	cmd.Flags().IntVar(&balloon, "balloon", 0, "the guest's memory target in MiB: a virtio-balloon device from the next start, the target live (0: all its memory)")
+	cmd.Flags().BoolVar(&hugepages, "hugepages", false, "back the guest's RAM with huge pages from the next start (KVM hosts with vm.nr_hugepages reserved)")
 	cmd.Flags().IntVar(&memLimit, "memory-limit", 0, "hard memory limit of the VM's QEMU in MiB (0: guest memory + overhead; live)")
 	cmd.Flags().StringArrayVar(&diskIOPS, "disk-iops", nil, "DISK=N: the disk's total I/O operations per second (0: none; live; repeatable)")
 	cmd.Flags().StringArrayVar(&diskBPS, "disk-bps", nil, "DISK=N: the disk's total bytes per second (0: none; live; repeatable)")
@@ -187,6 +189,9 @@ func resourcesSummary(s v1.VMSpec) string {
 	}
 	if r.BalloonMiB > 0 {
 		out += fmt.Sprintf(", balloon target %d MiB", r.BalloonMiB)
+	}
+	if r.Hugepages {
+		out += ", huge pages"
 	}
 	for _, d := range s.Disks {
 		if l := d.Limits; l != nil {

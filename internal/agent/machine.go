@@ -668,6 +668,9 @@ func (m *machine) prepareLaunch(ctx context.Context, spec v1.VMSpec, st *v1.VMSt
 		tap := taps[i]
 		rev.Add(func() { _ = network.DeleteTap(tap) })
 	}
+	if err := m.a.checkHugepages(spec); err != nil {
+		return launch{}, err
+	}
 	params := config.Params{Spec: spec, Accel: m.a.cfg.Caps.Accel, RunDir: runDir,
 		LogDir: logDir, Disks: files, Taps: taps}
 	params.Incoming = incoming

@@ -121,3 +121,21 @@ func TestRollbackConditioned(t *testing.T) {
 		t.Fatalf("after the roll-back: %+v, want the later change kept", spec)
 	}
 }
+
+// TestHugepagesRefusedUnderTCG: huge pages on a pool whose hosts run
+// guests under TCG are refused at create and PATCH naming the field.
+func TestHugepagesRefusedUnderTCG(t *testing.T) {
+	ts := newTestServer(t)
+	code, _, b := ts.do("POST", "/api/v1/vms", "application/json", `{"name":"big","memoryMiB":128,"resources":{"hugepages":true}}`)
+	if e := apiErr(t, code, b); code != 412 || e.Field != "resources.hugepages" {
+		t.Fatalf("create with huge pages under tcg: %d %+v", code, e)
+	}
+	ts.createVM(`{"name":"web1","memoryMiB":128}`)
+	ts.setState("web1", v1.StateStopped)
+	code, _, b = ts.do("PATCH", "/api/v1/vms/web1", "application/json", `{"resources":{"hugepages":true}}`)
+	e := apiErr(t, code, b)
+	if code != 412 || e.Field != "resources.hugepages" {
+		t.Fatalf("patch huge pages under tcg: %d %+v", code, e)
+	}
+	t.Logf("refused: %s", e.Message)
+}

@@ -100,6 +100,9 @@ func applyResourcesPatch(spec *v1.VMSpec, p v1.ResourcesPatch) bool {
 		if p.BalloonMiB != nil {
 			r.BalloonMiB = *p.BalloonMiB
 		}
+		if p.Hugepages != nil {
+			r.Hugepages = *p.Hugepages
+		}
 	})
 }
 
@@ -287,6 +290,10 @@ func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
 			writeErr(w, err)
 			return
 		}
+		if err := checkHugepages(hosts, spec, spec.Host); err != nil {
+			writeErr(w, err)
+			return
+		}
 		var conds []store.Cond
 		if spec.CPUs > v.Spec.CPUs || spec.MemoryMiB > v.Spec.MemoryMiB {
 			if conds, err = s.checkResize(ctx, hosts, spec); err != nil {
@@ -405,6 +412,28 @@ func checkPinning(hosts []v1.Host, spec v1.VMSpec) error {
 		}
 	}
 	return nil
+}
+
+// checkHugepages refuses huge pages (412 on resources.hugepages) where
+// the VM's host, or with none known every host, runs guests under TCG
+// (vm.HugepagesProblem); the agent checks its free huge pages at start.
+func checkHugepages(hosts []v1.Host, spec v1.VMSpec, host string) error {
+	if spec.Resources == nil || !spec.Resources.Hugepages {
+		return nil
+	}
+	var p string
+	for _, h := range hosts {
+		if host != "" && h.Name != host {
+			continue
+		}
+		if p = vm.HugepagesProblem(spec, h.Name, h.Accelerator, 0, 0); p == "" {
+			return nil
+		}
+	}
+	if p == "" {
+		return nil // no host known: the agent that starts it checks
+	}
+	return &v1.Error{Code: v1.CodeFailedPrecondition, Field: "resources.hugepages", Message: "resources.hugepages: " + p}
 }
 
 // checkResize refuses to grow a VM placed on a host past what the host

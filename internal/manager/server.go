@@ -443,6 +443,9 @@ func (s *Server) createAll(ctx context.Context, vms []newVM) ([]v1.Operation, er
 		if err := s.checkSourcesOn(ctx, knownHost(spec, host), spec); err != nil {
 			return nil, err
 		}
+		if err := checkHugepages(hosts, spec, knownHost(spec, host)); err != nil {
+			return nil, err
+		}
 		// A dry run of the placement answers at once when no host could take
 		// the VM; the pool master places it for real (it alone books hosts).
 		if err := s.couldPlace(ctx, hosts, spec, host); err != nil {

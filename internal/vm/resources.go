@@ -185,3 +185,29 @@ func validateNICLimits(f string, n v1.NIC) error {
 	}
 	return nil
 }
+
+// HugepagesProblem says why s's RAM cannot be backed by huge pages on a
+// host with accelerator accel and, when known (pageKiB > 0), free huge
+// pages of pageKiB each (/proc/meminfo's HugePages_Free, Hugepagesize);
+// "" when it can or s does not ask. Under TCG every guest's RAM carries
+// the 8 KiB pad of config.TCGRAMPadKiB (a QEMU 7.2 migration fix), which
+// is no whole number of huge pages: huge pages are KVM's only.
+func HugepagesProblem(s v1.VMSpec, host, accel string, free, pageKiB int64) string {
+	if s.Resources == nil || !s.Resources.Hugepages {
+		return ""
+	}
+	if accel != "kvm" {
+		return fmt.Sprintf("host %s runs guests under %s, whose RAM carries an 8 KiB pad (a QEMU 7.2 migration fix) that is no whole number of huge pages: huge pages need KVM", host, accel)
+	}
+	if pageKiB <= 0 {
+		return ""
+	}
+	need := int64(s.MemoryMiB) << 10
+	if need%pageKiB != 0 {
+		return fmt.Sprintf("memoryMiB %d is no whole number of host %s's huge pages of %d KiB", s.MemoryMiB, host, pageKiB)
+	}
+	if n := need / pageKiB; free < n {
+		return fmt.Sprintf("host %s has %d free huge pages of %d KiB (HugePages_Free in /proc/meminfo), the guest needs %d: reserve them with vm.nr_hugepages", host, free, pageKiB, n)
+	}
+	return ""
+}

@@ -30,7 +30,7 @@ func TestArgvGolden(t *testing.T) {
 			Spec: v1.VMSpec{Name: "db", CPUs: 4, MemoryMiB: 4096, Machine: "q35", CPUModel: "host",
 				Disks:         []v1.Disk{{Name: "root", SizeMiB: 10240, Bus: "virtio"}, {Name: "data", SizeMiB: 1024, Bus: "scsi", IOErrorPolicy: "report"}, {Name: "legacy", SizeMiB: 64, Bus: "sata"}},
 				IOErrorPolicy: "ignore",
-				Resources:     &v1.Resources{BalloonMiB: 2048},
+				Resources:     &v1.Resources{BalloonMiB: 2048, Hugepages: true},
 				NICs:          []v1.NIC{{Mode: "bridge", Bridge: "br0", MAC: "52:54:00:aa:bb:cc"}},
 				Boot:          []string{"network", "disk"}},
 			Accel: "kvm", RunDir: "/run/hangar/vms/db", LogDir: "/var/lib/hangar/logs/db",

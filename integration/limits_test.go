@@ -500,4 +500,16 @@ func TestCPUPinning(t *testing.T) {
 		t.Errorf("after the agent's refusal: %+v %v, want the resources as they were (pinning 0)", vv.Spec.Resources, err)
 	}
 	check("after the agent's refusal", map[string]string{"0": "0", "1": "0"})
+
+	// A balloon target on a QEMU started without a balloon device: QEMU
+	// has none to inflate, the agent refuses, the spec is rolled back.
+	target := 128
+	_, err = s.c.PatchVM(ctx, name, v1.VMPatch{Resources: &v1.ResourcesPatch{BalloonMiB: &target}})
+	if !errors.As(err, &e) || e.Field != "resources.balloonMiB" || !strings.Contains(e.Message, "as they were") {
+		t.Errorf("a balloon target without a balloon device: %v, want the agent's refusal on resources.balloonMiB, rolled back", err)
+	}
+	t.Logf("refused by the agent: %v", err)
+	if vv, err := s.c.VM(ctx, name); err != nil || vv.Spec.Resources == nil || *vv.Spec.Resources != (v1.Resources{CPUPinning: "0"}) {
+		t.Errorf("after the balloon refusal: %+v %v, want the resources as they were", vv.Spec.Resources, err)
+	}
 }

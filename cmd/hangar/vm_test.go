@@ -90,6 +90,7 @@ func runCLI(sock string, args ...string) (string, error) {
 	err := root.Execute()
 	return out.String(), err
 }
+
 // TestParseNICLimits: --net-mbps N is NIC 0's, I=N NIC I's; both
 // directions' flags land in one patch per NIC; a bad value is refused.
 func TestParseNICLimits(t *testing.T) {

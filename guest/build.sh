@@ -28,7 +28,7 @@ IMAGE_NAME=hangar-guest.qcow2
 DISK_MIB=128          # virtual disk size
 PART_START=2048       # first partition starts at sector 2048 (1 MiB)
 FS_LABEL=hangar-root
-CMDLINE="console=ttyS0,115200 root=/dev/vda1 rw quiet mitigations=off"
+CMDLINE="console=ttyS0,115200 root=/dev/vda1 rw quiet mitigations=off no_timer_check"
 # insmod order; each module's dependencies must come before it (checked below).
 # Note: virtio.ko depends on virtio_ring.ko, so virtio_ring goes first.
 MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net button evdev virtio_balloon"

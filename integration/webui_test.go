@@ -83,7 +83,8 @@ func TestWebUI(t *testing.T) {
 		chromedp.SetValue(chromedp.CSS(`#c-image`), guestImage),
 		chromedp.SetValue(chromedp.CSS(`#c-mem`), "256"))
 	b.Shot("create")
-	b.Run("create", time.Minute, chromedp.Click(chromedp.CSS(`#c-submit`)), chromedp.WaitVisible(chromedp.CSS(`#vm-name`)))
+	b.Click(`#c-submit`)
+	b.Run("create", time.Minute, chromedp.WaitVisible(chromedp.CSS(`#vm-name`)))
 	b.WaitJS("state running", 5*time.Minute, `document.querySelector('#vm-state')?.textContent === 'running'`)
 	if v, err := b.s.c.VM(ctx, name); err != nil || v.Status.State != v1.StateRunning {
 		t.Fatalf("the API says %s is %q (%v)", name, v.Status.State, err)
@@ -103,7 +104,8 @@ func TestWebUI(t *testing.T) {
 
 	// The console: the guest's ready marker (shown again if it was printed
 	// before the console opened), then a command's output.
-	b.Run("open console", 2*time.Minute, chromedp.Click(chromedp.CSS(`#console-link`)), chromedp.WaitVisible(chromedp.CSS(`.xterm-rows`)))
+	b.Click(`#console-link`)
+	b.Run("open console", 2*time.Minute, chromedp.WaitVisible(chromedp.CSS(`.xterm-rows`)))
 	b.WaitJS("console connected", 2*time.Minute, `document.querySelector('#status')?.textContent === 'connected'`)
 	b.s.waitReady(name, 0)
 	const rows = `(document.querySelector('.xterm-rows')?.textContent || '')`
@@ -114,14 +116,13 @@ func TestWebUI(t *testing.T) {
 	b.Shot("console")
 
 	// Take a snapshot and discard it.
-	b.Run("snapshot", 2*time.Minute,
+	b.Run("vm page", 2*time.Minute,
 		chromedp.Navigate(b.URL+"/#/vm/"+name),
-		chromedp.WaitVisible(chromedp.CSS(`#snapshot-form input[name=name]`)),
-		chromedp.SendKeys(chromedp.CSS(`#snapshot-form input[name=name]`), "s1"),
-		chromedp.Click(chromedp.CSS(`#snapshot-form button[type=submit]`)))
+		chromedp.WaitVisible(chromedp.CSS(`#snapshot-form input[name=name]`)))
+	b.Submit(`#snapshot-form`, map[string]string{"name": "s1"})
 	b.WaitJS("snapshot listed", 5*time.Minute, `!!document.querySelector('#snapshots tr[data-snapshot="s1"]')`)
 	b.Shot("snapshot")
-	b.Run("discard", time.Minute, chromedp.Click(chromedp.CSS(`#snap-discard-s1`)))
+	b.Click(`#snap-discard-s1`)
 	b.WaitJS("snapshot gone", 5*time.Minute, `!document.querySelector('#snapshots tr[data-snapshot="s1"]') && !document.querySelector('#flash.error')`)
 	if snaps, err := b.s.c.Snapshots(ctx, name); err != nil || len(snaps) != 0 {
 		t.Errorf("snapshots after the discard: %v %v", snaps, err)
@@ -140,7 +141,8 @@ func TestWebUI(t *testing.T) {
 	}
 
 	// The viewer: no mutating button anywhere.
-	b.Run("logout", time.Minute, chromedp.Click(chromedp.CSS(`#logout`)), chromedp.WaitVisible(chromedp.CSS(`#login`)))
+	b.Click(`#logout`)
+	b.Run("logout", time.Minute, chromedp.WaitVisible(chromedp.CSS(`#login`)))
 	b.Login("vera", accessPassword)
 	b.Page("#/vm/"+name, "#read-only")
 	b.Shot("viewer-vm")

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chromedp/chromedp"
-
 	v1 "hangar/api/v1"
 	"hangar/internal/webui/webuitest"
 )
@@ -43,8 +41,7 @@ func TestWebUIMigrate(t *testing.T) {
 	b.Page("#/vm/"+name, "#migrate-form")
 	b.WaitJS("h2 offered", 2*time.Minute, `[...document.querySelectorAll('#migrate-to option')].some(o => o.value === 'h2')`)
 	b.Shot("before")
-	b.Run("migrate", time.Minute, chromedp.Evaluate[chromedp.Void](`void (document.querySelector('#migrate-to').value = 'h2')`),
-		chromedp.Click(chromedp.CSS(`#migrate-form button[type=submit]`)))
+	b.Submit(`#migrate-form`, map[string]string{"to": "h2"})
 	// The bar of the VM's migrate operation, as the page shows it.
 	const bar = `(() => { const r = [...document.querySelectorAll('#vm-ops tr[data-op]')].find(tr => tr.firstChild.textContent === 'migrate');
 		return r ? r.dataset.state + ' ' + r.querySelector('progress').value : ''; })()`

@@ -5,6 +5,7 @@ package webuitest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -140,6 +141,30 @@ func (b *Browser) TypeInto(sel, s string) {
 		}
 	}
 	b.Run("type "+s, 2*time.Minute, steps...)
+}
+
+// Click clicks the element sel matches, waiting until there is one. It
+// finds and clicks in one evaluation inside the page: a live page
+// re-renders (an event, a poll) and replaces its nodes, so a node found by
+// one DevTools call may be gone by the next (chromedp.Click's "could not
+// find node").
+func (b *Browser) Click(sel string) {
+	b.t.Helper()
+	b.WaitJS("click "+sel, 2*time.Minute, `(() => { const e = document.querySelector(`+strconv.Quote(sel)+`); if (!e) return false; e.click(); return true; })()`)
+}
+
+// Submit sets the named fields of the form sel (waiting until there is
+// one) and submits it as its submit button would, in one evaluation (as
+// Click, for a page that re-renders).
+func (b *Browser) Submit(sel string, fields map[string]string) {
+	b.t.Helper()
+	js, err := json.Marshal(fields)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	b.WaitJS("submit "+sel, 2*time.Minute, `(() => { const f = document.querySelector(`+strconv.Quote(sel)+`); if (!f) return false;
+		for (const [k, v] of Object.entries(`+string(js)+`)) f.elements[k].value = v;
+		f.requestSubmit(); return true; })()`)
 }
 
 // Eval evaluates a JS expression (a promise is awaited) and returns its value.

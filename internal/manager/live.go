@@ -2,7 +2,6 @@ package manager
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 
 	v1 "hangar/api/v1"
@@ -28,21 +27,28 @@ func (s *Server) liveRoutes() {
 	s.route("GET /api/v1/alerts", s.listAlerts)
 }
 
-// servedByVMHost validates the path's VM name and forwards the request to
-// the VM's host; it returns the name when the request is to be answered
-// here.
-func (s *Server) servedByVMHost(w http.ResponseWriter, r *http.Request) (string, bool) {
-	name := r.PathValue("name")
+// vmHere validates the path's VM name and forwards the request to the
+// VM's host; it returns the name and host when the request is to be
+// answered here (false: answered, an error or forwarded).
+func (s *Server) vmHere(w http.ResponseWriter, r *http.Request) (name, host string, ok bool) {
+	name = r.PathValue("name")
 	if err := vm.ValidateName("name", name); err != nil {
 		writeErr(w, err)
-		return "", false
+		return "", "", false
 	}
 	host, err := s.vmHost(r.Context(), name)
 	if err != nil {
 		writeErr(w, err)
-		return "", false
+		return "", "", false
 	}
-	if !s.servedHere(w, r, host) {
+	return name, host, s.servedHere(w, r, host)
+}
+
+// servedByVMHost is vmHere for the usage routes: this server must also
+// read its host's usage.
+func (s *Server) servedByVMHost(w http.ResponseWriter, r *http.Request) (string, bool) {
+	name, host, ok := s.vmHere(w, r)
+	if !ok {
 		return "", false
 	}
 	if s.cfg.Usage == nil {
@@ -79,22 +85,9 @@ func answerVM[T any](s *Server, w http.ResponseWriter, r *http.Request, read fun
 }
 
 func (s *Server) hostHistory(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	if err := vm.ValidateName("name", name); err != nil {
-		writeErr(w, err)
-		return
-	}
-	hosts, err := s.inv.HostInfos(r.Context())
+	name, err := s.knownHost(r)
 	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	known := false
-	for _, h := range hosts {
-		known = known || h.Name == name
-	}
-	if !known {
-		writeErr(w, &v1.Error{Code: v1.CodeNotFound, Field: "name", Message: fmt.Sprintf("host %q not found", name)})
+		writeErr(w, errdefs.Field("name", err))
 		return
 	}
 	if !s.servedHere(w, r, name) {

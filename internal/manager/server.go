@@ -1006,17 +1006,8 @@ func (s *Server) getHost(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) consoleLog(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	if err := vm.ValidateName("name", name); err != nil {
-		writeErr(w, err)
-		return
-	}
-	host, err := s.vmHost(r.Context(), name)
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	if !s.servedHere(w, r, host) {
+	name, _, ok := s.vmHere(w, r)
+	if !ok {
 		return
 	}
 	f, err := os.Open(s.cfg.Consoles.SerialLogPath(name))

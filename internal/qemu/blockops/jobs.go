@@ -40,7 +40,9 @@ func (w *jobWatcher) close() { w.stop() }
 
 // wait polls the jobs ids until done returns true or an error. progress
 // (may be nil) gets the combined progress of the jobs, 0..1, when it
-// changes.
+// grows: an active commit or a mirror adds what the guest dirties to the
+// job's total, so QEMU's own ratio can fall back (1 at ready, then 0.996);
+// a progress bar that runs backwards tells the user nothing true.
 func (w *jobWatcher) wait(ctx context.Context, ids []string, progress func(float64),
 	done func(jobs map[string]qmp.Job) (bool, error)) (map[string]qmp.Job, error) {
 	tick := time.NewTicker(pollInterval)
@@ -57,7 +59,7 @@ func (w *jobWatcher) wait(ctx context.Context, ids []string, progress func(float
 			}
 		}
 		if progress != nil {
-			if p := jobProgress(jobs); p != last {
+			if p := jobProgress(jobs); p > last {
 				last = p
 				progress(p)
 			}

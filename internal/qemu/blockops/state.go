@@ -143,7 +143,7 @@ func waitSaved(ctx context.Context, mon *qmp.Client, progress func(float64)) err
 			return fmt.Errorf("migration %s: %s", mi.Status, mi.ErrorDesc)
 		}
 		if progress != nil && mi.RAM != nil && mi.RAM.Total > 0 {
-			if p := min(max(1-float64(mi.RAM.Remaining)/float64(mi.RAM.Total), 0), 0.99); p != last {
+			if p := min(max(1-float64(mi.RAM.Remaining)/float64(mi.RAM.Total), 0), 0.99); p > last {
 				last = p
 				progress(p)
 			}

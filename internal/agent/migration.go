@@ -432,6 +432,9 @@ func (m *machine) migrationSource(ctx context.Context, st migrate.State) {
 		if total := p.DiskTotal + p.RAMTotal; total > 0 {
 			frac = min(0.99, float64(p.DiskTransferred+p.RAMTransferred)/float64(total))
 		}
+		// Mirrors and RAM passes add what the guest dirties to their totals;
+		// the bar a user watches only moves forward.
+		frac = max(frac, part.Progress.Fraction)
 		part.Progress = v1.Progress{Fraction: frac, Phase: "migrating " + p.Phase, Migration: &v1.MigrationProgress{
 			DiskTransferred: p.DiskTransferred, DiskTotal: p.DiskTotal, RAMTransferred: p.RAMTransferred,
 			RAMRemaining: p.RAMRemaining, RAMTotal: p.RAMTotal, DirtyRate: p.DirtyRate,

@@ -1,7 +1,6 @@
 package manager
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"sort"
@@ -104,25 +103,22 @@ func (f *firstSeen) keep(active map[string]v1.Alert) {
 	}
 }
 
-// poolAlerts are the host and storage alerts of the capacity overview.
-func (s *Server) poolAlerts(ctx context.Context, capa v1.Capacity) (map[string]v1.Alert, error) {
-	judged, err := s.inv.HostLivenesses(ctx)
-	if err != nil {
-		return nil, err
-	}
+// poolAlerts are the host and storage alerts of the capacity overview (a
+// stream's VM alerts come with its VM events).
+func (s *Server) poolAlerts(p poolRead) map[string]v1.Alert {
 	out := map[string]v1.Alert{}
-	for _, h := range capa.Hosts {
-		if a := hostAlert(h, judged[h.Name].Since); a != nil {
+	for _, h := range p.capa.Hosts {
+		if a := hostAlert(h, p.judged[h.Name].Since); a != nil {
 			out[a.ID] = *a
 		}
 	}
-	for _, u := range capa.Pool.Storage {
+	for _, u := range p.capa.Pool.Storage {
 		if a := storageAlert(u, s.alertSince.since); a != nil {
 			out[a.ID] = *a
 		}
 	}
 	s.alertSince.keep(out)
-	return out, nil
+	return out
 }
 
 func sortedAlerts(m map[string]v1.Alert) []v1.Alert {
@@ -135,22 +131,13 @@ func sortedAlerts(m map[string]v1.Alert) []v1.Alert {
 }
 
 func (s *Server) listAlerts(w http.ResponseWriter, r *http.Request) {
-	capa, err := s.capacity(r.Context())
+	p, err := s.readPool(r.Context())
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	active, err := s.poolAlerts(r.Context(), capa)
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	vms, err := s.inv.VMList(r.Context())
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	for _, v := range vms {
+	active := s.poolAlerts(p)
+	for _, v := range p.vms {
 		if a := vmAlert(v); a != nil {
 			active[a.ID] = *a
 		}

@@ -366,13 +366,11 @@ func (s *Server) poolView(ctx context.Context, rev int64) (*poolSnapshot, error)
 	if err != nil {
 		return nil, err
 	}
-	v := &poolSnapshot{rev: now}
-	if v.capa, err = s.capacity(ctx); err != nil {
+	p, err := s.readPool(ctx)
+	if err != nil {
 		return nil, err
 	}
-	if v.alerts, err = s.poolAlerts(ctx, v.capa); err != nil {
-		return nil, err
-	}
+	v := &poolSnapshot{rev: now, capa: p.capa, alerts: s.poolAlerts(p)}
 	if p := s.cfg.PoolAdmin; p != nil {
 		// The member list may not answer for a moment: no pool event then,
 		// the next change tries again.

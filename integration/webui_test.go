@@ -100,6 +100,19 @@ func TestWebUI(t *testing.T) {
 	if cpu := b.Text(`#usage dd`); !strings.Contains(cpu, "cores") || strings.HasPrefix(cpu, "0.00 cores (0 s") {
 		t.Errorf("the usage block's CPU is %q, want the guest's CPU time", cpu)
 	}
+	// Resource controls changed through the API (applied live) show on the
+	// open page through the event stream: the VM's and its disk's.
+	v, err := b.s.c.VM(ctx, name)
+	if err != nil || len(v.Spec.Disks) == 0 {
+		t.Fatalf("vm %s: %+v %v", name, v.Spec, err)
+	}
+	shares, iops := 512, int64(700)
+	if _, err := b.s.c.PatchVM(ctx, name, v1.VMPatch{Resources: &v1.ResourcesPatch{CPUShares: &shares},
+		Disks: map[string]v1.DiskPatch{v.Spec.Disks[0].Name: {IOPS: &iops}}}); err != nil {
+		t.Fatalf("patch %s: %v", name, err)
+	}
+	b.WaitJS("resources shown", 2*time.Minute, `(document.querySelector('#vm-resources')?.textContent || '').includes('CPU weight 512') &&
+		[...document.querySelectorAll('#disks [data-field=limits]')].some((td) => td.textContent === '700 IOPS')`)
 	b.Shot("vm")
 
 	// The console: the guest's ready marker (shown again if it was printed

@@ -490,6 +490,38 @@ function vmActions(v) {
       migrate));
 }
 
+// resourcesText is a VM's resource controls (spec.resources) in words, '' when it has none.
+function resourcesText(r) {
+  if (!r) return '';
+  return [
+    r.cpuShares ? `CPU weight ${r.cpuShares}` : '',
+    r.cpuLimit ? `CPU cap ${r.cpuLimit} cores` : '',
+    r.cpuPinning ? `vCPUs pinned to ${r.cpuPinning}` : '',
+    r.memoryLimitMiB ? `memory limit ${r.memoryLimitMiB} MiB` : '',
+    r.balloonMiB ? `balloon target ${r.balloonMiB} MiB` : '',
+    r.hugepages ? 'hugepages' : '',
+  ].filter(Boolean).join(', ');
+}
+
+// diskLimitsText is a disk's I/O limits (disk.limits) in words.
+function diskLimitsText(l) {
+  if (!l) return '';
+  const mib = (b) => `${(b / 2 ** 20).toFixed(1)} MiB/s`;
+  return [
+    l.iops ? `${l.iops} IOPS` : '', l.iopsRead ? `${l.iopsRead} read IOPS` : '', l.iopsWrite ? `${l.iopsWrite} write IOPS` : '',
+    l.bps ? mib(l.bps) : '', l.bpsRead ? `read ${mib(l.bpsRead)}` : '', l.bpsWrite ? `write ${mib(l.bpsWrite)}` : '',
+    l.iopsMax ? `burst ${l.iopsMax} IOPS` : '', l.bpsMax ? `burst ${mib(l.bpsMax)}` : '', l.group ? `group ${l.group}` : '',
+  ].filter(Boolean).join(', ');
+}
+
+// nicLimitsText is a NIC's bandwidth limits (nic.limits) in words, per direction as the guest sees it.
+function nicLimitsText(l) {
+  if (!l) return '';
+  const rx = l.rxMbps || l.mbps || 0;
+  const tx = l.txMbps || l.mbps || 0;
+  return [rx ? `in ${rx} Mbit/s` : '', tx ? `out ${tx} Mbit/s` : ''].filter(Boolean).join(', ');
+}
+
 function vmPage(name) {
   let snaps = null;
   let usage = null;
@@ -514,10 +546,12 @@ function vmPage(name) {
     const disks = (sp.disks || []).map((d, i) => {
       const ds = (st.disks || [])[i] || {};
       return el('tr', {}, el('td', {}, d.name || `disk${i}`), el('td', {}, d.media === 'cdrom' ? 'cdrom ' + (d.image || '(empty)') : d.image ? 'on image ' + d.image : d.volume || (d.sizeMiB ? `${d.sizeMiB} MiB` : '')),
-        el('td', {}, d.bus || ''), el('td', { class: 'muted' }, [ds.pool, ds.volume].filter(Boolean).join('/')));
+        el('td', {}, d.bus || ''), el('td', { class: 'muted' }, [ds.pool, ds.volume].filter(Boolean).join('/')),
+        el('td', { 'data-field': 'limits' }, diskLimitsText(d.limits)));
     });
     const nics = (sp.nics || []).map((n) => el('tr', {}, el('td', {}, n.mode), el('td', {}, n.bridge || ''), el('td', {}, n.mac || ''),
-      el('td', {}, (n.forwards || []).map((f) => `${f.hostPort}→${f.guestPort}`).join(', '))));
+      el('td', {}, (n.forwards || []).map((f) => `${f.hostPort}→${f.guestPort}`).join(', ')),
+      el('td', { 'data-field': 'limits' }, nicLimitsText(n.limits))));
     const ops = [...live.ops.values()].filter((o) => o.target === name);
     show(
       el('h2', {}, 'VM ', el('span', { id: 'vm-name' }, name), ' ', el('span', { id: 'vm-state', class: 'state-' + st.state }, st.state || '?')),
@@ -526,6 +560,7 @@ function vmPage(name) {
         el('dt', {}, 'Host'), el('dd', {}, st.host || sp.host || '—'),
         el('dt', {}, 'CPUs'), el('dd', {}, String(sp.cpus) + (sp.cpuModel ? ` (${sp.cpuModel})` : '')),
         el('dt', {}, 'Memory'), el('dd', {}, `${sp.memoryMiB} MiB`),
+        el('dt', {}, 'Resources'), el('dd', { id: 'vm-resources' }, resourcesText(sp.resources) || 'defaults'),
         el('dt', {}, 'Power (desired)'), el('dd', {}, sp.power || ''),
         el('dt', {}, 'Started'), el('dd', {}, ago(st.startedAt)),
         el('dt', {}, 'Accelerator'), el('dd', {}, st.accelerator || ''),
@@ -535,12 +570,14 @@ function vmPage(name) {
         el('dt', {}, 'HA'), el('dd', {}, sp.ha ? JSON.stringify(sp.ha) : 'no')),
       usage ? el('div', { id: 'usage' }, el('h3', {}, 'Usage'), el('dl', { class: 'spec' },
         el('dt', {}, 'CPU'), el('dd', {}, `${(usage.cpuCores || 0).toFixed(2)} cores (${(usage.cpuSeconds || 0).toFixed(0)} s in all)`),
-        el('dt', {}, 'Memory'), el('dd', {}, `${((usage.memoryBytes || 0) / 2 ** 20).toFixed(0)} MiB`),
+        el('dt', {}, 'Memory'), el('dd', {}, `${((usage.memoryBytes || 0) / 2 ** 20).toFixed(0)} MiB` +
+          (usage.memoryLimitBytes ? ` of ${(usage.memoryLimitBytes / 2 ** 20).toFixed(0)} MiB limit` : '') +
+          (usage.balloonBytes ? `; guest has ${(usage.balloonBytes / 2 ** 20).toFixed(0)} MiB (balloon)` : '')),
         el('dt', {}, 'Disk'), el('dd', {}, `read ${gib(usage.diskReadBytes || 0)}, written ${gib(usage.diskWriteBytes || 0)}`),
         el('dt', {}, 'Network'), el('dd', {}, `rx ${gib(usage.netRxBytes || 0)}, tx ${gib(usage.netTxBytes || 0)}`))) : null,
       charts,
-      el('h3', {}, 'Disks'), table('disks', ['Name', 'Source', 'Bus', 'Volume'], disks),
-      el('h3', {}, 'NICs'), table('nics', ['Mode', 'Bridge', 'MAC', 'Forwards'], nics),
+      el('h3', {}, 'Disks'), table('disks', ['Name', 'Source', 'Bus', 'Volume', 'Limits'], disks),
+      el('h3', {}, 'NICs'), table('nics', ['Mode', 'Bridge', 'MAC', 'Forwards', 'Limit'], nics),
       el('h3', {}, 'Snapshots'), table('snapshots', ['Name', 'Taken', 'Kind', ''], snapRows),
       el('h3', {}, 'Operations'), opsTable('vm-ops', ops));
   };

@@ -67,6 +67,21 @@ func (s *Server) authenticate(r *http.Request, pattern string) (*http.Request, e
 	return r.WithContext(authn.WithIdentity(r.Context(), id)), nil
 }
 
+// reauthenticate checks again, now, the credential of a request that
+// passed authenticate: a long answer (the event stream) asks after the
+// access records changed. renewable is false for an identity that no
+// record backs (root, a certificate, the tokens file, a wrapper's): it
+// stays as it was.
+func (s *Server) reauthenticate(r *http.Request) (id authn.Identity, renewable bool, err error) {
+	id, _ = identity(r.Context())
+	rem, isRemote := r.Context().Value(remoteKey{}).(remote)
+	if !isRemote || rem.auth == nil || id.Full || id.User == "" {
+		return id, false, nil
+	}
+	id, err = rem.auth.Authenticate(r)
+	return id, true, err
+}
+
 // identity is the caller of a request that passed authenticate.
 func identity(ctx context.Context) (authn.Identity, bool) { return authn.FromContext(ctx) }
 

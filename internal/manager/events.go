@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +19,8 @@ import (
 
 	v1 "hangar/api/v1"
 	"hangar/internal/access"
+	"hangar/internal/authn"
+	"hangar/internal/errdefs"
 	"hangar/internal/inventory"
 	"hangar/internal/store"
 	"hangar/internal/vm"
@@ -49,6 +52,7 @@ const (
 // eventStream is one client's stream.
 type eventStream struct {
 	s   *Server
+	req *http.Request // the stream's request: its credential is checked again (reauth)
 	ctx context.Context
 	w   http.ResponseWriter
 	rc  *http.ResponseController
@@ -69,7 +73,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	es := &eventStream{s: s, ctx: ctx, w: w, rc: http.NewResponseController(w), pool: mayReadPool(ctx),
+	es := &eventStream{s: s, req: r, ctx: ctx, w: w, rc: http.NewResponseController(w), pool: mayReadPool(ctx),
 		visible: map[string]bool{}, hosts: map[string][]byte{}, alerts: map[string]v1.Alert{}, vmAlrt: map[string]v1.Alert{}}
 	// The answer is a stream: no write deadline but the one per event.
 	_ = es.rc.SetWriteDeadline(time.Time{})
@@ -414,8 +418,11 @@ func touchesPool(key string) bool {
 }
 
 // follow sends the changes after rev until the client goes, the watch
-// ends (the client reconnects with its Last-Event-ID) or the stream's time
-// is up (a reconnect authenticates again: a revoked credential ends there).
+// ends (the client reconnects with its Last-Event-ID), the caller's
+// credential no longer holds (checked again when a user, API token or
+// session record changes and at every ping: a revoked, expired or deleted
+// one ends the stream, and the reconnect gets 401) or the stream's time is
+// up.
 // A resumed stream (rev < now) sends synced once the replayed changes
 // reached now — or after resumeSyncWait, should revision now be a key the
 // watch does not see.
@@ -442,7 +449,7 @@ func (es *eventStream) follow(rev, now int64) {
 		case <-es.s.streams.Done():
 			return
 		case <-ping.C:
-			if es.write([]byte(": ping\n\n")) != nil {
+			if es.reauth(es.rev) != nil || es.write([]byte(": ping\n\n")) != nil {
 				return
 			}
 		case <-synced:
@@ -454,7 +461,12 @@ func (es *eventStream) follow(rev, now int64) {
 				return
 			}
 			es.rev = ev.KV.Revision
-			err := es.change(ev)
+			var err error
+			if isAccessRecord(ev.KV.Key) {
+				err = es.reauth(es.rev)
+			} else {
+				err = es.change(ev)
+			}
 			if err == nil && synced != nil && es.rev >= now {
 				err = sync()
 			}
@@ -474,6 +486,78 @@ func (es *eventStream) follow(rev, now int64) {
 			}
 		}
 	}
+}
+
+// isAccessRecord: a change of key may change who a stream's caller is or
+// what it may read.
+func isAccessRecord(key string) bool {
+	return strings.HasPrefix(key, access.UsersPrefix) || strings.HasPrefix(key, access.TokensPrefix) ||
+		strings.HasPrefix(key, access.SessionsPrefix)
+}
+
+// errCredentialGone ends a stream whose caller's credential no longer
+// holds.
+var errCredentialGone = errors.New("events: the caller's credential no longer holds")
+
+// reauth checks the caller's credential again. One that no longer holds
+// ends the stream (errCredentialGone). Changed grants apply from here on,
+// as of revision rev: VMs the caller may no longer read are deleted, hosts
+// and alerts cleared when it lost pool read; what it may read now is sent
+// (again: harmless).
+func (es *eventStream) reauth(rev int64) error {
+	old, _ := identity(es.ctx)
+	id, renewable, err := es.s.reauthenticate(es.req)
+	switch {
+	case !renewable:
+		return nil
+	case errors.Is(err, errdefs.ErrUnauthenticated):
+		es.s.cfg.Log.Info("events: stream ended, credential no longer accepted", "user", old.User, "err", err)
+		return errCredentialGone
+	case err != nil:
+		return nil // the store did not answer: the next change or ping asks again
+	}
+	if slices.Equal(old.Grants, id.Grants) && slices.Equal(old.Limit, id.Limit) && (old.Limit == nil) == (id.Limit == nil) {
+		return nil
+	}
+	es.ctx = authn.WithIdentity(es.ctx, id)
+	if had := es.pool; had && !mayReadPool(es.ctx) {
+		es.pool = false
+		if err := es.forgetPool(rev); err != nil {
+			return err
+		}
+	}
+	es.pool = mayReadPool(es.ctx)
+	vms, err := es.s.inv.VMList(es.ctx)
+	if err != nil {
+		return err
+	}
+	for _, v := range vms {
+		if !mayRead(es.ctx, access.VMRef{Name: v.Spec.Name, Tags: v.Spec.Tags}) && es.visible[v.Spec.Name] {
+			if err := es.vmGone(v.Spec.Name, rev); err != nil {
+				return err
+			}
+		}
+	}
+	return es.fullState(rev)
+}
+
+// forgetPool deletes and clears, for a caller that lost pool read, the
+// hosts and alerts it was sent.
+func (es *eventStream) forgetPool(rev int64) error {
+	for name := range es.hosts {
+		if err := es.send(v1.EventHostDeleted, rev, v1.Deleted{Name: name}); err != nil {
+			return err
+		}
+	}
+	for _, m := range []map[string]v1.Alert{es.alerts, es.vmAlrt} {
+		for id := range m {
+			if err := es.send(v1.EventAlertCleared, rev, v1.AlertCleared{ID: id}); err != nil {
+				return err
+			}
+		}
+	}
+	es.hosts, es.alerts, es.vmAlrt, es.poolDoc = map[string][]byte{}, map[string]v1.Alert{}, map[string]v1.Alert{}, nil
+	return nil
 }
 
 // change sends what one record change means for the caller.

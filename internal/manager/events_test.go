@@ -11,6 +11,7 @@ import (
 	"time"
 
 	v1 "hangar/api/v1"
+	"hangar/internal/authn"
 	"hangar/internal/inventory"
 	"hangar/internal/store"
 )
@@ -262,4 +263,90 @@ func findEvent(es []sse, ok func(sse) bool) (sse, bool) {
 		}
 	}
 	return sse{}, false
+}
+
+// TestEventsFollowRights: a stream follows its caller's rights as they
+// change. olga (operator on web-*) streams with a token that inherits her
+// grants: granted viewer on the pool, db1 and the host arrive; that grant
+// revoked, db1 and the host are deleted from her view and db1's changes no
+// longer reach her; her token revoked, the stream ends and a reconnect gets
+// 401. A token that expires while its stream is open ends it at the next
+// ping.
+func TestEventsFollowRights(t *testing.T) {
+	a := newAccessServer(t)
+	a.s.hostsEvery = 50 * time.Millisecond
+	a.s.pingEvery = 200 * time.Millisecond
+	olga := a.token("olga")
+	ev := openEvents(t, olga, "")
+	_, initial := until(t, ev, "synced", isEvent(v1.EventSynced))
+	if _, ok := findEvent(initial, vmEvent("db1", "")); ok {
+		t.Fatalf("olga's initial state has db1: %v", initial)
+	}
+	poolView := v1.Grant{Role: v1.RoleViewer, Scope: v1.ScopePool}
+	if _, err := a.s.cfg.Access.AddGrant(t.Context(), "olga", poolView); err != nil {
+		t.Fatal(err)
+	}
+	until(t, ev, "db1 after the grant", vmEvent("db1", ""))
+	until(t, ev, "host h1 after the grant", func(e sse) bool {
+		return e.event == v1.EventHost && strings.Contains(e.data, `"name":"h1"`)
+	})
+
+	if _, err := a.s.cfg.Access.RemoveGrant(t.Context(), "olga", poolView); err != nil {
+		t.Fatal(err)
+	}
+	// The host goes first, then the VMs: wait for the last, look for both.
+	last, gone := until(t, ev, "db1 deleted from view", func(e sse) bool { return e.event == v1.EventVMDeleted && e.data == `{"name":"db1"}` })
+	gone = append(gone, last)
+	if _, ok := findEvent(gone, func(e sse) bool { return e.event == v1.EventHostDeleted && e.data == `{"name":"h1"}` }); !ok {
+		t.Errorf("no host-deleted h1 when olga lost pool read: %v", gone)
+	}
+	a.setState("db1", v1.StateRunning)
+	a.setState("web-1", v1.StatePaused)
+	_, before := until(t, ev, "web-1 paused", vmEvent("web-1", v1.StatePaused))
+	for _, e := range before {
+		if strings.Contains(e.data, "db1") || e.event == v1.EventHost {
+			t.Errorf("after losing the grant olga got %+v", e)
+		}
+	}
+
+	toks, err := a.s.cfg.Access.Tokens(t.Context(), "olga")
+	if err != nil || len(toks) != 1 {
+		t.Fatalf("olga's tokens: %v %v", toks, err)
+	}
+	if err := a.s.cfg.Access.RevokeToken(t.Context(), authn.Identity{User: "olga"}, toks[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	ended(t, ev, "after the token's revocation")
+	if code, b := olga.do("GET", "/api/v1/events", ""); code != 401 {
+		t.Errorf("events with a revoked token: %d %s, want 401", code, b)
+	}
+
+	// Expiry: nothing in etcd changes, the next ping checks.
+	short := a.session("olga")
+	var nt v1.NewToken
+	if code, b := short.do("POST", "/api/v1/tokens", `{"name":"short","ttlSeconds":3600}`); code != 201 || json.Unmarshal(b, &nt) != nil {
+		t.Fatalf("short token: %d %s", code, b)
+	}
+	sc := &caller{a: a, token: nt.Secret}
+	es := openEvents(t, sc, "")
+	until(t, es, "synced (short token)", isEvent(v1.EventSynced))
+	a.clock.add(2 * time.Hour)
+	ended(t, es, "after the token expired")
+}
+
+// ended waits for a stream to end, reading (and dropping) what comes
+// before; the test fails after a generous deadline.
+func ended(t *testing.T, ch <-chan sse, what string) {
+	t.Helper()
+	deadline := time.After(60 * time.Second)
+	for {
+		select {
+		case _, open := <-ch:
+			if !open {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("stream still open 60 s %s", what)
+		}
+	}
 }

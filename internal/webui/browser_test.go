@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,7 +17,9 @@ import (
 // the events, usage and history routes exist (docs: the API contract): its
 // lists never change, so what changes on the page came by an event.
 type fakeAPI struct {
-	push chan v1.VM // sent on the event stream
+	push chan v1.VM    // sent on the event stream
+	end  chan struct{} // ends the session: the stream closes, every route says 401
+	out  atomic.Bool
 }
 
 func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -28,6 +31,12 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	alert := map[string]any{"id": "host-down/h9", "severity": "critical", "kind": "host-down", "target": "h9",
 		"message": "host h9 is dead", "since": time.Now()}
 	vm := v1.VM{Spec: v1.VMSpec{Name: "web-1", CPUs: 1, MemoryMiB: 256}, Status: v1.VMStatus{State: v1.StateStopped, Host: "h1"}}
+	if f.out.Load() && r.URL.Path != "/api/v1/login" {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		fmt.Fprint(w, `{"error":{"code":"unauthenticated","message":"session ended"}}`)
+		return
+	}
 	switch r.URL.Path {
 	case "/api/v1/login":
 		write(v1.Session{User: "alice", CSRFToken: "csrf"})
@@ -69,6 +78,9 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			select {
 			case v := <-f.push:
 				send("vm", v)
+			case <-f.end:
+				f.out.Store(true)
+				return
 			case <-r.Context().Done():
 				return
 			}
@@ -84,10 +96,11 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // contract's events, usage and history routes, the overview shows the
 // alerts, a VM's page its usage and four uPlot charts, and a vm event on
 // the stream turns the VM running with no reload and no poll (the fake's
-// lists never change).
+// lists never change). When the session ends (the stream closes and the
+// reconnect gets 401) the page goes to the login form by itself.
 func TestUILiveAndCharts(t *testing.T) {
 	webuitest.Chromium(t)
-	f := &fakeAPI{push: make(chan v1.VM, 1)}
+	f := &fakeAPI{push: make(chan v1.VM, 1), end: make(chan struct{})}
 	mux := http.NewServeMux()
 	mux.Handle("/api/", f)
 	mux.Handle("/", Handler())
@@ -108,4 +121,6 @@ func TestUILiveAndCharts(t *testing.T) {
 	}
 	f.push <- v1.VM{Spec: v1.VMSpec{Name: "web-1", CPUs: 1, MemoryMiB: 256}, Status: v1.VMStatus{State: v1.StateRunning, Host: "h1"}}
 	b.WaitJS("running by the event", time.Minute, `document.querySelector('#vm-state')?.textContent === 'running'`)
+	close(f.end)
+	b.WaitJS("the login form after the session ended", time.Minute, `!!document.querySelector('#login input[name=user]')`)
 }

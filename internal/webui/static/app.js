@@ -179,7 +179,7 @@ function refreshSoon() {
   // With events the change arrives by itself; without, read again shortly.
   if (live.mode === 'live') return;
   clearTimeout(refreshTimer);
-  refreshTimer = setTimeout(() => refresh().catch(() => {}), 300);
+  refreshTimer = setTimeout(() => refresh().catch(signedOut), 300);
 }
 
 let capTimer = null;
@@ -197,7 +197,7 @@ let opTimer = null;
 function poll() {
   if (pollTimer) return;
   setMode('polling');
-  pollTimer = setInterval(() => refresh().catch(() => {}), POLL_MS);
+  pollTimer = setInterval(() => refresh().catch(signedOut), POLL_MS);
   // Progress bars move faster than the lists are read: the running
   // operations (a few) are read every second.
   opTimer = setInterval(() => {
@@ -238,10 +238,25 @@ function startLive() {
     seen = null;
   });
   es.addEventListener('error', () => {
-    // A 404 (no events on this server yet) or another refusal closes the
-    // source for good: poll instead. A dropped stream reconnects by itself.
-    if (es.readyState === EventSource.CLOSED) { es = null; poll(); } else setMode('reconnecting');
+    // A dropped stream reconnects by itself. A refusal closes the source
+    // for good: a credential that no longer holds (the server ends the
+    // stream of a revoked or expired session, and the reconnect gets 401)
+    // goes to the login page; another (no events on this server: 404)
+    // polls instead.
+    if (es.readyState !== EventSource.CLOSED) { setMode('reconnecting'); return; }
+    es = null;
+    whoami().then(poll, (e) => { if (!signedOut(e)) poll(); });
   });
+}
+
+// signedOut sends the page to the login form after a 401 (and says so);
+// other errors are left to the next read.
+function signedOut(e) {
+  if (e?.status !== 401) return false;
+  me = null;
+  first = true;
+  location.hash = '#/login';
+  return true;
 }
 
 function stopLive() {

@@ -640,6 +640,25 @@ type StopArgs struct {
 	TimeoutSeconds int  `json:"timeoutSeconds,omitempty"`
 }
 
+// LimitsArgs are the arguments of a "limits" operation that applies a
+// live change (PATCH of a running VM's resources, disk or NIC limits): the
+// VM's limits before and after it. When the host refuses or fails the
+// change it hands the operation to the pool master, which writes Previous
+// back over the spec — if the spec's limits are still Next: a change made
+// since stands — and asks the host to apply them again, since a change
+// refused half-way may have applied a part. A re-apply has no arguments.
+type LimitsArgs struct {
+	Previous VMLimits `json:"previous"`
+	Next     VMLimits `json:"next"`
+}
+
+// VMLimits are a VM's resource controls: what a live change may change.
+type VMLimits struct {
+	Resources *Resources             `json:"resources,omitempty"`
+	Disks     map[string]*DiskLimits `json:"disks,omitempty"` // by disk name, disks with limits
+	NICs      []*NICLimits           `json:"nics,omitempty"`  // by index (null: none)
+}
+
 // MigrateArgs are the arguments of a migrate operation (POST
 // /api/v1/vms/{name}/migrate): live migration of a running VM to host To,
 // encrypted (TLS from the pool CA) unless Insecure.

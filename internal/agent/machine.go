@@ -299,9 +299,15 @@ func opHandlers() map[string]opHandler {
 		"pause": func(m *machine, ctx context.Context, _ v1.Operation, _ progressFunc) error {
 			return m.withMonitor(ctx, "pause", func(i *qemu.Instance) error { return i.Mon.Stop(ctx) }, v1.StatePaused)
 		},
-		"limits": func(m *machine, ctx context.Context, _ v1.Operation, _ progressFunc) error {
-			return m.updateLimits(ctx)
-		},
+		"limits": withArgs(func(m *machine, ctx context.Context, op v1.Operation, _ v1.LimitsArgs, _ progressFunc) error {
+			err := m.updateLimits(ctx)
+			if err != nil && len(op.Args) > 0 {
+				// A refused live change: the master writes the limits
+				// before it back and asks this host to apply them again.
+				m.handOff = true
+			}
+			return err
+		}),
 		"resume": func(m *machine, ctx context.Context, _ v1.Operation, progress progressFunc) error {
 			if m.inst == nil {
 				progress(0.2, "loading memory")

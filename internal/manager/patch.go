@@ -312,7 +312,7 @@ func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
 		var op *v1.Operation
 		writes := []store.Op{store.PutOp(inventory.VMKey(name), inventory.Marshal(spec), v.Revision)}
 		if liveLimits(changed) && !contains(offline, v.Status.State) && spec.Host != "" {
-			o := s.newOp("limits", name, spec.Host, nil)
+			o := s.newOp("limits", name, spec.Host, v1.LimitsArgs{Previous: vm.LimitsOf(v.Spec), Next: vm.LimitsOf(spec)})
 			op, writes = &o, append(inventory.NewOpWrites(o), writes...)
 		}
 		rev, err := s.cfg.Store.Txn(ctx, conds, writes...)
@@ -328,7 +328,7 @@ func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
 		}
 		s.cfg.Log.Info("vm settings changed", "vm", name, "fields", changed, "revision", rev)
 		if op != nil {
-			if err := s.awaitLimits(ctx, v.Spec, spec.Host, op.ID, rev); err != nil {
+			if err := s.awaitLimits(ctx, name, spec.Host, op.ID); err != nil {
 				writeErr(w, err)
 				return
 			}
@@ -339,61 +339,29 @@ func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// awaitLimits waits for the host to apply a running VM's live change
-// (operation id, which wrote the spec at revision rev). When the host
-// refuses or fails it, the spec is written back as it was (old) and the
-// error says so: a refused change loses nothing. A host that has not
-// answered in time keeps the change pending (503): it applies it later.
-func (s *Server) awaitLimits(ctx context.Context, old v1.VMSpec, host, id string, rev int64) error {
+// awaitLimits waits for a running VM's live change (operation id) to end.
+// When the host refuses or fails it, the pool master writes the limits
+// before it back over the spec and asks the host to apply them again
+// (v1.LimitsArgs) before it ends the operation, whose error says so: a
+// refused change loses nothing, even when this process dies meanwhile. A
+// change not ended in time stays pending (503): the host applies it, or
+// the master rolls it back, later.
+func (s *Server) awaitLimits(ctx context.Context, name, host, id string) error {
 	done, err := s.waitOp(ctx, id, limitsWait)
 	if err != nil {
 		return err
 	}
 	if !done.Done() {
 		return &v1.Error{Code: v1.CodeUnavailable, Field: "resources",
-			Message: fmt.Sprintf("vm %q: the settings are saved but host %s has not applied them yet (operation %s)", old.Name, host, id)}
+			Message: fmt.Sprintf("vm %q: the settings are saved but host %s has not applied them yet (operation %s)", name, host, id)}
 	}
 	if done.State != v1.OpFailed {
 		return nil
 	}
-	e := v1.Error{Code: v1.CodeInternal, Message: "the host failed the change"}
 	if done.Error != nil {
-		e = *done.Error
+		return done.Error
 	}
-	// The client may be gone: the roll-back must happen anyway.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), limitsWait)
-	defer cancel()
-	if rerr := s.rollbackLimits(rctx, old, host, rev); rerr != nil {
-		s.cfg.Log.Warn("roll back a refused live change", "vm", old.Name, "err", rerr)
-		e.Message += fmt.Sprintf(" (the new settings stay saved: rolling them back failed: %v)", rerr)
-		return &e
-	}
-	e.Message += " (the settings are as they were)"
-	return &e
-}
-
-// rollbackLimits writes old back over the spec a refused live change
-// wrote at revision rev (a change made since stands) with a "limits"
-// operation, so the host applies the old limits again: a change refused
-// half-way may have applied a part (disks are throttled before vCPUs are
-// pinned).
-func (s *Server) rollbackLimits(ctx context.Context, old v1.VMSpec, host string, rev int64) error {
-	o := s.newOp("limits", old.Name, host, nil)
-	writes := append(inventory.NewOpWrites(o), store.PutOp(inventory.VMKey(old.Name), inventory.Marshal(old), rev))
-	if _, err := s.cfg.Store.Txn(ctx, nil, writes...); err != nil {
-		return fmt.Errorf("write back the spec of vm %q: %w", old.Name, err)
-	}
-	s.cfg.Log.Info("refused live change rolled back", "vm", old.Name, "revision", rev)
-	done, err := s.waitOp(ctx, o.ID, limitsWait)
-	if err == nil && done.State == v1.OpFailed && done.Error != nil {
-		err = done.Error
-	}
-	if err != nil {
-		// The spec is the old one; the host applies it at its next
-		// change, restart or re-adoption.
-		s.cfg.Log.Warn("re-apply the limits after a refused live change", "vm", old.Name, "err", err)
-	}
-	return nil
+	return &v1.Error{Code: v1.CodeInternal, Message: "the host failed the change"}
 }
 
 // checkPinning refuses a vCPU pinning that names a CPU the VM's host does

@@ -15,7 +15,8 @@ import (
 // finish ends an operation whose host part is done and whose last step
 // is the master's: removing the records of a VM that is gone (deleted,
 // turned into a template, or a create or clone that failed and rolled
-// back its files). Agents never delete VM specs; they hand the operation
+// back its files), or rolling back a live change of limits that the host
+// refused (rollBackLimits). Agents never delete VM specs; they hand the operation
 // off (Operation.HandOff) and the master removes the spec, the owner
 // record and the booking in one fenced transaction with the result.
 func (l *leader) finish(ctx context.Context, id string) error {
@@ -26,6 +27,9 @@ func (l *leader) finish(ctx context.Context, id string) error {
 	}
 	if op.Done() || !op.HandOff {
 		return nil
+	}
+	if op.Kind == "limits" {
+		return l.rollBackLimits(ctx, op, rev)
 	}
 	gone, err := releasedVMs(op)
 	if err != nil {

@@ -31,7 +31,7 @@ var opKinds = map[string]struct {
 	"stop":             {TargetVM, func() any { return new(v1.StopArgs) }},
 	"reboot":           {TargetVM, nil},
 	"pause":            {TargetVM, nil},
-	"limits":           {TargetVM, nil}, // apply the spec's resources to the running QEMU
+	"limits":           {TargetVM, func() any { return new(v1.LimitsArgs) }}, // apply the spec's resources to the running QEMU
 	"resume":           {TargetVM, nil},
 	"suspend":          {TargetVM, nil},
 	"media":            {TargetVM, func() any { return new(v1.MediaArgs) }},
@@ -162,6 +162,8 @@ func validateArgs(op v1.Operation, args any) error {
 		}
 	case *v1.MigrateArgs:
 		return ValidateMigrateArgs(*a)
+	case *v1.LimitsArgs:
+		return validateLimitsArgs(*a)
 	case *v1.VolumeCopyArgs:
 		if a.Pool+"/"+a.Source != op.Target {
 			return invalid("args.source", "%s/%s is not the operation's target %q", a.Pool, a.Source, op.Target)

@@ -43,6 +43,13 @@ func TestValidateOp(t *testing.T) {
 		{"media image relative", v1.Operation{ID: id, Kind: "media", Target: "web1", Args: json.RawMessage(`{"disk":"cd","image":"x.iso"}`)}, "args.image"},
 		{"resize disk name", v1.Operation{ID: id, Kind: "resize", Target: "web1", Args: json.RawMessage(`{"disk":"../d","sizeMiB":1}`)}, "args.disk"},
 		{"stop timeout", v1.Operation{ID: id, Kind: "stop", Target: "web1", Args: json.RawMessage(`{"timeoutSeconds":-1}`)}, "args.timeoutSeconds"},
+		{"limits re-apply", v1.Operation{ID: id, Kind: "limits", Target: "web1"}, ""},
+		{"limits of a live change", v1.Operation{ID: id, Kind: "limits", Target: "web1",
+			Args: json.RawMessage(`{"previous":{"disks":{"d0":{"iops":100}}},"next":{"resources":{"cpuShares":512}}}`)}, ""},
+		{"limits disk name", v1.Operation{ID: id, Kind: "limits", Target: "web1",
+			Args: json.RawMessage(`{"previous":{"disks":{"../d":{"iops":100}}},"next":{}}`)}, "args.previous.disks"},
+		{"limits nics", v1.Operation{ID: id, Kind: "limits", Target: "web1",
+			Args: json.RawMessage(`{"previous":{},"next":{"nics":[null,null,null,null,null,null,null,null,null]}}`)}, "args.next.nics"},
 	}
 	for _, c := range cases {
 		err := ValidateOp(c.op)

@@ -24,6 +24,7 @@ import (
 	"hangar/internal/qemu"
 	"hangar/internal/qemu/config"
 	"hangar/internal/serial"
+	"hangar/internal/serial/serialtest"
 )
 
 const qemuBinary = "/usr/bin/qemu-system-x86_64"
@@ -246,19 +247,9 @@ func (v *testVM) mark(ctx context.Context, value string) {
 // not match).
 func (v *testVM) shell(ctx context.Context, tag, cmd string) string {
 	v.t.Helper()
-	off := serial.Size(v.serialLog())
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", filepath.Join(v.runDir, config.ConsoleSocket))
+	m, err := serialtest.Shell(ctx, filepath.Join(v.runDir, config.ConsoleSocket), v.serialLog(), cmd, regexp.MustCompile(regexp.QuoteMeta(tag)+`=(\S*)`))
 	if err != nil {
 		v.t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := fmt.Fprintf(c, "\n%s\n", cmd); err != nil {
-		v.t.Fatal(err)
-	}
-	m, _, err := serial.WaitFor(ctx, v.serialLog(), off, regexp.MustCompile(regexp.QuoteMeta(tag)+`=(\S*)`))
-	if err != nil {
-		v.t.Fatalf("console %q: %v", cmd, err)
 	}
 	return m[1]
 }

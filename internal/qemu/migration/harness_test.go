@@ -21,6 +21,7 @@ import (
 	"hangar/internal/qemu"
 	"hangar/internal/qemu/config"
 	"hangar/internal/serial"
+	"hangar/internal/serial/serialtest"
 )
 
 const qemuBinary = "/usr/bin/qemu-system-x86_64"
@@ -221,23 +222,12 @@ func (v *testVM) mark(ctx context.Context, value string) {
 	}
 }
 
-// shell types cmd on the guest's serial console and waits for re in the
-// serial log (the console stays connected until then: QEMU reads the
-// socket only as fast as the UART takes it).
+// shell types cmd on the guest's serial console once its shell answers
+// and waits for re in the serial log.
 func (v *testVM) shell(ctx context.Context, cmd, re string) {
 	v.t.Helper()
-	off := serial.Size(v.serialLog())
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", filepath.Join(v.runDir, config.ConsoleSocket))
-	if err != nil {
+	if _, err := serialtest.Shell(ctx, filepath.Join(v.runDir, config.ConsoleSocket), v.serialLog(), cmd, regexp.MustCompile(re)); err != nil {
 		v.t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := fmt.Fprintf(c, "\n%s\n", cmd); err != nil {
-		v.t.Fatal(err)
-	}
-	if _, _, err := serial.WaitFor(ctx, v.serialLog(), off, regexp.MustCompile(re)); err != nil {
-		v.t.Fatalf("console %q: wait for %q: %v", cmd, re, err)
 	}
 }
 

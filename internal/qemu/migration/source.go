@@ -274,6 +274,9 @@ func Migrate(ctx context.Context, mon *qmp.Client, s Source) (res Result, err er
 	if err != nil {
 		return res, fmt.Errorf("migrate: %w", err)
 	}
+	if err := waitPostmigrate(ctx, mon); err != nil {
+		return res, fmt.Errorf("migrate: %w", err)
+	}
 	res.Stopped = out.stopped
 	res.Downtime = time.Duration(mi.Downtime) * time.Millisecond
 	res.Total = time.Duration(mi.TotalTime) * time.Millisecond
@@ -365,6 +368,30 @@ func settled(ctx context.Context, mon *qmp.Client, mi migrationInfo) (migrationI
 		mi = next
 	}
 	return mi, nil
+}
+
+// waitPostmigrate waits, after the migration completed, until the run
+// state left finish-migrate: QEMU sets the status completed (and sends
+// its event) a moment before the migration thread sets the run state
+// postmigrate, and what follows Migrate — the switch-over, a recovery that
+// reads the run state — counts on it. A run state that stays is returned
+// to after a bound: the migration did complete.
+func waitPostmigrate(ctx context.Context, mon *qmp.Client) error {
+	for i := 0; i < 500; i++ {
+		st, err := mon.QueryStatus(ctx)
+		if err != nil {
+			return fmt.Errorf("query-status after completion: %w", err)
+		}
+		if st.Status != "finish-migrate" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %v", ErrAborted, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // waitMigrated waits until the outgoing migration completed, reporting

@@ -96,6 +96,9 @@ const (
 	EventAlertCleared = "alert-cleared"
 	EventPool         = "pool"
 	EventSynced       = "synced"
+	// EventWhoami: the caller's rights changed while its stream was open
+	// (data: the Whoami it has now, as GET /whoami answers).
+	EventWhoami = "whoami"
 )
 
 // Synced is the data of the synced event. Full: the stream began with the

@@ -398,8 +398,13 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) whoami(w http.ResponseWriter, r *http.Request) {
 	id, _ := identity(r.Context())
-	writeJSON(w, http.StatusOK, v1.Whoami{Name: id.Name, Method: id.Method, User: id.User, Admin: access.Can(id, access.PermAdmin, nil),
-		Grants: id.Grants, Limit: id.Limit})
+	writeJSON(w, http.StatusOK, whoamiOf(id))
+}
+
+// whoamiOf says who id is and what it may do.
+func whoamiOf(id authn.Identity) v1.Whoami {
+	return v1.Whoami{Name: id.Name, Method: id.Method, User: id.User, Admin: access.Can(id, access.PermAdmin, nil),
+		Grants: id.Grants, Limit: id.Limit}
 }
 
 func (s *Server) listUsers(w http.ResponseWriter, r *http.Request) {

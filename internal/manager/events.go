@@ -500,7 +500,8 @@ func isAccessRecord(key string) bool {
 var errCredentialGone = errors.New("events: the caller's credential no longer holds")
 
 // reauth checks the caller's credential again. One that no longer holds
-// ends the stream (errCredentialGone). Changed grants apply from here on,
+// ends the stream (errCredentialGone). Changed grants are sent (whoami)
+// and apply from here on,
 // as of revision rev: VMs the caller may no longer read are deleted, hosts
 // and alerts cleared when it lost pool read; what it may read now is sent
 // (again: harmless).
@@ -520,6 +521,9 @@ func (es *eventStream) reauth(rev int64) error {
 		return nil
 	}
 	es.ctx = authn.WithIdentity(es.ctx, id)
+	if err := es.send(v1.EventWhoami, rev, whoamiOf(id)); err != nil {
+		return err
+	}
 	if had := es.pool; had && !mayReadPool(es.ctx) {
 		es.pool = false
 		if err := es.forgetPool(rev); err != nil {

@@ -267,7 +267,8 @@ func findEvent(es []sse, ok func(sse) bool) (sse, bool) {
 
 // TestEventsFollowRights: a stream follows its caller's rights as they
 // change. olga (operator on web-*) streams with a token that inherits her
-// grants: granted viewer on the pool, db1 and the host arrive; that grant
+// grants: granted viewer on the pool, her new rights (whoami), db1 and the
+// host arrive; that grant
 // revoked, db1 and the host are deleted from her view and db1's changes no
 // longer reach her; her token revoked, the stream ends and a reconnect gets
 // 401. A token that expires while its stream is open ends it at the next
@@ -285,6 +286,11 @@ func TestEventsFollowRights(t *testing.T) {
 	poolView := v1.Grant{Role: v1.RoleViewer, Scope: v1.ScopePool}
 	if _, err := a.s.cfg.Access.AddGrant(t.Context(), "olga", poolView); err != nil {
 		t.Fatal(err)
+	}
+	who, _ := until(t, ev, "whoami after the grant", isEvent(v1.EventWhoami))
+	var w v1.Whoami
+	if json.Unmarshal([]byte(who.data), &w) != nil || w.User != "olga" || len(w.Grants) != 2 {
+		t.Errorf("whoami after the grant: %s, want olga with two grants", who.data)
 	}
 	until(t, ev, "db1 after the grant", vmEvent("db1", ""))
 	until(t, ev, "host h1 after the grant", func(e sse) bool {

@@ -17,8 +17,9 @@ import (
 // the events, usage and history routes exist (docs: the API contract): its
 // lists never change, so what changes on the page came by an event.
 type fakeAPI struct {
-	push chan v1.VM    // sent on the event stream
-	end  chan struct{} // ends the session: the stream closes, every route says 401
+	push chan v1.VM     // sent on the event stream
+	who  chan v1.Whoami // sent on the event stream: the caller's rights changed
+	end  chan struct{}  // ends the session: the stream closes, every route says 401
 	out  atomic.Bool
 }
 
@@ -78,6 +79,8 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			select {
 			case v := <-f.push:
 				send("vm", v)
+			case w := <-f.who:
+				send("whoami", w)
 			case <-f.end:
 				f.out.Store(true)
 				return
@@ -96,11 +99,12 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // contract's events, usage and history routes, the overview shows the
 // alerts, a VM's page its usage and four uPlot charts, and a vm event on
 // the stream turns the VM running with no reload and no poll (the fake's
-// lists never change). When the session ends (the stream closes and the
+// lists never change). Rights taken away (a whoami event) turn the VM's
+// actions read only. When the session ends (the stream closes and the
 // reconnect gets 401) the page goes to the login form by itself.
 func TestUILiveAndCharts(t *testing.T) {
 	webuitest.Chromium(t)
-	f := &fakeAPI{push: make(chan v1.VM, 1), end: make(chan struct{})}
+	f := &fakeAPI{push: make(chan v1.VM, 1), who: make(chan v1.Whoami, 1), end: make(chan struct{})}
 	mux := http.NewServeMux()
 	mux.Handle("/api/", f)
 	mux.Handle("/", Handler())
@@ -121,6 +125,12 @@ func TestUILiveAndCharts(t *testing.T) {
 	}
 	f.push <- v1.VM{Spec: v1.VMSpec{Name: "web-1", CPUs: 1, MemoryMiB: 256}, Status: v1.VMStatus{State: v1.StateRunning, Host: "h1"}}
 	b.WaitJS("running by the event", time.Minute, `document.querySelector('#vm-state')?.textContent === 'running'`)
+	// Rights taken away while the page is open: its buttons go with them.
+	if !webuitest.Eval[bool](b, "actions", `!!document.querySelector('#vm-actions')`) {
+		t.Fatal("an admin's VM page shows no actions")
+	}
+	f.who <- v1.Whoami{Name: "alice", Method: "session", User: "alice", Grants: []v1.Grant{{Role: v1.RoleViewer, Scope: v1.ScopePool}}}
+	b.WaitJS("read only after the whoami event", time.Minute, `!!document.querySelector('#read-only') && !document.querySelector('#vm-actions')`)
 	close(f.end)
 	b.WaitJS("the login form after the session ended", time.Minute, `!!document.querySelector('#login input[name=user]')`)
 }

@@ -228,6 +228,8 @@ function startLive() {
   on('alert', (a) => { live.alerts.set(a.id, a); seen?.alerts.add(a.id); });
   on('alert-cleared', (d) => live.alerts.delete(d.id));
   on('pool', (p) => { live.pool = p; });
+  // The caller's rights changed: the buttons follow them.
+  on('whoami', (w) => { setMe(w); });
   on('synced', (d) => {
     // A stream that began with everything there is (full): drop what it
     // did not name. A resumed one sent only the changes since.
@@ -695,7 +697,11 @@ async function auditPage() {
 // ---- routing --------------------------------------------------------------
 
 async function whoami() {
-  me = await api('GET', '/whoami');
+  setMe(await api('GET', '/whoami'));
+}
+
+function setMe(w) {
+  me = w;
   document.getElementById('me').textContent = me.name;
   document.getElementById('nav-users').hidden = !can('admin', null);
   document.getElementById('nav-audit').hidden = !can('admin', null);

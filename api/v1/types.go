@@ -432,8 +432,13 @@ type Host struct {
 	FreeMemoryMiB int `json:"freeMemoryMiB"`
 	// VMStates counts the VMs placed on the host by observed state.
 	VMStates map[string]int `json:"vmStates,omitempty"`
-	// Storage is each storage pool's file system as the host sees it.
+	// Storage is each storage pool's file system as the host sees it: the
+	// pools it reaches.
 	Storage []StorageUsage `json:"storage,omitempty"`
+	// StorageRevision is the etcd revision of the storage pool records
+	// Storage answers for: a pool recorded or changed after it is not
+	// known to the host yet (placement takes it as reached).
+	StorageRevision int64 `json:"storageRevision,omitempty"`
 	// UsableCPUModels are the named QEMU CPU models this host runs with its
 	// accelerator (QMP query-cpu-definitions, no unavailable features);
 	// probed under KVM only (TCG hosts use a fixed model).

@@ -333,8 +333,8 @@ func (a *Agent) publishFacts(ctx context.Context) error {
 	}
 	booked := capacity.Allocated(specs, allocs)[a.cfg.Host]
 	h.AllocatedCPUs, h.AllocatedMemoryMiB = booked.CPUs, booked.MemoryMiB
-	if pools, err := a.allPools(ctx); err == nil {
-		h.Storage = storageUsage(pools)
+	if pools, rev, err := a.allPoolsAt(ctx); err == nil {
+		h.Storage, h.StorageRevision = storageUsage(pools), rev
 	}
 	h.Alive = true
 	h.Address, h.Role = a.cfg.Address, a.cfg.Role

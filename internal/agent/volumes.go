@@ -218,9 +218,15 @@ func (a *Agent) hostPaths() *storage.HostPaths {
 // allPools opens this host's pools: its default pool and the recorded ones
 // that pass the policy (a pool that cannot be opened holds no file anyway).
 func (a *Agent) allPools(ctx context.Context) ([]*storage.Pool, error) {
-	pools, _, err := store.ListJSON[v1.StoragePool](ctx, a.cfg.Store, inventory.Pools)
+	pools, _, err := a.allPoolsAt(ctx)
+	return pools, err
+}
+
+// allPoolsAt is allPools and the revision of the pool records it read.
+func (a *Agent) allPoolsAt(ctx context.Context) ([]*storage.Pool, int64, error) {
+	pools, rev, err := store.ListJSON[v1.StoragePool](ctx, a.cfg.Store, inventory.Pools)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	out := []*storage.Pool{a.cfg.Pool}
 	for _, sp := range pools {
@@ -228,7 +234,7 @@ func (a *Agent) allPools(ctx context.Context) ([]*storage.Pool, error) {
 			out = append(out, p)
 		}
 	}
-	return out, nil
+	return out, rev, nil
 }
 
 // CheckSource applies the host path policy (storage.HostPaths.Source) to

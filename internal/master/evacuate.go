@@ -246,14 +246,7 @@ func (l *leader) unparkOne(ctx context.Context, snap snapshot, sp v1.VMSpec, rev
 	if st.State != v1.StateStopped && st.State != v1.StateCrashed && st.State != v1.StateLost {
 		return nil // not down yet (or unknown): never start a VM twice
 	}
-	pools, _, err := store.ListJSON[v1.StoragePool](ctx, l.cfg.Store, inventory.Pools)
-	if err != nil {
-		return err
-	}
-	var ps []v1.StoragePool
-	for _, p := range pools {
-		ps = append(ps, p.Value)
-	}
+	ps := snap.poolRecords()
 	if len(migrate.LocalDisks(sp, st, ps)) > 0 {
 		return nil // its disks stay on its host: it waits for that host
 	}
@@ -262,6 +255,7 @@ func (l *leader) unparkOne(ctx context.Context, snap snapshot, sp v1.VMSpec, rev
 		return err
 	}
 	req := snap.request(sp, "")
+	req.Pools = migrate.SharedPools(sp, st, ps) // its disks' pools as it has them
 	req.Exclude = append(req.Exclude, sp.Host)
 	if req.Placement == scheduler.PlacementManual {
 		req.Placement = scheduler.PlacementPreferred

@@ -147,7 +147,7 @@ func (l *leader) planFailover(ctx context.Context, host string) (ha.Plan, error)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return ha.Plan{}, err
 		}
-		v := ha.VM{Spec: sp}
+		v := ha.VM{Spec: sp, Pools: migrate.SharedPools(sp, st, pools)}
 		for _, d := range migrate.LocalDisks(sp, st, pools) {
 			v.LocalDisks = append(v.LocalDisks, d.Name)
 		}

@@ -69,7 +69,7 @@ func AdmitHA(ctx context.Context, st store.Store, log *slog.Logger, change v1.VM
 		if !ok {
 			status.State = v1.StateCreating // as inventory.Status answers
 		}
-		v := ha.VM{Spec: sp}
+		v := ha.VM{Spec: sp, Pools: migrate.SharedPools(sp, status, pools)}
 		for _, d := range migrate.LocalDisks(sp, status, pools) {
 			v.LocalDisks = append(v.LocalDisks, d.Name)
 		}

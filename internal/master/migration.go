@@ -146,24 +146,17 @@ func (l *leader) migrationBlockers(ctx context.Context, rec migrate.Record) ([]m
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, err
 	}
-	pools, _, err := store.ListJSON[v1.StoragePool](ctx, l.cfg.Store, inventory.Pools)
-	if err != nil {
-		return nil, err
-	}
-	var ps []v1.StoragePool
-	for _, p := range pools {
-		ps = append(ps, p.Value)
-	}
 	snap, err := l.snapshot(ctx)
 	if err != nil {
 		return nil, err
 	}
+	ps := snap.poolRecords()
 	in := migrate.CheckInput{Spec: spec, Status: st, Pools: ps, Source: rec.Source, Target: rec.Target}
 	for _, h := range snap.hosts {
 		if h.Name != rec.Target {
 			continue
 		}
-		in.TargetAlive, in.TargetMaintenance = h.Alive, h.Maintenance
+		in.TargetAlive, in.TargetMaintenance, in.TargetPools = h.Alive, h.Maintenance, snap.reached(h)
 		booked := 0
 		for name, a := range snap.allocs[h.Name] {
 			if name != rec.VM { // its own booking there is this migration's

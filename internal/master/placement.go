@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	v1 "hangar/api/v1"
 	"hangar/internal/errdefs"
 	"hangar/internal/inventory"
+	"hangar/internal/migrate"
 	"hangar/internal/scheduler"
 	"hangar/internal/store"
 	"hangar/internal/vm"
@@ -56,6 +59,7 @@ type snapshot struct {
 	allocs map[string]map[string]inventory.Alloc // host → vm → booking
 	specs  map[string]v1.VMSpec
 	policy scheduler.Policy // the pool's admission settings
+	pools  []store.Item[v1.StoragePool]
 }
 
 func (l *leader) snapshot(ctx context.Context) (snapshot, error) {
@@ -113,7 +117,36 @@ func (l *leader) snapshot(ctx context.Context) (snapshot, error) {
 	for _, sp := range specs {
 		s.specs[sp.Name] = sp
 	}
+	if s.pools, _, err = store.ListJSON[v1.StoragePool](ctx, l.cfg.Store, inventory.Pools); err != nil {
+		return s, fmt.Errorf("list storage pools: %w", err)
+	}
 	return s, nil
+}
+
+// poolRecords are the storage pools of s.
+func (s snapshot) poolRecords() []v1.StoragePool {
+	out := make([]v1.StoragePool, 0, len(s.pools))
+	for _, p := range s.pools {
+		out = append(out, p.Value)
+	}
+	return out
+}
+
+// reached names the storage pools host h reaches: those its facts list
+// (Storage), and those recorded or changed after the pool records its
+// facts answer for (StorageRevision): not known to it yet, taken as
+// reached rather than refused.
+func (s snapshot) reached(h v1.Host) map[string]bool {
+	out := map[string]bool{}
+	for _, u := range h.Storage {
+		out[u.Pool] = true
+	}
+	for _, p := range s.pools {
+		if p.Rev > h.StorageRevision {
+			out[p.Value.Name] = true
+		}
+	}
+	return out
 }
 
 // specs lists the VM records that pass the API's checks (state is input:
@@ -155,7 +188,7 @@ func allocKeyParts(key string) (host, name string, ok bool) {
 // placement settings, a pin (the host its source volumes are on), and the
 // hosts where another VM forwards one of its host ports excluded.
 func (s snapshot) request(spec v1.VMSpec, pin string) scheduler.Request {
-	r := scheduler.FromSpec(spec, nil)
+	r := scheduler.FromSpec(spec, migrate.SharedPools(spec, v1.VMStatus{}, s.poolRecords()))
 	if pin != "" {
 		r.Placement, r.PreferredHosts = scheduler.PlacementManual, []string{pin}
 	}
@@ -175,7 +208,8 @@ func (s snapshot) request(spec v1.VMSpec, pin string) scheduler.Request {
 func (s snapshot) plan() scheduler.Snapshot {
 	out := scheduler.Snapshot{Policy: s.policy}
 	for _, h := range s.hosts {
-		out.Hosts = append(out.Hosts, scheduler.Host{Name: h.Name, CPUs: h.CPUs, MemoryMiB: h.MemoryMiB, Alive: h.Alive, Maintenance: h.Maintenance})
+		out.Hosts = append(out.Hosts, scheduler.Host{Name: h.Name, CPUs: h.CPUs, MemoryMiB: h.MemoryMiB, Alive: h.Alive, Maintenance: h.Maintenance,
+			Pools: slices.Sorted(maps.Keys(s.reached(h)))})
 	}
 	for host, vms := range s.allocs {
 		for name, a := range vms {

@@ -2,7 +2,9 @@ package migrate
 
 import (
 	"fmt"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	v1 "hangar/api/v1"
@@ -33,6 +35,9 @@ type CheckInput struct {
 	TargetFreeMiB     int64
 	TargetAlive       bool
 	TargetMaintenance bool
+	// TargetPools are the storage pools the target reaches (nil: not
+	// known, every shared pool is taken as reached).
+	TargetPools map[string]bool
 }
 
 // Blockers lists everything that keeps in.Spec from migrating to
@@ -52,6 +57,13 @@ func Blockers(in CheckInput) []Blocker {
 	}
 	if in.Status.State != v1.StateRunning && in.Status.State != v1.StatePaused {
 		add("status.state", "only a running or paused vm migrates live (it is %s)", in.Status.State)
+	}
+	if in.TargetPools != nil {
+		for _, p := range SharedPools(in.Spec, in.Status, in.Pools) {
+			if !in.TargetPools[p] {
+				add("to", "host %s does not reach shared storage pool %s (is it mounted there?)", in.Target, p)
+			}
+		}
 	}
 	if int64(in.Spec.MemoryMiB) > in.TargetFreeMiB {
 		add("memoryMiB", "host %s has %d MiB free, the vm needs %d MiB", in.Target, in.TargetFreeMiB, in.Spec.MemoryMiB)
@@ -109,9 +121,13 @@ func diskOnShared(pools []v1.StoragePool, ds v1.DiskStatus) bool {
 }
 
 // onShared says whether path lies inside a pool of type shared.
-func onShared(pools []v1.StoragePool, path string) bool {
+func onShared(pools []v1.StoragePool, path string) bool { return sharedPoolOf(pools, path) != "" }
+
+// sharedPoolOf names the pool of type shared that path lies inside ("":
+// none).
+func sharedPoolOf(pools []v1.StoragePool, path string) string {
 	if !filepath.IsAbs(path) {
-		return false
+		return ""
 	}
 	p := filepath.Clean(path)
 	for _, pl := range pools {
@@ -120,10 +136,45 @@ func onShared(pools []v1.StoragePool, path string) bool {
 		}
 		root := filepath.Clean(pl.Path)
 		if strings.HasPrefix(p, root+string(filepath.Separator)) {
-			return true
+			return pl.Name
 		}
 	}
-	return false
+	return ""
+}
+
+// SharedPools names, sorted, the storage pools of type shared that a VM's
+// disks use: every host that runs it must reach them. From the spec — a
+// disk's volume and a linked clone's base by the pool their reference
+// names, an image or an ISO by its path — and the status (each disk's
+// pool, for a VM that has its disks).
+func SharedPools(spec v1.VMSpec, st v1.VMStatus, pools []v1.StoragePool) []string {
+	shared := map[string]bool{}
+	for _, pl := range pools {
+		if pl.Type == "shared" {
+			shared[pl.Name] = true
+		}
+	}
+	used := map[string]bool{}
+	ref := func(r string) {
+		if name, _, ok := strings.Cut(r, "/"); ok && shared[name] {
+			used[name] = true
+		}
+	}
+	for _, d := range spec.Disks {
+		ref(d.Volume)
+		if d.Clone != nil {
+			ref(d.Clone.Volume)
+		}
+		if name := sharedPoolOf(pools, d.Image); name != "" {
+			used[name] = true
+		}
+	}
+	for _, ds := range st.Disks {
+		if shared[ds.Pool] {
+			used[ds.Pool] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(used))
 }
 
 // LocalDisks lists the disks of a VM that must be mirrored to the target

@@ -37,6 +37,7 @@ func TestBlockers(t *testing.T) {
 		{"cpu host", func(c *CheckInput) { c.Spec.CPUModel = "host" }, "cpuModel"},
 		{"cpu max", func(c *CheckInput) { c.Spec.CPUModel = "max" }, "cpuModel"},
 		{"disk without volume", func(c *CheckInput) { c.Status.Disks = nil }, "disks[0]"},
+		{"target without the iso's shared pool", func(c *CheckInput) { c.TargetPools = map[string]bool{"local-h2": true} }, "to"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			in := ok
@@ -58,6 +59,9 @@ func TestBlockers(t *testing.T) {
 	in.Spec.Disks = []v1.Disk{{Name: "disk0", Media: "disk", Shareable: true}}
 	if bs := Blockers(in); len(bs) != 0 {
 		t.Errorf("shared disk: %v", bs)
+	}
+	if bs := Blockers(func() CheckInput { c := in; c.TargetPools = map[string]bool{"nas": true}; return c }()); len(bs) != 0 {
+		t.Errorf("shared disk, the target reaching its pool: %v", bs)
 	}
 	if got := LocalDisks(ok.Spec, ok.Status, pools); len(got) != 1 || got[0].Name != "disk0" {
 		t.Errorf("LocalDisks = %v", got)
@@ -86,5 +90,27 @@ func TestReportBlockers(t *testing.T) {
 	}
 	if bs := ReportBlockers(nil, nil); len(bs) != 0 {
 		t.Errorf("shared-only vm: %v", bs)
+	}
+}
+
+// TestSharedPools: the shared pools a VM uses come from its volumes'
+// references, a linked clone's base, image and ISO paths and its disks'
+// status; local pools and paths outside every pool are not named.
+func TestSharedPools(t *testing.T) {
+	pools := []v1.StoragePool{{Name: "local-h1", Type: "dir", Path: "/var/lib/hangar/pools/local"},
+		{Name: "nas", Type: "shared", Path: "/mnt/nas"}, {Name: "san", Type: "shared", Path: "/mnt/san"},
+		{Name: "gold", Type: "shared", Path: "/mnt/gold"}, {Name: "iso", Type: "shared", Path: "/mnt/iso"}}
+	spec := v1.VMSpec{Name: "web", Disks: []v1.Disk{
+		{Name: "d0", Volume: "san/web-d0.raw"},
+		{Name: "d1", Clone: &v1.CloneSource{Volume: "gold/base.qcow2", Linked: true}},
+		{Name: "d2", Volume: "local-h1/web-d2.qcow2"},
+		{Name: "cd", Media: "cdrom", Image: "/mnt/iso/debian.iso"},
+		{Name: "cd2", Media: "cdrom", Image: "/root/x.iso"}}}
+	st := v1.VMStatus{Disks: []v1.DiskStatus{{Name: "d3", Pool: "nas"}, {Name: "d2", Pool: "local-h1"}}}
+	if got := SharedPools(spec, st, pools); strings.Join(got, ",") != "gold,iso,nas,san" {
+		t.Errorf("SharedPools = %v, want gold, iso, nas, san", got)
+	}
+	if got := SharedPools(v1.VMSpec{Name: "x", Disks: []v1.Disk{{Name: "d0", SizeMiB: 10}}}, v1.VMStatus{}, pools); len(got) != 0 {
+		t.Errorf("SharedPools of a vm on its host's pool = %v", got)
 	}
 }

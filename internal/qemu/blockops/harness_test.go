@@ -146,12 +146,25 @@ func (v *testVM) start(ctx context.Context, incoming string) {
 	t.Cleanup(func() {
 		kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		if t.Failed() && inst.Mon != nil {
+			// What QEMU says of the guest and its disks, before it goes:
+			// a guest whose console stopped answering may be waiting on I/O.
+			for _, cmd := range []string{"query-status", "query-blockstats", "query-block-jobs"} {
+				var reply any
+				err := inst.Mon.Execute(kctx, cmd, nil, &reply)
+				b, _ := json.Marshal(reply)
+				t.Logf("%s of %s: %s %v", cmd, v.spec.Name, b, err)
+			}
+		}
 		if err := inst.Kill(kctx); err != nil { // this QEMU only, by its pid
 			t.Errorf("kill qemu %d: %v", inst.PID, err)
 		}
 		if t.Failed() {
 			if b, err := os.ReadFile(filepath.Join(v.runDir, "qemu.log")); err == nil && len(b) > 0 {
 				t.Logf("qemu.log of %s (pid %d):\n%s", v.spec.Name, inst.PID, b)
+			}
+			if b, err := os.ReadFile(v.serialLog()); err == nil {
+				t.Logf("serial log of %s, its end:\n%s", v.spec.Name, b[max(0, len(b)-3000):])
 			}
 		}
 	})
@@ -247,6 +260,11 @@ func (v *testVM) mark(ctx context.Context, value string) {
 // not match).
 func (v *testVM) shell(ctx context.Context, tag, cmd string) string {
 	v.t.Helper()
+	// A bound of its own, well past what a loaded machine takes: a guest
+	// that stopped answering fails the test while there is time to ask
+	// QEMU why (the cleanup logs it).
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
 	m, err := serialtest.Shell(ctx, filepath.Join(v.runDir, config.ConsoleSocket), v.serialLog(), cmd, regexp.MustCompile(regexp.QuoteMeta(tag)+`=(\S*)`))
 	if err != nil {
 		v.t.Fatal(err)

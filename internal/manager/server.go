@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hangar/internal/webui"
 	"io"
 	"log/slog"
 	"net"
@@ -37,6 +36,7 @@ import (
 	"hangar/internal/storage"
 	"hangar/internal/store"
 	"hangar/internal/vm"
+	"hangar/internal/webui"
 )
 
 // Consoles gives access to VMs' serial consoles on their hosts.
@@ -1080,17 +1080,3 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 	relay(cons, buf, conn)
 }
 
-// relay copies in to the console and the console to out until either
-// direction ends.
-func relay(cons io.ReadWriter, in io.Reader, out io.Writer) {
-	done := make(chan struct{}, 2)
-	go func() {
-		_, _ = io.Copy(cons, in)
-		done <- struct{}{}
-	}()
-	go func() {
-		_, _ = io.Copy(out, cons)
-		done <- struct{}{}
-	}()
-	<-done
-}

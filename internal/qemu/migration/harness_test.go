@@ -135,14 +135,9 @@ func (v *testVM) diagnose() {
 	if st, err := v.inst.Mon.QueryStatus(ctx); err == nil {
 		v.t.Logf("diagnose: QEMU status %+v", st)
 	}
-	off := serial.Size(v.serialLog())
-	var d net.Dialer
-	if c, err := d.DialContext(ctx, "unix", filepath.Join(v.runDir, config.ConsoleSocket)); err == nil {
-		fmt.Fprintf(c, "\ncat /proc/net/dev; ip addr; ip route; ps; cat /proc/interrupts | grep -i virt; echo DIAG$((40+2))\n")
-		_, _, err = serial.WaitFor(ctx, v.serialLog(), off, regexp.MustCompile("DIAG42"))
-		c.Close()
-		v.t.Logf("diagnose: console answer %v", err)
-	}
+	_, err := serialtest.Shell(ctx, filepath.Join(v.runDir, config.ConsoleSocket), v.serialLog(),
+		"cat /proc/net/dev; ip addr; ip route; ps; cat /proc/interrupts | grep -i virt; echo DIAG$((40+2))", regexp.MustCompile("DIAG42"))
+	v.t.Logf("diagnose: console answer %v", err)
 	if b, err := os.ReadFile(v.serialLog()); err == nil {
 		if len(b) > 6000 {
 			b = b[len(b)-6000:]

@@ -5,6 +5,7 @@ package serialtest
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"regexp"
 	"strconv"
@@ -20,9 +21,10 @@ const probeEvery = 3 * time.Second
 
 // Shell connects to the console socket, waits until the guest's shell
 // answers (a probe, typed again until it does), then types cmd and waits
-// for re in the serial log (the connection stays open until then: QEMU
-// reads the socket only as fast as the UART takes it). It returns re's
-// submatches.
+// for re in the serial log (the connection stays open until then, and what
+// comes back on it is drained: QEMU reads the socket only as fast as the
+// UART takes it, and writes to it only as fast as it is read). It returns
+// re's submatches.
 func Shell(ctx context.Context, socket, log, cmd string, re *regexp.Regexp) ([]string, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", socket)
@@ -30,6 +32,13 @@ func Shell(ctx context.Context, socket, log, cmd string, re *regexp.Regexp) ([]s
 		return nil, fmt.Errorf("console %s: %w", socket, err)
 	}
 	defer c.Close()
+	// What the guest writes comes to this connection too, and is read
+	// here: QEMU sends it a byte at a time, and a unix socket that nobody
+	// reads is full after a few hundred of them (each byte is a buffer of
+	// its own); then the UART waits, the guest's shell blocks writing and
+	// the serial log stops (CI: a command's answer reached the log only
+	// when the test gave up and closed the connection).
+	go func() { _, _ = io.Copy(io.Discard, c) }()
 	for n := 1; ; n++ {
 		// The tag is made by the shell ($((n+1))): the echoed command line
 		// does not match.

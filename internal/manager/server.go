@@ -1079,4 +1079,3 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: hangar-console\r\nConnection: Upgrade\r\n\r\n")
 	relay(cons, buf, conn)
 }
-

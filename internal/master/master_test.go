@@ -65,10 +65,14 @@ func addHostLease(t *testing.T, s *store.Etcd, name string, cpus, memMiB int, tt
 	return id
 }
 
-// submitCreate records a new VM and its create operation as the API does.
-func submitCreate(ctx context.Context, s store.Store, name string, memMiB int) (string, error) {
+// submitCreate records a new VM and its create operation as the API does
+// (edit changes the spec first).
+func submitCreate(ctx context.Context, s store.Store, name string, memMiB int, edit ...func(*v1.VMSpec)) (string, error) {
 	// The API gives a VM that names no model the pool's (max cannot migrate).
 	spec := v1.VMSpec{Name: name, CPUs: 1, MemoryMiB: memMiB, Power: v1.PowerStopped, CPUModel: qemu.TCGCPUModel}
+	for _, e := range edit {
+		e(&spec)
+	}
 	vm.Defaults(&spec, "tcg")
 	if err := vm.Validate(spec, 0); err != nil {
 		return "", err

@@ -5,14 +5,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
-
 	v1 "hangar/api/v1"
 	"hangar/internal/etcdembed/etcdtest"
 	"hangar/internal/inventory"
-	"hangar/internal/qemu"
 	"hangar/internal/store"
-	"hangar/internal/vm"
 )
 
 // TestPlacementReachesSharedPools: a VM whose disk is a volume on a shared
@@ -58,19 +54,11 @@ func TestPlacementReachesSharedPools(t *testing.T) {
 
 	create := func(name, volume string) v1.Operation {
 		t.Helper()
-		spec := v1.VMSpec{Name: name, CPUs: 1, MemoryMiB: 256, Power: v1.PowerStopped, CPUModel: qemu.TCGCPUModel,
-			Disks: []v1.Disk{{Name: "disk0", Volume: volume}}}
-		vm.Defaults(&spec, "tcg")
-		if err := vm.Validate(spec, 0); err != nil {
+		id, err := submitCreate(ctx, s, name, 256, func(sp *v1.VMSpec) { sp.Disks = []v1.Disk{{Name: "disk0", Volume: volume}} })
+		if err != nil {
 			t.Fatal(err)
 		}
-		now := time.Now().UTC()
-		op := v1.Operation{ID: uuid.Must(uuid.NewV7()).String(), Kind: "create", Target: name, State: v1.OpPending,
-			Created: now, Updated: now, Args: inventory.Marshal(v1.CreateArgs{})}
-		if _, err := s.Txn(ctx, nil, append(inventory.NewOpWrites(op), store.PutOp(inventory.VMKey(name), inventory.Marshal(spec), store.MustNotExist))...); err != nil {
-			t.Fatal(err)
-		}
-		return waitOp(t, s, op.ID, time.Minute)
+		return waitOp(t, s, id, time.Minute)
 	}
 	if op := create("on-nas", "nas/web.raw"); op.Host != "h2" {
 		t.Errorf("a vm on nas went to %q (%s %+v), want h2: h1 does not reach nas", op.Host, op.State, op.Error)

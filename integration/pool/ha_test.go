@@ -647,10 +647,17 @@ func TestHAFrozenAgent(t *testing.T) {
 	}
 	t.Logf("stale copy killed on %s", victim)
 	waitHostState(t, p, master, victim, v1.HostAlive, 2*time.Minute)
-	p.WaitVM(t, master, "hafz-disk", victim, time.Minute, v1.StateRunning)
-	if p.QEMUOf(t, victim, "hafz-disk") == 0 {
-		t.Fatalf("hafz-disk's QEMU, still %s's, is gone", victim)
+	// Its status may still say running from before the freeze while the
+	// fencer has just killed it: wait for a QEMU of it on its host, then
+	// for the status (CI: a one-shot look found none between the two).
+	deadline = time.Now().Add(2 * time.Minute)
+	for p.QEMUOf(t, victim, "hafz-disk") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("hafz-disk, still %s's, has no QEMU there two minutes after the thaw", victim)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
+	p.WaitVM(t, master, "hafz-disk", victim, time.Minute, v1.StateRunning)
 	// Thawed past its fence deadline, the agent's fencer may kill its HA
 	// VMs before the stale-copy check does: either way once, and the one
 	// it still owns starts again when its lease is back.

@@ -164,14 +164,21 @@ func (es *eventStream) write(b []byte) error {
 
 // fullState sends everything the caller may read, as of revision rev or
 // later (the changes after rev follow, so a record read later than rev is
-// sent again with the same content: harmless).
+// sent again with the same content: harmless), and deletes the VMs it was
+// sent and may no longer read.
 func (es *eventStream) fullState(rev int64) error {
 	vms, err := es.s.inv.VMList(es.ctx)
 	if err != nil {
 		return err
 	}
 	for _, v := range vms {
-		if err := es.sendVM(v, rev); err != nil {
+		var err error
+		if es.visible[v.Spec.Name] && !mayRead(es.ctx, access.VMRef{Name: v.Spec.Name, Tags: v.Spec.Tags}) {
+			err = es.vmGone(v.Spec.Name, rev) // sent before, no longer readable: the caller's grants changed
+		} else {
+			err = es.sendVM(v, rev)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -501,10 +508,9 @@ var errCredentialGone = errors.New("events: the caller's credential no longer ho
 
 // reauth checks the caller's credential again. One that no longer holds
 // ends the stream (errCredentialGone). Changed grants are sent (whoami)
-// and apply from here on,
-// as of revision rev: VMs the caller may no longer read are deleted, hosts
-// and alerts cleared when it lost pool read; what it may read now is sent
-// (again: harmless).
+// and apply from here on, as of revision rev: hosts and alerts are cleared
+// when it lost pool read, and fullState deletes the VMs it may no longer
+// read and sends what it may read now (again: harmless).
 func (es *eventStream) reauth(rev int64) error {
 	old, _ := identity(es.ctx)
 	id, renewable, err := es.s.reauthenticate(es.req)
@@ -524,25 +530,15 @@ func (es *eventStream) reauth(rev int64) error {
 	if err := es.send(v1.EventWhoami, rev, whoamiOf(id)); err != nil {
 		return err
 	}
-	if had := es.pool; had && !mayReadPool(es.ctx) {
+	pool := mayReadPool(es.ctx)
+	if es.pool && !pool {
 		es.pool = false
 		if err := es.forgetPool(rev); err != nil {
 			return err
 		}
 	}
-	es.pool = mayReadPool(es.ctx)
-	vms, err := es.s.inv.VMList(es.ctx)
-	if err != nil {
-		return err
-	}
-	for _, v := range vms {
-		if !mayRead(es.ctx, access.VMRef{Name: v.Spec.Name, Tags: v.Spec.Tags}) && es.visible[v.Spec.Name] {
-			if err := es.vmGone(v.Spec.Name, rev); err != nil {
-				return err
-			}
-		}
-	}
-	return es.fullState(rev)
+	es.pool = pool
+	return es.fullState(rev) // deletes what it may no longer read, too
 }
 
 // forgetPool deletes and clears, for a caller that lost pool read, the

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -133,10 +134,7 @@ func (l *leader) planFailover(ctx context.Context, host string) (ha.Plan, error)
 	if err != nil {
 		return ha.Plan{}, err
 	}
-	pools, err := l.pools(ctx)
-	if err != nil {
-		return ha.Plan{}, err
-	}
+	pools := snap.poolRecords()
 	inv := inventory.Inventory{S: l.cfg.Store}
 	var vms []ha.VM
 	for _, sp := range snap.specs {
@@ -162,17 +160,27 @@ func (l *leader) planFailover(ctx context.Context, host string) (ha.Plan, error)
 }
 
 func (l *leader) pools(ctx context.Context) ([]v1.StoragePool, error) {
+	items, err := l.poolItems(ctx)
+	return poolValues(items), err
+}
+
+// poolItems lists the storage pool records, with their revisions, whose
+// key names the pool they hold (state is input: another is left out).
+func (l *leader) poolItems(ctx context.Context) ([]store.Item[v1.StoragePool], error) {
 	items, _, err := store.ListJSON[v1.StoragePool](ctx, l.cfg.Store, inventory.Pools)
 	if err != nil {
 		return nil, fmt.Errorf("list pools: %w", err)
 	}
+	return slices.DeleteFunc(items, func(it store.Item[v1.StoragePool]) bool { return it.Key != inventory.PoolKey(it.Value.Name) }), nil
+}
+
+// poolValues are the pools of items.
+func poolValues(items []store.Item[v1.StoragePool]) []v1.StoragePool {
 	var out []v1.StoragePool
 	for _, it := range items {
-		if it.Key == inventory.PoolKey(it.Value.Name) {
-			out = append(out, it.Value)
-		}
+		out = append(out, it.Value)
 	}
-	return out, nil
+	return out
 }
 
 // haRestarts reads a VM's HA restart times and the record's revision

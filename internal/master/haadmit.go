@@ -47,10 +47,7 @@ func AdmitHA(ctx context.Context, st store.Store, log *slog.Logger, change v1.VM
 		return nil
 	}
 	snap.specs[change.Name] = change
-	pools, err := l.pools(ctx)
-	if err != nil {
-		return err
-	}
+	pools := snap.poolRecords()
 	// One read of every status, not one per HA VM.
 	items, _, err := store.ListJSON[v1.VMStatus](ctx, st, inventory.Statuses)
 	if err != nil {

@@ -28,8 +28,7 @@ func (l *leader) rollBackLimits(ctx context.Context, op v1.Operation, rev int64)
 	if op.Error != nil {
 		e = *op.Error
 	}
-	var writes []store.Op
-	note, err := l.limitsBefore(ctx, op, &writes)
+	writes, note, err := l.limitsBefore(ctx, op)
 	if err != nil {
 		return err
 	}
@@ -43,32 +42,32 @@ func (l *leader) rollBackLimits(ctx context.Context, op v1.Operation, rev int64)
 	return nil
 }
 
-// limitsBefore adds to writes the roll-back of op's change, when there is
-// one to make, and says what became of the change.
-func (l *leader) limitsBefore(ctx context.Context, op v1.Operation, writes *[]store.Op) (string, error) {
+// limitsBefore returns the writes that roll back op's change, when there
+// is one to make, and says what became of the change.
+func (l *leader) limitsBefore(ctx context.Context, op v1.Operation) ([]store.Op, string, error) {
 	var a v1.LimitsArgs
 	if err := json.Unmarshal(op.Args, &a); err != nil {
-		return "", fmt.Errorf("limits operation %s: %w", op.ID, err) // ValidateOp passed it: cannot happen
+		return nil, "", fmt.Errorf("limits operation %s: %w", op.ID, err) // ValidateOp passed it: cannot happen
 	}
 	inv := inventory.Inventory{S: l.cfg.Store}
 	spec, specRev, err := inv.Spec(ctx, op.Target)
 	switch {
 	case errors.Is(err, errdefs.ErrNotFound):
-		return "the vm is gone", nil
+		return nil, "the vm is gone", nil
 	case err != nil:
-		return "", err
+		return nil, "", err
 	case !vm.EqualLimits(vm.LimitsOf(spec), a.Next):
-		return "a later change of the limits stands", nil
+		return nil, "a later change of the limits stands", nil
 	}
 	old := vm.WithLimits(spec, a.Previous)
 	if err := vm.Validate(old, 0); err != nil {
 		// The record's previous limits do not fit the spec as it is now.
 		l.log.Warn("refused live change: the previous limits are not valid now", "op", op.ID, "vm", op.Target, "err", err)
-		return fmt.Sprintf("the new settings stay saved: the previous ones are not valid now: %v", err), nil
+		return nil, fmt.Sprintf("the new settings stay saved: the previous ones are not valid now: %v", err), nil
 	}
-	*writes = append(*writes, store.PutOp(inventory.VMKey(spec.Name), inventory.Marshal(old), specRev))
+	writes := []store.Op{store.PutOp(inventory.VMKey(spec.Name), inventory.Marshal(old), specRev)}
 	if spec.Host != "" { // where it runs now (it may have moved): that host applies them again
-		*writes = append(*writes, inventory.NewOpWrites(l.newMasterOp("limits", spec.Name, spec.Host, nil))...)
+		writes = append(writes, inventory.NewOpWrites(l.newMasterOp("limits", spec.Name, spec.Host, nil))...)
 	}
-	return "the settings are as they were", nil
+	return writes, "the settings are as they were", nil
 }

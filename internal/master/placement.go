@@ -117,20 +117,14 @@ func (l *leader) snapshot(ctx context.Context) (snapshot, error) {
 	for _, sp := range specs {
 		s.specs[sp.Name] = sp
 	}
-	if s.pools, _, err = store.ListJSON[v1.StoragePool](ctx, l.cfg.Store, inventory.Pools); err != nil {
-		return s, fmt.Errorf("list storage pools: %w", err)
+	if s.pools, err = l.poolItems(ctx); err != nil {
+		return s, err
 	}
 	return s, nil
 }
 
 // poolRecords are the storage pools of s.
-func (s snapshot) poolRecords() []v1.StoragePool {
-	out := make([]v1.StoragePool, 0, len(s.pools))
-	for _, p := range s.pools {
-		out = append(out, p.Value)
-	}
-	return out
-}
+func (s snapshot) poolRecords() []v1.StoragePool { return poolValues(s.pools) }
 
 // reached names the storage pools host h reaches: those its facts list
 // (Storage), and those recorded or changed after the pool records its
